@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs everything agentflow needs that a fresh machine lacks, into ~/.cache/agentflow
+# (outside the work tree): Node >= 22, the npm dependencies, and the Go-built control-plane
+# binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm).
+# Idempotent and quick when everything is already there. Source it to also get
+# the PATH it sets up, or run it.
+set -euo pipefail
+AGENTFLOW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/versions.sh
+source "$AGENTFLOW_ROOT/scripts/versions.sh"
+# Outside the work tree so fresh clones (CI) reuse the expensive Go builds.
+AGENTFLOW_CACHE="${AGENTFLOW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentflow}"
+mkdir -p "$AGENTFLOW_CACHE"
+
+log() { echo "setup: $*" >&2; }
+
+node_major() { "${1:-node}" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+ensure_node() {
+  local local_node="$AGENTFLOW_CACHE/node/bin/node"
+  if [[ -x "$local_node" ]]; then
+    export PATH="$AGENTFLOW_CACHE/node/bin:$PATH"
+    return
+  fi
+  if command -v node >/dev/null && (( $(node_major) >= NODE_MIN_MAJOR )); then
+    return
+  fi
+  command -v npm >/dev/null || { log "npm is needed to install Node >= $NODE_MIN_MAJOR (apt-get install npm)"; exit 1; }
+  log "node $(node --version 2>/dev/null || echo missing) is older than $NODE_MIN_MAJOR; installing $NODE_PACKAGE from the npm registry"
+  local dir="$AGENTFLOW_CACHE/node-pkg"
+  rm -rf "$dir" && mkdir -p "$dir"
+  npm install --prefix "$dir" --no-save --no-package-lock --no-audit --no-fund --loglevel=error "$NODE_PACKAGE" >&2
+  mkdir -p "$AGENTFLOW_CACHE/node/bin"
+  ln -sf "$dir/node_modules/${NODE_PACKAGE%@*}/bin/node" "$local_node"
+  export PATH="$AGENTFLOW_CACHE/node/bin:$PATH"
+  log "using node $(node --version)"
+}
+
+ensure_npm_deps() {
+  local stamp="$AGENTFLOW_ROOT/node_modules/.agentflow-lock-sha"
+  local want
+  want="$(sha256sum "$AGENTFLOW_ROOT/package-lock.json" | cut -d' ' -f1)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return; fi
+  log "installing npm dependencies (npm ci)"
+  (cd "$AGENTFLOW_ROOT" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  echo "$want" >"$stamp"
+}
+
+ensure_go_binaries() {
+  local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
+  if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
+    command -v go >/dev/null || { log "Go >= 1.24 is needed to build the control-plane binaries; none found on PATH"; exit 1; }
+    log "building control-plane binaries (first run only; ~15 min on 2 cores)"
+    AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
+  fi
+  export PATH="$kube:$helm:$PATH"
+}
+
+ensure_node
+ensure_npm_deps
+ensure_go_binaries
+export AGENTFLOW_ROOT AGENTFLOW_CACHE
