@@ -27,15 +27,7 @@ upstream="$dir/go.mod"
   sed -n 's#^\t\(k8s\.io/[^ ]*\) => \./staging/src/.*#\t\1 => \1 '"${STAGING_VERSION}"'#p' "$upstream"
   echo ")"
 } > go.mod
-cat > tools.go <<GO
-//go:build tools
-
-// Package tools pins the commands this module builds, so that go mod tidy
-// keeps their dependencies.
-package tools
-GO
 rm -f go.sum
-GOFLAGS=-mod=mod go mod download all >/dev/null 2>&1 || true
 for pkg in k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3; do
   GOFLAGS=-mod=mod go list -deps "$pkg" >/dev/null
 done
