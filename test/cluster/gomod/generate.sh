@@ -20,8 +20,9 @@ upstream="$dir/go.mod"
   echo
   echo "require k8s.io/kubernetes ${KUBE_VERSION}"
   echo
-  # Every require block of upstream, verbatim, minus the staging modules.
-  awk '/^require \($/{inblk=1; print; next} inblk && /^\)$/{inblk=0; print; next} inblk{ if ($1 ~ /^k8s\.io\// && system("test -d \"'"$dir"'/staging/src/" $1 "\"")==0) next; print }' "$upstream"
+  # Every require block of upstream, verbatim. Its k8s.io/* staging modules are
+  # required at v0.0.0; the replace block below pins them to published tags.
+  awk '/^require \($/{inblk=1} inblk{print} inblk && /^\)$/{inblk=0}' "$upstream"
   echo
   echo "replace ("
   sed -n 's#^\t\(k8s\.io/[^ ]*\) => \./staging/src/.*#\t\1 => \1 '"${STAGING_VERSION}"'#p' "$upstream"
