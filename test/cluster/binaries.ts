@@ -1,0 +1,36 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+/** The pinned versions in scripts/versions.sh (KEY=value lines). */
+export function pinnedVersions(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of readFileSync(join(repoRoot, 'scripts/versions.sh'), 'utf8').split('\n')) {
+    const m = /^([A-Z_]+)=(\S+)/.exec(line);
+    if (m?.[1] && m[2]) out[m[1]] = m[2];
+  }
+  return out;
+}
+
+export function cacheDir(): string {
+  return process.env.AGENTFLOW_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'agentflow');
+}
+
+export type Binary = 'etcd' | 'kube-apiserver' | 'kube-controller-manager' | 'kube-scheduler' | 'kubectl' | 'helm';
+
+/** Absolute path of a Go-built binary from the cache; throws with the fix if missing. */
+export function binaryPath(name: Binary): string {
+  const v = pinnedVersions();
+  const dir =
+    name === 'helm'
+      ? join(cacheDir(), 'bin', `helm-${v.HELM_VERSION}`)
+      : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
+  const path = join(dir, name);
+  if (!existsSync(path)) {
+    throw new Error(`${name} not found at ${path}; run \`npm run setup\` to build it`);
+  }
+  return path;
+}

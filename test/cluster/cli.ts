@@ -1,0 +1,141 @@
+// `npm run cluster:up | cluster:down | cluster:status`: a local control plane
+// for manual use. `up` starts a detached runner process that owns the servers
+// and the process kubelet, waits until it is ready and prints the KUBECONFIG.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { repoRoot } from './binaries.ts';
+import { type ClusterInfo, ControlPlane } from './control-plane.ts';
+import { waitFor } from './managed-process.ts';
+import { RestClient } from './rest.ts';
+
+const dir = process.env.AGENTFLOW_CLUSTER_DIR ?? join(repoRoot, '.cluster');
+
+function alive(pid: number | undefined): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function running(): ClusterInfo | undefined {
+  if (!existsSync(join(dir, 'cluster.json'))) return undefined;
+  const info = ControlPlane.readInfo(dir);
+  return alive(info.pids.runner) ? info : undefined;
+}
+
+function describe(info: ClusterInfo): string {
+  return [
+    `Local control plane is up (Kubernetes ${info.kubeVersion}).`,
+    `  API server:        ${info.server}`,
+    `  agentflow etcd:    ${info.stateEtcdEndpoint ?? '-'}`,
+    `  logs and data:     ${info.dir}`,
+    '',
+    `  export KUBECONFIG=${info.kubeconfig}`,
+    '  kubectl get nodes',
+    '',
+    'Stop it with: npm run cluster:down',
+  ].join('\n');
+}
+
+async function up(): Promise<void> {
+  const existing = running();
+  if (existing) {
+    console.log(describe(existing));
+    return;
+  }
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const log = openSync(join(dir, 'runner.log'), 'a');
+  const child = spawn(process.execPath, [join(repoRoot, 'test/cluster/cli.ts'), 'serve'], {
+    detached: true,
+    stdio: ['ignore', log, log],
+    env: process.env,
+  });
+  child.unref();
+  const started = Date.now();
+  console.error(
+    `Starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the process kubelet in ${dir} ...`,
+  );
+  await waitFor(
+    'the control plane to come up (see .cluster/runner.log)',
+    () => {
+      if (!alive(child.pid)) throw new Error(`the runner exited; see ${join(dir, 'runner.log')}`);
+      return running() !== undefined;
+    },
+    180_000,
+    250,
+  );
+  const info = running() as ClusterInfo;
+  const client = RestClient.fromKubeconfig(info.kubeconfig);
+  await waitFor(
+    'nodes to be Ready',
+    async () => {
+      const nodes = await client.get<{ items: { status?: { conditions?: { type: string; status: string }[] } }[] }>(
+        '/api/v1/nodes',
+      );
+      return (
+        nodes.items.length > 0 &&
+        nodes.items.every((n) => n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'))
+      );
+    },
+    30_000,
+  );
+  client.close();
+  console.log(describe(info));
+  console.error(`(ready in ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+}
+
+async function serve(): Promise<void> {
+  const cp = new ControlPlane({ dir });
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await cp.stop();
+    rmSync(join(dir, 'cluster.json'), { force: true });
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop());
+  process.on('SIGINT', () => void stop());
+  try {
+    await cp.start();
+  } catch (err) {
+    console.error(`control plane failed to start: ${(err as Error).stack ?? err}`);
+    await cp.stop().catch(() => undefined);
+    process.exit(1);
+  }
+}
+
+async function down(): Promise<void> {
+  const info = running();
+  if (!info) {
+    console.log('No local control plane is running.');
+    return;
+  }
+  process.kill(info.pids.runner as number, 'SIGTERM');
+  await waitFor('the control plane to stop', () => !alive(info.pids.runner), 60_000, 200);
+  console.log('Local control plane stopped.');
+}
+
+async function status(): Promise<void> {
+  const info = running();
+  if (!info) {
+    console.log('No local control plane is running. Start one with: npm run cluster:up');
+    process.exitCode = 1;
+    return;
+  }
+  console.log(describe(info));
+}
+
+const commands: Record<string, () => Promise<void>> = { up, down, status, serve };
+const cmd = process.argv[2] ?? '';
+const run = commands[cmd];
+if (!run) {
+  console.error(`usage: cli.ts up|down|status (got "${cmd}")`);
+  process.exit(2);
+}
+await run();

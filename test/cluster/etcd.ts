@@ -1,0 +1,75 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { binaryPath } from './binaries.ts';
+import { ManagedProcess, waitFor } from './managed-process.ts';
+import { freePort } from './ports.ts';
+
+export interface EtcdOptions {
+  dir: string;
+  name?: string;
+  /** Skip fsync: fine for throw-away test data, wrong for benchmarks of durability. */
+  unsafeNoFsync?: boolean;
+}
+
+/** One real etcd member on free loopback ports. */
+export class EtcdServer {
+  readonly name: string;
+  clientPort = 0;
+  peerPort = 0;
+  private proc: ManagedProcess | undefined;
+
+  private readonly opts: EtcdOptions;
+
+  constructor(opts: EtcdOptions) {
+    this.opts = opts;
+    this.name = opts.name ?? 'etcd';
+  }
+
+  get endpoint(): string {
+    return `http://127.0.0.1:${this.clientPort}`;
+  }
+
+  get pid(): number | undefined {
+    return this.proc?.pid;
+  }
+
+  get logFile(): string {
+    return join(this.opts.dir, `${this.name}.log`);
+  }
+
+  async start(): Promise<void> {
+    mkdirSync(this.opts.dir, { recursive: true });
+    this.clientPort = await freePort();
+    this.peerPort = await freePort();
+    const peer = `http://127.0.0.1:${this.peerPort}`;
+    const args = [
+      `--name=${this.name}`,
+      `--data-dir=${join(this.opts.dir, `${this.name}.data`)}`,
+      `--listen-client-urls=${this.endpoint}`,
+      `--advertise-client-urls=${this.endpoint}`,
+      `--listen-peer-urls=${peer}`,
+      `--initial-advertise-peer-urls=${peer}`,
+      `--initial-cluster=${this.name}=${peer}`,
+      '--initial-cluster-state=new',
+      '--log-level=warn',
+      // Keeps a small test database small.
+      '--quota-backend-bytes=2147483648',
+    ];
+    if (this.opts.unsafeNoFsync) args.push('--unsafe-no-fsync');
+    this.proc = new ManagedProcess({ name: this.name, command: binaryPath('etcd'), args, logFile: this.logFile });
+    this.proc.start();
+    await waitFor(
+      `${this.name} to answer /health on ${this.endpoint}`,
+      async () => {
+        this.proc?.assertAlive();
+        const res = await fetch(`${this.endpoint}/health`);
+        return res.ok && ((await res.json()) as { health?: string }).health === 'true';
+      },
+      30_000,
+    );
+  }
+
+  async stop(): Promise<void> {
+    await this.proc?.stop(5_000);
+  }
+}

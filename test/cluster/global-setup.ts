@@ -1,0 +1,33 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestProject } from 'vitest/node';
+import { type ClusterInfo, ControlPlane } from './control-plane.ts';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    cluster: ClusterInfo;
+  }
+}
+
+/**
+ * Starts one real control plane for a test project (no kubelet: each test file
+ * starts process kubelets with nodes of the shape it needs) and tears it down
+ * afterwards. AGENTFLOW_KEEP_CLUSTER=1 keeps the directory with the logs.
+ */
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const dir = mkdtempSync(join(tmpdir(), `agentflow-${project.name}-`));
+  const cp = new ControlPlane({ dir, nodes: [] });
+  const started = Date.now();
+  try {
+    project.provide('cluster', await cp.start());
+  } catch (err) {
+    await cp.stop().catch(() => undefined);
+    throw new Error(`local control plane failed to start (logs in ${dir}): ${(err as Error).message}`);
+  }
+  console.log(`control plane for ${project.name} up in ${((Date.now() - started) / 1000).toFixed(1)} s at ${dir}`);
+  return async () => {
+    await cp.stop();
+    if (!process.env.AGENTFLOW_KEEP_CLUSTER) rmSync(dir, { recursive: true, force: true });
+  };
+}

@@ -1,0 +1,426 @@
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { KubeError, type RestClient } from '../rest.ts';
+import { ContainerRunner } from './container.ts';
+import { apiLookup, EnvError, expand, resolveEnv } from './env.ts';
+import type { Container, ContainerStatus, Pod, PodCondition, PodStatus } from './types.ts';
+
+/** How an image with no `command` in the container maps to a local entry point. */
+export interface ImageEntry {
+  entrypoint: string[];
+  /** Default args (the image's CMD), used when the container sets no args. */
+  args?: string[];
+  /** Extra environment the local entry point needs (e.g. PATH to a toolchain). */
+  env?: Record<string, string>;
+}
+
+export interface PodWorkerContext {
+  client: RestClient;
+  podsDir: string;
+  apiServer: { host: string; port: number; caFile: string };
+  images: Record<string, ImageEntry>;
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+  hostIP: string;
+  event(pod: Pod, type: 'Normal' | 'Warning', reason: string, message: string): void;
+  onGone(uid: string): void;
+}
+
+const now = () => new Date().toISOString();
+
+/**
+ * Runs one pod bound to a process-kubelet node, from admission to deletion,
+ * and reports its status through pods/status as a kubelet does.
+ */
+export class PodWorker {
+  readonly uid: string;
+  private pod: Pod;
+  private readonly dir: string;
+  private init: ContainerRunner[] = [];
+  private main: ContainerRunner[] = [];
+  private waitingReasons = new Map<string, { reason: string; message: string }>();
+  private initialized = false;
+  private terminating: Promise<void> | undefined;
+  private gone = false;
+  private rejected: { reason: string; message: string } | undefined;
+  private readonly startTime = now();
+  private transitions = new Map<string, { status: string; at: string }>();
+  private syncing = false;
+  private syncAgain = false;
+
+  readonly podIP: string;
+  private readonly ctx: PodWorkerContext;
+
+  constructor(pod: Pod, podIP: string, ctx: PodWorkerContext) {
+    this.podIP = podIP;
+    this.ctx = ctx;
+    this.pod = pod;
+    this.uid = pod.metadata.uid as string;
+    this.dir = join(ctx.podsDir, `${pod.metadata.namespace}_${pod.metadata.name}_${this.uid}`);
+    mkdirSync(this.dir, { recursive: true });
+  }
+
+  get namespace(): string {
+    return this.pod.metadata.namespace ?? 'default';
+  }
+  get name(): string {
+    return this.pod.metadata.name;
+  }
+  get nodeName(): string {
+    return this.pod.spec.nodeName as string;
+  }
+  get spec(): Pod['spec'] {
+    return this.pod.spec;
+  }
+  /** Non-terminal pods count against the node's allocatable. */
+  get active(): boolean {
+    return !this.rejected && !this.gone && !this.isTerminalPhase();
+  }
+
+  /** Refuses the pod at admission (e.g. the node lacks the resources). */
+  async reject(reason: string, message: string): Promise<void> {
+    this.rejected = { reason, message };
+    this.ctx.event(this.pod, 'Warning', reason, message);
+    await this.syncStatus();
+  }
+
+  update(pod: Pod): void {
+    this.pod = pod;
+    if (pod.metadata.deletionTimestamp) void this.terminate();
+  }
+
+  /** The pod object vanished (force deletion): stop the processes at once. */
+  async vanished(): Promise<void> {
+    this.gone = true;
+    await Promise.all([...this.init, ...this.main].map((c) => c.terminate(2_000)));
+    this.ctx.onGone(this.uid);
+  }
+
+  async run(): Promise<void> {
+    if (this.pod.metadata.deletionTimestamp) return this.terminate();
+    await this.syncStatus();
+    let env: NodeJS.ProcessEnv;
+    try {
+      env = await this.baseEnv();
+    } catch (err) {
+      // e.g. the ServiceAccount does not exist yet: retry, like the kubelet.
+      for (const c of this.pod.spec.containers) {
+        this.waitingReasons.set(c.name, { reason: 'CreateContainerConfigError', message: (err as Error).message });
+      }
+      await this.syncStatus();
+      if (!this.pod.metadata.deletionTimestamp && !this.gone) setTimeout(() => void this.run(), 1_000);
+      return;
+    }
+
+    for (const c of this.pod.spec.initContainers ?? []) {
+      if (this.terminating || this.gone) return;
+      const runner = await this.makeRunner(c, env, 'init');
+      if (!runner) return;
+      this.init.push(runner);
+      runner.start();
+      const t = await runner.finished();
+      if (!t || t.exitCode !== 0) {
+        if (this.pod.spec.restartPolicy === 'Never') {
+          await this.syncStatus();
+          return;
+        }
+        // Always/OnFailure: the real kubelet retries the init container; keep it simple and visible.
+        this.init.pop();
+        await new Promise((r) => setTimeout(r, this.ctx.backoffBaseMs));
+        return this.run();
+      }
+    }
+    this.initialized = true;
+    for (const c of this.pod.spec.containers) {
+      if (this.terminating || this.gone) return;
+      const runner = await this.makeRunner(c, env, 'main');
+      if (runner) {
+        this.main.push(runner);
+        runner.start();
+      }
+    }
+    await this.syncStatus();
+  }
+
+  /** Graceful deletion: SIGTERM, wait the grace period, SIGKILL, then remove the pod object. */
+  terminate(): Promise<void> {
+    this.terminating ??= (async () => {
+      const grace =
+        (this.pod.metadata.deletionGracePeriodSeconds ?? this.pod.spec.terminationGracePeriodSeconds ?? 30) * 1000;
+      await Promise.all([...this.init, ...this.main].map((c) => c.terminate(grace)));
+      for (const c of this.pod.spec.containers) {
+        if (!this.main.some((r) => r.name === c.name)) this.waitingReasons.delete(c.name);
+      }
+      await this.syncStatus().catch(() => undefined);
+      try {
+        await this.ctx.client.delete(`/api/v1/namespaces/${this.namespace}/pods/${this.name}`, {
+          gracePeriodSeconds: 0,
+          preconditions: { uid: this.uid },
+        });
+      } catch (err) {
+        if (!(err instanceof KubeError && (err.status === 404 || err.status === 409))) throw err;
+      }
+      this.gone = true;
+      this.ctx.onGone(this.uid);
+    })();
+    return this.terminating;
+  }
+
+  /** Signals a container's processes (tests simulate crashes with this). */
+  kill(container: string | undefined, signal: NodeJS.Signals): boolean {
+    const r = container ? this.main.find((c) => c.name === container) : this.main[0];
+    return r?.kill(signal) ?? false;
+  }
+
+  pid(container?: string): number | undefined {
+    return (container ? this.main.find((c) => c.name === container) : this.main[0])?.pid;
+  }
+
+  logPath(container?: string): string {
+    const r = container ? this.main.find((c) => c.name === container) : this.main[0];
+    const name = r?.name ?? container ?? this.pod.spec.containers[0]?.name ?? 'main';
+    return join(this.dir, name, `${r?.restartCount ?? 0}.log`);
+  }
+
+  logs(container?: string): string {
+    try {
+      return readFileSync(this.logPath(container), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  private async makeRunner(
+    c: Container,
+    base: NodeJS.ProcessEnv,
+    kind: 'init' | 'main',
+  ): Promise<ContainerRunner | undefined> {
+    let argv: string[];
+    let containerEnv: Record<string, string>;
+    let imageEnv: Record<string, string> = {};
+    try {
+      containerEnv = await resolveEnv(this.pod, c, apiLookup(this.ctx.client), this.podIP, this.ctx.hostIP);
+      const resolved = this.argv(c, containerEnv);
+      argv = resolved.argv;
+      imageEnv = resolved.env;
+    } catch (err) {
+      const reason = err instanceof EnvError ? err.reason : 'CreateContainerError';
+      this.waitingReasons.set(c.name, { reason, message: (err as Error).message });
+      this.ctx.event(this.pod, 'Warning', 'Failed', `Error: ${(err as Error).message}`);
+      await this.syncStatus();
+      return undefined;
+    }
+    this.waitingReasons.delete(c.name);
+    const policy = this.pod.spec.restartPolicy ?? 'Always';
+    return new ContainerRunner({
+      container: c,
+      argv,
+      env: { ...base, ...imageEnv, ...containerEnv },
+      cwd: this.dir,
+      logDir: join(this.dir, c.name),
+      podIP: this.podIP,
+      restartPolicy: kind === 'init' ? 'Never' : policy,
+      backoffBaseMs: this.ctx.backoffBaseMs,
+      backoffMaxMs: this.ctx.backoffMaxMs,
+      terminationGraceMs: (this.pod.spec.terminationGracePeriodSeconds ?? 30) * 1000,
+      onChange: () => void this.syncStatus(),
+      onEvent: (type, reason, message) => this.ctx.event(this.pod, type, reason, message),
+    });
+  }
+
+  /** command/args from the container, else the image's mapped entry point; $(VAR) expanded. */
+  private argv(c: Container, env: Record<string, string>): { argv: string[]; env: Record<string, string> } {
+    const x = (s: string) => expand(s, env);
+    if (c.command?.length) return { argv: [...c.command, ...(c.args ?? [])].map(x), env: {} };
+    const image = c.image ?? '';
+    const entry = this.ctx.images[image] ?? this.ctx.images[stripTag(image)];
+    if (!entry) {
+      throw new EnvError(
+        'ErrImagePull',
+        `image "${image}" has no local entry point in the process kubelet and container "${c.name}" sets no command`,
+      );
+    }
+    return { argv: [...entry.entrypoint, ...(c.args ?? entry.args ?? [])].map(x), env: entry.env ?? {} };
+  }
+
+  /** Environment every container starts from: host PATH, service links to the API server, SA kubeconfig. */
+  private async baseEnv(): Promise<NodeJS.ProcessEnv> {
+    const { host, port, caFile } = this.ctx.apiServer;
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH,
+      HOME: this.dir,
+      HOSTNAME: this.pod.spec.hostname ?? this.name,
+      KUBERNETES_SERVICE_HOST: host,
+      KUBERNETES_SERVICE_PORT: String(port),
+      KUBERNETES_SERVICE_PORT_HTTPS: String(port),
+      KUBERNETES_PORT: `tcp://${host}:${port}`,
+    };
+    if (this.pod.spec.automountServiceAccountToken === false) return env;
+    // The real kubelet projects a bound token into the container; a process has
+    // no mount namespace, so the token goes into a kubeconfig named by KUBECONFIG.
+    const sa = this.pod.spec.serviceAccountName ?? 'default';
+    const tr = await this.ctx.client.post<{ status: { token: string } }>(
+      `/api/v1/namespaces/${this.namespace}/serviceaccounts/${sa}/token`,
+      {
+        apiVersion: 'authentication.k8s.io/v1',
+        kind: 'TokenRequest',
+        spec: {
+          expirationSeconds: 86_400,
+          boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: this.name, uid: this.uid },
+        },
+      },
+    );
+    const saDir = join(this.dir, 'serviceaccount');
+    mkdirSync(saDir, { recursive: true });
+    writeFileSync(join(saDir, 'token'), tr.status.token, { mode: 0o600 });
+    writeFileSync(join(saDir, 'namespace'), this.namespace);
+    const ca = readFileSync(caFile);
+    writeFileSync(join(saDir, 'ca.crt'), ca);
+    const kubeconfig = join(saDir, 'kubeconfig');
+    writeFileSync(
+      kubeconfig,
+      stringify({
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [
+          {
+            name: 'in-cluster',
+            cluster: { server: `https://${host}:${port}`, 'certificate-authority-data': ca.toString('base64') },
+          },
+        ],
+        users: [{ name: `system:serviceaccount:${this.namespace}:${sa}`, user: { token: tr.status.token } }],
+        contexts: [
+          {
+            name: 'in-cluster',
+            context: {
+              cluster: 'in-cluster',
+              user: `system:serviceaccount:${this.namespace}:${sa}`,
+              namespace: this.namespace,
+            },
+          },
+        ],
+        'current-context': 'in-cluster',
+      }),
+      { mode: 0o600 },
+    );
+    env.KUBECONFIG = kubeconfig;
+    env.AGENTFLOW_SERVICEACCOUNT_DIR = saDir;
+    return env;
+  }
+
+  private isTerminalPhase(): boolean {
+    const p = this.computePhase();
+    return p === 'Succeeded' || p === 'Failed';
+  }
+
+  private computePhase(): NonNullable<PodStatus['phase']> {
+    if (this.rejected) return 'Failed';
+    const initFailed = this.init.some((c) => c.isTerminal && c.state.terminated?.exitCode !== 0);
+    if (initFailed && this.pod.spec.restartPolicy === 'Never') return 'Failed';
+    if (!this.initialized || this.main.length < this.pod.spec.containers.length) return 'Pending';
+    if (this.main.some((c) => !c.isTerminal)) return 'Running';
+    return this.main.every((c) => c.state.terminated?.exitCode === 0) ? 'Succeeded' : 'Failed';
+  }
+
+  private condition(type: string, ok: boolean, reason?: string): PodCondition {
+    const status = ok ? 'True' : 'False';
+    const prev = this.transitions.get(type);
+    if (!prev || prev.status !== status) this.transitions.set(type, { status, at: now() });
+    return {
+      type,
+      status,
+      lastProbeTime: null,
+      lastTransitionTime: this.transitions.get(type)?.at as string,
+      ...(reason && !ok ? { reason } : {}),
+    };
+  }
+
+  private containerStatuses(specs: Container[], runners: ContainerRunner[]): ContainerStatus[] {
+    return specs.map((c) => {
+      const r = runners.find((x) => x.name === c.name);
+      if (r) return r.status();
+      const w = this.waitingReasons.get(c.name) ?? { reason: 'PodInitializing', message: '' };
+      return {
+        name: c.name,
+        image: c.image ?? '',
+        imageID: '',
+        ready: false,
+        started: false,
+        restartCount: 0,
+        state: { waiting: w.message ? w : { reason: w.reason } },
+        lastState: {},
+      };
+    });
+  }
+
+  private buildStatus(): PodStatus {
+    if (this.rejected) {
+      return {
+        phase: 'Failed',
+        reason: this.rejected.reason,
+        message: this.rejected.message,
+        startTime: this.startTime,
+      };
+    }
+    const phase = this.computePhase();
+    const containers = this.containerStatuses(this.pod.spec.containers, this.main);
+    const allReady = containers.length > 0 && containers.every((c) => c.ready) && phase === 'Running';
+    const status: PodStatus = {
+      phase,
+      hostIP: this.ctx.hostIP,
+      hostIPs: [{ ip: this.ctx.hostIP }],
+      podIP: this.podIP,
+      podIPs: [{ ip: this.podIP }],
+      startTime: this.startTime,
+      conditions: [
+        this.condition('PodReadyToStartContainers', true),
+        this.condition('Initialized', this.initialized, 'ContainersNotInitialized'),
+        this.condition('Ready', allReady, 'ContainersNotReady'),
+        this.condition('ContainersReady', allReady, 'ContainersNotReady'),
+        this.condition('PodScheduled', true),
+      ],
+      containerStatuses: containers,
+    };
+    if (this.pod.spec.initContainers?.length) {
+      status.initContainerStatuses = this.containerStatuses(this.pod.spec.initContainers, this.init);
+    }
+    return status;
+  }
+
+  /** Writes the status; coalesces bursts so one write is in flight per pod. */
+  async syncStatus(): Promise<void> {
+    if (this.gone) return;
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    this.syncing = true;
+    try {
+      do {
+        this.syncAgain = false;
+        try {
+          await this.ctx.client.mergePatch(`/api/v1/namespaces/${this.namespace}/pods/${this.name}/status`, {
+            status: this.buildStatus(),
+          });
+        } catch (err) {
+          if (err instanceof KubeError && err.status === 404) {
+            this.gone = true;
+            return;
+          }
+          // transient API errors: the next change or the periodic resync retries
+        }
+      } while (this.syncAgain && !this.gone);
+    } finally {
+      this.syncing = false;
+    }
+  }
+}
+
+function stripTag(image: string): string {
+  const at = image.indexOf('@');
+  if (at >= 0) return image.slice(0, at);
+  const slash = image.lastIndexOf('/');
+  const colon = image.lastIndexOf(':');
+  return colon > slash ? image.slice(0, colon) : image;
+}
