@@ -105,6 +105,10 @@ export class ControlPlane {
     this.apiPort = await freePort();
     const serving = this.pki.serving('apiserver');
     const adminCert = this.pki.client('admin', 'kubernetes-admin', ['system:masters']);
+    const kubeletClient = this.pki.client('apiserver-kubelet-client', 'kube-apiserver-kubelet-client', [
+      'system:masters',
+    ]);
+    this.pki.kubeletTls();
     writeKubeconfig(this.kubeconfigPath, this.server, this.pki.caCert, adminCert);
     const componentKubeconfig = (name: string, user: string) => {
       const c = this.pki.client(name, user);
@@ -132,6 +136,10 @@ export class ControlPlane {
         '--service-cluster-ip-range=10.0.0.0/24',
         '--authorization-mode=Node,RBAC',
         '--allow-privileged=true',
+        // `kubectl logs` reaches the process kubelet's log server at the node's InternalIP.
+        `--kubelet-client-certificate=${kubeletClient.cert}`,
+        `--kubelet-client-key=${kubeletClient.key}`,
+        '--kubelet-preferred-address-types=InternalIP',
         '--profiling=false',
         '--v=1',
       ],
@@ -212,6 +220,9 @@ export class ControlPlane {
         ...this.opts.kubelet,
         client: RestClient.fromKubeconfig(kubeletKubeconfig),
         nodes,
+        kubeletVersion: this.kubeVersion,
+        tls: this.pki.kubeletTls(),
+        slotDir: join(dir, 'node-slots'),
         dir: join(dir, 'kubelet'),
         apiServer: { host: '127.0.0.1', port: this.apiPort, caFile: this.pki.caCert },
       });

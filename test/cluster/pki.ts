@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 /**
@@ -63,6 +63,16 @@ export class Pki {
       ...extraIps.map((ip) => `IP:${ip}`),
     ];
     return this.issue(name, `/CN=${name}`, `subjectAltName=${sans.join(',')}\nextendedKeyUsage=serverAuth`);
+  }
+
+  /**
+   * The process kubelet's serving certificate and the CA its clients must
+   * present certificates from. Node addresses are allocated at run time, so
+   * the API server does not verify this certificate (kubeadm's default too).
+   */
+  kubeletTls(): { cert: Buffer; key: Buffer; ca: Buffer } {
+    const { cert, key } = this.serving('kubelet-serving');
+    return { cert: readFileSync(cert), key: readFileSync(key), ca: readFileSync(this.caCert) };
   }
 
   /** Client certificate: CN is the user name, each O a group. */

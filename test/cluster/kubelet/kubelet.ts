@@ -1,6 +1,7 @@
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KubeError, type RestClient, type WatchEvent } from '../rest.ts';
+import { LogServer } from './log-server.ts';
 import { type ImageEntry, PodWorker } from './pod-worker.ts';
 import { parseQuantity } from './quantity.ts';
 import type { Container, NodeSpec, Pod } from './types.ts';
@@ -21,13 +22,22 @@ export interface KubeletOptions {
   /** How often node leases are renewed and node status is reported. */
   heartbeatMs?: number;
   kubeletVersion?: string;
+  /** Serving certificate for the kubelet API (logs); the API server's client certificate must chain to `ca`. */
+  tls?: { cert: Buffer; key: Buffer; ca: Buffer };
+  /**
+   * Directory shared by every kubelet of a cluster; a node's address block is
+   * claimed there with an exclusive file create, so kubelets in different
+   * processes never hand out the same node or pod IP.
+   */
+  slotDir?: string;
 }
 
 interface NodeState {
   spec: NodeSpec;
+  /** 127.A.B: node IP 127.A.B.1, pod IPs 127.A.B.2-254. */
+  prefix: string;
   ip: string;
-  index: number;
-  nextPodIp: number;
+  usedIps: Set<number>;
   alive: boolean;
 }
 
@@ -38,8 +48,8 @@ const microNow = () => new Date().toISOString().replace('Z', '000Z');
  * The process kubelet: registers Nodes with the stated capacity, keeps their
  * Ready condition and node Lease fresh, and runs the pods bound to them as
  * local processes, reporting pod status like a kubelet. No containers, no
- * mount or network namespaces: each pod gets its own loopback address
- * (127.<10+node>.x.y) as its pod IP and runs in a directory of its own.
+ * mount or network namespaces: each node owns a loopback block 127.A.B.0/24,
+ * each pod gets its own address in it as pod IP and runs in a directory of its own.
  */
 export class ProcessKubelet {
   private readonly nodes = new Map<string, NodeState>();
@@ -48,15 +58,31 @@ export class ProcessKubelet {
   private heartbeat: NodeJS.Timeout | undefined;
   private watching: Promise<void> | undefined;
   private resourceVersion = '';
+  private logServer: LogServer | undefined;
 
   private readonly o: KubeletOptions;
 
   constructor(o: KubeletOptions) {
     this.o = o;
-    o.nodes.forEach((spec, index) => {
-      this.nodes.set(spec.name, { spec, index, ip: `127.${10 + index}.0.1`, nextPodIp: 2, alive: true });
-    });
     mkdirSync(join(o.dir, 'pods'), { recursive: true });
+    for (const spec of o.nodes) this.addNodeState(spec);
+  }
+
+  private addNodeState(spec: NodeSpec): NodeState {
+    const slots = this.o.slotDir ?? join(this.o.dir, 'node-slots');
+    mkdirSync(slots, { recursive: true });
+    for (let slot = 0; slot < 240 * 256; slot++) {
+      try {
+        writeFileSync(join(slots, String(slot)), spec.name, { flag: 'wx' });
+      } catch {
+        continue; // taken by another node
+      }
+      const prefix = `127.${10 + Math.floor(slot / 256)}.${slot % 256}`;
+      const n: NodeState = { spec, prefix, ip: `${prefix}.1`, usedIps: new Set(), alive: true };
+      this.nodes.set(spec.name, n);
+      return n;
+    }
+    throw new Error('no free node address block in 127.10.0.0-127.249.255.0');
   }
 
   get client(): RestClient {
@@ -64,6 +90,13 @@ export class ProcessKubelet {
   }
 
   async start(): Promise<void> {
+    if (this.o.tls) {
+      this.logServer = new LogServer(this.o.tls, {
+        logFile: (ns, pod, container, previous) => this.find(ns, pod)?.logPath(container, previous),
+        running: (ns, pod, container) => this.find(ns, pod)?.isRunning(container) ?? false,
+      });
+      await this.logServer.start();
+    }
     for (const n of this.nodes.values()) await this.registerNode(n);
     this.heartbeat = setInterval(() => void this.beat(), this.o.heartbeatMs ?? 10_000);
     await this.relist();
@@ -75,13 +108,12 @@ export class ProcessKubelet {
     this.abort.abort();
     await this.watching?.catch(() => undefined);
     await Promise.all([...this.workers.values()].map((w) => w.vanished()));
+    await this.logServer?.stop();
   }
 
   /** Adds a node at run time (tests build clusters of particular shapes). */
   async addNode(spec: NodeSpec): Promise<void> {
-    const index = this.nodes.size;
-    const n: NodeState = { spec, index, ip: `127.${10 + index}.0.1`, nextPodIp: 2, alive: true };
-    this.nodes.set(spec.name, n);
+    const n = this.addNodeState(spec);
     await this.registerNode(n);
     await this.relist();
   }
@@ -172,7 +204,7 @@ export class ProcessKubelet {
           { type: 'InternalIP', address: n.ip },
           { type: 'Hostname', address: n.spec.name },
         ],
-        daemonEndpoints: { kubeletEndpoint: { Port: 0 } },
+        daemonEndpoints: { kubeletEndpoint: { Port: this.logServer?.port ?? 0 } },
         nodeInfo: {
           machineID: n.spec.name,
           systemUUID: n.spec.name,
@@ -284,7 +316,8 @@ export class ProcessKubelet {
     }
     const phase = pod.status?.phase;
     if (phase === 'Succeeded' || phase === 'Failed') return;
-    const w = new PodWorker(pod, this.allocateIp(node), {
+    const podIP = this.allocateIp(node);
+    const w = new PodWorker(pod, podIP, {
       client: this.o.client,
       podsDir: join(this.o.dir, 'pods'),
       apiServer: this.o.apiServer,
@@ -293,7 +326,10 @@ export class ProcessKubelet {
       backoffMaxMs: this.o.backoffMaxMs ?? 30_000,
       hostIP: node.ip,
       event: (p, type, reason, message) => void this.event(p, node.spec.name, type, reason, message),
-      onGone: (id) => this.workers.delete(id),
+      onGone: (id) => {
+        this.workers.delete(id);
+        node.usedIps.delete(Number(podIP.split('.')[3]));
+      },
     });
     this.workers.set(uid, w);
     const shortfall = this.admit(node, pod);
@@ -301,9 +337,15 @@ export class ProcessKubelet {
     else void w.run();
   }
 
+  /** The lowest free pod address of the node; freed when the pod is gone. */
   private allocateIp(n: NodeState): string {
-    const k = n.nextPodIp++;
-    return `127.${10 + n.index}.${Math.floor(k / 254)}.${(k % 254) + 1}`;
+    for (let host = 2; host <= 254; host++) {
+      if (!n.usedIps.has(host)) {
+        n.usedIps.add(host);
+        return `${n.prefix}.${host}`;
+      }
+    }
+    throw new Error(`node ${n.spec.name} has no free pod address (253 pods at most)`);
   }
 
   /** The kubelet's admission check: a pod must fit the node's allocatable. */

@@ -177,15 +177,24 @@ export class PodWorker {
     return (container ? this.main.find((c) => c.name === container) : this.main[0])?.pid;
   }
 
-  logPath(container?: string): string {
-    const r = container ? this.main.find((c) => c.name === container) : this.main[0];
-    const name = r?.name ?? container ?? this.pod.spec.containers[0]?.name ?? 'main';
-    return join(this.dir, name, `${r?.restartCount ?? 0}.log`);
+  logPath(container?: string, previous = false): string | undefined {
+    const r = container ? [...this.main, ...this.init].find((c) => c.name === container) : this.main[0];
+    if (!r) return undefined;
+    const run = previous ? r.restartCount - 1 : r.restartCount;
+    return run < 0 ? undefined : join(this.dir, r.name, `${run}.log`);
+  }
+
+  /** Whether a container may still write output (for `kubectl logs -f`). */
+  isRunning(container: string): boolean {
+    const r = [...this.main, ...this.init].find((c) => c.name === container);
+    return r !== undefined && !r.isTerminal && !this.gone;
   }
 
   logs(container?: string): string {
+    const path = this.logPath(container);
+    if (!path) return '';
     try {
-      return readFileSync(this.logPath(container), 'utf8');
+      return readFileSync(path, 'utf8');
     } catch {
       return '';
     }

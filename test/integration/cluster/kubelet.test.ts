@@ -162,6 +162,25 @@ describe('process kubelet', () => {
     expect((await getPod('bad'))?.status?.containerStatuses?.[0]?.state.terminated?.exitCode).toBe(7);
   });
 
+  it('serves container logs to kubectl through the API server', async () => {
+    await cluster.client.post(
+      `/api/v1/namespaces/${ns}/pods`,
+      podManifest('talker', {
+        restartPolicy: 'Never',
+        containers: [{ name: 'c', command: ['sh', '-c', 'for i in 1 2 3; do echo line$i; done'] }],
+      }),
+    );
+    await waitFor('talker Succeeded', async () => (await getPod('talker'))?.status?.phase === 'Succeeded', 30_000);
+    const all = await cluster.kubectl(['logs', '-n', ns, 'talker']);
+    expect(all.stderr).toBe('');
+    expect(all.stdout).toBe('line1\nline2\nline3\n');
+    const tail = await cluster.kubectl(['logs', '-n', ns, 'talker', '--tail=1']);
+    expect(tail.stdout).toBe('line3\n');
+    const missing = await cluster.kubectl(['logs', '-n', ns, 'talker', '-c', 'nope']);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toContain('container nope is not valid for pod talker');
+  });
+
   it('rejects a pod that does not fit the node (kubelet admission)', async () => {
     await cluster.client.post(
       `/api/v1/namespaces/${ns}/pods`,
