@@ -16,6 +16,24 @@ log() { echo "setup: $*" >&2; }
 
 node_major() { "${1:-node}" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 
+# Debian packages the harness shells out to, as "command:package".
+APT_NEEDS=(openssl:openssl)
+
+ensure_apt_packages() {
+  local missing=()
+  for pair in "${APT_NEEDS[@]}"; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return
+  if [[ $(id -u) -ne 0 ]]; then
+    log "missing Debian packages: ${missing[*]} (install them with apt-get as root)"
+    exit 1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
 ensure_node() {
   local local_node="$AGENTFLOW_CACHE/node/bin/node"
   if [[ -x "$local_node" ]]; then
@@ -56,6 +74,7 @@ ensure_go_binaries() {
   export PATH="$kube:$helm:$PATH"
 }
 
+ensure_apt_packages
 ensure_node
 ensure_npm_deps
 ensure_go_binaries
