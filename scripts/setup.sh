@@ -68,7 +68,7 @@ ensure_go_binaries() {
   local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
   if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
     command -v go >/dev/null || { log "Go >= 1.24 is needed to build the control-plane binaries; none found on PATH"; exit 1; }
-    log "building control-plane binaries (first run only; ~15 min on 2 cores)"
+    log "building control-plane binaries (first run only; ~10 min on 2 cores)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
   fi
   export PATH="$kube:$helm:$PATH"
