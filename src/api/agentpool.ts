@@ -1,0 +1,204 @@
+import type { V1PodTemplateSpec } from '@kubernetes/client-node';
+import { type Static, Type } from '@sinclair/typebox';
+import { Conditions, DnsLabel, ObjectMeta, StringEnum } from './schema-helpers.ts';
+
+// AgentPool: who the agents are, how many, and how many task slots each has.
+
+const Container = Type.Object({
+  name: DnsLabel('Container name.'),
+  image: Type.String({ minLength: 1, maxLength: 1024, description: 'Container image.' }),
+});
+
+const PodTemplate = Type.Unsafe<V1PodTemplateSpec>({
+  type: 'object',
+  description: 'Pod template for the agent pods (a PodTemplateSpec). At least one container with an image.',
+  'x-kubernetes-preserve-unknown-fields': true,
+  required: ['spec'],
+  properties: {
+    metadata: {
+      type: 'object',
+      'x-kubernetes-preserve-unknown-fields': true,
+      properties: {
+        labels: { type: 'object', additionalProperties: { type: 'string' }, maxProperties: 64 },
+        annotations: { type: 'object', additionalProperties: { type: 'string' }, maxProperties: 64 },
+      },
+    },
+    spec: {
+      type: 'object',
+      'x-kubernetes-preserve-unknown-fields': true,
+      required: ['containers'],
+      properties: {
+        containers: {
+          type: 'array',
+          minItems: 1,
+          maxItems: 16,
+          items: { ...Container, 'x-kubernetes-preserve-unknown-fields': true },
+        },
+      },
+    },
+  },
+});
+
+export const AgentPoolSpec = Type.Object(
+  {
+    replicas: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        maximum: 10_000,
+        default: 1,
+        description: 'Desired number of agent pods (ignored while autoscaling is set: the autoscaler chooses).',
+      }),
+    ),
+    autoscaling: Type.Optional(
+      Type.Object(
+        {
+          minReplicas: Type.Integer({
+            minimum: 0,
+            maximum: 10_000,
+            default: 0,
+            description: 'Fewest agent pods; 0 scales to zero when idle.',
+          }),
+          maxReplicas: Type.Integer({ minimum: 1, maximum: 10_000, description: 'Most agent pods.' }),
+          targetUtilization: Type.Optional(
+            Type.Integer({
+              minimum: 1,
+              maximum: 100,
+              default: 80,
+              description: 'Percent of task slots busy or queued that the autoscaler aims for.',
+            }),
+          ),
+          scaleDownDelaySeconds: Type.Optional(
+            Type.Integer({
+              minimum: 0,
+              maximum: 86_400,
+              default: 300,
+              description: 'How long the pool must be under target before it scales down.',
+            }),
+          ),
+        },
+        {
+          description: 'Queue-depth autoscaling between minReplicas and maxReplicas.',
+          'x-kubernetes-validations': [
+            {
+              rule: 'self.minReplicas <= self.maxReplicas',
+              message: 'minReplicas must be less than or equal to maxReplicas',
+              fieldPath: '.minReplicas',
+            },
+          ],
+        },
+      ),
+    ),
+    agent: Type.Object(
+      {
+        capacity: Type.Integer({
+          minimum: 1,
+          maximum: 1024,
+          default: 1,
+          description: 'Task slots per agent: tasks one agent runs at once.',
+        }),
+        handlers: Type.Optional(
+          Type.Unsafe<string[]>({
+            type: 'array',
+            maxItems: 128,
+            'x-kubernetes-list-type': 'set',
+            items: { type: 'string', minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9][A-Za-z0-9_.:/-]*$' },
+            description: 'Handler names the agents serve; empty means whatever each agent registers.',
+          }),
+        ),
+        drainTimeoutSeconds: Type.Optional(
+          Type.Integer({
+            minimum: 0,
+            maximum: 86_400,
+            default: 300,
+            description: 'How long a draining agent may finish in-flight tasks before its pod is deleted.',
+          }),
+        ),
+      },
+      { description: 'What every agent of the pool offers.' },
+    ),
+    template: PodTemplate,
+    placement: Type.Optional(
+      Type.Object(
+        {
+          strategy: Type.Optional(
+            StringEnum(['Spread', 'BinPack'] as const, {
+              description: 'Spread: least allocated node first. BinPack: most allocated node that fits.',
+              default: 'Spread',
+            }),
+          ),
+          maxPerNode: Type.Optional(
+            Type.Integer({
+              minimum: 1,
+              maximum: 10_000,
+              description: 'At most this many agent pods of the pool per node.',
+            }),
+          ),
+          scheduler: Type.Optional(
+            StringEnum(['agentflow', 'default'] as const, {
+              description: 'agentflow: the operator binds pods by capacity. default: kube-scheduler does.',
+              default: 'agentflow',
+            }),
+          ),
+        },
+        { description: 'How agent pods are placed on nodes.' },
+      ),
+    ),
+    state: Type.Optional(
+      Type.Object(
+        {
+          scope: Type.Optional(
+            StringEnum(['Workflow', 'Pool', 'Namespace'] as const, {
+              description: 'Default scope of the shared state agents read and write.',
+              default: 'Workflow',
+            }),
+          ),
+        },
+        { description: 'Shared state in etcd.' },
+      ),
+    ),
+  },
+  { description: 'Desired state of the AgentPool.' },
+);
+
+export const AgentPoolStatus = Type.Object(
+  {
+    observedGeneration: Type.Optional(Type.Integer({ minimum: 0 })),
+    replicas: Type.Optional(Type.Integer({ minimum: 0, description: 'Agent pods that exist.' })),
+    readyReplicas: Type.Optional(Type.Integer({ minimum: 0, description: 'Agent pods that are Ready.' })),
+    connectedAgents: Type.Optional(
+      Type.Integer({ minimum: 0, description: 'Agents holding a stream to the dispatcher.' }),
+    ),
+    capacity: Type.Optional(Type.Integer({ minimum: 0, description: 'Total task slots of connected agents.' })),
+    inflight: Type.Optional(Type.Integer({ minimum: 0, description: 'Task slots in use.' })),
+    queued: Type.Optional(
+      Type.Integer({ minimum: 0, description: 'Task slots wanted by tasks waiting for an agent.' }),
+    ),
+    selector: Type.Optional(Type.String({ description: 'Label selector of the agent pods (scale subresource).' })),
+    conditions: Type.Optional(Conditions),
+  },
+  { description: 'Observed state of the AgentPool.' },
+);
+
+export const AgentPoolSchema = Type.Object(
+  {
+    apiVersion: Type.String(),
+    kind: Type.String(),
+    metadata: ObjectMeta,
+    spec: AgentPoolSpec,
+    status: Type.Optional(AgentPoolStatus),
+  },
+  {
+    description: 'A pool of long-lived agent pods that run workflow tasks.',
+    'x-kubernetes-validations': [
+      {
+        // Pods are named <pool>-<10 chars>; a pod name must be a DNS label to be a hostname.
+        rule: 'self.metadata.name.size() <= 52',
+        message: 'metadata.name must be at most 52 characters (agent pod names add 11)',
+      },
+    ],
+  },
+);
+
+export type AgentPoolSpec = Static<typeof AgentPoolSpec>;
+export type AgentPoolStatus = Static<typeof AgentPoolStatus>;
+export type AgentPool = Static<typeof AgentPoolSchema>;

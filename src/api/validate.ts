@@ -1,0 +1,189 @@
+import { checkExpression, ExpressionError, parseTemplate, type Scope } from './expressions.ts';
+import { DNS_LABEL } from './schema-helpers.ts';
+import type { WorkflowSpec, WorkflowTask } from './workflow.ts';
+
+/** One thing wrong with a manifest, located by its field path. */
+export interface Problem {
+  /** e.g. spec.tasks[2].input.query */
+  field: string;
+  /** CamelCase, for a condition's reason. */
+  reason: 'InvalidSpec' | 'DependencyCycle' | 'PoolNotFound' | 'HandlerNotServed' | 'InvalidExpression';
+  message: string;
+}
+
+/** What the controller knows about the pools of the workflow's namespace. */
+export interface PoolInfo {
+  /** Handlers the pool declares; undefined or empty: any handler. */
+  handlers?: string[];
+}
+
+export interface ValidateOptions {
+  /** Pools of the namespace by name; omit to skip the pool and handler checks. */
+  pools?: ReadonlyMap<string, PoolInfo>;
+}
+
+/** "spec.tasks[1].dependsOn: dependency cycle: a -> b -> a" */
+export function formatProblem(p: Problem): string {
+  return `${p.field}: ${p.message}`;
+}
+
+/**
+ * Everything about a Workflow spec that the API server's schema cannot judge:
+ * dependency cycles, unknown pools and handlers, and expressions that do not
+ * parse or read what is not in scope. Returns every problem, not just the first.
+ * Repeats the schema's cheap structural checks, since a spec may come from
+ * anywhere (an older CRD, a unit test, etcd).
+ */
+export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions = {}): Problem[] {
+  const problems: Problem[] = [];
+  const add = (field: string, reason: Problem['reason'], message: string) => problems.push({ field, reason, message });
+  const tasks: WorkflowTask[] = Array.isArray(spec?.tasks) ? spec.tasks : [];
+  if (tasks.length === 0) add('spec.tasks', 'InvalidSpec', 'at least one task is required');
+
+  const index = new Map<string, number>();
+  tasks.forEach((t, i) => {
+    const f = `spec.tasks[${i}]`;
+    if (typeof t.name !== 'string' || !new RegExp(DNS_LABEL).test(t.name) || t.name.length > 63) {
+      add(
+        `${f}.name`,
+        'InvalidSpec',
+        `"${t.name}" is not a DNS-1123 label (lower-case alphanumerics and "-", at most 63)`,
+      );
+    } else if (index.has(t.name)) {
+      add(`${f}.name`, 'InvalidSpec', `duplicate task name "${t.name}" (also spec.tasks[${index.get(t.name)}])`);
+    } else {
+      index.set(t.name, i);
+    }
+  });
+  tasks.forEach((t, i) => {
+    (t.dependsOn ?? []).forEach((d, j) => {
+      if (d === t.name) add(`spec.tasks[${i}].dependsOn[${j}]`, 'InvalidSpec', 'a task cannot depend on itself');
+      else if (!index.has(d)) add(`spec.tasks[${i}].dependsOn[${j}]`, 'InvalidSpec', `no task named "${d}"`);
+    });
+  });
+
+  for (const cycle of findCycles(tasks, index)) {
+    const first = cycle[0] as string;
+    add(
+      `spec.tasks[${index.get(first)}].dependsOn`,
+      'DependencyCycle',
+      `dependency cycle: ${[...cycle, first].join(' -> ')}`,
+    );
+  }
+
+  if (opts.pools) {
+    tasks.forEach((t, i) => {
+      const pool = t.pool ?? spec.pool;
+      const field = t.pool ? `spec.tasks[${i}].pool` : 'spec.pool';
+      if (!pool) {
+        add(`spec.tasks[${i}].pool`, 'PoolNotFound', 'no pool: set spec.pool or the task pool');
+        return;
+      }
+      const info = opts.pools?.get(pool);
+      if (!info) {
+        // One problem per missing pool, not per task that uses it.
+        if (!problems.some((p) => p.reason === 'PoolNotFound' && p.message.startsWith(`AgentPool "${pool}"`))) {
+          add(field, 'PoolNotFound', `AgentPool "${pool}" not found in the workflow's namespace`);
+        }
+        return;
+      }
+      if (info.handlers?.length && !info.handlers.includes(t.handler)) {
+        add(
+          `spec.tasks[${i}].handler`,
+          'HandlerNotServed',
+          `AgentPool "${pool}" serves no handler "${t.handler}" (it serves: ${info.handlers.join(', ')})`,
+        );
+      }
+    });
+  }
+
+  const deps = transitiveDependencies(tasks, index);
+  const allTasks = new Set(index.keys());
+  tasks.forEach((t, i) => {
+    const f = `spec.tasks[${i}]`;
+    const readable = deps.get(t.name) ?? new Set<string>();
+    const check = (field: string, expr: string, scope: Scope) => {
+      try {
+        checkExpression(expr, scope);
+      } catch (err) {
+        if (!(err instanceof ExpressionError)) throw err;
+        add(field, 'InvalidExpression', `${JSON.stringify(expr)}: ${err.message}`);
+      }
+    };
+    if (t.forEach !== undefined) check(`${f}.forEach`, t.forEach, { readableTasks: readable, allTasks, item: false });
+    const inner: Scope = { readableTasks: readable, allTasks, item: t.forEach !== undefined };
+    if (t.when !== undefined) check(`${f}.when`, t.when, inner);
+    const walk = (value: unknown, path: string): void => {
+      if (typeof value === 'string') {
+        let parts: ReturnType<typeof parseTemplate>;
+        try {
+          parts = parseTemplate(value);
+        } catch (err) {
+          add(path, 'InvalidExpression', (err as Error).message);
+          return;
+        }
+        for (const p of parts) if ('expr' in p) check(path, p.expr, inner);
+      } else if (Array.isArray(value)) {
+        for (const [k, v] of value.entries()) walk(v, `${path}[${k}]`);
+      } else if (value && typeof value === 'object') {
+        for (const [k, v] of Object.entries(value)) walk(v, `${path}.${k}`);
+      }
+    };
+    walk(t.input ?? {}, `${f}.input`);
+  });
+  return problems;
+}
+
+/** Each elementary cycle once, as task names in dependency order, starting from its earliest task. */
+function findCycles(tasks: WorkflowTask[], index: Map<string, number>): string[][] {
+  const color = new Map<string, 'grey' | 'black'>();
+  const stack: string[] = [];
+  const cycles: string[][] = [];
+  const seen = new Set<string>();
+  const dfs = (name: string): void => {
+    color.set(name, 'grey');
+    stack.push(name);
+    const t = tasks[index.get(name) as number];
+    for (const d of t?.dependsOn ?? []) {
+      if (!index.has(d) || d === name) continue;
+      if (color.get(d) === 'grey') {
+        const cycle = stack.slice(stack.indexOf(d));
+        // Rotate to start at the task listed first, so the report is stable.
+        const start = cycle.reduce((a, b) => ((index.get(a) as number) <= (index.get(b) as number) ? a : b));
+        const k = cycle.indexOf(start);
+        const rotated = [...cycle.slice(k), ...cycle.slice(0, k)];
+        const key = rotated.join('>');
+        if (!seen.has(key)) {
+          seen.add(key);
+          cycles.push(rotated);
+        }
+      } else if (!color.has(d)) {
+        dfs(d);
+      }
+    }
+    stack.pop();
+    color.set(name, 'black');
+  };
+  for (const name of index.keys()) if (!color.has(name)) dfs(name);
+  return cycles;
+}
+
+/** For each task, every task it depends on directly or indirectly. */
+function transitiveDependencies(tasks: WorkflowTask[], index: Map<string, number>): Map<string, Set<string>> {
+  const memo = new Map<string, Set<string>>();
+  const visit = (name: string, path: Set<string>): Set<string> => {
+    const known = memo.get(name);
+    if (known) return known;
+    const out = new Set<string>();
+    const t = tasks[index.get(name) as number];
+    for (const d of t?.dependsOn ?? []) {
+      if (!index.has(d) || path.has(d)) continue; // unknown deps and cycles are reported elsewhere
+      out.add(d);
+      for (const x of visit(d, new Set([...path, d]))) out.add(x);
+    }
+    memo.set(name, out);
+    return out;
+  };
+  for (const name of index.keys()) visit(name, new Set([name]));
+  return memo;
+}

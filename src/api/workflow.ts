@@ -1,0 +1,224 @@
+import { type Static, Type } from '@sinclair/typebox';
+import { Conditions, DnsLabel, FreeObject, FreeValue, ObjectMeta, StringEnum, StringMap } from './schema-helpers.ts';
+
+// Workflow: a DAG of tasks for the agents of one or more pools. Task inputs
+// are literal JSON; a string of the form `${{ expr }}` is replaced by the value
+// of the CEL expression, and `${{ }}` inside a longer string interpolates.
+
+export const MAX_TASKS = 200;
+export const MAX_DEPENDENCIES = 64;
+export const MAX_EXPRESSION = 2048;
+
+const RetryPolicy = Type.Object(
+  {
+    maxAttempts: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 100, default: 3, description: 'Attempts in all, the first included.' }),
+    ),
+    backoff: Type.Optional(
+      Type.Object(
+        {
+          initialSeconds: Type.Optional(
+            Type.Number({
+              exclusiveMinimum: 0,
+              maximum: 3600,
+              default: 1,
+              description: 'Delay before the second attempt.',
+            }),
+          ),
+          factor: Type.Optional(
+            Type.Number({ minimum: 1, maximum: 10, default: 2, description: 'Growth of the delay per attempt.' }),
+          ),
+          maxSeconds: Type.Optional(
+            Type.Number({
+              exclusiveMinimum: 0,
+              maximum: 86_400,
+              default: 300,
+              description: 'Upper bound of any delay.',
+            }),
+          ),
+        },
+        {
+          description: 'Exponential back-off between attempts.',
+          'x-kubernetes-validations': [
+            {
+              rule: '!has(self.initialSeconds) || !has(self.maxSeconds) || self.initialSeconds <= self.maxSeconds',
+              message: 'initialSeconds must be less than or equal to maxSeconds',
+              fieldPath: '.initialSeconds',
+            },
+          ],
+        },
+      ),
+    ),
+  },
+  { description: 'How failed attempts are retried.' },
+);
+
+const Expression = (description: string) => Type.String({ minLength: 1, maxLength: MAX_EXPRESSION, description });
+
+export const WorkflowTask = Type.Object(
+  {
+    name: DnsLabel('Task name, unique in the workflow.'),
+    handler: Type.String({
+      minLength: 1,
+      maxLength: 253,
+      pattern: '^[A-Za-z0-9][A-Za-z0-9_.:/-]*$',
+      description: 'Handler an agent of the pool runs for this task.',
+    }),
+    pool: Type.Optional(DnsLabel('AgentPool that runs the task (default: spec.pool).')),
+    dependsOn: Type.Optional(
+      Type.Unsafe<string[]>({
+        type: 'array',
+        maxItems: MAX_DEPENDENCIES,
+        'x-kubernetes-list-type': 'set',
+        items: { type: 'string', maxLength: 63 },
+        description: 'Tasks that must succeed before this one starts.',
+      }),
+    ),
+    input: Type.Optional(
+      StringMap(FreeValue('A literal JSON value, or a string with ${{ CEL }} expressions.'), {
+        description: 'Input handed to the handler. Expressions see inputs, tasks.<dependency>.output and item.',
+        maxProperties: 64,
+      }),
+    ),
+    forEach: Type.Optional(Expression('CEL expression yielding a list: one task instance per item (fan-out).')),
+    when: Type.Optional(Expression('CEL condition: the task is skipped when it is false.')),
+    retryPolicy: Type.Optional(RetryPolicy),
+    timeoutSeconds: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 604_800, description: 'Deadline of one attempt.' }),
+    ),
+    cost: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 1024, default: 1, description: 'Task slots an attempt occupies.' }),
+    ),
+  },
+  {
+    'x-kubernetes-validations': [
+      {
+        rule: '!has(self.dependsOn) || !(self.name in self.dependsOn)',
+        message: 'a task cannot depend on itself',
+        fieldPath: '.dependsOn',
+      },
+    ],
+  },
+);
+
+export const WorkflowSpec = Type.Object(
+  {
+    pool: Type.Optional(DnsLabel('Default AgentPool for tasks that name none.')),
+    inputs: Type.Optional(FreeObject('Workflow inputs, visible to expressions as inputs.', 256)),
+    parallelism: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 100_000, description: 'Most task attempts running at once.' }),
+    ),
+    priority: Type.Optional(
+      Type.Integer({
+        minimum: -1000,
+        maximum: 1000,
+        default: 0,
+        description: 'Higher runs first when agents are scarce.',
+      }),
+    ),
+    timeoutSeconds: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 2_592_000, description: 'Deadline of the whole workflow.' }),
+    ),
+    retryPolicy: Type.Optional(RetryPolicy),
+    ttlSecondsAfterFinished: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        maximum: 31_536_000,
+        description: 'Delete the workflow (and its records) this long after it finishes.',
+      }),
+    ),
+    suspend: Type.Optional(Type.Boolean({ default: false, description: 'Stop dispatching new tasks while true.' })),
+    tasks: Type.Unsafe<Static<typeof WorkflowTask>[]>({
+      type: 'array',
+      minItems: 1,
+      maxItems: MAX_TASKS,
+      items: WorkflowTask,
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['name'],
+      description: 'The tasks of the DAG.',
+    }),
+  },
+  {
+    description: 'Desired state of the Workflow.',
+    'x-kubernetes-validations': [
+      {
+        rule: 'has(self.pool) || self.tasks.all(t, has(t.pool))',
+        message: 'spec.pool is required unless every task sets pool',
+        fieldPath: '.pool',
+        reason: 'FieldValueRequired',
+      },
+      {
+        // sets.contains keeps the estimated cost within budget at 200 tasks x 64
+        // dependencies; a nested exists() over tasks is 8.5x over it.
+        rule: 'self.tasks.all(t, !has(t.dependsOn) || sets.contains(self.tasks.map(u, u.name), t.dependsOn))',
+        message: 'every dependsOn entry must name a task of spec.tasks',
+        fieldPath: '.tasks',
+      },
+    ],
+  },
+);
+
+export const WorkflowPhases = ['Pending', 'Running', 'Succeeded', 'Failed', 'Cancelled', 'Suspended'] as const;
+export type WorkflowPhase = (typeof WorkflowPhases)[number];
+export const TaskPhases = [
+  'Pending',
+  'Queued',
+  'Running',
+  'Retrying',
+  'Succeeded',
+  'Failed',
+  'Skipped',
+  'Cancelled',
+] as const;
+
+export const WorkflowStatus = Type.Object(
+  {
+    observedGeneration: Type.Optional(Type.Integer({ minimum: 0 })),
+    phase: Type.Optional(StringEnum(WorkflowPhases, { description: 'Where the workflow is in its life.' })),
+    progress: Type.Optional(
+      Type.Object(
+        {
+          total: Type.Integer({ minimum: 0 }),
+          succeeded: Type.Integer({ minimum: 0 }),
+          failed: Type.Integer({ minimum: 0 }),
+          running: Type.Integer({ minimum: 0 }),
+          queued: Type.Integer({ minimum: 0 }),
+        },
+        { description: 'Task counts, fan-out instances included.' },
+      ),
+    ),
+    progressSummary: Type.Optional(Type.String({ maxLength: 64, description: 'succeeded/total, for kubectl.' })),
+    startedAt: Type.Optional(Type.String({ format: 'date-time' })),
+    finishedAt: Type.Optional(Type.String({ format: 'date-time' })),
+    outputs: Type.Optional(FreeObject('Outputs of the tasks no other task depends on (size-bounded).')),
+    tasks: Type.Optional(
+      Type.Array(
+        Type.Object({
+          name: Type.String({ maxLength: 253 }),
+          phase: StringEnum(TaskPhases, { description: 'Phase of the task (the latest attempt).' }),
+          attempts: Type.Optional(Type.Integer({ minimum: 0 })),
+          message: Type.Optional(Type.String({ maxLength: 1024 })),
+        }),
+        { maxItems: 1000, description: 'Per-task summary, bounded; full records are in etcd.' },
+      ),
+    ),
+    conditions: Type.Optional(Conditions),
+  },
+  { description: 'Observed state of the Workflow.' },
+);
+
+export const WorkflowSchema = Type.Object(
+  {
+    apiVersion: Type.String(),
+    kind: Type.String(),
+    metadata: ObjectMeta,
+    spec: WorkflowSpec,
+    status: Type.Optional(WorkflowStatus),
+  },
+  { description: 'A DAG of tasks run by the agents of AgentPools.' },
+);
+
+export type WorkflowTask = Static<typeof WorkflowTask>;
+export type WorkflowSpec = Static<typeof WorkflowSpec>;
+export type WorkflowStatus = Static<typeof WorkflowStatus>;
+export type Workflow = Static<typeof WorkflowSchema>;
