@@ -1,0 +1,426 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml, stringify } from 'yaml';
+import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
+import { testCluster, uniqueName } from '../../cluster/testing.ts';
+
+// The CRDs on the real kube-apiserver: kubectl refuses bad manifests at once,
+// naming the field; good ones get defaults, printer columns and scaling.
+
+type Obj = Record<string, unknown> & { metadata: { name: string }; spec: Record<string, unknown> };
+let cluster: ClusterHandle;
+const ns = uniqueName('crds');
+const examplePool = parseYaml(readFileSync('deploy/examples/agentpool.yaml', 'utf8')) as Obj;
+const exampleWorkflow = parseYaml(readFileSync('deploy/examples/workflow-research.yaml', 'utf8')) as Obj;
+
+const clone = <T>(o: T): T => structuredClone(o);
+// biome-ignore lint/suspicious/noExplicitAny: test mutations reach into arbitrary manifest paths
+type Mutate = (o: any) => void;
+
+async function dryRun(obj: unknown) {
+  return cluster.kubectl(['apply', '--dry-run=server', '-n', ns, '-f', '-'], { input: stringify(obj) });
+}
+
+beforeAll(async () => {
+  cluster = testCluster();
+  const crds = await cluster.kubectl(['apply', '--server-side', '--force-conflicts', '-f', 'deploy/crds/']);
+  expect(crds.stderr).toBe('');
+  const est = await cluster.kubectl([
+    'wait',
+    '--for=condition=Established',
+    'crd/agentpools.agentflow.io',
+    'crd/workflows.agentflow.io',
+    '--timeout=30s',
+  ]);
+  expect(est.code).toBe(0);
+  await cluster.client.post('/api/v1/namespaces', { metadata: { name: ns } });
+});
+
+afterAll(async () => {
+  await cluster.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+  await cluster.close();
+});
+
+const poolCases: [string, Mutate, string][] = [
+  [
+    'a name too long for agent pod names',
+    (o) => {
+      o.metadata.name = 'p'.repeat(53);
+    },
+    'metadata.name must be at most 52 characters',
+  ],
+  [
+    'capacity 0',
+    (o) => {
+      o.spec.agent.capacity = 0;
+    },
+    'spec.agent.capacity: Invalid value: 0: spec.agent.capacity in body should be greater than or equal to 1',
+  ],
+  [
+    'minReplicas above maxReplicas',
+    (o) => {
+      o.spec.autoscaling = { minReplicas: 4, maxReplicas: 2 };
+    },
+    'spec.autoscaling.minReplicas: Invalid value: "object": minReplicas must be less than or equal to maxReplicas',
+  ],
+  [
+    'negative replicas',
+    (o) => {
+      o.spec.replicas = -1;
+    },
+    'spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0',
+  ],
+  [
+    'maxReplicas 0',
+    (o) => {
+      o.spec.autoscaling = { minReplicas: 0, maxReplicas: 0 };
+    },
+    'spec.autoscaling.maxReplicas: Invalid value: 0',
+  ],
+  [
+    'no template',
+    (o) => {
+      delete o.spec.template;
+    },
+    'spec.template: Required value',
+  ],
+  [
+    'no agent section',
+    (o) => {
+      delete o.spec.agent;
+    },
+    'spec.agent: Required value',
+  ],
+  [
+    'a template without containers',
+    (o) => {
+      o.spec.template.spec = {};
+    },
+    'spec.template.spec.containers: Required value',
+  ],
+  [
+    'an empty container list',
+    (o) => {
+      o.spec.template.spec.containers = [];
+    },
+    'spec.template.spec.containers: Invalid value: 0: spec.template.spec.containers in body should have at least 1 items',
+  ],
+  [
+    'a container without an image',
+    (o) => {
+      delete o.spec.template.spec.containers[0].image;
+    },
+    'spec.template.spec.containers[0].image: Required value',
+  ],
+  [
+    'an unknown placement strategy',
+    (o) => {
+      o.spec.placement.strategy = 'Random';
+    },
+    'spec.placement.strategy: Unsupported value: "Random": supported values: "Spread", "BinPack"',
+  ],
+  [
+    'maxPerNode 0',
+    (o) => {
+      o.spec.placement.maxPerNode = 0;
+    },
+    'spec.placement.maxPerNode: Invalid value: 0',
+  ],
+  [
+    'an unknown scheduler',
+    (o) => {
+      o.spec.placement.scheduler = 'volcano';
+    },
+    'spec.placement.scheduler: Unsupported value: "volcano"',
+  ],
+  [
+    'a handler name with a space',
+    (o) => {
+      o.spec.agent.handlers = ['web search'];
+    },
+    'spec.agent.handlers[0]: Invalid value: "web search"',
+  ],
+  [
+    'a duplicate handler',
+    (o) => {
+      o.spec.agent.handlers = ['plan', 'plan'];
+    },
+    'spec.agent.handlers[1]: Duplicate value: "plan"',
+  ],
+  [
+    'an unknown field',
+    (o) => {
+      o.spec.agent.slots = 3;
+    },
+    'unknown field "spec.agent.slots"',
+  ],
+  [
+    'a capacity given as a string',
+    (o) => {
+      o.spec.agent.capacity = 'four';
+    },
+    'spec.agent.capacity: Invalid value: "string": spec.agent.capacity in body must be of type integer: "string"',
+  ],
+];
+
+const tasksOf = (o: Obj) => o.spec.tasks as Record<string, unknown>[];
+const workflowCases: [string, Mutate, string][] = [
+  [
+    'no tasks',
+    (o) => {
+      o.spec.tasks = [];
+    },
+    'spec.tasks: Invalid value: 0: spec.tasks in body should have at least 1 items',
+  ],
+  [
+    'a missing tasks list',
+    (o) => {
+      delete o.spec.tasks;
+    },
+    'spec.tasks: Required value',
+  ],
+  [
+    'a duplicate task name',
+    (o) => {
+      tasksOf(o)[1] = { ...tasksOf(o)[1], name: 'plan' };
+    },
+    'spec.tasks[1]: Duplicate value: {"name":"plan"}',
+  ],
+  [
+    'a dependency on an unknown task',
+    (o) => {
+      tasksOf(o)[2] = { ...tasksOf(o)[2], dependsOn: ['research', 'review'] };
+    },
+    'spec.tasks: Invalid value: "object": every dependsOn entry must name a task of spec.tasks',
+  ],
+  [
+    'a task depending on itself',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], dependsOn: ['plan'] };
+    },
+    'spec.tasks[0].dependsOn: Invalid value: "object": a task cannot depend on itself',
+  ],
+  [
+    'a duplicate dependency',
+    (o) => {
+      tasksOf(o)[2] = { ...tasksOf(o)[2], dependsOn: ['research', 'research'] };
+    },
+    'spec.tasks[2].dependsOn[1]: Duplicate value: "research"',
+  ],
+  [
+    'an upper-case task name',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], name: 'Plan' };
+    },
+    'spec.tasks[0].name: Invalid value: "Plan": spec.tasks[0].name in body should match',
+  ],
+  [
+    'a 64-character task name',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], name: 'p'.repeat(64) };
+    },
+    'spec.tasks[0].name: Too long: may not be more than 63 bytes',
+  ],
+  [
+    'a task without a handler',
+    (o) => {
+      delete tasksOf(o)[0]?.handler;
+    },
+    'spec.tasks[0].handler: Required value',
+  ],
+  [
+    'parallelism 0',
+    (o) => {
+      o.spec.parallelism = 0;
+    },
+    'spec.parallelism: Invalid value: 0: spec.parallelism in body should be greater than or equal to 1',
+  ],
+  [
+    'a workflow timeout of 0',
+    (o) => {
+      o.spec.timeoutSeconds = 0;
+    },
+    'spec.timeoutSeconds: Invalid value: 0',
+  ],
+  [
+    'a negative task timeout',
+    (o) => {
+      tasksOf(o)[1] = { ...tasksOf(o)[1], timeoutSeconds: -5 };
+    },
+    'spec.tasks[1].timeoutSeconds: Invalid value: -5',
+  ],
+  [
+    'maxAttempts 0',
+    (o) => {
+      o.spec.retryPolicy = { maxAttempts: 0 };
+    },
+    'spec.retryPolicy.maxAttempts: Invalid value: 0',
+  ],
+  [
+    'a back-off that starts above its cap',
+    (o) => {
+      o.spec.retryPolicy = { backoff: { initialSeconds: 60, maxSeconds: 10 } };
+    },
+    'spec.retryPolicy.backoff.initialSeconds: Invalid value: "object": initialSeconds must be less than or equal to maxSeconds',
+  ],
+  [
+    'a zero initial back-off',
+    (o) => {
+      o.spec.retryPolicy = { backoff: { initialSeconds: 0 } };
+    },
+    'spec.retryPolicy.backoff.initialSeconds: Invalid value: 0: spec.retryPolicy.backoff.initialSeconds in body should be greater than 0',
+  ],
+  [
+    'no pool for a task',
+    (o) => {
+      delete o.spec.pool;
+    },
+    'spec.pool: Required value: spec.pool is required unless every task sets pool',
+  ],
+  [
+    'an invalid pool name',
+    (o) => {
+      o.spec.pool = 'Research_Pool';
+    },
+    'spec.pool: Invalid value: "Research_Pool"',
+  ],
+  [
+    'a task cost of 0',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], cost: 0 };
+    },
+    'spec.tasks[0].cost: Invalid value: 0',
+  ],
+  [
+    'an oversized forEach expression',
+    (o) => {
+      tasksOf(o)[1] = { ...tasksOf(o)[1], forEach: `inputs.x${' '.repeat(3000)}` };
+    },
+    'spec.tasks[1].forEach: Too long: may not be more than 2048 bytes',
+  ],
+  [
+    'too many tasks',
+    (o) => {
+      o.spec.tasks = Array.from({ length: 201 }, (_, i) => ({ name: `t${i}`, handler: 'h' }));
+    },
+    'spec.tasks: Too many: 201: must have at most 200 items',
+  ],
+  [
+    'a priority out of range',
+    (o) => {
+      o.spec.priority = 5000;
+    },
+    'spec.priority: Invalid value: 5000: spec.priority in body should be less than or equal to 1000',
+  ],
+  [
+    'inputs that are not an object',
+    (o) => {
+      o.spec.inputs = ['a', 'b'];
+    },
+    'spec.inputs: Invalid value: "array": spec.inputs in body must be of type object',
+  ],
+  [
+    'a negative ttl',
+    (o) => {
+      o.spec.ttlSecondsAfterFinished = -1;
+    },
+    'spec.ttlSecondsAfterFinished: Invalid value: -1',
+  ],
+  // Not 'yes': kubectl reads YAML 1.1, where yes is a boolean.
+  [
+    'suspend as a string',
+    (o) => {
+      o.spec.suspend = 'sometimes';
+    },
+    'spec.suspend: Invalid value: "string": spec.suspend in body must be of type boolean',
+  ],
+];
+
+describe('kubectl refuses invalid AgentPools, naming the field', () => {
+  it.each(poolCases)('%s', async (_what, mutate, expected) => {
+    const o = clone(examplePool);
+    mutate(o);
+    const r = await dryRun(o);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(expected);
+  });
+});
+
+describe('kubectl refuses invalid Workflows, naming the field', () => {
+  it.each(workflowCases)('%s', async (_what, mutate, expected) => {
+    const o = clone(exampleWorkflow);
+    mutate(o);
+    const r = await dryRun(o);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(expected);
+  });
+
+  it('has at least 25 invalid manifests in the table', () => {
+    expect(poolCases.length + workflowCases.length).toBeGreaterThanOrEqual(25);
+  });
+});
+
+describe('valid manifests', () => {
+  it('accepts the examples in a server-side dry run', async () => {
+    const r = await cluster.kubectl(['apply', '--dry-run=server', '-n', ns, '-f', 'deploy/examples/']);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('agentpool.agentflow.io/researchers created (server dry run)');
+    expect(r.stdout).toContain('workflow.agentflow.io/research-report created (server dry run)');
+  });
+
+  it('fills defaults, shows printer columns and answers to short names and the agentflow category', async () => {
+    const r = await cluster.kubectl(['apply', '-n', ns, '-f', 'deploy/examples/']);
+    expect(r.code).toBe(0);
+    const pool = JSON.parse((await cluster.kubectl(['get', 'ap', 'researchers', '-n', ns, '-o', 'json'])).stdout);
+    expect(pool.spec.placement.scheduler).toBe('agentflow');
+    expect(pool.spec.state).toBeUndefined();
+    const wf = JSON.parse((await cluster.kubectl(['get', 'awf', 'research-report', '-n', ns, '-o', 'json'])).stdout);
+    expect(wf.spec.priority).toBe(0);
+    expect(wf.spec.tasks[0].cost).toBe(1);
+    expect(wf.spec.retryPolicy.maxAttempts).toBe(3);
+
+    const pools = await cluster.kubectl(['get', 'agentpools', '-n', ns]);
+    expect(pools.stdout.split('\n')[0]?.split(/\s+/)).toEqual([
+      'NAME',
+      'READY',
+      'AGENTS',
+      'SLOTS',
+      'INFLIGHT',
+      'QUEUED',
+      'AGE',
+    ]);
+    const wfs = await cluster.kubectl(['get', 'workflows', '-n', ns, '-o', 'wide']);
+    expect(wfs.stdout.split('\n')[0]?.split(/\s+/)).toEqual(['NAME', 'PHASE', 'PROGRESS', 'POOL', 'AGE', 'MESSAGE']);
+    const all = await cluster.kubectl(['get', 'agentflow', '-n', ns, '-o', 'name']);
+    expect(all.stdout.trim().split('\n').sort()).toEqual([
+      'agentpool.agentflow.io/researchers',
+      'workflow.agentflow.io/research-report',
+    ]);
+  });
+
+  it('scales an AgentPool through the scale subresource (kubectl scale)', async () => {
+    const r = await cluster.kubectl(['scale', 'ap/researchers', '-n', ns, '--replicas=5']);
+    expect(r.stdout).toContain('agentpool.agentflow.io/researchers scaled');
+    const pool = JSON.parse((await cluster.kubectl(['get', 'ap', 'researchers', '-n', ns, '-o', 'json'])).stdout);
+    expect(pool.spec.replicas).toBe(5);
+    const scale = await cluster.client.get<{ kind: string; spec: { replicas: number } }>(
+      `/apis/agentflow.io/v1alpha1/namespaces/${ns}/agentpools/researchers/scale`,
+    );
+    expect(scale).toMatchObject({ kind: 'Scale', spec: { replicas: 5 } });
+  });
+
+  it('keeps status out of spec writes (status subresource)', async () => {
+    await cluster.client.mergePatch(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/research-report`, {
+      status: { phase: 'Succeeded' },
+    });
+    const wf = await cluster.client.get<{ status?: { phase?: string } }>(
+      `/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/research-report`,
+    );
+    expect(wf.status?.phase).toBeUndefined();
+    await cluster.client.mergePatch(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/research-report/status`, {
+      status: { phase: 'Running', progressSummary: '1/5' },
+    });
+    const row = await cluster.kubectl(['get', 'awf', 'research-report', '-n', ns, '--no-headers']);
+    expect(row.stdout.split(/\s+/).slice(0, 4)).toEqual(['research-report', 'Running', '1/5', 'researchers']);
+  });
+});
