@@ -58,9 +58,15 @@ describe('chart CRDs', () => {
   it('are accepted by the API server (server-side dry run)', async () => {
     const t = await cluster.helm(['template', 'af', 'charts/agentflow', ...kubeVersion]);
     // Server-side apply: the same answer whether another test file created the CRDs already or not.
-    const r = await cluster.kubectl(['apply', '--server-side', '--force-conflicts', '--dry-run=server', '-f', '-'], { input: t.stdout });
+    const r = await cluster.kubectl(['apply', '--server-side', '--force-conflicts', '--dry-run=server', '-f', '-'], {
+      input: t.stdout,
+    });
     expect(r.stderr).toBe('');
-    expect(r.stdout).toContain('customresourcedefinition.apiextensions.k8s.io/agentpools.agentflow.io serverside-applied (server dry run)');
-    expect(r.stdout).toContain('customresourcedefinition.apiextensions.k8s.io/workflows.agentflow.io serverside-applied (server dry run)');
+    expect(r.stdout).toContain(
+      'customresourcedefinition.apiextensions.k8s.io/agentpools.agentflow.io serverside-applied (server dry run)',
+    );
+    expect(r.stdout).toContain(
+      'customresourcedefinition.apiextensions.k8s.io/workflows.agentflow.io serverside-applied (server dry run)',
+    );
   });
 });
