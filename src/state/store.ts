@@ -1,0 +1,167 @@
+import { EventEmitter } from 'node:events';
+import { type ComparatorBuilder, Etcd3, type IKeyValue, type Lease } from 'etcd3';
+import { LeaseLostError, StateDecodeError } from './errors.ts';
+
+export interface StoreOptions {
+  /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]. */
+  endpoints: string[];
+  /** Root of every key agentflow writes (default /agentflow/v1). */
+  prefix?: string;
+  /** Deadline of unary calls, in milliseconds (default 5000). */
+  callTimeoutMs?: number;
+}
+
+/** A key/value as agentflow reads it: revisions as numbers, value as text. */
+export interface Entry {
+  key: string;
+  value: string;
+  createRevision: number;
+  modRevision: number;
+  version: number;
+  lease: string;
+}
+
+/**
+ * A guard that makes a transaction conditional on a lease-bound key still
+ * being the one its holder created: the leader's election key, a lock's key,
+ * a task claim. Its createRevision is the fencing token.
+ */
+export interface Fence {
+  key: string;
+  createRevision: number;
+}
+
+export function toEntry(kv: IKeyValue, strip = ''): Entry {
+  const key = kv.key.toString('utf8');
+  return {
+    key: strip && key.startsWith(strip) ? key.slice(strip.length) : key,
+    value: kv.value.toString('utf8'),
+    createRevision: Number(kv.create_revision),
+    modRevision: Number(kv.mod_revision),
+    version: Number(kv.version),
+    lease: String(kv.lease),
+  };
+}
+
+export function decodeJson<T>(entry: Entry, check: (v: unknown) => v is T, what: string): T {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(entry.value);
+  } catch (err) {
+    throw new StateDecodeError(entry.key, `is not JSON (${(err as Error).message}); expected ${what}`);
+  }
+  if (!check(parsed)) throw new StateDecodeError(entry.key, `is not ${what}: ${entry.value.slice(0, 200)}`);
+  return parsed;
+}
+
+/** The one place agentflow talks to etcd (see CONVENTIONS: nothing else imports etcd3). */
+export class StateStore {
+  readonly client: Etcd3;
+  readonly prefix: string;
+
+  constructor(opts: StoreOptions) {
+    if (opts.endpoints.length === 0) throw new Error('StoreOptions.endpoints: at least one etcd endpoint is required');
+    this.client = new Etcd3({
+      hosts: opts.endpoints,
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + (opts.callTimeoutMs ?? 5_000) }),
+    });
+    this.prefix = (opts.prefix ?? '/agentflow/v1').replace(/\/+$/, '');
+  }
+
+  key(...parts: string[]): string {
+    for (const p of parts) {
+      if (p === '' || p.includes('/'))
+        throw new Error(`invalid key segment "${p}": must be non-empty and contain no "/"`);
+    }
+    return `${this.prefix}/${parts.join('/')}`;
+  }
+
+  /** A transaction whose success also requires every fence to hold. */
+  txn(fences: Fence[] = []): ComparatorBuilder {
+    const [first, ...rest] = fences;
+    // etcd3's builder needs one compare; with no fence, one that always holds.
+    let b = first
+      ? this.client.if(first.key, 'Create', '==', first.createRevision)
+      : this.client.if(`${this.prefix}/.always`, 'Version', '>', -1);
+    for (const f of rest) b = b.and(f.key, 'Create', '==', f.createRevision);
+    return b;
+  }
+
+  async get(key: string): Promise<Entry | undefined> {
+    const res = await this.client.get(key).exec();
+    const kv = res.kvs[0];
+    return kv ? toEntry(kv) : undefined;
+  }
+
+  async list(prefix: string): Promise<{ entries: Entry[]; revision: number }> {
+    const res = await this.client.getAll().prefix(prefix).sort('Key', 'Ascend').exec();
+    return { entries: res.kvs.map((kv) => toEntry(kv)), revision: Number(res.header.revision) };
+  }
+
+  /** Discards history before `revision` (what etcd's auto-compaction does). Watches from before it resync. */
+  async compact(revision: number): Promise<void> {
+    await this.client.kv.compact({ revision: String(revision), physical: true });
+  }
+
+  /** A lease-backed session (agent membership, claims, locks, leadership). */
+  async session(ttlSeconds: number): Promise<Session> {
+    const s = new Session(this.client.lease(ttlSeconds, { autoKeepAlive: true }), ttlSeconds);
+    await s.ready();
+    return s;
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/**
+ * An etcd lease kept alive in the background. Keys written with it vanish when
+ * the lease expires (the holder died or was partitioned for longer than the
+ * TTL). `lost` fires when keep-alive fails; after that the holder must stop
+ * acting on anything bound to the lease.
+ */
+export class Session extends EventEmitter<{ lost: [LeaseLostError] }> {
+  readonly ttlSeconds: number;
+  private readonly lease: Lease;
+  private leaseId = '';
+  private isLost = false;
+
+  constructor(lease: Lease, ttlSeconds: number) {
+    super();
+    this.lease = lease;
+    this.ttlSeconds = ttlSeconds;
+    lease.on('lost', (err) => {
+      this.isLost = true;
+      this.emit('lost', new LeaseLostError(`lease ${this.leaseId} lost: ${err.message}`));
+    });
+  }
+
+  async ready(): Promise<void> {
+    this.leaseId = await this.lease.grant();
+  }
+
+  /** The lease id (decimal). */
+  get id(): string {
+    return this.leaseId;
+  }
+
+  get lost(): boolean {
+    return this.isLost || this.lease.revoked();
+  }
+
+  assertAlive(): void {
+    if (this.lost) throw new LeaseLostError(`lease ${this.leaseId} is lost`);
+  }
+
+  /** Revokes the lease: every key bound to it is deleted at once. */
+  async close(): Promise<void> {
+    if (this.lease.revoked()) return;
+    await this.lease.revoke().catch(() => undefined);
+  }
+
+  /** Stops keep-alive without revoking: the lease expires after its TTL (tests: a holder that froze). */
+  abandon(): void {
+    this.lease.release();
+  }
+}

@@ -1,0 +1,147 @@
+import type { IWatchResponse, Watcher } from 'etcd3';
+import { type Entry, type StateStore, toEntry } from './store.ts';
+
+export interface ChangeEvent {
+  type: 'put' | 'delete';
+  /** Key relative to the watched prefix. */
+  key: string;
+  /** The new value (put) or the last value (delete, when etcd still had it). */
+  value?: string;
+  modRevision: number;
+  createRevision: number;
+}
+
+export interface WatchHandlers {
+  /** Every change after the start revision, in revision order. */
+  onEvent(e: ChangeEvent): void;
+  /**
+   * The history the watch needed was compacted away: here is the whole current
+   * state under the prefix at `revision`; events continue after it. Consumers
+   * replace what they know (level-triggered), so nothing is silently missed.
+   */
+  onResync(entries: Entry[], revision: number): void;
+  onError?(err: Error): void;
+}
+
+/**
+ * A prefix watch that survives disconnects (resuming after the last revision
+ * it delivered) and compaction (re-reading, reporting a resync, and watching
+ * on from the read's revision).
+ */
+export class ResumableWatch {
+  private readonly store: StateStore;
+  private readonly prefix: string;
+  private readonly handlers: WatchHandlers;
+  private watcher: Watcher | undefined;
+  private closed = false;
+  /** Last revision delivered to the consumer. */
+  revision: number;
+
+  constructor(store: StateStore, prefix: string, fromRevision: number, handlers: WatchHandlers) {
+    this.store = store;
+    this.prefix = prefix;
+    this.handlers = handlers;
+    this.revision = fromRevision - 1;
+  }
+
+  async start(): Promise<this> {
+    await this.open();
+    return this;
+  }
+
+  private async open(): Promise<void> {
+    for (;;) {
+      if (this.closed) return;
+      let w: Watcher;
+      try {
+        w = await this.store.client
+          .watch()
+          .prefix(this.prefix)
+          .startRevision(String(this.revision + 1))
+          .withPreviousKV()
+          .create();
+      } catch (err) {
+        if (!(await this.compacted(err))) throw err;
+        await this.resync();
+        continue;
+      }
+      if (this.closed) {
+        await w.cancel();
+        return;
+      }
+      this.watcher = w;
+      w.on('data', (res: IWatchResponse) => this.deliver(res));
+      w.on('error', (err: Error) => void this.recover(w, err));
+      return;
+    }
+  }
+
+  /**
+   * Whether a cancelled watch was cancelled for compaction. etcd says so in a
+   * field etcd3 does not surface (its error reads "Watcher canceled: "), so ask
+   * etcd directly: can the revision we resume from still be read?
+   */
+  private async compacted(err: unknown): Promise<boolean> {
+    if (err instanceof Error && /compacted/i.test(err.message)) return true;
+    try {
+      await this.store.client
+        .get(this.prefix)
+        .revision(String(this.revision + 1))
+        .exec();
+      return false;
+    } catch (probe) {
+      return probe instanceof Error && /compacted/i.test(probe.message);
+    }
+  }
+
+  /** Re-reads the prefix and hands the consumer the whole current state. */
+  private async resync(): Promise<void> {
+    const { entries, revision } = await this.store.list(this.prefix);
+    this.revision = revision;
+    this.handlers.onResync(
+      entries.map((e) => ({ ...e, key: e.key.slice(this.prefix.length) })),
+      revision,
+    );
+  }
+
+  private deliver(res: IWatchResponse): void {
+    for (const ev of res.events) {
+      const kv = toEntry(ev.kv, this.prefix);
+      if (kv.modRevision <= this.revision) continue; // replayed after a reconnect
+      const deleted = ev.type === 'Delete';
+      const value = deleted ? (ev.prev_kv ? ev.prev_kv.value.toString('utf8') : undefined) : kv.value;
+      this.revision = kv.modRevision;
+      this.handlers.onEvent({
+        type: deleted ? 'delete' : 'put',
+        key: kv.key,
+        ...(value !== undefined ? { value } : {}),
+        modRevision: kv.modRevision,
+        createRevision: deleted ? Number(ev.prev_kv?.create_revision ?? 0) : kv.createRevision,
+      });
+    }
+  }
+
+  private async recover(failed: Watcher, err: Error): Promise<void> {
+    if (this.closed || failed !== this.watcher) return;
+    this.watcher = undefined;
+    // The server already cancelled it: cancel() would wait for an answer that never comes.
+    failed.removeAllListeners('data');
+    try {
+      if (await this.compacted(err)) {
+        await this.resync();
+      } else {
+        this.handlers.onError?.(err);
+        await new Promise((r) => setTimeout(r, 200 + Math.random() * 300));
+      }
+      await this.open();
+    } catch (e) {
+      this.handlers.onError?.(e as Error);
+      if (!this.closed) setTimeout(() => void this.recover(failed, err), 1_000);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.watcher?.cancel().catch(() => undefined);
+  }
+}
