@@ -1,12 +1,14 @@
-// Writes every generated file from its source of truth (src/api → CRD YAML).
+// Writes every generated file from its source of truth (src/api → CRD YAML,
+// proto/ → src/gen types).
 // `--check` writes nothing and exits 1 if a generated file is stale.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { renderChartCrdFiles, renderCrdFiles } from '../src/api/crds.ts';
+import { renderProtoTypes } from './proto-types.ts';
 
 const root = join(dirname(new URL(import.meta.url).pathname), '..');
 const check = process.argv.includes('--check');
-const files = new Map([...renderCrdFiles(), ...renderChartCrdFiles()]);
+const files = new Map([...renderCrdFiles(), ...renderChartCrdFiles(), ...renderProtoTypes()]);
 let stale = 0;
 for (const [rel, content] of files) {
   const path = join(root, rel);

@@ -1,11 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { renderProtoTypes } from '../../../scripts/proto-types.ts';
 import { customResourceDefinitions, renderChartCrdFiles, renderCrdFiles } from '../../../src/api/crds.ts';
 
-// The CRD YAML in deploy/ and the chart is generated from src/api; this fails
+// The CRD YAML in deploy/ and the chart is generated from src/api, the wire
+// types in src/gen from proto/; this fails
 // when someone edits one without the other (fix: npm run generate).
 describe('generated CRD files', () => {
-  for (const [path, content] of [...renderCrdFiles(), ...renderChartCrdFiles()]) {
+  for (const [path, content] of [...renderCrdFiles(), ...renderChartCrdFiles(), ...renderProtoTypes()]) {
     it(`${path} is up to date`, () => {
       expect(readFileSync(path, 'utf8'), `${path} is stale: run npm run generate`).toBe(content);
     });
