@@ -33,8 +33,12 @@ export function createLogger(base: Record<string, unknown> = {}, opts: LoggerOpt
     if (format === 'json') {
       write(JSON.stringify({ ts: new Date().toISOString(), level: lvl, msg, ...fields }));
     } else {
-      const pairs = Object.entries(fields).map(([k, v]) => `${k}=${typeof v === 'string' ? JSON.stringify(v) : JSON.stringify(v)}`);
-      write(`${new Date().toISOString()} ${lvl.toUpperCase().padEnd(5)} ${msg}${pairs.length ? ` ${pairs.join(' ')}` : ''}`);
+      const pairs = Object.entries(fields).map(
+        ([k, v]) => `${k}=${typeof v === 'string' ? JSON.stringify(v) : JSON.stringify(v)}`,
+      );
+      write(
+        `${new Date().toISOString()} ${lvl.toUpperCase().padEnd(5)} ${msg}${pairs.length ? ` ${pairs.join(' ')}` : ''}`,
+      );
     }
   };
   return {

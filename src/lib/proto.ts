@@ -5,8 +5,8 @@ import { loadSync } from '@grpc/proto-loader';
 import type { ProtoGrpcType } from '../gen/dispatcher.ts';
 
 export type * from '../gen/agentflow/v1/AgentMessage.ts';
-export type * from '../gen/agentflow/v1/DispatcherMessage.ts';
 export type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
+export type * from '../gen/agentflow/v1/DispatcherMessage.ts';
 
 /** The largest message either side accepts (task inputs and outputs are JSON in it). */
 export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;

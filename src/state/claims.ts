@@ -38,6 +38,11 @@ interface ClaimValue {
   agentId: string;
 }
 
+/** Success or a non-retryable failure ends the task; a retryable failure ends only the attempt. */
+function isFinal(r: { ok: boolean; error?: { retryable: boolean } }): boolean {
+  return r.ok || r.error?.retryable === false;
+}
+
 const isClaimValue = (v: unknown): v is ClaimValue =>
   typeof v === 'object' &&
   v !== null &&
@@ -65,7 +70,8 @@ export type CommitOutcome = { ok: true; revision: number } | { ok: false; error:
  * Task claims and results. A result is committed only by a transaction that
  * compares the claim's createRevision (the fencing token) and that no result
  * exists yet; the same transaction deletes the claim. So a result is committed
- * at most once, and never by an attempt that lost its claim.
+ * at most once, and never by an attempt that lost its claim. A retryable
+ * failure is recorded under attempts/ instead, so a later attempt can claim.
  */
 export class TaskClaims {
   private readonly store: StateStore;
@@ -80,6 +86,11 @@ export class TaskClaims {
 
   resultKey(ref: TaskRef): string {
     return this.store.key('results', ref.namespace, ref.workflow, ref.task);
+  }
+
+  /** Where a retryable failure of one attempt is recorded (it does not block the next attempt). */
+  attemptKey(ref: TaskRef, attempt: number): string {
+    return this.store.key('attempts', ref.namespace, ref.workflow, ref.task, String(attempt));
   }
 
   /** Prefix of every claim of a workflow (the dispatcher watches it for lease expiry). */
@@ -103,6 +114,68 @@ export class TaskClaims {
       .commit();
     if (res.succeeded) return { ref, attempt, agentId, token: Number(res.header.revision) };
     throw (await fenceError(this.store, fences)) ?? (await this.explain(ref, undefined));
+  }
+
+  /**
+   * Claims many tasks in one transaction per group (the dispatcher's hot
+   * path). Each item may name its own session lease (the agent it goes to).
+   * A refused group is retried item by item so each gets its own answer.
+   */
+  async claimMany(
+    items: { ref: TaskRef; attempt: number; agentId: string; leaseId: string }[],
+    fences: Fence[] = [],
+  ): Promise<({ ok: true; claim: Claim } | { ok: false; error: FencedError })[]> {
+    const out: ({ ok: true; claim: Claim } | { ok: false; error: FencedError })[] = [];
+    const size = commitGroupSize(fences.length);
+    for (let i = 0; i < items.length; i += size) {
+      const group = items.slice(i, i + size);
+      let b = this.store.txn(fences);
+      const ops = [];
+      for (const it of group) {
+        const key = this.claimKey(it.ref);
+        b = b.and(key, 'Create', '==', 0).and(this.resultKey(it.ref), 'Version', '==', 0);
+        ops.push(
+          this.store.client
+            .put(key)
+            .value(JSON.stringify({ attempt: it.attempt, agentId: it.agentId }))
+            .lease(it.leaseId),
+        );
+      }
+      const res = await b.then(...ops).commit();
+      if (res.succeeded) {
+        const token = Number(res.header.revision);
+        for (const it of group)
+          out.push({ ok: true, claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token } });
+        continue;
+      }
+      const fenced = await fenceError(this.store, fences);
+      for (const it of group) {
+        if (fenced) {
+          out.push({ ok: false, error: fenced });
+          continue;
+        }
+        const single = await this.store
+          .txn(fences)
+          .and(this.claimKey(it.ref), 'Create', '==', 0)
+          .and(this.resultKey(it.ref), 'Version', '==', 0)
+          .then(
+            this.store.client
+              .put(this.claimKey(it.ref))
+              .value(JSON.stringify({ attempt: it.attempt, agentId: it.agentId }))
+              .lease(it.leaseId),
+          )
+          .commit();
+        if (single.succeeded) {
+          out.push({
+            ok: true,
+            claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token: Number(single.header.revision) },
+          });
+        } else {
+          out.push({ ok: false, error: await this.explain(it.ref, undefined) });
+        }
+      }
+    }
+    return out;
   }
 
   /** Drops a claim (the dispatcher cancelling or re-queuing an attempt), only if it is still `claim`. */

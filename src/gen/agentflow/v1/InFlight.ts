@@ -7,10 +7,12 @@ export interface InFlight {
   'taskId'?: (string);
   'attempt'?: (number);
   'token'?: (number | string | Long);
+  'cost'?: (number);
 }
 
 export interface InFlight__Output {
   'taskId': (string);
   'attempt': (number);
   'token': (number);
+  'cost': (number);
 }

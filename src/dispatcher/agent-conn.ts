@@ -1,0 +1,105 @@
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
+import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
+import type { Logger } from '../lib/log.ts';
+
+/** Outbound messages waiting for the stream to drain before the agent is cut off as too slow. */
+export const MAX_OUTBOUND_QUEUE = 10_000;
+
+/**
+ * One connected agent: what it registered, the slots its assignments use,
+ * and a write path that honours backpressure without ever blocking the
+ * dispatcher (a bounded queue; an agent that cannot keep up is disconnected
+ * and may reconnect).
+ */
+export class AgentConn {
+  readonly agentId: string;
+  readonly namespace: string;
+  readonly pool: string;
+  readonly pod: string;
+  readonly handlers: ReadonlySet<string>;
+  readonly capacity: number;
+  readonly leaseId: string;
+  readonly log: Logger;
+  used = 0;
+  draining = false;
+  closed = false;
+  /** taskKey of every attempt assigned to this agent and not yet settled. */
+  readonly assigned = new Set<string>();
+  /**
+   * Attempts taken back (cancelled, timed out, re-queued) whose handlers may
+   * still run: "taskId@attempt" -> cost. Their slots stay taken until the
+   * agent's Result for them says the handler stopped.
+   */
+  readonly cancelling = new Map<string, number>();
+  private readonly stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>;
+  private readonly outbound: DispatcherMessage[] = [];
+  private waitingForDrain = false;
+
+  constructor(
+    reg: {
+      agentId: string;
+      namespace: string;
+      pool: string;
+      pod: string;
+      handlers: string[];
+      capacity: number;
+      leaseId: string;
+    },
+    stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>,
+    log: Logger,
+  ) {
+    this.agentId = reg.agentId;
+    this.namespace = reg.namespace;
+    this.pool = reg.pool;
+    this.pod = reg.pod;
+    this.handlers = new Set(reg.handlers);
+    this.capacity = reg.capacity;
+    this.leaseId = reg.leaseId;
+    this.stream = stream;
+    this.log = log;
+  }
+
+  get free(): number {
+    return this.draining || this.closed ? 0 : this.capacity - this.used;
+  }
+
+  send(msg: DispatcherMessage): void {
+    if (this.closed) return;
+    if (this.waitingForDrain || this.outbound.length > 0) {
+      if (this.outbound.length >= MAX_OUTBOUND_QUEUE) {
+        this.log.warn('Agent is not reading its stream; disconnecting it', { queued: this.outbound.length });
+        this.close();
+        return;
+      }
+      this.outbound.push(msg);
+      return;
+    }
+    if (!this.stream.write(msg)) this.awaitDrain();
+  }
+
+  private awaitDrain(): void {
+    this.waitingForDrain = true;
+    this.stream.once('drain', () => {
+      this.waitingForDrain = false;
+      while (this.outbound.length > 0 && !this.closed) {
+        const next = this.outbound.shift() as DispatcherMessage;
+        if (!this.stream.write(next)) {
+          this.awaitDrain();
+          return;
+        }
+      }
+    });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.outbound.length = 0;
+    try {
+      this.stream.end();
+    } catch {
+      // already gone
+    }
+  }
+}

@@ -1,0 +1,888 @@
+import { EventEmitter } from 'node:events';
+import { Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
+import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
+import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
+import type { InFlight__Output } from '../gen/agentflow/v1/InFlight.ts';
+import type { Register__Output } from '../gen/agentflow/v1/Register.ts';
+import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
+import { type Logger, silentLogger } from '../lib/log.ts';
+import { agentflowProto, KEEPALIVE_OPTIONS, MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
+import {
+  type Claim,
+  type Fence,
+  ResumableWatch,
+  type StateStore,
+  TaskClaims,
+  type TaskRef,
+  type TaskResult,
+} from '../state/index.ts';
+import { AgentConn } from './agent-conn.ts';
+import { type Candidate, type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
+import { PoolQueue, type QueuedTask } from './task-queue.ts';
+import { type PoolStats, parseWireTaskId, type TaskEvent, type TaskSpec, taskKey, wireTaskId } from './types.ts';
+
+export interface DispatcherOptions {
+  store: StateStore;
+  /** Where to listen (default 127.0.0.1:0). */
+  address?: string;
+  policy?: PolicyName | PlacementPolicy;
+  /** Leadership fences every etcd write must carry (the operator's election). */
+  fences?: () => Fence[];
+  logger?: Logger;
+  /** An agent whose stream stays broken this long loses its assignments (default 30 s). */
+  orphanTimeoutMs?: number;
+  /** Most claims or commits in one etcd round trip (default 512; split into txns of 63). */
+  maxBatch?: number;
+}
+
+type EntryState = 'queued' | 'claiming' | 'assigned' | 'committing' | 'cancelling';
+
+interface Entry {
+  key: string;
+  spec: TaskSpec;
+  attempt: number;
+  cost: number;
+  state: EntryState;
+  agentId?: string;
+  claim?: Claim;
+  enqueuedAt: number;
+  timer?: NodeJS.Timeout;
+  /** Known only from an agent's re-registration (after a dispatcher restart): cannot be re-queued. */
+  adopted?: boolean;
+}
+
+interface PendingCommit {
+  ref: TaskRef;
+  claim: Claim;
+  result: { ok: boolean; output?: unknown; error?: { message: string; retryable: boolean } };
+  conn: AgentConn;
+  wireAttempt: number;
+  wireTaskId: string;
+}
+
+const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const ok = (s: string, max = 253) => s.length > 0 && s.length <= max;
+
+/**
+ * The dispatcher: agents hold one gRPC stream each; ready tasks are claimed in
+ * etcd for an agent (bound to the agent's lease), assigned within the agent's
+ * credits, and their results committed only under a still-current claim.
+ */
+export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
+  private readonly store: StateStore;
+  private readonly claims: TaskClaims;
+  private readonly log: Logger;
+  private readonly policy: PlacementPolicy;
+  private readonly fences: () => Fence[];
+  private readonly orphanTimeoutMs: number;
+  private readonly maxBatch: number;
+  private readonly address: string;
+  private server: Server | undefined;
+  private watch: ResumableWatch | undefined;
+  private readonly conns = new Map<string, AgentConn>();
+  private readonly byPool = new Map<string, Set<AgentConn>>();
+  private readonly queues = new Map<string, PoolQueue>();
+  private readonly entries = new Map<string, Entry>();
+  private readonly orphanTimers = new Map<string, NodeJS.Timeout>();
+  private commitQueue: PendingCommit[] = [];
+  private dispatching = false;
+  private dispatchAgain = false;
+  private committing = false;
+  private seq = 0;
+  private stopped = false;
+  readonly counters = {
+    assigned: 0,
+    committed: 0,
+    superseded: 0,
+    lost: 0,
+    timedOut: 0,
+    refused: 0,
+    claimTxns: 0,
+    commitTxns: 0,
+  };
+  /** Milliseconds from submit to Assign written, most recent last (bounded). */
+  readonly dispatchLatencies: number[] = [];
+  port = 0;
+
+  constructor(opts: DispatcherOptions) {
+    super();
+    this.store = opts.store;
+    this.claims = new TaskClaims(opts.store);
+    this.log = (opts.logger ?? silentLogger).with({ component: 'dispatcher' });
+    const p = opts.policy ?? 'least-loaded';
+    this.policy = typeof p === 'function' ? p : POLICIES[p]();
+    this.fences = opts.fences ?? (() => []);
+    this.orphanTimeoutMs = opts.orphanTimeoutMs ?? 30_000;
+    this.maxBatch = opts.maxBatch ?? 512;
+    this.address = opts.address ?? '127.0.0.1:0';
+  }
+
+  async start(): Promise<number> {
+    const { revision } = await this.store.list(`${this.store.prefix}/claims/.none`);
+    this.watch = await new ResumableWatch(this.store, `${this.store.prefix}/claims/`, revision + 1, {
+      onEvent: (e) => {
+        if (e.type === 'delete') this.onClaimGone(e.key, e.createRevision);
+      },
+      onResync: (entries) => {
+        const live = new Set(entries.map((x) => `${x.key}@${x.createRevision}`));
+        for (const entry of this.entries.values()) {
+          if (entry.state === 'assigned' && entry.claim && !live.has(`${entry.key}@${entry.claim.token}`)) {
+            this.onClaimGone(entry.key, entry.claim.token);
+          }
+        }
+      },
+      onError: (err) => this.log.warn('Claims watch interrupted; resuming', { err }),
+    }).start();
+    const server = new Server(KEEPALIVE_OPTIONS);
+    server.addService(agentflowProto().agentflow.v1.Dispatcher.service, {
+      Connect: (stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>) => this.onStream(stream),
+    });
+    this.port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(this.address, ServerCredentials.createInsecure(), (err, port) =>
+        err ? reject(err) : resolve(port),
+      ),
+    );
+    this.server = server;
+    this.log.info('Dispatcher listening', { address: this.address.replace(/:0$/, `:${this.port}`) });
+    return this.port;
+  }
+
+  /** Stop taking work, end the streams, shut the server down (force after graceMs). */
+  async stop(graceMs = 5_000): Promise<void> {
+    this.stopped = true;
+    for (const t of this.orphanTimers.values()) clearTimeout(t);
+    for (const e of this.entries.values()) if (e.timer) clearTimeout(e.timer);
+    for (const c of this.conns.values()) c.close();
+    await this.watch?.close();
+    const server = this.server;
+    if (!server) return;
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+
+  // ---- the engine's side ----
+
+  /** Queues a ready task. Resubmitting a task that is queued or running is refused. */
+  submit(spec: TaskSpec): void {
+    const key = taskKey(spec.ref);
+    if (this.entries.has(key)) throw new Error(`task ${key} is already queued or running`);
+    const attempt = spec.attempt ?? 1;
+    const cost = spec.cost ?? 1;
+    if (!Number.isInteger(cost) || cost < 1)
+      throw new RangeError(`task ${key}: cost must be an integer >= 1, got ${cost}`);
+    const entry: Entry = { key, spec, attempt, cost, state: 'queued', enqueuedAt: performance.now() };
+    this.entries.set(key, entry);
+    this.enqueue(entry);
+  }
+
+  /** Cancels a queued or running task: running attempts get Cancel and lose their claim. */
+  async cancel(ref: TaskRef, reason: string): Promise<void> {
+    const entry = this.entries.get(taskKey(ref));
+    if (!entry) return;
+    if (entry.state === 'queued') {
+      this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry.spec);
+      this.entries.delete(entry.key);
+      return;
+    }
+    if (entry.state === 'assigned') await this.takeBack(entry, reason);
+  }
+
+  /** Tells an agent to finish its work and take no more. */
+  drainAgent(agentId: string, timeoutSeconds: number): boolean {
+    const conn = this.conns.get(agentId);
+    if (!conn) return false;
+    conn.draining = true;
+    conn.send({ drain: { timeoutSeconds } });
+    return true;
+  }
+
+  poolStats(namespace: string, pool: string): PoolStats {
+    const agents = [...(this.byPool.get(`${namespace}/${pool}`) ?? [])];
+    const live = agents.filter((a) => !a.draining);
+    return {
+      connectedAgents: agents.length,
+      capacity: live.reduce((s, a) => s + a.capacity, 0),
+      inflight: agents.reduce((s, a) => s + a.used, 0),
+      queued: this.queues.get(`${namespace}/${pool}`)?.queuedSlots ?? 0,
+    };
+  }
+
+  agents(): { agentId: string; namespace: string; pool: string; capacity: number; used: number; draining: boolean }[] {
+    return [...this.conns.values()].map((c) => ({
+      agentId: c.agentId,
+      namespace: c.namespace,
+      pool: c.pool,
+      capacity: c.capacity,
+      used: c.used,
+      draining: c.draining,
+    }));
+  }
+
+  // ---- queue and dispatch ----
+
+  private queueFor(namespace: string, pool: string): PoolQueue {
+    const k = `${namespace}/${pool}`;
+    let q = this.queues.get(k);
+    if (!q) {
+      q = new PoolQueue();
+      this.queues.set(k, q);
+    }
+    return q;
+  }
+
+  private enqueue(entry: Entry): void {
+    entry.state = 'queued';
+    entry.agentId = undefined;
+    entry.claim = undefined;
+    this.queueFor(entry.spec.ref.namespace, entry.spec.pool).push({
+      spec: entry.spec,
+      attempt: entry.attempt,
+      cost: entry.cost,
+      priority: entry.spec.priority ?? 0,
+      seq: this.seq++,
+      enqueuedAt: entry.enqueuedAt,
+    });
+    this.kick();
+  }
+
+  private kick(): void {
+    if (this.stopped) return;
+    if (this.dispatching) {
+      this.dispatchAgain = true;
+      return;
+    }
+    this.dispatching = true;
+    setImmediate(() => void this.dispatchLoop());
+  }
+
+  /**
+   * One claim transaction per turn: whatever became assignable while the
+   * previous turn waited on etcd goes into the next (natural group commit).
+   */
+  private async dispatchLoop(): Promise<void> {
+    try {
+      do {
+        this.dispatchAgain = false;
+        const batch: { entry: Entry; conn: AgentConn }[] = [];
+        for (const [poolKey, queue] of this.queues) {
+          if (queue.size === 0) continue;
+          const agents = this.byPool.get(poolKey);
+          if (!agents || agents.size === 0) continue;
+          const chosen = new Map<QueuedTask, AgentConn>();
+          queue.take((t) => {
+            const cands: (Candidate & { conn: AgentConn })[] = [];
+            for (const a of agents) {
+              if (a.free >= t.cost && a.handlers.has(t.spec.handler)) {
+                cands.push({ agentId: a.agentId, capacity: a.capacity, used: a.used, conn: a });
+              }
+            }
+            const pick = this.policy(cands) as (Candidate & { conn: AgentConn }) | undefined;
+            if (!pick) return false;
+            pick.conn.used += t.cost; // reserve now: the next pick sees it
+            chosen.set(t, pick.conn);
+            return true;
+          }, this.maxBatch - batch.length);
+          for (const [t, conn] of chosen) {
+            const entry = this.entries.get(taskKey(t.spec.ref));
+            if (!entry || entry.state !== 'queued') {
+              conn.used -= t.cost;
+              continue;
+            }
+            entry.state = 'claiming';
+            entry.agentId = conn.agentId;
+            batch.push({ entry, conn });
+          }
+          if (batch.length >= this.maxBatch) break;
+        }
+        if (batch.length > 0) await this.claimBatch(batch);
+      } while (this.dispatchAgain && !this.stopped);
+    } catch (err) {
+      this.log.error('Dispatch failed; retrying', { err });
+      setTimeout(() => this.kick(), 500);
+    } finally {
+      this.dispatching = false;
+      if (this.dispatchAgain) this.kick();
+    }
+  }
+
+  private async claimBatch(batch: { entry: Entry; conn: AgentConn }[]): Promise<void> {
+    let outcomes: Awaited<ReturnType<TaskClaims['claimMany']>>;
+    try {
+      outcomes = await this.claims.claimMany(
+        batch.map(({ entry, conn }) => ({
+          ref: entry.spec.ref,
+          attempt: entry.attempt,
+          agentId: conn.agentId,
+          leaseId: conn.leaseId,
+        })),
+        this.fences(),
+      );
+      this.counters.claimTxns += Math.ceil(batch.length / 63);
+    } catch (err) {
+      for (const { entry, conn } of batch) {
+        conn.used -= entry.cost;
+        this.enqueue(entry);
+      }
+      throw err;
+    }
+    const now = performance.now();
+    batch.forEach(({ entry, conn }, i) => {
+      const o = outcomes[i];
+      if (!o?.ok) {
+        conn.used -= entry.cost;
+        this.claimRefused(entry, o ? o.error.message : 'no answer');
+        return;
+      }
+      if (conn.closed || this.entries.get(entry.key) !== entry) {
+        // The agent went away while we claimed: give the claim back and queue again.
+        conn.used -= entry.cost;
+        void this.claims.release(o.claim, this.fences()).catch(() => undefined);
+        if (this.entries.get(entry.key) === entry) this.enqueue(entry);
+        return;
+      }
+      entry.state = 'assigned';
+      entry.claim = o.claim;
+      conn.assigned.add(entry.key);
+      const timeout = entry.spec.timeoutSeconds;
+      const deadline = timeout ? Date.now() + timeout * 1000 : 0;
+      conn.send({
+        assign: {
+          taskId: wireTaskId(entry.spec.ref),
+          namespace: entry.spec.ref.namespace,
+          workflow: entry.spec.ref.workflow,
+          attempt: entry.attempt,
+          handler: entry.spec.handler,
+          inputJson: JSON.stringify(entry.spec.input ?? null),
+          deadlineUnixMs: deadline,
+          token: o.claim.token,
+          cost: entry.cost,
+        },
+      });
+      this.counters.assigned++;
+      this.recordLatency(now - entry.enqueuedAt);
+      if (timeout) entry.timer = setTimeout(() => void this.onDeadline(entry), timeout * 1000 + 1_000);
+    });
+  }
+
+  private claimRefused(entry: Entry, why: string): void {
+    if (why.includes('result is already committed')) {
+      // Done before (e.g. committed just before a dispatcher restart): report it, do not run it again.
+      this.entries.delete(entry.key);
+      void this.claims.result(entry.spec.ref).then((result) => {
+        if (result) this.emit('task', { type: 'committed', ref: entry.spec.ref, result, agentId: result.agentId });
+      });
+      return;
+    }
+    // Someone still holds a claim (an agent of a previous dispatcher): try again once it settles.
+    this.log.debug('Claim refused; retrying later', { task: entry.key, why });
+    entry.state = 'queued';
+    setTimeout(() => {
+      if (this.entries.get(entry.key) === entry && entry.state === 'queued') this.enqueue(entry);
+    }, 1_000);
+  }
+
+  private recordLatency(ms: number): void {
+    this.dispatchLatencies.push(ms);
+    if (this.dispatchLatencies.length > 100_000) this.dispatchLatencies.splice(0, 50_000);
+  }
+
+  // ---- streams ----
+
+  private onStream(stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>): void {
+    let conn: AgentConn | undefined;
+    let registering = false;
+    const refuse = (code: string, message: string, taskId = '') => {
+      this.counters.refused++;
+      stream.write({ error: { code, message, taskId } });
+    };
+    stream.on('data', (m: AgentMessage__Output) => {
+      if (this.stopped) return;
+      if (!conn) {
+        if (m.msg !== 'register' || !m.register) {
+          refuse('NOT_REGISTERED', 'the first message on a stream must be Register');
+          stream.end();
+          return;
+        }
+        if (registering) return;
+        registering = true;
+        void this.onRegister(stream, m.register)
+          .then((c) => {
+            conn = c;
+          })
+          .catch((err: Error) => {
+            refuse('INVALID', err.message);
+            stream.end();
+          });
+        return;
+      }
+      try {
+        this.onMessage(conn, m);
+      } catch (err) {
+        refuse(err instanceof PayloadError ? 'PAYLOAD_TOO_LARGE' : 'INVALID', (err as Error).message);
+      }
+    });
+    const gone = () => {
+      if (conn) this.onDisconnect(conn);
+    };
+    stream.on('end', () => {
+      gone();
+      stream.end();
+    });
+    stream.on('error', gone);
+    stream.on('cancelled', gone);
+  }
+
+  private async onRegister(
+    stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>,
+    r: Register__Output,
+  ): Promise<AgentConn> {
+    if (!NAME.test(r.namespace) || !ok(r.namespace, 63))
+      throw new Error(`Register.namespace: "${r.namespace}" is not a DNS-1123 label`);
+    if (!NAME.test(r.pool) || !ok(r.pool, 63)) throw new Error(`Register.pool: "${r.pool}" is not a DNS-1123 label`);
+    if (!ok(r.agentId) || r.agentId.includes('/'))
+      throw new Error(`Register.agentId: "${r.agentId}" must be 1-253 characters without "/"`);
+    if (!Number.isInteger(r.capacity) || r.capacity < 1 || r.capacity > 1024)
+      throw new Error(`Register.capacity: must be 1-1024, got ${r.capacity}`);
+    if (!/^[1-9][0-9]*$/.test(r.leaseId)) throw new Error(`Register.leaseId: "${r.leaseId}" is not an etcd lease id`);
+    if (r.handlers.length === 0 || r.handlers.length > 128)
+      throw new Error(`Register.handlers: 1-128 handler names required, got ${r.handlers.length}`);
+    const old = this.conns.get(r.agentId);
+    if (old) this.detach(old);
+    const conn = new AgentConn(r, stream, this.log.with({ agentId: r.agentId, pool: r.pool }));
+    const orphan = this.orphanTimers.get(r.agentId);
+    if (orphan) {
+      clearTimeout(orphan);
+      this.orphanTimers.delete(r.agentId);
+    }
+    const stillYours: InFlight__Output[] = [];
+    const reported = new Set<string>();
+    for (const inf of r.inFlight) {
+      const ref = parseWireTaskId(r.namespace, inf.taskId);
+      if (!ref) continue;
+      const key = taskKey(ref);
+      reported.add(key);
+      const claim = await this.claims.current(ref);
+      if (!claim || claim.token !== inf.token || claim.agentId !== r.agentId || claim.attempt !== inf.attempt) continue;
+      stillYours.push(inf);
+      const cost = inf.cost > 0 ? inf.cost : 1;
+      let entry = this.entries.get(key);
+      if (!entry) {
+        entry = {
+          key,
+          spec: { ref, pool: r.pool, handler: '', input: null, cost },
+          attempt: inf.attempt,
+          cost,
+          state: 'assigned',
+          enqueuedAt: performance.now(),
+          adopted: true,
+        };
+        this.entries.set(key, entry);
+      }
+      entry.state = 'assigned';
+      entry.agentId = r.agentId;
+      entry.claim = claim;
+      conn.used += cost;
+      conn.assigned.add(key);
+    }
+    // Attempts we assigned that the agent does not know (the Assign was lost with the old stream).
+    for (const entry of this.entries.values()) {
+      if (entry.agentId === r.agentId && entry.state === 'assigned' && !reported.has(entry.key) && entry.claim) {
+        void this.requeueLost(entry, 'the agent reconnected without it');
+      }
+    }
+    this.conns.set(conn.agentId, conn);
+    const poolKey = `${conn.namespace}/${conn.pool}`;
+    let set = this.byPool.get(poolKey);
+    if (!set) {
+      set = new Set();
+      this.byPool.set(poolKey, set);
+    }
+    set.add(conn);
+    conn.send({ registered: { stillYours } });
+    conn.log.info('Agent registered', {
+      capacity: conn.capacity,
+      handlers: [...conn.handlers],
+      adopted: stillYours.length,
+    });
+    this.kick();
+    return conn;
+  }
+
+  private detach(conn: AgentConn): void {
+    conn.close();
+    this.byPool.get(`${conn.namespace}/${conn.pool}`)?.delete(conn);
+    if (this.conns.get(conn.agentId) === conn) this.conns.delete(conn.agentId);
+  }
+
+  private onDisconnect(conn: AgentConn): void {
+    if (conn.closed && this.conns.get(conn.agentId) !== conn) return;
+    this.detach(conn);
+    conn.log.info('Agent stream closed', { assigned: conn.assigned.size });
+    if (conn.assigned.size === 0 || this.stopped) return;
+    // The agent may be alive (its lease says so) and reconnect; if it does not, its work goes elsewhere.
+    this.orphanTimers.set(
+      conn.agentId,
+      setTimeout(() => {
+        this.orphanTimers.delete(conn.agentId);
+        if (this.conns.has(conn.agentId)) return;
+        for (const key of conn.assigned) {
+          const entry = this.entries.get(key);
+          if (entry && entry.agentId === conn.agentId && entry.state === 'assigned')
+            void this.requeueLost(entry, 'the agent stayed disconnected');
+        }
+      }, this.orphanTimeoutMs),
+    );
+  }
+
+  private onMessage(conn: AgentConn, m: AgentMessage__Output): void {
+    switch (m.msg) {
+      case 'result':
+        if (m.result) this.onResult(conn, m.result);
+        return;
+      case 'heartbeat':
+        if (m.heartbeat?.draining && !conn.draining) {
+          conn.draining = true;
+          conn.log.info('Agent is draining');
+        }
+        return;
+      case 'progress': {
+        const p = m.progress;
+        if (!p) return;
+        const entry = this.ownEntry(conn, p.taskId, p.attempt, p.token);
+        if (typeof entry === 'string') return this.wireError(conn, entry, p.taskId);
+        this.emit('task', {
+          type: 'progress',
+          ref: entry.spec.ref,
+          attempt: entry.attempt,
+          fraction: p.fraction,
+          message: p.message.slice(0, 1024),
+        });
+        return;
+      }
+      case 'spawn': {
+        const s = m.spawn;
+        if (!s) return;
+        const entry = this.ownEntry(conn, s.parentTaskId, s.attempt, s.token);
+        if (typeof entry === 'string') return this.wireError(conn, entry, s.parentTaskId);
+        const children = s.children.map((c, i) => {
+          if (!NAME.test(c.name) || c.name.length > 63)
+            throw new Error(`SpawnTasks.children[${i}].name: "${c.name}" is not a DNS-1123 label`);
+          if (!ok(c.handler)) throw new Error(`SpawnTasks.children[${i}].handler: required`);
+          if (Buffer.byteLength(c.inputJson) > MAX_PAYLOAD_BYTES) {
+            throw new PayloadError(`SpawnTasks.children[${i}].inputJson: over ${MAX_PAYLOAD_BYTES} bytes`);
+          }
+          return {
+            name: c.name,
+            handler: c.handler,
+            input: parseJson(c.inputJson, `SpawnTasks.children[${i}].inputJson`),
+            cost: c.cost || 1,
+          };
+        });
+        this.emit('task', { type: 'spawn', ref: entry.spec.ref, attempt: entry.attempt, children });
+        return;
+      }
+      case 'mail': {
+        const mail = m.mail;
+        if (!mail) return;
+        if (Buffer.byteLength(mail.payloadJson) > MAX_PAYLOAD_BYTES)
+          return this.wireError(conn, `PAYLOAD_TOO_LARGE:mail payload over ${MAX_PAYLOAD_BYTES} bytes`, '');
+        const to = this.conns.get(mail.toAgent);
+        if (!to || to.namespace !== conn.namespace)
+          return this.wireError(
+            conn,
+            `INVALID:agent "${mail.toAgent}" is not connected in namespace ${conn.namespace}`,
+            '',
+          );
+        to.send({
+          mail: {
+            workflow: mail.workflow,
+            toAgent: mail.toAgent,
+            fromAgent: conn.agentId,
+            topic: mail.topic,
+            payloadJson: mail.payloadJson,
+          },
+        });
+        return;
+      }
+      case 'drained':
+        conn.log.info('Agent drained');
+        conn.draining = true;
+        return;
+      default:
+        throw new Error(`unexpected message ${m.msg ?? '(empty)'}`);
+    }
+  }
+
+  /** The entry this agent may speak about, or "CODE:message" why not. */
+  private ownEntry(conn: AgentConn, taskId: string, attempt: number, token: number): Entry | string {
+    const ref = parseWireTaskId(conn.namespace, taskId);
+    if (!ref) return `INVALID:task id "${taskId}" is not workflow/task`;
+    const entry = this.entries.get(taskKey(ref));
+    if (!entry || entry.agentId !== conn.agentId || entry.state === 'queued')
+      return `UNKNOWN_TASK:this agent holds no claim on ${taskId}`;
+    if (entry.spec.pool !== conn.pool)
+      return `WRONG_POOL:${taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}`;
+    if (entry.attempt !== attempt || entry.claim?.token !== token) {
+      return `STALE_ATTEMPT:${taskId} is at attempt ${entry.attempt} (token ${entry.claim?.token}), not ${attempt} (token ${token})`;
+    }
+    return entry;
+  }
+
+  private wireError(conn: AgentConn, codeAndMessage: string, taskId: string): void {
+    const i = codeAndMessage.indexOf(':');
+    this.counters.refused++;
+    conn.send({ error: { code: codeAndMessage.slice(0, i), message: codeAndMessage.slice(i + 1), taskId } });
+  }
+
+  private onResult(conn: AgentConn, r: Result__Output): void {
+    const ref = parseWireTaskId(conn.namespace, r.taskId);
+    if (!ref) return this.wireError(conn, `INVALID:task id "${r.taskId}" is not workflow/task`, r.taskId);
+    let result: PendingCommit['result'];
+    if (r.outcome === 'outputJson') {
+      if (Buffer.byteLength(r.outputJson ?? '') > MAX_PAYLOAD_BYTES) {
+        return this.wireError(
+          conn,
+          `PAYLOAD_TOO_LARGE:output of ${r.taskId} is over ${MAX_PAYLOAD_BYTES} bytes`,
+          r.taskId,
+        );
+      }
+      try {
+        result = { ok: true, output: JSON.parse(r.outputJson || 'null') };
+      } catch {
+        return this.wireError(conn, `INVALID:outputJson of ${r.taskId} is not JSON`, r.taskId);
+      }
+    } else if (r.outcome === 'error' && r.error) {
+      result = { ok: false, error: { message: r.error.message.slice(0, 4096), retryable: r.error.retryable } };
+    } else {
+      return this.wireError(conn, `INVALID:Result for ${r.taskId} has neither outputJson nor error`, r.taskId);
+    }
+    const late = `${r.taskId}@${r.attempt}`;
+    const held = conn.cancelling.get(late);
+    if (held !== undefined) {
+      conn.cancelling.delete(late);
+      conn.used -= held;
+      this.ack(conn, r, 'SUPERSEDED', 'the attempt was cancelled or replaced');
+      this.kick();
+      return;
+    }
+    const key = taskKey(ref);
+    const entry = this.entries.get(key);
+    if (entry && entry.spec.pool !== conn.pool && !entry.adopted) {
+      return this.wireError(
+        conn,
+        `WRONG_POOL:${r.taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}`,
+        r.taskId,
+      );
+    }
+    if (entry && entry.agentId === conn.agentId) {
+      if (entry.state === 'committing') return; // a re-send while the commit is in flight
+      if (entry.attempt !== r.attempt || entry.claim?.token !== r.token || entry.state !== 'assigned') {
+        this.ack(conn, r, 'SUPERSEDED', 'the attempt was cancelled or replaced');
+        return;
+      }
+      entry.state = 'committing';
+      this.enqueueCommit({ ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
+      return;
+    }
+    // Not ours in memory (e.g. we restarted): the claim in etcd decides.
+    void this.claims.current(ref).then(async (claim) => {
+      if (claim && claim.token === r.token && claim.attempt === r.attempt && claim.agentId === conn.agentId) {
+        this.enqueueCommit({ ref, claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
+        return;
+      }
+      const done = await this.claims.result(ref);
+      if (done && done.token === r.token && done.agentId === conn.agentId) {
+        this.ack(conn, r, 'COMMITTED', 'already committed');
+        return;
+      }
+      // An attempt this agent held, now replaced: it may forget the result.
+      if ((claim && claim.agentId === conn.agentId) || (done && done.agentId === conn.agentId)) {
+        this.ack(conn, r, 'SUPERSEDED', 'the attempt no longer holds the claim');
+        return;
+      }
+      this.wireError(conn, `UNKNOWN_TASK:this agent holds no claim on ${r.taskId}`, r.taskId);
+    });
+  }
+
+  private ack(
+    conn: AgentConn,
+    r: { taskId: string; attempt: number },
+    status: 'COMMITTED' | 'SUPERSEDED',
+    message: string,
+  ): void {
+    if (status === 'SUPERSEDED') this.counters.superseded++;
+    conn.send({ ack: { taskId: r.taskId, attempt: r.attempt, status, message } });
+  }
+
+  private enqueueCommit(c: PendingCommit): void {
+    this.commitQueue.push(c);
+    if (!this.committing) {
+      this.committing = true;
+      setImmediate(() => void this.commitLoop());
+    }
+  }
+
+  /** Group commit: every result that arrived while the previous transaction ran goes into the next. */
+  private async commitLoop(): Promise<void> {
+    try {
+      while (this.commitQueue.length > 0 && !this.stopped) {
+        const batch = this.commitQueue.splice(0, this.maxBatch);
+        let outcomes: Awaited<ReturnType<TaskClaims['commitMany']>>;
+        try {
+          outcomes = await this.claims.commitMany(
+            batch.map((c) => ({ claim: c.claim, result: c.result })),
+            this.fences(),
+          );
+          this.counters.commitTxns += Math.ceil(batch.length / 63);
+        } catch (err) {
+          this.log.error('Committing results failed; retrying', { err, results: batch.length });
+          this.commitQueue.unshift(...batch);
+          await new Promise((r) => setTimeout(r, 500));
+          continue;
+        }
+        batch.forEach((c, i) => {
+          const o = outcomes[i];
+          const entry = this.entries.get(taskKey(c.ref));
+          if (o?.ok) {
+            this.counters.committed++;
+            this.ack(c.conn, { taskId: c.wireTaskId, attempt: c.wireAttempt }, 'COMMITTED', '');
+            if (entry) this.settle(entry, c.conn);
+            const result: TaskResult = {
+              ...c.result,
+              attempt: c.claim.attempt,
+              agentId: c.claim.agentId,
+              token: c.claim.token,
+              committedAt: new Date().toISOString(),
+            };
+            this.emit('task', { type: 'committed', ref: c.ref, result, agentId: c.conn.agentId });
+          } else {
+            this.ack(
+              c.conn,
+              { taskId: c.wireTaskId, attempt: c.wireAttempt },
+              'SUPERSEDED',
+              o ? o.error.message : 'not committed',
+            );
+            if (entry && entry.state === 'committing') this.settle(entry, c.conn);
+          }
+        });
+      }
+    } finally {
+      this.committing = false;
+      if (this.commitQueue.length > 0 && !this.stopped) {
+        this.committing = true;
+        setImmediate(() => void this.commitLoop());
+      }
+    }
+  }
+
+  /** The attempt is over: free its slot and forget it. */
+  private settle(entry: Entry, conn?: AgentConn): void {
+    if (entry.timer) clearTimeout(entry.timer);
+    const agent = conn ?? (entry.agentId ? this.conns.get(entry.agentId) : undefined);
+    if (agent?.assigned.delete(entry.key)) agent.used -= entry.cost;
+    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    this.kick();
+  }
+
+  // ---- failures ----
+
+  /** A claim vanished: ours to re-queue if we did not delete it ourselves. */
+  private onClaimGone(key: string, createRevision: number): void {
+    const entry = this.entries.get(key);
+    if (!entry) return;
+    if (entry.state !== 'assigned' || entry.claim?.token !== createRevision) return;
+    const agentId = entry.agentId ?? '';
+    if (entry.adopted) {
+      this.settle(entry);
+      this.emit('task', { type: 'orphanLost', ref: entry.spec.ref, attempt: entry.attempt, agentId });
+      return;
+    }
+    this.counters.lost++;
+    this.log.warn('Attempt lost with its agent lease; re-queueing', { task: key, attempt: entry.attempt, agentId });
+    const agent = this.conns.get(agentId);
+    if (agent?.assigned.delete(key)) agent.used -= entry.cost;
+    if (entry.timer) clearTimeout(entry.timer);
+    this.emit('task', {
+      type: 'lost',
+      ref: entry.spec.ref,
+      attempt: entry.attempt,
+      agentId,
+      reason: 'the agent lease expired',
+    });
+    entry.attempt++;
+    entry.enqueuedAt = performance.now();
+    this.enqueue(entry);
+  }
+
+  /**
+   * Takes an attempt back from its agent: releases the claim (so a late result
+   * is refused), sends Cancel, and keeps the agent's slot taken until its
+   * Result for the attempt arrives. The entry leaves the dispatcher's books.
+   */
+  private async takeBack(entry: Entry, reason: string): Promise<void> {
+    const claim = entry.claim;
+    const agent = entry.agentId ? this.conns.get(entry.agentId) : undefined;
+    if (entry.timer) clearTimeout(entry.timer);
+    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    entry.state = 'cancelling';
+    if (agent?.assigned.delete(entry.key)) {
+      const id = wireTaskId(entry.spec.ref);
+      agent.cancelling.set(`${id}@${entry.attempt}`, entry.cost);
+      agent.send({ cancel: { taskId: id, attempt: entry.attempt, reason } });
+    }
+    if (claim) await this.claims.release(claim, this.fences()).catch(() => undefined);
+  }
+
+  /** Takes an attempt away from a live-but-unreachable agent and queues the next attempt. */
+  private async requeueLost(entry: Entry, reason: string): Promise<void> {
+    const agentId = entry.agentId ?? '';
+    const attempt = entry.attempt;
+    await this.takeBack(entry, reason);
+    if (entry.adopted) {
+      this.emit('task', { type: 'orphanLost', ref: entry.spec.ref, attempt, agentId });
+      return;
+    }
+    this.counters.lost++;
+    this.emit('task', { type: 'lost', ref: entry.spec.ref, attempt, agentId, reason });
+    const next: Entry = {
+      key: entry.key,
+      spec: entry.spec,
+      attempt: attempt + 1,
+      cost: entry.cost,
+      state: 'queued',
+      enqueuedAt: performance.now(),
+    };
+    if (!this.entries.has(entry.key)) {
+      this.entries.set(entry.key, next);
+      this.enqueue(next);
+    }
+  }
+
+  private async onDeadline(entry: Entry): Promise<void> {
+    if (entry.state !== 'assigned' || this.entries.get(entry.key) !== entry) return;
+    this.counters.timedOut++;
+    const agentId = entry.agentId ?? '';
+    await this.takeBack(entry, `deadline of ${entry.spec.timeoutSeconds}s exceeded`);
+    this.emit('task', { type: 'timedOut', ref: entry.spec.ref, attempt: entry.attempt, agentId });
+  }
+}
+
+class PayloadError extends Error {
+  override name = 'PayloadError';
+}
+
+function parseJson(text: string, field: string): unknown {
+  try {
+    return JSON.parse(text || 'null');
+  } catch {
+    throw new Error(`${field}: not JSON`);
+  }
+}

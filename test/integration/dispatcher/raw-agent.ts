@@ -1,0 +1,67 @@
+import { type ClientDuplexStream, credentials } from '@grpc/grpc-js';
+import type { AgentMessage } from '../../../src/gen/agentflow/v1/AgentMessage.ts';
+import type { DispatcherMessage__Output } from '../../../src/gen/agentflow/v1/DispatcherMessage.ts';
+import { agentflowProto, KEEPALIVE_OPTIONS } from '../../../src/lib/proto.ts';
+
+/**
+ * A hand-driven agent stream for wire tests: sends exactly what the test says
+ * (malformed messages included) and collects what the dispatcher answers.
+ */
+export class RawAgent {
+  readonly stream: ClientDuplexStream<AgentMessage, DispatcherMessage__Output>;
+  readonly received: DispatcherMessage__Output[] = [];
+  ended = false;
+  private waiters: (() => void)[] = [];
+
+  constructor(port: number) {
+    const Client = agentflowProto().agentflow.v1.Dispatcher;
+    const client = new Client(`127.0.0.1:${port}`, credentials.createInsecure(), KEEPALIVE_OPTIONS);
+    this.stream = client.Connect();
+    this.stream.on('data', (m: DispatcherMessage__Output) => {
+      this.received.push(m);
+      this.wake();
+    });
+    this.stream.on('end', () => {
+      this.ended = true;
+      this.wake();
+    });
+    this.stream.on('error', () => {
+      this.ended = true;
+      this.wake();
+    });
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  send(m: AgentMessage): void {
+    this.stream.write(m);
+  }
+
+  /** The next message of a kind (removed from the inbox), or throws after timeoutMs. */
+  async next<K extends NonNullable<DispatcherMessage__Output['msg']>>(
+    kind: K,
+    timeoutMs = 5_000,
+  ): Promise<NonNullable<DispatcherMessage__Output[K]>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.received.findIndex((m) => m.msg === kind);
+      if (i >= 0) return this.received.splice(i, 1)[0]?.[kind] as NonNullable<DispatcherMessage__Output[K]>;
+      if (Date.now() > deadline)
+        throw new Error(`no ${kind} within ${timeoutMs} ms; got ${JSON.stringify(this.received.map((m) => m.msg))}`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  }
+
+  count(kind: NonNullable<DispatcherMessage__Output['msg']>): number {
+    return this.received.filter((m) => m.msg === kind).length;
+  }
+
+  close(): void {
+    this.stream.end();
+  }
+}

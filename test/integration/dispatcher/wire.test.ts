@@ -1,0 +1,142 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Dispatcher, type TaskEvent } from '../../../src/dispatcher/index.ts';
+import { MAX_PAYLOAD_BYTES } from '../../../src/lib/proto.ts';
+import { type Session, type StateStore, TaskClaims } from '../../../src/state/index.ts';
+import { testStore } from '../state/helpers.ts';
+import { RawAgent } from './raw-agent.ts';
+
+// Malformed or out-of-turn wire input gets a precise refusal and changes
+// nothing: no claim lost, no result committed.
+
+let store: StateStore;
+let dispatcher: Dispatcher;
+let session: Session;
+const agents: RawAgent[] = [];
+const events: TaskEvent[] = [];
+
+const register = (agentId: string, pool = 'pool-a', capacity = 2) => ({
+  register: {
+    namespace: 'ns',
+    pool,
+    agentId,
+    pod: `pod-${agentId}`,
+    handlers: ['work'],
+    capacity,
+    leaseId: session.id,
+    inFlight: [],
+    runtimeVersion: 'test',
+  },
+});
+const connect = () => {
+  const a = new RawAgent(dispatcher.port);
+  agents.push(a);
+  return a;
+};
+const ref = (task: string) => ({ namespace: 'ns', workflow: 'wf', task });
+
+beforeAll(async () => {
+  store = testStore();
+  session = await store.session(10);
+  dispatcher = new Dispatcher({ store });
+  dispatcher.on('task', (e) => events.push(e));
+  await dispatcher.start();
+});
+
+afterAll(async () => {
+  for (const a of agents) a.close();
+  await dispatcher.stop(1_000);
+  await session.close();
+  store.close();
+});
+
+describe('dispatcher wire input', () => {
+  it('refuses a stream that does not start with Register', async () => {
+    const a = connect();
+    a.send({ heartbeat: { draining: false } });
+    const err = await a.next('error');
+    expect(err).toMatchObject({ code: 'NOT_REGISTERED', message: 'the first message on a stream must be Register' });
+  });
+
+  it.each([
+    [{ capacity: 0 }, 'Register.capacity: must be 1-1024, got 0'],
+    [{ pool: 'Not_A_Pool' }, 'Register.pool: "Not_A_Pool" is not a DNS-1123 label'],
+    [{ leaseId: 'abc' }, 'Register.leaseId: "abc" is not an etcd lease id'],
+    [{ handlers: [] }, 'Register.handlers: 1-128 handler names required, got 0'],
+  ])('refuses Register with %o', async (bad, message) => {
+    const a = connect();
+    a.send({ register: { ...register('bad').register, ...bad } });
+    expect(await a.next('error')).toMatchObject({ code: 'INVALID', message });
+  });
+
+  it('assigns within credits and refuses unknown, stale, oversized, non-JSON and wrong-pool results without changing anything', async () => {
+    const claims = new TaskClaims(store);
+    const a = connect();
+    a.send(register('agent-a', 'pool-a', 2));
+    expect(await a.next('registered')).toEqual({ stillYours: [] });
+    for (const t of ['t1', 't2', 't3'])
+      dispatcher.submit({ ref: ref(t), pool: 'pool-a', handler: 'work', input: { t } });
+    const first = await a.next('assign');
+    const second = await a.next('assign');
+    // capacity 2: the third waits for a slot.
+    await expect(a.next('assign', 300)).rejects.toThrow('no assign');
+    expect(first).toMatchObject({
+      taskId: 'wf/t1',
+      namespace: 'ns',
+      workflow: 'wf',
+      attempt: 1,
+      handler: 'work',
+      inputJson: '{"t":"t1"}',
+      cost: 1,
+    });
+    expect((await claims.current(ref('t1')))?.token).toBe(first.token);
+
+    const result = (taskId: string, extra: object) => ({
+      result: { taskId, attempt: 1, token: first.token, ...extra },
+    });
+    a.send(result('wf/nope', { outputJson: '1' }));
+    expect(await a.next('error')).toMatchObject({ code: 'UNKNOWN_TASK', taskId: 'wf/nope' });
+    a.send({ result: { taskId: 'wf/t1', attempt: 7, token: first.token, outputJson: '1' } });
+    expect(await a.next('ack')).toMatchObject({ taskId: 'wf/t1', attempt: 7, status: 'SUPERSEDED' });
+    a.send(result('wf/t1', { outputJson: `"${'x'.repeat(MAX_PAYLOAD_BYTES)}"` }));
+    expect(await a.next('error')).toMatchObject({
+      code: 'PAYLOAD_TOO_LARGE',
+      message: `output of wf/t1 is over ${MAX_PAYLOAD_BYTES} bytes`,
+    });
+    a.send(result('wf/t1', { outputJson: '{oops' }));
+    expect(await a.next('error')).toMatchObject({ code: 'INVALID', message: 'outputJson of wf/t1 is not JSON' });
+    a.send(result('bad-id', { outputJson: '1' }));
+    expect(await a.next('error')).toMatchObject({ code: 'INVALID', message: 'task id "bad-id" is not workflow/task' });
+
+    const b = connect();
+    b.send(register('agent-b', 'pool-b', 1));
+    await b.next('registered');
+    b.send(result('wf/t1', { outputJson: '"stolen"' }));
+    expect(await b.next('error')).toMatchObject({
+      code: 'WRONG_POOL',
+      message: 'wf/t1 belongs to pool pool-a, not pool-b',
+    });
+
+    // Nothing changed: the claim is intact, no result exists.
+    expect((await claims.current(ref('t1')))?.token).toBe(first.token);
+    expect(await claims.result(ref('t1'))).toBeUndefined();
+
+    // The real result commits, is acked, frees a slot, and t3 gets assigned.
+    a.send(result('wf/t1', { outputJson: '{"ok":true}' }));
+    expect(await a.next('ack')).toMatchObject({ taskId: 'wf/t1', attempt: 1, status: 'COMMITTED' });
+    expect(await claims.result(ref('t1'))).toMatchObject({
+      ok: true,
+      output: { ok: true },
+      attempt: 1,
+      agentId: 'agent-a',
+    });
+    expect(await a.next('assign')).toMatchObject({ taskId: 'wf/t3' });
+    expect(events.filter((e) => e.type === 'committed').map((e) => e.type === 'committed' && e.ref.task)).toEqual([
+      't1',
+    ]);
+
+    // A duplicate of an acknowledged result is harmless: acked again, still one result.
+    a.send(result('wf/t1', { outputJson: '{"ok":true}' }));
+    expect(await a.next('ack')).toMatchObject({ taskId: 'wf/t1', status: 'COMMITTED' });
+    expect(events.filter((e) => e.type === 'committed')).toHaveLength(1);
+  });
+});
