@@ -557,7 +557,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const p = m.progress;
         if (!p) return;
         const entry = this.ownEntry(conn, p.taskId, p.attempt, p.token);
-        if (typeof entry === 'string') return this.wireError(conn, entry, p.taskId);
+        if (typeof entry === 'string') {
+          this.wireError(conn, entry, p.taskId);
+          return;
+        }
         this.emit('task', {
           type: 'progress',
           ref: entry.spec.ref,
@@ -571,7 +574,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const s = m.spawn;
         if (!s) return;
         const entry = this.ownEntry(conn, s.parentTaskId, s.attempt, s.token);
-        if (typeof entry === 'string') return this.wireError(conn, entry, s.parentTaskId);
+        if (typeof entry === 'string') {
+          this.wireError(conn, entry, s.parentTaskId);
+          return;
+        }
         const children = s.children.map((c, i) => {
           if (!NAME.test(c.name) || c.name.length > 63)
             throw new Error(`SpawnTasks.children[${i}].name: "${c.name}" is not a DNS-1123 label`);
@@ -592,15 +598,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       case 'mail': {
         const mail = m.mail;
         if (!mail) return;
-        if (Buffer.byteLength(mail.payloadJson) > MAX_PAYLOAD_BYTES)
-          return this.wireError(conn, `PAYLOAD_TOO_LARGE:mail payload over ${MAX_PAYLOAD_BYTES} bytes`, '');
+        if (Buffer.byteLength(mail.payloadJson) > MAX_PAYLOAD_BYTES) {
+          this.wireError(conn, `PAYLOAD_TOO_LARGE:mail payload over ${MAX_PAYLOAD_BYTES} bytes`, '');
+          return;
+        }
         const to = this.conns.get(mail.toAgent);
-        if (!to || to.namespace !== conn.namespace)
-          return this.wireError(
-            conn,
-            `INVALID:agent "${mail.toAgent}" is not connected in namespace ${conn.namespace}`,
-            '',
-          );
+        if (!to || to.namespace !== conn.namespace) {
+          this.wireError(conn, `INVALID:agent "${mail.toAgent}" is not connected in namespace ${conn.namespace}`, '');
+          return;
+        }
         to.send({
           mail: {
             workflow: mail.workflow,
@@ -644,25 +650,27 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   private onResult(conn: AgentConn, r: Result__Output): void {
     const ref = parseWireTaskId(conn.namespace, r.taskId);
-    if (!ref) return this.wireError(conn, `INVALID:task id "${r.taskId}" is not workflow/task`, r.taskId);
+    if (!ref) {
+      this.wireError(conn, `INVALID:task id "${r.taskId}" is not workflow/task`, r.taskId);
+      return;
+    }
     let result: PendingCommit['result'];
     if (r.outcome === 'outputJson') {
       if (Buffer.byteLength(r.outputJson ?? '') > MAX_PAYLOAD_BYTES) {
-        return this.wireError(
-          conn,
-          `PAYLOAD_TOO_LARGE:output of ${r.taskId} is over ${MAX_PAYLOAD_BYTES} bytes`,
-          r.taskId,
-        );
+        this.wireError(conn, `PAYLOAD_TOO_LARGE:output of ${r.taskId} is over ${MAX_PAYLOAD_BYTES} bytes`, r.taskId);
+        return;
       }
       try {
         result = { ok: true, output: JSON.parse(r.outputJson || 'null') };
       } catch {
-        return this.wireError(conn, `INVALID:outputJson of ${r.taskId} is not JSON`, r.taskId);
+        this.wireError(conn, `INVALID:outputJson of ${r.taskId} is not JSON`, r.taskId);
+        return;
       }
     } else if (r.outcome === 'error' && r.error) {
       result = { ok: false, error: { message: r.error.message.slice(0, 4096), retryable: r.error.retryable } };
     } else {
-      return this.wireError(conn, `INVALID:Result for ${r.taskId} has neither outputJson nor error`, r.taskId);
+      this.wireError(conn, `INVALID:Result for ${r.taskId} has neither outputJson nor error`, r.taskId);
+      return;
     }
     const late = `${r.taskId}@${r.attempt}`;
     const held = conn.cancelling.get(late);
@@ -676,11 +684,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const key = taskKey(ref);
     const entry = this.entries.get(key);
     if (entry && entry.spec.pool !== conn.pool && !entry.adopted) {
-      return this.wireError(
-        conn,
-        `WRONG_POOL:${r.taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}`,
-        r.taskId,
-      );
+      this.wireError(conn, `WRONG_POOL:${r.taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}`, r.taskId);
+      return;
     }
     if (entry && entry.agentId === conn.agentId) {
       if (entry.state === 'committing') return; // a re-send while the commit is in flight

@@ -239,10 +239,9 @@ export class TaskClaims {
           token: claim.token,
           committedAt,
         };
-        ops.push(
-          this.store.client.put(resultKey).value(JSON.stringify(value)),
-          this.store.client.delete().key(claimKey),
-        );
+        // A retryable failure is history, not the task's result: the next attempt may still claim.
+        const target = isFinal(result) ? resultKey : this.attemptKey(claim.ref, claim.attempt);
+        ops.push(this.store.client.put(target).value(JSON.stringify(value)), this.store.client.delete().key(claimKey));
       }
       const res = await b.then(...ops).commit();
       if (res.succeeded) {

@@ -76,7 +76,7 @@ describe('dispatcher wire input', () => {
     for (const t of ['t1', 't2', 't3'])
       dispatcher.submit({ ref: ref(t), pool: 'pool-a', handler: 'work', input: { t } });
     const first = await a.next('assign');
-    const second = await a.next('assign');
+    expect(await a.next('assign')).toMatchObject({ taskId: 'wf/t2' });
     // capacity 2: the third waits for a slot.
     await expect(a.next('assign', 300)).rejects.toThrow('no assign');
     expect(first).toMatchObject({

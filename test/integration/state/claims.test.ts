@@ -92,6 +92,28 @@ describe('task claims', () => {
     await session.close();
   });
 
+  it('records a retryable failure as attempt history, so the next attempt can claim; a non-retryable one ends the task', async () => {
+    const store = open();
+    const claims = new TaskClaims(store);
+    const session = await store.session(10);
+    const first = await claims.claim(ref('flaky'), 1, 'agent-a', session);
+    await claims.commit(first, { ok: false, error: { message: 'rate limited', retryable: true } });
+    expect(await claims.result(ref('flaky'))).toBeUndefined();
+    const history = await store.get(claims.attemptKey(ref('flaky'), 1));
+    expect(JSON.parse(history?.value ?? '{}')).toMatchObject({
+      attempt: 1,
+      ok: false,
+      error: { message: 'rate limited', retryable: true },
+    });
+    const second = await claims.claim(ref('flaky'), 2, 'agent-b', session);
+    await claims.commit(second, { ok: false, error: { message: 'bad input', retryable: false } });
+    expect(await claims.result(ref('flaky'))).toMatchObject({ attempt: 2, ok: false, error: { retryable: false } });
+    await expect(claims.claim(ref('flaky'), 3, 'agent-c', session)).rejects.toThrow(
+      'a result is already committed (attempt 2 by agent agent-b)',
+    );
+    await session.close();
+  });
+
   it(`group-commits results ${COMMIT_GROUP} to a transaction, and a stale claim fails only itself`, async () => {
     const store = open();
     const claims = new TaskClaims(store);
