@@ -1,6 +1,6 @@
-import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { SharedState, StateStore } from '../../../src/state/index.ts';
 import { pinnedVersions } from '../../cluster/binaries.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { waitFor } from '../../cluster/managed-process.ts';
@@ -145,28 +145,28 @@ describe('pinned tools', () => {
 });
 
 describe('etcd for agentflow state', () => {
-  it('puts, gets and watches keys through the etcd3 client', async () => {
+  it('puts, gets and watches keys through the state layer', async () => {
     const endpoint = cluster.info.stateEtcdEndpoint;
     expect(endpoint).toBeDefined();
-    const etcd = new Etcd3({ hosts: endpoint as string });
+    const store = new StateStore({ endpoints: [endpoint as string], prefix: `/smoke-${ns}` });
     try {
-      const prefix = `/smoke/${ns}/`;
+      const state = new SharedState(store, { kind: 'namespace', namespace: ns });
       const seen: string[] = [];
-      const watcher = await etcd.watch().prefix(prefix).create();
-      const twoEvents = new Promise<void>((resolve) => {
-        watcher.on('put', (kv) => {
-          seen.push(`${kv.key.toString()}=${kv.value.toString()}`);
-          if (seen.length === 2) resolve();
-        });
-      });
-      await etcd.put(`${prefix}a`).value('1');
-      await etcd.put(`${prefix}a`).value('2');
-      await twoEvents;
-      expect(seen).toEqual([`${prefix}a=1`, `${prefix}a=2`]);
-      expect(await etcd.get(`${prefix}a`).string()).toBe('2');
-      await watcher.cancel();
+      const { revision } = await state.list();
+      const watch = await state.watch(
+        '',
+        revision + 1,
+        (e) => seen.push(`${e.key}=${JSON.stringify(e.json)}`),
+        () => seen.push('resync'),
+      );
+      await state.put('a', 1);
+      await state.put('a', 2);
+      await waitFor('two watch events', () => seen.length === 2, 10_000, 20);
+      expect(seen).toEqual(['a=1', 'a=2']);
+      expect((await state.get('a'))?.value).toBe(2);
+      await watch.close();
     } finally {
-      etcd.close();
+      store.close();
     }
   });
 });
