@@ -1,0 +1,739 @@
+import { EventEmitter } from 'node:events';
+import { credentials } from '@grpc/grpc-js';
+import type { AgentMessage } from '../gen/agentflow/v1/AgentMessage.ts';
+import type { Assign__Output } from '../gen/agentflow/v1/Assign.ts';
+import type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
+import type { DispatcherMessage__Output } from '../gen/agentflow/v1/DispatcherMessage.ts';
+import type { InFlight } from '../gen/agentflow/v1/InFlight.ts';
+import type { Result } from '../gen/agentflow/v1/Result.ts';
+import type { TaskError__Output } from '../gen/agentflow/v1/TaskError.ts';
+import type { WireError__Output } from '../gen/agentflow/v1/WireError.ts';
+import { Backoff } from '../lib/backoff.ts';
+import type { Logger } from '../lib/log.ts';
+import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
+import { type Held, LeaseLostError, LockTimeoutError } from '../state/index.ts';
+import { Attempt, attemptKey } from './attempt.ts';
+import { Connection } from './connection.ts';
+import { type AgentSession, type Coordination, etcdCoordination } from './coordination.ts';
+import { KeyedMutex } from './keyed-mutex.ts';
+import { type AgentOptions, type ResolvedOptions, resolveOptions } from './options.ts';
+import type { Outcome } from './outcome.ts';
+import { createTaskContext, type MailListener, type TaskHost } from './task-context.ts';
+import type { MailMeta } from './types.ts';
+
+export type AgentState = 'idle' | 'starting' | 'running' | 'draining' | 'stopped' | 'failed';
+
+export interface TaskSummary {
+  taskId: string;
+  attempt: number;
+  handler: string;
+  namespace: string;
+  workflow: string;
+}
+
+export interface AgentEvents {
+  /** A stream is registered; `stillYours` attempts survived the reconnect. */
+  connected: [{ stillYours: number }];
+  disconnected: [{ error?: Error }];
+  taskStarted: [TaskSummary];
+  /** `reported: false` when the claim was gone and no Result was sent. */
+  taskFinished: [TaskSummary & { durationMs: number; reported: boolean; error?: TaskError__Output }];
+  acked: [{ taskId: string; attempt: number; status: 'COMMITTED' | 'SUPERSEDED' }];
+  wireError: [WireError__Output];
+  mail: [MailMeta & { payload: unknown }];
+  leaseLost: [Error];
+  draining: [];
+  drained: [];
+  stopped: [];
+  /** Unexpected trouble the agent survives (a session it cannot reopen, a message it cannot handle); only emitted when someone listens. */
+  error: [Error];
+}
+
+/** Identifies this SDK in Register. */
+export const RUNTIME_VERSION = 'agentflow-agent-ts/0.1.0';
+
+// After a forced abort, handlers that honour their signal get this long to settle so their Results go out.
+const ABORT_SETTLE_MS = 1_000;
+// How long the dispatcher gets to read our last messages after we half-close the stream.
+const END_GRACE_MS = 2_000;
+
+interface Pending {
+  result: Result;
+  cost: number;
+  /** The stream it was last sent on; only a refusal on that stream can be about it. */
+  sentOn: Connection | undefined;
+}
+
+interface Deferred<T = void> {
+  promise: Promise<T>;
+  resolve: (v: T) => void;
+}
+
+function deferred<T = void>(): Deferred<T> {
+  let resolve: (v: T) => void = () => undefined;
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+/**
+ * The agent runtime: one etcd session (lease + pool membership), one Connect
+ * stream to the dispatcher, and the attempts it assigns. See createAgent.
+ */
+export class Agent extends EventEmitter<AgentEvents> {
+  readonly id: string;
+  private readonly opts: ResolvedOptions;
+  private readonly log: Logger;
+  private current: AgentState = 'idle';
+  private coordination: Coordination | undefined;
+  private client: DispatcherClient | undefined;
+  private session: AgentSession | undefined;
+  private conn: Connection | undefined;
+  private readonly running = new Map<string, Attempt>();
+  private readonly settling = new Set<Promise<void>>();
+  private readonly pending = new Map<string, Pending>();
+  private readonly mailboxes = new Map<string, Set<MailListener>>();
+  private readonly streamBackoff: Backoff;
+  private readonly sessionBackoff: Backoff;
+  private readonly mutex = new KeyedMutex();
+  private readonly registeredWaiters = new Set<() => void>();
+  private readonly stopped = deferred();
+  private heartbeat: NodeJS.Timeout | undefined;
+  private starting: Promise<void> | undefined;
+  private loop: Promise<void> | undefined;
+  private shutdown: Promise<void> | undefined;
+  private stopping = false;
+  private closingSession = false;
+  private wake: (() => void) | undefined;
+  private drainAt = Number.POSITIVE_INFINITY;
+  private drainTimer: NodeJS.Timeout | undefined;
+  private readonly drainExpired = deferred();
+  private drainOver = false;
+  private idle: Deferred | undefined;
+  private signalHandler: (() => void) | undefined;
+  private signalCount = 0;
+  private readonly maxPending: number;
+
+  constructor(options: AgentOptions) {
+    super();
+    this.opts = resolveOptions(options);
+    this.id = this.opts.agentId;
+    this.log = this.opts.logger.with({ agentId: this.id, pool: this.opts.pool });
+    this.streamBackoff = new Backoff(this.opts.reconnect);
+    this.sessionBackoff = new Backoff(this.opts.reconnect);
+    // Credits keep unacknowledged results near `capacity`; this only guards against a dispatcher that never acks.
+    this.maxPending = 4 * this.opts.capacity + 64;
+  }
+
+  get state(): AgentState {
+    return this.current;
+  }
+
+  /** Attempts whose handlers are running now. */
+  get inFlight(): number {
+    return this.running.size;
+  }
+
+  /** Results sent and not yet acknowledged. */
+  get unacknowledged(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Opens the etcd session, joins the pool and starts connecting to the
+   * dispatcher. Resolves once the session exists (listen for 'connected' to
+   * know the stream is registered); rejects, leaving the agent 'failed', if
+   * the session cannot be opened.
+   */
+  start(): Promise<void> {
+    if (this.current !== 'idle') return Promise.reject(new Error(`Agent.start: the agent is ${this.current}`));
+    this.starting = this.boot();
+    return this.starting;
+  }
+
+  /**
+   * Stops taking work, waits up to `timeoutMs` for in-flight attempts and the
+   * acknowledgement of their results, aborts what is left, sends Drained and
+   * stops. Calling it again (or stop) can only shorten the wait.
+   */
+  drain(timeoutMs: number = this.opts.drainTimeoutMs): Promise<void> {
+    if (this.current === 'idle') {
+      this.setState('stopped');
+      this.stopped.resolve();
+      return Promise.resolve();
+    }
+    if (this.current === 'failed' || this.current === 'stopped') return this.stopped.promise;
+    this.tightenDrain(timeoutMs);
+    this.shutdown ??= this.runShutdown();
+    return this.shutdown;
+  }
+
+  /** drain() with a grace of `graceMs` (default 0: abort everything now), then stop. */
+  stop(opts: { graceMs?: number } = {}): Promise<void> {
+    return this.drain(opts.graceMs ?? 0);
+  }
+
+  /** Resolves when the agent has stopped (after a drain, a stop or a failed start). */
+  untilStopped(): Promise<void> {
+    return this.stopped.promise;
+  }
+
+  // ---- lifecycle ----
+
+  private setState(next: AgentState): void {
+    if (this.current === next) return;
+    this.log.debug('Agent state changed', { from: this.current, to: next });
+    this.current = next;
+  }
+
+  private async boot(): Promise<void> {
+    this.setState('starting');
+    const o = this.opts;
+    try {
+      this.coordination =
+        o.coordination ??
+        etcdCoordination(
+          o.etcdPrefix === undefined ? { endpoints: o.etcd } : { endpoints: o.etcd, prefix: o.etcdPrefix },
+        );
+      this.session = await this.openSession();
+      const Client = agentflowProto().agentflow.v1.Dispatcher;
+      this.client = new Client(o.dispatcher, credentials.createInsecure(), KEEPALIVE_OPTIONS);
+    } catch (err) {
+      this.log.error('Agent failed to start', { error: err as Error });
+      this.coordination?.close();
+      this.setState('failed');
+      this.stopped.resolve();
+      throw err;
+    }
+    this.setState('running');
+    this.log.info('Agent started', {
+      leaseId: this.session.id,
+      capacity: o.capacity,
+      handlers: [...o.handlers.keys()],
+    });
+    this.heartbeat = setInterval(() => this.sendHeartbeat(), o.heartbeatMs);
+    this.heartbeat.unref();
+    if (o.installSignalHandlers) this.installSignals();
+    this.loop = this.runLoop();
+  }
+
+  private installSignals(): void {
+    this.signalHandler = () => {
+      this.signalCount++;
+      // A second signal means "now": whoever sends it has run out of patience.
+      if (this.signalCount === 1) {
+        this.log.info('Signal received; draining');
+        void this.drain();
+      } else {
+        this.log.warn('Second signal received; stopping now');
+        void this.stop();
+      }
+    };
+    process.on('SIGTERM', this.signalHandler);
+    process.on('SIGINT', this.signalHandler);
+  }
+
+  private async runShutdown(): Promise<void> {
+    await this.starting?.catch(() => undefined);
+    if (this.current !== 'running') return this.stopped.promise;
+    this.setState('draining');
+    this.emit('draining');
+    this.log.info('Agent draining', { inFlight: this.running.size, unacknowledged: this.pending.size });
+    this.sendHeartbeat();
+    this.idle = deferred();
+    this.checkIdle();
+    const finished = await Promise.race([
+      this.idle.promise.then(() => true),
+      this.drainExpired.promise.then(() => false),
+    ]);
+    this.drainOver = true;
+    if (!finished && this.running.size > 0) {
+      this.log.warn('Drain timed out; aborting the attempts still running', { inFlight: this.running.size });
+      for (const a of this.running.values()) a.abort('DRAIN_TIMEOUT', 'the agent is shutting down');
+      await atMost(Promise.allSettled([...this.settling]), ABORT_SETTLE_MS);
+    }
+    if (this.conn?.registered) this.conn.send({ drained: {} });
+    this.log.info('Agent drained', { unacknowledged: this.pending.size, abandoned: this.running.size });
+    this.emit('drained');
+    await this.teardown();
+  }
+
+  private tightenDrain(timeoutMs: number): void {
+    const at = Date.now() + Math.max(0, timeoutMs);
+    if (at >= this.drainAt) return;
+    this.drainAt = at;
+    if (this.drainTimer) clearTimeout(this.drainTimer);
+    this.drainTimer = setTimeout(() => this.drainExpired.resolve(), Math.max(0, timeoutMs));
+  }
+
+  private async teardown(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.drainTimer) clearTimeout(this.drainTimer);
+    if (this.signalHandler) {
+      process.off('SIGTERM', this.signalHandler);
+      process.off('SIGINT', this.signalHandler);
+    }
+    for (const w of this.registeredWaiters) w();
+    await this.conn?.end(END_GRACE_MS);
+    await this.loop;
+    this.client?.close();
+    this.closingSession = true;
+    await this.session?.close().catch((err: Error) => this.log.warn('Could not revoke the lease', { error: err }));
+    this.coordination?.close();
+    this.setState('stopped');
+    this.log.info('Agent stopped');
+    this.emit('stopped');
+    this.stopped.resolve();
+  }
+
+  // ---- session and stream ----
+
+  private async openSession(): Promise<AgentSession> {
+    const o = this.opts;
+    const coordination = this.coordination as Coordination;
+    const session = await coordination.open(o.leaseTtlSeconds, {
+      namespace: o.namespace,
+      pool: o.pool,
+      agentId: this.id,
+      pod: o.pod,
+      handlers: [...o.handlers.keys()],
+      capacity: o.capacity,
+    });
+    session.onLost((err) => this.onLeaseLost(session, err));
+    return session;
+  }
+
+  /** Connects, and reconnects with back-off, until the agent stops; a lost session is replaced first. */
+  private async runLoop(): Promise<void> {
+    while (!this.stopping) {
+      const session = this.session ?? (await this.reopenSession());
+      if (!session || this.stopping) break;
+      const conn = this.connect(session);
+      const err = await conn.closed;
+      if (this.conn === conn) this.conn = undefined;
+      if (this.stopping) break;
+      if (conn.registered || err) {
+        this.log.warn('Dispatcher stream closed; reconnecting', { error: err ?? 'ended by the dispatcher' });
+      }
+      this.emit('disconnected', err ? { error: err } : {});
+      await this.pause(this.streamBackoff.next());
+    }
+  }
+
+  private async reopenSession(): Promise<AgentSession | undefined> {
+    while (!this.stopping) {
+      try {
+        this.session = await this.openSession();
+        this.sessionBackoff.reset();
+        this.log.info('New etcd session established', { leaseId: this.session.id });
+        return this.session;
+      } catch (err) {
+        this.log.error('Could not open an etcd session; retrying', { error: err as Error });
+        this.emitError(err as Error);
+        await this.pause(this.sessionBackoff.next());
+      }
+    }
+    return undefined;
+  }
+
+  private connect(session: AgentSession): Connection {
+    const conn = new Connection(this.client as DispatcherClient);
+    this.conn = conn;
+    conn.on('message', (m) => {
+      if (this.conn !== conn) return;
+      try {
+        this.onMessage(conn, m);
+      } catch (err) {
+        this.log.error('Could not handle a dispatcher message', { msg: m.msg, error: err as Error });
+        this.emitError(err as Error);
+      }
+    });
+    const inFlight = this.inFlightList();
+    conn.reported = new Set(inFlight.map((f) => attemptKey(f.taskId ?? '', f.attempt ?? 0)));
+    const o = this.opts;
+    conn.send({
+      register: {
+        namespace: o.namespace,
+        pool: o.pool,
+        agentId: this.id,
+        pod: o.pod,
+        handlers: [...o.handlers.keys()],
+        capacity: o.capacity,
+        leaseId: session.id,
+        inFlight,
+        runtimeVersion: RUNTIME_VERSION,
+      },
+    });
+    return conn;
+  }
+
+  /**
+   * Running attempts, plus finished ones whose results await an Ack: the
+   * dispatcher re-queues any assigned attempt a re-registering agent does not
+   * list, which would throw a finished result away.
+   */
+  private inFlightList(): InFlight[] {
+    const out: InFlight[] = [];
+    for (const a of this.running.values()) {
+      if (!a.disowned) out.push({ taskId: a.taskId, attempt: a.attempt, token: a.token, cost: a.cost });
+    }
+    for (const p of this.pending.values()) {
+      out.push({ taskId: p.result.taskId, attempt: p.result.attempt, token: p.result.token, cost: p.cost });
+    }
+    return out;
+  }
+
+  private onLeaseLost(session: AgentSession, err: Error): void {
+    if (session !== this.session || this.closingSession) return;
+    this.session = undefined;
+    this.log.error('Lost the etcd lease: aborting every attempt (their claims are gone) and re-registering', {
+      leaseId: session.id,
+      inFlight: this.running.size,
+      error: err,
+    });
+    this.emit('leaseLost', err);
+    for (const a of this.running.values()) a.abort('LEASE_LOST', `the agent lost its etcd lease: ${err.message}`);
+    // Claims bound to the old lease are gone, so these results can no longer be committed.
+    this.pending.clear();
+    this.conn?.cancel();
+    void session.close().catch(() => undefined);
+    this.checkIdle();
+  }
+
+  private pause(ms: number): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
+  private sendHeartbeat(): void {
+    const draining = this.current === 'draining';
+    if (this.conn?.registered) this.conn.send({ heartbeat: { draining } }, true);
+  }
+
+  // ---- dispatcher messages ----
+
+  private onMessage(conn: Connection, m: DispatcherMessage__Output): void {
+    switch (m.msg) {
+      case 'registered':
+        this.onRegistered(conn, m.registered?.stillYours ?? []);
+        return;
+      case 'assign':
+        if (m.assign) this.onAssign(m.assign);
+        return;
+      case 'cancel': {
+        const c = m.cancel;
+        if (!c) return;
+        const a = this.running.get(attemptKey(c.taskId, c.attempt));
+        if (a) {
+          this.log.info('Attempt cancelled by the dispatcher', {
+            taskId: c.taskId,
+            attempt: c.attempt,
+            reason: c.reason,
+          });
+          a.abort('CANCELLED', c.reason ? `cancelled: ${c.reason}` : 'cancelled by the dispatcher');
+        }
+        return;
+      }
+      case 'drain': {
+        const seconds = m.drain?.timeoutSeconds ?? 0;
+        this.log.info('Dispatcher asked the agent to drain', { timeoutSeconds: seconds });
+        void this.drain(seconds > 0 ? seconds * 1000 : this.opts.drainTimeoutMs);
+        return;
+      }
+      case 'ack': {
+        const a = m.ack;
+        if (!a) return;
+        if (this.pending.delete(attemptKey(a.taskId, a.attempt))) {
+          this.emit('acked', { taskId: a.taskId, attempt: a.attempt, status: a.status });
+          this.checkIdle();
+        }
+        return;
+      }
+      case 'mail':
+        if (m.mail) this.deliverMail(m.mail.workflow, m.mail.topic, m.mail.fromAgent, m.mail.payloadJson);
+        return;
+      case 'error':
+        if (m.error) this.onWireError(conn, m.error);
+        return;
+      default:
+        this.log.warn('Ignoring an unknown dispatcher message', { msg: m.msg });
+    }
+  }
+
+  private onRegistered(conn: Connection, stillYours: { taskId: string; attempt: number; token: number }[]): void {
+    conn.registered = true;
+    this.streamBackoff.reset();
+    const ours = new Set(stillYours.map((s) => `${attemptKey(s.taskId, s.attempt)}#${s.token}`));
+    for (const a of this.running.values()) {
+      if (conn.reported.has(a.key) && !ours.has(`${a.key}#${a.token}`)) {
+        this.log.warn('Attempt no longer ours after reconnecting; aborting it', {
+          taskId: a.taskId,
+          attempt: a.attempt,
+        });
+        a.abort('NOT_YOURS', 'the attempt was given to someone else while the agent was disconnected');
+      }
+    }
+    // Results go out after Registered: a dispatcher may ignore what arrives while it registers the stream.
+    for (const p of this.pending.values()) {
+      p.sentOn = conn;
+      conn.send({ result: p.result });
+    }
+    this.log.info('Registered with the dispatcher', { stillYours: stillYours.length, resent: this.pending.size });
+    if (this.current === 'draining') this.sendHeartbeat();
+    for (const w of this.registeredWaiters) w();
+    this.emit('connected', { stillYours: stillYours.length });
+  }
+
+  private onAssign(a: Assign__Output): void {
+    const key = attemptKey(a.taskId, a.attempt);
+    const summary = {
+      taskId: a.taskId,
+      attempt: a.attempt,
+      handler: a.handler,
+      namespace: a.namespace,
+      workflow: a.workflow,
+    };
+    if (this.running.has(key) || this.pending.has(key)) {
+      this.log.warn('Ignoring a duplicate Assign', summary);
+      return;
+    }
+    const cost = a.cost > 0 ? a.cost : 1;
+    const report = (error: TaskError__Output) => {
+      this.emit('taskStarted', summary);
+      this.report({ taskId: a.taskId, attempt: a.attempt, token: a.token, error }, cost);
+      this.emit('taskFinished', { ...summary, durationMs: 0, reported: true, error });
+    };
+    if (this.drainOver || this.stopping) {
+      report({ code: 'AGENT_STOPPING', message: 'the agent is shutting down', retryable: true });
+      return;
+    }
+    const handler = this.opts.handlers.get(a.handler);
+    if (!handler) {
+      report({
+        code: 'UNKNOWN_HANDLER',
+        message: `agent ${this.id} has no handler "${a.handler}" (it has: ${[...this.opts.handlers.keys()].join(', ')})`,
+        retryable: false,
+      });
+      return;
+    }
+    let input: unknown;
+    try {
+      input = a.inputJson === '' ? null : JSON.parse(a.inputJson);
+    } catch (err) {
+      report({ code: 'INVALID_INPUT', message: `task input is not JSON: ${(err as Error).message}`, retryable: false });
+      return;
+    }
+    let used = cost;
+    for (const r of this.running.values()) used += r.cost;
+    if (used > this.opts.capacity) {
+      this.log.warn('Assigned beyond capacity; running it anyway (the dispatcher owns the credits)', {
+        ...summary,
+        used,
+        capacity: this.opts.capacity,
+      });
+    }
+    const attempt = new Attempt(a);
+    this.running.set(key, attempt);
+    const log = this.log.with({ taskId: a.taskId, attempt: a.attempt });
+    const ctx = createTaskContext(attempt, input, this.taskHost, log);
+    this.emit('taskStarted', summary);
+    log.debug('Attempt started', { handler: a.handler, workflow: a.workflow });
+    const settled = attempt
+      .run(handler, ctx)
+      .then((outcome) => this.onSettled(attempt, outcome, summary))
+      .catch((err: Error) => {
+        log.error('Could not report an attempt', { error: err });
+        this.emitError(err);
+      })
+      .finally(() => this.settling.delete(settled));
+    this.settling.add(settled);
+  }
+
+  private onSettled(attempt: Attempt, outcome: Outcome | undefined, summary: TaskSummary): void {
+    this.running.delete(attempt.key);
+    const durationMs = Math.round(performance.now() - attempt.startedAt);
+    const error = outcome && 'error' in outcome ? outcome.error : undefined;
+    if (this.current !== 'stopped' && outcome) {
+      this.report({ taskId: attempt.taskId, attempt: attempt.attempt, token: attempt.token, ...outcome }, attempt.cost);
+    }
+    this.log.debug('Attempt finished', {
+      ...summary,
+      durationMs,
+      reported: outcome !== undefined,
+      error: error?.message,
+    });
+    this.emit('taskFinished', { ...summary, durationMs, reported: outcome !== undefined, ...(error && { error }) });
+    this.checkIdle();
+  }
+
+  /** Keeps the result until its Ack and sends it if a registered stream is up (else after the next Registered). */
+  private report(result: Result, cost: number): void {
+    const key = attemptKey(result.taskId ?? '', result.attempt ?? 0);
+    if (this.pending.size >= this.maxPending) {
+      const [oldest] = this.pending.keys();
+      if (oldest !== undefined) {
+        this.pending.delete(oldest);
+        this.log.error('Too many unacknowledged results; dropping the oldest', {
+          dropped: oldest,
+          limit: this.maxPending,
+        });
+      }
+    }
+    const conn = this.conn?.registered ? this.conn : undefined;
+    this.pending.set(key, { result, cost, sentOn: conn });
+    conn?.send({ result });
+  }
+
+  private onWireError(conn: Connection, e: WireError__Output): void {
+    this.log.warn('Dispatcher refused a message', { code: e.code, message: e.message, taskId: e.taskId });
+    this.emit('wireError', e);
+    // The claim is not (or no longer) ours: re-sending a result for it can never succeed.
+    if (e.taskId && (e.code === 'UNKNOWN_TASK' || e.code === 'STALE_ATTEMPT' || e.code === 'WRONG_POOL')) {
+      for (const [key, p] of this.pending) {
+        if (p.result.taskId === e.taskId && p.sentOn === conn) {
+          this.pending.delete(key);
+          this.log.warn('Dropping a result the dispatcher will not take', {
+            taskId: e.taskId,
+            attempt: p.result.attempt,
+          });
+        }
+      }
+      this.checkIdle();
+    }
+  }
+
+  private deliverMail(workflow: string, topic: string, fromAgent: string, payloadJson: string): void {
+    let payload: unknown;
+    try {
+      payload = payloadJson === '' ? null : JSON.parse(payloadJson);
+    } catch {
+      this.log.warn('Dropping mail whose payload is not JSON', { workflow, topic, fromAgent });
+      return;
+    }
+    const meta: MailMeta = { fromAgent, workflow, topic };
+    this.emit('mail', { ...meta, payload });
+    const listeners = this.mailboxes.get(mailbox(workflow, topic));
+    if (!listeners?.size) {
+      this.log.debug('No attempt listens for this mail', { workflow, topic, fromAgent });
+      return;
+    }
+    for (const cb of listeners) {
+      try {
+        cb(payload, meta);
+      } catch (err) {
+        this.log.warn('A mail listener threw', { workflow, topic, error: err as Error });
+      }
+    }
+  }
+
+  // ---- helpers for task contexts ----
+
+  private readonly taskHost: TaskHost = {
+    progress: (a, fraction, message) => {
+      if (this.conn?.registered && !a.finished) {
+        this.conn.send({ progress: { taskId: a.taskId, attempt: a.attempt, token: a.token, fraction, message } }, true);
+      }
+    },
+    sendRegistered: (msg, signal) => this.sendRegistered(msg, signal),
+    state: (namespace, workflow) => (this.coordination as Coordination).state(namespace, workflow),
+    lock: (name, opts) => this.lock(name, opts),
+    subscribe: (workflow, topic, cb) => {
+      const key = mailbox(workflow, topic);
+      let set = this.mailboxes.get(key);
+      if (!set) {
+        set = new Set();
+        this.mailboxes.set(key, set);
+      }
+      set.add(cb);
+      return () => {
+        set.delete(cb);
+        if (set.size === 0 && this.mailboxes.get(key) === set) this.mailboxes.delete(key);
+      };
+    },
+  };
+
+  private async sendRegistered(msg: AgentMessage, signal: AbortSignal): Promise<void> {
+    for (;;) {
+      signal.throwIfAborted();
+      if (this.stopping) throw new Error('the agent is stopping');
+      const conn = this.conn;
+      if (conn?.registered) {
+        if (!conn.send(msg)) throw new Error('the dispatcher stream is not accepting messages');
+        return;
+      }
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.registeredWaiters.delete(done);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        this.registeredWaiters.add(done);
+        signal.addEventListener('abort', done, { once: true });
+      });
+    }
+  }
+
+  private async lock(name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held> {
+    const session = this.session;
+    if (!session) throw new LeaseLostError('the agent has no etcd session right now (its lease was lost)');
+    const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
+    const timeout = opts.timeoutMs !== undefined ? AbortSignal.timeout(opts.timeoutMs) : undefined;
+    let releaseLocal: () => void;
+    try {
+      releaseLocal = await this.mutex.acquire(name, timeout ? AbortSignal.any([opts.signal, timeout]) : opts.signal);
+    } catch (err) {
+      if (timeout?.aborted && !opts.signal.aborted) throw new LockTimeoutError(`timed out waiting for lock ${name}`);
+      throw err;
+    }
+    try {
+      const held = await session.lock(name, {
+        signal: opts.signal,
+        ...(deadline !== undefined && { timeoutMs: Math.max(0, deadline - Date.now()) }),
+      });
+      let released = false;
+      return {
+        ...held,
+        release: async () => {
+          if (released) return;
+          released = true;
+          try {
+            await held.release();
+          } finally {
+            releaseLocal();
+          }
+        },
+      };
+    } catch (err) {
+      releaseLocal();
+      throw err;
+    }
+  }
+
+  private checkIdle(): void {
+    if (this.idle && this.running.size === 0 && this.pending.size === 0) this.idle.resolve();
+  }
+
+  private emitError(err: Error): void {
+    // EventEmitter throws an unheard 'error'; the log already has it.
+    if (this.listenerCount('error') > 0) this.emit('error', err);
+  }
+}
+
+const mailbox = (workflow: string, topic: string) => `${workflow}\n${topic}`;
+
+/** Waits for `p`, but no longer than `ms`. */
+async function atMost(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
+}

@@ -1,0 +1,147 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { MAX_PAYLOAD_BYTES } from '../../lib/proto.ts';
+import { RetryableError, UnrecoverableError } from '../errors.ts';
+import type { ExecHandlerSpec, Handler, TaskContext } from '../types.ts';
+
+const STDERR_TAIL_BYTES = 2048;
+const EX_TEMPFAIL = 75;
+
+export interface ExecRunOptions {
+  /** Between SIGTERM and SIGKILL once the attempt is aborted (default 5000). */
+  killGraceMs?: number;
+}
+
+/**
+ * The `exec` built-in: runs the command with the task input as JSON on stdin
+ * and takes stdout as the JSON output (empty = null). Exit codes follow
+ * sysexits: 64-78 are the caller's fault and final, except 75 (EX_TEMPFAIL);
+ * any other non-zero exit is retried.
+ */
+export function execHandler(spec: ExecHandlerSpec, opts: ExecRunOptions = {}): Handler {
+  const killGraceMs = opts.killGraceMs ?? 5_000;
+  return (ctx) => run(spec, ctx, killGraceMs);
+}
+
+/** Signals the command's whole process group, so a shell's children go too. */
+function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // the group is gone already
+  }
+}
+
+function run(spec: ExecHandlerSpec, ctx: TaskContext, killGraceMs: number): Promise<unknown> {
+  ctx.signal.throwIfAborted();
+  const [file, ...args] = spec.command as [string, ...string[]];
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, {
+      cwd: spec.cwd,
+      env: {
+        ...process.env,
+        ...spec.env,
+        AGENTFLOW_TASK_ID: ctx.taskId,
+        AGENTFLOW_ATTEMPT: String(ctx.attempt),
+        AGENTFLOW_WORKFLOW: ctx.workflow,
+        AGENTFLOW_NAMESPACE: ctx.namespace,
+      },
+      stdio: 'pipe',
+      // Its own process group, so an abort reaches everything the command started.
+      detached: true,
+    });
+    const stdout: Buffer[] = [];
+    let stdoutBytes = 0;
+    let stderr = Buffer.alloc(0);
+    child.stdout.on('data', (b: Buffer) => {
+      stdoutBytes += b.length;
+      if (stdoutBytes <= MAX_PAYLOAD_BYTES) stdout.push(b);
+    });
+    child.stderr.on('data', (b: Buffer) => {
+      stderr = Buffer.concat([stderr, b]);
+      if (stderr.length > 2 * STDERR_TAIL_BYTES) stderr = stderr.subarray(-STDERR_TAIL_BYTES);
+    });
+    // EPIPE when the command exits without reading its input: its exit status says what happened.
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(JSON.stringify(ctx.input ?? null));
+
+    let settled = false;
+    const settle = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      ctx.signal.removeEventListener('abort', onAbort);
+      fn();
+    };
+    const onAbort = () => {
+      signalGroup(child, 'SIGTERM');
+      // Not cleared on exit: a grandchild that ignores SIGTERM must not outlive the attempt.
+      setTimeout(() => signalGroup(child, 'SIGKILL'), killGraceMs).unref();
+    };
+    ctx.signal.addEventListener('abort', onAbort, { once: true });
+
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      // Missing or non-executable commands are a configuration problem no retry fixes.
+      const final = err.code === 'ENOENT' || err.code === 'EACCES';
+      const message = `cannot run ${JSON.stringify(file)}: ${err.message}`;
+      settle(() =>
+        reject(
+          final
+            ? new UnrecoverableError(message, { code: 'EXEC_FAILED', cause: err })
+            : new RetryableError(message, { code: 'EXEC_FAILED', cause: err }),
+        ),
+      );
+    });
+    // After an abort, do not wait for 'close': a grandchild may hold stdout open.
+    child.on('exit', () => {
+      if (ctx.signal.aborted) settle(() => reject(ctx.signal.reason));
+    });
+    child.on('close', (code: number | null, signal: NodeJS.Signals | null) => {
+      settle(() => {
+        try {
+          resolve(outcome(file, code, signal, Buffer.concat(stdout), stdoutBytes, stderr));
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+  });
+}
+
+function outcome(
+  file: string,
+  code: number | null,
+  signal: NodeJS.Signals | null,
+  stdout: Buffer,
+  stdoutBytes: number,
+  stderr: Buffer,
+): unknown {
+  const tail = stderr.subarray(-STDERR_TAIL_BYTES).toString('utf8').trim();
+  const withTail = (s: string) => (tail ? `${s}; stderr: ${tail}` : s);
+  const name = JSON.stringify(file);
+  if (code === null) {
+    throw new RetryableError(withTail(`command ${name} was killed by ${signal}`), { code: 'KILLED' });
+  }
+  if (code !== 0) {
+    const message = withTail(`command ${name} exited with code ${code}`);
+    if (code >= 64 && code <= 78 && code !== EX_TEMPFAIL) {
+      throw new UnrecoverableError(message, { code: `EXIT_${code}` });
+    }
+    throw new RetryableError(message, { code: `EXIT_${code}` });
+  }
+  if (stdoutBytes > MAX_PAYLOAD_BYTES) {
+    throw new UnrecoverableError(
+      `command ${name} wrote ${stdoutBytes} bytes to stdout; the output limit is ${MAX_PAYLOAD_BYTES}`,
+      { code: 'OUTPUT_TOO_LARGE' },
+    );
+  }
+  const text = stdout.toString('utf8').trim();
+  if (text === '') return null;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new UnrecoverableError(
+      `stdout of command ${name} is not JSON (${(err as Error).message}): ${text.slice(0, 200)}`,
+      { code: 'BAD_OUTPUT' },
+    );
+  }
+}

@@ -1,0 +1,65 @@
+// agentflow/agent: the SDK agent pods run (see also main.ts, the agentflow-agent command).
+import { Agent } from './agent.ts';
+import type { AgentOptions } from './options.ts';
+
+export { Agent, type AgentEvents, type AgentState, RUNTIME_VERSION, type TaskSummary } from './agent.ts';
+export { execHandler } from './builtin/exec.ts';
+export { httpHandler } from './builtin/http.ts';
+export type { AgentSession, Coordination, MemberRecord } from './coordination.ts';
+export { etcdCoordination } from './coordination.ts';
+export { AgentConfigError, AttemptAbortedError, RetryableError, UnrecoverableError } from './errors.ts';
+export type { AgentOptions } from './options.ts';
+export type {
+  ChildSpec,
+  ExecHandlerSpec,
+  Handler,
+  HandlerSpec,
+  HttpHandlerSpec,
+  MailMeta,
+  TaskContext,
+} from './types.ts';
+
+/**
+ * Creates an agent; options are checked here (an AgentConfigError names the
+ * bad field). Nothing connects until `start()`.
+ *
+ * @example
+ * ```ts
+ * import { createAgent, UnrecoverableError } from 'agentflow/agent';
+ *
+ * const agent = createAgent({
+ *   dispatcher: 'agentflow-dispatcher.agentflow-system:7070',
+ *   etcd: ['http://etcd.agentflow-system:2379'],
+ *   namespace: 'research',
+ *   pool: 'writers',
+ *   capacity: 4,
+ *   installSignalHandlers: true, // SIGTERM drains, then the agent stops
+ *   handlers: {
+ *     async summarise(ctx) {
+ *       const { url } = ctx.input as { url?: string };
+ *       if (typeof url !== 'string') throw new UnrecoverableError('input.url is required');
+ *       ctx.progress(0.1, 'fetching');
+ *       const page = await fetch(url, { signal: ctx.signal }); // aborted on cancel, deadline, drain timeout
+ *       const text = await page.text();
+ *       const lock = await ctx.lock('summary-budget');
+ *       try {
+ *         const spent = await ctx.state.get<number>('tokens');
+ *         await ctx.state.put('tokens', (spent?.value ?? 0) + text.length, { fences: [lock.fence] });
+ *       } finally {
+ *         await lock.release();
+ *       }
+ *       return { words: text.split(/\s+/).length }; // the task output (JSON, <= 1 MiB)
+ *     },
+ *     // Built-ins: a command (input on stdin, output on stdout) or an HTTP endpoint.
+ *     render: { kind: 'exec', command: ['python3', 'render.py'] },
+ *     classify: { kind: 'http', url: 'http://classifier:8080/run', timeoutSeconds: 30 },
+ *   },
+ * });
+ * agent.on('taskFinished', (t) => console.log(t.taskId, t.error?.message ?? 'ok'));
+ * await agent.start();
+ * await agent.untilStopped();
+ * ```
+ */
+export function createAgent(opts: AgentOptions): Agent {
+  return new Agent(opts);
+}

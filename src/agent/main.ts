@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// agentflow-agent: what agent pods run. Exit codes: 0 after a drain (SIGTERM,
+// SIGINT or the dispatcher's Drain), 1 when the agent cannot start, 2 for bad
+// configuration or usage.
+import { parseArgs } from 'node:util';
+import { createLogger } from '../lib/log.ts';
+import { loadAgentConfig } from './config.ts';
+import { AgentConfigError } from './errors.ts';
+import { createAgent } from './index.ts';
+
+const USAGE = `Usage: agentflow-agent [--config agent.yaml]
+
+Settings come from the config file (YAML or JSON) and the environment, which wins:
+  AGENTFLOW_DISPATCHER        dispatcher address, host:port
+  AGENTFLOW_ETCD_ENDPOINTS    etcd URLs, comma-separated
+  AGENTFLOW_ETCD_PREFIX       root of agentflow's etcd keys
+  AGENTFLOW_NAMESPACE         namespace (else the file's, else POD_NAMESPACE)
+  AGENTFLOW_POOL              agent pool
+  AGENTFLOW_CAPACITY          task slots
+  AGENTFLOW_AGENT_ID          agent id (default: pod name plus a random suffix)
+  AGENTFLOW_DRAIN_TIMEOUT_SECONDS  how long SIGTERM waits for in-flight tasks (default 25)
+  AGENTFLOW_HANDLERS_MODULE   module whose default export (an object) or named exports are handler functions
+`;
+
+async function main(argv: string[]): Promise<number> {
+  let config: string | undefined;
+  try {
+    const { values } = parseArgs({
+      args: argv,
+      options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    });
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    config = values.config;
+  } catch (err) {
+    process.stderr.write(`agentflow-agent: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+
+  const log = createLogger({ component: 'agentflow-agent' });
+  let agent: ReturnType<typeof createAgent>;
+  try {
+    const options = await loadAgentConfig({ ...(config !== undefined && { configPath: config }), env: process.env });
+    agent = createAgent({ ...options, logger: log, installSignalHandlers: true });
+  } catch (err) {
+    if (!(err instanceof AgentConfigError)) throw err;
+    process.stderr.write(`agentflow-agent: invalid configuration: ${err.message}\n`);
+    return 2;
+  }
+  try {
+    await agent.start();
+  } catch {
+    return 1; // the agent logged why
+  }
+  await agent.untilStopped();
+  return 0;
+}
+
+// Exit explicitly: a handler's leftover timers or sockets must not keep a drained pod alive.
+process.exit(await main(process.argv.slice(2)));

@@ -1,0 +1,82 @@
+import type { Logger } from '../lib/log.ts';
+import type { Held, SharedState } from '../state/index.ts';
+
+/** A child task for the workflow engine, spawned by a running attempt. */
+export interface ChildSpec {
+  /** DNS-1123 label, unique among the parent's children. */
+  name: string;
+  handler: string;
+  input: unknown;
+  /** Slots the child occupies on its agent (default 1). */
+  cost?: number;
+}
+
+export interface MailMeta {
+  fromAgent: string;
+  workflow: string;
+  topic: string;
+}
+
+/** Everything a handler gets for one attempt of one task. */
+export interface TaskContext {
+  /** The task's wire id ("workflow/task"). */
+  readonly taskId: string;
+  readonly namespace: string;
+  readonly workflow: string;
+  readonly handler: string;
+  /** 1 for the first attempt; retries count up. */
+  readonly attempt: number;
+  /** The task input as parsed JSON; untrusted, so validate it. */
+  readonly input: unknown;
+  readonly deadline?: Date;
+  /**
+   * Aborted when the dispatcher cancels the attempt, at the deadline, when a
+   * drain runs out of time, and when the agent's lease is lost (the claim is
+   * gone). `signal.reason` is an AttemptAbortedError saying which.
+   */
+  readonly signal: AbortSignal;
+  readonly log: Logger;
+  /** Shared state of the task's workflow (etcd-backed; optimistic concurrency via cas). */
+  readonly state: SharedState;
+  /**
+   * Reports progress: fraction in 0..1 (negative = unknown). Best effort and
+   * throttled to about ten messages a second; the latest value always goes out.
+   */
+  progress(fraction: number, message?: string): void;
+  /**
+   * A lock scoped to the task's workflow, held with the agent's lease. Pass
+   * `held.fence` to fenced writes. Released when the attempt ends at the latest.
+   */
+  lock(name: string, opts?: { timeoutMs?: number }): Promise<Held>;
+  /** Asks the workflow engine for child tasks; resolves once sent on a registered stream. */
+  spawn(children: ChildSpec[]): Promise<void>;
+  /** Mails another agent working on the same workflow. */
+  send(toAgent: string, topic: string, payload: unknown): Promise<void>;
+  /** Receives mail on `topic` for this workflow until the attempt ends; returns an unsubscribe function. */
+  onMessage(topic: string, cb: (payload: unknown, meta: MailMeta) => void): () => void;
+}
+
+/**
+ * Runs one attempt. The returned value (JSON-serialisable, at most 1 MiB of
+ * JSON; `undefined` counts as null) is the task's output. Throwing
+ * UnrecoverableError fails the task for good; any other throw is retried.
+ */
+export type Handler = (ctx: TaskContext) => unknown;
+
+/** Runs a command: the input as JSON on stdin, the output as JSON on stdout. */
+export interface ExecHandlerSpec {
+  kind: 'exec';
+  command: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+}
+
+/** POSTs {taskId, workflow, namespace, attempt, input} and takes the JSON response as output. */
+export interface HttpHandlerSpec {
+  kind: 'http';
+  url: string;
+  headers?: Record<string, string>;
+  timeoutSeconds?: number;
+}
+
+export type HandlerSpec = ExecHandlerSpec | HttpHandlerSpec;

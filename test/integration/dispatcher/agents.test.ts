@@ -1,0 +1,156 @@
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { Dispatcher, type TaskEvent } from '../../../src/dispatcher/index.ts';
+import { type StateStore, TaskClaims } from '../../../src/state/index.ts';
+import { etcdEndpoint, JsonLinesChild, testStore } from '../state/helpers.ts';
+
+// The dispatcher with real agent processes (the SDK's createAgent) on real
+// etcd and gRPC: credits hold, a killed agent's task runs again elsewhere
+// with exactly one committed result, and a dispatcher restart loses nothing.
+
+const AGENT = 'test/fixtures/agent/run-agent.ts';
+const TTL = 2;
+const stores: StateStore[] = [];
+const children: JsonLinesChild[] = [];
+const dispatchers: Dispatcher[] = [];
+
+afterEach(async () => {
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+  for (const d of dispatchers.splice(0)) await d.stop(500);
+});
+afterAll(() => {
+  for (const s of stores) s.close();
+});
+
+async function setup(
+  prefix: string,
+  port = 0,
+): Promise<{ store: StateStore; dispatcher: Dispatcher; events: TaskEvent[] }> {
+  const store = testStore(prefix);
+  stores.push(store);
+  const dispatcher = new Dispatcher({ store, address: `127.0.0.1:${port}`, orphanTimeoutMs: 60_000 });
+  dispatchers.push(dispatcher);
+  const events: TaskEvent[] = [];
+  dispatcher.on('task', (e) => events.push(e));
+  await dispatcher.start();
+  return { store, dispatcher, events };
+}
+
+async function agent(
+  port: number,
+  prefix: string,
+  id: string,
+  capacity: number,
+  workMs: number,
+  firstAttemptMs?: number,
+): Promise<JsonLinesChild> {
+  const args = [`127.0.0.1:${port}`, etcdEndpoint(), prefix, 'pool', id, String(capacity), String(TTL), String(workMs)];
+  if (firstAttemptMs !== undefined) args.push(String(firstAttemptMs));
+  const c = new JsonLinesChild(AGENT, args);
+  children.push(c);
+  await c.next('ready', 20_000);
+  return c;
+}
+
+const ref = (task: string) => ({ namespace: 'ns', workflow: 'wf', task });
+
+async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const committed = (events: TaskEvent[]) =>
+  events.filter((e): e is Extract<TaskEvent, { type: 'committed' }> => e.type === 'committed');
+
+describe('dispatcher with real agents', () => {
+  it('3 agents of capacity 4 never hold more than 4 tasks each', async () => {
+    const prefix = `/test-agents-cap-${Date.now()}`;
+    const { dispatcher, events } = await setup(prefix);
+    for (const id of ['a1', 'a2', 'a3']) await agent(dispatcher.port, prefix, id, 4, 40);
+    await until('3 agents', () => dispatcher.agents().length === 3);
+    let maxUsed = 0;
+    const sampler = setInterval(() => {
+      for (const a of dispatcher.agents()) maxUsed = Math.max(maxUsed, a.used);
+    }, 2);
+    for (let i = 0; i < 60; i++) dispatcher.submit({ ref: ref(`t${i}`), pool: 'pool', handler: 'work', input: { i } });
+    await until('60 results', () => committed(events).length === 60, 30_000);
+    clearInterval(sampler);
+    const outputs = committed(events).map((e) => e.result.output as { agentId: string; maxConcurrent: number });
+    for (const o of outputs) expect(o.maxConcurrent).toBeLessThanOrEqual(4);
+    expect(Math.max(...outputs.map((o) => o.maxConcurrent))).toBe(4); // the credits were used, not just respected
+    expect(maxUsed).toBeLessThanOrEqual(4);
+    expect(new Set(outputs.map((o) => o.agentId))).toEqual(new Set(['a1', 'a2', 'a3']));
+  });
+
+  it('kill -9 of an agent mid-task: the task runs again on another agent after the lease TTL, one result committed', async () => {
+    const prefix = `/test-agents-kill-${Date.now()}`;
+    const { store, dispatcher, events } = await setup(prefix);
+    const agents = new Map<string, Awaited<ReturnType<typeof agent>>>();
+    for (const id of ['k1', 'k2']) agents.set(id, await agent(dispatcher.port, prefix, id, 2, 100, 60_000));
+    await until('2 agents', () => dispatcher.agents().length === 2);
+    dispatcher.submit({ ref: ref('victim'), pool: 'pool', handler: 'work', input: null });
+    let holder = '';
+    await until('the first attempt to start', () => {
+      holder = dispatcher.agents().find((a) => a.used > 0)?.agentId ?? '';
+      return holder !== '';
+    });
+    const victim = agents.get(holder) as JsonLinesChild;
+    await victim.next('started');
+    const killedAt = Date.now();
+    victim.kill('SIGKILL');
+    await until('the result', () => committed(events).length === 1, TTL * 1000 + 15_000);
+    const elapsed = Date.now() - killedAt;
+    const [done] = committed(events);
+    const survivor = holder === 'k1' ? 'k2' : 'k1';
+    expect(done?.result).toMatchObject({ attempt: 2, agentId: survivor, ok: true });
+    expect(events.find((e) => e.type === 'lost')).toMatchObject({
+      attempt: 1,
+      agentId: holder,
+      reason: 'the agent lease expired',
+    });
+    expect(elapsed).toBeGreaterThanOrEqual(TTL * 1000 - 500);
+    expect(await new TaskClaims(store).result(ref('victim'))).toMatchObject({ attempt: 2, agentId: survivor });
+    console.log(`agent failover: result committed ${elapsed} ms after kill -9 (lease TTL ${TTL} s)`);
+  });
+
+  it('a dispatcher restart loses no result: agents reconnect, keep their attempts, and every task commits once', async () => {
+    const prefix = `/test-agents-restart-${Date.now()}`;
+    const first = await setup(prefix);
+    const port = first.dispatcher.port;
+    for (const id of ['r1', 'r2']) await agent(port, prefix, id, 4, 600);
+    await until('2 agents', () => first.dispatcher.agents().length === 2);
+    const N = 20;
+    for (let i = 0; i < N; i++)
+      first.dispatcher.submit({ ref: ref(`r${i}`), pool: 'pool', handler: 'work', input: null });
+    await until('8 attempts running', () => first.dispatcher.agents().reduce((s, a) => s + a.used, 0) === 8);
+    const committedBefore = committed(first.events).map((e) => e.ref.task);
+    await first.dispatcher.stop(500);
+    dispatchers.splice(dispatchers.indexOf(first.dispatcher), 1);
+
+    const second = await setup(prefix, port);
+    await until('agents to reconnect', () => second.dispatcher.agents().length === 2, 15_000);
+    // The engine re-submits what has neither a result nor a live claim (it keeps those records in etcd).
+    const claims = new TaskClaims(second.store);
+    for (let i = 0; i < N; i++) {
+      const r = ref(`r${i}`);
+      if (!(await claims.result(r)) && !(await claims.current(r)))
+        second.dispatcher.submit({ ref: r, pool: 'pool', handler: 'work', input: null });
+    }
+    await until(
+      `${N} results in etcd`,
+      async () => {
+        for (let i = 0; i < N; i++) if (!(await claims.result(ref(`r${i}`)))) return false;
+        return true;
+      },
+      30_000,
+    );
+    const results = await Promise.all([...Array(N).keys()].map((i) => claims.result(ref(`r${i}`))));
+    // Attempts in flight during the restart were kept (attempt 1), not re-run.
+    expect(results.every((r) => r?.ok && r.attempt === 1)).toBe(true);
+    const afterRestart = committed(second.events).map((e) => e.ref.task);
+    expect(new Set([...committedBefore, ...afterRestart]).size).toBe(N);
+    expect(committedBefore.length + afterRestart.length).toBe(N);
+  });
+});

@@ -1,0 +1,27 @@
+// A bare TaskContext for running built-in handlers outside an agent.
+import type { TaskContext } from '../../../src/agent/index.ts';
+import { silentLogger } from '../../../src/lib/log.ts';
+
+export function stubContext(input: unknown, signal: AbortSignal = new AbortController().signal): TaskContext {
+  const unused = () => {
+    throw new Error('not available in this test');
+  };
+  return {
+    taskId: 'wf-1/fetch',
+    namespace: 'team-a',
+    workflow: 'wf-1',
+    handler: 'fetch',
+    attempt: 3,
+    input,
+    signal,
+    log: silentLogger,
+    get state(): never {
+      return unused();
+    },
+    progress: () => undefined,
+    lock: unused,
+    spawn: unused,
+    send: unused,
+    onMessage: unused,
+  };
+}
