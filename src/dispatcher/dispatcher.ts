@@ -215,9 +215,18 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     };
   }
 
-  agents(): { agentId: string; namespace: string; pool: string; capacity: number; used: number; draining: boolean }[] {
+  agents(): {
+    agentId: string;
+    pod: string;
+    namespace: string;
+    pool: string;
+    capacity: number;
+    used: number;
+    draining: boolean;
+  }[] {
     return [...this.conns.values()].map((c) => ({
       agentId: c.agentId,
+      pod: c.pod,
       namespace: c.namespace,
       pool: c.pool,
       capacity: c.capacity,

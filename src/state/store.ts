@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { type ComparatorBuilder, Etcd3, type IKeyValue, type Lease } from 'etcd3';
 import { LeaseLostError, StateDecodeError } from './errors.ts';
+import { fenceError } from './fence.ts';
 
 export interface StoreOptions {
   /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]. */
@@ -96,6 +97,24 @@ export class StateStore {
   async list(prefix: string): Promise<{ entries: Entry[]; revision: number }> {
     const res = await this.client.getAll().prefix(prefix).sort('Key', 'Ascend').exec();
     return { entries: res.kvs.map((kv) => toEntry(kv)), revision: Number(res.header.revision) };
+  }
+
+  /**
+   * Deletes every key under each prefix in one transaction that also requires
+   * every fence to hold; a FencedError (nothing deleted) if one does not.
+   */
+  async deletePrefixes(prefixes: string[], fences: Fence[] = []): Promise<void> {
+    for (const p of prefixes) {
+      if (!p.startsWith(`${this.prefix}/`) || !p.endsWith('/')) {
+        throw new Error(`deletePrefixes: "${p}" must lie under ${this.prefix}/ and end with "/"`);
+      }
+    }
+    const res = await this.txn(fences)
+      .then(...prefixes.map((p) => this.client.delete().prefix(p)))
+      .commit();
+    if (!res.succeeded) {
+      throw (await fenceError(this, fences)) ?? new Error('deletePrefixes: the transaction failed');
+    }
   }
 
   /** Discards history before `revision` (what etcd's auto-compaction does). Watches from before it resync. */

@@ -1,0 +1,263 @@
+import type { KubeConfig, V1Node, V1Pod } from '@kubernetes/client-node';
+import type { AgentPool } from '../api/agentpool.ts';
+import { Dispatcher } from '../dispatcher/index.ts';
+import type { Logger } from '../lib/log.ts';
+import { type Registry, registerProcessMetrics } from '../lib/metrics.ts';
+import { startOpsServer } from '../lib/ops-server.ts';
+import { type Fence, StateStore } from '../state/index.ts';
+import { AGENTPOOLS, KubeClient, NODES, PODS, resourcePath } from './kube/client.ts';
+import type { ControllerObserver } from './kube/controller.ts';
+import { EventRecorder } from './kube/events.ts';
+import { Informer } from './kube/informer.ts';
+import { LeaderElector } from './leader.ts';
+import { type AgentDirectory, PoolController } from './pool/controller.ts';
+import type { AgentEndpoints } from './pool/pods.ts';
+
+export interface OperatorConfig {
+  kubeConfig: KubeConfig;
+  etcd: string[];
+  etcdPrefix: string;
+  /** Only this namespace's pools (default: all namespaces). */
+  watchNamespace?: string;
+  /** host:port of /healthz, /readyz, /metrics. */
+  opsAddress: string;
+  /** Where the leader's dispatcher listens. */
+  dispatcherListen: string;
+  /** What agents dial to reach the dispatcher (the Service). */
+  agentDispatcherAddress: string;
+  /** etcd endpoints given to agents (default: the operator's). */
+  agentEtcd: string[];
+  electionName: string;
+  leaseTtlSeconds: number;
+  identity: string;
+  /** This pod, labelled agentflow.io/role=leader while it leads (so the dispatcher Service finds it). */
+  pod?: { namespace: string; name: string };
+  workers: number;
+  logger: Logger;
+  registry: Registry;
+}
+
+export const ROLE_LABEL = 'agentflow.io/role';
+
+/**
+ * The operator process: campaigns for leadership in etcd; the leader starts
+ * informers, the dispatcher and the controllers. Losing leadership ends the
+ * process (`done` resolves with 'lost') so Kubernetes restarts it as a fresh
+ * candidate; SIGTERM stops it gracefully and hands leadership over at once.
+ */
+export class Operator {
+  private readonly c: OperatorConfig;
+  private readonly log: Logger;
+  private readonly client: KubeClient;
+  private readonly store: StateStore;
+  private readonly elector: LeaderElector;
+  private readonly abort = new AbortController();
+  private informers: Informer<never>[] = [];
+  private pools: PoolController | undefined;
+  private dispatcher: Dispatcher | undefined;
+  private ops: { port: number; close(): Promise<void> } | undefined;
+  private stopping: Promise<void> | undefined;
+  private resolveDone: (why: 'stopped' | 'lost') => void = () => undefined;
+  /** Resolves when the operator has stopped: 'lost' if leadership was lost. */
+  readonly done: Promise<'stopped' | 'lost'>;
+
+  constructor(c: OperatorConfig) {
+    this.c = c;
+    this.log = c.logger;
+    this.client = new KubeClient(c.kubeConfig, { userAgent: `agentflow-operator/${c.identity}` });
+    this.store = new StateStore({ endpoints: c.etcd, prefix: c.etcdPrefix });
+    this.elector = new LeaderElector({
+      store: this.store,
+      name: c.electionName,
+      identity: c.identity,
+      ttlSeconds: c.leaseTtlSeconds,
+      logger: c.logger,
+    });
+    this.done = new Promise((r) => {
+      this.resolveDone = r;
+    });
+    const leader = c.registry.gauge({ name: 'agentflow_leader', help: '1 while this replica is the leader.' });
+    leader.set(0);
+  }
+
+  get opsPort(): number | undefined {
+    return this.ops?.port;
+  }
+
+  get dispatcherPort(): number | undefined {
+    return this.dispatcher?.port;
+  }
+
+  async start(): Promise<void> {
+    const [host, port] = splitHostPort(this.c.opsAddress);
+    registerProcessMetrics(this.c.registry);
+    this.ops = await startOpsServer({
+      host,
+      port,
+      registry: this.c.registry,
+      logger: this.log,
+      checks: {
+        healthz: { informers: () => this.informersHealthy() },
+        // Every replica is ready: a standby is a healthy replica waiting its turn.
+        readyz: { informers: () => this.informersSynced() },
+      },
+    });
+    this.log.info('Ops server listening', { port: this.ops.port });
+    await this.unlabelSelf();
+    void this.lead().catch((err: Error) => {
+      this.log.error('Operator failed', { error: err });
+      void this.stop('lost');
+    });
+  }
+
+  private informersSynced(): true | string {
+    const waiting = this.informers.filter((i) => !i.hasSynced).map((i) => i.rt.plural);
+    return waiting.length === 0 ? true : `not synced yet: ${waiting.join(', ')}`;
+  }
+
+  private informersHealthy(): true | string {
+    // A synced informer that heard nothing (not even a bookmark) for 10 minutes is stuck.
+    const stale = this.informers.filter((i) => i.hasSynced && Date.now() - i.lastContact > 600_000);
+    return stale.length === 0 ? true : `no contact for 10 min: ${stale.map((i) => i.rt.plural).join(', ')}`;
+  }
+
+  private async lead(): Promise<void> {
+    const leadership = await this.elector.campaign(this.abort.signal);
+    if (!leadership) return;
+    (this.c.registry.get('agentflow_leader') as { set(v: number): void }).set(1);
+    leadership.signal.addEventListener('abort', () => void this.stop('lost'), { once: true });
+    const fences = (): Fence[] => [leadership.fence];
+    const log = this.log;
+
+    const ns = this.c.watchNamespace;
+    const pools = new Informer<AgentPool>(this.client, AGENTPOOLS, { logger: log, ...(ns && { namespace: ns }) });
+    const pods = new Informer<V1Pod>(this.client, PODS, { logger: log });
+    const nodes = new Informer<V1Node>(this.client, NODES, { logger: log });
+    this.informers = [pools, pods, nodes] as Informer<never>[];
+    this.dispatcher = new Dispatcher({
+      store: this.store,
+      address: this.c.dispatcherListen,
+      fences,
+      logger: log.with({ component: 'dispatcher' }),
+    });
+    await this.dispatcher.start();
+    const dispatcher = this.dispatcher;
+    const agents: AgentDirectory = {
+      drainPod: (namespace, pool, pod, timeoutSeconds) => {
+        let any = false;
+        for (const a of dispatcher.agents()) {
+          if (a.namespace === namespace && a.pool === pool && a.pod === pod) {
+            any = dispatcher.drainAgent(a.agentId, timeoutSeconds) || any;
+          }
+        }
+        return any;
+      },
+      podConnected: (namespace, pool, pod) =>
+        dispatcher.agents().some((a) => a.namespace === namespace && a.pool === pool && a.pod === pod),
+      poolStats: (namespace, pool) => dispatcher.poolStats(namespace, pool),
+    };
+    const endpoints: AgentEndpoints = {
+      dispatcher: this.c.agentDispatcherAddress,
+      etcd: this.c.agentEtcd,
+      etcdPrefix: this.c.etcdPrefix,
+    };
+    const metrics = this.c.registry;
+    const reconciles = metrics.counter({
+      name: 'agentflow_reconcile_total',
+      help: 'Reconciles by controller and result (success, requeue, error).',
+      labelNames: ['controller', 'result'],
+    });
+    const durations = metrics.histogram({
+      name: 'agentflow_reconcile_duration_seconds',
+      help: 'Time per reconcile.',
+      labelNames: ['controller'],
+    });
+    const objects = metrics.gauge({
+      name: 'agentflow_informer_objects',
+      help: 'Objects in each informer cache.',
+      labelNames: ['resource'],
+    });
+    const queueDepth = metrics.gauge({
+      name: 'agentflow_workqueue_depth',
+      help: 'Keys waiting in each controller work queue.',
+      labelNames: ['controller'],
+      collect: () => {
+        if (this.pools) queueDepth.set({ controller: 'agentpool' }, this.pools.controller.queue.length);
+        for (const i of this.informers) objects.set({ resource: i.rt.plural }, i.size);
+      },
+    });
+    const observer: ControllerObserver = {
+      reconciled: (controller, result, seconds) => {
+        reconciles.inc({ controller, result });
+        durations.observe({ controller }, seconds);
+      },
+    };
+    this.pools = new PoolController({
+      client: this.client,
+      pools,
+      pods,
+      nodes,
+      events: new EventRecorder(this.client, { component: 'agentflow-operator', host: this.c.identity, logger: log }),
+      endpoints,
+      agents,
+      records: {
+        deletePool: async (namespace, pool) => {
+          await this.store.deletePrefixes(
+            [this.store.key('members', namespace, pool), this.store.key('state', 'pool', namespace, pool)].map(
+              (p) => `${p}/`,
+            ),
+            fences(),
+          );
+        },
+      },
+      logger: log,
+      workers: this.c.workers,
+      observer,
+    });
+    for (const i of this.informers) i.start();
+    await Promise.all(this.informers.map((i) => i.waitForSync(leadership.signal)));
+    this.pools.start();
+    await this.labelSelf();
+    log.info('Operator is leading', { token: leadership.token, dispatcherPort: this.dispatcher.port });
+  }
+
+  private async labelSelf(): Promise<void> {
+    const pod = this.c.pod;
+    if (!pod) return;
+    await this.client
+      .mergePatch(resourcePath(PODS, pod), { metadata: { labels: { [ROLE_LABEL]: 'leader' } } })
+      .catch((err: Error) => this.log.warn('Could not label this pod as the leader', { error: err }));
+  }
+
+  private async unlabelSelf(): Promise<void> {
+    const pod = this.c.pod;
+    if (!pod) return;
+    await this.client
+      .mergePatch(resourcePath(PODS, pod), { metadata: { labels: { [ROLE_LABEL]: null } } })
+      .catch((err: Error) => this.log.warn('Could not remove the leader label from this pod', { error: err }));
+  }
+
+  /** Stops controllers, the dispatcher and informers, then steps down. */
+  stop(why: 'stopped' | 'lost' = 'stopped'): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info(why === 'lost' ? 'Stopping: leadership lost' : 'Stopping');
+      this.abort.abort();
+      await this.pools?.stop();
+      await this.dispatcher?.stop(2_000);
+      await Promise.all(this.informers.map((i) => i.stop()));
+      if (why === 'stopped') await this.unlabelSelf();
+      await this.elector.resign();
+      await this.ops?.close();
+      this.client.close();
+      this.store.close();
+      this.resolveDone(why);
+    })();
+    return this.stopping;
+  }
+}
+
+export function splitHostPort(address: string): [string, number] {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[|\]$/g, '') || '0.0.0.0';
+  return [host, Number(address.slice(i + 1))];
+}
