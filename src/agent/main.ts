@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// agentflow-agent: what agent pods run. Exit codes: 0 after a drain (SIGTERM,
-// SIGINT or the dispatcher's Drain), 1 when the agent cannot start, 2 for bad
+// agentflow-agent: what agent pods run. Exit codes: 0 after a drain (SIGTERM or
+// SIGINT; after the dispatcher's Drain it waits for SIGTERM), 1 when the agent cannot start, 2 for bad
 // configuration or usage.
 import { parseArgs } from 'node:util';
 import { createLogger } from '../lib/log.ts';
@@ -55,7 +55,22 @@ async function main(argv: string[]): Promise<number> {
   } catch {
     return 1; // the agent logged why
   }
+  let signalled = false;
+  const onSignal = () => {
+    signalled = true;
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
   await agent.untilStopped();
+  if (!signalled) {
+    // The dispatcher drained us (a rollout or scale-down): the operator deletes the pod next. Exiting
+    // now would only make the kubelet restart the container and rejoin the pool, so wait for SIGTERM.
+    log.info('Drained; waiting for the pod to be deleted');
+    await new Promise<void>((resolve) => {
+      process.once('SIGTERM', () => resolve());
+      process.once('SIGINT', () => resolve());
+    });
+  }
   return 0;
 }
 

@@ -39,9 +39,9 @@ export class OperatorProcess {
       '--ops-address',
       '127.0.0.1:0',
       '--dispatcher-address',
-      '127.0.0.1:0',
+      `127.0.0.1:${o.dispatcherPort ?? 0}`,
       '--agent-dispatcher',
-      'agentflow-dispatcher.agentflow-system:7070',
+      o.dispatcherPort ? `127.0.0.1:${o.dispatcherPort}` : 'agentflow-dispatcher.agentflow-system:7070',
       '--election',
       o.election,
       '--lease-ttl',
@@ -165,6 +165,8 @@ export interface PoolOptions {
   tolerations?: unknown[];
   command?: string[];
   env?: { name: string; value: string }[];
+  capacity?: number;
+  drainTimeoutSeconds?: number;
 }
 
 export function poolManifest(namespace: string, name: string, o: PoolOptions): Record<string, unknown> {
@@ -174,7 +176,7 @@ export function poolManifest(namespace: string, name: string, o: PoolOptions): R
     metadata: { name, namespace },
     spec: {
       replicas: o.replicas,
-      agent: { capacity: 2, drainTimeoutSeconds: 5 },
+      agent: { capacity: o.capacity ?? 2, drainTimeoutSeconds: o.drainTimeoutSeconds ?? 5 },
       placement: {
         strategy: o.strategy ?? 'Spread',
         ...(o.maxPerNode !== undefined && { maxPerNode: o.maxPerNode }),
