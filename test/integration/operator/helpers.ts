@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { stringify } from 'yaml';
+import { parse as parseYaml, stringify } from 'yaml';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { uniqueName } from '../../cluster/testing.ts';
 
@@ -22,14 +22,24 @@ export class OperatorProcess {
 
   constructor(
     cluster: ClusterHandle,
-    o: { name: string; namespace: string; prefix: string; election: string; leaseTtl?: number },
+    o: {
+      name: string;
+      namespace: string;
+      prefix: string;
+      election: string;
+      leaseTtl?: number;
+      /** Where the dispatcher listens and what agent pods dial (pods share the host network). */
+      dispatcherPort?: number;
+      /** Default: the admin's. */
+      kubeconfig?: string;
+    },
   ) {
     this.name = o.name;
     const info = cluster.info;
     const args = [
       'src/operator/main.ts',
       '--kubeconfig',
-      info.kubeconfig,
+      o.kubeconfig ?? info.kubeconfig,
       '--etcd-endpoints',
       info.stateEtcdEndpoint as string,
       '--etcd-prefix',
@@ -237,4 +247,30 @@ export function nodes(
     ...(s.taints && { taints: s.taints as never }),
     ...(s.unschedulable && { unschedulable: true }),
   }));
+}
+
+/**
+ * A kubeconfig with exactly the operator's RBAC (deploy/operator/rbac.yaml):
+ * a ServiceAccount in `namespace` bound to the shipped ClusterRole.
+ */
+export async function operatorKubeconfig(cluster: ClusterHandle, namespace: string): Promise<string> {
+  const docs = readFileSync('deploy/operator/rbac.yaml', 'utf8')
+    .split(/^---$/m)
+    .map((d) => parseYaml(d) as Json);
+  const role = docs.find((d) => d.kind === 'ClusterRole');
+  const r = await cluster.kubectl(['apply', '-f', '-'], { input: stringify(role) });
+  if (r.code !== 0) throw new Error(`applying the ClusterRole failed: ${r.stderr}`);
+  await cluster.client.post(`/api/v1/namespaces/${namespace}/serviceaccounts`, {
+    metadata: { name: 'agentflow-operator' },
+  });
+  await cluster.client.post('/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
+    metadata: { name: `agentflow-operator-${namespace}` },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role?.metadata.name },
+    subjects: [{ kind: 'ServiceAccount', name: 'agentflow-operator', namespace }],
+  });
+  const tr = await cluster.client.post<{ status: { token: string } }>(
+    `/api/v1/namespaces/${namespace}/serviceaccounts/agentflow-operator/token`,
+    { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest', spec: { expirationSeconds: 3600 } },
+  );
+  return cluster.tokenKubeconfig(`operator-${namespace}`, tr.status.token);
 }

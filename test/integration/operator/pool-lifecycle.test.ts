@@ -8,6 +8,7 @@ import {
   installCrds,
   nodes,
   OperatorProcess,
+  operatorKubeconfig,
   type PodView,
   pods,
   pool,
@@ -18,7 +19,8 @@ import {
 // The AgentPool controller on the real API server: pods follow spec.replicas
 // and `kubectl scale`, a template change replaces pods one at a time, status
 // and printer columns stay current, and deleting a pool removes its pods and
-// its etcd records.
+// its etcd records. The operator runs with deploy/operator/rbac.yaml's
+// permissions and no more.
 
 let cluster: ClusterHandle;
 let ns: string;
@@ -38,7 +40,15 @@ beforeAll(async () => {
     ]),
   );
   store = new StateStore({ endpoints: [cluster.info.stateEtcdEndpoint as string], prefix });
-  operator = new OperatorProcess(cluster, { name: 'op-life', namespace: ns, prefix, election: uniqueName('life') });
+  // The operator runs with the shipped RBAC only, so these tests also prove it is enough.
+  const kubeconfig = await operatorKubeconfig(cluster, ns);
+  operator = new OperatorProcess(cluster, {
+    name: 'op-life',
+    namespace: ns,
+    prefix,
+    election: uniqueName('life'),
+    kubeconfig,
+  });
   await operator.waitFor('Operator is leading');
 });
 
