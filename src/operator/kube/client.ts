@@ -7,7 +7,7 @@
 // subresource and patch type is reachable the same way.
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent, type AgentOptions, request as httpsRequest } from 'node:https';
-import type { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig } from '@kubernetes/client-node';
 
 export interface ResourceType {
   group: string;
@@ -127,8 +127,18 @@ export class KubeClient {
   constructor(kc: KubeConfig, opts: { userAgent?: string } = {}) {
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error('the kubeconfig has no current cluster');
-    this.kc = kc;
     this.server = new URL(cluster.server);
+    if (this.server.protocol === 'http:' && !cluster.skipTLSVerify) {
+      // client-node refuses http: unless TLS verification is off; over plain HTTP it means nothing.
+      const copy = new KubeConfig();
+      copy.loadFromOptions({
+        clusters: kc.clusters.map((c) => (c.name === cluster.name ? { ...c, skipTLSVerify: true } : c)),
+        users: kc.users,
+        contexts: kc.contexts,
+        currentContext: kc.currentContext,
+      });
+      this.kc = copy;
+    } else this.kc = kc;
     this.userAgent = opts.userAgent ?? 'agentflow-operator';
     this.send = (this.server.protocol === 'http:' ? httpRequest : httpsRequest) as typeof httpsRequest;
   }
@@ -314,7 +324,14 @@ export class KubeClient {
               finish(new Error(`${what}: undecodable event: ${(err as Error).message}`));
               return;
             }
-            onEvent(ev);
+            try {
+              onEvent(ev);
+            } catch (err) {
+              // The consumer refused the event (e.g. an ERROR event): end this watch as failed.
+              req.destroy();
+              finish(err as Error);
+              return;
+            }
             if (settled) return;
           }
         });
