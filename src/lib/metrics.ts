@@ -377,16 +377,28 @@ export function registerProcessMetrics(registry: Registry): void {
     .gauge({ name: 'process_start_time_seconds', help: 'Start time of the process since unix epoch in seconds.' })
     .set(Math.round(performance.timeOrigin) / 1_000);
 
-  // The sampling timer is unref'd by Node, so it never keeps the process alive.
-  const delay = monitorEventLoopDelay({ resolution: 10 });
+  // Node samples the loop by timer every `resolution` ms and records the full
+  // interval; lag is what exceeds the resolution. The timer is unref'd, so it
+  // never keeps the process alive. Never reset the histogram: a reset drops the
+  // interval in progress, which would hide a stall that spans a scrape. Instead
+  // take the mean of the samples added since the previous scrape.
+  const resolutionMs = 10;
+  const delay = monitorEventLoopDelay({ resolution: resolutionMs });
   delay.enable();
+  let seenCount = 0;
+  let seenSumNs = 0;
   registry.gauge({
     name: 'nodejs_eventloop_lag_seconds',
-    help: 'Mean event-loop delay since the previous scrape, in seconds.',
+    help: 'Mean event-loop lag since the previous scrape, in seconds.',
     collect: (g) => {
-      // With no samples yet (back-to-back scrapes) the mean is NaN: keep the last value.
-      if (delay.count > 0) g.set(delay.mean / 1e9);
-      delay.reset();
+      const count = delay.count;
+      // No new samples (back-to-back scrapes): keep the last value.
+      if (count <= seenCount) return;
+      const sumNs = delay.mean * count;
+      const meanNs = (sumNs - seenSumNs) / (count - seenCount);
+      seenCount = count;
+      seenSumNs = sumNs;
+      g.set(Math.max(0, meanNs / 1e9 - resolutionMs / 1e3));
     },
   });
   registry.gauge({

@@ -149,6 +149,8 @@ async function runCheck(check: HealthCheck, timeoutMs: number): Promise<string |
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<{ timedOut: true }>((resolve) => {
     timer = setTimeout(() => resolve({ timedOut: true }), timeoutMs);
+    // A probe left waiting must not hold the process open after close().
+    timer.unref();
   });
   try {
     const outcome = await Promise.race([

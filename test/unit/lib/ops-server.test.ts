@@ -186,6 +186,16 @@ describe('startOpsServer lifecycle', () => {
     agent.destroy();
   });
 
+  it('closes promptly while a request waits on a check that never settles', async () => {
+    const { server } = await start({ readyz: { stuck: () => new Promise<boolean>(() => undefined) } });
+    const pending = fetch(`http://127.0.0.1:${server.port}/readyz`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const started = performance.now();
+    await server.close();
+    expect(performance.now() - started).toBeLessThan(1_000);
+    await expect(pending).rejects.toThrow('fetch failed');
+  });
+
   it('rejects when the port is taken', async () => {
     const { server } = await start({});
     await expect(
