@@ -12,6 +12,7 @@ import {
   pods,
   pool,
   poolManifest,
+  startNodes,
   until,
 } from './helpers.ts';
 
@@ -31,7 +32,7 @@ beforeAll(async () => {
   cluster = testCluster();
   await installCrds(cluster);
   ns = await createNamespace(cluster, 'agents');
-  await cluster.startKubelet(nodes(group, [{ suffix: 'a', cpu: '16', memory: '32Gi' }]));
+  await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '16', memory: '32Gi' }]));
   operator = new OperatorProcess(cluster, {
     name: 'op-agents',
     namespace: ns,

@@ -274,3 +274,23 @@ export async function operatorKubeconfig(cluster: ClusterHandle, namespace: stri
   );
   return cluster.tokenKubeconfig(`operator-${namespace}`, tr.status.token);
 }
+
+/**
+ * Starts a process kubelet for `specs` and waits until each node is Ready and
+ * rid of the not-ready taint the node lifecycle controller puts on new nodes,
+ * so placement tests see the nodes as a scheduler would in steady state.
+ */
+export async function startNodes(cluster: ClusterHandle, specs: ReturnType<typeof nodes>): Promise<void> {
+  await cluster.startKubelet(specs);
+  for (const n of specs) {
+    await until(
+      `node ${n.name} Ready without the not-ready taint`,
+      () => cluster.client.get<Json>(`/api/v1/nodes/${n.name}`),
+      (node) =>
+        node.status?.conditions?.some((c: Json) => c.type === 'Ready' && c.status === 'True') === true &&
+        !(node.spec?.taints ?? []).some(
+          (t: Json) => t.key === 'node.kubernetes.io/not-ready' || t.key === 'node.kubernetes.io/unreachable',
+        ),
+    );
+  }
+}

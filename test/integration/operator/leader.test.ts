@@ -4,7 +4,17 @@ import { LeaderElector } from '../../../src/operator/leader.ts';
 import { FencedError, StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
-import { apply, createNamespace, installCrds, nodes, OperatorProcess, pods, poolManifest, until } from './helpers.ts';
+import {
+  apply,
+  createNamespace,
+  installCrds,
+  nodes,
+  OperatorProcess,
+  pods,
+  poolManifest,
+  startNodes,
+  until,
+} from './helpers.ts';
 
 // Two operator replicas elect one leader through etcd; kill -9 the leader and
 // the other takes over within the lease TTL without duplicating a pod; a
@@ -20,7 +30,7 @@ beforeAll(async () => {
   cluster = testCluster();
   await installCrds(cluster);
   ns = await createNamespace(cluster, 'leader');
-  await cluster.startKubelet(nodes(group, [{ suffix: 'a', cpu: '16', memory: '32Gi' }]));
+  await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '16', memory: '32Gi' }]));
 });
 
 afterAll(async () => {

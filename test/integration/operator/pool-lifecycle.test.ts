@@ -13,6 +13,7 @@ import {
   pods,
   pool,
   poolManifest,
+  startNodes,
   until,
 } from './helpers.ts';
 
@@ -33,7 +34,8 @@ beforeAll(async () => {
   cluster = testCluster();
   await installCrds(cluster);
   ns = await createNamespace(cluster, 'life');
-  await cluster.startKubelet(
+  await startNodes(
+    cluster,
     nodes(group, [
       { suffix: 'a', cpu: '16', memory: '32Gi' },
       { suffix: 'b', cpu: '16', memory: '32Gi' },
