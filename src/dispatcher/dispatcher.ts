@@ -183,6 +183,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.enqueue(entry);
   }
 
+  /** Whether the task is queued or running here (also when adopted from a reconnecting agent). */
+  isTracked(ref: TaskRef): boolean {
+    return this.entries.has(taskKey(ref));
+  }
+
   /** Cancels a queued or running task: running attempts get Cancel and lose their claim. */
   async cancel(ref: TaskRef, reason: string): Promise<void> {
     const entry = this.entries.get(taskKey(ref));
@@ -377,6 +382,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       });
       this.counters.assigned++;
       this.recordLatency(now - entry.enqueuedAt);
+      this.emit('task', { type: 'started', ref: entry.spec.ref, attempt: entry.attempt, agentId: conn.agentId });
       if (timeout) entry.timer = setTimeout(() => void this.onDeadline(entry), timeout * 1000 + 1_000);
     });
   }

@@ -19,6 +19,7 @@ export interface TaskSpec {
 
 export type TaskEvent =
   | { type: 'committed'; ref: TaskRef; result: TaskResult; agentId: string }
+  | { type: 'started'; ref: TaskRef; attempt: number; agentId: string }
   | { type: 'lost'; ref: TaskRef; attempt: number; agentId: string; reason: string }
   | { type: 'timedOut'; ref: TaskRef; attempt: number; agentId: string }
   | { type: 'progress'; ref: TaskRef; attempt: number; fraction: number; message: string }

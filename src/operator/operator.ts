@@ -1,11 +1,14 @@
 import type { KubeConfig, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../api/agentpool.ts';
+import type { Workflow } from '../api/workflow.ts';
 import { Dispatcher } from '../dispatcher/index.ts';
 import type { Logger } from '../lib/log.ts';
 import { type Registry, registerProcessMetrics } from '../lib/metrics.ts';
 import { startOpsServer } from '../lib/ops-server.ts';
 import { type Fence, StateStore } from '../state/index.ts';
-import { AGENTPOOLS, KubeClient, NODES, PODS, resourcePath } from './kube/client.ts';
+import { WorkflowController } from '../workflow/controller.ts';
+import { WorkflowEngine } from '../workflow/engine.ts';
+import { AGENTPOOLS, KubeClient, NODES, PODS, resourcePath, WORKFLOWS } from './kube/client.ts';
 import type { ControllerObserver } from './kube/controller.ts';
 import { EventRecorder } from './kube/events.ts';
 import { Informer } from './kube/informer.ts';
@@ -54,6 +57,8 @@ export class Operator {
   private readonly abort = new AbortController();
   private informers: Informer<never>[] = [];
   private pools: PoolController | undefined;
+  private workflows: WorkflowController | undefined;
+  private engine: WorkflowEngine | undefined;
   private dispatcher: Dispatcher | undefined;
   private ops: { port: number; close(): Promise<void> } | undefined;
   private stopping: Promise<void> | undefined;
@@ -133,7 +138,8 @@ export class Operator {
     const pools = new Informer<AgentPool>(this.client, AGENTPOOLS, { logger: log, ...(ns && { namespace: ns }) });
     const pods = new Informer<V1Pod>(this.client, PODS, { logger: log });
     const nodes = new Informer<V1Node>(this.client, NODES, { logger: log });
-    this.informers = [pools, pods, nodes] as Informer<never>[];
+    const workflows = new Informer<Workflow>(this.client, WORKFLOWS, { logger: log, ...(ns && { namespace: ns }) });
+    this.informers = [pools, pods, nodes, workflows] as Informer<never>[];
     this.dispatcher = new Dispatcher({
       store: this.store,
       address: this.c.dispatcherListen,
@@ -183,6 +189,7 @@ export class Operator {
       labelNames: ['controller'],
       collect: () => {
         if (this.pools) queueDepth.set({ controller: 'agentpool' }, this.pools.controller.queue.length);
+        if (this.workflows) queueDepth.set({ controller: 'workflow' }, this.workflows.controller.queue.length);
         for (const i of this.informers) objects.set({ resource: i.rt.plural }, i.size);
       },
     });
@@ -214,9 +221,32 @@ export class Operator {
       workers: this.c.workers,
       observer,
     });
+    const events = new EventRecorder(this.client, {
+      component: 'agentflow-operator',
+      host: this.c.identity,
+      logger: log,
+    });
+    this.engine = new WorkflowEngine({
+      store: this.store,
+      dispatcher: this.dispatcher,
+      fences,
+      logger: log,
+      onChange: (namespace, name) => this.workflows?.changed(namespace, name),
+    });
+    this.workflows = new WorkflowController({
+      client: this.client,
+      workflows,
+      pools,
+      engine: this.engine,
+      events,
+      logger: log,
+      workers: this.c.workers,
+      observer,
+    });
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync(leadership.signal)));
     this.pools.start();
+    this.workflows.start();
     await this.labelSelf();
     log.info('Operator is leading', { token: leadership.token, dispatcherPort: this.dispatcher.port });
   }
@@ -243,6 +273,8 @@ export class Operator {
       this.log.info(why === 'lost' ? 'Stopping: leadership lost' : 'Stopping');
       this.abort.abort();
       await this.pools?.stop();
+      await this.workflows?.stop();
+      await this.engine?.stop();
       await this.dispatcher?.stop(2_000);
       await Promise.all(this.informers.map((i) => i.stop()));
       if (why === 'stopped') await this.unlabelSelf();

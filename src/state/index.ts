@@ -1,5 +1,15 @@
 // agentflow's etcd state layer: the only module that talks to etcd.
 export {
+  AUDIT_APPEND_TRIES,
+  AUDIT_BATCH,
+  type AuditEntry,
+  type AuditEvent,
+  AuditLog,
+  auditHash,
+  canonicalJson,
+  type VerifyResult,
+} from './audit.ts';
+export {
   type Claim,
   COMMIT_GROUP,
   type CommitOutcome,
@@ -22,3 +32,4 @@ export {
 } from './shared-state.ts';
 export { type Entry, type Fence, Session, StateStore, type StoreOptions } from './store.ts';
 export { type ChangeEvent, ResumableWatch, type WatchHandlers } from './watch.ts';
+export { type RunRecord, type TaskRecord, WorkflowRecords } from './workflow-records.ts';

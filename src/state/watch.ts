@@ -105,9 +105,13 @@ export class ResumableWatch {
   }
 
   private deliver(res: IWatchResponse): void {
+    // One revision can change many keys (a transaction, a lease expiring): etcd sends all of its
+    // events in one response. Skip only revisions delivered before this response (a replay after
+    // a reconnect), never the later events of the revision being delivered.
+    const delivered = this.revision;
     for (const ev of res.events) {
       const kv = toEntry(ev.kv, this.prefix);
-      if (kv.modRevision <= this.revision) continue; // replayed after a reconnect
+      if (kv.modRevision <= delivered) continue;
       const deleted = ev.type === 'Delete';
       const value = deleted ? (ev.prev_kv ? ev.prev_kv.value.toString('utf8') : undefined) : kv.value;
       this.revision = kv.modRevision;

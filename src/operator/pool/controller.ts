@@ -15,6 +15,7 @@ import { Controller, type ControllerObserver, type ReconcileResult } from '../ku
 import type { EventRecorder } from '../kube/events.ts';
 import { type Informer, objectKey } from '../kube/informer.ts';
 import { place } from '../placer.ts';
+import { type AutoscaleState, autoscale } from './autoscaler.ts';
 import {
   type AgentEndpoints,
   buildPod,
@@ -67,6 +68,8 @@ export interface PoolControllerOptions {
 const POLL_MS = 1_000;
 const UNSCHEDULABLE_RETRY_MS = 10_000;
 const STATS_REFRESH_MS = 5_000;
+// Autoscaled pools look at their queue this often (work arriving at a pool of 0 waits at most this long).
+const AUTOSCALE_INTERVAL_MS = 2_000;
 
 /**
  * Keeps each AgentPool's pods at the desired count and template, binds them
@@ -81,6 +84,7 @@ export class PoolController {
   /** Bindings made but not yet seen in the pod informer: pod key -> node. */
   private readonly assumed = new Map<string, string>();
   private placing: Promise<void> = Promise.resolve();
+  private readonly autoscaleState = new Map<string, AutoscaleState>();
 
   constructor(o: PoolControllerOptions) {
     this.o = o;
@@ -159,6 +163,10 @@ export class PoolController {
       return undefined; // the update event brings us back
     }
 
+    if (pool.spec.autoscaling && this.o.agents) {
+      const changed = await this.autoscale(key, pool, log);
+      if (changed) return { requeueAfterMs: POLL_MS }; // the spec update event brings us back sooner
+    }
     const desired = desiredReplicas(pool);
     const hash = templateHash(pool, this.o.endpoints);
     const owned = this.o.pods.list(
@@ -241,7 +249,40 @@ export class PoolController {
     await this.updateStatus(pool, owned, desired, hash, unschedulable);
     if (unschedulable) return { requeueAfterMs: UNSCHEDULABLE_RETRY_MS };
     if (busy || live.some((p) => !isReady(p))) return { requeueAfterMs: POLL_MS };
+    if (pool.spec.autoscaling && this.o.agents) return { requeueAfterMs: AUTOSCALE_INTERVAL_MS };
     return this.o.agents ? { requeueAfterMs: STATS_REFRESH_MS } : undefined;
+  }
+
+  /** Sets spec.replicas from the queue depth (within min/max); true when it changed. */
+  private async autoscale(key: string, pool: AgentPool, log: Logger): Promise<boolean> {
+    const a = pool.spec.autoscaling;
+    const agents = this.o.agents;
+    if (!a || !agents) return false;
+    const namespace = pool.metadata.namespace as string;
+    const name = pool.metadata.name as string;
+    const stats = agents.poolStats(namespace, name);
+    const current = pool.spec.replicas ?? a.minReplicas;
+    const prev = this.autoscaleState.get(key);
+    const d = autoscale({
+      now: Date.now(),
+      current,
+      min: a.minReplicas,
+      max: a.maxReplicas,
+      targetUtilization: a.targetUtilization ?? 80,
+      scaleDownDelaySeconds: a.scaleDownDelaySeconds ?? 300,
+      slotsPerAgent: pool.spec.agent.capacity ?? 1,
+      inflight: stats.inflight,
+      queued: stats.queued,
+      ...(prev && { state: prev }),
+    });
+    this.autoscaleState.set(key, d.state);
+    if (d.replicas === current && pool.spec.replicas !== undefined) return false;
+    await this.o.client.mergePatch(resourcePath(AGENTPOOLS, { namespace, name }), { spec: { replicas: d.replicas } });
+    if (d.replicas !== current) {
+      log.info('Autoscaled the pool', { from: current, to: d.replicas, reason: d.reason });
+      this.o.events.record(pool, 'Normal', d.replicas > current ? 'ScaledUp' : 'ScaledDown', d.reason);
+    }
+    return true;
   }
 
   /** Drains the pod's agent (up to drainTimeoutSeconds) and deletes the pod; true while in progress. */

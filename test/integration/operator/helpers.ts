@@ -116,8 +116,11 @@ export async function until<T>(
   for (;;) {
     last = await probe();
     if (cond(last)) return last;
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)?.slice(0, 2000)}`);
+    if (Date.now() > deadline) {
+      // An API object: its status says what is going on; its metadata (managedFields) only buries it.
+      const shown = (last as { status?: unknown } | undefined)?.status ?? last;
+      throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(shown)?.slice(0, 3000)}`);
+    }
     await new Promise((r) => setTimeout(r, 150));
   }
 }

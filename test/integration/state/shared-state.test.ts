@@ -144,6 +144,42 @@ describe('watch', () => {
     await w.close();
   });
 
+  it('sees every key of a revision that changes many at once (a transaction, a lease expiring)', async () => {
+    const s = open();
+    const state = new SharedState(s, { kind: 'namespace', namespace: 'multi' });
+    const r0 = await state.put('seed', 0);
+    const seen: string[] = [];
+    const w = await state.watch(
+      'm/',
+      r0 + 1,
+      (e) => seen.push(`${e.type}:${e.key}`),
+      () => seen.push('resync'),
+    );
+    const base = `${s.prefix}/state/namespace/multi/m/`;
+    // Three keys in one transaction: one revision.
+    await s.client
+      .if(`${base}a`, 'Create', '==', 0)
+      .then(...['a', 'b', 'c'].map((k) => s.client.put(`${base}${k}`).value('1')))
+      .commit();
+    // Three keys bound to one lease, deleted together when it is revoked: one revision again.
+    const session = await s.session(5);
+    for (const k of ['x', 'y', 'z']) await s.client.put(`${base}${k}`).value('1').lease(session.id).exec();
+    await session.close();
+    await waitUntil(() => seen.length >= 9);
+    expect(seen).toEqual([
+      'put:m/a',
+      'put:m/b',
+      'put:m/c',
+      'put:m/x',
+      'put:m/y',
+      'put:m/z',
+      'delete:m/x',
+      'delete:m/y',
+      'delete:m/z',
+    ]);
+    await w.close();
+  });
+
   it('started from a compacted revision, resyncs with the current state and then sees later changes in order', async () => {
     const s = open();
     const state = new SharedState(s, { kind: 'namespace', namespace: 'compacted' });

@@ -1,0 +1,436 @@
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Range } from 'etcd3';
+import { ConflictError, StateDecodeError, StateError } from './errors.ts';
+import { fenceError } from './fence.ts';
+import { type Entry, type Fence, type StateStore, toEntry } from './store.ts';
+
+/** Something that happened to a workflow's task, as the audit log records it. */
+export interface AuditEvent {
+  type: string;
+  task?: string;
+  attempt?: number;
+  agentId?: string;
+  detail?: Record<string, unknown>;
+}
+
+/** A recorded event: numbered, timestamped and chained to the entry before it. */
+export interface AuditEntry extends AuditEvent {
+  seq: number;
+  /** When it was appended (ISO 8601). */
+  at: string;
+  /** `hash` of the previous entry; '' for seq 1. */
+  prev: string;
+  /** sha256 (hex) of the entry's canonical JSON without `hash` (see {@link auditHash}). */
+  hash: string;
+}
+
+export type VerifyResult =
+  | { ok: true; entries: number; head: string }
+  | { ok: false; entries: number; problems: { seq: number; problem: string }[] };
+
+/** Entries per append transaction: each is one put, plus the head put (etcd's --max-txn-ops is 128). */
+export const AUDIT_BATCH = 120;
+/** Soft bound on the bytes of one append transaction (etcd's --max-request-bytes defaults to 1.5 MiB). */
+const BATCH_BYTES = 1024 * 1024;
+/** Tries of one append transaction against concurrent appenders before giving up with a ConflictError. */
+export const AUDIT_APPEND_TRIES = 20;
+/** Keys per read while listing a log. */
+const PAGE = 1000;
+const SEQ_DIGITS = 12;
+
+interface Head {
+  seq: number;
+  hash: string;
+}
+
+const isHead = (v: unknown): v is Head =>
+  typeof v === 'object' &&
+  v !== null &&
+  Number.isSafeInteger((v as Head).seq) &&
+  (v as Head).seq >= 0 &&
+  typeof (v as Head).hash === 'string';
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+/** Why `v` is not an audit entry, or undefined if it is one. */
+function entryShapeProblem(v: unknown): string | undefined {
+  if (!isPlainObject(v)) return 'not a JSON object';
+  if (!Number.isSafeInteger(v.seq) || (v.seq as number) < 1) return '"seq" is not a positive integer';
+  if (typeof v.at !== 'string') return '"at" is not a string';
+  if (typeof v.type !== 'string') return '"type" is not a string';
+  if (v.task !== undefined && typeof v.task !== 'string') return '"task" is not a string';
+  if (v.attempt !== undefined && !Number.isSafeInteger(v.attempt)) return '"attempt" is not an integer';
+  if (v.agentId !== undefined && typeof v.agentId !== 'string') return '"agentId" is not a string';
+  if (v.detail !== undefined && !isPlainObject(v.detail)) return '"detail" is not an object';
+  if (typeof v.prev !== 'string') return '"prev" is not a string';
+  if (typeof v.hash !== 'string') return '"hash" is not a string';
+  return undefined;
+}
+
+/**
+ * Canonical JSON of a value: object keys sorted (by UTF-16 code units) at
+ * every depth, no whitespace, `toJSON` honoured, and what JSON cannot hold
+ * dropped from objects (undefined, functions, symbols) or written as null in
+ * arrays, exactly as JSON.stringify would. Parsing the result and
+ * canonicalising again gives the same text, so hashes survive a round trip
+ * through etcd.
+ */
+export function canonicalJson(value: unknown): string {
+  const text = canon(value, new Set());
+  if (text === undefined) throw new TypeError('canonicalJson: the value has no JSON form');
+  return text;
+}
+
+function canon(value: unknown, seen: Set<object>): string | undefined {
+  let v = value;
+  if (typeof v === 'object' && v !== null && typeof (v as { toJSON?: unknown }).toJSON === 'function') {
+    v = (v as { toJSON: () => unknown }).toJSON();
+  }
+  if (v === undefined || typeof v === 'function' || typeof v === 'symbol') return undefined;
+  if (typeof v === 'bigint') throw new TypeError('canonicalJson: a bigint has no JSON form');
+  if (typeof v !== 'object' || v === null) return JSON.stringify(v);
+  if (seen.has(v)) throw new TypeError('canonicalJson: the value is circular');
+  seen.add(v);
+  let out: string;
+  if (Array.isArray(v)) {
+    out = `[${v.map((x) => canon(x, seen) ?? 'null').join(',')}]`;
+  } else {
+    const parts: string[] = [];
+    for (const k of Object.keys(v).sort()) {
+      const c = canon((v as Record<string, unknown>)[k], seen);
+      if (c !== undefined) parts.push(`${JSON.stringify(k)}:${c}`);
+    }
+    out = `{${parts.join(',')}}`;
+  }
+  seen.delete(v);
+  return out;
+}
+
+/** The canonical JSON an entry's hash is taken over: fixed key order, absent fields left out, no `hash`. */
+function entryBody(e: Omit<AuditEntry, 'hash'>): string {
+  const parts = [`"seq":${JSON.stringify(e.seq)}`, `"at":${JSON.stringify(e.at)}`, `"type":${JSON.stringify(e.type)}`];
+  if (e.task !== undefined) parts.push(`"task":${JSON.stringify(e.task)}`);
+  if (e.attempt !== undefined) parts.push(`"attempt":${JSON.stringify(e.attempt)}`);
+  if (e.agentId !== undefined) parts.push(`"agentId":${JSON.stringify(e.agentId)}`);
+  if (e.detail !== undefined) parts.push(`"detail":${canonicalJson(e.detail)}`);
+  parts.push(`"prev":${JSON.stringify(e.prev)}`);
+  return `{${parts.join(',')}}`;
+}
+
+const sha256 = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
+
+/** The hash an entry must carry: sha256 hex of its canonical JSON without `hash`. */
+export function auditHash(e: Omit<AuditEntry, 'hash'>): string {
+  return sha256(entryBody(e));
+}
+
+function checkEvent(e: AuditEvent, i: number): void {
+  const where = `AuditLog.append: event ${i}`;
+  if (typeof e.type !== 'string' || e.type === '') throw new TypeError(`${where}: "type" must be a non-empty string`);
+  if (e.task !== undefined && typeof e.task !== 'string') throw new TypeError(`${where}: "task" must be a string`);
+  if (e.attempt !== undefined && !Number.isSafeInteger(e.attempt))
+    throw new TypeError(`${where}: "attempt" must be an integer`);
+  if (e.agentId !== undefined && typeof e.agentId !== 'string')
+    throw new TypeError(`${where}: "agentId" must be a string`);
+  if (e.detail !== undefined && !isPlainObject(e.detail))
+    throw new TypeError(`${where}: "detail" must be a plain object`);
+}
+
+/** The event as it will be stored: detail round-tripped through its canonical JSON. */
+function normalise(e: AuditEvent): { event: AuditEvent; bytes: number } {
+  const event: AuditEvent = { type: e.type };
+  if (e.task !== undefined) event.task = e.task;
+  if (e.attempt !== undefined) event.attempt = e.attempt;
+  if (e.agentId !== undefined) event.agentId = e.agentId;
+  let bytes = 300 + Buffer.byteLength(e.type) + Buffer.byteLength(e.task ?? '') + Buffer.byteLength(e.agentId ?? '');
+  if (e.detail !== undefined) {
+    const text = canonicalJson(e.detail);
+    event.detail = JSON.parse(text) as Record<string, unknown>;
+    bytes += Buffer.byteLength(text);
+  }
+  return { event, bytes };
+}
+
+/**
+ * A workflow's tamper-evident audit log in etcd. Each entry carries the hash
+ * of the one before it, and a head key holds the seq and hash of the newest,
+ * so rewriting, removing or re-hashing any entry (the newest included) is
+ * caught by {@link AuditLog.verify}.
+ *
+ * Keys: `<store prefix>/audit/<namespace>/<workflow>/e/<seq, 12 digits>` and
+ * `.../head` ({seq, hash}).
+ */
+export class AuditLog {
+  readonly store: StateStore;
+  /** The log's key prefix, without the trailing "/". */
+  readonly base: string;
+  readonly headKey: string;
+
+  constructor(store: StateStore, namespace: string, workflow: string) {
+    this.store = store;
+    this.base = store.key('audit', namespace, workflow);
+    this.headKey = `${this.base}/head`;
+  }
+
+  entryKey(seq: number): string {
+    if (!Number.isSafeInteger(seq) || seq < 1 || String(seq).length > SEQ_DIGITS) {
+      throw new RangeError(`audit seq ${seq} is out of range`);
+    }
+    return `${this.base}/e/${String(seq).padStart(SEQ_DIGITS, '0')}`;
+  }
+
+  /**
+   * Appends `events` in order after the current head and returns the new
+   * entries. Up to {@link AUDIT_BATCH} events go in one transaction that
+   * requires every fence to hold and the head to be unchanged since it was
+   * read; on a concurrent append it re-reads the head and retries (up to
+   * {@link AUDIT_APPEND_TRIES} times, then ConflictError). A failed fence is
+   * a FencedError. Larger calls are split into consecutive transactions: each
+   * is atomic, but another appender's entries may land between them, and a
+   * failure after the first leaves the earlier ones written.
+   */
+  async append(events: AuditEvent[], fences: Fence[] = []): Promise<AuditEntry[]> {
+    if (fences.length > 126) throw new RangeError('AuditLog.append: at most 126 fences');
+    events.forEach(checkEvent);
+    const normalised = events.map(normalise);
+    const out: AuditEntry[] = [];
+    let chunk: AuditEvent[] = [];
+    let bytes = 0;
+    for (const { event, bytes: b } of normalised) {
+      if (chunk.length > 0 && (chunk.length >= AUDIT_BATCH || bytes + b > BATCH_BYTES)) {
+        out.push(...(await this.appendChunk(chunk, fences)));
+        chunk = [];
+        bytes = 0;
+      }
+      chunk.push(event);
+      bytes += b;
+    }
+    if (chunk.length > 0) out.push(...(await this.appendChunk(chunk, fences)));
+    return out;
+  }
+
+  private async appendChunk(events: AuditEvent[], fences: Fence[]): Promise<AuditEntry[]> {
+    let expected = 0;
+    let found = 0;
+    for (let attempt = 1; attempt <= AUDIT_APPEND_TRIES; attempt++) {
+      const { head, modRevision } = await this.readHead();
+      const at = new Date().toISOString();
+      let prev = head?.hash ?? '';
+      let seq = head?.seq ?? 0;
+      const entries: AuditEntry[] = events.map((e) => {
+        seq += 1;
+        const body = { seq, at, ...e, prev };
+        const entry: AuditEntry = { ...body, hash: auditHash(body) };
+        prev = entry.hash;
+        return entry;
+      });
+      const first = entries[0] as AuditEntry;
+      const last = entries[entries.length - 1] as AuditEntry;
+      const c = this.store.client;
+      const res = await this.store
+        .txn(fences)
+        .and(this.headKey, 'Mod', '==', modRevision)
+        .and(this.entryKey(first.seq), 'Create', '==', 0)
+        .then(
+          ...entries.map((e) => c.put(this.entryKey(e.seq)).value(this.encode(e))),
+          c.put(this.headKey).value(JSON.stringify({ seq: last.seq, hash: last.hash })),
+        )
+        .commit();
+      if (res.succeeded) return entries;
+      const fenced = await fenceError(this.store, fences);
+      if (fenced) throw fenced;
+      const now = await this.readHead();
+      if (now.modRevision === modRevision) {
+        throw new StateError(
+          `${this.entryKey(first.seq)}: an entry already exists after the head (seq ${head?.seq ?? 0}); the audit log is damaged, see AuditLog.verify()`,
+        );
+      }
+      expected = modRevision;
+      found = now.modRevision;
+      // Jittered backoff so that concurrent appenders stop colliding.
+      await sleep(Math.random() * Math.min(50, 2 ** attempt));
+    }
+    throw new ConflictError(this.headKey, expected, found);
+  }
+
+  private encode(e: AuditEntry): string {
+    const { hash, ...body } = e;
+    return `${entryBody(body).slice(0, -1)},"hash":${JSON.stringify(hash)}}`;
+  }
+
+  private async readHead(): Promise<{ head: Head | undefined; modRevision: number }> {
+    const entry = await this.store.get(this.headKey);
+    if (!entry) return { head: undefined, modRevision: 0 };
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(entry.value);
+    } catch {
+      throw new StateDecodeError(entry.key, 'is not JSON; expected an audit log head {seq, hash}');
+    }
+    if (!isHead(parsed))
+      throw new StateDecodeError(entry.key, `is not an audit log head: ${entry.value.slice(0, 200)}`);
+    return { head: parsed, modRevision: entry.modRevision };
+  }
+
+  /** Every key of the log in key order (entries, then the head), read at one revision, page by page. */
+  private async readAll(): Promise<Entry[]> {
+    const prefix = `${this.base}/`;
+    const end = Range.prefix(prefix).end;
+    const out: Entry[] = [];
+    let start: string | Buffer = prefix;
+    let revision: number | undefined;
+    for (;;) {
+      let b = this.store.client.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(PAGE);
+      if (revision !== undefined) b = b.revision(revision);
+      const res = await b.exec();
+      revision ??= Number(res.header.revision);
+      for (const kv of res.kvs) out.push(toEntry(kv));
+      const lastKv = res.kvs[res.kvs.length - 1];
+      if (!res.more || !lastKv) return out;
+      start = Buffer.concat([lastKv.key, Buffer.from([0])]);
+    }
+  }
+
+  private splitKeys(all: Entry[]): {
+    entries: { seq: number; entry: Entry }[];
+    head: Entry | undefined;
+    other: Entry[];
+  } {
+    const entryPrefix = `${this.base}/e/`;
+    const entries: { seq: number; entry: Entry }[] = [];
+    const other: Entry[] = [];
+    let head: Entry | undefined;
+    for (const e of all) {
+      const suffix = e.key.startsWith(entryPrefix) ? e.key.slice(entryPrefix.length) : undefined;
+      if (suffix !== undefined && /^\d{12}$/.test(suffix) && Number(suffix) > 0) {
+        entries.push({ seq: Number(suffix), entry: e });
+      } else if (e.key === this.headKey) {
+        head = e;
+      } else {
+        other.push(e);
+      }
+    }
+    return { entries, head, other };
+  }
+
+  /** Every entry, oldest first. Throws StateDecodeError on an entry that is not one (see verify()). */
+  async list(): Promise<AuditEntry[]> {
+    const { entries } = this.splitKeys(await this.readAll());
+    return entries.map(({ entry }) => {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(entry.value);
+      } catch (err) {
+        throw new StateDecodeError(entry.key, `is not JSON (${(err as Error).message}); expected an audit entry`);
+      }
+      const problem = entryShapeProblem(parsed);
+      if (problem) throw new StateDecodeError(entry.key, `is not an audit entry: ${problem}`);
+      return parsed as unknown as AuditEntry;
+    });
+  }
+
+  /**
+   * Checks the whole log at one revision and reports every problem with the
+   * seq it concerns: an entry whose hash does not match its content
+   * ("altered"), one whose prev is not the previous entry's hash ("chain
+   * broken"), gaps ("entry N missing"), a head that is not the last entry
+   * (newest entries removed, or entries beyond the head), undecodable values.
+   * An empty log without a head is ok.
+   */
+  async verify(): Promise<VerifyResult> {
+    const { entries, head, other } = this.splitKeys(await this.readAll());
+    const problems: { seq: number; problem: string }[] = [];
+    const report = (seq: number, problem: string) => problems.push({ seq, problem });
+    for (const o of other) report(0, `unexpected key ${o.key} in the audit log`);
+
+    let prevSeq = 0;
+    // The stored hash of entry prevSeq; undefined when it could not be read.
+    let prevHash: string | undefined = '';
+    for (const { seq, entry } of entries) {
+      if (seq > prevSeq + 1) {
+        report(
+          prevSeq + 1,
+          seq === prevSeq + 2 ? `entry ${prevSeq + 1} missing` : `entries ${prevSeq + 1}..${seq - 1} missing`,
+        );
+        prevHash = undefined;
+      }
+      prevSeq = seq;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(entry.value);
+      } catch {
+        report(seq, 'not valid JSON');
+        prevHash = undefined;
+        continue;
+      }
+      const shape = entryShapeProblem(parsed);
+      if (shape) {
+        report(seq, `not an audit entry: ${shape}`);
+        prevHash = undefined;
+        continue;
+      }
+      const e = parsed as unknown as AuditEntry;
+      if (e.seq !== seq) report(seq, `stored as seq ${seq} but records seq ${e.seq}`);
+      const { hash, ...body } = e;
+      let actual: string | undefined;
+      try {
+        actual = auditHash(body);
+      } catch {
+        actual = undefined;
+      }
+      if (actual !== hash) report(seq, 'altered: its hash does not match its content');
+      if (prevHash !== undefined && e.prev !== prevHash) {
+        report(
+          seq,
+          seq === 1
+            ? 'chain broken: the first entry has a previous hash'
+            : `chain broken: prev does not match the hash of entry ${seq - 1}`,
+        );
+      }
+      prevHash = hash;
+    }
+
+    const last = entries[entries.length - 1];
+    const lastSeq = last?.seq ?? 0;
+    if (head === undefined) {
+      if (last) report(lastSeq, `head does not match the last entry: there is no head but ${entries.length} entries`);
+    } else {
+      let h: unknown;
+      try {
+        h = JSON.parse(head.value);
+      } catch {
+        h = undefined;
+      }
+      if (!isHead(h)) {
+        report(lastSeq, 'head does not match the last entry: the head is not valid JSON {seq, hash}');
+      } else if (h.seq > lastSeq) {
+        report(
+          h.seq,
+          lastSeq === 0
+            ? `head does not match the last entry: the head is at seq ${h.seq} but the log has no entries`
+            : `head does not match the last entry: the head is at seq ${h.seq} but the last entry is seq ${lastSeq}`,
+        );
+      } else if (h.seq < lastSeq) {
+        report(
+          h.seq + 1,
+          `head does not match the last entry: entries after the head (head at seq ${h.seq}, last entry seq ${lastSeq})`,
+        );
+      } else if (prevHash !== undefined && h.hash !== prevHash) {
+        report(lastSeq, `head does not match the last entry: the head's hash differs from entry ${lastSeq}'s`);
+      }
+    }
+
+    if (problems.length > 0) return { ok: false, entries: entries.length, problems };
+    return { ok: true, entries: entries.length, head: prevHash ?? '' };
+  }
+
+  /** Deletes the whole log (workflow TTL cleanup) in one transaction that requires every fence to hold. */
+  async delete(fences: Fence[] = []): Promise<void> {
+    await this.store.deletePrefixes([`${this.base}/`], fences);
+  }
+}

@@ -1,0 +1,617 @@
+import type { WorkflowSpec, WorkflowStatus, WorkflowTask } from '../api/workflow.ts';
+import type { TaskEvent, TaskSpec } from '../dispatcher/types.ts';
+import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
+import { type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
+
+export type TaskPhase =
+  | 'Pending'
+  | 'Queued'
+  | 'Running'
+  | 'Retrying'
+  | 'Succeeded'
+  | 'Failed'
+  | 'Skipped'
+  | 'Cancelled';
+export type RunPhase = 'Pending' | 'Running' | 'Succeeded' | 'Failed' | 'Cancelled' | 'Suspended';
+
+/** What a run needs from its surroundings: the dispatcher, and a clock. */
+export interface RunHost {
+  submit(spec: TaskSpec): void;
+  cancel(ref: TaskRef, reason: string): void;
+  /** Whether the dispatcher already tracks the task (adopted after a failover). */
+  tracked(ref: TaskRef): boolean;
+  now(): number;
+}
+
+export interface AuditItem {
+  type: string;
+  task?: string;
+  attempt?: number;
+  agentId?: string;
+  detail?: Record<string, unknown>;
+}
+
+interface Instance extends TaskRecord {
+  phase: TaskPhase;
+  /** Input rendered: ready to run once a slot (parallelism) is free. */
+  ready?: boolean;
+  /** Own result committed, children still running. */
+  ownDone?: boolean;
+}
+
+const TERMINAL = new Set<TaskPhase>(['Succeeded', 'Failed', 'Skipped', 'Cancelled']);
+const ACTIVE = new Set<TaskPhase>(['Queued', 'Running']);
+/** status.outputs is capped so the object stays small; bigger outputs stay in etcd. */
+export const MAX_STATUS_OUTPUT_BYTES = 16 * 1024;
+const MAX_MESSAGE = 1024;
+
+const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
+
+/**
+ * One Workflow's run: the DAG state machine. Event-driven and synchronous
+ * (no I/O): the engine feeds it dispatcher events and ticks, persists what
+ * it marks dirty, and writes the status it summarises.
+ */
+export class WorkflowRun {
+  readonly namespace: string;
+  readonly name: string;
+  readonly uid: string;
+  readonly spec: WorkflowSpec;
+  private readonly host: RunHost;
+  private readonly templates = new Map<string, WorkflowTask>();
+  private readonly order: string[];
+  private readonly instances = new Map<string, Instance>();
+  /** forEach templates already expanded, with their item counts; and templates decided (when / expansion). */
+  private readonly expanded = new Map<string, number>();
+  private readonly skipped = new Set<string>();
+  private suspended = false;
+  phase: RunPhase = 'Pending';
+  message = '';
+  startedAt: number;
+  finishedAt: number | undefined;
+  readonly dirty = new Set<string>();
+  runDirty = true;
+  readonly audit: AuditItem[] = [];
+  /** Bumped on every change the status shows. */
+  version = 0;
+
+  constructor(
+    wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec },
+    host: RunHost,
+    loaded?: { run?: RunRecord; tasks: TaskRecord[] },
+  ) {
+    this.namespace = wf.namespace;
+    this.name = wf.name;
+    this.uid = wf.uid;
+    this.spec = wf.spec;
+    this.host = host;
+    for (const t of wf.spec.tasks) this.templates.set(t.name, t);
+    this.order = wf.spec.tasks.map((t) => t.name);
+    this.startedAt = host.now();
+    const run = loaded?.run?.uid === wf.uid ? loaded.run : undefined;
+    if (run && loaded) this.restore(run, loaded.tasks);
+    else {
+      this.audit.push({ type: 'WorkflowStarted', detail: { tasks: this.order.length } });
+      for (const t of wf.spec.tasks) {
+        if (!t.forEach) this.put(this.newInstance(t, t.name));
+      }
+    }
+  }
+
+  // ---- restore after a leader change ----
+
+  private restore(run: RunRecord, tasks: TaskRecord[]): void {
+    this.phase = run.phase as RunPhase;
+    this.message = run.message ?? '';
+    this.startedAt = Date.parse(run.startedAt);
+    if (run.finishedAt) this.finishedAt = Date.parse(run.finishedAt);
+    for (const [t, n] of Object.entries(run.expanded)) {
+      if (n < 0) this.skipped.add(t);
+      else this.expanded.set(t, n);
+    }
+    for (const r of tasks) {
+      const inst: Instance = { ...r, phase: r.phase as TaskPhase };
+      // Work that was queued or running under the previous leader: hand it out again unless the
+      // dispatcher already adopted it from a reconnecting agent. A result committed meanwhile
+      // comes back from the dispatcher as "already committed" instead of running twice.
+      if (ACTIVE.has(inst.phase) && !this.host.tracked(this.ref(inst.name))) {
+        inst.phase = 'Pending';
+        inst.ready = true;
+      }
+      if (inst.phase === 'Pending' && inst.input !== undefined) inst.ready = true;
+      this.instances.set(inst.name, inst);
+    }
+    this.audit.push({ type: 'RunResumed', detail: { tasks: tasks.length } });
+  }
+
+  // ---- bookkeeping ----
+
+  private ref(task: string): TaskRef {
+    return { namespace: this.namespace, workflow: this.name, task };
+  }
+
+  private newInstance(t: WorkflowTask, name: string, extra: Partial<Instance> = {}): Instance {
+    return {
+      name,
+      template: t.name,
+      phase: 'Pending',
+      attempt: 0,
+      handler: t.handler,
+      pool: (t.pool ?? this.spec.pool) as string,
+      cost: t.cost ?? 1,
+      ...extra,
+    };
+  }
+
+  private put(i: Instance): void {
+    this.instances.set(i.name, i);
+    this.touch(i);
+  }
+
+  private touch(i: Instance): void {
+    this.dirty.add(i.name);
+    this.version++;
+  }
+
+  private setPhase(phase: RunPhase, message = ''): void {
+    if (this.phase === phase && this.message === message) return;
+    this.phase = phase;
+    this.message = message.slice(0, MAX_MESSAGE);
+    if (phase === 'Succeeded' || phase === 'Failed' || phase === 'Cancelled') this.finishedAt = this.host.now();
+    this.runDirty = true;
+    this.version++;
+    this.audit.push({ type: `Workflow${phase}`, ...(message && { detail: { message: this.message } }) });
+  }
+
+  get finished(): boolean {
+    return this.phase === 'Succeeded' || this.phase === 'Failed' || this.phase === 'Cancelled';
+  }
+
+  /** The run record for etcd. */
+  runRecord(): RunRecord {
+    const expanded: Record<string, number> = Object.fromEntries(this.expanded);
+    for (const s of this.skipped) expanded[s] = -1;
+    return {
+      uid: this.uid,
+      startedAt: iso(this.startedAt),
+      ...(this.finishedAt !== undefined && { finishedAt: iso(this.finishedAt) }),
+      phase: this.phase,
+      ...(this.message && { message: this.message }),
+      expanded,
+    };
+  }
+
+  record(name: string): TaskRecord | undefined {
+    const i = this.instances.get(name);
+    if (!i) return undefined;
+    const { ready: _r, ownDone: _o, ...rec } = i;
+    return rec;
+  }
+
+  // ---- control ----
+
+  setSuspended(suspend: boolean): void {
+    if (this.finished || suspend === this.suspended) return;
+    this.suspended = suspend;
+    if (suspend) {
+      // Queued (not yet running) work goes back to waiting; running attempts finish.
+      for (const i of this.instances.values()) {
+        if (i.phase === 'Queued') {
+          this.host.cancel(this.ref(i.name), 'workflow suspended');
+          i.phase = 'Pending';
+          i.ready = true;
+          this.touch(i);
+        }
+      }
+      this.setPhase('Suspended', 'spec.suspend is true: no new tasks start');
+    } else {
+      this.setPhase('Running');
+      this.step();
+    }
+  }
+
+  /** Cancels every queued or running attempt; the run ends Cancelled (or Failed, with `as`). */
+  stop(reason: string, as: 'Cancelled' | 'Failed' = 'Cancelled'): void {
+    if (this.finished) return;
+    for (const i of this.instances.values()) {
+      if (TERMINAL.has(i.phase)) continue;
+      if (ACTIVE.has(i.phase)) this.host.cancel(this.ref(i.name), reason);
+      i.phase = 'Cancelled';
+      i.finishedAt = iso(this.host.now());
+      this.touch(i);
+      this.audit.push({ type: 'TaskCancelled', task: i.name, attempt: i.attempt, detail: { reason } });
+    }
+    this.setPhase(as, reason);
+  }
+
+  // ---- the DAG ----
+
+  private templateDone(name: string): boolean {
+    if (this.skipped.has(name)) return true;
+    const t = this.templates.get(name);
+    if (!t) return false;
+    if (t.forEach) {
+      const n = this.expanded.get(name);
+      if (n === undefined) return false;
+      for (let k = 0; k < n; k++) if (this.instances.get(`${name}.${k}`)?.phase !== 'Succeeded') return false;
+      return true;
+    }
+    return this.instances.get(name)?.phase === 'Succeeded';
+  }
+
+  private outputOf(name: string): unknown {
+    if (this.skipped.has(name)) return null;
+    const t = this.templates.get(name);
+    if (t?.forEach) {
+      const n = this.expanded.get(name) ?? 0;
+      return Array.from({ length: n }, (_, k) => this.instances.get(`${name}.${k}`)?.output ?? null);
+    }
+    return this.instances.get(name)?.output ?? null;
+  }
+
+  private context(item?: unknown, index?: number): EvalContext {
+    const tasks: Record<string, { output: unknown }> = {};
+    for (const name of this.order) if (this.templateDone(name)) tasks[name] = { output: this.outputOf(name) };
+    return {
+      inputs: this.spec.inputs ?? {},
+      tasks,
+      ...(item !== undefined && { item }),
+      ...(index !== undefined && { index }),
+    };
+  }
+
+  private fail(message: string): void {
+    this.stop(message, 'Failed');
+  }
+
+  /** Decides what can be decided (when, forEach, inputs) and hands ready tasks to the dispatcher. */
+  step(): void {
+    if (this.finished) return;
+    if (this.phase === 'Pending') this.setPhase(this.suspended ? 'Suspended' : 'Running');
+    const now = this.host.now();
+    if (this.spec.timeoutSeconds && now - this.startedAt > this.spec.timeoutSeconds * 1000) {
+      this.fail(`the workflow exceeded its timeout of ${this.spec.timeoutSeconds}s`);
+      return;
+    }
+    this.activate();
+    if (this.finished) return;
+    if (!this.suspended) this.dispatch(now);
+    if (this.order.every((n) => this.templateDone(n))) {
+      this.setPhase('Succeeded');
+    }
+  }
+
+  private activate(): void {
+    this.order.forEach((name, ti) => {
+      if (this.finished || this.skipped.has(name) || this.expanded.has(name)) return;
+      const t = this.templates.get(name) as WorkflowTask;
+      const single = t.forEach ? undefined : this.instances.get(name);
+      if (single && (single.ready || single.phase !== 'Pending')) return;
+      if (!(t.dependsOn ?? []).every((d) => this.templateDone(d))) return;
+      const field = `spec.tasks[${ti}]`;
+      try {
+        const ctx = this.context();
+        if (t.when !== undefined && !evalCondition(t.when, ctx, `${field}.when`)) {
+          this.skipped.add(name);
+          this.runDirty = true;
+          if (single) {
+            single.phase = 'Skipped';
+            single.message = `when is false: ${t.when}`.slice(0, MAX_MESSAGE);
+            this.touch(single);
+          }
+          this.audit.push({ type: 'TaskSkipped', task: name, detail: { when: t.when } });
+          return;
+        }
+        if (t.forEach) {
+          const items = evalList(t.forEach, ctx, `${field}.forEach`);
+          for (let k = 0; k < items.length; k++) {
+            const input = renderInput(t.input ?? {}, this.context(items[k], k), `${field}.input`);
+            this.put(this.newInstance(t, `${name}.${k}`, { index: k, input, ready: true }));
+          }
+          this.expanded.set(name, items.length);
+          this.runDirty = true;
+          this.audit.push({ type: 'TaskExpanded', task: name, detail: { items: items.length } });
+        } else if (single) {
+          single.input = renderInput(t.input ?? {}, ctx, `${field}.input`);
+          single.ready = true;
+          this.touch(single);
+        }
+      } catch (err) {
+        if (single) {
+          single.phase = 'Failed';
+          single.message = (err as Error).message.slice(0, MAX_MESSAGE);
+          this.touch(single);
+        }
+        this.fail(`task ${name}: ${(err as Error).message}`);
+      }
+    });
+  }
+
+  private dispatch(now: number): void {
+    const limit = this.spec.parallelism ?? Number.POSITIVE_INFINITY;
+    let active = 0;
+    for (const i of this.instances.values()) if (ACTIVE.has(i.phase)) active++;
+    for (const i of this.instances.values()) {
+      if (active >= limit) break;
+      const due = (i.phase === 'Pending' && i.ready) || (i.phase === 'Retrying' && (i.retryAt ?? 0) <= now);
+      if (!due) continue;
+      this.submit(i);
+      active++;
+    }
+  }
+
+  private submit(i: Instance): void {
+    const t = this.templates.get(i.template);
+    i.attempt++;
+    i.phase = 'Queued';
+    delete i.retryAt;
+    this.touch(i);
+    const timeout = t?.timeoutSeconds;
+    this.host.submit({
+      ref: this.ref(i.name),
+      pool: i.pool,
+      handler: i.handler,
+      input: i.input ?? null,
+      attempt: i.attempt,
+      cost: i.cost,
+      priority: this.spec.priority ?? 0,
+      ...(timeout !== undefined && { timeoutSeconds: timeout }),
+    });
+    this.audit.push({ type: 'TaskQueued', task: i.name, attempt: i.attempt });
+  }
+
+  /** Retries whose back-off is over, and the workflow deadline. */
+  tick(): void {
+    if (!this.finished) this.step();
+  }
+
+  /** The next time tick() has something to do (ms), if any. */
+  nextWake(): number | undefined {
+    let at: number | undefined;
+    for (const i of this.instances.values()) {
+      if (i.phase === 'Retrying' && i.retryAt !== undefined) at = Math.min(at ?? i.retryAt, i.retryAt);
+    }
+    if (this.spec.timeoutSeconds && !this.finished) {
+      const deadline = this.startedAt + this.spec.timeoutSeconds * 1000 + 1;
+      at = Math.min(at ?? deadline, deadline);
+    }
+    return at;
+  }
+
+  // ---- dispatcher events ----
+
+  onEvent(e: TaskEvent): void {
+    const i = this.instances.get(e.ref.task);
+    if (!i || this.finished) return;
+    switch (e.type) {
+      case 'started':
+        if (i.phase !== 'Queued' || e.attempt !== i.attempt) return;
+        i.phase = 'Running';
+        i.startedAt ??= iso(this.host.now());
+        this.touch(i);
+        this.audit.push({ type: 'TaskStarted', task: i.name, attempt: e.attempt, agentId: e.agentId });
+        return;
+      case 'lost':
+        // The dispatcher already queued the next attempt.
+        i.attempt = e.attempt + 1;
+        i.phase = 'Queued';
+        this.touch(i);
+        this.audit.push({
+          type: 'TaskLost',
+          task: i.name,
+          attempt: e.attempt,
+          agentId: e.agentId,
+          detail: { reason: e.reason },
+        });
+        return;
+      case 'orphanLost':
+        this.audit.push({ type: 'TaskLost', task: i.name, attempt: e.attempt, agentId: e.agentId });
+        i.phase = 'Pending';
+        i.ready = true;
+        this.touch(i);
+        this.step();
+        return;
+      case 'timedOut':
+        this.failedAttempt(i, e.attempt, `attempt ${e.attempt} exceeded its deadline`, true, e.agentId);
+        this.step();
+        return;
+      case 'committed': {
+        const r = e.result;
+        if (TERMINAL.has(i.phase) || i.ownDone) return;
+        if (r.ok) {
+          if (r.attempt < i.attempt && i.phase === 'Queued') {
+            // A result of an earlier attempt (committed before a failover) is as good as any.
+          }
+          i.output = r.output ?? null;
+          i.attempt = Math.max(i.attempt, r.attempt);
+          this.audit.push({ type: 'TaskSucceeded', task: i.name, attempt: r.attempt, agentId: r.agentId });
+          const pending = (i.children ?? []).filter((c) => this.instances.get(c)?.phase !== 'Succeeded');
+          if (pending.length > 0) {
+            i.ownDone = true;
+            i.message = `waiting for ${pending.length} child task(s)`;
+            this.touch(i);
+          } else this.succeed(i);
+        } else {
+          if (r.error?.retryable && r.attempt < i.attempt) return; // a stale retryable failure
+          this.failedAttempt(i, r.attempt, r.error?.message ?? 'failed', r.error?.retryable ?? false, r.agentId);
+        }
+        this.step();
+        return;
+      }
+      case 'spawn':
+        this.spawn(i, e.children);
+        this.step();
+        return;
+      case 'progress':
+        return;
+    }
+  }
+
+  private succeed(i: Instance): void {
+    i.phase = 'Succeeded';
+    i.finishedAt = iso(this.host.now());
+    delete i.message;
+    delete i.ownDone;
+    this.touch(i);
+    if (i.parent) this.childSettled(i.parent);
+  }
+
+  private childSettled(parentName: string): void {
+    const parent = this.instances.get(parentName);
+    if (!parent?.ownDone) return;
+    const pending = (parent.children ?? []).filter((c) => this.instances.get(c)?.phase !== 'Succeeded');
+    if (pending.length === 0) this.succeed(parent);
+    else {
+      parent.message = `waiting for ${pending.length} child task(s)`;
+      this.touch(parent);
+    }
+  }
+
+  private failedAttempt(i: Instance, attempt: number, message: string, retryable: boolean, agentId?: string): void {
+    const t = this.templates.get(i.template);
+    const policy = t?.retryPolicy ?? this.spec.retryPolicy;
+    const max = policy?.maxAttempts ?? 3;
+    if (retryable && attempt < max) {
+      const b = policy?.backoff;
+      const delay = Math.min(
+        (b?.maxSeconds ?? 300) * 1000,
+        (b?.initialSeconds ?? 1) * 1000 * (b?.factor ?? 2) ** (attempt - 1),
+      );
+      i.phase = 'Retrying';
+      i.retryAt = this.host.now() + delay;
+      i.message = `attempt ${attempt} failed: ${message}; retrying in ${(delay / 1000).toFixed(1)}s`.slice(
+        0,
+        MAX_MESSAGE,
+      );
+      this.touch(i);
+      this.audit.push({
+        type: 'TaskRetrying',
+        task: i.name,
+        attempt,
+        ...(agentId && { agentId }),
+        detail: { message, delayMs: delay },
+      });
+      return;
+    }
+    i.phase = 'Failed';
+    i.finishedAt = iso(this.host.now());
+    const why = retryable ? `failed after ${attempt} attempt(s)` : 'failed (not retryable)';
+    i.message = `${why}: ${message}`.slice(0, MAX_MESSAGE);
+    this.touch(i);
+    this.audit.push({ type: 'TaskFailed', task: i.name, attempt, ...(agentId && { agentId }), detail: { message } });
+    this.fail(`task ${i.name} ${why}: ${message}`);
+  }
+
+  private spawn(parent: Instance, children: { name: string; handler: string; input: unknown; cost: number }[]): void {
+    const t = this.templates.get(parent.template);
+    if (!t) return;
+    parent.children ??= [];
+    for (const c of children) {
+      const name = `${parent.name}~${c.name}`;
+      if (this.instances.has(name)) continue; // a retried parent spawning again
+      this.put(
+        this.newInstance(t, name, {
+          parent: parent.name,
+          handler: c.handler,
+          cost: c.cost,
+          input: c.input,
+          ready: true,
+        }),
+      );
+      parent.children.push(name);
+    }
+    this.touch(parent);
+    this.audit.push({ type: 'TaskSpawned', task: parent.name, detail: { children: children.map((c) => c.name) } });
+  }
+
+  // ---- status ----
+
+  counts(): { total: number; succeeded: number; failed: number; running: number; queued: number } {
+    const c = { total: 0, succeeded: 0, failed: 0, running: 0, queued: 0 };
+    for (const i of this.instances.values()) {
+      c.total++;
+      if (i.phase === 'Succeeded' || i.phase === 'Skipped') c.succeeded++;
+      else if (i.phase === 'Failed') c.failed++;
+      else if (i.phase === 'Running') c.running++;
+      else if (i.phase === 'Queued') c.queued++;
+    }
+    // Templates not expanded yet count once each, so the total only grows by fan-outs.
+    for (const name of this.order) {
+      const t = this.templates.get(name);
+      if (t?.forEach && !this.expanded.has(name) && !this.skipped.has(name)) c.total++;
+    }
+    return c;
+  }
+
+  /** The status the Workflow shows: small whatever the number of tasks (one summary per spec task). */
+  status(): Omit<WorkflowStatus, 'conditions' | 'observedGeneration'> {
+    const c = this.counts();
+    const tasks = this.order.map((name) => this.templateSummary(name));
+    return {
+      phase: this.phase,
+      progress: c,
+      progressSummary: `${c.succeeded}/${c.total}`,
+      startedAt: iso(this.startedAt),
+      ...(this.finishedAt !== undefined && { finishedAt: iso(this.finishedAt) }),
+      ...(this.phase === 'Succeeded' && { outputs: this.leafOutputs() as NonNullable<WorkflowStatus['outputs']> }),
+      tasks,
+    };
+  }
+
+  private templateSummary(name: string): NonNullable<WorkflowStatus['tasks']>[number] {
+    const t = this.templates.get(name);
+    if (this.skipped.has(name)) return { name, phase: 'Skipped' };
+    const own = [...this.instances.values()].filter((i) => i.template === name);
+    if (own.length === 0) return { name, phase: this.finished ? 'Cancelled' : 'Pending' };
+    const by = (p: TaskPhase) => own.filter((i) => i.phase === p).length;
+    const attempts = Math.max(...own.map((i) => i.attempt));
+    const phase: TaskPhase = by('Failed')
+      ? 'Failed'
+      : own.every((i) => i.phase === 'Succeeded') && (!t?.forEach || this.expanded.has(name))
+        ? 'Succeeded'
+        : by('Running')
+          ? 'Running'
+          : by('Retrying')
+            ? 'Retrying'
+            : by('Queued')
+              ? 'Queued'
+              : by('Cancelled')
+                ? 'Cancelled'
+                : 'Pending';
+    const failed = own.find((i) => i.phase === 'Failed' || i.phase === 'Retrying');
+    let message: string | undefined;
+    if (own.length > 1) {
+      message = `${by('Succeeded')}/${own.length} succeeded, ${by('Running')} running, ${by('Queued')} queued, ${by('Failed')} failed`;
+      if (failed?.message) message += `; ${failed.name}: ${failed.message}`;
+    } else message = own[0]?.message;
+    return { name, phase, attempts, ...(message && { message: message.slice(0, MAX_MESSAGE) }) };
+  }
+
+  /** Outputs of the tasks nothing depends on, as long as they fit the status budget. */
+  private leafOutputs(): Record<string, unknown> {
+    const depended = new Set(this.spec.tasks.flatMap((t) => t.dependsOn ?? []));
+    const out: Record<string, unknown> = {};
+    let budget = MAX_STATUS_OUTPUT_BYTES;
+    for (const name of this.order) {
+      if (depended.has(name)) continue;
+      const value = this.outputOf(name);
+      const size = Buffer.byteLength(JSON.stringify(value) ?? 'null');
+      if (size <= budget) {
+        out[name] = value;
+        budget -= size;
+      } else {
+        out[name] = {
+          truncated: true,
+          bytes: size,
+          note: `too large for the status; kept in etcd under runs/${this.namespace}/${this.name}`,
+        };
+      }
+    }
+    return out;
+  }
+
+  /** Every instance's record, for the leader's first save. */
+  allRecords(): TaskRecord[] {
+    return [...this.instances.keys()].map((n) => this.record(n) as TaskRecord);
+  }
+}

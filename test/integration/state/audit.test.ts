@@ -1,0 +1,257 @@
+import { createHash } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  AUDIT_BATCH,
+  type AuditEvent,
+  AuditLog,
+  FencedError,
+  StateError,
+  type StateStore,
+} from '../../../src/state/index.ts';
+import { testStore } from './helpers.ts';
+
+const prefix = `/test-audit-${Date.now()}`;
+const stores: StateStore[] = [];
+const open = () => {
+  const s = testStore(prefix);
+  stores.push(s);
+  return s;
+};
+afterAll(() => {
+  for (const s of stores) s.close();
+});
+
+let n = 0;
+const nextWorkflow = () => {
+  n += 1;
+  return `wf-${n}`;
+};
+/** A log of its own for each test. */
+const freshLog = (store: StateStore): AuditLog => new AuditLog(store, 'ns', nextWorkflow());
+
+const events = (count: number, tag: string): AuditEvent[] =>
+  Array.from({ length: count }, (_, i) => ({
+    type: 'task.dispatched',
+    task: `${tag}.${i}`,
+    attempt: 1,
+    agentId: 'agent-a',
+    detail: { i, tag },
+  }));
+
+const revision = async (store: StateStore) => Number((await store.client.get('/').exec()).header.revision);
+const keysUnder = async (store: StateStore, log: AuditLog) => (await store.list(`${log.base}/`)).entries;
+
+/** A log of 10 entries to tamper with. */
+async function tenEntries(): Promise<{ store: StateStore; log: AuditLog }> {
+  const store = open();
+  const log = freshLog(store);
+  await log.append(events(10, 't'));
+  expect((await log.verify()).ok).toBe(true);
+  return { store, log };
+}
+
+describe('audit log', () => {
+  it('appends batches in order with seq 1..N, one transaction per 120 events, and verifies', async () => {
+    const store = open();
+    const log = freshLog(store);
+    expect(await log.verify()).toEqual({ ok: true, entries: 0, head: '' });
+    expect(await log.list()).toEqual([]);
+
+    const a = await log.append(events(5, 'a'));
+    const before = await revision(store);
+    const b = await log.append(events(300, 'b'));
+    const after = await revision(store);
+    // 300 events = 3 transactions (120 + 120 + 60), each one etcd revision.
+    expect(AUDIT_BATCH).toBe(120);
+    expect(after - before).toBe(3);
+    const revs = new Map<number, number>();
+    for (const e of (await store.list(`${log.base}/e/`)).entries.slice(5, 305)) {
+      revs.set(e.modRevision, (revs.get(e.modRevision) ?? 0) + 1);
+    }
+    expect([...revs.values()]).toEqual([120, 120, 60]);
+    const c = await log.append([
+      { type: 'workflow.finished', detail: { z: 1, a: { y: [2, { d: 1, c: 0 }], b: null } } },
+    ]);
+
+    const all = await log.list();
+    expect(all).toHaveLength(306);
+    expect(all.map((e) => e.seq)).toEqual(Array.from({ length: 306 }, (_, i) => i + 1));
+    expect(all).toEqual([...a, ...b, ...c]);
+    expect(all.slice(5, 305).map((e) => e.task)).toEqual(events(300, 'b').map((e) => e.task));
+    expect(all[0]?.prev).toBe('');
+    for (let i = 1; i < all.length; i++) expect(all[i]?.prev).toBe(all[i - 1]?.hash);
+
+    // The hash is sha256 over the canonical JSON: fixed key order, detail keys sorted at every depth.
+    const last = all[305];
+    expect(last).toMatchObject({ seq: 306, type: 'workflow.finished' });
+    const canonical = `{"seq":306,"at":${JSON.stringify(last?.at)},"type":"workflow.finished","detail":{"a":{"b":null,"y":[2,{"c":0,"d":1}]},"z":1},"prev":"${all[304]?.hash}"}`;
+    expect(last?.hash).toBe(createHash('sha256').update(canonical).digest('hex'));
+    expect(Number.isNaN(Date.parse(last?.at ?? ''))).toBe(false);
+
+    const result = await log.verify();
+    expect(result).toEqual({ ok: true, entries: 306, head: last?.hash });
+  });
+
+  it('reports an entry whose content was rewritten as altered, and nothing else', async () => {
+    const { store, log } = await tenEntries();
+    const key = log.entryKey(4);
+    const stored = JSON.parse((await store.get(key))?.value ?? '') as Record<string, unknown>;
+    stored.detail = { i: 999, tag: 't' };
+    await store.client.put(key).value(JSON.stringify(stored));
+    expect(await log.verify()).toEqual({
+      ok: false,
+      entries: 10,
+      problems: [{ seq: 4, problem: expect.stringContaining('altered') }],
+    });
+  });
+
+  it('reports a deleted middle entry as missing', async () => {
+    const { store, log } = await tenEntries();
+    await store.client.delete().key(log.entryKey(6));
+    const result = await log.verify();
+    expect(result).toEqual({ ok: false, entries: 9, problems: [{ seq: 6, problem: 'entry 6 missing' }] });
+  });
+
+  it('detects removal of the newest entry: the head no longer matches the last entry', async () => {
+    const { store, log } = await tenEntries();
+    await store.client.delete().key(log.entryKey(10));
+    const result = await log.verify();
+    expect(result.ok).toBe(false);
+    expect(!result.ok && result.problems).toEqual([
+      { seq: 10, problem: expect.stringContaining('head does not match the last entry') },
+    ]);
+  });
+
+  it('catches an attacker who rewrites an entry and re-hashes it: the chain breaks at the next entry', async () => {
+    const { store, log } = await tenEntries();
+    const entries = await log.list();
+    const victim = entries[6];
+    if (!victim) throw new Error('no entry 7');
+    const { hash: _old, ...body } = victim;
+    const forged = { ...body, agentId: 'mallory', detail: { forged: true } };
+    const canonical = `{"seq":7,"at":${JSON.stringify(forged.at)},"type":"task.dispatched","task":"t.6","attempt":1,"agentId":"mallory","detail":{"forged":true},"prev":"${forged.prev}"}`;
+    const hash = createHash('sha256').update(canonical).digest('hex');
+    await store.client.put(log.entryKey(7)).value(JSON.stringify({ ...forged, hash }));
+    expect((await log.list())[6]).toMatchObject({ agentId: 'mallory', hash });
+    expect(await log.verify()).toEqual({
+      ok: false,
+      entries: 10,
+      problems: [{ seq: 8, problem: expect.stringContaining('chain broken') }],
+    });
+  });
+
+  it('reports undecodable entries and entries written beyond the head, and append refuses to overwrite them', async () => {
+    const { store, log } = await tenEntries();
+    await store.client.put(log.entryKey(3)).value('{not json');
+    await store.client.put(log.entryKey(11)).value('{"sneaked":true}');
+    const result = await log.verify();
+    expect(!result.ok && result.problems).toEqual([
+      { seq: 3, problem: 'not valid JSON' },
+      { seq: 11, problem: expect.stringContaining('not an audit entry') },
+      { seq: 11, problem: expect.stringContaining('head does not match the last entry') },
+    ]);
+    const rev = await revision(store);
+    await expect(log.append(events(1, 'x'))).rejects.toThrow(StateError);
+    await expect(log.append(events(1, 'x'))).rejects.toThrow('an entry already exists after the head (seq 10)');
+    expect(await revision(store)).toBe(rev);
+  });
+
+  it('4 concurrent appenders x 50 appends: 200 entries, no seq twice, each appender in its own order, verify ok', async () => {
+    const wf = nextWorkflow();
+    const base = new AuditLog(open(), 'ns', wf);
+    // Each appender has a client of its own.
+    const appenders = ['p', 'q', 'r', 's'].map((name) => ({ name, log: new AuditLog(open(), 'ns', wf) }));
+    const returned = await Promise.all(
+      appenders.map(async ({ name, log }) => {
+        const mine = [];
+        for (let i = 0; i < 50; i++) mine.push(...(await log.append([{ type: 'step', agentId: name, detail: { i } }])));
+        return mine;
+      }),
+    );
+    const all = await base.list();
+    expect(all).toHaveLength(200);
+    expect(all.map((e) => e.seq)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    const returnedSeqs = returned.flat().map((e) => e.seq);
+    expect(new Set(returnedSeqs).size).toBe(200);
+    for (const { name } of appenders) {
+      expect(all.filter((e) => e.agentId === name).map((e) => e.detail?.i)).toEqual(
+        Array.from({ length: 50 }, (_, i) => i),
+      );
+    }
+    // The appenders' view of what they wrote is what the log holds.
+    expect(returned.flat().sort((x, y) => x.seq - y.seq)).toEqual(all);
+    expect(await base.verify()).toMatchObject({ ok: true, entries: 200 });
+  });
+
+  it('an append that races a delete() starts a new chain at seq 1 instead of continuing the deleted one', async () => {
+    const store = open();
+    const log = freshLog(store);
+    await log.append(events(10, 'old'));
+    const other = new AuditLog(open(), 'ns', log.base.slice(log.base.lastIndexOf('/') + 1));
+    // Right after the appender reads the head, someone else deletes the log.
+    const get = store.get.bind(store);
+    let raced = false;
+    store.get = async (key) => {
+      const got = await get(key);
+      if (key === log.headKey && !raced) {
+        raced = true;
+        await other.delete();
+      }
+      return got;
+    };
+    const appended = await log.append(events(2, 'new'));
+    expect(raced).toBe(true);
+    expect(appended.map((e) => [e.seq, e.task])).toEqual([
+      [1, 'new.0'],
+      [2, 'new.1'],
+    ]);
+    expect(appended[0]?.prev).toBe('');
+    expect(await log.verify()).toMatchObject({ ok: true, entries: 2 });
+  });
+
+  it('a stale fence refuses the append with FencedError and writes nothing; a current one lets it through', async () => {
+    const store = open();
+    const log = freshLog(store);
+    await log.append(events(3, 'before'));
+    const fenceKey = store.key('fences', `leader-${n}`);
+    await store.client.put(fenceKey).value('old leader');
+    const old = { key: fenceKey, createRevision: (await store.get(fenceKey))?.createRevision ?? 0 };
+    await store.client.delete().key(fenceKey);
+    await store.client.put(fenceKey).value('new leader');
+    const current = { key: fenceKey, createRevision: (await store.get(fenceKey))?.createRevision ?? 0 };
+    expect(current.createRevision).not.toBe(old.createRevision);
+
+    const listed = await log.list();
+    const rev = await revision(store);
+    await expect(log.append(events(5, 'stale'), [current, old])).rejects.toBeInstanceOf(FencedError);
+    await expect(log.append(events(250, 'stale'), [old])).rejects.toThrow('held by someone newer');
+    expect(await revision(store)).toBe(rev);
+    expect(await log.list()).toEqual(listed);
+
+    const ok = await log.append(events(2, 'fenced'), [current]);
+    expect(ok.map((e) => e.seq)).toEqual([4, 5]);
+    expect(await log.verify()).toMatchObject({ ok: true, entries: 5 });
+  });
+
+  it('delete() removes every key of the log, fenced, and leaves other workflows alone', async () => {
+    const store = open();
+    const log = freshLog(store);
+    const other = freshLog(store);
+    await log.append(events(130, 'gone'));
+    await other.append(events(2, 'kept'));
+    expect(await keysUnder(store, log)).toHaveLength(131); // 130 entries + head
+
+    const fenceKey = store.key('fences', `cleanup-${n}`);
+    await store.client.put(fenceKey).value('x');
+    const created = (await store.get(fenceKey))?.createRevision ?? 0;
+    await expect(log.delete([{ key: fenceKey, createRevision: created + 1 }])).rejects.toBeInstanceOf(FencedError);
+    expect(await keysUnder(store, log)).toHaveLength(131);
+
+    await log.delete([{ key: fenceKey, createRevision: created }]);
+    expect(await keysUnder(store, log)).toEqual([]);
+    expect(await log.verify()).toEqual({ ok: true, entries: 0, head: '' });
+    expect(await other.verify()).toMatchObject({ ok: true, entries: 2 });
+    // A new log starts again at seq 1.
+    expect((await log.append(events(1, 'again')))[0]).toMatchObject({ seq: 1, prev: '' });
+  });
+});
