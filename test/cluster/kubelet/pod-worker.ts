@@ -13,6 +13,8 @@ export interface ImageEntry {
   args?: string[];
   /** Extra environment the local entry point needs (e.g. PATH to a toolchain). */
   env?: Record<string, string>;
+  /** The image's WORKDIR: where its processes start unless the container sets workingDir. */
+  workingDir?: string;
 }
 
 export interface PodWorkerContext {
@@ -208,11 +210,13 @@ export class PodWorker {
     let argv: string[];
     let containerEnv: Record<string, string>;
     let imageEnv: Record<string, string> = {};
+    let workingDir: string | undefined;
     try {
       containerEnv = await resolveEnv(this.pod, c, apiLookup(this.ctx.client), this.podIP, this.ctx.hostIP);
       const resolved = this.argv(c, containerEnv);
       argv = resolved.argv;
       imageEnv = resolved.env;
+      workingDir = c.workingDir ?? resolved.workingDir;
     } catch (err) {
       const reason = err instanceof EnvError ? err.reason : 'CreateContainerError';
       this.waitingReasons.set(c.name, { reason, message: (err as Error).message });
@@ -226,7 +230,7 @@ export class PodWorker {
       container: c,
       argv,
       env: { ...base, ...imageEnv, ...containerEnv },
-      cwd: this.dir,
+      cwd: workingDir ?? this.dir,
       logDir: join(this.dir, c.name),
       podIP: this.podIP,
       restartPolicy: kind === 'init' ? 'Never' : policy,
@@ -239,18 +243,22 @@ export class PodWorker {
   }
 
   /** command/args from the container, else the image's mapped entry point; $(VAR) expanded. */
-  private argv(c: Container, env: Record<string, string>): { argv: string[]; env: Record<string, string> } {
+  private argv(
+    c: Container,
+    env: Record<string, string>,
+  ): { argv: string[]; env: Record<string, string>; workingDir?: string } {
     const x = (s: string) => expand(s, env);
-    if (c.command?.length) return { argv: [...c.command, ...(c.args ?? [])].map(x), env: {} };
     const image = c.image ?? '';
     const entry = this.ctx.images[image] ?? this.ctx.images[stripTag(image)];
+    const wd = entry?.workingDir ? { workingDir: entry.workingDir } : {};
+    if (c.command?.length) return { argv: [...c.command, ...(c.args ?? [])].map(x), env: {}, ...wd };
     if (!entry) {
       throw new EnvError(
         'ErrImagePull',
         `image "${image}" has no local entry point in the process kubelet and container "${c.name}" sets no command`,
       );
     }
-    return { argv: [...entry.entrypoint, ...(c.args ?? entry.args ?? [])].map(x), env: entry.env ?? {} };
+    return { argv: [...entry.entrypoint, ...(c.args ?? entry.args ?? [])].map(x), env: entry.env ?? {}, ...wd };
   }
 
   /** Environment every container starts from: host PATH, service links to the API server, SA kubeconfig. */

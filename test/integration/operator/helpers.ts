@@ -283,8 +283,12 @@ export async function operatorKubeconfig(cluster: ClusterHandle, namespace: stri
  * rid of the not-ready taint the node lifecycle controller puts on new nodes,
  * so placement tests see the nodes as a scheduler would in steady state.
  */
-export async function startNodes(cluster: ClusterHandle, specs: ReturnType<typeof nodes>): Promise<void> {
-  await cluster.startKubelet(specs);
+export async function startNodes(
+  cluster: ClusterHandle,
+  specs: ReturnType<typeof nodes>,
+  opts: Parameters<ClusterHandle['startKubelet']>[1] = {},
+): Promise<void> {
+  await cluster.startKubelet(specs, opts);
   for (const n of specs) {
     await until(
       `node ${n.name} Ready without the not-ready taint`,

@@ -91,7 +91,7 @@ describe('agentflow-agent', () => {
     async (flag) => {
       const r = await agent([flag]);
       expect(r).toMatchObject({ code: 0, signal: null, stderr: '' });
-      expect(r.stdout).toMatch(/^Usage: agentflow-agent \[--config agent\.yaml\]\n/);
+      expect(r.stdout).toMatch(/^Usage: agentflow-agent \[--config agent\.yaml\] \[--handlers module\.js\]\n/);
       for (const v of ['AGENTFLOW_DISPATCHER', 'AGENTFLOW_CAPACITY', 'AGENTFLOW_HANDLERS_MODULE'])
         expect(r.stdout).toContain(v);
     },

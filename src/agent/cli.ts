@@ -1,0 +1,84 @@
+// agentflow-agent: what agent pods run. Exit codes: 0 after a drain (SIGTERM or
+// SIGINT; after the dispatcher's Drain it waits for SIGTERM), 1 when the agent cannot start, 2 for bad
+// configuration or usage.
+import { parseArgs } from 'node:util';
+import { createLogger } from '../lib/log.ts';
+import { loadAgentConfig } from './config.ts';
+import { AgentConfigError } from './errors.ts';
+import { createAgent } from './index.ts';
+
+const USAGE = `Usage: agentflow-agent [--config agent.yaml] [--handlers module.js]
+
+  --handlers MODULE           same as AGENTFLOW_HANDLERS_MODULE (the flag wins); relative to the working directory
+
+Settings come from the config file (YAML or JSON) and the environment, which wins:
+  AGENTFLOW_DISPATCHER        dispatcher address, host:port
+  AGENTFLOW_ETCD_ENDPOINTS    etcd URLs, comma-separated
+  AGENTFLOW_ETCD_PREFIX       root of agentflow's etcd keys
+  AGENTFLOW_NAMESPACE         namespace (else the file's, else POD_NAMESPACE)
+  AGENTFLOW_POOL              agent pool
+  AGENTFLOW_CAPACITY          task slots
+  AGENTFLOW_AGENT_ID          agent id (default: pod name plus a random suffix)
+  AGENTFLOW_DRAIN_TIMEOUT_SECONDS  how long SIGTERM waits for in-flight tasks (default 25)
+  AGENTFLOW_HANDLERS_MODULE   module whose default export (an object) or named exports are handler functions
+`;
+
+/** Runs the command; resolves with the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let config: string | undefined;
+  let handlers: string | undefined;
+  try {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        config: { type: 'string', short: 'c' },
+        handlers: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    });
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    config = values.config;
+    handlers = values.handlers;
+  } catch (err) {
+    process.stderr.write(`agentflow-agent: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+
+  const log = createLogger({ component: 'agentflow-agent' });
+  let agent: ReturnType<typeof createAgent>;
+  try {
+    const env = handlers !== undefined ? { ...process.env, AGENTFLOW_HANDLERS_MODULE: handlers } : process.env;
+    const options = await loadAgentConfig({ ...(config !== undefined && { configPath: config }), env });
+    agent = createAgent({ ...options, logger: log, installSignalHandlers: true });
+  } catch (err) {
+    if (!(err instanceof AgentConfigError)) throw err;
+    process.stderr.write(`agentflow-agent: invalid configuration: ${err.message}\n`);
+    return 2;
+  }
+  try {
+    await agent.start();
+  } catch {
+    return 1; // the agent logged why
+  }
+  let signalled = false;
+  const onSignal = () => {
+    signalled = true;
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  await agent.untilStopped();
+  if (!signalled) {
+    // The dispatcher drained us (a rollout or scale-down): the operator deletes the pod next. Exiting
+    // now would only make the kubelet restart the container and rejoin the pool, so wait for SIGTERM.
+    log.info('Drained; waiting for the pod to be deleted');
+    await new Promise<void>((resolve) => {
+      process.once('SIGTERM', () => resolve());
+      process.once('SIGINT', () => resolve());
+    });
+  }
+  return 0;
+}

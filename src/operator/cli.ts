@@ -1,0 +1,175 @@
+// agentflow-operator: what the operator Deployment runs. Exit codes: 0 after
+// SIGTERM/SIGINT, 1 when leadership is lost or the operator fails (Kubernetes
+// restarts it as a fresh candidate), 2 for bad flags.
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { KubeConfig } from '@kubernetes/client-node';
+import { createLogger, type Level } from '../lib/log.ts';
+import { Registry } from '../lib/metrics.ts';
+import { Operator, type OperatorConfig } from './operator.ts';
+
+const USAGE = `Usage: agentflow-operator [flags]
+
+Flags (each also read from the environment variable in brackets):
+  --kubeconfig PATH               kubeconfig; default: in-cluster service account, else $KUBECONFIG / ~/.kube/config
+  --etcd-endpoints URLS           agentflow's etcd, comma-separated           [AGENTFLOW_ETCD_ENDPOINTS] (required)
+  --etcd-prefix PREFIX            root of agentflow's etcd keys (/agentflow/v1) [AGENTFLOW_ETCD_PREFIX]
+  --watch-namespace NS            only this namespace's pools (default: all)   [AGENTFLOW_WATCH_NAMESPACE]
+  --ops-address HOST:PORT         /healthz, /readyz, /metrics (0.0.0.0:8080)   [AGENTFLOW_OPS_ADDRESS]
+  --dispatcher-address HOST:PORT  where the leader's dispatcher listens (0.0.0.0:7070) [AGENTFLOW_DISPATCHER_ADDRESS]
+  --agent-dispatcher HOST:PORT    what agent pods dial (required)              [AGENTFLOW_AGENT_DISPATCHER]
+  --agent-etcd-endpoints URLS     etcd given to agent pods (default: --etcd-endpoints) [AGENTFLOW_AGENT_ETCD_ENDPOINTS]
+  --election NAME                 leader election name (agentflow-operator)   [AGENTFLOW_ELECTION]
+  --lease-ttl SECONDS             leader lease TTL (15)                         [AGENTFLOW_LEASE_TTL]
+  --workers N                     concurrent reconciles per controller (2)     [AGENTFLOW_WORKERS]
+  --log-level LEVEL               debug|info|warn|error (info)                 [AGENTFLOW_LOG_LEVEL]
+  -h, --help
+`;
+
+class UsageError extends Error {}
+
+const flag = (values: Record<string, unknown>, name: string, env: string): string | undefined => {
+  const v = values[name] ?? process.env[env];
+  return typeof v === 'string' && v !== '' ? v : undefined;
+};
+
+function hostPort(name: string, v: string): string {
+  if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(v) || Number(v.slice(v.lastIndexOf(':') + 1)) > 65535) {
+    throw new UsageError(`--${name}: must be HOST:PORT (port 0-65535), got "${v}"`);
+  }
+  return v;
+}
+
+function urls(name: string, v: string): string[] {
+  const list = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const u of list) {
+    if (!URL.canParse(u) || !/^https?:$/.test(new URL(u).protocol)) {
+      throw new UsageError(`--${name}: "${u}" is not an http(s) URL`);
+    }
+  }
+  if (list.length === 0) throw new UsageError(`--${name}: at least one URL is required`);
+  return list;
+}
+
+function int(name: string, v: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < min || n > max)
+    throw new UsageError(`--${name}: must be an integer ${min}-${max}, got "${v}"`);
+  return n;
+}
+
+function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & { logLevel: Level }) | 'help' {
+  let values: Record<string, unknown>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        kubeconfig: { type: 'string' },
+        'etcd-endpoints': { type: 'string' },
+        'etcd-prefix': { type: 'string' },
+        'watch-namespace': { type: 'string' },
+        'ops-address': { type: 'string' },
+        'dispatcher-address': { type: 'string' },
+        'agent-dispatcher': { type: 'string' },
+        'agent-etcd-endpoints': { type: 'string' },
+        election: { type: 'string' },
+        'lease-ttl': { type: 'string' },
+        workers: { type: 'string' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values.help) return 'help';
+  const etcdRaw = flag(values, 'etcd-endpoints', 'AGENTFLOW_ETCD_ENDPOINTS');
+  if (!etcdRaw) throw new UsageError('--etcd-endpoints (or AGENTFLOW_ETCD_ENDPOINTS) is required');
+  const etcd = urls('etcd-endpoints', etcdRaw);
+  const agentDispatcher = flag(values, 'agent-dispatcher', 'AGENTFLOW_AGENT_DISPATCHER');
+  if (!agentDispatcher) throw new UsageError('--agent-dispatcher (or AGENTFLOW_AGENT_DISPATCHER) is required');
+  const prefix = flag(values, 'etcd-prefix', 'AGENTFLOW_ETCD_PREFIX') ?? '/agentflow/v1';
+  if (!/^\/\S*[^/]$/.test(prefix))
+    throw new UsageError(`--etcd-prefix: must start with "/" and not end with one, got "${prefix}"`);
+  const ns = flag(values, 'watch-namespace', 'AGENTFLOW_WATCH_NAMESPACE');
+  if (ns !== undefined && !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) {
+    throw new UsageError(`--watch-namespace: must be a namespace name, got "${ns}"`);
+  }
+  const level = flag(values, 'log-level', 'AGENTFLOW_LOG_LEVEL') ?? 'info';
+  if (!['debug', 'info', 'warn', 'error'].includes(level)) {
+    throw new UsageError(`--log-level: must be debug, info, warn or error, got "${level}"`);
+  }
+  const agentEtcd = flag(values, 'agent-etcd-endpoints', 'AGENTFLOW_AGENT_ETCD_ENDPOINTS');
+  const kubeConfig = new KubeConfig();
+  const kubeconfigPath = flag(values, 'kubeconfig', 'AGENTFLOW_KUBECONFIG');
+  try {
+    if (kubeconfigPath) kubeConfig.loadFromFile(kubeconfigPath);
+    else kubeConfig.loadFromDefault();
+  } catch (err) {
+    throw new UsageError(
+      `--kubeconfig: cannot load ${kubeconfigPath ?? 'the default kubeconfig'}: ${(err as Error).message}`,
+    );
+  }
+  if (!kubeConfig.getCurrentCluster()) {
+    throw new UsageError('--kubeconfig: no cluster found (not in a pod, and no kubeconfig); pass --kubeconfig');
+  }
+  const podName = process.env.POD_NAME;
+  const podNamespace = process.env.POD_NAMESPACE;
+  return {
+    kubeConfig,
+    etcd,
+    etcdPrefix: prefix,
+    ...(ns && { watchNamespace: ns }),
+    opsAddress: hostPort('ops-address', flag(values, 'ops-address', 'AGENTFLOW_OPS_ADDRESS') ?? '0.0.0.0:8080'),
+    dispatcherListen: hostPort(
+      'dispatcher-address',
+      flag(values, 'dispatcher-address', 'AGENTFLOW_DISPATCHER_ADDRESS') ?? '0.0.0.0:7070',
+    ),
+    agentDispatcherAddress: hostPort('agent-dispatcher', agentDispatcher),
+    agentEtcd: agentEtcd ? urls('agent-etcd-endpoints', agentEtcd) : etcd,
+    electionName: flag(values, 'election', 'AGENTFLOW_ELECTION') ?? 'agentflow-operator',
+    leaseTtlSeconds: int('lease-ttl', flag(values, 'lease-ttl', 'AGENTFLOW_LEASE_TTL') ?? '15', 2, 300),
+    identity: podName ?? hostname(),
+    ...(podName && podNamespace && { pod: { name: podName, namespace: podNamespace } }),
+    workers: int('workers', flag(values, 'workers', 'AGENTFLOW_WORKERS') ?? '2', 1, 64),
+    logLevel: level as Level,
+  };
+}
+
+/** Runs the command; resolves with the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let cfg: ReturnType<typeof parse>;
+  try {
+    cfg = parse(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`agentflow-operator: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (cfg === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const logger = createLogger({ component: 'operator', identity: cfg.identity }, { level: cfg.logLevel });
+  const operator = new Operator({ ...cfg, logger, registry: new Registry() });
+  let signals = 0;
+  const onSignal = () => {
+    signals++;
+    if (signals > 1) process.exit(1);
+    void operator.stop('stopped');
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    await operator.start();
+  } catch (err) {
+    logger.error('Operator failed to start', { error: err as Error });
+    return 1;
+  }
+  const why = await operator.done;
+  return why === 'lost' ? 1 : 0;
+}
