@@ -343,13 +343,19 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     } catch (err) {
       for (const { entry, conn } of batch) {
         conn.used -= entry.cost;
-        this.enqueue(entry);
+        if (entry.state === 'claiming') this.enqueue(entry);
       }
       throw err;
     }
     const now = performance.now();
     batch.forEach(({ entry, conn }, i) => {
       const o = outcomes[i];
+      if (entry.state !== 'claiming') {
+        // Adopted from a re-registering agent while we were claiming it: that attempt runs.
+        conn.used -= entry.cost;
+        if (o?.ok) void this.claims.release(o.claim, this.fences()).catch(() => undefined);
+        return;
+      }
       if (!o?.ok) {
         conn.used -= entry.cost;
         this.claimRefused(entry, o ? o.error.message : 'no answer');
@@ -489,6 +495,14 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       stillYours.push(inf);
       const cost = inf.cost > 0 ? inf.cost : 1;
       let entry = this.entries.get(key);
+      if (entry && entry.state === 'queued') {
+        // The engine handed the task out again (e.g. after a leader change) before its agent came
+        // back: the running attempt wins; take the queued copy out of line.
+        this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry?.spec);
+        entry.attempt = inf.attempt;
+      } else if (entry && entry.state === 'claiming') {
+        entry.attempt = inf.attempt; // its claim will be refused; the outcome is ignored below
+      }
       if (!entry) {
         entry = {
           key,

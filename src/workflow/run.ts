@@ -102,6 +102,7 @@ export class WorkflowRun {
 
   private restore(run: RunRecord, tasks: TaskRecord[]): void {
     this.phase = run.phase as RunPhase;
+    this.suspended = this.phase === 'Suspended';
     this.message = run.message ?? '';
     this.startedAt = Date.parse(run.startedAt);
     if (run.finishedAt) this.finishedAt = Date.parse(run.finishedAt);
@@ -117,6 +118,9 @@ export class WorkflowRun {
       if (ACTIVE.has(inst.phase) && !this.host.tracked(this.ref(inst.name))) {
         inst.phase = 'Pending';
         inst.ready = true;
+        // Hand out the same attempt again: if its agent is alive it reconnects and the dispatcher
+        // adopts the attempt under this number; if not, the attempt runs anew once its claim expires.
+        inst.attempt = Math.max(0, inst.attempt - 1);
       }
       if (inst.phase === 'Pending' && inst.input !== undefined) inst.ready = true;
       this.instances.set(inst.name, inst);
@@ -173,8 +177,9 @@ export class WorkflowRun {
     for (const s of this.skipped) expanded[s] = -1;
     return {
       uid: this.uid,
-      startedAt: iso(this.startedAt),
-      ...(this.finishedAt !== undefined && { finishedAt: iso(this.finishedAt) }),
+      // Full precision: the workflow deadline is computed from it after a restore.
+      startedAt: new Date(this.startedAt).toISOString(),
+      ...(this.finishedAt !== undefined && { finishedAt: new Date(this.finishedAt).toISOString() }),
       phase: this.phase,
       ...(this.message && { message: this.message }),
       expanded,
@@ -412,6 +417,8 @@ export class WorkflowRun {
         this.step();
         return;
       case 'timedOut':
+        // A deadline can fire while that attempt's result is being committed: the result wins.
+        if (TERMINAL.has(i.phase) || i.ownDone || e.attempt !== i.attempt) return;
         this.failedAttempt(i, e.attempt, `attempt ${e.attempt} exceeded its deadline`, true, e.agentId);
         this.step();
         return;
