@@ -193,9 +193,11 @@ export class Agent extends EventEmitter<AgentEvents> {
     try {
       this.coordination =
         o.coordination ??
-        etcdCoordination(
-          o.etcdPrefix === undefined ? { endpoints: o.etcd } : { endpoints: o.etcd, prefix: o.etcdPrefix },
-        );
+        etcdCoordination({
+          endpoints: o.etcd,
+          ...(o.etcdPrefix !== undefined && { prefix: o.etcdPrefix }),
+          ...(o.etcdTls && { tls: o.etcdTls }),
+        });
       this.session = await this.openSession();
       const Client = agentflowProto().agentflow.v1.Dispatcher;
       this.client = new Client(o.dispatcher, credentials.createInsecure(), KEEPALIVE_OPTIONS);

@@ -15,6 +15,7 @@ Settings come from the config file (YAML or JSON) and the environment, which win
   AGENTFLOW_DISPATCHER        dispatcher address, host:port
   AGENTFLOW_ETCD_ENDPOINTS    etcd URLs, comma-separated
   AGENTFLOW_ETCD_PREFIX       root of agentflow's etcd keys
+  AGENTFLOW_ETCD_CA_FILE      CA of etcd's TLS certificate (with _CERT_FILE and _KEY_FILE for a client certificate)
   AGENTFLOW_NAMESPACE         namespace (else the file's, else POD_NAMESPACE)
   AGENTFLOW_POOL              agent pool
   AGENTFLOW_CAPACITY          task slots

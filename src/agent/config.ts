@@ -67,6 +67,8 @@ export async function loadAgentConfig(src: ConfigSources): Promise<AgentOptions>
   fromEnv('AGENTFLOW_DRAIN_TIMEOUT_SECONDS', 'drainTimeoutMs', (v) => (/^\d+$/.test(v.trim()) ? Number(v) * 1000 : v));
 
   if (typeof opts.etcd === 'string') opts.etcd = splitList(opts.etcd);
+  const tls = await etcdTlsFromEnv(src.env);
+  if (tls) opts.etcdTls = tls;
   const handlers: Record<string, Handler | HandlerSpec> = {};
   if (file.handlers !== undefined) {
     if (!isRecord(file.handlers)) {
@@ -103,6 +105,32 @@ export async function loadAgentConfig(src: ConfigSources): Promise<AgentOptions>
     throw new AgentConfigError([base, ...rest].join('.'), err.problem);
   }
   return options;
+}
+
+/** AGENTFLOW_ETCD_CA_FILE (+ _CERT_FILE and _KEY_FILE for a client certificate): TLS to etcd. */
+async function etcdTlsFromEnv(
+  env: NodeJS.ProcessEnv,
+): Promise<{ ca: Buffer; cert?: Buffer; key?: Buffer } | undefined> {
+  const read = async (name: string): Promise<Buffer | undefined> => {
+    const path = env[name];
+    if (!path) return undefined;
+    try {
+      return await readFile(path);
+    } catch (err) {
+      throw new AgentConfigError(name, `cannot read ${path}: ${(err as Error).message}`);
+    }
+  };
+  const [ca, cert, key] = await Promise.all(
+    ['AGENTFLOW_ETCD_CA_FILE', 'AGENTFLOW_ETCD_CERT_FILE', 'AGENTFLOW_ETCD_KEY_FILE'].map(read),
+  );
+  if (!ca) {
+    if (cert || key) throw new AgentConfigError('AGENTFLOW_ETCD_CA_FILE', 'is required with a client certificate');
+    return undefined;
+  }
+  if (Boolean(cert) !== Boolean(key)) {
+    throw new AgentConfigError('AGENTFLOW_ETCD_CERT_FILE', 'and AGENTFLOW_ETCD_KEY_FILE go together');
+  }
+  return { ca, ...(cert && { cert }), ...(key && { key }) };
 }
 
 const splitList = (v: string): string[] =>

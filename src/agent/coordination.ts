@@ -66,8 +66,16 @@ class EtcdSession implements AgentSession {
   }
 }
 
-export function etcdCoordination(opts: { endpoints: string[]; prefix?: string }): Coordination {
-  const store = new StateStore(opts.prefix === undefined ? { endpoints: opts.endpoints } : opts);
+export function etcdCoordination(opts: {
+  endpoints: string[];
+  prefix?: string;
+  tls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
+}): Coordination {
+  const store = new StateStore({
+    endpoints: opts.endpoints,
+    ...(opts.prefix !== undefined && { prefix: opts.prefix }),
+    ...(opts.tls && { tls: opts.tls }),
+  });
   const membership = new Membership(store);
   const locks = new Locks(store);
   return {

@@ -14,6 +14,8 @@ export interface AgentOptions {
   etcd?: string[];
   /** Root of agentflow's etcd keys (default /agentflow/v1). */
   etcdPrefix?: string;
+  /** TLS to etcd (https endpoints): its CA, and a client certificate if it asks for one. */
+  etcdTls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
   namespace: string;
   pool: string;
   /** Task slots: the dispatcher never assigns more cost than this at once. */
@@ -42,6 +44,7 @@ export interface ResolvedOptions {
   dispatcher: string;
   etcd: string[];
   etcdPrefix: string | undefined;
+  etcdTls: { ca: Buffer; cert?: Buffer; key?: Buffer } | undefined;
   namespace: string;
   pool: string;
   capacity: number;
@@ -66,6 +69,7 @@ const KNOWN = [
   'dispatcher',
   'etcd',
   'etcdPrefix',
+  'etcdTls',
   'namespace',
   'pool',
   'capacity',
@@ -133,6 +137,7 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
     dispatcher: opts.dispatcher,
     etcd,
     etcdPrefix: opts.etcdPrefix,
+    etcdTls: opts.etcdTls,
     namespace,
     pool,
     capacity,

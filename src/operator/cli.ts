@@ -1,6 +1,7 @@
 // agentflow-operator: what the operator Deployment runs. Exit codes: 0 after
 // SIGTERM/SIGINT, 1 when leadership is lost or the operator fails (Kubernetes
 // restarts it as a fresh candidate), 2 for bad flags.
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -14,6 +15,9 @@ Flags (each also read from the environment variable in brackets):
   --kubeconfig PATH               kubeconfig; default: in-cluster service account, else $KUBECONFIG / ~/.kube/config
   --etcd-endpoints URLS           agentflow's etcd, comma-separated           [AGENTFLOW_ETCD_ENDPOINTS] (required)
   --etcd-prefix PREFIX            root of agentflow's etcd keys (/agentflow/v1) [AGENTFLOW_ETCD_PREFIX]
+  --etcd-ca-file PATH             CA of etcd's TLS certificate (https endpoints) [AGENTFLOW_ETCD_CA_FILE]
+  --etcd-cert-file PATH           client certificate for etcd                  [AGENTFLOW_ETCD_CERT_FILE]
+  --etcd-key-file PATH            its key                                       [AGENTFLOW_ETCD_KEY_FILE]
   --watch-namespace NS            only this namespace's pools (default: all)   [AGENTFLOW_WATCH_NAMESPACE]
   --ops-address HOST:PORT         /healthz, /readyz, /metrics (0.0.0.0:8080)   [AGENTFLOW_OPS_ADDRESS]
   --dispatcher-address HOST:PORT  where the leader's dispatcher listens (0.0.0.0:7070) [AGENTFLOW_DISPATCHER_ADDRESS]
@@ -54,6 +58,30 @@ function urls(name: string, v: string): string[] {
   return list;
 }
 
+function readFlagFile(name: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new UsageError(`--${name}: cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+function etcdTls(values: Record<string, unknown>): { ca: Buffer; cert?: Buffer; key?: Buffer } | undefined {
+  const ca = flag(values, 'etcd-ca-file', 'AGENTFLOW_ETCD_CA_FILE');
+  const cert = flag(values, 'etcd-cert-file', 'AGENTFLOW_ETCD_CERT_FILE');
+  const key = flag(values, 'etcd-key-file', 'AGENTFLOW_ETCD_KEY_FILE');
+  if (!ca) {
+    if (cert || key) throw new UsageError('--etcd-cert-file and --etcd-key-file need --etcd-ca-file');
+    return undefined;
+  }
+  if (Boolean(cert) !== Boolean(key)) throw new UsageError('--etcd-cert-file and --etcd-key-file go together');
+  return {
+    ca: readFlagFile('etcd-ca-file', ca),
+    ...(cert && { cert: readFlagFile('etcd-cert-file', cert) }),
+    ...(key && { key: readFlagFile('etcd-key-file', key) }),
+  };
+}
+
 function int(name: string, v: string, min: number, max: number): number {
   const n = Number(v);
   if (!/^\d+$/.test(v) || n < min || n > max)
@@ -71,6 +99,9 @@ function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & {
         kubeconfig: { type: 'string' },
         'etcd-endpoints': { type: 'string' },
         'etcd-prefix': { type: 'string' },
+        'etcd-ca-file': { type: 'string' },
+        'etcd-cert-file': { type: 'string' },
+        'etcd-key-file': { type: 'string' },
         'watch-namespace': { type: 'string' },
         'ops-address': { type: 'string' },
         'dispatcher-address': { type: 'string' },
@@ -117,12 +148,14 @@ function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & {
   if (!kubeConfig.getCurrentCluster()) {
     throw new UsageError('--kubeconfig: no cluster found (not in a pod, and no kubeconfig); pass --kubeconfig');
   }
+  const tls = etcdTls(values);
   const podName = process.env.POD_NAME;
   const podNamespace = process.env.POD_NAMESPACE;
   return {
     kubeConfig,
     etcd,
     etcdPrefix: prefix,
+    ...(tls && { etcdTls: tls }),
     ...(ns && { watchNamespace: ns }),
     opsAddress: hostPort('ops-address', flag(values, 'ops-address', 'AGENTFLOW_OPS_ADDRESS') ?? '0.0.0.0:8080'),
     dispatcherListen: hostPort(

@@ -20,6 +20,7 @@ export interface OperatorConfig {
   kubeConfig: KubeConfig;
   etcd: string[];
   etcdPrefix: string;
+  etcdTls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
   /** Only this namespace's pools (default: all namespaces). */
   watchNamespace?: string;
   /** host:port of /healthz, /readyz, /metrics. */
@@ -70,7 +71,11 @@ export class Operator {
     this.c = c;
     this.log = c.logger;
     this.client = new KubeClient(c.kubeConfig, { userAgent: `agentflow-operator/${c.identity}` });
-    this.store = new StateStore({ endpoints: c.etcd, prefix: c.etcdPrefix });
+    this.store = new StateStore({
+      endpoints: c.etcd,
+      prefix: c.etcdPrefix,
+      ...(c.etcdTls && { tls: c.etcdTls }),
+    });
     this.elector = new LeaderElector({
       store: this.store,
       name: c.electionName,

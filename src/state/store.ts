@@ -10,6 +10,8 @@ export interface StoreOptions {
   prefix?: string;
   /** Deadline of unary calls, in milliseconds (default 5000). */
   callTimeoutMs?: number;
+  /** TLS to etcd (https:// endpoints): the CA, and a client certificate if etcd asks for one. */
+  tls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
 }
 
 /** A key/value as agentflow reads it: revisions as numbers, value as text. */
@@ -64,6 +66,13 @@ export class StateStore {
     if (opts.endpoints.length === 0) throw new Error('StoreOptions.endpoints: at least one etcd endpoint is required');
     this.client = new Etcd3({
       hosts: opts.endpoints,
+      ...(opts.tls && {
+        credentials: {
+          rootCertificate: opts.tls.ca,
+          ...(opts.tls.cert && { certChain: opts.tls.cert }),
+          ...(opts.tls.key && { privateKey: opts.tls.key }),
+        },
+      }),
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + (opts.callTimeoutMs ?? 5_000) }),
     });
     this.prefix = (opts.prefix ?? '/agentflow/v1').replace(/\/+$/, '');

@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { binaryPath } from './binaries.ts';
 import { ManagedProcess, waitFor } from './managed-process.ts';
@@ -9,6 +10,8 @@ export interface EtcdOptions {
   name?: string;
   /** Skip fsync: fine for throw-away test data, wrong for benchmarks of durability. */
   unsafeNoFsync?: boolean;
+  /** Serve clients over TLS and require a client certificate signed by `caFile`. */
+  tls?: { certFile: string; keyFile: string; caFile: string };
 }
 
 /** One real etcd member on free loopback ports. */
@@ -26,7 +29,7 @@ export class EtcdServer {
   }
 
   get endpoint(): string {
-    return `http://127.0.0.1:${this.clientPort}`;
+    return `${this.opts.tls ? 'https' : 'http'}://127.0.0.1:${this.clientPort}`;
   }
 
   get pid(): number | undefined {
@@ -56,12 +59,23 @@ export class EtcdServer {
       '--quota-backend-bytes=2147483648',
     ];
     if (this.opts.unsafeNoFsync) args.push('--unsafe-no-fsync');
+    const tls = this.opts.tls;
+    if (tls) {
+      args.push(
+        `--cert-file=${tls.certFile}`,
+        `--key-file=${tls.keyFile}`,
+        `--trusted-ca-file=${tls.caFile}`,
+        '--client-cert-auth',
+      );
+    }
     this.proc = new ManagedProcess({ name: this.name, command: binaryPath('etcd'), args, logFile: this.logFile });
     this.proc.start();
     await waitFor(
       `${this.name} to answer /health on ${this.endpoint}`,
       async () => {
         this.proc?.assertAlive();
+        // Over TLS the health endpoint wants a client certificate too: a listening port is enough.
+        if (tls) return canConnect(this.clientPort);
         const res = await fetch(`${this.endpoint}/health`);
         return res.ok && ((await res.json()) as { health?: string }).health === 'true';
       },
@@ -72,4 +86,16 @@ export class EtcdServer {
   async stop(): Promise<void> {
     await this.proc?.stop(5_000);
   }
+}
+
+/** Whether something accepts TCP connections on the port. */
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect(port, '127.0.0.1');
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
 }
