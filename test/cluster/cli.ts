@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { repoRoot } from './binaries.ts';
 import { type ClusterInfo, ControlPlane } from './control-plane.ts';
+import { localImages } from './images.ts';
 import { waitFor } from './managed-process.ts';
 import { RestClient } from './rest.ts';
 
@@ -90,7 +91,7 @@ async function up(): Promise<void> {
 }
 
 async function serve(): Promise<void> {
-  const cp = new ControlPlane({ dir });
+  const cp = new ControlPlane({ dir, kubelet: { images: localImages() } });
   let stopping = false;
   const stop = async () => {
     if (stopping) return;

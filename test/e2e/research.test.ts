@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments, parse as parseYaml, stringify } from 'yaml';
-import { repoRoot } from '../cluster/binaries.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
+import { localImages } from '../cluster/images.ts';
 import { freePort } from '../cluster/ports.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
 import { installCrds, nodes, startNodes, until } from '../integration/operator/helpers.ts';
@@ -14,7 +14,6 @@ import { installCrds, nodes, startNodes, until } from '../integration/operator/h
 // command. Then the README's example pool and workflow are applied as they
 // are and must reach Succeeded with the expected outputs.
 
-const IMAGE = 'ghcr.io/agentflow/agentflow';
 // biome-ignore lint/suspicious/noExplicitAny: raw API JSON
 type Json = Record<string, any>;
 
@@ -37,7 +36,7 @@ beforeAll(async () => {
       { suffix: 'a', cpu: '4', memory: '8Gi' },
       { suffix: 'b', cpu: '4', memory: '8Gi' },
     ]),
-    { images: { [IMAGE]: { entrypoint: [process.execPath, `${repoRoot}/src/cli/main.ts`], workingDir: repoRoot } } },
+    { images: localImages() },
   );
 
   // deploy/operator as shipped, but pointed at the test's etcd, and with the dispatcher on a free

@@ -1,0 +1,103 @@
+// `npm run demo`: the local control plane (kept running afterwards), the
+// agentflow chart installed with helm, and the README's example — a pool of
+// research agents and a plan -> research -> write workflow — watched until it
+// succeeds. Prints how to explore the result with kubectl.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { installAgentflow } from '../test/cluster/agentflow-install.ts';
+import { binaryPath, repoRoot } from '../test/cluster/binaries.ts';
+import { ClusterHandle } from '../test/cluster/cluster-handle.ts';
+import { ControlPlane } from '../test/cluster/control-plane.ts';
+
+const NAMESPACE = 'demo';
+const dir = process.env.AGENTFLOW_CLUSTER_DIR ?? join(repoRoot, '.cluster');
+
+function step(s: string): void {
+  process.stdout.write(`\n==> ${s}\n`);
+}
+
+async function main(): Promise<number> {
+  step('Starting the local control plane (etcd, kube-apiserver, controllers, a process kubelet with 2 nodes)');
+  const up = spawnSync(process.execPath, [join(repoRoot, 'test/cluster/cli.ts'), 'up'], { stdio: 'inherit' });
+  if (up.status !== 0) return 1;
+  const info = ControlPlane.readInfo(dir);
+  const cluster = new ClusterHandle(info);
+  const kubectl = async (...args: string[]) => {
+    const r = await cluster.kubectl(args);
+    if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+
+  step('Installing agentflow with helm (charts/agentflow: CRDs, 2 operator replicas, RBAC, dispatcher Service)');
+  await installAgentflow(cluster);
+  process.stdout.write(await kubectl('get', 'pods', '-n', 'agentflow-system', '-L', 'agentflow.io/role'));
+
+  step(`Applying deploy/examples/ in namespace ${NAMESPACE} (AgentPool "researchers", Workflow "research-report")`);
+  await cluster.kubectl(['create', 'namespace', NAMESPACE]);
+  // A rerun starts the workflow afresh.
+  await cluster.kubectl([
+    'delete',
+    'workflow',
+    'research-report',
+    '-n',
+    NAMESPACE,
+    '--ignore-not-found',
+    '--wait=true',
+  ]);
+  process.stdout.write(await kubectl('apply', '-n', NAMESPACE, '-f', 'deploy/examples/'));
+
+  step('Watching the workflow');
+  const deadline = Date.now() + 300_000;
+  let last = '';
+  let phase = '';
+  while (Date.now() < deadline) {
+    const out = await cluster.kubectl(['get', 'workflow', 'research-report', '-n', NAMESPACE, '--no-headers']);
+    const line = out.stdout.trim();
+    if (line && line !== last) {
+      process.stdout.write(`  ${line}\n`);
+      last = line;
+    }
+    phase = line.split(/\s+/)[1] ?? '';
+    if (phase === 'Succeeded' || phase === 'Failed') break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  await new Promise((r) => setTimeout(r, 2_500)); // one pool status refresh, so AGENTS and SLOTS are current
+  process.stdout.write(await kubectl('get', 'agentpools', '-n', NAMESPACE));
+  if (phase !== 'Succeeded') {
+    process.stdout.write(await kubectl('describe', 'workflow', 'research-report', '-n', NAMESPACE));
+    process.stderr.write(`\nThe workflow did not succeed (phase ${phase || 'unknown'}).\n`);
+    cluster.close().catch(() => undefined);
+    return 1;
+  }
+  const report = await kubectl(
+    'get',
+    'workflow',
+    'research-report',
+    '-n',
+    NAMESPACE,
+    '-o',
+    'jsonpath={.status.outputs.write.title}{range .status.outputs.write.sections[*]}{"\\n  - "}{.heading}{end}',
+  );
+  step('The report');
+  process.stdout.write(`  ${report}\n`);
+
+  const k = binaryPath('kubectl');
+  process.stdout.write(`
+Explore it (the control plane keeps running):
+
+  export KUBECONFIG=${info.kubeconfig}
+  alias kubectl=${k}
+  kubectl get agentflow -n ${NAMESPACE}                     # pools and workflows
+  kubectl describe workflow research-report -n ${NAMESPACE}  # conditions and Events
+  kubectl get workflow research-report -n ${NAMESPACE} -o jsonpath='{.status.outputs}'
+  kubectl get pods -n ${NAMESPACE} -o wide                   # agent pods, placed by the operator
+  kubectl scale agentpool researchers -n ${NAMESPACE} --replicas=3
+  kubectl logs -n agentflow-system -l agentflow.io/role=leader
+
+Stop it with: npm run cluster:down
+`);
+  await cluster.close();
+  return 0;
+}
+
+process.exit(await main());

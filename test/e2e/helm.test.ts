@@ -1,0 +1,94 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { installAgentflow } from '../cluster/agentflow-install.ts';
+import type { ClusterHandle } from '../cluster/cluster-handle.ts';
+import { localImages } from '../cluster/images.ts';
+import { testCluster, uniqueName } from '../cluster/testing.ts';
+import { nodes, startNodes, until } from '../integration/operator/helpers.ts';
+
+// `helm install` of the chart on the local control plane (operator pods from
+// the image, the shipped RBAC, probes), the README example to Succeeded,
+// then `helm uninstall`: no agentflow pods left, the CRDs kept.
+
+// biome-ignore lint/suspicious/noExplicitAny: raw API JSON
+type Json = Record<string, any>;
+
+let cluster: ClusterHandle;
+const release = 'af';
+const namespace = uniqueName('agentflow');
+let examples: string;
+
+async function kubectl(args: string[]): Promise<string> {
+  const r = await cluster.kubectl(args);
+  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+const releasePods = async () =>
+  (
+    await cluster.client.get<{ items: Json[] }>(
+      `/api/v1/namespaces/${namespace}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${release}`)}`,
+    )
+  ).items;
+
+beforeAll(async () => {
+  cluster = testCluster();
+  await startNodes(
+    cluster,
+    nodes(uniqueName('helm'), [
+      { suffix: 'a', cpu: '4', memory: '8Gi' },
+      { suffix: 'b', cpu: '4', memory: '8Gi' },
+    ]),
+    { images: localImages() },
+  );
+}, 120_000);
+
+afterAll(async () => {
+  await cluster.kubectl(['delete', 'namespace', examples, '--wait=false']);
+  await cluster.close();
+});
+
+describe('helm install', () => {
+  it('installs the operator (ready, one leader) and runs the example workflow to Succeeded', async () => {
+    await installAgentflow(cluster, { release, namespace });
+    const pods = await releasePods();
+    expect(pods).toHaveLength(2);
+    expect(pods.every((p) => p.status?.conditions?.some((c: Json) => c.type === 'Ready' && c.status === 'True'))).toBe(
+      true,
+    );
+    await until(
+      'a leader label',
+      releasePods,
+      (ps) => ps.filter((p) => p.metadata.labels?.['agentflow.io/role'] === 'leader').length === 1,
+      30_000,
+    );
+
+    examples = uniqueName('examples');
+    await kubectl(['create', 'namespace', examples]);
+    await kubectl(['apply', '-n', examples, '-f', 'deploy/examples/']);
+    const wf = await until(
+      'research-report finished',
+      () => cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${examples}/workflows/research-report`),
+      (w) => ['Succeeded', 'Failed'].includes(w.status?.phase),
+      180_000,
+    );
+    expect(wf.status.phase).toBe('Succeeded');
+    expect(wf.status.outputs.write.sections).toHaveLength(3);
+  });
+
+  it('helm uninstall leaves no agentflow pods behind and keeps the CRDs', async () => {
+    // Users delete their pools and workflows first (the operator finalizes them); then uninstall.
+    await kubectl(['delete', 'workflows,agentpools', '--all', '-n', examples, '--wait=true', '--timeout=60s']);
+    const r = await cluster.helm(['uninstall', release, '--namespace', namespace, '--wait', '--timeout', '120s']);
+    expect(r.code).toBe(0);
+    await until('the operator pods gone', releasePods, (ps) => ps.length === 0, 60_000);
+    const agentPods = await cluster.client.get<{ items: Json[] }>(
+      `/api/v1/namespaces/${examples}/pods?labelSelector=agentflow.io%2Fpool`,
+    );
+    expect(agentPods.items.filter((p) => !p.metadata.deletionTimestamp)).toEqual([]);
+    for (const crd of ['agentpools.agentflow.io', 'workflows.agentflow.io']) {
+      expect((await cluster.kubectl(['get', 'crd', crd, '-o', 'name'])).stdout.trim()).toBe(
+        `customresourcedefinition.apiextensions.k8s.io/${crd}`,
+      );
+    }
+  });
+});
