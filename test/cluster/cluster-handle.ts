@@ -55,7 +55,6 @@ export class ClusterHandle {
       apiServer: { host: '127.0.0.1', port: this.info.apiPort, caFile: this.info.caFile },
       kubeletVersion: this.info.kubeVersion,
       tls: new Pki(join(this.info.dir, 'pki')).kubeletTls(),
-      slotDir: join(this.info.dir, 'node-slots'),
       ...opts,
       nodes,
     });

@@ -222,7 +222,6 @@ export class ControlPlane {
         nodes,
         kubeletVersion: this.kubeVersion,
         tls: this.pki.kubeletTls(),
-        slotDir: join(dir, 'node-slots'),
         dir: join(dir, 'kubelet'),
         apiServer: { host: '127.0.0.1', port: this.apiPort, caFile: this.pki.caCert },
       });

@@ -1,4 +1,5 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeError, type RestClient, type WatchEvent } from '../rest.ts';
 import { LogServer } from './log-server.ts';
@@ -25,9 +26,11 @@ export interface KubeletOptions {
   /** Serving certificate for the kubelet API (logs); the API server's client certificate must chain to `ca`. */
   tls?: { cert: Buffer; key: Buffer; ca: Buffer };
   /**
-   * Directory shared by every kubelet of a cluster; a node's address block is
-   * claimed there with an exclusive file create, so kubelets in different
-   * processes never hand out the same node or pod IP.
+   * Directory shared by every kubelet on this machine (default: one under the
+   * OS temp dir); a node's address block is claimed there with an exclusive
+   * file create holding the claimer's pid, so kubelets in different processes
+   * and different clusters never hand out the same node or pod IP. A claim
+   * whose process is gone is taken over.
    */
   slotDir?: string;
 }
@@ -61,6 +64,8 @@ export class ProcessKubelet {
   private logServer: LogServer | undefined;
 
   private readonly o: KubeletOptions;
+  /** Address-block claim files, released on stop. */
+  private readonly claimed: string[] = [];
 
   constructor(o: KubeletOptions) {
     this.o = o;
@@ -69,14 +74,12 @@ export class ProcessKubelet {
   }
 
   private addNodeState(spec: NodeSpec): NodeState {
-    const slots = this.o.slotDir ?? join(this.o.dir, 'node-slots');
+    const slots = this.o.slotDir ?? defaultSlotDir();
     mkdirSync(slots, { recursive: true });
     for (let slot = 0; slot < 240 * 256; slot++) {
-      try {
-        writeFileSync(join(slots, String(slot)), spec.name, { flag: 'wx' });
-      } catch {
-        continue; // taken by another node
-      }
+      const file = join(slots, String(slot));
+      if (!claimSlot(file, spec.name)) continue; // another live node has it
+      this.claimed.push(file);
       const prefix = `127.${10 + Math.floor(slot / 256)}.${slot % 256}`;
       const n: NodeState = { spec, prefix, ip: `${prefix}.1`, usedIps: new Set(), alive: true };
       this.nodes.set(spec.name, n);
@@ -109,6 +112,7 @@ export class ProcessKubelet {
     await this.watching?.catch(() => undefined);
     await Promise.all([...this.workers.values()].map((w) => w.vanished()));
     await this.logServer?.stop();
+    for (const f of this.claimed.splice(0)) rmSync(f, { force: true });
   }
 
   /** Adds a node at run time (tests build clusters of particular shapes). */
@@ -417,4 +421,47 @@ export function podRequests(spec: Pod['spec']): Record<string, number> {
   }
   for (const [k, v] of Object.entries(spec.overhead ?? {})) sum[k] = (sum[k] ?? 0) + parseQuantity(v);
   return sum;
+}
+
+/** Machine-wide, so that concurrent clusters (tests, `npm run demo`) never share pod IPs. */
+export function defaultSlotDir(): string {
+  return join(tmpdir(), 'agentflow-node-slots');
+}
+
+/** Claims an address block: exclusive create with our pid; a claim of a dead process is taken over. */
+function claimSlot(file: string, node: string): boolean {
+  const mine = `${process.pid} ${node}`;
+  try {
+    writeFileSync(file, mine, { flag: 'wx' });
+    return true;
+  } catch {
+    // Taken: by a live process, or left behind by one that died without stopping its kubelet.
+  }
+  let owner = 0;
+  try {
+    owner = Number.parseInt(readFileSync(file, 'utf8'), 10);
+  } catch {
+    return false;
+  }
+  if (owner > 0 && owner !== process.pid && processAlive(owner)) return false;
+  if (owner === process.pid) return false; // another node of this process
+  // Stale: take it over. Rename is atomic, so two claimers cannot both win.
+  const tmp = `${file}.${process.pid}`;
+  writeFileSync(tmp, mine);
+  try {
+    renameSync(tmp, file);
+  } catch {
+    rmSync(tmp, { force: true });
+    return false;
+  }
+  return readFileSync(file, 'utf8') === mine;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
