@@ -25,7 +25,16 @@ export async function installAgentflow(
   const release = o.release ?? 'agentflow';
   const namespace = o.namespace ?? 'agentflow-system';
   await adoptCrds(cluster, release, namespace);
-  const port = await freePort();
+  const port = cluster.info.external ? 7070 : await freePort();
+  // On a real cluster (kind): the chart as is, with its bundled etcd and the image loaded into the nodes.
+  const local = cluster.info.external
+    ? ['image.pullPolicy=Never']
+    : [
+        'etcd.bundled.enabled=false',
+        `etcd.external.endpoints[0]=${cluster.info.stateEtcdEndpoint}`,
+        `dispatcher.port=${port}`,
+        `agents.dispatcherAddress=127.0.0.1:${port}`,
+      ];
   const r = await cluster.helm([
     'upgrade',
     '--install',
@@ -37,15 +46,7 @@ export async function installAgentflow(
     '--wait',
     '--timeout',
     '300s',
-    '--set',
-    'etcd.bundled.enabled=false',
-    '--set',
-    `etcd.external.endpoints[0]=${cluster.info.stateEtcdEndpoint}`,
-    '--set',
-    `dispatcher.port=${port}`,
-    '--set',
-    `agents.dispatcherAddress=127.0.0.1:${port}`,
-    ...(o.set ?? []).flatMap((s) => ['--set', s]),
+    ...[...local, ...(o.set ?? [])].flatMap((s) => ['--set', s]),
   ]);
   if (r.code !== 0) throw new Error(`helm install failed: ${r.stderr || r.stdout}`);
   return { release, namespace, dispatcherPort: port };

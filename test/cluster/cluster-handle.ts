@@ -18,6 +18,8 @@ export interface ClusterInfo {
   stateEtcdEndpoint?: string;
   dir: string;
   pids: Record<string, number>;
+  /** A cluster someone else runs (AGENTFLOW_E2E_KUBECONFIG, e.g. kind): no process kubelet, no agentflow etcd of ours. */
+  external?: boolean;
 }
 
 export interface CommandResult {
@@ -34,6 +36,7 @@ export interface CommandResult {
 export class ClusterHandle {
   private admin: RestClient | undefined;
   private kubelets: ProcessKubelet[] = [];
+  private readonly nodeNames: string[] = [];
 
   readonly info: ClusterInfo;
 
@@ -60,6 +63,7 @@ export class ClusterHandle {
     });
     await kubelet.start();
     this.kubelets.push(kubelet);
+    this.nodeNames.push(...nodes.map((n) => n.name));
     return kubelet;
   }
 
@@ -104,8 +108,18 @@ export class ClusterHandle {
     });
   }
 
+  /**
+   * Stops this handle's kubelets and deletes their Node objects: a later test
+   * file on the same control plane must not see (and schedule onto) nodes
+   * nobody runs any more, which would look Ready until the node lifecycle
+   * controller's grace period ran out.
+   */
   async close(): Promise<void> {
-    await Promise.all(this.kubelets.splice(0).map((k) => k.stop()));
+    const kubelets = this.kubelets.splice(0);
+    await Promise.all(kubelets.map((k) => k.stop()));
+    for (const name of this.nodeNames.splice(0)) {
+      await this.client.delete(`/api/v1/nodes/${name}`).catch(() => undefined);
+    }
     this.admin?.close();
   }
 }

@@ -1,7 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
+import { parse as parseYaml } from 'yaml';
 import { type ClusterInfo, ControlPlane } from './control-plane.ts';
 
 declare module 'vitest' {
@@ -17,6 +18,26 @@ declare module 'vitest' {
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const dir = mkdtempSync(join(tmpdir(), `agentflow-${project.name}-`));
+  const external = process.env.AGENTFLOW_E2E_KUBECONFIG;
+  if (external && project.name === 'e2e') {
+    // The e2e suite against any cluster (scripts/e2e-kind.sh): its nodes run the real image.
+    const cfg = parseYaml(readFileSync(external, 'utf8')) as { clusters?: { cluster?: { server?: string } }[] };
+    const server = cfg.clusters?.[0]?.cluster?.server ?? '';
+    project.provide('cluster', {
+      kubeconfig: external,
+      kubeletKubeconfig: '',
+      caFile: '',
+      server,
+      apiPort: Number(new URL(server).port || 443),
+      kubeVersion: '',
+      etcdEndpoint: '',
+      dir,
+      pids: {},
+      external: true,
+    });
+    console.log(`e2e against the cluster of ${external} (${server})`);
+    return async () => rmSync(dir, { recursive: true, force: true });
+  }
   const cp = new ControlPlane({ dir, nodes: [] });
   const started = Date.now();
   try {
