@@ -1,0 +1,178 @@
+import { EventEmitter } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Dispatcher, type TaskEvent } from '../../src/dispatcher/index.ts';
+import { silentLogger } from '../../src/lib/log.ts';
+import { StateStore } from '../../src/state/index.ts';
+import { EtcdServer } from '../../test/cluster/etcd.ts';
+import type { AgentProcessConfig } from './agent-process.ts';
+import { Child } from './children.ts';
+import { now } from './clock.ts';
+import type { Role } from './proc.ts';
+import { type Persistence, SYSTEM_LABELS, type System, type SystemEvents } from './system.ts';
+import { type HandlerOptions, isTaskOutput } from './task.ts';
+
+export const ETCD_PREFIX = '/bench';
+export const NAMESPACE = 'bench';
+
+export const AGENTFLOW_PERSISTENCE: Persistence = {
+  persists:
+    'per task: a claim key bound to the agent lease (claim txn), then the result key + claim delete in one ' +
+    'txn that compares the claim (group commit: up to 63 tasks per txn, one txn in flight per kind); ' +
+    'the dispatcher queue itself is in memory (the workflow engine owns task records)',
+  fsync:
+    'etcd fsyncs its WAL before it answers a txn (one fsync per Raft batch): a result is on disk when ' +
+    "the dispatcher emits 'committed'",
+};
+
+export interface AgentflowOptions extends Partial<HandlerOptions> {
+  /** Agent processes. */
+  processes: number;
+  /** Agents per process (1 but for the scale scenario). */
+  agentsPerProcess?: number;
+  capacity: number;
+  leaseTtlSeconds?: number;
+  /** The first agent process CPU-profiles itself from profileAgent() until it stops, into this file. */
+  cpuProfileFile?: string;
+}
+
+/** etcd (fsync on) + a Dispatcher in this process + agent processes running createAgent. */
+export class AgentflowSystem extends EventEmitter<SystemEvents> implements System {
+  readonly key = 'agentflow' as const;
+  readonly label = SYSTEM_LABELS.agentflow;
+  readonly persistence = AGENTFLOW_PERSISTENCE;
+  readonly workerNames: string[] = [];
+  readonly etcd: EtcdServer;
+  readonly store: StateStore;
+  readonly dispatcher: Dispatcher;
+  /** What the agent processes reported when ready (connect time, RSS). */
+  readonly readyReports: Record<string, unknown>[] = [];
+  private readonly dir: string;
+  private readonly children = new Map<string, Child>();
+
+  private constructor(dir: string, etcd: EtcdServer, store: StateStore, dispatcher: Dispatcher) {
+    super();
+    this.dir = dir;
+    this.etcd = etcd;
+    this.store = store;
+    this.dispatcher = dispatcher;
+    dispatcher.on('task', (e) => this.onTask(e));
+  }
+
+  static async start(opts: AgentflowOptions): Promise<AgentflowSystem> {
+    const dir = mkdtempSync(join(tmpdir(), 'agentflow-bench-'));
+    const etcd = new EtcdServer({ dir, name: 'etcd' }); // fsync on: durable commits, as in production
+    await etcd.start();
+    const store = new StateStore({ endpoints: [etcd.endpoint], prefix: ETCD_PREFIX });
+    const dispatcher = new Dispatcher({ store, logger: silentLogger });
+    const sys = new AgentflowSystem(dir, etcd, store, dispatcher);
+    await dispatcher.start();
+    await sys.addAgents(opts);
+    return sys;
+  }
+
+  /** Starts agent processes and waits until every agent is registered with the dispatcher. */
+  async addAgents(opts: AgentflowOptions): Promise<void> {
+    const perProcess = opts.agentsPerProcess ?? 1;
+    const first = this.children.size;
+    const want = this.dispatcher.agents().length + opts.processes * perProcess;
+    for (let i = first; i < first + opts.processes; i++) {
+      const name = `agent-${i}`;
+      const cfg: AgentProcessConfig = {
+        name,
+        dispatcher: `127.0.0.1:${this.dispatcher.port}`,
+        etcd: this.etcd.endpoint,
+        etcdPrefix: ETCD_PREFIX,
+        agents: perProcess,
+        capacity: opts.capacity,
+        leaseTtlSeconds: opts.leaseTtlSeconds ?? 10,
+        holdMs: opts.holdMs ?? 0,
+        reportStarts: opts.reportStarts ?? false,
+        startConcurrency: 32,
+        ...(i === 0 && opts.cpuProfileFile && { cpuProfileFile: opts.cpuProfileFile }),
+      };
+      const child = new Child(name, 'bench/lib/agent-process.ts', cfg, (m, from) => {
+        if (m.type === 'start') this.emit('start', m, from.name);
+      });
+      this.children.set(name, child);
+      this.workerNames.push(name);
+    }
+    this.readyReports.push(...(await Promise.all([...this.children.values()].slice(first).map((c) => c.ready))));
+    while (this.dispatcher.agents().length < want) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  private onTask(e: TaskEvent): void {
+    if (e.type === 'committed') {
+      const out = e.result.output;
+      if (!isTaskOutput(out)) throw new Error(`task ${e.ref.workflow}/${e.ref.task}: unexpected output ${out}`);
+      this.emit('done', { ...out, observedAt: now(), attempt: e.result.attempt });
+    } else if (e.type === 'lost') {
+      this.emit('lost', { id: `${e.ref.workflow}/${e.ref.task}`, at: now() });
+    }
+  }
+
+  send(tasks: { id: string }[]): void {
+    for (const { id } of tasks) {
+      const slash = id.indexOf('/');
+      this.dispatcher.submit({
+        ref: { namespace: NAMESPACE, workflow: id.slice(0, slash), task: id.slice(slash + 1) },
+        pool: 'bench',
+        handler: 'task',
+        input: { id, sentAt: now() },
+      });
+    }
+  }
+
+  roles(): Role[] {
+    return [
+      { role: 'driver + dispatcher', pids: [process.pid] },
+      { role: 'agents', pids: [...this.children.values()].map((c) => c.pid) },
+      { role: 'etcd', pids: this.etcd.pid ? [this.etcd.pid] : [] },
+    ];
+  }
+
+  /** etcd's WAL fsync and backend commit counters (Prometheus text from /metrics). */
+  async storeCounters(): Promise<Record<string, number>> {
+    const text = await (await fetch(`${this.etcd.endpoint}/metrics`)).text();
+    const metric = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
+    return {
+      walFsyncs: metric('etcd_disk_wal_fsync_duration_seconds_count'),
+      walFsyncSeconds: metric('etcd_disk_wal_fsync_duration_seconds_sum'),
+      backendCommits: metric('etcd_disk_backend_commit_duration_seconds_count'),
+      claimTxns: this.dispatcher.counters.claimTxns,
+      commitTxns: this.dispatcher.counters.commitTxns,
+    };
+  }
+
+  /** Reads etcd: results (each key written once?), attempt history and claims left for the workflow. */
+  async audit(phase: string): Promise<Record<string, number>> {
+    const under = async (kind: string) => (await this.store.list(`${this.store.key(kind, NAMESPACE, phase)}/`)).entries;
+    const results = await under('results');
+    return {
+      recorded: results.length,
+      // A result key is created by the commit txn and never written again: version 1.
+      recordedMoreThanOnce: results.filter((e) => e.version > 1).length,
+      recordedByALaterAttempt: results.filter((e) => (JSON.parse(e.value) as { attempt: number }).attempt > 1).length,
+      failedAttemptRecords: (await under('attempts')).length,
+      claimsLeft: (await under('claims')).length,
+    };
+  }
+
+  /** Starts the CPU profile of the first agent process (see cpuProfileFile); it is written when the process stops. */
+  profileAgent(): void {
+    this.children.get('agent-0')?.signal('SIGUSR2');
+  }
+
+  killWorker(name: string): void {
+    this.children.get(name)?.kill();
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.children.values()].map((c) => c.stop()));
+    await this.dispatcher.stop(1_000);
+    this.store.close();
+    await this.etcd.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,78 @@
+// The benchmark suite: agentflow's dispatcher + agents against BullMQ on
+// redis, side by side in one process tree, on this machine.
+//   npm run bench                      quick set (a few minutes)
+//   npm run bench -- --full            full set (50k tasks, failover, 1,000 agents)
+//   npm run bench -- --only chain,failover [--workers 4] [--capacity 16]
+// Each scenario prints a table and writes bench/results/<scenario>.json + .svg;
+// the profile writes bench/results/profile.md.
+import { existsSync, readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { benchConfig } from './lib/config.ts';
+import { machine } from './lib/env.ts';
+import { RESULTS_DIR } from './lib/report.ts';
+import type { SystemKey } from './lib/system.ts';
+import { chain } from './scenarios/chain.ts';
+import { failover } from './scenarios/failover.ts';
+import { latency } from './scenarios/latency.ts';
+import { profile } from './scenarios/profile.ts';
+import { scale } from './scenarios/scale.ts';
+import { throughput } from './scenarios/throughput.ts';
+
+const SCENARIOS = ['throughput', 'latency', 'chain', 'failover', 'scale', 'profile'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+
+const { values } = parseArgs({
+  options: {
+    full: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    workers: { type: 'string', default: '4' },
+    capacity: { type: 'string', default: '16' },
+  },
+});
+const positive = (name: string, v: string | undefined) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: expected a positive integer, got "${v}"`);
+  return n;
+};
+const cfg = benchConfig(values.full, positive('workers', values.workers), positive('capacity', values.capacity));
+const defaults: Scenario[] = values.full ? [...SCENARIOS] : SCENARIOS.filter((s) => s !== 'scale');
+const only = values.only?.split(',').map((s) => s.trim()) ?? defaults;
+for (const s of only) {
+  if (!SCENARIOS.includes(s as Scenario))
+    throw new Error(`--only: unknown scenario "${s}" (known: ${SCENARIOS.join(', ')})`);
+}
+const run = (s: Scenario) => only.includes(s);
+
+const m = machine();
+console.log(
+  `agentflow bench (${cfg.mode}): ${m.cpuCount} x ${m.cpuModel}, ${m.totalMemGiB} GiB, node ${m.node}, ` +
+    `etcd ${m.versions.etcd}, redis ${m.versions.redis}, bullmq ${m.versions.bullmq}`,
+);
+const [load] = loadavg();
+if ((load ?? 0) > m.cpuCount / 2) {
+  console.log(
+    `note: load average ${load?.toFixed(2)} on ${m.cpuCount} CPUs: other work is running, expect noisy figures`,
+  );
+}
+const started = performance.now();
+
+let peak: Record<SystemKey, number> | undefined;
+if (run('throughput')) peak = (await throughput(cfg)).peak;
+// The high-load latency point is a fraction of each system's peak: from this run, else from the last one.
+if (run('latency')) await latency(cfg, peak ?? lastPeaks());
+if (run('chain')) await chain(cfg);
+if (run('failover')) await failover(cfg);
+if (run('scale')) await scale(cfg);
+if (run('profile')) await profile(cfg);
+console.log(`\nbench finished in ${Math.round((performance.now() - started) / 1000)} s`);
+
+function lastPeaks(): Record<SystemKey, number> {
+  const file = join(RESULTS_DIR, 'throughput.json');
+  if (!existsSync(file))
+    throw new Error(`latency needs the throughput peaks: run the throughput scenario first (${file})`);
+  const doc = JSON.parse(readFileSync(file, 'utf8')) as { systems: Record<SystemKey, { tasksPerSec: number }> };
+  const peaks = Object.entries(doc.systems).map(([k, v]) => [k, v.tasksPerSec]);
+  return Object.fromEntries(peaks) as Record<SystemKey, number>;
+}
