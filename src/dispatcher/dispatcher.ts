@@ -49,6 +49,8 @@ interface Entry {
   timer?: NodeJS.Timeout;
   /** Known only from an agent's re-registration (after a dispatcher restart): cannot be re-queued. */
   adopted?: boolean;
+  /** Place in line, fixed at the first enqueue. */
+  seq?: number;
 }
 
 interface PendingCommit {
@@ -119,20 +121,26 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   async start(): Promise<number> {
     const { revision } = await this.store.list(`${this.store.prefix}/claims/.none`);
-    this.watch = await new ResumableWatch(this.store, `${this.store.prefix}/claims/`, revision + 1, {
-      onEvent: (e) => {
-        if (e.type === 'delete') this.onClaimGone(e.key, e.createRevision);
-      },
-      onResync: (entries) => {
-        const live = new Set(entries.map((x) => `${x.key}@${x.createRevision}`));
-        for (const entry of this.entries.values()) {
-          if (entry.state === 'assigned' && entry.claim && !live.has(`${entry.key}@${entry.claim.token}`)) {
-            this.onClaimGone(entry.key, entry.claim.token);
+    this.watch = await new ResumableWatch(
+      this.store,
+      `${this.store.prefix}/claims/`,
+      revision + 1,
+      {
+        onEvent: (e) => {
+          if (e.type === 'delete') this.onClaimGone(e.key, e.createRevision);
+        },
+        onResync: (entries) => {
+          const live = new Set(entries.map((x) => `${x.key}@${x.createRevision}`));
+          for (const entry of this.entries.values()) {
+            if (entry.state === 'assigned' && entry.claim && !live.has(`${entry.key}@${entry.claim.token}`)) {
+              this.onClaimGone(entry.key, entry.claim.token);
+            }
           }
-        }
+        },
+        onError: (err) => this.log.warn('Claims watch interrupted; resuming', { err }),
       },
-      onError: (err) => this.log.warn('Claims watch interrupted; resuming', { err }),
-    }).start();
+      { onlyDeletes: true },
+    ).start();
     const server = new Server(KEEPALIVE_OPTIONS);
     server.addService(agentflowProto().agentflow.v1.Dispatcher.service, {
       Connect: (stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>) => this.onStream(stream),
@@ -261,7 +269,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       attempt: entry.attempt,
       cost: entry.cost,
       priority: entry.spec.priority ?? 0,
-      seq: this.seq++,
+      // A task queued again (its agent died, its claim was refused) keeps its first place in line,
+      // ahead of work that arrived after it, instead of waiting behind the whole backlog.
+      seq: (entry.seq ??= this.seq++),
       enqueuedAt: entry.enqueuedAt,
     });
     this.kick();
@@ -893,6 +903,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       cost: entry.cost,
       state: 'queued',
       enqueuedAt: performance.now(),
+      ...(entry.seq !== undefined && { seq: entry.seq }),
     };
     if (!this.entries.has(entry.key)) {
       this.entries.set(entry.key, next);

@@ -34,14 +34,23 @@ export class ResumableWatch {
   private readonly handlers: WatchHandlers;
   private watcher: Watcher | undefined;
   private closed = false;
+  private readonly onlyDeletes: boolean;
   /** Last revision delivered to the consumer. */
   revision: number;
 
-  constructor(store: StateStore, prefix: string, fromRevision: number, handlers: WatchHandlers) {
+  /** `onlyDeletes`: etcd filters out puts (half the events for a consumer that only cares what vanished). */
+  constructor(
+    store: StateStore,
+    prefix: string,
+    fromRevision: number,
+    handlers: WatchHandlers,
+    opts: { onlyDeletes?: boolean } = {},
+  ) {
     this.store = store;
     this.prefix = prefix;
     this.handlers = handlers;
     this.revision = fromRevision - 1;
+    this.onlyDeletes = opts.onlyDeletes ?? false;
   }
 
   async start(): Promise<this> {
@@ -54,12 +63,14 @@ export class ResumableWatch {
       if (this.closed) return;
       let w: Watcher;
       try {
-        w = await this.store.client
+        const b = this.store.client
           .watch()
           .prefix(this.prefix)
           .startRevision(String(this.revision + 1))
-          .withPreviousKV()
-          .create();
+          .withPreviousKV();
+        // etcd3 maps ignore('delete') to etcd's NOPUT filter (and 'put' to NODELETE): its names are
+        // the other way round, so this asks etcd to leave puts out.
+        w = await (this.onlyDeletes ? b.ignore('delete') : b).create();
       } catch (err) {
         if (!(await this.compacted(err))) throw err;
         await this.resync();

@@ -4,6 +4,7 @@ import {
   FencedError,
   Locks,
   MAX_VALUE_BYTES,
+  ResumableWatch,
   SharedState,
   StateDecodeError,
   type StateStore,
@@ -177,6 +178,29 @@ describe('watch', () => {
       'delete:m/y',
       'delete:m/z',
     ]);
+    await w.close();
+  });
+
+  it('with onlyDeletes, etcd sends only deletions (the dispatcher watches claims vanish, not appear)', async () => {
+    const s = open();
+    const base = `${s.prefix}/only-deletes/`;
+    const { revision } = await s.list(base);
+    const seen: string[] = [];
+    const w = await new ResumableWatch(
+      s,
+      base,
+      revision + 1,
+      { onEvent: (e) => seen.push(`${e.type}:${e.key}`), onResync: () => seen.push('resync') },
+      { onlyDeletes: true },
+    ).start();
+    await s.client.put(`${base}a`).value('1');
+    await s.client.put(`${base}b`).value('1');
+    await s.client.delete().key(`${base}a`);
+    await s.client.put(`${base}c`).value('1');
+    await s.client.delete().key(`${base}b`);
+    await waitUntil(() => seen.length >= 2);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(seen).toEqual(['delete:a', 'delete:b']);
     await w.close();
   });
 
