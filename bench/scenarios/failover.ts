@@ -73,8 +73,8 @@ export async function failover(cfg: BenchConfig): Promise<void> {
     unit: 'ms',
     invariant: 'lost = 0 and committedTwice = 0 (checked in the store: etcd result keys / BullMQ completed jobs)',
     requeueOrder:
-      'agentflow re-queues a lost attempt at the back of its pool queue (behind queuedAtKill tasks); BullMQ RPUSHes a ' +
-      'stalled job to the end of wait that workers pop next, so it runs before the backlog',
+      'agentflow re-queues a lost attempt at its first place in the pool queue (ahead of tasks queued after it); ' +
+      'BullMQ RPUSHes a stalled job to the end of wait that workers pop next, so it runs before the backlog',
     runs,
   });
   printTable(
@@ -95,7 +95,7 @@ export async function failover(cfg: BenchConfig): Promise<void> {
   );
   console.log(
     '(ms from the kill; held = tasks the killed worker was running, queued = tasks not started anywhere yet.\n' +
-      ' agentflow re-queues a lost attempt behind the queued tasks; BullMQ moves a stalled job to the head of wait.)',
+      ' a lost attempt runs again ahead of the queued tasks on both: agentflow keeps its place in line, BullMQ moves a stalled job to the head of wait.)',
   );
   const bad = runs.filter((r) => r.lost > 0 || r.committedTwice > 0 || r.reportedTwice > 0);
   for (const r of bad) {
