@@ -261,6 +261,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   private enqueue(entry: Entry): void {
+    entry.seq ??= this.seq++;
     entry.state = 'queued';
     entry.agentId = undefined;
     entry.claim = undefined;
@@ -271,7 +272,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       priority: entry.spec.priority ?? 0,
       // A task queued again (its agent died, its claim was refused) keeps its first place in line,
       // ahead of work that arrived after it, instead of waiting behind the whole backlog.
-      seq: (entry.seq ??= this.seq++),
+      seq: entry.seq,
       enqueuedAt: entry.enqueuedAt,
     });
     this.kick();
