@@ -117,6 +117,7 @@ export class WorkflowEngine {
   private tick(): void {
     const now = Date.now();
     for (const run of this.runs.values()) {
+      if (run.finished) continue; // nothing to wake; skip scanning its instances
       const wake = run.nextWake();
       if (wake !== undefined && wake <= now) {
         const before = run.version;

@@ -1,5 +1,6 @@
 import type { WorkflowSpec, WorkflowStatus, WorkflowTask } from '../api/workflow.ts';
 import type { TaskEvent, TaskSpec } from '../dispatcher/types.ts';
+import { rfc3339 } from '../operator/kube/conditions.ts';
 import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
 import { type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
 
@@ -45,7 +46,7 @@ const ACTIVE = new Set<TaskPhase>(['Queued', 'Running']);
 export const MAX_STATUS_OUTPUT_BYTES = 16 * 1024;
 const MAX_MESSAGE = 1024;
 
-const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
+const iso = rfc3339;
 
 /**
  * One Workflow's run: the DAG state machine. Event-driven and synchronous
@@ -254,15 +255,11 @@ export class WorkflowRun {
     return this.instances.get(name)?.output ?? null;
   }
 
-  private context(item?: unknown, index?: number): EvalContext {
+  /** What expressions see: the inputs and the outputs of every finished task. */
+  private context(): EvalContext {
     const tasks: Record<string, { output: unknown }> = {};
     for (const name of this.order) if (this.templateDone(name)) tasks[name] = { output: this.outputOf(name) };
-    return {
-      inputs: this.spec.inputs ?? {},
-      tasks,
-      ...(item !== undefined && { item }),
-      ...(index !== undefined && { index }),
-    };
+    return { inputs: this.spec.inputs ?? {}, tasks };
   }
 
   private fail(message: string): void {
@@ -310,7 +307,9 @@ export class WorkflowRun {
         if (t.forEach) {
           const items = evalList(t.forEach, ctx, `${field}.forEach`);
           for (let k = 0; k < items.length; k++) {
-            const input = renderInput(t.input ?? {}, this.context(items[k], k), `${field}.input`);
+            // The outputs are the same for every item: reuse ctx (a fan-out over a fan-out would
+            // otherwise rebuild the upstream output list once per item).
+            const input = renderInput(t.input ?? {}, { ...ctx, item: items[k], index: k }, `${field}.input`);
             this.put(this.newInstance(t, `${name}.${k}`, { index: k, input, ready: true }));
           }
           this.expanded.set(name, items.length);
@@ -553,7 +552,13 @@ export class WorkflowRun {
   /** The status the Workflow shows: small whatever the number of tasks (one summary per spec task). */
   status(): Omit<WorkflowStatus, 'conditions' | 'observedGeneration'> {
     const c = this.counts();
-    const tasks = this.order.map((name) => this.templateSummary(name));
+    const byTemplate = new Map<string, Instance[]>();
+    for (const i of this.instances.values()) {
+      const list = byTemplate.get(i.template);
+      if (list) list.push(i);
+      else byTemplate.set(i.template, [i]);
+    }
+    const tasks = this.order.map((name) => this.templateSummary(name, byTemplate.get(name) ?? []));
     return {
       phase: this.phase,
       progress: c,
@@ -565,10 +570,9 @@ export class WorkflowRun {
     };
   }
 
-  private templateSummary(name: string): NonNullable<WorkflowStatus['tasks']>[number] {
+  private templateSummary(name: string, own: Instance[]): NonNullable<WorkflowStatus['tasks']>[number] {
     const t = this.templates.get(name);
     if (this.skipped.has(name)) return { name, phase: 'Skipped' };
-    const own = [...this.instances.values()].filter((i) => i.template === name);
     if (own.length === 0) return { name, phase: this.finished ? 'Cancelled' : 'Pending' };
     const by = (p: TaskPhase) => own.filter((i) => i.phase === p).length;
     const attempts = Math.max(...own.map((i) => i.attempt));

@@ -1,3 +1,8 @@
+/** metav1.Time's format: RFC 3339 in UTC with whole seconds. */
+export function rfc3339(at: Date | number = new Date()): string {
+  return new Date(at).toISOString().replace(/\.\d+Z$/, 'Z');
+}
+
 /** A metav1.Condition. */
 export interface Condition {
   type: string;
@@ -24,8 +29,7 @@ export function setCondition(
   const next: Condition = {
     ...c,
     message: c.message.slice(0, 32_768),
-    lastTransitionTime:
-      prev && prev.status === c.status ? prev.lastTransitionTime : now.toISOString().replace(/\.\d+Z$/, 'Z'),
+    lastTransitionTime: prev && prev.status === c.status ? prev.lastTransitionTime : rfc3339(now),
   };
   if (i >= 0) out[i] = next;
   else out.push(next);

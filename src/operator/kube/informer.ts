@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { Backoff } from '../../lib/backoff.ts';
 import type { Logger } from '../../lib/log.ts';
 import {
@@ -264,15 +265,7 @@ export class Informer<T extends KObject> {
   }
 }
 
+/** Waits `ms`, or less if `signal` aborts (resolving either way). */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
+  return delay(ms, undefined, { signal }).catch(() => undefined);
 }

@@ -10,7 +10,7 @@ import {
   PODS,
   resourcePath,
 } from '../kube/client.ts';
-import { type Condition, getCondition, setCondition } from '../kube/conditions.ts';
+import { type Condition, getCondition, rfc3339, setCondition } from '../kube/conditions.ts';
 import { Controller, type ControllerObserver, type ReconcileResult } from '../kube/controller.ts';
 import type { EventRecorder } from '../kube/events.ts';
 import { type Informer, objectKey } from '../kube/informer.ts';
@@ -169,12 +169,7 @@ export class PoolController {
     }
     const desired = desiredReplicas(pool);
     const hash = templateHash(pool, this.o.endpoints);
-    const owned = this.o.pods.list(
-      (p) =>
-        p.metadata?.namespace === namespace &&
-        p.metadata.labels?.[POOL_LABEL] === name &&
-        p.metadata.ownerReferences?.some((r) => r.controller && r.uid === pool.metadata.uid) === true,
-    );
+    const owned = this.ownedPods(pool);
     let busy = false;
 
     // Pods that ended (the agent exited and the pod will not restart) are replaced.
@@ -283,6 +278,18 @@ export class PoolController {
       this.o.events.record(pool, 'Normal', d.replicas > current ? 'ScaledUp' : 'ScaledDown', d.reason);
     }
     return true;
+  }
+
+  /** The pool's pods: labelled with it and controlled by it (a same-named predecessor's pods are not ours). */
+  private ownedPods(pool: AgentPool): V1Pod[] {
+    const namespace = pool.metadata.namespace as string;
+    const name = pool.metadata.name as string;
+    return this.o.pods.list(
+      (p) =>
+        p.metadata?.namespace === namespace &&
+        p.metadata.labels?.[POOL_LABEL] === name &&
+        p.metadata.ownerReferences?.some((r) => r.controller && r.uid === pool.metadata.uid) === true,
+    );
   }
 
   /** Drains the pod's agent (up to drainTimeoutSeconds) and deletes the pod; true while in progress. */
@@ -403,7 +410,7 @@ export class PoolController {
                 status: 'False',
                 reason: 'Unschedulable',
                 message,
-                lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+                lastTransitionTime: rfc3339(),
               },
             ],
           },
@@ -504,13 +511,7 @@ export class PoolController {
     if (!pool.metadata.finalizers?.includes(POOL_FINALIZER)) return;
     // Delete the pods now rather than leave them to the garbage collector, which may not watch
     // AgentPools yet (it discovers new resource types every 30 s). Each agent drains on SIGTERM.
-    const namespace = pool.metadata.namespace as string;
-    const owned = this.o.pods.list(
-      (p) =>
-        p.metadata?.namespace === namespace &&
-        p.metadata.ownerReferences?.some((r) => r.controller && r.uid === pool.metadata.uid) === true &&
-        !isTerminating(p),
-    );
+    const owned = this.ownedPods(pool).filter((p) => !isTerminating(p));
     await Promise.all(owned.map((p) => this.deletePod(p)));
     if (owned.length > 0) log.info('Deleted the pods of a deleted pool', { pods: owned.length });
     await this.o.records.deletePool(pool.metadata.namespace as string, pool.metadata.name as string);
