@@ -1,7 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { MAX_PAYLOAD_BYTES } from '../../lib/proto.ts';
 import { RetryableError, UnrecoverableError } from '../errors.ts';
 import type { ExecHandlerSpec, Handler, TaskContext } from '../types.ts';
+import { childEnv } from './exec-env.ts';
 
 const STDERR_TAIL_BYTES = 2048;
 const EX_TEMPFAIL = 75;
@@ -15,11 +19,37 @@ export interface ExecRunOptions {
  * The `exec` built-in: runs the command with the task input as JSON on stdin
  * and takes stdout as the JSON output (empty = null). Exit codes follow
  * sysexits: 64-78 are the caller's fault and final, except 75 (EX_TEMPFAIL);
- * any other non-zero exit is retried.
+ * any other non-zero exit is retried. The command sees a minimal environment
+ * (exec-env.ts), never the agent's.
  */
 export function execHandler(spec: ExecHandlerSpec, opts: ExecRunOptions = {}): Handler {
   const killGraceMs = opts.killGraceMs ?? 5_000;
-  return (ctx) => run(spec, ctx, killGraceMs);
+  return (ctx) => attempt(spec, ctx, killGraceMs);
+}
+
+async function attempt(spec: ExecHandlerSpec, ctx: TaskContext, killGraceMs: number): Promise<unknown> {
+  ctx.signal.throwIfAborted();
+  const env = childEnv(spec, ctx, process.env);
+  if (env.HOME !== undefined) return run(spec, ctx, killGraceMs, env);
+  // A private HOME per attempt rather than the agent's (which may hold ~/.kube or
+  // other credentials) or its cwd (its config): tools that write caches or dotfiles
+  // there work, and a retry starts clean instead of on what a failed attempt left.
+  let home: string;
+  try {
+    home = await mkdtemp(join(tmpdir(), 'agentflow-home-'));
+  } catch (err) {
+    throw new RetryableError(`cannot create a HOME directory for the command: ${(err as Error).message}`, {
+      code: 'EXEC_FAILED',
+      cause: err,
+    });
+  }
+  try {
+    return await run(spec, ctx, killGraceMs, { ...env, HOME: home });
+  } finally {
+    await rm(home, { recursive: true, force: true }).catch((err: unknown) =>
+      ctx.log.warn('Cannot remove the HOME directory of an exec command', { home, error: (err as Error).message }),
+    );
+  }
 }
 
 /** Signals the command's whole process group, so a shell's children go too. */
@@ -32,20 +62,19 @@ function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
   }
 }
 
-function run(spec: ExecHandlerSpec, ctx: TaskContext, killGraceMs: number): Promise<unknown> {
+function run(
+  spec: ExecHandlerSpec,
+  ctx: TaskContext,
+  killGraceMs: number,
+  env: Record<string, string>,
+): Promise<unknown> {
+  // Aborted while HOME was being made: do not start the command at all.
   ctx.signal.throwIfAborted();
   const [file, ...args] = spec.command as [string, ...string[]];
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, {
       cwd: spec.cwd,
-      env: {
-        ...process.env,
-        ...spec.env,
-        AGENTFLOW_TASK_ID: ctx.taskId,
-        AGENTFLOW_ATTEMPT: String(ctx.attempt),
-        AGENTFLOW_WORKFLOW: ctx.workflow,
-        AGENTFLOW_NAMESPACE: ctx.namespace,
-      },
+      env,
       stdio: 'pipe',
       // Its own process group, so an abort reaches everything the command started.
       detached: true,

@@ -4,20 +4,40 @@ import type { Handler, HttpHandlerSpec, TaskContext } from '../types.ts';
 
 const EXCERPT_CHARS = 500;
 
+/** Without one, a service that takes the request and never answers holds the slot until the task's deadline, if any. */
+export const DEFAULT_HTTP_TIMEOUT_SECONDS = 30;
+
+export interface HttpRunOptions {
+  /** The timeout when the spec sets no timeoutSeconds (default DEFAULT_HTTP_TIMEOUT_SECONDS). */
+  defaultTimeoutSeconds?: number;
+}
+
 /**
  * The `http` built-in: POSTs {taskId, workflow, namespace, attempt, input} as
  * JSON; a 2xx JSON body is the output (empty = null). 4xx is the request's
  * fault and final, except 408 and 429 which say "try again later"; 5xx,
- * network errors and timeouts are retried.
+ * network errors and timeouts are retried. Redirects are not followed: the
+ * target is a service the pool's author chose, and a 3xx means the URL is
+ * wrong (or the service is sending the task, with its headers, elsewhere).
  */
-export function httpHandler(spec: HttpHandlerSpec): Handler {
-  return (ctx) => post(spec, ctx);
+export function httpHandler(spec: HttpHandlerSpec, opts: HttpRunOptions = {}): Handler {
+  const timeoutSeconds = spec.timeoutSeconds ?? opts.defaultTimeoutSeconds ?? DEFAULT_HTTP_TIMEOUT_SECONDS;
+  const timeoutText =
+    spec.timeoutSeconds === undefined
+      ? `${timeoutSeconds} s (the default; set timeoutSeconds to allow more)`
+      : `${timeoutSeconds} s`;
+  return (ctx) => post(spec, ctx, timeoutSeconds, timeoutText);
 }
 
-async function post(spec: HttpHandlerSpec, ctx: TaskContext): Promise<unknown> {
+async function post(
+  spec: HttpHandlerSpec,
+  ctx: TaskContext,
+  timeoutSeconds: number,
+  timeoutText: string,
+): Promise<unknown> {
   ctx.signal.throwIfAborted();
-  const timeout = spec.timeoutSeconds !== undefined ? AbortSignal.timeout(spec.timeoutSeconds * 1000) : undefined;
-  const signal = timeout ? AbortSignal.any([ctx.signal, timeout]) : ctx.signal;
+  const timeout = AbortSignal.timeout(timeoutSeconds * 1000);
+  const signal = AbortSignal.any([ctx.signal, timeout]);
   const body = JSON.stringify({
     taskId: ctx.taskId,
     workflow: ctx.workflow,
@@ -26,25 +46,28 @@ async function post(spec: HttpHandlerSpec, ctx: TaskContext): Promise<unknown> {
     input: ctx.input ?? null,
   });
   let status: number;
-  let text: string;
-  let tooLarge: boolean;
+  let refusal: UnrecoverableError | undefined;
+  let text = '';
+  let tooLarge = false;
   try {
     // set(), not an object spread: header names are case-insensitive, so "Content-Type" must replace the default.
     const headers = new Headers({ 'content-type': 'application/json', accept: 'application/json' });
     for (const [name, value] of Object.entries(spec.headers ?? {})) headers.set(name, value);
-    const res = await fetch(spec.url, { method: 'POST', headers, body, signal });
+    const res = await fetch(spec.url, { method: 'POST', headers, body, signal, redirect: 'manual' });
     status = res.status;
-    const ok = status >= 200 && status < 300;
-    ({ text, tooLarge } = await readBounded(res, ok ? MAX_PAYLOAD_BYTES : 4 * EXCERPT_CHARS));
+    refusal = refuse(spec.url, res);
+    if (refusal) await res.body?.cancel().catch(() => undefined);
+    else ({ text, tooLarge } = await readBounded(res, status < 300 ? MAX_PAYLOAD_BYTES : 4 * EXCERPT_CHARS));
   } catch (err) {
     if (ctx.signal.aborted) throw ctx.signal.reason;
-    if (timeout?.aborted) {
-      throw new RetryableError(`POST ${spec.url} timed out after ${spec.timeoutSeconds} s`, { code: 'HTTP_TIMEOUT' });
+    if (timeout.aborted) {
+      throw new RetryableError(`POST ${spec.url} timed out after ${timeoutText}`, { code: 'HTTP_TIMEOUT' });
     }
     const e = err as Error & { cause?: { message?: string } };
     const detail = e.cause?.message ? `${e.message}: ${e.cause.message}` : e.message;
     throw new RetryableError(`POST ${spec.url} failed: ${detail}`, { code: 'HTTP_NETWORK', cause: err });
   }
+  if (refusal) throw refusal;
   return outcome(spec.url, status, text, tooLarge);
 }
 
@@ -91,6 +114,31 @@ function outcome(url: string, status: number, text: string, tooLarge: boolean): 
   const message = `POST ${url} answered ${status}${text.trim() ? `: ${excerpt(text)}` : ''}`;
   if (status >= 500 || status === 408 || status === 429) throw new RetryableError(message, { code });
   throw new UnrecoverableError(message, { code });
+}
+
+/** Answers refused before their body is read; final, since the same request would get the same answer. */
+function refuse(url: string, res: Response): UnrecoverableError | undefined {
+  const { status } = res;
+  if (status >= 300 && status < 400) {
+    const location = res.headers.get('location');
+    const to =
+      location === null
+        ? 'without a Location'
+        : `to ${excerpt(URL.canParse(location, url) ? new URL(location, url).href : location)}`;
+    return new UnrecoverableError(
+      `POST ${url} answered ${status}, a redirect ${to}; the http handler follows no redirects, ` +
+        'so set url to the final address (not retried)',
+      { code: `HTTP_${status}` },
+    );
+  }
+  const declared = Number(res.headers.get('content-length') ?? Number.NaN);
+  if (status < 300 && declared > MAX_PAYLOAD_BYTES) {
+    return new UnrecoverableError(
+      `POST ${url} answered with ${declared} bytes (Content-Length); the output limit is ${MAX_PAYLOAD_BYTES}`,
+      { code: 'OUTPUT_TOO_LARGE' },
+    );
+  }
+  return undefined;
 }
 
 function excerpt(text: string): string {

@@ -1,8 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { httpHandler } from '../../../src/agent/builtin/http.ts';
-import { RetryableError, UnrecoverableError } from '../../../src/agent/errors.ts';
+import { DEFAULT_HTTP_TIMEOUT_SECONDS, httpHandler } from '../../../src/agent/builtin/http.ts';
+import { validateSpec } from '../../../src/agent/builtin/index.ts';
+import { AgentConfigError, RetryableError, UnrecoverableError } from '../../../src/agent/errors.ts';
 import { MAX_PAYLOAD_BYTES } from '../../../src/lib/proto.ts';
 import { stubContext } from './task-context-stub.ts';
 
@@ -271,5 +272,131 @@ describe('http handler', () => {
     const err = await rejection(httpHandler({ kind: 'http', url: base, timeoutSeconds: 10 })(stubContext({})));
     expect(err).toBeInstanceOf(RetryableError);
     expect(err).toMatchObject({ code: 'HTTP_503', message: `POST ${base} answered 503: ${'x'.repeat(500)}...` });
+  });
+});
+
+/** A second server on 127.0.0.1 that counts what reaches it: where a redirect points. */
+async function elsewhere(): Promise<{ url: string; hits: () => number; close: () => Promise<void> }> {
+  let hits = 0;
+  const other = createServer((_req, res) => {
+    hits++;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('"followed"');
+  });
+  await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(other.address() as AddressInfo).port}/elsewhere`,
+    hits: () => hits,
+    close: async () => {
+      other.closeAllConnections();
+      await new Promise((resolve) => other.close(resolve));
+    },
+  };
+}
+
+describe('http handler redirects', () => {
+  it.each([
+    301, 302, 303, 307, 308,
+  ])('does not follow a %i: the target gets nothing and the task fails for good naming the status and Location', async (status) => {
+    const other = await elsewhere();
+    try {
+      respond = reply(status, 'moved', { location: other.url });
+      const err = await rejection(httpHandler({ kind: 'http', url: base })(stubContext({ secret: 'input' })));
+      expect(err).toBeInstanceOf(UnrecoverableError);
+      expect(err).toMatchObject({
+        code: `HTTP_${status}`,
+        message:
+          `POST ${base} answered ${status}, a redirect to ${other.url}; the http handler follows no redirects, ` +
+          'so set url to the final address (not retried)',
+      });
+      expect(other.hits()).toBe(0);
+      expect(received).toHaveLength(1);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('names a relative Location as the absolute URL it points to', async () => {
+    respond = reply(302, '', { location: '/v2/run' });
+    const err = await rejection(httpHandler({ kind: 'http', url: `${base}/v1/run` })(stubContext({})));
+    expect((err as Error).message).toContain(`answered 302, a redirect to ${base}/v2/run;`);
+  });
+
+  it('says so when a 3xx has no Location', async () => {
+    respond = reply(300, '');
+    const err = await rejection(httpHandler({ kind: 'http', url: base })(stubContext({})));
+    expect(err).toMatchObject({ code: 'HTTP_300' });
+    expect((err as Error).message).toContain('answered 300, a redirect without a Location;');
+  });
+});
+
+describe('http handler timeout default', () => {
+  it('is 30 s', () => {
+    expect(DEFAULT_HTTP_TIMEOUT_SECONDS).toBe(30);
+  });
+
+  it('applies when the spec sets no timeoutSeconds, and the error says it was the default', async () => {
+    respond = () => undefined; // never answers
+    const err = await rejection(
+      httpHandler({ kind: 'http', url: base }, { defaultTimeoutSeconds: 0.2 })(stubContext({})),
+    );
+    expect(err).toBeInstanceOf(RetryableError);
+    expect(err).toMatchObject({
+      code: 'HTTP_TIMEOUT',
+      message: `POST ${base} timed out after 0.2 s (the default; set timeoutSeconds to allow more)`,
+    });
+  });
+
+  it("gives way to the spec's timeoutSeconds", async () => {
+    respond = (req, res, body) => {
+      setTimeout(() => reply(200, '"late but fine"')(req, res, body), 300);
+    };
+    const run = httpHandler({ kind: 'http', url: base, timeoutSeconds: 30 }, { defaultTimeoutSeconds: 0.05 });
+    expect(await run(stubContext({}))).toBe('late but fine');
+  });
+});
+
+describe('http handler body limit', () => {
+  it('refuses a 2xx whose Content-Length is over the output limit without reading the body', async () => {
+    const declared = MAX_PAYLOAD_BYTES + 1;
+    respond = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(declared) });
+      res.write('"a'); // and nothing more: only a handler that does not wait for the body can answer
+    };
+    const err = await rejection(
+      httpHandler({ kind: 'http', url: base }, { defaultTimeoutSeconds: 20 })(stubContext({})),
+    );
+    expect(err).toBeInstanceOf(UnrecoverableError);
+    expect(err).toMatchObject({
+      code: 'OUTPUT_TOO_LARGE',
+      message: `POST ${base} answered with ${declared} bytes (Content-Length); the output limit is ${MAX_PAYLOAD_BYTES}`,
+    });
+  });
+});
+
+describe('http handler spec', () => {
+  const problem = (url: string): unknown => {
+    try {
+      validateSpec('handlers.fetch', { kind: 'http', url });
+    } catch (err) {
+      return err;
+    }
+    return undefined;
+  };
+
+  it.each(['ftp://files.test/x', 'file:///etc/passwd', 'data:,{}', 'not a url'])('refuses the url %s', (url) => {
+    expect(problem(url)).toMatchObject({
+      field: 'handlers.fetch.url',
+      problem: `must be an http(s) URL, got "${url}"`,
+    });
+  });
+
+  it('refuses a url with credentials in it, pointing to headers', () => {
+    const err = problem('https://bot:hunter2@svc.test/run');
+    expect(err).toBeInstanceOf(AgentConfigError);
+    expect(err).toMatchObject({
+      field: 'handlers.fetch.url',
+      problem: 'must not carry credentials (user:password@); send them in headers, e.g. authorization',
+    });
   });
 });
