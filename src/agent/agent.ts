@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { credentials } from '@grpc/grpc-js';
+import { readFile } from 'node:fs/promises';
+import { type ChannelCredentials, credentials, Metadata } from '@grpc/grpc-js';
 import type { AgentMessage } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { Assign__Output } from '../gen/agentflow/v1/Assign.ts';
 import type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
@@ -11,13 +12,15 @@ import type { WireError__Output } from '../gen/agentflow/v1/WireError.ts';
 import { Backoff } from '../lib/backoff.ts';
 import type { Logger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
-import { type Held, LeaseLostError, LockTimeoutError } from '../state/index.ts';
+import type { Registered__Output } from '../gen/agentflow/v1/Registered.ts';
+import type { Held } from '../state/lock.ts';
 import { Attempt, attemptKey } from './attempt.ts';
 import { Connection } from './connection.ts';
-import { type AgentSession, type Coordination, etcdCoordination } from './coordination.ts';
+import { AgentConfigError } from './errors.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
 import { type AgentOptions, type ResolvedOptions, resolveOptions } from './options.ts';
 import type { Outcome } from './outcome.ts';
+import { LockTimeoutError, RemoteState } from './remote-state.ts';
 import { createTaskContext, type MailListener, type TaskHost } from './task-context.ts';
 import type { MailMeta } from './types.ts';
 
@@ -42,6 +45,8 @@ export interface AgentEvents {
   wireError: [WireError__Output];
   mail: [MailMeta & { payload: unknown }];
   leaseLost: [Error];
+  /** The dispatcher refused the agent's credentials or registration (the agent keeps retrying). */
+  refused: [{ code: number; details: string }];
   draining: [];
   drained: [];
   stopped: [];
@@ -78,24 +83,28 @@ function deferred<T = void>(): Deferred<T> {
 }
 
 /**
- * The agent runtime: one etcd session (lease + pool membership), one Connect
- * stream to the dispatcher, and the attempts it assigns. See createAgent.
+ * The agent runtime: one authenticated TLS Connect stream to the dispatcher,
+ * which keeps the agent's lease, performs its state and lock operations and
+ * assigns it attempts. The agent holds no datastore credentials. See createAgent.
  */
 export class Agent extends EventEmitter<AgentEvents> {
-  readonly id: string;
+  /** The agent's id: the dispatcher's (from the verified identity) once registered. */
+  id: string;
   private readonly opts: ResolvedOptions;
-  private readonly log: Logger;
+  private log: Logger;
   private current: AgentState = 'idle';
-  private coordination: Coordination | undefined;
   private client: DispatcherClient | undefined;
-  private session: AgentSession | undefined;
+  private clientCa: string | undefined;
+  private leaseId = '';
+  private token = '';
+  private credentialTimer: NodeJS.Timeout | undefined;
+  private readonly remote: RemoteState;
   private conn: Connection | undefined;
   private readonly running = new Map<string, Attempt>();
   private readonly settling = new Set<Promise<void>>();
   private readonly pending = new Map<string, Pending>();
   private readonly mailboxes = new Map<string, Set<MailListener>>();
   private readonly streamBackoff: Backoff;
-  private readonly sessionBackoff: Backoff;
   private readonly mutex = new KeyedMutex();
   private readonly registeredWaiters = new Set<() => void>();
   private readonly stopped = deferred();
@@ -104,7 +113,6 @@ export class Agent extends EventEmitter<AgentEvents> {
   private loop: Promise<void> | undefined;
   private shutdown: Promise<void> | undefined;
   private stopping = false;
-  private closingSession = false;
   private wake: (() => void) | undefined;
   private drainAt = Number.POSITIVE_INFINITY;
   private drainTimer: NodeJS.Timeout | undefined;
@@ -121,7 +129,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.id = this.opts.agentId;
     this.log = this.opts.logger.with({ agentId: this.id, pool: this.opts.pool });
     this.streamBackoff = new Backoff(this.opts.reconnect);
-    this.sessionBackoff = new Backoff(this.opts.reconnect);
+    this.remote = new RemoteState({ registered: (signal) => this.registeredConn(signal) });
     // Credits keep unacknowledged results near `capacity`; this only guards against a dispatcher that never acks.
     this.maxPending = 4 * this.opts.capacity + 64;
   }
@@ -141,10 +149,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   /**
-   * Opens the etcd session, joins the pool and starts connecting to the
-   * dispatcher. Resolves once the session exists (listen for 'connected' to
-   * know the stream is registered); rejects, leaving the agent 'failed', if
-   * the session cannot be opened.
+   * Reads the credentials and starts connecting to the dispatcher. Resolves
+   * once connecting has begun (listen for 'connected' to know the stream is
+   * registered); rejects, leaving the agent 'failed', if the token or CA
+   * cannot be read.
    */
   start(): Promise<void> {
     if (this.current !== 'idle') return Promise.reject(new Error(`Agent.start: the agent is ${this.current}`));
@@ -191,29 +199,22 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.setState('starting');
     const o = this.opts;
     try {
-      this.coordination =
-        o.coordination ??
-        etcdCoordination({
-          endpoints: o.etcd,
-          ...(o.etcdPrefix !== undefined && { prefix: o.etcdPrefix }),
-          ...(o.etcdTls && { tls: o.etcdTls }),
-        });
-      this.session = await this.openSession();
-      const Client = agentflowProto().agentflow.v1.Dispatcher;
-      this.client = new Client(o.dispatcher, credentials.createInsecure(), KEEPALIVE_OPTIONS);
+      this.token = await this.readToken();
+      await this.ensureClient();
     } catch (err) {
       this.log.error('Agent failed to start', { error: err as Error });
-      this.coordination?.close();
       this.setState('failed');
       this.stopped.resolve();
       throw err;
     }
     this.setState('running');
     this.log.info('Agent started', {
-      leaseId: this.session.id,
+      dispatcher: o.dispatcher,
       capacity: o.capacity,
       handlers: [...o.handlers.keys()],
     });
+    this.credentialTimer = setInterval(() => void this.checkCredentials(), o.credentialCheckMs);
+    this.credentialTimer.unref();
     this.heartbeat = setInterval(() => this.sendHeartbeat(), o.heartbeatMs);
     this.heartbeat.unref();
     if (o.installSignalHandlers) this.installSignals();
@@ -273,6 +274,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.stopping = true;
     this.wake?.();
     if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.credentialTimer) clearInterval(this.credentialTimer);
     if (this.drainTimer) clearTimeout(this.drainTimer);
     if (this.signalHandler) {
       process.off('SIGTERM', this.signalHandler);
@@ -282,42 +284,103 @@ export class Agent extends EventEmitter<AgentEvents> {
     await this.conn?.end(END_GRACE_MS);
     await this.loop;
     this.client?.close();
-    this.closingSession = true;
-    await this.session?.close().catch((err: Error) => this.log.warn('Could not revoke the lease', { error: err }));
-    this.coordination?.close();
     this.setState('stopped');
     this.log.info('Agent stopped');
     this.emit('stopped');
     this.stopped.resolve();
   }
 
-  // ---- session and stream ----
+  // ---- credentials and stream ----
 
-  private async openSession(): Promise<AgentSession> {
-    const o = this.opts;
-    const coordination = this.coordination as Coordination;
-    const session = await coordination.open(o.leaseTtlSeconds, {
-      namespace: o.namespace,
-      pool: o.pool,
-      agentId: this.id,
-      pod: o.pod,
-      handlers: [...o.handlers.keys()],
-      capacity: o.capacity,
-    });
-    session.onLost((err) => this.onLeaseLost(session, err));
-    return session;
+  private async readToken(): Promise<string> {
+    const t = this.opts.token;
+    let token: string;
+    if (typeof t === 'function') token = await t();
+    else {
+      try {
+        token = await readFile(t, 'utf8');
+      } catch (err) {
+        throw new AgentConfigError('token', `cannot read the token file ${t}: ${(err as Error).message}`);
+      }
+    }
+    token = token.trim();
+    if (token === '') throw new AgentConfigError('token', 'the token is empty');
+    return token;
   }
 
-  /** Connects, and reconnects with back-off, until the agent stops; a lost session is replaced first. */
+  private async readCa(): Promise<string> {
+    const ca = this.opts.ca;
+    if (Buffer.isBuffer(ca)) return ca.toString('utf8');
+    try {
+      return await readFile(ca, 'utf8');
+    } catch (err) {
+      throw new AgentConfigError('ca', `cannot read the dispatcher CA file ${ca}: ${(err as Error).message}`);
+    }
+  }
+
+  /** (Re)creates the gRPC client when the CA bundle changed (the operator rotated its CA). */
+  private async ensureClient(): Promise<void> {
+    const o = this.opts;
+    let creds: ChannelCredentials;
+    let ca = '';
+    if (o.insecurePlaintext) {
+      if (this.client) return;
+      creds = credentials.createInsecure();
+    } else {
+      ca = await this.readCa();
+      if (this.client && ca === this.clientCa) return;
+      creds = credentials.createSsl(Buffer.from(ca));
+    }
+    const Client = agentflowProto().agentflow.v1.Dispatcher;
+    const old = this.client;
+    this.client = new Client(o.dispatcher, creds, {
+      ...KEEPALIVE_OPTIONS,
+      ...(o.serverName && { 'grpc.ssl_target_name_override': o.serverName, 'grpc.default_authority': o.serverName }),
+    });
+    this.clientCa = ca;
+    old?.close();
+  }
+
+  /** A rotated token goes to the dispatcher at once (Reauth), so the stream outlives the old token. */
+  private async checkCredentials(): Promise<void> {
+    try {
+      const token = await this.readToken();
+      if (token !== this.token) {
+        this.token = token;
+        if (this.conn?.registered) this.conn.send({ reauth: { token } });
+        this.log.debug('Token rotated; sent Reauth');
+      }
+    } catch (err) {
+      this.log.warn('Could not re-read the token', { error: err as Error });
+    }
+  }
+
+  /** Connects, and reconnects with back-off, until the agent stops. */
   private async runLoop(): Promise<void> {
     while (!this.stopping) {
-      const session = this.session ?? (await this.reopenSession());
-      if (!session || this.stopping) break;
-      const conn = this.connect(session);
+      try {
+        this.token = await this.readToken();
+        await this.ensureClient();
+      } catch (err) {
+        this.log.error('Could not read the agent credentials; retrying', { error: err as Error });
+        this.emitError(err as Error);
+        await this.pause(this.streamBackoff.next());
+        continue;
+      }
+      const conn = this.connect();
       const err = await conn.closed;
       if (this.conn === conn) this.conn = undefined;
+      this.remote.streamClosed(conn);
       if (this.stopping) break;
-      if (conn.registered || err) {
+      const code = (err as { code?: number } | undefined)?.code;
+      if (code === 16 || code === 7) {
+        const details = (err as { details?: string }).details ?? err?.message ?? '';
+        this.log.error('The dispatcher refused this agent; retrying', {
+          status: code === 16 ? 'UNAUTHENTICATED' : 'PERMISSION_DENIED',
+          details,
+        });
+        this.emit('refused', { code, details });
+      } else if (conn.registered || err) {
         this.log.warn('Dispatcher stream closed; reconnecting', { error: err ?? 'ended by the dispatcher' });
       }
       this.emit('disconnected', err ? { error: err } : {});
@@ -325,24 +388,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  private async reopenSession(): Promise<AgentSession | undefined> {
-    while (!this.stopping) {
-      try {
-        this.session = await this.openSession();
-        this.sessionBackoff.reset();
-        this.log.info('New etcd session established', { leaseId: this.session.id });
-        return this.session;
-      } catch (err) {
-        this.log.error('Could not open an etcd session; retrying', { error: err as Error });
-        this.emitError(err as Error);
-        await this.pause(this.sessionBackoff.next());
-      }
-    }
-    return undefined;
-  }
-
-  private connect(session: AgentSession): Connection {
-    const conn = new Connection(this.client as DispatcherClient);
+  private connect(): Connection {
+    const md = new Metadata();
+    md.set('authorization', `Bearer ${this.token}`);
+    const conn = new Connection(this.client as DispatcherClient, md);
     this.conn = conn;
     conn.on('message', (m) => {
       if (this.conn !== conn) return;
@@ -360,11 +409,12 @@ export class Agent extends EventEmitter<AgentEvents> {
       register: {
         namespace: o.namespace,
         pool: o.pool,
-        agentId: this.id,
+        // The configured id, not the one the dispatcher derived: it derives it again from the verified identity.
+        agentId: o.agentId,
         pod: o.pod,
         handlers: [...o.handlers.keys()],
         capacity: o.capacity,
-        leaseId: session.id,
+        leaseId: this.leaseId,
         inFlight,
         runtimeVersion: RUNTIME_VERSION,
       },
@@ -386,23 +436,6 @@ export class Agent extends EventEmitter<AgentEvents> {
       out.push({ taskId: p.result.taskId, attempt: p.result.attempt, token: p.result.token, cost: p.cost });
     }
     return out;
-  }
-
-  private onLeaseLost(session: AgentSession, err: Error): void {
-    if (session !== this.session || this.closingSession) return;
-    this.session = undefined;
-    this.log.error('Lost the etcd lease: aborting every attempt (their claims are gone) and re-registering', {
-      leaseId: session.id,
-      inFlight: this.running.size,
-      error: err,
-    });
-    this.emit('leaseLost', err);
-    for (const a of this.running.values()) a.abort('LEASE_LOST', `the agent lost its etcd lease: ${err.message}`);
-    // Claims bound to the old lease are gone, so these results can no longer be committed.
-    this.pending.clear();
-    this.conn?.cancel();
-    void session.close().catch(() => undefined);
-    this.checkIdle();
   }
 
   private pause(ms: number): Promise<void> {
@@ -427,7 +460,16 @@ export class Agent extends EventEmitter<AgentEvents> {
   private onMessage(conn: Connection, m: DispatcherMessage__Output): void {
     switch (m.msg) {
       case 'registered':
-        this.onRegistered(conn, m.registered?.stillYours ?? []);
+        if (m.registered) this.onRegistered(conn, m.registered);
+        return;
+      case 'state':
+        if (m.state) this.remote.onStateResponse(m.state);
+        return;
+      case 'lock':
+        if (m.lock) this.remote.onLockResponse(m.lock);
+        return;
+      case 'watchEvent':
+        if (m.watchEvent) this.remote.onWatchEvent(m.watchEvent);
         return;
       case 'assign':
         if (m.assign) this.onAssign(m.assign);
@@ -472,9 +514,22 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  private onRegistered(conn: Connection, stillYours: { taskId: string; attempt: number; token: number }[]): void {
+  private onRegistered(conn: Connection, reg: Registered__Output): void {
+    const stillYours = reg.stillYours;
     conn.registered = true;
     this.streamBackoff.reset();
+    if (reg.leaseId !== this.leaseId && this.leaseId !== '') {
+      this.log.warn('The dispatcher gave this agent a new lease; claims on the old one are gone', {
+        old: this.leaseId,
+        leaseId: reg.leaseId,
+      });
+    }
+    this.leaseId = reg.leaseId;
+    if (reg.agentId && reg.agentId !== this.id) {
+      this.id = reg.agentId;
+      this.log = this.opts.logger.with({ agentId: this.id, pool: reg.pool });
+    }
+    this.remote.registered(conn);
     const ours = new Set(stillYours.map((s) => `${attemptKey(s.taskId, s.attempt)}#${s.token}`));
     for (const a of this.running.values()) {
       if (conn.reported.has(a.key) && !ours.has(`${a.key}#${a.token}`)) {
@@ -647,8 +702,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
     },
     sendRegistered: (msg, signal) => this.sendRegistered(msg, signal),
-    state: (namespace, workflow) => (this.coordination as Coordination).state(namespace, workflow),
-    lock: (name, opts) => this.lock(name, opts),
+    state: (attempt) => this.remote.forAttempt(attempt),
+    lock: (attempt, name, opts) => this.lock(attempt, name, opts),
     subscribe: (workflow, topic, cb) => {
       const key = mailbox(workflow, topic);
       let set = this.mailboxes.get(key);
@@ -685,22 +740,45 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  private async lock(name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held> {
-    const session = this.session;
-    if (!session) throw new LeaseLostError('the agent has no etcd session right now (its lease was lost)');
+  /** The registered stream, now or once there is one. */
+  private async registeredConn(signal: AbortSignal): Promise<Connection> {
+    for (;;) {
+      signal.throwIfAborted();
+      if (this.stopping) throw new Error('the agent is stopping');
+      const conn = this.conn;
+      if (conn?.registered) return conn;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.registeredWaiters.delete(done);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        this.registeredWaiters.add(done);
+        signal.addEventListener('abort', done, { once: true });
+      });
+    }
+  }
+
+  private async lock(
+    attempt: Attempt,
+    name: string,
+    opts: { timeoutMs?: number; signal: AbortSignal },
+  ): Promise<Held> {
     const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
     const timeout = opts.timeoutMs !== undefined ? AbortSignal.timeout(opts.timeoutMs) : undefined;
+    // One lease per agent means one lock key per agent: attempts of this agent queue here first.
+    const local = `${attempt.namespace}/${attempt.workflow}/${name}`;
     let releaseLocal: () => void;
     try {
-      releaseLocal = await this.mutex.acquire(name, timeout ? AbortSignal.any([opts.signal, timeout]) : opts.signal);
+      releaseLocal = await this.mutex.acquire(local, timeout ? AbortSignal.any([opts.signal, timeout]) : opts.signal);
     } catch (err) {
       if (timeout?.aborted && !opts.signal.aborted) throw new LockTimeoutError(`timed out waiting for lock ${name}`);
       throw err;
     }
     try {
-      const held = await session.lock(name, {
+      const held = await this.remote.lock(attempt, name, {
         signal: opts.signal,
-        ...(deadline !== undefined && { timeoutMs: Math.max(0, deadline - Date.now()) }),
+        ...(deadline !== undefined && { timeoutMs: Math.max(1, deadline - Date.now()) }),
       });
       let released = false;
       return {

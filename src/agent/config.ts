@@ -14,14 +14,14 @@ import type { Handler, HandlerSpec } from './types.ts';
 /** Keys a config file may hold (AgentOptions' serialisable ones, plus handlersModule). */
 const FILE_KEYS = [
   'dispatcher',
-  'etcd',
-  'etcdPrefix',
+  'token',
+  'ca',
+  'serverName',
   'namespace',
   'pool',
   'capacity',
   'agentId',
   'pod',
-  'leaseTtlSeconds',
   'heartbeatMs',
   'drainTimeoutMs',
   'reconnect',
@@ -57,8 +57,9 @@ export async function loadAgentConfig(src: ConfigSources): Promise<AgentOptions>
     names.set(key, envName);
   };
   fromEnv('AGENTFLOW_DISPATCHER', 'dispatcher');
-  fromEnv('AGENTFLOW_ETCD_ENDPOINTS', 'etcd', splitList);
-  fromEnv('AGENTFLOW_ETCD_PREFIX', 'etcdPrefix');
+  fromEnv('AGENTFLOW_TOKEN_FILE', 'token');
+  fromEnv('AGENTFLOW_DISPATCHER_CA_FILE', 'ca');
+  fromEnv('AGENTFLOW_DISPATCHER_SERVER_NAME', 'serverName');
   if (opts.namespace === undefined) fromEnv('POD_NAMESPACE', 'namespace');
   fromEnv('AGENTFLOW_NAMESPACE', 'namespace');
   fromEnv('AGENTFLOW_POOL', 'pool');
@@ -66,9 +67,12 @@ export async function loadAgentConfig(src: ConfigSources): Promise<AgentOptions>
   fromEnv('AGENTFLOW_AGENT_ID', 'agentId');
   fromEnv('AGENTFLOW_DRAIN_TIMEOUT_SECONDS', 'drainTimeoutMs', (v) => (/^\d+$/.test(v.trim()) ? Number(v) * 1000 : v));
 
-  if (typeof opts.etcd === 'string') opts.etcd = splitList(opts.etcd);
-  const tls = await etcdTlsFromEnv(src.env);
-  if (tls) opts.etcdTls = tls;
+  for (const gone of ['AGENTFLOW_ETCD_ENDPOINTS', 'AGENTFLOW_ETCD_CA_FILE']) {
+    if (src.env[gone]) {
+      // Agents hold no datastore credentials any more: say so rather than ignore a stale setting.
+      throw new AgentConfigError(gone, 'agents no longer connect to etcd; state and locks go through the dispatcher (remove it)');
+    }
+  }
   const handlers: Record<string, Handler | HandlerSpec> = {};
   if (file.handlers !== undefined) {
     if (!isRecord(file.handlers)) {
@@ -106,38 +110,6 @@ export async function loadAgentConfig(src: ConfigSources): Promise<AgentOptions>
   }
   return options;
 }
-
-/** AGENTFLOW_ETCD_CA_FILE (+ _CERT_FILE and _KEY_FILE for a client certificate): TLS to etcd. */
-async function etcdTlsFromEnv(
-  env: NodeJS.ProcessEnv,
-): Promise<{ ca: Buffer; cert?: Buffer; key?: Buffer } | undefined> {
-  const read = async (name: string): Promise<Buffer | undefined> => {
-    const path = env[name];
-    if (!path) return undefined;
-    try {
-      return await readFile(path);
-    } catch (err) {
-      throw new AgentConfigError(name, `cannot read ${path}: ${(err as Error).message}`);
-    }
-  };
-  const [ca, cert, key] = await Promise.all(
-    ['AGENTFLOW_ETCD_CA_FILE', 'AGENTFLOW_ETCD_CERT_FILE', 'AGENTFLOW_ETCD_KEY_FILE'].map(read),
-  );
-  if (!ca) {
-    if (cert || key) throw new AgentConfigError('AGENTFLOW_ETCD_CA_FILE', 'is required with a client certificate');
-    return undefined;
-  }
-  if (Boolean(cert) !== Boolean(key)) {
-    throw new AgentConfigError('AGENTFLOW_ETCD_CERT_FILE', 'and AGENTFLOW_ETCD_KEY_FILE go together');
-  }
-  return { ca, ...(cert && { cert }), ...(key && { key }) };
-}
-
-const splitList = (v: string): string[] =>
-  v
-    .split(',')
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
 
 async function readConfigFile(path: string): Promise<Partial<Record<FileKey, unknown>>> {
   let text: string;

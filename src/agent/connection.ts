@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { type ClientDuplexStream, status as GrpcStatus, type StatusObject } from '@grpc/grpc-js';
+import { type ClientDuplexStream, status as GrpcStatus, type Metadata, type StatusObject } from '@grpc/grpc-js';
 import type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
 import type { AgentMessage, DispatcherMessage__Output } from '../lib/proto.ts';
 import { Outbox } from './outbox.ts';
@@ -22,9 +22,9 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
   private readonly outbox: Outbox<AgentMessage>;
   private over = false;
 
-  constructor(client: DispatcherClient) {
+  constructor(client: DispatcherClient, metadata: Metadata) {
     super();
-    this.call = client.Connect();
+    this.call = client.Connect(metadata);
     this.outbox = new Outbox(this.call, MAX_OUTBOUND_QUEUE);
     this.closed = new Promise((resolve) => {
       const finish = (err: Error | undefined) => {
@@ -43,7 +43,14 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
       });
       this.call.on('error', (err: Error) => finish(err));
       this.call.on('status', (s: StatusObject) =>
-        finish(s.code === GrpcStatus.OK ? undefined : new Error(`stream closed: ${s.details || `code ${s.code}`}`)),
+        finish(
+          s.code === GrpcStatus.OK
+            ? undefined
+            : Object.assign(new Error(`stream closed: ${s.details || `code ${s.code}`}`), {
+                code: s.code,
+                details: s.details,
+              }),
+        ),
       );
     });
   }

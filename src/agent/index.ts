@@ -5,10 +5,15 @@ import type { AgentOptions } from './options.ts';
 export { Agent, type AgentEvents, type AgentState, RUNTIME_VERSION, type TaskSummary } from './agent.ts';
 export { execHandler } from './builtin/exec.ts';
 export { httpHandler } from './builtin/http.ts';
-export type { AgentSession, Coordination, MemberRecord } from './coordination.ts';
-export { etcdCoordination } from './coordination.ts';
+export { ConflictError, FencedError } from '../state/errors.ts';
+export {
+  LockTimeoutError,
+  StatePermissionError,
+  StateUnavailableError,
+  type WorkflowState,
+} from './remote-state.ts';
 export { AgentConfigError, AttemptAbortedError, RetryableError, UnrecoverableError } from './errors.ts';
-export type { AgentOptions } from './options.ts';
+export { type AgentOptions, DEFAULT_CA_FILE, DEFAULT_TOKEN_FILE } from './options.ts';
 export type {
   ChildSpec,
   ExecHandlerSpec,
@@ -28,10 +33,9 @@ export type {
  * import { createAgent, UnrecoverableError } from 'agentflow/agent';
  *
  * const agent = createAgent({
- *   dispatcher: 'agentflow-dispatcher.agentflow-system:7070',
- *   etcd: ['http://etcd.agentflow-system:2379'],
- *   namespace: 'research',
- *   pool: 'writers',
+ *   dispatcher: 'agentflow-dispatcher.agentflow-system:7070', // TLS; CA from DEFAULT_CA_FILE
+ *   // token: DEFAULT_TOKEN_FILE, the pod's projected ServiceAccount token (audience agentflow);
+ *   // namespace and pool come from the pod it is bound to.
  *   capacity: 4,
  *   installSignalHandlers: true, // SIGTERM drains, then the agent stops
  *   handlers: {

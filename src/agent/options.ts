@@ -3,21 +3,38 @@ import { hostname } from 'node:os';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { toHandler } from './builtin/index.ts';
 import { describe, dnsLabel, integer, isRecord, nonEmptyString } from './check.ts';
-import type { Coordination } from './coordination.ts';
 import { AgentConfigError } from './errors.ts';
 import type { Handler, HandlerSpec } from './types.ts';
 
+/** Where the operator mounts an agent pod's projected ServiceAccount token (audience agentflow). */
+export const DEFAULT_TOKEN_FILE = '/var/run/secrets/agentflow/token';
+/** Where the operator mounts the dispatcher's CA bundle (ConfigMap agentflow-dispatcher-ca). */
+export const DEFAULT_CA_FILE = '/var/run/secrets/agentflow/ca/ca.crt';
+
 export interface AgentOptions {
-  /** The dispatcher's gRPC address, "host:port". */
+  /** The dispatcher's gRPC address, "host:port" (TLS; the certificate must name the host). */
   dispatcher: string;
-  /** etcd client URLs; required unless `coordination` is given. */
-  etcd?: string[];
-  /** Root of agentflow's etcd keys (default /agentflow/v1). */
-  etcdPrefix?: string;
-  /** TLS to etcd (https endpoints): its CA, and a client certificate if it asks for one. */
-  etcdTls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
-  namespace: string;
-  pool: string;
+  /**
+   * The bearer token the agent proves itself with: a ServiceAccount token with
+   * audience "agentflow". A file path (re-read as the kubelet rotates it) or a
+   * function. Default DEFAULT_TOKEN_FILE.
+   */
+  token?: string | (() => string | Promise<string>);
+  /** The dispatcher's CA bundle: PEM, or a file path (re-read on every connect). Default DEFAULT_CA_FILE. */
+  ca?: Buffer | string;
+  /** The name the dispatcher's certificate must carry, when it differs from the dispatcher address's host. */
+  serverName?: string;
+  /**
+   * Plaintext gRPC, for a dispatcher started with insecure credentials on
+   * purpose (the benchmark's baseline, unit tests). Never set by the
+   * agentflow-agent command.
+   */
+  insecurePlaintext?: boolean;
+  /** How often the token (and CA) file is checked for a rotation, in ms (default 10000). */
+  credentialCheckMs?: number;
+  /** For an agent in a pool's pod these come from the pod; an agent outside the cluster names them. */
+  namespace?: string;
+  pool?: string;
   /** Task slots: the dispatcher never assigns more cost than this at once. */
   capacity: number;
   handlers: Record<string, Handler | HandlerSpec>;
@@ -25,8 +42,6 @@ export interface AgentOptions {
   agentId?: string;
   /** Default env POD_NAME, else the host name. */
   pod?: string;
-  /** The etcd lease's TTL: how long a dead agent keeps its tasks (default 10). */
-  leaseTtlSeconds?: number;
   /** Default 5000. */
   heartbeatMs?: number;
   /** How long a drain waits for in-flight attempts when nobody says (default 25000, inside Kubernetes' 30 s grace). */
@@ -36,28 +51,26 @@ export interface AgentOptions {
   /** SIGTERM and SIGINT drain the agent (default false). */
   installSignalHandlers?: boolean;
   logger?: Logger;
-  /** Replaces etcd, for tests and embedders; `etcd` and `etcdPrefix` are then unused. */
-  coordination?: Coordination;
 }
 
 export interface ResolvedOptions {
   dispatcher: string;
-  etcd: string[];
-  etcdPrefix: string | undefined;
-  etcdTls: { ca: Buffer; cert?: Buffer; key?: Buffer } | undefined;
+  token: string | (() => string | Promise<string>);
+  ca: Buffer | string;
+  serverName: string | undefined;
+  insecurePlaintext: boolean;
+  credentialCheckMs: number;
   namespace: string;
   pool: string;
   capacity: number;
   handlers: ReadonlyMap<string, Handler>;
   agentId: string;
   pod: string;
-  leaseTtlSeconds: number;
   heartbeatMs: number;
   drainTimeoutMs: number;
   reconnect: { initialMs: number; maxMs: number };
   installSignalHandlers: boolean;
   logger: Logger;
-  coordination: Coordination | undefined;
 }
 
 /** The dispatcher's Register limits, checked here so a bad option fails at start, not on the wire. */
@@ -67,22 +80,22 @@ export const MAX_HANDLERS = 128;
 const F = 'AgentOptions';
 const KNOWN = [
   'dispatcher',
-  'etcd',
-  'etcdPrefix',
-  'etcdTls',
+  'token',
+  'ca',
+  'serverName',
+  'insecurePlaintext',
+  'credentialCheckMs',
   'namespace',
   'pool',
   'capacity',
   'handlers',
   'agentId',
   'pod',
-  'leaseTtlSeconds',
   'heartbeatMs',
   'drainTimeoutMs',
   'reconnect',
   'installSignalHandlers',
   'logger',
-  'coordination',
 ];
 
 // host:port, [v6]:port, or a gRPC target URI (dns:///..., unix:...).
@@ -96,19 +109,24 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
   if (typeof opts.dispatcher !== 'string' || !ADDRESS.test(opts.dispatcher)) {
     throw new AgentConfigError(`${F}.dispatcher`, `must be "host:port", got ${describe(opts.dispatcher)}`);
   }
-  const coordination = opts.coordination;
-  const etcd = opts.etcd ?? [];
-  if (!Array.isArray(etcd) || !etcd.every((e) => typeof e === 'string' && e.trim() !== '' && !/\s/.test(e))) {
-    throw new AgentConfigError(`${F}.etcd`, `must be a list of endpoint URLs, got ${describe(opts.etcd)}`);
+  const token = opts.token ?? DEFAULT_TOKEN_FILE;
+  if (typeof token !== 'function' && (typeof token !== 'string' || token.trim() === '')) {
+    throw new AgentConfigError(`${F}.token`, `must be a token file path or a function, got ${describe(opts.token)}`);
   }
-  if (coordination === undefined && etcd.length === 0) {
-    throw new AgentConfigError(`${F}.etcd`, 'at least one etcd endpoint is required');
+  const ca = opts.ca ?? DEFAULT_CA_FILE;
+  if (!Buffer.isBuffer(ca) && (typeof ca !== 'string' || ca.trim() === '')) {
+    throw new AgentConfigError(`${F}.ca`, `must be PEM bytes or a CA file path, got ${describe(opts.ca)}`);
   }
-  if (opts.etcdPrefix !== undefined && !/^\/\S*$/.test(opts.etcdPrefix)) {
-    throw new AgentConfigError(`${F}.etcdPrefix`, `must start with "/", got ${describe(opts.etcdPrefix)}`);
+  if (opts.serverName !== undefined && (typeof opts.serverName !== 'string' || !/^[A-Za-z0-9.:-]{1,253}$/.test(opts.serverName))) {
+    throw new AgentConfigError(`${F}.serverName`, `must be a host name, got ${describe(opts.serverName)}`);
   }
-  const namespace = dnsLabel(`${F}.namespace`, opts.namespace);
-  const pool = dnsLabel(`${F}.pool`, opts.pool);
+  if (opts.insecurePlaintext !== undefined && typeof opts.insecurePlaintext !== 'boolean') {
+    throw new AgentConfigError(`${F}.insecurePlaintext`, `must be a boolean, got ${describe(opts.insecurePlaintext)}`);
+  }
+  const credentialCheckMs = integer(`${F}.credentialCheckMs`, opts.credentialCheckMs ?? 10_000, 50);
+  // Empty: the dispatcher takes them from the pod the token is bound to.
+  const namespace = opts.namespace === undefined || opts.namespace === '' ? '' : dnsLabel(`${F}.namespace`, opts.namespace);
+  const pool = opts.pool === undefined || opts.pool === '' ? '' : dnsLabel(`${F}.pool`, opts.pool);
   const capacity = integer(`${F}.capacity`, opts.capacity, 1, MAX_CAPACITY);
   const handlers = resolveHandlers(opts.handlers);
   const pod = opts.pod ?? process.env.POD_NAME ?? hostname();
@@ -118,8 +136,6 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
   if (typeof agentId !== 'string' || agentId === '' || agentId.length > 253 || agentId.includes('/')) {
     throw new AgentConfigError(`${F}.agentId`, `must be 1-253 characters without "/", got ${describe(agentId)}`);
   }
-  // etcd's minimum TTL is about 2 s with default election settings.
-  const leaseTtlSeconds = integer(`${F}.leaseTtlSeconds`, opts.leaseTtlSeconds ?? 10, 2);
   const heartbeatMs = integer(`${F}.heartbeatMs`, opts.heartbeatMs ?? 5_000, 1);
   const drainTimeoutMs = integer(`${F}.drainTimeoutMs`, opts.drainTimeoutMs ?? 25_000, 0);
   const reconnect = opts.reconnect ?? { initialMs: 200, maxMs: 5_000 };
@@ -135,22 +151,22 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
   }
   return {
     dispatcher: opts.dispatcher,
-    etcd,
-    etcdPrefix: opts.etcdPrefix,
-    etcdTls: opts.etcdTls,
+    token,
+    ca,
+    serverName: opts.serverName,
+    insecurePlaintext: opts.insecurePlaintext ?? false,
+    credentialCheckMs,
     namespace,
     pool,
     capacity,
     handlers,
     agentId,
     pod,
-    leaseTtlSeconds,
     heartbeatMs,
     drainTimeoutMs,
     reconnect: { initialMs: reconnect.initialMs, maxMs: reconnect.maxMs },
     installSignalHandlers: opts.installSignalHandlers ?? false,
     logger: opts.logger ?? createLogger({ component: 'agent' }),
-    coordination,
   };
 }
 

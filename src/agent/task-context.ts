@@ -2,8 +2,9 @@ import type { AgentMessage } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { ChildTask } from '../gen/agentflow/v1/ChildTask.ts';
 import type { Logger } from '../lib/log.ts';
 import { MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
-import type { Held, SharedState } from '../state/index.ts';
+import type { Held } from '../state/lock.ts';
 import type { Attempt } from './attempt.ts';
+import type { WorkflowState } from './remote-state.ts';
 import { describe, isRecord } from './check.ts';
 import { MAX_CAPACITY } from './options.ts';
 import { ProgressThrottle } from './progress.ts';
@@ -16,8 +17,8 @@ export interface TaskHost {
   progress(attempt: Attempt, fraction: number, message: string): void;
   /** Sends once a registered stream exists; rejects if `signal` aborts first or the agent stops. */
   sendRegistered(msg: AgentMessage, signal: AbortSignal): Promise<void>;
-  state(namespace: string, workflow: string): SharedState;
-  lock(name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held>;
+  state(attempt: Attempt): WorkflowState;
+  lock(attempt: Attempt, name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held>;
   subscribe(workflow: string, topic: string, cb: MailListener): () => void;
 }
 
@@ -60,7 +61,7 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
   attempt.onFinish(() => throttle.stop());
   const held = new Set<Held>();
   attempt.onFinish(() => Promise.allSettled([...held].map((h) => h.release())));
-  let state: SharedState | undefined;
+  let state: WorkflowState | undefined;
   const { taskId, namespace, workflow } = attempt;
 
   return {
@@ -73,8 +74,8 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
     ...(attempt.deadline && { deadline: attempt.deadline }),
     signal: attempt.signal,
     log,
-    get state(): SharedState {
-      state ??= host.state(namespace, workflow);
+    get state(): WorkflowState {
+      state ??= host.state(attempt);
       return state;
     },
     progress(fraction, message = '') {
@@ -89,7 +90,7 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
       if (typeof name !== 'string' || name === '')
         throw new TypeError(`lock: name must be a non-empty string, got ${describe(name)}`);
       if (attempt.finished) throw new Error(`lock: attempt ${attempt.key} has ended`);
-      const h = await host.lock(`workflow/${namespace}/${workflow}/${name}`, {
+      const h = await host.lock(attempt, name, {
         signal: attempt.signal,
         ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs }),
       });

@@ -1,5 +1,6 @@
 import type { Logger } from '../lib/log.ts';
-import type { Held, SharedState } from '../state/index.ts';
+import type { Held } from '../state/lock.ts';
+import type { WorkflowState } from './remote-state.ts';
 
 /** A child task for the workflow engine, spawned by a running attempt. */
 export interface ChildSpec {
@@ -36,8 +37,12 @@ export interface TaskContext {
    */
   readonly signal: AbortSignal;
   readonly log: Logger;
-  /** Shared state of the task's workflow (etcd-backed; optimistic concurrency via cas). */
-  readonly state: SharedState;
+  /**
+   * Shared state of the task's workflow, kept in etcd by the dispatcher
+   * (optimistic concurrency via cas on modRevision). A StateUnavailableError
+   * means the outcome of a write is unknown: read before writing again.
+   */
+  readonly state: WorkflowState;
   /**
    * Reports progress: fraction in 0..1 (negative = unknown). Best effort and
    * throttled to about ten messages a second; the latest value always goes out.
@@ -63,19 +68,42 @@ export interface TaskContext {
  */
 export type Handler = (ctx: TaskContext) => unknown;
 
-/** Runs a command: the input as JSON on stdin, the output as JSON on stdout. */
+/**
+ * Runs a command: the input as JSON on stdin, the output as JSON on stdout.
+ *
+ * The command gets a minimal environment, never the agent's own (its token,
+ * its AGENTFLOW_* settings, KUBECONFIG...): PATH (the agent's, or a standard
+ * default), HOME (a fresh private directory per attempt, removed when the
+ * attempt ends), LANG and TZ when the agent has them, the task's identity
+ * (AGENTFLOW_TASK_ID, AGENTFLOW_WORKFLOW, AGENTFLOW_NAMESPACE,
+ * AGENTFLOW_ATTEMPT), then `inheritEnv` and `env`.
+ */
 export interface ExecHandlerSpec {
   kind: 'exec';
   command: string[];
+  /** Variables set for the command; they may replace PATH or HOME, not the task identity. */
   env?: Record<string, string>;
+  /**
+   * Names of the agent's own variables to pass through as they are (those it
+   * does not have are left out). Opt-in, so nothing reaches the command by
+   * accident; a name may not also be in `env` or be a task identity variable.
+   */
+  inheritEnv?: string[];
+  /** Working directory (default: the agent's). */
   cwd?: string;
 }
 
-/** POSTs {taskId, workflow, namespace, attempt, input} and takes the JSON response as output. */
+/**
+ * POSTs {taskId, workflow, namespace, attempt, input} and takes the JSON
+ * response as output. Redirects are not followed (a 3xx fails the task), and
+ * a response over the output limit (1 MiB) fails it too.
+ */
 export interface HttpHandlerSpec {
   kind: 'http';
+  /** An http:// or https:// URL without credentials (put those in `headers`). */
   url: string;
   headers?: Record<string, string>;
+  /** For the whole exchange, the response body included (default 30). */
   timeoutSeconds?: number;
 }
 

@@ -1,7 +1,10 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
+import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { Logger } from '../lib/log.ts';
+import type { KeptLease } from '../state/index.ts';
+import type { AgentIdentity } from './auth.ts';
 
 /** Outbound messages waiting for the stream to drain before the agent is cut off as too slow. */
 export const MAX_OUTBOUND_QUEUE = 10_000;
@@ -19,8 +22,12 @@ export class AgentConn {
   readonly pod: string;
   readonly handlers: ReadonlySet<string>;
   readonly capacity: number;
-  readonly leaseId: string;
+  readonly lease: KeptLease;
   readonly log: Logger;
+  /** Who the agent proved to be; replaced by a Reauth with a fresh token. */
+  identity: AgentIdentity;
+  /** When the agent was last heard from (ms, performance.now()): its lease is kept while this is recent. */
+  lastSeen = performance.now();
   used = 0;
   draining = false;
   closed = false;
@@ -44,8 +51,9 @@ export class AgentConn {
       pod: string;
       handlers: string[];
       capacity: number;
-      leaseId: string;
     },
+    lease: KeptLease,
+    identity: AgentIdentity,
     stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>,
     log: Logger,
   ) {
@@ -55,9 +63,15 @@ export class AgentConn {
     this.pod = reg.pod;
     this.handlers = new Set(reg.handlers);
     this.capacity = reg.capacity;
-    this.leaseId = reg.leaseId;
+    this.lease = lease;
+    this.identity = identity;
     this.stream = stream;
     this.log = log;
+  }
+
+  /** The etcd lease (decimal) the agent's claims and locks are bound to. */
+  get leaseId(): string {
+    return this.lease.id;
   }
 
   get free(): number {
@@ -101,5 +115,13 @@ export class AgentConn {
     } catch {
       // already gone
     }
+  }
+
+  /** Ends the stream with a gRPC status the agent sees (e.g. UNAUTHENTICATED when its token expired). */
+  closeWith(code: keyof typeof GrpcStatus, details: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.outbound.length = 0;
+    this.stream.emit('error', Object.assign(new Error(details), { code: GrpcStatus[code], details }));
   }
 }

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
+import { Server, type ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
 import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
 import type { InFlight__Output } from '../gen/agentflow/v1/InFlight.ts';
@@ -10,6 +10,9 @@ import { agentflowProto, KEEPALIVE_OPTIONS, MAX_PAYLOAD_BYTES } from '../lib/pro
 import {
   type Claim,
   type Fence,
+  type KeptLease,
+  LeaseKeeper,
+  Membership,
   ResumableWatch,
   type StateStore,
   TaskClaims,
@@ -17,14 +20,33 @@ import {
   type TaskResult,
 } from '../state/index.ts';
 import { AgentConn } from './agent-conn.ts';
+import {
+  type AgentAuth,
+  AgentAuthError,
+  type AgentIdentity,
+  bearerToken,
+  type Grant,
+  type RegisterClaim,
+} from './auth.ts';
 import { type Candidate, type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
+import { StateService } from './state-service.ts';
 import { PoolQueue, type QueuedTask } from './task-queue.ts';
 import { type PoolStats, parseWireTaskId, type TaskEvent, type TaskSpec, taskKey, wireTaskId } from './types.ts';
 
 export interface DispatcherOptions {
   store: StateStore;
+  /** Verifies every agent's token and decides what it may register as. */
+  auth: AgentAuth;
+  /**
+   * The server's TLS identity (the operator's DispatcherTls). Plaintext only
+   * where a caller passes ServerCredentials.createInsecure() on purpose (the
+   * benchmark's baseline); nothing in the operator does.
+   */
+  credentials: ServerCredentials;
   /** Where to listen (default 127.0.0.1:0). */
   address?: string;
+  /** TTL of the leases the dispatcher keeps for agents: how long a dead agent keeps its tasks (default 10). */
+  agentLeaseTtlSeconds?: number;
   policy?: PolicyName | PlacementPolicy;
   /** Leadership fences every etcd write must carry (the operator's election). */
   fences?: () => Fence[];
@@ -73,6 +95,12 @@ const ok = (s: string, max = 253) => s.length > 0 && s.length <= max;
 export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private readonly store: StateStore;
   private readonly claims: TaskClaims;
+  private readonly auth: AgentAuth;
+  private readonly credentials: ServerCredentials;
+  private readonly leases: LeaseKeeper;
+  private readonly membership: Membership;
+  private readonly stateService: StateService;
+  private sweeper: NodeJS.Timeout | undefined;
   private readonly log: Logger;
   private readonly policy: PlacementPolicy;
   private readonly fences: () => Fence[];
@@ -99,6 +127,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     lost: 0,
     timedOut: 0,
     refused: 0,
+    unauthenticated: 0,
+    permissionDenied: 0,
+    reauthenticated: 0,
     claimTxns: 0,
     commitTxns: 0,
   };
@@ -117,6 +148,19 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.orphanTimeoutMs = opts.orphanTimeoutMs ?? 30_000;
     this.maxBatch = opts.maxBatch ?? 512;
     this.address = opts.address ?? '127.0.0.1:0';
+    this.auth = opts.auth;
+    this.credentials = opts.credentials;
+    this.leases = new LeaseKeeper(opts.store, {
+      ttlSeconds: opts.agentLeaseTtlSeconds ?? 10,
+      onError: (err) => this.log.warn('Keeping agent leases alive failed; retrying', { err }),
+    });
+    this.membership = new Membership(opts.store);
+    this.stateService = new StateService(opts.store, this.fences, this.log);
+  }
+
+  /** TTL of agents' leases, in seconds. */
+  get agentLeaseTtlSeconds(): number {
+    return this.leases.ttlSeconds;
   }
 
   async start(): Promise<number> {
@@ -146,11 +190,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       Connect: (stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>) => this.onStream(stream),
     });
     this.port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(this.address, ServerCredentials.createInsecure(), (err, port) =>
+      server.bindAsync(this.address, this.credentials, (err, port) =>
         err ? reject(err) : resolve(port),
       ),
     );
     this.server = server;
+    this.leases.start();
+    // An agent is alive while it is heard from: keep its lease only then.
+    this.sweeper = setInterval(() => this.sweepLeases(), Math.max(200, (this.leases.ttlSeconds * 1000) / 4));
+    this.sweeper.unref();
     this.log.info('Dispatcher listening', { address: this.address.replace(/:0$/, `:${this.port}`) });
     return this.port;
   }
@@ -158,9 +206,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   /** Stop taking work, end the streams, shut the server down (force after graceMs). */
   async stop(graceMs = 5_000): Promise<void> {
     this.stopped = true;
+    if (this.sweeper) clearInterval(this.sweeper);
     for (const t of this.orphanTimers.values()) clearTimeout(t);
     for (const e of this.entries.values()) if (e.timer) clearTimeout(e.timer);
-    for (const c of this.conns.values()) c.close();
+    for (const c of this.conns.values()) {
+      c.close();
+      await this.stateService.closeStream(c);
+    }
+    // Leases are not revoked: the agents reconnect to the next leader, which adopts them.
+    this.leases.close();
     await this.watch?.close();
     const server = this.server;
     if (!server) return;
@@ -431,12 +485,31 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private onStream(stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>): void {
     let conn: AgentConn | undefined;
     let registering = false;
+    let over = false;
     const refuse = (code: string, message: string, taskId = '') => {
       this.counters.refused++;
       stream.write({ error: { code, message, taskId } });
     };
+    const deny = (err: AgentAuthError, identity?: AgentIdentity, claim?: RegisterClaim) => {
+      if (over) return;
+      over = true;
+      if (err.status === 'UNAUTHENTICATED') this.counters.unauthenticated++;
+      if (err.status === 'PERMISSION_DENIED') this.counters.permissionDenied++;
+      this.log.warn('Agent refused', { reason: err.reason, message: err.message, user: identity?.username });
+      this.auth.refused?.(identity, claim, err);
+      stream.emit('error', Object.assign(new Error(err.message), { code: GRPC_CODE[err.status], details: err.message }));
+    };
+    // Authenticate before reading anything the agent says.
+    const token = bearerToken(stream.metadata.get('authorization'));
+    const identity: Promise<AgentIdentity | undefined> = token
+      ? this.auth.authenticate(token).catch((err: unknown) => {
+          deny(asAuthError(err));
+          return undefined;
+        })
+      : Promise.resolve(undefined);
+    if (!token) deny(new AgentAuthError('NoToken', 'no "authorization: Bearer <token>" metadata on the stream'));
     stream.on('data', (m: AgentMessage__Output) => {
-      if (this.stopped) return;
+      if (this.stopped || over) return;
       if (!conn) {
         if (m.msg !== 'register' || !m.register) {
           refuse('NOT_REGISTERED', 'the first message on a stream must be Register');
@@ -445,16 +518,23 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         }
         if (registering) return;
         registering = true;
-        void this.onRegister(stream, m.register)
-          .then((c) => {
-            conn = c;
+        const register = m.register;
+        void identity
+          .then(async (who) => {
+            if (!who || over) return;
+            conn = await this.onRegister(stream, register, who);
           })
-          .catch((err: Error) => {
-            refuse('INVALID', err.message);
+          .catch((err: unknown) => {
+            if (err instanceof AgentAuthError) {
+              deny(err, undefined, claimOf(register));
+              return;
+            }
+            refuse('INVALID', (err as Error).message);
             stream.end();
           });
         return;
       }
+      conn.lastSeen = performance.now();
       try {
         this.onMessage(conn, m);
       } catch (err) {
@@ -462,6 +542,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       }
     });
     const gone = () => {
+      over = true;
       if (conn) this.onDisconnect(conn);
     };
     stream.on('end', () => {
@@ -475,34 +556,56 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private async onRegister(
     stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>,
     r: Register__Output,
+    identity: AgentIdentity,
   ): Promise<AgentConn> {
-    if (!NAME.test(r.namespace) || !ok(r.namespace, 63))
+    if (r.namespace !== '' && (!NAME.test(r.namespace) || !ok(r.namespace, 63)))
       throw new Error(`Register.namespace: "${r.namespace}" is not a DNS-1123 label`);
-    if (!NAME.test(r.pool) || !ok(r.pool, 63)) throw new Error(`Register.pool: "${r.pool}" is not a DNS-1123 label`);
-    if (!ok(r.agentId) || r.agentId.includes('/'))
-      throw new Error(`Register.agentId: "${r.agentId}" must be 1-253 characters without "/"`);
+    if (r.pool !== '' && (!NAME.test(r.pool) || !ok(r.pool, 63)))
+      throw new Error(`Register.pool: "${r.pool}" is not a DNS-1123 label`);
+    if (r.agentId.length > 253 || r.agentId.includes('/'))
+      throw new Error(`Register.agentId: "${r.agentId.slice(0, 64)}" must be at most 253 characters without "/"`);
     if (!Number.isInteger(r.capacity) || r.capacity < 1 || r.capacity > 1024)
       throw new Error(`Register.capacity: must be 1-1024, got ${r.capacity}`);
-    if (!/^[1-9][0-9]*$/.test(r.leaseId)) throw new Error(`Register.leaseId: "${r.leaseId}" is not an etcd lease id`);
+    if (r.leaseId !== '' && !/^[1-9][0-9]{0,19}$/.test(r.leaseId))
+      throw new Error(`Register.leaseId: "${r.leaseId.slice(0, 32)}" is not an etcd lease id`);
     if (r.handlers.length === 0 || r.handlers.length > 128)
       throw new Error(`Register.handlers: 1-128 handler names required, got ${r.handlers.length}`);
-    const old = this.conns.get(r.agentId);
+    if (r.inFlight.length > 4 * 1024)
+      throw new Error(`Register.inFlight: at most ${4 * 1024} attempts, got ${r.inFlight.length}`);
+    const grant = await this.auth.authorize(identity, claimOf(r));
+    const lease = await this.leaseFor(grant, r.leaseId);
+    await this.membership.register(
+      lease,
+      grant.namespace,
+      grant.pool,
+      { agentId: grant.agentId, pod: grant.pod ?? '', handlers: grant.handlers, capacity: grant.capacity },
+      this.fences(),
+    );
+    const old = this.conns.get(grant.agentId);
     if (old) this.detach(old);
-    const conn = new AgentConn(r, stream, this.log.with({ agentId: r.agentId, pool: r.pool }));
-    const orphan = this.orphanTimers.get(r.agentId);
+    const conn = new AgentConn(
+      { ...grant, pod: grant.pod ?? '' },
+      lease,
+      identity,
+      stream,
+      this.log.with({ agentId: grant.agentId, pool: grant.pool, namespace: grant.namespace }),
+    );
+    this.watchCredentials(conn);
+    const orphan = this.orphanTimers.get(grant.agentId);
     if (orphan) {
       clearTimeout(orphan);
-      this.orphanTimers.delete(r.agentId);
+      this.orphanTimers.delete(grant.agentId);
     }
     const stillYours: InFlight__Output[] = [];
     const reported = new Set<string>();
     for (const inf of r.inFlight) {
-      const ref = parseWireTaskId(r.namespace, inf.taskId);
+      const ref = parseWireTaskId(grant.namespace, inf.taskId);
       if (!ref) continue;
       const key = taskKey(ref);
       reported.add(key);
       const claim = await this.claims.current(ref);
-      if (!claim || claim.token !== inf.token || claim.agentId !== r.agentId || claim.attempt !== inf.attempt) continue;
+      if (!claim || claim.token !== inf.token || claim.agentId !== grant.agentId || claim.attempt !== inf.attempt)
+        continue;
       stillYours.push(inf);
       const cost = inf.cost > 0 ? inf.cost : 1;
       let entry = this.entries.get(key);
@@ -517,7 +620,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       if (!entry) {
         entry = {
           key,
-          spec: { ref, pool: r.pool, handler: '', input: null, cost },
+          spec: { ref, pool: grant.pool, handler: '', input: null, cost },
           attempt: inf.attempt,
           cost,
           state: 'assigned',
@@ -527,14 +630,14 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         this.entries.set(key, entry);
       }
       entry.state = 'assigned';
-      entry.agentId = r.agentId;
+      entry.agentId = grant.agentId;
       entry.claim = claim;
       conn.used += cost;
       conn.assigned.add(key);
     }
     // Attempts we assigned that the agent does not know (the Assign was lost with the old stream).
     for (const entry of this.entries.values()) {
-      if (entry.agentId === r.agentId && entry.state === 'assigned' && !reported.has(entry.key) && entry.claim) {
+      if (entry.agentId === grant.agentId && entry.state === 'assigned' && !reported.has(entry.key) && entry.claim) {
         void this.requeueLost(entry, 'the agent reconnected without it');
       }
     }
@@ -546,14 +649,91 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       this.byPool.set(poolKey, set);
     }
     set.add(conn);
-    conn.send({ registered: { stillYours } });
+    conn.send({
+      registered: {
+        stillYours,
+        leaseId: lease.id,
+        agentId: grant.agentId,
+        namespace: grant.namespace,
+        pool: grant.pool,
+        leaseTtlSeconds: lease.ttlSeconds,
+      },
+    });
     conn.log.info('Agent registered', {
       capacity: conn.capacity,
       handlers: [...conn.handlers],
       adopted: stillYours.length,
+      leaseId: lease.id,
+      user: identity.username,
     });
     this.kick();
     return conn;
+  }
+
+  /** The agent's previous lease if it is alive and bound to this very agent; else a new one. */
+  private async leaseFor(grant: Grant, leaseId: string): Promise<KeptLease> {
+    if (leaseId !== '') {
+      const bound = await this.membership.leaseOf(grant.namespace, grant.pool, grant.agentId);
+      if (bound === leaseId) {
+        const adopted = await this.leases.adopt(leaseId);
+        if (adopted) return adopted;
+      }
+    }
+    const current = this.conns.get(grant.agentId);
+    // The same agent identity again (e.g. its container restarted): keep the lease its claims hang on.
+    if (current && !current.lease.lost) return current.lease;
+    return this.leases.grant();
+  }
+
+  /** Keep each connected agent's lease alive while it is heard from; let it lapse when it goes silent. */
+  private sweepLeases(): void {
+    const silentAfter = this.leases.ttlSeconds * 1000;
+    const now = performance.now();
+    for (const c of this.conns.values()) {
+      if (now - c.lastSeen > silentAfter) this.leases.pause(c.lease);
+      else this.leases.resume(c.lease);
+    }
+  }
+
+  /** Ends the stream when its token expires unless a Reauth brought a fresh one. */
+  private watchCredentials(conn: AgentConn): void {
+    const check = () => {
+      if (conn.closed) return;
+      const left = conn.identity.expiresAt - Date.now();
+      if (left <= 0) {
+        this.counters.unauthenticated++;
+        conn.log.warn('Agent token expired on an open stream; closing it');
+        conn.closeWith('UNAUTHENTICATED', 'the stream\'s token expired; send Reauth with a fresh token before it does');
+        return;
+      }
+      setTimeout(check, Math.min(left, 2 ** 31 - 1)).unref();
+    };
+    check();
+  }
+
+  private async onReauth(conn: AgentConn, token: string): Promise<void> {
+    let next: AgentIdentity;
+    try {
+      next = await this.auth.authenticate(token);
+    } catch (err) {
+      const e = asAuthError(err);
+      this.counters.unauthenticated++;
+      conn.log.warn('Agent Reauth refused', { reason: e.reason, message: e.message });
+      this.auth.refused?.(conn.identity, undefined, e);
+      conn.closeWith(e.status, e.message);
+      return;
+    }
+    const was = conn.identity;
+    if (next.username !== was.username || next.pod?.uid !== was.pod?.uid) {
+      const e = new AgentAuthError('IdentityChanged', `Reauth: the token is for ${next.username}, not ${was.username}`);
+      this.counters.permissionDenied++;
+      this.auth.refused?.(was, undefined, e);
+      conn.closeWith(e.status, e.message);
+      return;
+    }
+    conn.identity = next;
+    this.counters.reauthenticated++;
+    conn.log.debug('Agent re-authenticated', { expiresAt: new Date(next.expiresAt).toISOString() });
   }
 
   private detach(conn: AgentConn): void {
@@ -565,6 +745,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private onDisconnect(conn: AgentConn): void {
     if (conn.closed && this.conns.get(conn.agentId) !== conn) return;
     this.detach(conn);
+    // Not heard from any more: the lease runs out after its TTL unless the agent comes back.
+    this.leases.pause(conn.lease);
+    void this.stateService.closeStream(conn);
     conn.log.info('Agent stream closed', { assigned: conn.assigned.size });
     if (conn.assigned.size === 0 || this.stopped) return;
     // The agent may be alive (its lease says so) and reconnect; if it does not, its work goes elsewhere.
@@ -662,6 +845,33 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         conn.log.info('Agent drained');
         conn.draining = true;
         return;
+      case 'reauth':
+        if (m.reauth) void this.onReauth(conn, m.reauth.token);
+        return;
+      case 'state': {
+        const q = m.state;
+        if (!q) return;
+        const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
+        if (typeof entry === 'string') {
+          const [code, message] = splitRefusal(entry);
+          conn.send({ state: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` } });
+          return;
+        }
+        void this.stateService.state(conn, entry.spec.ref, q);
+        return;
+      }
+      case 'lock': {
+        const q = m.lock;
+        if (!q) return;
+        const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
+        if (typeof entry === 'string') {
+          const [code, message] = splitRefusal(entry);
+          conn.send({ lock: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` } });
+          return;
+        }
+        void this.stateService.lock(conn, conn.lease, entry.spec.ref, q);
+        return;
+      }
       default:
         throw new Error(`unexpected message ${m.msg ?? '(empty)'}`);
     }
@@ -919,6 +1129,27 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     await this.takeBack(entry, `deadline of ${entry.spec.timeoutSeconds}s exceeded`);
     this.emit('task', { type: 'timedOut', ref: entry.spec.ref, attempt: entry.attempt, agentId });
   }
+}
+
+const GRPC_CODE = {
+  UNAUTHENTICATED: 16,
+  PERMISSION_DENIED: 7,
+  UNAVAILABLE: 14,
+  INVALID_ARGUMENT: 3,
+} as const;
+
+function asAuthError(err: unknown): AgentAuthError {
+  if (err instanceof AgentAuthError) return err;
+  return new AgentAuthError('AuthUnavailable', `could not verify the token: ${(err as Error).message}`);
+}
+
+function claimOf(r: Register__Output): RegisterClaim {
+  return { namespace: r.namespace, pool: r.pool, agentId: r.agentId, capacity: r.capacity, handlers: r.handlers };
+}
+
+function splitRefusal(codeAndMessage: string): [string, string] {
+  const i = codeAndMessage.indexOf(':');
+  return [codeAndMessage.slice(0, i), codeAndMessage.slice(i + 1)];
 }
 
 class PayloadError extends Error {

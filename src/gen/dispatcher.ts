@@ -12,14 +12,22 @@ import type { DispatcherClient as _agentflow_v1_DispatcherClient, DispatcherDefi
 import type { DispatcherMessage as _agentflow_v1_DispatcherMessage, DispatcherMessage__Output as _agentflow_v1_DispatcherMessage__Output } from './agentflow/v1/DispatcherMessage.ts';
 import type { Drain as _agentflow_v1_Drain, Drain__Output as _agentflow_v1_Drain__Output } from './agentflow/v1/Drain.ts';
 import type { Drained as _agentflow_v1_Drained, Drained__Output as _agentflow_v1_Drained__Output } from './agentflow/v1/Drained.ts';
+import type { Fence as _agentflow_v1_Fence, Fence__Output as _agentflow_v1_Fence__Output } from './agentflow/v1/Fence.ts';
 import type { Heartbeat as _agentflow_v1_Heartbeat, Heartbeat__Output as _agentflow_v1_Heartbeat__Output } from './agentflow/v1/Heartbeat.ts';
 import type { InFlight as _agentflow_v1_InFlight, InFlight__Output as _agentflow_v1_InFlight__Output } from './agentflow/v1/InFlight.ts';
+import type { KeyValue as _agentflow_v1_KeyValue, KeyValue__Output as _agentflow_v1_KeyValue__Output } from './agentflow/v1/KeyValue.ts';
+import type { LockRequest as _agentflow_v1_LockRequest, LockRequest__Output as _agentflow_v1_LockRequest__Output } from './agentflow/v1/LockRequest.ts';
+import type { LockResponse as _agentflow_v1_LockResponse, LockResponse__Output as _agentflow_v1_LockResponse__Output } from './agentflow/v1/LockResponse.ts';
 import type { Progress as _agentflow_v1_Progress, Progress__Output as _agentflow_v1_Progress__Output } from './agentflow/v1/Progress.ts';
+import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Reauth__Output } from './agentflow/v1/Reauth.ts';
 import type { Register as _agentflow_v1_Register, Register__Output as _agentflow_v1_Register__Output } from './agentflow/v1/Register.ts';
 import type { Registered as _agentflow_v1_Registered, Registered__Output as _agentflow_v1_Registered__Output } from './agentflow/v1/Registered.ts';
 import type { Result as _agentflow_v1_Result, Result__Output as _agentflow_v1_Result__Output } from './agentflow/v1/Result.ts';
 import type { SpawnTasks as _agentflow_v1_SpawnTasks, SpawnTasks__Output as _agentflow_v1_SpawnTasks__Output } from './agentflow/v1/SpawnTasks.ts';
+import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output as _agentflow_v1_StateRequest__Output } from './agentflow/v1/StateRequest.ts';
+import type { StateResponse as _agentflow_v1_StateResponse, StateResponse__Output as _agentflow_v1_StateResponse__Output } from './agentflow/v1/StateResponse.ts';
 import type { TaskError as _agentflow_v1_TaskError, TaskError__Output as _agentflow_v1_TaskError__Output } from './agentflow/v1/TaskError.ts';
+import type { WatchEvent as _agentflow_v1_WatchEvent, WatchEvent__Output as _agentflow_v1_WatchEvent__Output } from './agentflow/v1/WatchEvent.ts';
 import type { WireError as _agentflow_v1_WireError, WireError__Output as _agentflow_v1_WireError__Output } from './agentflow/v1/WireError.ts';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
@@ -39,14 +47,22 @@ export interface ProtoGrpcType {
       DispatcherMessage: MessageTypeDefinition<_agentflow_v1_DispatcherMessage, _agentflow_v1_DispatcherMessage__Output>
       Drain: MessageTypeDefinition<_agentflow_v1_Drain, _agentflow_v1_Drain__Output>
       Drained: MessageTypeDefinition<_agentflow_v1_Drained, _agentflow_v1_Drained__Output>
+      Fence: MessageTypeDefinition<_agentflow_v1_Fence, _agentflow_v1_Fence__Output>
       Heartbeat: MessageTypeDefinition<_agentflow_v1_Heartbeat, _agentflow_v1_Heartbeat__Output>
       InFlight: MessageTypeDefinition<_agentflow_v1_InFlight, _agentflow_v1_InFlight__Output>
+      KeyValue: MessageTypeDefinition<_agentflow_v1_KeyValue, _agentflow_v1_KeyValue__Output>
+      LockRequest: MessageTypeDefinition<_agentflow_v1_LockRequest, _agentflow_v1_LockRequest__Output>
+      LockResponse: MessageTypeDefinition<_agentflow_v1_LockResponse, _agentflow_v1_LockResponse__Output>
       Progress: MessageTypeDefinition<_agentflow_v1_Progress, _agentflow_v1_Progress__Output>
+      Reauth: MessageTypeDefinition<_agentflow_v1_Reauth, _agentflow_v1_Reauth__Output>
       Register: MessageTypeDefinition<_agentflow_v1_Register, _agentflow_v1_Register__Output>
       Registered: MessageTypeDefinition<_agentflow_v1_Registered, _agentflow_v1_Registered__Output>
       Result: MessageTypeDefinition<_agentflow_v1_Result, _agentflow_v1_Result__Output>
       SpawnTasks: MessageTypeDefinition<_agentflow_v1_SpawnTasks, _agentflow_v1_SpawnTasks__Output>
+      StateRequest: MessageTypeDefinition<_agentflow_v1_StateRequest, _agentflow_v1_StateRequest__Output>
+      StateResponse: MessageTypeDefinition<_agentflow_v1_StateResponse, _agentflow_v1_StateResponse__Output>
       TaskError: MessageTypeDefinition<_agentflow_v1_TaskError, _agentflow_v1_TaskError__Output>
+      WatchEvent: MessageTypeDefinition<_agentflow_v1_WatchEvent, _agentflow_v1_WatchEvent__Output>
       WireError: MessageTypeDefinition<_agentflow_v1_WireError, _agentflow_v1_WireError__Output>
     }
   }

@@ -8,6 +8,8 @@ import { startOpsServer } from '../lib/ops-server.ts';
 import { type Fence, StateStore } from '../state/index.ts';
 import { WorkflowController } from '../workflow/controller.ts';
 import { WorkflowEngine } from '../workflow/engine.ts';
+import { KubeAgentAuth } from './agent-auth.ts';
+import { DispatcherTls } from './dispatcher-tls.ts';
 import { AGENTPOOLS, KubeClient, NODES, PODS, resourcePath, WORKFLOWS } from './kube/client.ts';
 import type { ControllerObserver } from './kube/controller.ts';
 import { EventRecorder } from './kube/events.ts';
@@ -21,6 +23,8 @@ export interface OperatorConfig {
   etcd: string[];
   etcdPrefix: string;
   etcdTls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
+  /** etcd password auth (--etcd-username, --etcd-password-file); else the client certificate's CN is the user. */
+  etcdAuth?: { username: string; password: string };
   /** Only this namespace's pools (default: all namespaces). */
   watchNamespace?: string;
   /** host:port of /healthz, /readyz, /metrics. */
@@ -29,8 +33,14 @@ export interface OperatorConfig {
   dispatcherListen: string;
   /** What agents dial to reach the dispatcher (the Service). */
   agentDispatcherAddress: string;
-  /** etcd endpoints given to agents (default: the operator's). */
-  agentEtcd: string[];
+  /** The operator's own namespace: where the dispatcher's TLS Secret lives. */
+  namespace: string;
+  dispatcherTls: { mode: 'managed' | 'secret'; secretName: string; sans: string[]; certValiditySeconds?: number };
+  /** ConfigMap with the dispatcher's CA bundle, published into every pool namespace. */
+  caConfigMap: string;
+  /** Audience of agents' ServiceAccount tokens. */
+  tokenAudience: string;
+  agentLeaseTtlSeconds: number;
   electionName: string;
   leaseTtlSeconds: number;
   identity: string;
@@ -61,6 +71,7 @@ export class Operator {
   private workflows: WorkflowController | undefined;
   private engine: WorkflowEngine | undefined;
   private dispatcher: Dispatcher | undefined;
+  private tls: DispatcherTls | undefined;
   private ops: { port: number; close(): Promise<void> } | undefined;
   private stopping: Promise<void> | undefined;
   private resolveDone: (why: 'stopped' | 'lost') => void = () => undefined;
@@ -75,6 +86,7 @@ export class Operator {
       endpoints: c.etcd,
       prefix: c.etcdPrefix,
       ...(c.etcdTls && { tls: c.etcdTls }),
+      ...(c.etcdAuth && { auth: c.etcdAuth }),
     });
     this.elector = new LeaderElector({
       store: this.store,
@@ -145,10 +157,47 @@ export class Operator {
     const nodes = new Informer<V1Node>(this.client, NODES, { logger: log });
     const workflows = new Informer<Workflow>(this.client, WORKFLOWS, { logger: log, ...(ns && { namespace: ns }) });
     this.informers = [pools, pods, nodes, workflows] as Informer<never>[];
+    const poolEvents = new EventRecorder(this.client, {
+      component: 'agentflow-operator',
+      host: this.c.identity,
+      logger: log,
+    });
+    this.tls = new DispatcherTls({
+      client: this.client,
+      namespace: this.c.namespace,
+      secretName: this.c.dispatcherTls.secretName,
+      mode: this.c.dispatcherTls.mode,
+      sans: this.c.dispatcherTls.sans,
+      caConfigMapName: this.c.caConfigMap,
+      ...(this.c.dispatcherTls.certValiditySeconds && {
+        certValiditySeconds: this.c.dispatcherTls.certValiditySeconds,
+      }),
+      logger: log.with({ component: 'dispatcher-tls' }),
+      events: poolEvents,
+    });
+    await this.tls.start();
+    const tls = this.tls;
+    // A new CA bundle reaches every namespace agents run in, before their next connect needs it.
+    tls.onCaChange(() => {
+      const namespaces = new Set(pools.list().map((p) => p.metadata.namespace as string));
+      for (const n of namespaces) {
+        tls.publishCa(n).catch((err: Error) => log.warn('Could not publish the CA bundle', { namespace: n, err }));
+      }
+    });
     this.dispatcher = new Dispatcher({
       store: this.store,
       address: this.c.dispatcherListen,
       fences,
+      auth: new KubeAgentAuth({
+        client: this.client,
+        audience: this.c.tokenAudience,
+        pod: (namespace, name) => pods.get(`${namespace}/${name}`),
+        pool: (namespace, name) => pools.get(`${namespace}/${name}`),
+        events: poolEvents,
+        logger: log,
+      }),
+      credentials: tls.credentials,
+      agentLeaseTtlSeconds: this.c.agentLeaseTtlSeconds,
       logger: log.with({ component: 'dispatcher' }),
     });
     await this.dispatcher.start();
@@ -169,8 +218,8 @@ export class Operator {
     };
     const endpoints: AgentEndpoints = {
       dispatcher: this.c.agentDispatcherAddress,
-      etcd: this.c.agentEtcd,
-      etcdPrefix: this.c.etcdPrefix,
+      caConfigMap: this.c.caConfigMap,
+      tokenAudience: this.c.tokenAudience,
     };
     const metrics = this.c.registry;
     const reconciles = metrics.counter({
@@ -211,6 +260,7 @@ export class Operator {
       nodes,
       events: new EventRecorder(this.client, { component: 'agentflow-operator', host: this.c.identity, logger: log }),
       endpoints,
+      prepareNamespace: (namespace) => tls.publishCa(namespace),
       agents,
       records: {
         deletePool: async (namespace, pool) => {
@@ -281,6 +331,7 @@ export class Operator {
       await this.workflows?.stop();
       await this.engine?.stop();
       await this.dispatcher?.stop(2_000);
+      this.tls?.stop();
       await Promise.all(this.informers.map((i) => i.stop()));
       if (why === 'stopped') await this.unlabelSelf();
       await this.elector.resign();

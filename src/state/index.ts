@@ -1,4 +1,5 @@
 // agentflow's etcd state layer: the only module that talks to etcd.
+export { KeptLease, type LeaseHolder, LeaseKeeper, type LeaseKeeperOptions } from './agent-leases.ts';
 export {
   AUDIT_APPEND_TRIES,
   AUDIT_BATCH,

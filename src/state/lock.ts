@@ -1,5 +1,6 @@
 import { type LeaseLostError, StateError } from './errors.ts';
-import type { Fence, Session, StateStore } from './store.ts';
+import type { LeaseHolder } from './agent-leases.ts';
+import type { Fence, StateStore } from './store.ts';
 
 export class LockTimeoutError extends StateError {
   override name = 'LockTimeoutError';
@@ -24,7 +25,7 @@ export interface Held {
 async function waitInLine(
   store: StateStore,
   prefix: string,
-  session: Session,
+  session: LeaseHolder,
   value: string,
   opts: { timeoutMs?: number; signal?: AbortSignal },
 ): Promise<Held> {
@@ -68,7 +69,7 @@ async function waitForDelete(
   store: StateStore,
   key: string,
   atRevision: number,
-  session: Session,
+  session: LeaseHolder,
   deadline: number | undefined,
   signal: AbortSignal | undefined,
 ): Promise<void> {
@@ -122,14 +123,14 @@ export class Locks {
     return `${this.store.key('locks', ...name.split('/'))}/`;
   }
 
-  acquire(name: string, session: Session, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Held> {
+  acquire(name: string, session: LeaseHolder, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Held> {
     return waitInLine(this.store, this.prefix(name), session, '', opts);
   }
 
   /** Runs `fn` holding the lock; the fence is passed in for fenced writes. */
   async withLock<T>(
     name: string,
-    session: Session,
+    session: LeaseHolder,
     fn: (held: Held) => Promise<T>,
     opts: { timeoutMs?: number } = {},
   ): Promise<T> {
@@ -165,7 +166,7 @@ export class Elections {
   }
 
   /** Resolves once this session leads. `value` identifies the leader (e.g. its pod and address). */
-  campaign(name: string, session: Session, value: string, opts: { signal?: AbortSignal } = {}): Promise<Held> {
+  campaign(name: string, session: LeaseHolder, value: string, opts: { signal?: AbortSignal } = {}): Promise<Held> {
     return waitInLine(this.store, this.prefix(name), session, value, opts);
   }
 

@@ -1,4 +1,6 @@
-import { decodeJson, type Entry, type Session, type StateStore } from './store.ts';
+import type { LeaseHolder } from './agent-leases.ts';
+import { fenceError } from './fence.ts';
+import { decodeJson, type Entry, type Fence, type StateStore } from './store.ts';
 import { ResumableWatch } from './watch.ts';
 
 export interface MemberInfo {
@@ -38,21 +40,33 @@ export class Membership {
     return `${this.store.key('members', namespace, pool)}/`;
   }
 
-  /** Registers (or refreshes) the agent under its session's lease. */
+  /** Registers (or refreshes) the agent under its lease; fenced by `fences` (the dispatcher's leadership). */
   async register(
-    session: Session,
+    lease: LeaseHolder,
     namespace: string,
     pool: string,
     info: Omit<MemberInfo, 'registeredAt'>,
+    fences: Fence[] = [],
   ): Promise<number> {
-    session.assertAlive();
+    lease.assertAlive();
     const value: MemberInfo = { ...info, registeredAt: new Date().toISOString() };
-    const res = await this.store.client
-      .put(this.prefix(namespace, pool) + info.agentId)
-      .value(JSON.stringify(value))
-      .lease(session.id)
-      .exec();
+    const res = await this.store
+      .txn(fences)
+      .then(
+        this.store.client
+          .put(this.prefix(namespace, pool) + info.agentId)
+          .value(JSON.stringify(value))
+          .lease(lease.id),
+      )
+      .commit();
+    if (!res.succeeded) throw (await fenceError(this.store, fences)) ?? new Error('membership write refused');
     return Number(res.header.revision);
+  }
+
+  /** The lease id (decimal) the agent's membership key is bound to, if it is registered. */
+  async leaseOf(namespace: string, pool: string, agentId: string): Promise<string | undefined> {
+    const e = await this.store.get(this.prefix(namespace, pool) + agentId);
+    return e && e.lease !== '0' ? e.lease : undefined;
   }
 
   async deregister(namespace: string, pool: string, agentId: string): Promise<void> {

@@ -52,7 +52,8 @@ export class SharedState {
 
   private path(key: string, isPrefix = false): string {
     const bare = isPrefix && key.endsWith('/') ? key.slice(0, -1) : key;
-    if (bare.length === 0 || bare.length > 512 || !KEY_PATTERN.test(bare)) {
+    // "." and ".." are refused although etcd keys are not paths: a key that reads like a way out of its scope is a bug or an attack.
+    if (bare.length === 0 || bare.length > 512 || !KEY_PATTERN.test(bare) || /(^|\/)\.\.?(\/|$)/.test(bare)) {
       throw new RangeError(
         `invalid state ${isPrefix ? 'prefix' : 'key'} "${key}": 1-512 characters of letters, digits, ".", "_", ":", "-", in "/"-separated segments`,
       );

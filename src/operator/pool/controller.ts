@@ -57,6 +57,8 @@ export interface PoolControllerOptions {
   nodes: Informer<V1Node>;
   events: EventRecorder;
   endpoints: AgentEndpoints;
+  /** Makes what agent pods mount exist in the pool's namespace (the dispatcher's CA bundle) before pods are made. */
+  prepareNamespace?: (namespace: string) => Promise<void>;
   agents?: AgentDirectory;
   records: PoolRecords;
   logger: Logger;
@@ -168,6 +170,7 @@ export class PoolController {
       if (changed) return { requeueAfterMs: POLL_MS }; // the spec update event brings us back sooner
     }
     const desired = desiredReplicas(pool);
+    if (desired > 0) await this.o.prepareNamespace?.(namespace);
     const hash = templateHash(pool, this.o.endpoints);
     const owned = this.ownedPods(pool);
     let busy = false;

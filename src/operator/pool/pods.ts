@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { V1Container, V1EnvVar, V1Pod } from '@kubernetes/client-node';
+import type { V1Container, V1EnvVar, V1Pod, V1Volume, V1VolumeMount } from '@kubernetes/client-node';
 import type { AgentPool } from '../../api/agentpool.ts';
 
 export const POOL_LABEL = 'agentflow.io/pool';
@@ -9,13 +9,21 @@ export const DRAIN_ANNOTATION = 'agentflow.io/drain-started';
 export const SCHEDULER_NAME = 'agentflow';
 export const POOL_FINALIZER = 'agentflow.io/pool-cleanup';
 
-/** What agent pods are told about the operator's side (env of every container). */
+/** What agent pods are told about the operator's side. They get no datastore address or credentials. */
 export interface AgentEndpoints {
   /** Address agents dial, e.g. the dispatcher Service "agentflow-dispatcher.agentflow-system:7070". */
   dispatcher: string;
-  etcd: string[];
-  etcdPrefix: string;
+  /** ConfigMap (key ca.crt) the operator publishes in every pool namespace: the dispatcher's CA bundle. */
+  caConfigMap: string;
+  /** Audience of the projected token agents authenticate with. */
+  tokenAudience: string;
+  /** Lifetime of that token; the kubelet refreshes it at 80% (default 3600, Kubernetes' minimum is 600). */
+  tokenExpirationSeconds?: number;
 }
+
+/** Where agent pods find their credentials (one projected volume: token + CA bundle). */
+export const CREDENTIALS_DIR = '/var/run/secrets/agentflow';
+const CREDENTIALS_VOLUME = 'agentflow-credentials';
 
 export const podName = (pool: string, ordinal: number) => `${pool}-${ordinal}`;
 
@@ -66,14 +74,41 @@ export function buildPod(pool: AgentPool, ordinal: number, endpoints: AgentEndpo
     { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
     { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
     { name: 'AGENTFLOW_DISPATCHER', value: endpoints.dispatcher },
-    { name: 'AGENTFLOW_ETCD_ENDPOINTS', value: endpoints.etcd.join(',') },
-    { name: 'AGENTFLOW_ETCD_PREFIX', value: endpoints.etcdPrefix },
+    { name: 'AGENTFLOW_TOKEN_FILE', value: `${CREDENTIALS_DIR}/token` },
+    { name: 'AGENTFLOW_DISPATCHER_CA_FILE', value: `${CREDENTIALS_DIR}/ca/ca.crt` },
     { name: 'AGENTFLOW_POOL', value: name },
     { name: 'AGENTFLOW_CAPACITY', value: String(agent.capacity ?? 1) },
     { name: 'AGENTFLOW_DRAIN_TIMEOUT_SECONDS', value: String(drainSeconds) },
   ];
+  const mount: V1VolumeMount = { name: CREDENTIALS_VOLUME, mountPath: CREDENTIALS_DIR, readOnly: true };
   // The template's own env comes after ours: a name set in both is the template's (last wins).
-  const withEnv = (c: V1Container): V1Container => ({ ...c, env: [...wiring, ...(c.env ?? [])] });
+  const withEnv = (c: V1Container): V1Container => ({
+    ...c,
+    env: [...wiring, ...(c.env ?? [])],
+    volumeMounts: [...(c.volumeMounts ?? []).filter((m) => m.name !== CREDENTIALS_VOLUME), mount],
+    // Restricted by default (Pod Security "restricted"); a template that says otherwise is taken at its word.
+    securityContext: c.securityContext ?? {
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+      runAsNonRoot: true,
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+  });
+  const credentials: V1Volume = {
+    name: CREDENTIALS_VOLUME,
+    projected: {
+      sources: [
+        {
+          serviceAccountToken: {
+            audience: endpoints.tokenAudience,
+            expirationSeconds: endpoints.tokenExpirationSeconds ?? 3600,
+            path: 'token',
+          },
+        },
+        { configMap: { name: endpoints.caConfigMap, items: [{ key: 'ca.crt', path: 'ca/ca.crt' }] } },
+      ],
+    },
+  };
   const scheduler = pool.spec.placement?.scheduler ?? 'agentflow';
   return {
     apiVersion: 'v1',
@@ -98,6 +133,10 @@ export function buildPod(pool: AgentPool, ordinal: number, endpoints: AgentEndpo
       ...spec,
       containers: spec.containers.map(withEnv),
       ...(spec.initContainers && { initContainers: spec.initContainers.map(withEnv) }),
+      volumes: [...(spec.volumes ?? []).filter((v) => v.name !== CREDENTIALS_VOLUME), credentials],
+      // Agents authenticate with the audience-bound token above and never call the Kubernetes API.
+      automountServiceAccountToken: spec.automountServiceAccountToken ?? false,
+      securityContext: spec.securityContext ?? { runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } },
       ...(scheduler === 'agentflow' && { schedulerName: SCHEDULER_NAME }),
       // Time for the agent's own SIGTERM drain, plus a margin to exit.
       terminationGracePeriodSeconds: spec.terminationGracePeriodSeconds ?? drainSeconds + 10,

@@ -8,6 +8,9 @@ import type { Result as _agentflow_v1_Result, Result__Output as _agentflow_v1_Re
 import type { SpawnTasks as _agentflow_v1_SpawnTasks, SpawnTasks__Output as _agentflow_v1_SpawnTasks__Output } from '../../agentflow/v1/SpawnTasks.ts';
 import type { AgentMail as _agentflow_v1_AgentMail, AgentMail__Output as _agentflow_v1_AgentMail__Output } from '../../agentflow/v1/AgentMail.ts';
 import type { Drained as _agentflow_v1_Drained, Drained__Output as _agentflow_v1_Drained__Output } from '../../agentflow/v1/Drained.ts';
+import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output as _agentflow_v1_StateRequest__Output } from '../../agentflow/v1/StateRequest.ts';
+import type { LockRequest as _agentflow_v1_LockRequest, LockRequest__Output as _agentflow_v1_LockRequest__Output } from '../../agentflow/v1/LockRequest.ts';
+import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Reauth__Output } from '../../agentflow/v1/Reauth.ts';
 
 export interface AgentMessage {
   'register'?: (_agentflow_v1_Register | null);
@@ -17,7 +20,10 @@ export interface AgentMessage {
   'spawn'?: (_agentflow_v1_SpawnTasks | null);
   'mail'?: (_agentflow_v1_AgentMail | null);
   'drained'?: (_agentflow_v1_Drained | null);
-  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained";
+  'state'?: (_agentflow_v1_StateRequest | null);
+  'lock'?: (_agentflow_v1_LockRequest | null);
+  'reauth'?: (_agentflow_v1_Reauth | null);
+  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth";
 }
 
 export interface AgentMessage__Output {
@@ -28,5 +34,8 @@ export interface AgentMessage__Output {
   'spawn'?: (_agentflow_v1_SpawnTasks__Output | null);
   'mail'?: (_agentflow_v1_AgentMail__Output | null);
   'drained'?: (_agentflow_v1_Drained__Output | null);
-  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained";
+  'state'?: (_agentflow_v1_StateRequest__Output | null);
+  'lock'?: (_agentflow_v1_LockRequest__Output | null);
+  'reauth'?: (_agentflow_v1_Reauth__Output | null);
+  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth";
 }

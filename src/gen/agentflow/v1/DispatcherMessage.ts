@@ -8,6 +8,9 @@ import type { Drain as _agentflow_v1_Drain, Drain__Output as _agentflow_v1_Drain
 import type { Ack as _agentflow_v1_Ack, Ack__Output as _agentflow_v1_Ack__Output } from '../../agentflow/v1/Ack.ts';
 import type { AgentMail as _agentflow_v1_AgentMail, AgentMail__Output as _agentflow_v1_AgentMail__Output } from '../../agentflow/v1/AgentMail.ts';
 import type { WireError as _agentflow_v1_WireError, WireError__Output as _agentflow_v1_WireError__Output } from '../../agentflow/v1/WireError.ts';
+import type { StateResponse as _agentflow_v1_StateResponse, StateResponse__Output as _agentflow_v1_StateResponse__Output } from '../../agentflow/v1/StateResponse.ts';
+import type { WatchEvent as _agentflow_v1_WatchEvent, WatchEvent__Output as _agentflow_v1_WatchEvent__Output } from '../../agentflow/v1/WatchEvent.ts';
+import type { LockResponse as _agentflow_v1_LockResponse, LockResponse__Output as _agentflow_v1_LockResponse__Output } from '../../agentflow/v1/LockResponse.ts';
 
 export interface DispatcherMessage {
   'registered'?: (_agentflow_v1_Registered | null);
@@ -17,7 +20,10 @@ export interface DispatcherMessage {
   'ack'?: (_agentflow_v1_Ack | null);
   'mail'?: (_agentflow_v1_AgentMail | null);
   'error'?: (_agentflow_v1_WireError | null);
-  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error";
+  'state'?: (_agentflow_v1_StateResponse | null);
+  'watchEvent'?: (_agentflow_v1_WatchEvent | null);
+  'lock'?: (_agentflow_v1_LockResponse | null);
+  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock";
 }
 
 export interface DispatcherMessage__Output {
@@ -28,5 +34,8 @@ export interface DispatcherMessage__Output {
   'ack'?: (_agentflow_v1_Ack__Output | null);
   'mail'?: (_agentflow_v1_AgentMail__Output | null);
   'error'?: (_agentflow_v1_WireError__Output | null);
-  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error";
+  'state'?: (_agentflow_v1_StateResponse__Output | null);
+  'watchEvent'?: (_agentflow_v1_WatchEvent__Output | null);
+  'lock'?: (_agentflow_v1_LockResponse__Output | null);
+  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock";
 }

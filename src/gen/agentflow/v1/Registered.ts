@@ -5,8 +5,18 @@ import type { InFlight as _agentflow_v1_InFlight, InFlight__Output as _agentflow
 
 export interface Registered {
   'stillYours'?: (_agentflow_v1_InFlight)[];
+  'leaseId'?: (string);
+  'agentId'?: (string);
+  'namespace'?: (string);
+  'pool'?: (string);
+  'leaseTtlSeconds'?: (number);
 }
 
 export interface Registered__Output {
   'stillYours': (_agentflow_v1_InFlight__Output)[];
+  'leaseId': (string);
+  'agentId': (string);
+  'namespace': (string);
+  'pool': (string);
+  'leaseTtlSeconds': (number);
 }

@@ -1,0 +1,189 @@
+import { EventEmitter } from 'node:events';
+import { LeaseLostError } from './errors.ts';
+import type { StateStore } from './store.ts';
+
+/**
+ * What a lease-bound operation (a lock, a claim) needs of the lease it binds
+ * keys to. The operator's own Session and an agent's KeptLease both are one.
+ */
+export interface LeaseHolder {
+  readonly id: string;
+  assertAlive(): void;
+  on(event: 'lost', listener: (err: LeaseLostError) => void): unknown;
+  off(event: 'lost', listener: (err: LeaseLostError) => void): unknown;
+}
+
+/** One agent's lease, kept alive by the dispatcher on the agent's behalf. */
+export class KeptLease extends EventEmitter<{ lost: [LeaseLostError] }> implements LeaseHolder {
+  readonly id: string;
+  readonly ttlSeconds: number;
+  /** Whether keep-alives are being sent (the agent is connected and heartbeating). */
+  kept = true;
+  private gone = false;
+
+  constructor(id: string, ttlSeconds: number) {
+    super();
+    this.id = id;
+    this.ttlSeconds = ttlSeconds;
+  }
+
+  get lost(): boolean {
+    return this.gone;
+  }
+
+  assertAlive(): void {
+    if (this.gone) throw new LeaseLostError(`lease ${this.id} is lost`);
+  }
+
+  /** @internal */
+  markLost(why: string): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.kept = false;
+    this.emit('lost', new LeaseLostError(`lease ${this.id} lost: ${why}`));
+  }
+}
+
+export interface LeaseKeeperOptions {
+  ttlSeconds: number;
+  /** Called when keep-alives cannot reach etcd (they are retried). */
+  onError?: (err: Error) => void;
+}
+
+/**
+ * Grants, adopts and keeps alive many leases over one etcd keep-alive stream
+ * (agents hold no etcd credentials, so the dispatcher keeps their leases).
+ * A lease whose keep-alive stops expires after its TTL, and with it every key
+ * bound to it: that is how an agent's death releases its claims and locks.
+ */
+export class LeaseKeeper {
+  readonly ttlSeconds: number;
+  private readonly store: StateStore;
+  private readonly leases = new Map<string, KeptLease>();
+  private readonly onError: (err: Error) => void;
+  private timer: NodeJS.Timeout | undefined;
+  private stream: Awaited<ReturnType<StateStore['client']['leaseClient']['leaseKeepAlive']>> | undefined;
+  private opening: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(store: StateStore, opts: LeaseKeeperOptions) {
+    if (!Number.isInteger(opts.ttlSeconds) || opts.ttlSeconds < 2) {
+      throw new RangeError(`LeaseKeeper.ttlSeconds: must be an integer >= 2 (etcd's minimum), got ${opts.ttlSeconds}`);
+    }
+    this.store = store;
+    this.ttlSeconds = opts.ttlSeconds;
+    this.onError = opts.onError ?? (() => undefined);
+  }
+
+  start(): void {
+    // A third of the TTL, as etcd's own clients do: two keep-alives may be lost before it expires.
+    this.timer = setInterval(() => this.tick(), Math.max(300, (this.ttlSeconds * 1000) / 3));
+    this.timer.unref();
+  }
+
+  /** A new lease, kept alive from now on. */
+  async grant(): Promise<KeptLease> {
+    const res = await this.store.client.leaseClient.leaseGrant({ TTL: this.ttlSeconds, ID: 0 });
+    const lease = new KeptLease(String(res.ID), this.ttlSeconds);
+    this.leases.set(lease.id, lease);
+    return lease;
+  }
+
+  /**
+   * Takes over an existing lease if etcd still has it (e.g. granted by a
+   * previous leader): undefined if it expired. The caller must first check
+   * that the lease belongs to the agent asking (see Membership).
+   */
+  async adopt(id: string): Promise<KeptLease | undefined> {
+    if (!/^[1-9][0-9]{0,19}$/.test(id)) return undefined;
+    const known = this.leases.get(id);
+    if (known && !known.lost) {
+      known.kept = true;
+      return known;
+    }
+    const res = await this.store.client.leaseClient.leaseTimeToLive({ ID: id, keys: false });
+    if (Number(res.TTL) <= 0) return undefined;
+    const lease = new KeptLease(id, Number(res.grantedTTL) || this.ttlSeconds);
+    this.leases.set(id, lease);
+    this.keepAliveNow([id]);
+    return lease;
+  }
+
+  /** Stops keeping the lease alive: it expires after its TTL unless resumed. */
+  pause(lease: KeptLease): void {
+    lease.kept = false;
+  }
+
+  resume(lease: KeptLease): void {
+    if (!lease.lost) lease.kept = true;
+  }
+
+  /** Ends the lease now: every key bound to it is deleted. */
+  async revoke(lease: KeptLease): Promise<void> {
+    this.leases.delete(lease.id);
+    lease.markLost('revoked');
+    await this.store.client.leaseClient.leaseRevoke({ ID: lease.id }).catch((err: Error) => {
+      if (!/not found/i.test(err.message)) throw err;
+    });
+  }
+
+  /** Forgets the lease without revoking it (it expires after its TTL). */
+  forget(lease: KeptLease): void {
+    this.leases.delete(lease.id);
+    lease.kept = false;
+  }
+
+  get size(): number {
+    return this.leases.size;
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.stream?.end();
+    this.stream = undefined;
+  }
+
+  private tick(): void {
+    const ids: string[] = [];
+    for (const l of this.leases.values()) if (l.kept) ids.push(l.id);
+    // Leases nobody keeps any more expire on their own; drop them from memory once they could have.
+    if (ids.length > 0) this.keepAliveNow(ids);
+  }
+
+  private keepAliveNow(ids: string[]): void {
+    if (this.closed) return;
+    if (!this.stream) {
+      this.opening ??= this.open()
+        .catch((err: Error) => this.onError(err))
+        .finally(() => {
+          this.opening = undefined;
+        });
+      return;
+    }
+    for (const id of ids) this.stream.write({ ID: id });
+  }
+
+  private async open(): Promise<void> {
+    const stream = await this.store.client.leaseClient.leaseKeepAlive();
+    if (this.closed) {
+      stream.end();
+      return;
+    }
+    stream.on('data', (res: { ID: string; TTL: string }) => {
+      const lease = this.leases.get(String(res.ID));
+      if (lease && Number(res.TTL) <= 0) {
+        this.leases.delete(lease.id);
+        lease.markLost('expired before it could be kept alive');
+      }
+    });
+    const drop = (err?: Error) => {
+      if (this.stream === stream) this.stream = undefined;
+      if (err && !this.closed) this.onError(err);
+    };
+    stream.on('error', (err: Error) => drop(err));
+    stream.on('end', () => drop());
+    this.stream = stream;
+    this.tick();
+  }
+}
