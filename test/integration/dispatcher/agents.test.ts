@@ -1,24 +1,39 @@
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher, type TaskEvent } from '../../../src/dispatcher/index.ts';
 import { type StateStore, TaskClaims } from '../../../src/state/index.ts';
-import { etcdEndpoint, JsonLinesChild, testStore } from '../state/helpers.ts';
+import { testCluster } from '../../cluster/testing.ts';
+import { JsonLinesChild, testStore } from '../state/helpers.ts';
+import { type SecureDispatcherSetup, secureDispatcher } from './secure.ts';
 
 // The dispatcher with real agent processes (the SDK's createAgent) on real
-// etcd and gRPC: credits hold, a killed agent's task runs again elsewhere
-// with exactly one committed result, and a dispatcher restart loses nothing.
+// etcd and gRPC, with TLS and token authentication on (TokenReview and
+// SubjectAccessReview against the real kube-apiserver): credits hold, a
+// killed agent's task runs again elsewhere with exactly one committed result,
+// and a dispatcher restart loses nothing.
 
 const AGENT = 'test/fixtures/agent/run-agent.ts';
 const TTL = 2;
 const stores: StateStore[] = [];
 const children: JsonLinesChild[] = [];
 const dispatchers: Dispatcher[] = [];
+const cluster = testCluster();
+let sec: SecureDispatcherSetup;
+let token = '';
+
+beforeAll(async () => {
+  sec = await secureDispatcher(cluster, 'disp');
+  await sec.pool('pool');
+  token = await sec.serviceAccount('agents', { connect: ['pool'] });
+});
 
 afterEach(async () => {
   for (const c of children.splice(0)) c.kill('SIGKILL');
   for (const d of dispatchers.splice(0)) await d.stop(500);
 });
-afterAll(() => {
+afterAll(async () => {
   for (const s of stores) s.close();
+  sec.close();
+  await cluster.close();
 });
 
 async function setup(
@@ -27,7 +42,14 @@ async function setup(
 ): Promise<{ store: StateStore; dispatcher: Dispatcher; events: TaskEvent[] }> {
   const store = testStore(prefix);
   stores.push(store);
-  const dispatcher = new Dispatcher({ store, address: `127.0.0.1:${port}`, orphanTimeoutMs: 60_000 });
+  const dispatcher = new Dispatcher({
+    store,
+    address: `127.0.0.1:${port}`,
+    orphanTimeoutMs: 60_000,
+    auth: sec.auth,
+    credentials: sec.credentials,
+    agentLeaseTtlSeconds: TTL,
+  });
   dispatchers.push(dispatcher);
   const events: TaskEvent[] = [];
   dispatcher.on('task', (e) => events.push(e));
@@ -43,7 +65,8 @@ async function agent(
   workMs: number,
   firstAttemptMs?: number,
 ): Promise<JsonLinesChild> {
-  const args = [`127.0.0.1:${port}`, etcdEndpoint(), prefix, 'pool', id, String(capacity), String(TTL), String(workMs)];
+  void prefix;
+  const args = [`127.0.0.1:${port}`, sec.caFile, token, sec.namespace, 'pool', id, String(capacity), String(workMs)];
   if (firstAttemptMs !== undefined) args.push(String(firstAttemptMs));
   const c = new JsonLinesChild(AGENT, args);
   children.push(c);
@@ -51,7 +74,9 @@ async function agent(
   return c;
 }
 
-const ref = (task: string) => ({ namespace: 'ns', workflow: 'wf', task });
+const ref = (task: string) => ({ namespace: sec.namespace, workflow: 'wf', task });
+// External agents are named after their ServiceAccount plus the suffix they register with.
+const idOf = (suffix: string) => `agents.${suffix}`;
 
 async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -81,8 +106,40 @@ describe('dispatcher with real agents', () => {
     for (const o of outputs) expect(o.maxConcurrent).toBeLessThanOrEqual(4);
     expect(Math.max(...outputs.map((o) => o.maxConcurrent))).toBe(4); // the credits were used, not just respected
     expect(maxUsed).toBeLessThanOrEqual(4);
-    expect(new Set(outputs.map((o) => o.agentId))).toEqual(new Set(['a1', 'a2', 'a3']));
+    expect(new Set(outputs.map((o) => o.agentId))).toEqual(new Set(['a1', 'a2', 'a3'].map(idOf)));
   });
+
+  it('8 attempts × 500 compare-and-swap increments through ctx.state end at exactly 4000', async () => {
+    const prefix = `/test-agents-cas-${Date.now()}`;
+    const { store, dispatcher, events } = await setup(prefix);
+    for (const id of ['c1', 'c2', 'c3', 'c4']) await agent(dispatcher.port, prefix, id, 2, 0);
+    await until('4 agents', () => dispatcher.agents().length === 4);
+    for (let i = 0; i < 8; i++)
+      dispatcher.submit({ ref: ref(`c${i}`), pool: 'pool', handler: 'count', input: { key: 'counter', n: 500 } });
+    await until('8 results', () => committed(events).length === 8, 120_000);
+    const counter = await store.get(store.key('state', 'workflow', sec.namespace, 'wf', 'counter'));
+    expect(counter?.value).toBe('4000');
+    expect(counter?.version).toBe(4000); // every increment applied exactly once
+    const conflicts = committed(events).reduce((s, e) => s + (e.result.output as { conflicts: number }).conflicts, 0);
+    console.log(`CAS through the dispatcher: 4000 increments, ${conflicts} conflicts retried`);
+  }, 150_000);
+
+  it('lock holders on different agents never overlap and fencing tokens only grow', async () => {
+    const prefix = `/test-agents-lock-${Date.now()}`;
+    const { dispatcher, events } = await setup(prefix);
+    for (const id of ['l1', 'l2', 'l3']) await agent(dispatcher.port, prefix, id, 2, 0);
+    await until('3 agents', () => dispatcher.agents().length === 3);
+    for (let i = 0; i < 5; i++)
+      dispatcher.submit({ ref: ref(`l${i}`), pool: 'pool', handler: 'exclusive', input: { rounds: 40 } });
+    await until('5 results', () => committed(events).length === 5, 90_000);
+    const outs = committed(events).map((e) => e.result.output as { tokens: number[]; overlaps: number });
+    expect(outs.reduce((s, o) => s + o.overlaps, 0)).toBe(0);
+    const all = outs.flatMap((o) => o.tokens);
+    expect(all).toHaveLength(200);
+    expect(new Set(all).size).toBe(200); // every holding has its own token
+    for (const o of outs)
+      for (let i = 1; i < o.tokens.length; i++) expect(o.tokens[i]).toBeGreaterThan(o.tokens[i - 1] as number);
+  }, 120_000);
 
   it('kill -9 of an agent mid-task: the task runs again on another agent after the lease TTL, one result committed', async () => {
     const prefix = `/test-agents-kill-${Date.now()}`;
@@ -96,14 +153,14 @@ describe('dispatcher with real agents', () => {
       holder = dispatcher.agents().find((a) => a.used > 0)?.agentId ?? '';
       return holder !== '';
     });
-    const victim = agents.get(holder) as JsonLinesChild;
+    const victim = agents.get(holder.replace(/^agents\./, '')) as JsonLinesChild;
     await victim.next('started');
     const killedAt = Date.now();
     victim.kill('SIGKILL');
     await until('the result', () => committed(events).length === 1, TTL * 1000 + 15_000);
     const elapsed = Date.now() - killedAt;
     const [done] = committed(events);
-    const survivor = holder === 'k1' ? 'k2' : 'k1';
+    const survivor = holder === idOf('k1') ? idOf('k2') : idOf('k1');
     expect(done?.result).toMatchObject({ attempt: 2, agentId: survivor, ok: true });
     expect(events.find((e) => e.type === 'lost')).toMatchObject({
       attempt: 1,

@@ -1,4 +1,5 @@
-import { type ClientDuplexStream, credentials } from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import { type ClientDuplexStream, credentials, Metadata, type StatusObject } from '@grpc/grpc-js';
 import type { AgentMessage } from '../../../src/gen/agentflow/v1/AgentMessage.ts';
 import type { DispatcherMessage__Output } from '../../../src/gen/agentflow/v1/DispatcherMessage.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../../../src/lib/proto.ts';
@@ -11,12 +12,28 @@ export class RawAgent {
   readonly stream: ClientDuplexStream<AgentMessage, DispatcherMessage__Output>;
   readonly received: DispatcherMessage__Output[] = [];
   ended = false;
+  /** The call's final status (code 16 UNAUTHENTICATED, 7 PERMISSION_DENIED, 14 UNAVAILABLE...). */
+  status: StatusObject | undefined;
   private waiters: (() => void)[] = [];
 
-  constructor(port: number) {
+  /**
+   * `tokenFile` goes in `authorization: Bearer`; `caFile` is trusted for TLS
+   * (the dispatcher's certificate names 127.0.0.1). `plaintext` dials without TLS.
+   */
+  constructor(port: number, o: { caFile?: string; tokenFile?: string; token?: string; plaintext?: boolean } = {}) {
     const Client = agentflowProto().agentflow.v1.Dispatcher;
-    const client = new Client(`127.0.0.1:${port}`, credentials.createInsecure(), KEEPALIVE_OPTIONS);
-    this.stream = client.Connect();
+    const creds =
+      o.plaintext || !o.caFile ? credentials.createInsecure() : credentials.createSsl(readFileSync(o.caFile));
+    const client = new Client(`127.0.0.1:${port}`, creds, KEEPALIVE_OPTIONS);
+    const md = new Metadata();
+    const token = o.token ?? (o.tokenFile ? readFileSync(o.tokenFile, 'utf8').trim() : undefined);
+    if (token) md.set('authorization', `Bearer ${token}`);
+    this.stream = client.Connect(md);
+    this.stream.on('status', (st: StatusObject) => {
+      this.status = st;
+      this.ended = true;
+      this.wake();
+    });
     this.stream.on('data', (m: DispatcherMessage__Output) => {
       this.received.push(m);
       this.wake();
@@ -55,6 +72,19 @@ export class RawAgent {
         setTimeout(r, 50);
       });
     }
+  }
+
+  /** Waits for the call to end; its status. */
+  async closed(timeoutMs = 10_000): Promise<StatusObject> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.status) {
+      if (Date.now() > deadline) throw new Error(`the stream did not end within ${timeoutMs} ms`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+    return this.status;
   }
 
   count(kind: NonNullable<DispatcherMessage__Output['msg']>): number {

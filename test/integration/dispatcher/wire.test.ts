@@ -1,43 +1,50 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher, type TaskEvent } from '../../../src/dispatcher/index.ts';
 import { MAX_PAYLOAD_BYTES } from '../../../src/lib/proto.ts';
-import { type Session, type StateStore, TaskClaims } from '../../../src/state/index.ts';
+import { type StateStore, TaskClaims } from '../../../src/state/index.ts';
+import { testCluster } from '../../cluster/testing.ts';
 import { testStore } from '../state/helpers.ts';
 import { RawAgent } from './raw-agent.ts';
+import { type SecureDispatcherSetup, secureDispatcher } from './secure.ts';
 
 // Malformed or out-of-turn wire input gets a precise refusal and changes
 // nothing: no claim lost, no result committed.
 
 let store: StateStore;
 let dispatcher: Dispatcher;
-let session: Session;
+const cluster = testCluster();
+let sec: SecureDispatcherSetup;
+let token = '';
 const agents: RawAgent[] = [];
 const events: TaskEvent[] = [];
 
 const register = (agentId: string, pool = 'pool-a', capacity = 2) => ({
   register: {
-    namespace: 'ns',
+    namespace: sec.namespace,
     pool,
     agentId,
     pod: `pod-${agentId}`,
     handlers: ['work'],
     capacity,
-    leaseId: session.id,
+    leaseId: '',
     inFlight: [],
     runtimeVersion: 'test',
   },
 });
 const connect = () => {
-  const a = new RawAgent(dispatcher.port);
+  const a = new RawAgent(dispatcher.port, { caFile: sec.caFile, tokenFile: token });
   agents.push(a);
   return a;
 };
-const ref = (task: string) => ({ namespace: 'ns', workflow: 'wf', task });
+const ref = (task: string) => ({ namespace: sec.namespace, workflow: 'wf', task });
 
 beforeAll(async () => {
   store = testStore();
-  session = await store.session(10);
-  dispatcher = new Dispatcher({ store });
+  sec = await secureDispatcher(cluster, 'wire');
+  await sec.pool('pool-a', { capacity: 4 });
+  await sec.pool('pool-b', { capacity: 4 });
+  token = await sec.serviceAccount('agent', { connect: ['pool-a', 'pool-b'] });
+  dispatcher = new Dispatcher({ store, auth: sec.auth, credentials: sec.credentials });
   dispatcher.on('task', (e) => events.push(e));
   await dispatcher.start();
 });
@@ -45,8 +52,9 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const a of agents) a.close();
   await dispatcher.stop(1_000);
-  await session.close();
+  sec.close();
   store.close();
+  await cluster.close();
 });
 
 describe('dispatcher wire input', () => {
@@ -61,6 +69,10 @@ describe('dispatcher wire input', () => {
     [{ capacity: 0 }, 'Register.capacity: must be 1-1024, got 0'],
     [{ pool: 'Not_A_Pool' }, 'Register.pool: "Not_A_Pool" is not a DNS-1123 label'],
     [{ leaseId: 'abc' }, 'Register.leaseId: "abc" is not an etcd lease id'],
+    [
+      { inFlight: Array.from({ length: 4097 }, (_, i) => ({ taskId: `wf/t${i}`, attempt: 1, token: 1, cost: 1 })) },
+      'Register.inFlight: at most 4096 attempts, got 4097',
+    ],
     [{ handlers: [] }, 'Register.handlers: 1-128 handler names required, got 0'],
   ])('refuses Register with %o', async (bad, message) => {
     const a = connect();
@@ -72,7 +84,13 @@ describe('dispatcher wire input', () => {
     const claims = new TaskClaims(store);
     const a = connect();
     a.send(register('agent-a', 'pool-a', 2));
-    expect(await a.next('registered')).toEqual({ stillYours: [] });
+    expect(await a.next('registered')).toMatchObject({
+      stillYours: [],
+      agentId: 'agent.agent-a',
+      namespace: sec.namespace,
+      pool: 'pool-a',
+      leaseTtlSeconds: 10,
+    });
     for (const t of ['t1', 't2', 't3'])
       dispatcher.submit({ ref: ref(t), pool: 'pool-a', handler: 'work', input: { t } });
     const first = await a.next('assign');
@@ -81,7 +99,7 @@ describe('dispatcher wire input', () => {
     await expect(a.next('assign', 300)).rejects.toThrow('no assign');
     expect(first).toMatchObject({
       taskId: 'wf/t1',
-      namespace: 'ns',
+      namespace: sec.namespace,
       workflow: 'wf',
       attempt: 1,
       handler: 'work',
@@ -127,7 +145,7 @@ describe('dispatcher wire input', () => {
       ok: true,
       output: { ok: true },
       attempt: 1,
-      agentId: 'agent-a',
+      agentId: 'agent.agent-a',
     });
     expect(await a.next('assign')).toMatchObject({ taskId: 'wf/t3' });
     expect(events.filter((e) => e.type === 'committed').map((e) => e.type === 'committed' && e.ref.task)).toEqual([
