@@ -80,22 +80,39 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
+
 {{/*
 Rejects value combinations the schema cannot express with a clear message.
-Included by every template that depends on the etcd choice.
+Included by every template that depends on these choices.
 */}}
 {{- define "agentflow.validate" -}}
 {{- $etcd := .Values.etcd }}
+{{- $ext := $etcd.external }}
 {{- if $etcd.bundled.enabled }}
-{{- if or $etcd.external.endpoints $etcd.external.tls.enabled }}
+{{- if or $ext.endpoints $ext.tls.enabled $ext.auth.username $ext.auth.passwordSecret.name }}
 {{- fail "etcd.external is only used with etcd.bundled.enabled=false: disable the bundled etcd to use an external one, or clear etcd.external" }}
 {{- end }}
 {{- else }}
-{{- if not $etcd.external.endpoints }}
+{{- if not $ext.endpoints }}
 {{- fail "etcd.bundled.enabled=false needs an external etcd: set etcd.external.endpoints, e.g. --set 'etcd.external.endpoints={https://etcd-0.example:2379}'" }}
 {{- end }}
-{{- if and $etcd.external.tls.enabled (not $etcd.external.tls.secretName) }}
+{{- if and $ext.tls.enabled (not $ext.tls.secretName) }}
 {{- fail "etcd.external.tls.enabled=true needs etcd.external.tls.secretName: a Secret with ca.crt, tls.crt and tls.key" }}
+{{- end }}
+{{- if and $ext.auth.username (not $ext.auth.passwordSecret.name) }}
+{{- fail "etcd.external.auth.username needs etcd.external.auth.passwordSecret.name: the Secret that holds the user's password" }}
+{{- end }}
+{{- if and $ext.auth.passwordSecret.name (not $ext.auth.username) }}
+{{- fail "etcd.external.auth.passwordSecret needs etcd.external.auth.username: the etcd user the password belongs to" }}
+{{- end }}
+{{- end }}
+{{- $cm := .Values.dispatcher.tls.certManager }}
+{{- if $cm.enabled }}
+{{- if not (.Capabilities.APIVersions.Has "cert-manager.io/v1") }}
+{{- fail "dispatcher.tls.certManager.enabled=true needs cert-manager: this cluster does not serve cert-manager.io/v1. Install cert-manager first, or use dispatcher.tls.mode=managed (the operator's own CA). For `helm template`, pass --api-versions cert-manager.io/v1" }}
+{{- end }}
+{{- if not $cm.issuerRef.name }}
+{{- fail "dispatcher.tls.certManager.enabled=true needs dispatcher.tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs the dispatcher's certificate" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -103,10 +120,15 @@ Included by every template that depends on the etcd choice.
 {{/* The operator's etcd client URLs, comma-separated. */}}
 {{- define "agentflow.etcdEndpoints" -}}
 {{- if .Values.etcd.bundled.enabled }}
-{{- printf "http://%s.%s.svc:2379" (include "agentflow.etcdName" .) .Release.Namespace }}
+{{- printf "https://%s.%s.svc:2379" (include "agentflow.etcdName" .) .Release.Namespace }}
 {{- else }}
 {{- join "," .Values.etcd.external.endpoints }}
 {{- end }}
+{{- end }}
+
+{{/* The dispatcher's Service: agents dial it, and its DNS names are in the serving certificate. */}}
+{{- define "agentflow.dispatcherServiceName" -}}
+{{- include "agentflow.fullname" . }}-dispatcher
 {{- end }}
 
 {{/* What agent pods dial for the dispatcher. */}}
@@ -114,18 +136,125 @@ Included by every template that depends on the etcd choice.
 {{- if .Values.agents.dispatcherAddress }}
 {{- .Values.agents.dispatcherAddress }}
 {{- else }}
-{{- printf "%s-dispatcher.%s.svc:%d" (include "agentflow.fullname" .) .Release.Namespace (int .Values.dispatcher.port) }}
+{{- printf "%s.%s.svc:%d" (include "agentflow.dispatcherServiceName" .) .Release.Namespace (int .Values.dispatcher.port) }}
 {{- end }}
 {{- end }}
 
-{{/* The etcd members' peer URLs: name=http://name.headless.ns.svc:2380, joined by commas. */}}
+{{/* managed or secret: a cert-manager Certificate is a Secret the operator reads. */}}
+{{- define "agentflow.dispatcherTlsMode" -}}
+{{- if .Values.dispatcher.tls.certManager.enabled }}secret{{ else }}{{ .Values.dispatcher.tls.mode }}{{ end }}
+{{- end }}
+
+{{- define "agentflow.dispatcherTlsSecret" -}}
+{{- default (printf "%s-dispatcher-tls" (include "agentflow.fullname" .)) .Values.dispatcher.tls.secretName }}
+{{- end }}
+
+{{/*
+The serving certificate's names beyond the Service's own (which the operator,
+and the cert-manager Certificate, always include): dispatcher.tls.extraSANs
+and the host of agents.dispatcherAddress, since agents verify the name they
+dial. Comma-separated, without duplicates.
+*/}}
+{{- define "agentflow.dispatcherExtraSANs" -}}
+{{- $sans := .Values.dispatcher.tls.extraSANs }}
+{{- with .Values.agents.dispatcherAddress }}
+{{- $sans = append $sans (regexReplaceAll ":[0-9]+$" . "") }}
+{{- end }}
+{{- join "," (uniq $sans) }}
+{{- end }}
+
+{{/* The etcd members' peer URLs: name=https://name.headless.ns.svc:2380, joined by commas. */}}
 {{- define "agentflow.etcdInitialCluster" -}}
 {{- $name := include "agentflow.etcdName" . }}
 {{- $headless := include "agentflow.etcdHeadlessName" . }}
 {{- $members := list }}
 {{- range $i := until (int .Values.etcd.bundled.replicas) }}
 {{- $member := printf "%s-%d" $name $i }}
-{{- $members = append $members (printf "%s=http://%s.%s.%s.svc:2380" $member $member $headless $.Release.Namespace) }}
+{{- $members = append $members (printf "%s=https://%s.%s.%s.svc:2380" $member $member $headless $.Release.Namespace) }}
 {{- end }}
 {{- join "," $members }}
+{{- end }}
+
+{{/* The etcd user the operator authenticates as (the CN of its bundled client certificate). */}}
+{{- define "agentflow.etcdOperatorUser" -}}agentflow-operator{{- end }}
+
+{{/* Secret names of the bundled etcd's certificates. */}}
+{{- define "agentflow.etcdCaSecret" -}}{{ include "agentflow.etcdName" . }}-ca{{- end }}
+{{- define "agentflow.etcdMemberSecret" -}}{{ include "agentflow.etcdName" . }}-member{{- end }}
+{{- define "agentflow.etcdOperatorSecret" -}}{{ include "agentflow.etcdName" . }}-client-operator{{- end }}
+{{- define "agentflow.etcdRootSecret" -}}{{ include "agentflow.etcdName" . }}-client-root{{- end }}
+
+{{/*
+The bundled etcd's certificates (PEM strings), computed once per render and
+kept on the root context as agentflowEtcdCerts, so that the Secrets and the
+pods' checksum annotations agree. Upgrades keep what the cluster already
+holds (lookup): the CAs while their Secret exists, each leaf while its Secret
+exists and the CAs are the ones that signed it; a new CA re-issues every leaf.
+Two CAs: one for clients and the server, one for members only, so that no
+client certificate can join the cluster as a member.
+Keys are ECDSA P-256 (fast to generate, so `helm template` stays quick).
+*/}}
+{{- define "agentflow.etcdCerts" -}}
+{{- if not (hasKey . "agentflowEtcdCerts") }}
+{{- $ns := .Release.Namespace }}
+{{- $name := include "agentflow.etcdName" . }}
+{{- $headless := include "agentflow.etcdHeadlessName" . }}
+{{- $caDays := 3650 }}
+{{- $leafDays := 1825 }}
+{{- $c := dict }}
+{{- $ca := "" }}
+{{- $peerCa := "" }}
+{{- $old := lookup "v1" "Secret" $ns (include "agentflow.etcdCaSecret" .) }}
+{{- $reuse := and $old $old.data (hasKey $old.data "ca.key") (hasKey $old.data "peer-ca.key") }}
+{{- if $reuse }}
+{{- $ca = buildCustomCert (index $old.data "ca.crt") (index $old.data "ca.key") }}
+{{- $peerCa = buildCustomCert (index $old.data "peer-ca.crt") (index $old.data "peer-ca.key") }}
+{{- else }}
+{{- $ca = genCAWithKey (printf "%s-ca" $name) $caDays (genPrivateKey "ecdsa") }}
+{{- $peerCa = genCAWithKey (printf "%s-peer-ca" $name) $caDays (genPrivateKey "ecdsa") }}
+{{- end }}
+{{- $_ := set $c "ca.crt" $ca.Cert }}
+{{- $_ = set $c "ca.key" $ca.Key }}
+{{- $_ = set $c "peer-ca.crt" $peerCa.Cert }}
+{{- $_ = set $c "peer-ca.key" $peerCa.Key }}
+{{- $members := list }}
+{{- range $i := until (int .Values.etcd.bundled.replicas) }}
+{{- $fqdn := printf "%s-%d.%s.%s.svc" $name $i $headless $ns }}
+{{- $members = append $members $fqdn }}
+{{- $members = append $members (printf "%s.cluster.local" $fqdn) }}
+{{- end }}
+{{- $service := list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) "localhost" }}
+{{- $member := dict }}
+{{- if $reuse }}
+{{- $member = (lookup "v1" "Secret" $ns (include "agentflow.etcdMemberSecret" .)).data | default (dict) }}
+{{- end }}
+{{- if and (hasKey $member "server.crt") (hasKey $member "peer.crt") }}
+{{- range $k := list "server.crt" "server.key" "peer.crt" "peer.key" }}
+{{- $_ := set $c $k (index $member $k | b64dec) }}
+{{- end }}
+{{- else }}
+{{- $server := genSignedCertWithKey $name (list "127.0.0.1") (concat $members $service) $leafDays $ca (genPrivateKey "ecdsa") }}
+{{- $peer := genSignedCertWithKey (printf "%s-peer" $name) nil $members $leafDays $peerCa (genPrivateKey "ecdsa") }}
+{{- $_ := set $c "server.crt" $server.Cert }}
+{{- $_ = set $c "server.key" $server.Key }}
+{{- $_ = set $c "peer.crt" $peer.Cert }}
+{{- $_ = set $c "peer.key" $peer.Key }}
+{{- end }}
+{{- range $who, $secret := dict "operator" (include "agentflow.etcdOperatorSecret" .) "root" (include "agentflow.etcdRootSecret" .) }}
+{{- $client := dict }}
+{{- if $reuse }}
+{{- $client = (lookup "v1" "Secret" $ns $secret).data | default (dict) }}
+{{- end }}
+{{- if hasKey $client "tls.crt" }}
+{{- $_ := set $c (printf "%s.crt" $who) (index $client "tls.crt" | b64dec) }}
+{{- $_ = set $c (printf "%s.key" $who) (index $client "tls.key" | b64dec) }}
+{{- else }}
+{{- $cn := ternary (include "agentflow.etcdOperatorUser" $) "root" (eq $who "operator") }}
+{{- $cert := genSignedCertWithKey $cn nil nil $leafDays $ca (genPrivateKey "ecdsa") }}
+{{- $_ := set $c (printf "%s.crt" $who) $cert.Cert }}
+{{- $_ = set $c (printf "%s.key" $who) $cert.Key }}
+{{- end }}
+{{- end }}
+{{- $_ := set . "agentflowEtcdCerts" $c }}
+{{- end }}
 {{- end }}

@@ -51,7 +51,9 @@ describe('chart CRDs', () => {
   });
 
   it('drop the keep annotation with crds.keep=false and the CRDs with crds.enabled=false', async () => {
-    for (const d of await render('crds.keep=false')) expect(d.metadata.annotations).toBeUndefined();
+    const crds = (await render('crds.keep=false')).filter((d) => d.kind === 'CustomResourceDefinition');
+    expect(crds).toHaveLength(2);
+    for (const d of crds) expect(d.metadata.annotations).toBeUndefined();
     expect((await render('crds.enabled=false')).filter((d) => d.kind === 'CustomResourceDefinition')).toEqual([]);
   });
 

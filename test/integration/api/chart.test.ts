@@ -1,17 +1,29 @@
-import { readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { pinnedVersions } from '../../cluster/binaries.ts';
+import { StateStore } from '../../../src/state/index.ts';
+import { binaryPath, pinnedVersions } from '../../cluster/binaries.ts';
 import type { ClusterHandle, CommandResult } from '../../cluster/cluster-handle.ts';
+import { ManagedProcess, waitFor } from '../../cluster/managed-process.ts';
+import { freePort } from '../../cluster/ports.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
 
 // The Helm chart with the real helm and the real kube-apiserver: lint, schema,
 // the API server's verdict on every values variant (under the restricted Pod
-// Security level), and what the templates must say for each choice.
+// Security level), what the templates must say for each choice, and the
+// bundled etcd's rendered flags, certificates and auth Job run against a real
+// etcd.
 
 type Labels = Record<string, string>;
 interface EnvVar {
   name: string;
+  value?: string;
   valueFrom?: { fieldRef?: { fieldPath: string } };
 }
 interface SecurityContext {
@@ -27,6 +39,7 @@ interface Probe {
 }
 interface Container {
   name: string;
+  command?: string[];
   args?: string[];
   env?: EnvVar[];
   ports?: { name: string; containerPort: number }[];
@@ -37,15 +50,27 @@ interface Container {
 }
 interface PodSpec {
   securityContext?: SecurityContext;
+  automountServiceAccountToken?: boolean;
   containers: Container[];
   initContainers?: Container[];
-  volumes?: { name: string; secret?: { secretName: string }; emptyDir?: object }[];
+  volumes?: {
+    name: string;
+    secret?: { secretName: string; items?: { key: string; path: string }[] };
+    configMap?: { name: string };
+    emptyDir?: object;
+  }[];
   affinity?: unknown;
+}
+interface NetworkPolicyRule {
+  ports: { protocol: string; port: number }[];
+  from: Record<string, unknown>[];
 }
 interface Obj {
   apiVersion: string;
   kind: string;
   metadata: { name: string; namespace?: string; labels?: Labels; annotations?: Record<string, string> };
+  type?: string;
+  data?: Record<string, string>;
   spec?: {
     replicas?: number;
     serviceName?: string;
@@ -54,8 +79,15 @@ interface Obj {
     clusterIP?: string;
     ports?: { name: string; port: number; targetPort: string | number }[];
     volumeClaimTemplates?: unknown[];
-    template?: { metadata: { labels: Labels }; spec: PodSpec };
+    template?: { metadata: { labels: Labels; annotations?: Record<string, string> }; spec: PodSpec };
     endpoints?: { port: string; interval: string }[];
+    podSelector?: { matchLabels: Labels };
+    policyTypes?: string[];
+    ingress?: NetworkPolicyRule[];
+    secretName?: string;
+    dnsNames?: string[];
+    ipAddresses?: string[];
+    issuerRef?: Record<string, string>;
   };
   rules?: unknown[];
   subjects?: { kind: string; name: string; namespace: string }[];
@@ -63,8 +95,13 @@ interface Obj {
 }
 
 const chart = 'charts/agentflow';
-const variants = ['default', 'external-etcd', 'ha'] as const;
-const valuesFile = (v: (typeof variants)[number]) => `${chart}/ci/${v}-values.yaml`;
+const variants = ['default', 'external-etcd', 'ha', 'cert-manager'] as const;
+type Variant = (typeof variants)[number];
+// The cert-manager variant needs the cert-manager.io/v1 API: declared to helm, and served
+// (a Certificate CRD) by the API server for the dry run.
+const apiVersionsOf = (v: Variant | undefined) =>
+  v === 'cert-manager' ? ['--api-versions', 'cert-manager.io/v1'] : [];
+const valuesFile = (v: Variant) => `${chart}/ci/${v}-values.yaml`;
 // helm assumes an old Kubernetes without a cluster; the chart requires >= 1.30.
 const kubeVersion = ['--kube-version', pinnedVersions().KUBE_VERSION as string];
 const ns = uniqueName('chart');
@@ -86,10 +123,91 @@ beforeAll(async () => {
     },
   });
 });
+let certificateCrdCreated = false;
 afterAll(async () => {
   await cluster.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+  if (certificateCrdCreated) {
+    await cluster.client
+      .delete('/apis/apiextensions.k8s.io/v1/customresourcedefinitions/certificates.cert-manager.io')
+      .catch(() => undefined);
+  }
   await cluster.close();
 });
+
+/**
+ * A stand-in for cert-manager's Certificate CRD: the real group, kind and the
+ * spec fields the chart uses, under a structural schema, so that a misspelt
+ * field fails the server-side dry run (kubectl validates strictly).
+ */
+async function ensureCertificateCrd(): Promise<void> {
+  const name = 'certificates.cert-manager.io';
+  const exists = await cluster.kubectl(['get', 'crd', name, '-o', 'name']);
+  if (exists.code !== 0) {
+    const str = { type: 'string' };
+    const strings = { type: 'array', items: str };
+    const labelsAndAnnotations = {
+      type: 'object',
+      properties: {
+        labels: { type: 'object', additionalProperties: str },
+        annotations: { type: 'object', additionalProperties: str },
+      },
+    };
+    await cluster.client.post('/apis/apiextensions.k8s.io/v1/customresourcedefinitions', {
+      metadata: { name },
+      spec: {
+        group: 'cert-manager.io',
+        names: { kind: 'Certificate', listKind: 'CertificateList', plural: 'certificates', singular: 'certificate' },
+        scope: 'Namespaced',
+        versions: [
+          {
+            name: 'v1',
+            served: true,
+            storage: true,
+            schema: {
+              openAPIV3Schema: {
+                type: 'object',
+                properties: {
+                  spec: {
+                    type: 'object',
+                    required: ['secretName', 'issuerRef'],
+                    properties: {
+                      secretName: str,
+                      secretTemplate: labelsAndAnnotations,
+                      commonName: str,
+                      dnsNames: strings,
+                      ipAddresses: strings,
+                      duration: str,
+                      renewBefore: str,
+                      usages: strings,
+                      privateKey: {
+                        type: 'object',
+                        properties: {
+                          algorithm: { type: 'string', enum: ['RSA', 'ECDSA', 'Ed25519'] },
+                          size: { type: 'integer' },
+                          encoding: str,
+                          rotationPolicy: { type: 'string', enum: ['Never', 'Always'] },
+                        },
+                      },
+                      issuerRef: {
+                        type: 'object',
+                        required: ['name'],
+                        properties: { name: str, kind: str, group: str },
+                      },
+                    },
+                  },
+                  status: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true },
+                },
+              },
+            },
+          },
+        ],
+      },
+    });
+    certificateCrdCreated = true;
+  }
+  const established = await cluster.kubectl(['wait', '--for=condition=Established', '--timeout=30s', `crd/${name}`]);
+  expect(established.code, established.stderr).toBe(0);
+}
 
 interface TemplateOptions {
   values?: string;
@@ -143,9 +261,40 @@ function flag(args: string[] | undefined, name: string): string | undefined {
   return args?.find((a) => a.startsWith(prefix))?.slice(prefix.length);
 }
 
+/** A Secret's data, decoded. */
+function secretData(o: Obj): Record<string, string> {
+  return Object.fromEntries(Object.entries(o.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString()]));
+}
+
+/** Secrets of the release, decoded, by name. */
+function secrets(objs: Obj[]): Record<string, Record<string, string>> {
+  return Object.fromEntries(objs.filter((d) => d.kind === 'Secret').map((d) => [d.metadata.name, secretData(d)]));
+}
+
+/** The rules of the ClusterRole or Role in deploy/operator/rbac.yaml. */
+function shippedRules(kind: 'ClusterRole' | 'Role'): unknown[] | undefined {
+  return parseAllDocuments(readFileSync('deploy/operator/rbac.yaml', 'utf8'))
+    .map((d) => d.toJS() as Obj)
+    .find((d) => d.kind === kind)?.rules;
+}
+
+const agentPeer = {
+  namespaceSelector: {},
+  podSelector: { matchExpressions: [{ key: 'agentflow.io/pool', operator: 'Exists' }] },
+};
+const selectorOf = (component: string) => ({
+  matchLabels: {
+    'app.kubernetes.io/name': 'agentflow',
+    'app.kubernetes.io/instance': 'af',
+    'app.kubernetes.io/component': component,
+  },
+});
+
 describe('chart', () => {
-  it('passes helm lint --strict with the defaults and with every ci/ values file', async () => {
-    for (const v of [undefined, ...variants]) {
+  // helm lint has no --api-versions: the cert-manager variant fails there by design (the chart
+  // refuses certManager.enabled without the cert-manager API) and is checked by the dry run below.
+  it('passes helm lint --strict with the defaults and with every ci/ values file that needs no extra API', async () => {
+    for (const v of [undefined, ...variants.filter((x) => x !== 'cert-manager')]) {
       const r = await cluster.helm(['lint', '--strict', chart, ...kubeVersion, ...(v ? ['-f', valuesFile(v)] : [])]);
       expect(r.code, `${v}: ${r.stdout}${r.stderr}`).toBe(0);
       expect(r.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
@@ -153,14 +302,48 @@ describe('chart', () => {
     }
   });
 
+  it('refuses dispatcher.tls.certManager.enabled where the cert-manager API is absent, saying what to do', async () => {
+    const r = await template({ values: valuesFile('cert-manager') });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(
+      'dispatcher.tls.certManager.enabled=true needs cert-manager: this cluster does not serve cert-manager.io/v1',
+    );
+    expect(r.stderr).toContain('--api-versions cert-manager.io/v1');
+    const noIssuer = await template({
+      set: ['dispatcher.tls.certManager.enabled=true'],
+      extra: apiVersionsOf('cert-manager'),
+    });
+    expect(noIssuer.code).not.toBe(0);
+    expect(noIssuer.stderr).toContain(
+      'dispatcher.tls.certManager.enabled=true needs dispatcher.tls.certManager.issuerRef.name',
+    );
+    // Against the real API server, before the dry run below gives it a Certificate CRD.
+    const served = await cluster.kubectl(['get', 'crd', 'certificates.cert-manager.io', '-o', 'name']);
+    if (served.code !== 0) {
+      const install = await cluster.helm([
+        'install',
+        'af',
+        chart,
+        '-n',
+        ns,
+        '--dry-run=server',
+        '-f',
+        valuesFile('cert-manager'),
+      ]);
+      expect(install.code).not.toBe(0);
+      expect(install.stderr).toContain('this cluster does not serve cert-manager.io/v1');
+    }
+  });
+
   it.each(variants)('renders %s values the API server accepts under the restricted Pod Security level', async (v) => {
-    const t = await template({ values: valuesFile(v) });
+    if (v === 'cert-manager') await ensureCertificateCrd();
+    const t = await template({ values: valuesFile(v), extra: apiVersionsOf(v) });
     expect(t.stderr).toBe('');
     expect(t.code).toBe(0);
     const r = await cluster.kubectl(['apply', '--server-side', '--force-conflicts', '--dry-run=server', '-f', '-'], {
       input: t.stdout,
     });
-    // Any Pod Security violation of a pod template comes back as a warning on stderr.
+    // Any Pod Security violation of a pod template (the auth Job's too) comes back as a warning on stderr.
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const applied = r.stdout.trim().split('\n');
@@ -169,22 +352,53 @@ describe('chart', () => {
     for (const line of applied) expect(line).toMatch(/ serverside-applied \(server dry run\)$/);
     expect(r.stdout).toContain(`deployment.apps/${fullname}-operator serverside-applied`);
     expect(r.stdout).toContain(`clusterrole.rbac.authorization.k8s.io/${fullname}-operator serverside-applied`);
-    if (v === 'external-etcd') expect(r.stdout).not.toContain('statefulset.apps');
-    else expect(r.stdout).toContain(`statefulset.apps/${fullname}-etcd serverside-applied`);
+    expect(r.stdout).toContain(`role.rbac.authorization.k8s.io/${fullname}-operator serverside-applied`);
+    expect(r.stdout).toContain(`networkpolicy.networking.k8s.io/${fullname}-operator serverside-applied`);
+    if (v === 'external-etcd') {
+      expect(r.stdout).not.toContain('statefulset.apps');
+      expect(r.stdout).not.toContain('job.batch');
+    } else {
+      expect(r.stdout).toContain(`statefulset.apps/${fullname}-etcd serverside-applied`);
+      expect(r.stdout).toContain(`job.batch/${fullname}-etcd-auth serverside-applied`);
+      expect(r.stdout).toContain(`networkpolicy.networking.k8s.io/${fullname}-etcd serverside-applied`);
+    }
+    if (v === 'cert-manager') {
+      expect(r.stdout).toContain(`certificate.cert-manager.io/${fullname}-dispatcher serverside-applied`);
+    }
   });
 
-  it('grants exactly the rules of deploy/operator/rbac.yaml, bound to its own ServiceAccount', async () => {
-    const reference = parseAllDocuments(readFileSync('deploy/operator/rbac.yaml', 'utf8'))
-      .map((d) => d.toJS() as Obj)
-      .find((d) => d.kind === 'ClusterRole');
-    expect(reference?.rules?.length).toBeGreaterThan(0);
+  it('grants exactly the rules of deploy/operator/rbac.yaml: a ClusterRole, and a Role for Secrets in its namespace', async () => {
+    const clusterRules = shippedRules('ClusterRole');
+    const roleRules = shippedRules('Role');
+    expect(clusterRules?.length).toBeGreaterThan(0);
+    expect(roleRules).toEqual([
+      { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'list', 'watch', 'create', 'update'] },
+    ]);
+    for (const rule of [
+      { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+      { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
+      { apiGroups: [''], resources: ['configmaps'], verbs: ['get', 'list', 'watch', 'create', 'update'] },
+    ]) {
+      expect(clusterRules).toContainEqual(rule);
+    }
+    // Secrets only through the namespaced Role: no cluster-wide access to them.
+    expect(JSON.stringify(clusterRules)).not.toContain('secrets');
+
     const objs = await render();
-    const roles = objs.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role');
-    expect(roles.map((d) => d.metadata.name)).toEqual([`${fullname}-operator`]);
-    expect(roles[0]?.rules).toEqual(reference?.rules);
+    const clusterRole = find(objs, 'ClusterRole', `${fullname}-operator`);
+    expect(clusterRole.rules).toEqual(clusterRules);
+    const role = find(objs, 'Role', `${fullname}-operator`);
+    expect(role.metadata.namespace).toBe(ns);
+    expect(role.rules).toEqual(roleRules);
+    expect(objs.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role')).toHaveLength(2);
+    const subjects = [{ kind: 'ServiceAccount', name: `${fullname}-operator`, namespace: ns }];
     const binding = find(objs, 'ClusterRoleBinding', `${fullname}-operator`);
     expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: `${fullname}-operator` });
-    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: `${fullname}-operator`, namespace: ns }]);
+    expect(binding.subjects).toEqual(subjects);
+    const roleBinding = find(objs, 'RoleBinding', `${fullname}-operator`);
+    expect(roleBinding.metadata.namespace).toBe(ns);
+    expect(roleBinding.roleRef).toMatchObject({ kind: 'Role', name: `${fullname}-operator` });
+    expect(roleBinding.subjects).toEqual(subjects);
     find(objs, 'ServiceAccount', `${fullname}-operator`);
     expect(podSpec(find(objs, 'Deployment', `${fullname}-operator`))).toMatchObject({
       serviceAccountName: `${fullname}-operator`,
@@ -197,8 +411,16 @@ describe('chart', () => {
     ['operator.logLevel=verbose', "'/operator/logLevel'"],
     ['operator.leaseTtlSeconds=1', "'/operator/leaseTtlSeconds'"],
     ['dispatcher.service.type=ExternalName', "'/dispatcher/service/type'"],
+    ['dispatcher.tls.mode=strict', "'/dispatcher/tls/mode'"],
+    ['dispatcher.tls.extraSANs={not a name}', "'/dispatcher/tls/extraSANs/0'"],
+    ['dispatcher.tls.certManager.duration=90days', "'/dispatcher/tls/certManager/duration'"],
+    ['networkPolicy.enabled=maybe', "'/networkPolicy/enabled'"],
+    ['networkPolicy.metrics.from[0].namespace=monitoring', "additional properties 'namespace' not allowed"],
+    ['auth.tokenAudience=', "'/auth/tokenAudience'"],
     ['metrics.port=70000', "'/metrics/port'"],
     ['operator.replica=3', "additional properties 'replica' not allowed"],
+    // Agents no longer get etcd: the old setting is refused, not ignored.
+    ['agents.etcdEndpoints={http://a:2379}', "additional properties 'etcdEndpoints' not allowed"],
   ])('rejects %s through the schema, naming the field', async (set, message) => {
     const r = await template({ set: [set] });
     expect(r.code).not.toBe(0);
@@ -207,29 +429,114 @@ describe('chart', () => {
   });
 
   it('fails with a clear message when the bundled etcd is off and no external endpoints are given', async () => {
-    const r = await template({ set: ['etcd.bundled.enabled=false'] });
-    expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain('etcd.bundled.enabled=false needs an external etcd: set etcd.external.endpoints');
-    const tls = await template({
-      set: [
-        'etcd.bundled.enabled=false',
-        'etcd.external.endpoints={https://etcd:2379}',
-        'etcd.external.tls.enabled=true',
+    const external = ['etcd.bundled.enabled=false', 'etcd.external.endpoints={https://etcd:2379}'];
+    for (const [set, message] of [
+      [
+        ['etcd.bundled.enabled=false'],
+        'etcd.bundled.enabled=false needs an external etcd: set etcd.external.endpoints',
       ],
-    });
-    expect(tls.code).not.toBe(0);
-    expect(tls.stderr).toContain('etcd.external.tls.enabled=true needs etcd.external.tls.secretName');
-    const both = await template({ set: ['etcd.external.endpoints={https://etcd:2379}'] });
-    expect(both.code).not.toBe(0);
-    expect(both.stderr).toContain('etcd.external is only used with etcd.bundled.enabled=false');
+      [
+        [...external, 'etcd.external.tls.enabled=true'],
+        'etcd.external.tls.enabled=true needs etcd.external.tls.secretName',
+      ],
+      [
+        [...external, 'etcd.external.auth.username=agentflow'],
+        'etcd.external.auth.username needs etcd.external.auth.passwordSecret.name',
+      ],
+      [
+        [...external, 'etcd.external.auth.passwordSecret.name=etcd-password'],
+        'etcd.external.auth.passwordSecret needs etcd.external.auth.username',
+      ],
+      [['etcd.external.endpoints={https://etcd:2379}'], 'etcd.external is only used with etcd.bundled.enabled=false'],
+    ] as const) {
+      const r = await template({ set: [...set] });
+      expect(r.code, set.join(' ')).not.toBe(0);
+      expect(r.stderr).toContain(message);
+    }
   });
 
-  it('points the operator at the bundled etcd Service, or at the external endpoints with TLS only when on', async () => {
-    const bundled = operatorContainer(await render());
-    expect(flag(bundled.args, 'etcd-endpoints')).toBe(`http://${fullname}-etcd.${ns}.svc:2379`);
+  it('serves the dispatcher over TLS: managed by the operator by default, from a Secret, or from cert-manager', async () => {
+    const managed = operatorContainer(await render());
+    expect(flag(managed.args, 'namespace')).toBe('$(POD_NAMESPACE)');
+    expect(managed.env).toContainEqual({
+      name: 'POD_NAMESPACE',
+      valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } },
+    });
+    expect(flag(managed.args, 'dispatcher-service')).toBe(`${fullname}-dispatcher`);
+    expect(flag(managed.args, 'dispatcher-tls-mode')).toBe('managed');
+    expect(flag(managed.args, 'dispatcher-tls-secret')).toBe(`${fullname}-dispatcher-tls`);
+    expect(flag(managed.args, 'dispatcher-tls-sans')).toBeUndefined();
+    expect(flag(managed.args, 'dispatcher-ca-configmap')).toBe('agentflow-dispatcher-ca');
+    expect(flag(managed.args, 'token-audience')).toBe('agentflow');
 
+    const secret = operatorContainer(
+      await render({
+        set: [
+          'dispatcher.tls.mode=secret',
+          'dispatcher.tls.secretName=my-dispatcher-cert',
+          'dispatcher.tls.extraSANs={dispatcher.example.com,10.1.2.3}',
+          'dispatcher.tls.caConfigMapName=my-ca',
+          'auth.tokenAudience=agentflow.example.com',
+        ],
+      }),
+    );
+    expect(flag(secret.args, 'dispatcher-tls-mode')).toBe('secret');
+    expect(flag(secret.args, 'dispatcher-tls-secret')).toBe('my-dispatcher-cert');
+    expect(flag(secret.args, 'dispatcher-tls-sans')).toBe('dispatcher.example.com,10.1.2.3');
+    expect(flag(secret.args, 'dispatcher-ca-configmap')).toBe('my-ca');
+    expect(flag(secret.args, 'token-audience')).toBe('agentflow.example.com');
+
+    // cert-manager: a Certificate for the Service's names and the extra SANs, and the operator reads its Secret.
+    const objs = await render({
+      values: valuesFile('cert-manager'),
+      set: ['dispatcher.tls.extraSANs={agentflow-dispatcher.example.com,192.0.2.10}'],
+      extra: apiVersionsOf('cert-manager'),
+    });
+    const op = operatorContainer(objs);
+    expect(flag(op.args, 'dispatcher-tls-mode')).toBe('secret');
+    const cert = find(objs, 'Certificate', `${fullname}-dispatcher`);
+    expect(cert.apiVersion).toBe('cert-manager.io/v1');
+    expect(cert.spec?.secretName).toBe(flag(op.args, 'dispatcher-tls-secret'));
+    const svc = `${fullname}-dispatcher`;
+    expect(cert.spec?.dnsNames).toEqual([
+      svc,
+      `${svc}.${ns}`,
+      `${svc}.${ns}.svc`,
+      `${svc}.${ns}.svc.cluster.local`,
+      'agentflow-dispatcher.example.com',
+    ]);
+    expect(cert.spec?.ipAddresses).toEqual(['192.0.2.10']);
+    expect(cert.spec?.issuerRef).toEqual({ name: 'agentflow-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' });
+    expect(cert.spec).toMatchObject({ duration: '2160h', renewBefore: '360h' });
+    find(objs, 'Service', svc);
+    expect((await render({ extra: apiVersionsOf('cert-manager') })).filter((d) => d.kind === 'Certificate')).toEqual(
+      [],
+    );
+  });
+
+  it('points the operator at the bundled etcd over TLS with its own client certificate', async () => {
+    const objs = await render();
+    const op = operatorContainer(objs);
+    expect(flag(op.args, 'etcd-endpoints')).toBe(`https://${fullname}-etcd.${ns}.svc:2379`);
+    expect(flag(op.args, 'etcd-ca-file')).toBe('/etc/agentflow/etcd-tls/ca.crt');
+    expect(flag(op.args, 'etcd-cert-file')).toBe('/etc/agentflow/etcd-tls/tls.crt');
+    expect(flag(op.args, 'etcd-key-file')).toBe('/etc/agentflow/etcd-tls/tls.key');
+    expect(flag(op.args, 'etcd-username')).toBeUndefined();
+    expect(op.volumeMounts).toEqual([{ name: 'etcd-tls', mountPath: '/etc/agentflow/etcd-tls', readOnly: true }]);
+    const deployment = find(objs, 'Deployment', `${fullname}-operator`);
+    expect(podSpec(deployment).volumes).toMatchObject([
+      { name: 'etcd-tls', secret: { secretName: `${fullname}-etcd-client-operator` } },
+    ]);
+    const client = secretData(find(objs, 'Secret', `${fullname}-etcd-client-operator`));
+    expect(Object.keys(client).sort()).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
+    expect(new X509Certificate(client['tls.crt'] ?? '').subject).toBe('CN=agentflow-operator');
+    // A new CA or client certificate rolls the operator pods.
+    expect(deployment.spec?.template?.metadata.annotations?.['checksum/etcd-client']).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('points the operator at an external etcd with TLS, a client certificate or a password, only as told', async () => {
     const external = await render({ values: valuesFile('external-etcd') });
-    expect(external.filter((d) => d.kind === 'StatefulSet')).toEqual([]);
+    expect(external.filter((d) => ['StatefulSet', 'Job', 'Secret'].includes(d.kind))).toEqual([]);
     const op = operatorContainer(external);
     expect(flag(op.args, 'etcd-endpoints')).toBe(
       'https://etcd-0.etcd.example.com:2379,https://etcd-1.etcd.example.com:2379,https://etcd-2.etcd.example.com:2379',
@@ -240,6 +547,34 @@ describe('chart', () => {
     expect(op.volumeMounts).toEqual([{ name: 'etcd-tls', mountPath: '/etc/agentflow/etcd-tls', readOnly: true }]);
     const spec = podSpec(find(external, 'Deployment', `${fullname}-operator`));
     expect(spec.volumes).toMatchObject([{ name: 'etcd-tls', secret: { secretName: 'agentflow-etcd-client' } }]);
+    expect(find(external, 'Deployment', `${fullname}-operator`).spec?.template?.metadata.annotations).toBeUndefined();
+
+    // A CA and a password instead of a client certificate.
+    const password = await render({
+      values: valuesFile('external-etcd'),
+      set: [
+        'etcd.external.tls.clientCertificate=false',
+        'etcd.external.auth.username=agentflow',
+        'etcd.external.auth.passwordSecret.name=etcd-password',
+        'etcd.external.auth.passwordSecret.key=pw',
+      ],
+    });
+    const pw = operatorContainer(password);
+    expect(flag(pw.args, 'etcd-ca-file')).toBe('/etc/agentflow/etcd-tls/ca.crt');
+    expect(pw.args?.filter((a) => /^--etcd-(cert|key)-file=/.test(a))).toEqual([]);
+    expect(flag(pw.args, 'etcd-username')).toBe('agentflow');
+    expect(flag(pw.args, 'etcd-password-file')).toBe('/etc/agentflow/etcd-auth/password');
+    expect(pw.volumeMounts).toContainEqual({
+      name: 'etcd-auth',
+      mountPath: '/etc/agentflow/etcd-auth',
+      readOnly: true,
+    });
+    expect(podSpec(find(password, 'Deployment', `${fullname}-operator`)).volumes).toContainEqual(
+      expect.objectContaining({
+        name: 'etcd-auth',
+        secret: expect.objectContaining({ secretName: 'etcd-password', items: [{ key: 'pw', path: 'password' }] }),
+      }),
+    );
 
     const plain = await render({
       values: valuesFile('external-etcd'),
@@ -247,14 +582,12 @@ describe('chart', () => {
     });
     const noTls = operatorContainer(plain);
     expect(flag(noTls.args, 'etcd-endpoints')).toMatch(/^https:\/\/etcd-0/);
-    for (const c of [bundled, noTls]) {
-      expect(c.args?.filter((a) => /^--etcd-(ca|cert|key)-file=/.test(a))).toEqual([]);
-      expect(c.volumeMounts).toBeUndefined();
-    }
+    expect(noTls.args?.filter((a) => /^--etcd-(ca|cert|key)-file=|^--etcd-username=/.test(a))).toEqual([]);
+    expect(noTls.volumeMounts).toBeUndefined();
     expect(podSpec(find(plain, 'Deployment', `${fullname}-operator`)).volumes).toBeUndefined();
   });
 
-  it.each([1, 3])('runs a %i-member etcd whose members advertise exactly the --initial-cluster peers', async (n) => {
+  it.each([1, 3])('runs a %i-member etcd with client and peer TLS, advertising exactly its https peers', async (n) => {
     const objs = await render({ set: [`etcd.bundled.replicas=${n}`] });
     const sts = find(objs, 'StatefulSet', `${fullname}-etcd`);
     expect(sts.spec?.replicas).toBe(n);
@@ -268,19 +601,111 @@ describe('chart', () => {
     for (const svc of [headless, client]) expect(podLabels).toMatchObject(svc.spec?.selector as Labels);
 
     const etcd = podSpec(sts).containers[0];
+    const args = etcd?.args;
     const members = Array.from({ length: n }, (_, i) => `${fullname}-etcd-${i}`);
-    const peer = (m: string) => `http://${m}.${headless.metadata.name}.${ns}.svc:2380`;
-    expect(flag(etcd?.args, 'initial-cluster')).toBe(members.map((m) => `${m}=${peer(m)}`).join(','));
-    expect(flag(etcd?.args, 'name')).toBe('$(POD_NAME)');
+    const host = (m: string) => `${m}.${headless.metadata.name}.${ns}.svc`;
+    const peer = (m: string) => `https://${host(m)}:2380`;
+    expect(flag(args, 'initial-cluster')).toBe(members.map((m) => `${m}=${peer(m)}`).join(','));
+    expect(flag(args, 'name')).toBe('$(POD_NAME)');
     // Each pod, named by the StatefulSet, advertises the URL the others expect of it.
     for (const m of members) {
-      expect(flag(etcd?.args, 'initial-advertise-peer-urls')?.replace('$(POD_NAME)', m)).toBe(peer(m));
+      expect(flag(args, 'initial-advertise-peer-urls')?.replace('$(POD_NAME)', m)).toBe(peer(m));
     }
+    // No plaintext client or peer URL; client certificates required on both.
+    expect(flag(args, 'listen-client-urls')).toBe('https://0.0.0.0:2379');
+    expect(flag(args, 'advertise-client-urls')).toMatch(/^https:\/\//);
+    expect(flag(args, 'listen-peer-urls')).toBe('https://0.0.0.0:2380');
+    expect(args).toContain('--client-cert-auth');
+    expect(args).toContain('--peer-client-cert-auth');
+    expect(flag(args, 'trusted-ca-file')).toBe('/etc/etcd/tls/ca.crt');
+    expect(flag(args, 'peer-trusted-ca-file')).toBe('/etc/etcd/tls/peer-ca.crt');
+    expect(etcd?.volumeMounts).toContainEqual({ name: 'tls', mountPath: '/etc/etcd/tls', readOnly: true });
+    expect(podSpec(sts).volumes).toContainEqual(
+      expect.objectContaining({
+        name: 'tls',
+        secret: expect.objectContaining({ secretName: `${fullname}-etcd-member` }),
+      }),
+    );
+    // The kubelet cannot present a client certificate: probes use the plain-HTTP metrics listener.
+    expect(flag(args, 'listen-metrics-urls')).toBe('http://0.0.0.0:2381');
+    expect(etcd?.ports).toContainEqual(expect.objectContaining({ name: 'metrics', containerPort: 2381 }));
+    expect(etcd?.readinessProbe?.httpGet).toEqual({ path: '/health', port: 'metrics' });
+    expect(etcd?.livenessProbe?.httpGet).toEqual({ path: '/livez', port: 'metrics' });
     expect(etcd?.env).toContainEqual({ name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } });
-    expect(etcd?.readinessProbe?.httpGet).toEqual({ path: '/health', port: 'client' });
     expect(etcd?.ports).toContainEqual(expect.objectContaining({ name: 'client', containerPort: 2379 }));
     const pdb = objs.filter((d) => d.kind === 'PodDisruptionBudget' && d.metadata.name === `${fullname}-etcd`);
     expect(pdb.length).toBe(n === 3 ? 1 : 0);
+
+    // The serving certificate covers every member and the client Service; the peer one every member.
+    const member = secretData(find(objs, 'Secret', `${fullname}-etcd-member`));
+    const sans = (pem: string | undefined) => new X509Certificate(pem ?? '').subjectAltName?.split(', ') ?? [];
+    const svc = `${fullname}-etcd`;
+    for (const name of [...members.map(host), svc, `${svc}.${ns}`, `${svc}.${ns}.svc`]) {
+      expect(sans(member['server.crt'])).toContain(`DNS:${name}`);
+    }
+    expect(sans(member['peer.crt']).filter((s) => !s.endsWith('.cluster.local'))).toEqual(
+      members.map((m) => `DNS:${host(m)}`),
+    );
+    expect(sts.spec?.template?.metadata.annotations?.['checksum/etcd-member']).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('issues the etcd certificates from two CAs: clients and server from one, members from the other', async () => {
+    const s = secrets(await render());
+    const ca = new X509Certificate(s[`${fullname}-etcd-ca`]?.['ca.crt'] ?? '');
+    const peerCa = new X509Certificate(s[`${fullname}-etcd-ca`]?.['peer-ca.crt'] ?? '');
+    const member = s[`${fullname}-etcd-member`] ?? {};
+    const cert = (pem: string | undefined) => new X509Certificate(pem ?? '');
+    const operator = cert(s[`${fullname}-etcd-client-operator`]?.['tls.crt']);
+    const root = cert(s[`${fullname}-etcd-client-root`]?.['tls.crt']);
+    expect(operator.subject).toBe('CN=agentflow-operator');
+    expect(root.subject).toBe('CN=root');
+    for (const c of [operator, root, cert(member['server.crt'])]) {
+      expect(c.verify(ca.publicKey)).toBe(true);
+      expect(c.verify(peerCa.publicKey)).toBe(false);
+    }
+    expect(cert(member['peer.crt']).verify(peerCa.publicKey)).toBe(true);
+    expect(cert(member['peer.crt']).verify(ca.publicKey)).toBe(false);
+    // Each consumer gets only the CA it checks against.
+    expect(member['ca.crt']).toBe(ca.toString());
+    expect(member['peer-ca.crt']).toBe(peerCa.toString());
+    expect(s[`${fullname}-etcd-client-operator`]?.['ca.crt']).toBe(ca.toString());
+  });
+
+  it('keeps the etcd certificates across upgrades, and re-issues only what was deleted', async () => {
+    // helm template --dry-run=server runs lookup against the API server, as an upgrade does.
+    const renderSecrets = async () => (await render({ extra: ['--dry-run=server'] })).filter((d) => d.kind === 'Secret');
+    const upgrade = async () => secrets(await renderSecrets());
+    const installed = await renderSecrets();
+    const first = secrets(installed);
+    const names = Object.keys(first);
+    expect(names.sort()).toEqual(
+      ['ca', 'client-operator', 'client-root', 'member'].map((x) => `${fullname}-etcd-${x}`).sort(),
+    );
+    // Create them, as `helm install` would have.
+    const r = await cluster.kubectl(['apply', '-n', ns, '-f', '-'], {
+      input: installed.map((d) => JSON.stringify(d)).join('\n'),
+    });
+    expect(r.code, r.stderr).toBe(0);
+    try {
+      expect(await upgrade()).toEqual(first);
+
+      // Rotating the root client certificate: delete its Secret; the CA and the others stay.
+      await cluster.kubectl(['delete', 'secret', '-n', ns, `${fullname}-etcd-client-root`]);
+      const rotated = await upgrade();
+      const root = `${fullname}-etcd-client-root`;
+      expect(rotated[root]?.['tls.crt']).not.toBe(first[root]?.['tls.crt']);
+      expect(rotated[root]?.['ca.crt']).toBe(first[root]?.['ca.crt']);
+      for (const n of names.filter((x) => x !== root)) expect(rotated[n]).toEqual(first[n]);
+      const ca = new X509Certificate(first[`${fullname}-etcd-ca`]?.['ca.crt'] ?? '');
+      expect(new X509Certificate(rotated[root]?.['tls.crt'] ?? '').verify(ca.publicKey)).toBe(true);
+
+      // A new CA re-issues everything.
+      await cluster.kubectl(['delete', 'secret', '-n', ns, `${fullname}-etcd-ca`]);
+      const fresh = await upgrade();
+      for (const n of names) expect(fresh[n]).not.toEqual(first[n]);
+    } finally {
+      await cluster.kubectl(['delete', 'secret', '-n', ns, '-l', 'app.kubernetes.io/instance=af', '--wait=false']);
+    }
   });
 
   it('keeps the etcd data on a claim, or in an emptyDir with persistence off', async () => {
@@ -292,7 +717,7 @@ describe('chart', () => {
     expect(pvc.spec?.volumeClaimTemplates).toMatchObject([
       { metadata: { name: 'data' }, spec: { storageClassName: 'fast', resources: { requests: { storage: '1Gi' } } } },
     ]);
-    expect(podSpec(pvc).volumes).toBeUndefined();
+    expect(podSpec(pvc).volumes?.map((v) => v.name)).toEqual(['tls']);
     const flagData = flag(podSpec(pvc).containers[0]?.args, 'data-dir') ?? '';
     const mount = podSpec(pvc).containers[0]?.volumeMounts?.find((m) => m.name === 'data')?.mountPath ?? '/nowhere';
     expect(flagData.startsWith(`${mount}/`)).toBe(true);
@@ -303,13 +728,15 @@ describe('chart', () => {
       `${fullname}-etcd`,
     );
     expect(ephemeral.spec?.volumeClaimTemplates).toBeUndefined();
-    expect(podSpec(ephemeral).volumes).toEqual([{ name: 'data', emptyDir: {} }]);
+    expect(podSpec(ephemeral).volumes).toContainEqual({ name: 'data', emptyDir: {} });
   });
 
   it.each(variants)('gives every container of %s values the secure defaults', async (v) => {
-    const pods = (await render({ values: valuesFile(v) })).filter((d) => d.spec?.template?.spec);
+    const pods = (await render({ values: valuesFile(v), extra: apiVersionsOf(v) })).filter(
+      (d) => d.spec?.template?.spec,
+    );
     expect(pods.map((d) => d.kind).sort()).toEqual(
-      v === 'external-etcd' ? ['Deployment'] : ['Deployment', 'StatefulSet'],
+      v === 'external-etcd' ? ['Deployment'] : ['Deployment', 'Job', 'StatefulSet'],
     );
     for (const o of pods) {
       const spec = podSpec(o);
@@ -326,6 +753,181 @@ describe('chart', () => {
         expect(sc.seccompProfile?.type, where).toBe('RuntimeDefault');
       }
     }
+  });
+
+  it('renders the etcd auth Job as a restricted, token-less hook that holds only the root client certificate', async () => {
+    const objs = await render();
+    const job = find(objs, 'Job', `${fullname}-etcd-auth`);
+    expect(job.metadata.annotations).toMatchObject({
+      'helm.sh/hook': 'post-install,post-upgrade',
+      'helm.sh/hook-delete-policy': 'before-hook-creation,hook-succeeded',
+    });
+    const script = find(objs, 'ConfigMap', `${fullname}-etcd-auth`);
+    // The script exists before the Job that mounts it.
+    expect(Number(script.metadata.annotations?.['helm.sh/hook-weight'])).toBeLessThan(
+      Number(job.metadata.annotations?.['helm.sh/hook-weight']),
+    );
+    const spec = podSpec(job);
+    expect(spec.automountServiceAccountToken).toBe(false);
+    expect(spec.volumes).toEqual([
+      { name: 'script', configMap: { name: `${fullname}-etcd-auth` } },
+      { name: 'root-tls', secret: { secretName: `${fullname}-etcd-client-root`, defaultMode: 0o440 } },
+    ]);
+    const c = spec.containers[0];
+    expect(c?.command).toEqual(['node', '/etc/agentflow/etcd-auth/setup.mjs']);
+    expect(c?.env).toContainEqual({ name: 'ETCD_ENDPOINT', value: `https://${fullname}-etcd.${ns}.svc:2379` });
+    expect(c?.env).toContainEqual({ name: 'ETCD_OPERATOR_USER', value: 'agentflow-operator' });
+    expect(c?.env).toContainEqual({ name: 'ETCD_KEY_PREFIX', value: '/agentflow/' });
+  });
+
+  it('locks the bundled etcd down: its rendered flags, certificates and auth Job, run against a real etcd', async () => {
+    const objs = await render();
+    const dir = mkdtempSync(join(tmpdir(), 'chart-etcd-'));
+    const s = secrets(objs);
+    const write = (sub: string, data: Record<string, string> | undefined) => {
+      mkdirSync(join(dir, sub), { recursive: true });
+      for (const [k, v] of Object.entries(data ?? {})) writeFileSync(join(dir, sub, k), v, { mode: 0o600 });
+    };
+    write('etcd-tls', s[`${fullname}-etcd-member`]);
+    write('root', s[`${fullname}-etcd-client-root`]);
+    write('operator', s[`${fullname}-etcd-client-operator`]);
+    const [client, peer, metrics] = [await freePort(), await freePort(), await freePort()];
+    const port: Record<string, number> = { '2379': client, '2380': peer, '2381': metrics };
+    // The StatefulSet's own args, with what differs off-cluster swapped: paths, ports, and the
+    // pod's DNS names (loopback; the serving certificate also names localhost).
+    const args = (podSpec(find(objs, 'StatefulSet', `${fullname}-etcd`)).containers[0]?.args ?? []).map((a) =>
+      a
+        .replaceAll('$(POD_NAME)', `${fullname}-etcd-0`)
+        .replaceAll('/etc/etcd/tls/', `${dir}/etcd-tls/`)
+        .replaceAll('/var/lib/etcd/', `${dir}/data/`)
+        .replace(/\/\/[^/:,]+:(2379|2380|2381)\b/g, (_, p: string) => `//127.0.0.1:${port[p]}`),
+    );
+    expect(args).toContain('--client-cert-auth');
+    const etcd = new ManagedProcess({
+      name: 'chart-etcd',
+      command: binaryPath('etcd'),
+      args,
+      logFile: join(dir, 'etcd.log'),
+    });
+    etcd.start();
+    const job = podSpec(find(objs, 'Job', `${fullname}-etcd-auth`)).containers[0];
+    const scriptFile = join(dir, 'setup.mjs');
+    writeFileSync(
+      scriptFile,
+      (find(objs, 'ConfigMap', `${fullname}-etcd-auth`).data as Record<string, string>)['setup.mjs'] ?? '',
+    );
+    const env = Object.fromEntries((job?.env ?? []).map((e) => [e.name, e.value ?? '']));
+    const runJob = () =>
+      promisify(execFile)(process.execPath, [scriptFile], {
+        env: {
+          ...env,
+          ETCD_ENDPOINT: `https://localhost:${client}`,
+          ETCD_TLS_DIR: join(dir, 'root'),
+          ETCD_WAIT_SECONDS: '30',
+        },
+      });
+    const tlsFiles = (sub: string, ca = 'ca.crt') => ({
+      ca: readFileSync(join(dir, sub, ca)),
+      cert: readFileSync(join(dir, sub, sub === 'etcd-tls' ? 'peer.crt' : 'tls.crt')),
+      key: readFileSync(join(dir, sub, sub === 'etcd-tls' ? 'peer.key' : 'tls.key')),
+    });
+    const store = new StateStore({ endpoints: [`https://localhost:${client}`], tls: tlsFiles('operator') });
+    try {
+      // The readiness probe's endpoint answers in plain HTTP without a certificate.
+      await waitFor(
+        'etcd /health on the metrics port',
+        async () =>
+          ((await (await fetch(`http://127.0.0.1:${metrics}/health`)).json()) as { health: string }).health === 'true',
+        30_000,
+      );
+      const first = await runJob();
+      expect(first.stdout).toContain('auth enable: done');
+      // Idempotent: an upgrade runs it again.
+      const again = await runJob();
+      expect(again.stdout).toContain('etcd auth is enabled already; nothing to do');
+
+      // The operator's user: readwrite under /agentflow/, nothing elsewhere.
+      await store.client.put('/agentflow/v1/probe').value('1').exec();
+      expect(await store.client.get('/agentflow/v1/probe').string()).toBe('1');
+      await expect(store.client.put('/elsewhere').value('1').exec()).rejects.toThrow(/permission denied/);
+      await expect(store.client.get('/agentflow0').string()).rejects.toThrow(/permission denied/);
+      // The probe still reports healthy with auth on.
+      expect(((await (await fetch(`http://127.0.0.1:${metrics}/health`)).json()) as { health: string }).health).toBe(
+        'true',
+      );
+
+      // Anonymous (no client certificate) and member-certificate clients are refused at the TLS handshake.
+      const range = (tls: { ca: Buffer; cert?: Buffer; key?: Buffer }) =>
+        new Promise<number>((resolve, reject) => {
+          const req = request(
+            { host: 'localhost', port: client, path: '/v3/kv/range', method: 'POST', ...tls },
+            (res) => {
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            },
+          );
+          req.on('error', reject);
+          req.end(JSON.stringify({ key: Buffer.from('/').toString('base64'), range_end: 'AA==' }));
+        });
+      await expect(range({ ca: tlsFiles('operator').ca })).rejects.toThrow();
+      await expect(range(tlsFiles('etcd-tls'))).rejects.toThrow();
+    } finally {
+      store.close();
+      await etcd.stop(5_000);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('admits the dispatcher port from agent pods only, metrics only from the listed peers, etcd only from the operator', async () => {
+    const objs = await render();
+    const operator = find(objs, 'NetworkPolicy', `${fullname}-operator`);
+    expect(operator.spec?.podSelector).toEqual(selectorOf('operator'));
+    expect(operator.spec?.policyTypes).toEqual(['Ingress']);
+    // Default: the dispatcher rule only; nobody may reach the metrics port.
+    expect(operator.spec?.ingress).toEqual([{ ports: [{ protocol: 'TCP', port: 7070 }], from: [agentPeer] }]);
+    const podLabels = find(objs, 'Deployment', `${fullname}-operator`).spec?.template?.metadata.labels ?? {};
+    expect(podLabels).toMatchObject(selectorOf('operator').matchLabels);
+
+    const etcd = find(objs, 'NetworkPolicy', `${fullname}-etcd`);
+    expect(etcd.spec?.podSelector).toEqual(selectorOf('etcd'));
+    expect(etcd.spec?.policyTypes).toEqual(['Ingress']);
+    expect(etcd.spec?.ingress).toEqual([
+      {
+        ports: [{ protocol: 'TCP', port: 2379 }],
+        from: [{ podSelector: selectorOf('operator') }, { podSelector: selectorOf('etcd-auth') }],
+      },
+      { ports: [{ protocol: 'TCP', port: 2380 }], from: [{ podSelector: selectorOf('etcd') }] },
+    ]);
+    // The selectors match the pods they are about.
+    expect(find(objs, 'StatefulSet', `${fullname}-etcd`).spec?.template?.metadata.labels).toMatchObject(
+      selectorOf('etcd').matchLabels,
+    );
+    expect(find(objs, 'Job', `${fullname}-etcd-auth`).spec?.template?.metadata.labels).toMatchObject(
+      selectorOf('etcd-auth').matchLabels,
+    );
+
+    // From values: the metrics peers, and extra dispatcher peers (external agents), on the configured ports.
+    const ha = await render({ values: valuesFile('ha'), set: ['metrics.port=9090', 'dispatcher.port=7171'] });
+    const prometheus = {
+      namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } },
+      podSelector: { matchLabels: { 'app.kubernetes.io/name': 'prometheus' } },
+    };
+    expect(find(ha, 'NetworkPolicy', `${fullname}-operator`).spec?.ingress).toEqual([
+      { ports: [{ protocol: 'TCP', port: 7171 }], from: [agentPeer] },
+      { ports: [{ protocol: 'TCP', port: 9090 }], from: [prometheus] },
+    ]);
+    const cm = await render({ values: valuesFile('cert-manager'), extra: apiVersionsOf('cert-manager') });
+    expect(find(cm, 'NetworkPolicy', `${fullname}-operator`).spec?.ingress).toEqual([
+      { ports: [{ protocol: 'TCP', port: 7070 }], from: [agentPeer, { ipBlock: { cidr: '10.20.0.0/16' } }] },
+    ]);
+
+    const external = await render({ values: valuesFile('external-etcd') });
+    expect(external.filter((d) => d.kind === 'NetworkPolicy').map((d) => d.metadata.name)).toEqual([
+      `${fullname}-operator`,
+    ]);
+    expect((await render({ set: ['networkPolicy.enabled=false'] })).filter((d) => d.kind === 'NetworkPolicy')).toEqual(
+      [],
+    );
   });
 
   it('runs the operator with its pod identity, its ops port probes and its flags from values', async () => {
@@ -374,17 +976,28 @@ describe('chart', () => {
     expect(metrics.spec?.ports).toMatchObject([{ port: 9090, targetPort: 'ops' }]);
   });
 
-  it('tells agents where the dispatcher and etcd are, by default and from values', async () => {
-    const defaults = operatorContainer(await render());
-    expect(flag(defaults.args, 'agent-dispatcher')).toBe(`${fullname}-dispatcher.${ns}.svc:7070`);
-    expect(flag(defaults.args, 'agent-etcd-endpoints')).toBeUndefined();
+  it('tells agents where the dispatcher is and puts that name in its certificate, but never gives them etcd', async () => {
+    const defaults = await render();
+    const op = operatorContainer(defaults);
+    expect(flag(op.args, 'agent-dispatcher')).toBe(`${fullname}-dispatcher.${ns}.svc:7070`);
     const set = operatorContainer(
-      await render({
-        set: ['agents.dispatcherAddress=dispatcher.example:443', 'agents.etcdEndpoints={http://a:2379,http://b:2379}'],
-      }),
+      await render({ set: ['agents.dispatcherAddress=dispatcher.example:443', 'dispatcher.tls.extraSANs={10.0.0.5}'] }),
     );
     expect(flag(set.args, 'agent-dispatcher')).toBe('dispatcher.example:443');
-    expect(flag(set.args, 'agent-etcd-endpoints')).toBe('http://a:2379,http://b:2379');
+    // Agents verify the name they dial.
+    expect(flag(set.args, 'dispatcher-tls-sans')).toBe('10.0.0.5,dispatcher.example');
+    for (const c of [op, set]) expect(c.args?.filter((a) => a.startsWith('--agent-etcd'))).toEqual([]);
+    // No agent-facing object carries etcd endpoints or certificates: the only etcd Secrets are the
+    // bundled etcd's own, mounted by etcd, the operator and the auth Job.
+    const mounts = defaults
+      .filter((d) => d.spec?.template?.spec)
+      .flatMap((d) => (podSpec(d).volumes ?? []).map((v) => `${d.kind}:${v.secret?.secretName ?? ''}`))
+      .filter((m) => m.includes('-etcd-'));
+    expect(mounts.sort()).toEqual([
+      `Deployment:${fullname}-etcd-client-operator`,
+      `Job:${fullname}-etcd-client-root`,
+      `StatefulSet:${fullname}-etcd-member`,
+    ]);
   });
 
   it('renders the ServiceMonitor only where the monitoring.coreos.com/v1 API exists', async () => {
@@ -407,6 +1020,34 @@ describe('chart', () => {
     expect(install.stdout).toContain('no ServiceMonitor was created');
     expect(install.stdout).toContain(`${fullname}-dispatcher.${ns}.svc:7070`);
     expect(install.stdout).toContain('kubectl apply -n research -f deploy/examples/');
+  });
+
+  it('says in the release notes how agents trust the dispatcher, and what the NetworkPolicy admits', async () => {
+    const install = await cluster.helm(['install', 'af', chart, '-n', ns, '--dry-run=server']);
+    expect(install.code, install.stderr).toBe(0);
+    const notes = install.stdout.slice(install.stdout.indexOf('NOTES:'));
+    expect(notes).toContain('over TLS');
+    expect(notes).toContain('ConfigMap agentflow-dispatcher-ca');
+    expect(notes).toContain('Agents get no etcd access');
+    expect(notes).toContain(`secret/${fullname}-dispatcher-tls`);
+    expect(notes).toContain('etcd user agentflow-operator');
+    expect(notes).toContain('list your Prometheus in networkPolicy.metrics.from');
+    expect(notes).not.toMatch(/etcd at: http/);
+    const plain = await cluster.helm([
+      'install',
+      'af',
+      chart,
+      '-n',
+      ns,
+      '--dry-run=server',
+      '--set',
+      'etcd.bundled.enabled=false',
+      '--set',
+      'etcd.external.endpoints={http://etcd:2379}',
+    ]);
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stdout).toContain('WARNING: the operator presents no etcd credentials');
+    expect(plain.stdout).toContain('WARNING: etcd is reached without TLS');
   });
 
   it('protects the operator with a PodDisruptionBudget unless disabled', async () => {
