@@ -2,6 +2,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { enterMountNamespace } from './mount-namespace.ts';
 import { runProbe } from './probe.ts';
 import type { Container, ContainerState, ContainerStatus, Probe } from './types.ts';
 
@@ -19,6 +21,13 @@ export interface ContainerRunnerOptions {
   terminationGraceMs: number;
   onChange: () => void;
   onEvent: (type: 'Normal' | 'Warning', reason: string, message: string) => void;
+  /**
+   * For a container with volume mounts, called at every start: the argv that
+   * runs `argv` in a mount namespace of its own, changing to `cwd` there (which
+   * need not exist on the host). It reports a failure before the exec on fd 3.
+   * Throws when the mounts cannot be set up.
+   */
+  mountNamespace?: (argv: string[], cwd: string, run: number) => string[];
 }
 
 const now = () => new Date().toISOString();
@@ -74,39 +83,68 @@ export class ContainerRunner {
   start(): void {
     if (this.stopping) return;
     const id = ++this.runId;
-    const [cmd, ...args] = this.o.argv;
     const logFile = join(this.o.logDir, `${this.restartCount}.log`);
     const log = createWriteStream(logFile, { flags: 'a' });
     const startedAt = now();
+    const wrap = this.o.mountNamespace;
+    let argv = this.o.argv;
+    if (wrap) {
+      try {
+        argv = wrap(this.o.argv, this.o.cwd, id);
+      } catch (err) {
+        log.end();
+        this.exited(
+          { exitCode: 128, reason: 'StartError', message: (err as Error).message, startedAt, finishedAt: now() },
+          startedAt,
+        );
+        return;
+      }
+    }
+    const [cmd, ...args] = argv;
     const child = spawn(cmd as string, args, {
-      cwd: this.o.cwd,
+      // The wrapper changes directory inside the namespace, where the working directory may only exist there.
+      cwd: wrap ? this.o.logDir : this.o.cwd,
       env: this.o.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: wrap ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
     this.proc = child;
     child.stdout?.pipe(log);
     child.stderr?.pipe(log);
     let spawnError: Error | undefined;
-    child.on('error', (err) => {
-      spawnError = err;
-    });
-    child.on('spawn', () => {
+    let startFailure = '';
+    const running = () => {
+      if (this.runId !== id || this.proc !== child) return;
       this.state = { running: { startedAt } };
       this.started = true;
       this.o.onEvent('Normal', 'Started', `Started container ${this.name}`);
       this.startProbes(id);
       this.o.onChange();
+    };
+    child.on('error', (err) => {
+      spawnError = err;
     });
+    const status = child.stdio[3] as Readable | null | undefined;
+    if (status) {
+      // The wrapper closes fd 3 right before it execs the command: EOF with no
+      // message means the command itself now runs.
+      status.setEncoding('utf8');
+      status.on('data', (d: string) => {
+        startFailure += d;
+      });
+      status.on('end', () => {
+        if (!startFailure) running();
+      });
+    } else child.on('spawn', running);
     child.on('close', (code, signal) => {
-      this.stopProbes();
-      this.ready = false;
       let terminated: NonNullable<ContainerState['terminated']>;
-      if (spawnError) {
+      if (spawnError || startFailure) {
         terminated = {
           exitCode: 128,
           reason: 'StartError',
-          message: `failed to start ${JSON.stringify(cmd)}: ${spawnError.message}`,
+          message: spawnError
+            ? `failed to start ${JSON.stringify(cmd)}: ${spawnError.message}`
+            : startFailure.trim().split('\n').join('; '),
           startedAt,
           finishedAt: now(),
         };
@@ -121,40 +159,47 @@ export class ContainerRunner {
           ...(signo !== undefined ? { signal: signo } : {}),
         };
       }
-      const ranMs = Date.now() - Date.parse(startedAt);
-      this.consecutiveCrashes = ranMs > 60_000 ? 0 : this.consecutiveCrashes + 1;
       this.proc = undefined;
-      for (const w of this.exitWaiters.splice(0)) w();
-      const restart =
-        !this.stopping &&
-        (this.o.restartPolicy === 'Always' || (this.o.restartPolicy === 'OnFailure' && terminated.exitCode !== 0));
-      if (restart) {
-        const delay = Math.min(this.o.backoffBaseMs * 2 ** (this.consecutiveCrashes - 1), this.o.backoffMaxMs);
-        this.lastState = { terminated };
-        this.state = {
-          waiting: {
-            reason: 'CrashLoopBackOff',
-            message: `back-off ${Math.round(delay / 1000)}s restarting failed container=${this.name}`,
-          },
-        };
-        this.o.onEvent('Warning', 'BackOff', `Back-off restarting failed container ${this.name}`);
-        this.backoffTimer = setTimeout(() => {
-          this.backoffTimer = undefined;
-          if (this.stopping) {
-            this.state = { terminated };
-            this.resolveDone(terminated);
-            this.o.onChange();
-            return;
-          }
-          this.restartCount++;
-          this.start();
-        }, delay);
-      } else {
-        this.state = { terminated };
-        this.resolveDone(terminated);
-      }
-      this.o.onChange();
+      this.exited(terminated, startedAt);
     });
+  }
+
+  /** A run ended (or never got going): restart per policy with back-off, or finish. */
+  private exited(terminated: NonNullable<ContainerState['terminated']>, startedAt: string): void {
+    this.stopProbes();
+    this.ready = false;
+    const ranMs = Date.now() - Date.parse(startedAt);
+    this.consecutiveCrashes = ranMs > 60_000 ? 0 : this.consecutiveCrashes + 1;
+    for (const w of this.exitWaiters.splice(0)) w();
+    const restart =
+      !this.stopping &&
+      (this.o.restartPolicy === 'Always' || (this.o.restartPolicy === 'OnFailure' && terminated.exitCode !== 0));
+    if (restart) {
+      const delay = Math.min(this.o.backoffBaseMs * 2 ** (this.consecutiveCrashes - 1), this.o.backoffMaxMs);
+      this.lastState = { terminated };
+      this.state = {
+        waiting: {
+          reason: 'CrashLoopBackOff',
+          message: `back-off ${Math.round(delay / 1000)}s restarting failed container=${this.name}`,
+        },
+      };
+      this.o.onEvent('Warning', 'BackOff', `Back-off restarting failed container ${this.name}`);
+      this.backoffTimer = setTimeout(() => {
+        this.backoffTimer = undefined;
+        if (this.stopping) {
+          this.state = { terminated };
+          this.resolveDone(terminated);
+          this.o.onChange();
+          return;
+        }
+        this.restartCount++;
+        this.start();
+      }, delay);
+    } else {
+      this.state = { terminated };
+      this.resolveDone(terminated);
+    }
+    this.o.onChange();
   }
 
   /** Fails the container before it ever runs (bad config, unknown image). */
@@ -257,7 +302,10 @@ export class ContainerRunner {
     let failures = 0;
     const tick = async () => {
       if (this.runId !== id || this.stopping) return;
-      const r = await runProbe(probe, this.o.container, this.o.podIP, this.o.env);
+      // An exec probe runs where the container's files are: in its mount namespace.
+      const pid = this.proc?.pid;
+      const enter = this.o.mountNamespace && pid ? enterMountNamespace(pid) : undefined;
+      const r = await runProbe(probe, this.o.container, this.o.podIP, this.o.env, enter);
       if (this.runId !== id || this.stopping) return;
       if (r.ok) {
         failures = 0;

@@ -105,7 +105,7 @@ export function expand(value: string, env: Record<string, string>): string {
   });
 }
 
-function fieldValue(pod: Pod, path: string, podIP: string, hostIP: string): string {
+export function fieldValue(pod: Pod, path: string, podIP: string, hostIP: string): string {
   const m = /^metadata\.(labels|annotations)\['(.+)'\]$/.exec(path);
   if (m?.[1] && m[2]) return pod.metadata[m[1] as 'labels' | 'annotations']?.[m[2]] ?? '';
   switch (path) {
@@ -130,7 +130,7 @@ function fieldValue(pod: Pod, path: string, podIP: string, hostIP: string): stri
   }
 }
 
-function resourceValue(
+export function resourceValue(
   pod: Pod,
   self: Container,
   ref: { containerName?: string; resource: string; divisor?: string },

@@ -33,6 +33,17 @@ export interface KubeletOptions {
    * whose process is gone is taken over.
    */
   slotDir?: string;
+  /**
+   * Renew every projected ServiceAccount token once it is this many seconds
+   * old, on top of the kubelet's own rule (80% of its lifetime, or 24 h), so a
+   * test can watch a token rotate within seconds. Default: only the kubelet's rule.
+   */
+  tokenRefreshSeconds?: number;
+  /**
+   * How often configMap, secret and downwardAPI content of mounted volumes is
+   * re-read and rewritten (the real kubelet syncs about every 60 s). Default 10.
+   */
+  volumeSyncSeconds?: number;
 }
 
 interface NodeState {
@@ -50,9 +61,18 @@ const microNow = () => new Date().toISOString().replace('Z', '000Z');
 /**
  * The process kubelet: registers Nodes with the stated capacity, keeps their
  * Ready condition and node Lease fresh, and runs the pods bound to them as
- * local processes, reporting pod status like a kubelet. No containers, no
- * mount or network namespaces: each node owns a loopback block 127.A.B.0/24,
- * each pod gets its own address in it as pod IP and runs in a directory of its own.
+ * local processes, reporting pod status like a kubelet. No containers and no
+ * network namespaces: each node owns a loopback block 127.A.B.0/24, each pod
+ * gets its own address in it as pod IP and runs in a directory of its own.
+ *
+ * Volumes (emptyDir, configMap, secret, downwardAPI, projected with
+ * serviceAccountToken) are materialised under the pod directory
+ * (`pods/<ns>_<name>_<uid>/volumes/kubernetes.io~<plugin>/<volume>`, written
+ * atomically through a `..data` symlink swap and kept fresh). A container with
+ * volumeMounts runs in a mount namespace of its own (`unshare --mount`, so the
+ * kubelet must run as root) where each mount is a bind mount; a mountPath the
+ * host lacks is made inside that namespace only (see mount-plan.ts), so the
+ * host never sees it. Network, pids and everything else are the host's.
  */
 export class ProcessKubelet {
   private readonly nodes = new Map<string, NodeState>();
@@ -70,6 +90,13 @@ export class ProcessKubelet {
   constructor(o: KubeletOptions) {
     this.o = o;
     mkdirSync(join(o.dir, 'pods'), { recursive: true });
+    for (const [field, v] of [
+      ['tokenRefreshSeconds', o.tokenRefreshSeconds],
+      ['volumeSyncSeconds', o.volumeSyncSeconds],
+    ] as const) {
+      if (v !== undefined && !(v > 0))
+        throw new Error(`KubeletOptions.${field} must be a positive number of seconds, not ${v}`);
+    }
     for (const spec of o.nodes) this.addNodeState(spec);
   }
 
@@ -328,6 +355,9 @@ export class ProcessKubelet {
       images: this.o.images ?? {},
       backoffBaseMs: this.o.backoffBaseMs ?? 1_000,
       backoffMaxMs: this.o.backoffMaxMs ?? 30_000,
+      mountsDir: join(this.o.dir, 'mounts'),
+      volumeSyncMs: (this.o.volumeSyncSeconds ?? 10) * 1000,
+      ...(this.o.tokenRefreshSeconds !== undefined ? { tokenRefreshMs: this.o.tokenRefreshSeconds * 1000 } : {}),
       hostIP: node.ip,
       event: (p, type, reason, message) => void this.event(p, node.spec.name, type, reason, message),
       onGone: (id) => {

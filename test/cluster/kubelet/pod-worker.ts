@@ -1,10 +1,15 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { KubeError, type RestClient } from '../rest.ts';
 import { ContainerRunner } from './container.ts';
 import { apiLookup, EnvError, expand, resolveEnv } from './env.ts';
+import { prepareMountNamespace } from './mount-namespace.ts';
+import { PodVolumes } from './pod-volumes.ts';
+import { type AutomountDecision, decideAutomount, withServiceAccountVolume } from './service-account.ts';
 import type { Container, ContainerStatus, Pod, PodCondition, PodStatus } from './types.ts';
+import { containerMountRequests } from './volume-mounts.ts';
+import type { VolumeSetupError } from './volume-payload.ts';
 
 /** How an image with no `command` in the container maps to a local entry point. */
 export interface ImageEntry {
@@ -24,6 +29,12 @@ export interface PodWorkerContext {
   images: Record<string, ImageEntry>;
   backoffBaseMs: number;
   backoffMaxMs: number;
+  /** Staging root for mount namespaces (outside every pod directory). */
+  mountsDir: string;
+  /** How often ConfigMap, Secret and downwardAPI volume content is re-read. */
+  volumeSyncMs: number;
+  /** Also renew projected tokens once they are this old. */
+  tokenRefreshMs?: number;
   hostIP: string;
   event(pod: Pod, type: 'Normal' | 'Warning', reason: string, message: string): void;
   onGone(uid: string): void;
@@ -50,6 +61,12 @@ export class PodWorker {
   private transitions = new Map<string, { status: string; at: string }>();
   private syncing = false;
   private syncAgain = false;
+  private readonly volumes: PodVolumes;
+  private automount: AutomountDecision | undefined;
+  private volumesReady = false;
+  private refreshTimer: NodeJS.Timeout | undefined;
+  /** Last FailedMount message per volume, so a retry loop does not flood Events. */
+  private readonly mountErrors = new Map<string, { message: string; at: number }>();
 
   readonly podIP: string;
   private readonly ctx: PodWorkerContext;
@@ -61,6 +78,21 @@ export class PodWorker {
     this.uid = pod.metadata.uid as string;
     this.dir = join(ctx.podsDir, `${pod.metadata.namespace}_${pod.metadata.name}_${this.uid}`);
     mkdirSync(this.dir, { recursive: true });
+    this.volumes = new PodVolumes(pod, {
+      client: ctx.client,
+      dir: this.dir,
+      ...(ctx.tokenRefreshMs !== undefined ? { tokenRefreshMs: ctx.tokenRefreshMs } : {}),
+    });
+  }
+
+  /** The pod's staging directory for mount namespaces: never inside what its containers can see. */
+  private get stagingDir(): string {
+    return join(this.ctx.mountsDir, this.uid);
+  }
+
+  /** The pod with the kube-api-access volume added when the API server did not add it. */
+  private effectivePod(pod: Pod): Pod {
+    return this.automount?.inject ? withServiceAccountVolume(pod) : pod;
   }
 
   get namespace(): string {
@@ -89,6 +121,7 @@ export class PodWorker {
 
   update(pod: Pod): void {
     this.pod = pod;
+    this.volumes.update(this.effectivePod(pod));
     if (pod.metadata.deletionTimestamp) void this.terminate();
   }
 
@@ -96,6 +129,7 @@ export class PodWorker {
   async vanished(): Promise<void> {
     this.gone = true;
     await Promise.all([...this.init, ...this.main].map((c) => c.terminate(2_000)));
+    this.tearDownVolumes();
     this.ctx.onGone(this.uid);
   }
 
@@ -104,6 +138,9 @@ export class PodWorker {
     await this.syncStatus();
     let env: NodeJS.ProcessEnv;
     try {
+      this.automount ??= await decideAutomount(this.pod, this.ctx.client);
+      this.volumes.update(this.effectivePod(this.pod));
+      if (!(await this.mountVolumes())) return;
       env = await this.baseEnv();
     } catch (err) {
       // e.g. the ServiceAccount does not exist yet: retry, like the kubelet.
@@ -151,6 +188,7 @@ export class PodWorker {
       const grace =
         (this.pod.metadata.deletionGracePeriodSeconds ?? this.pod.spec.terminationGracePeriodSeconds ?? 30) * 1000;
       await Promise.all([...this.init, ...this.main].map((c) => c.terminate(grace)));
+      this.tearDownVolumes();
       for (const c of this.pod.spec.containers) {
         if (!this.main.some((r) => r.name === c.name)) this.waitingReasons.delete(c.name);
       }
@@ -211,12 +249,15 @@ export class PodWorker {
     let containerEnv: Record<string, string>;
     let imageEnv: Record<string, string> = {};
     let workingDir: string | undefined;
+    let mounts: ReturnType<typeof containerMountRequests>;
+    const spec = this.effectiveContainer(c, kind);
     try {
       containerEnv = await resolveEnv(this.pod, c, apiLookup(this.ctx.client), this.podIP, this.ctx.hostIP);
       const resolved = this.argv(c, containerEnv);
       argv = resolved.argv;
       imageEnv = resolved.env;
       workingDir = c.workingDir ?? resolved.workingDir;
+      mounts = containerMountRequests(spec, containerEnv, (name) => this.volumes.hostDir(name));
     } catch (err) {
       const reason = err instanceof EnvError ? err.reason : 'CreateContainerError';
       this.waitingReasons.set(c.name, { reason, message: (err as Error).message });
@@ -239,7 +280,94 @@ export class PodWorker {
       terminationGraceMs: (this.pod.spec.terminationGracePeriodSeconds ?? 30) * 1000,
       onChange: () => void this.syncStatus(),
       onEvent: (type, reason, message) => this.ctx.event(this.pod, type, reason, message),
+      ...(mounts.length > 0
+        ? {
+            mountNamespace: (command: string[], cwd: string) =>
+              prepareMountNamespace({
+                requests: mounts,
+                owned: [this.dir, this.stagingDir],
+                staging: join(this.stagingDir, c.name),
+                workingDir: cwd,
+                argv: command,
+              }).argv,
+          }
+        : {}),
     });
+  }
+
+  /** The container as the kubelet runs it (with the kube-api-access mount when the kubelet injected it). */
+  private effectiveContainer(c: Container, kind: 'init' | 'main'): Container {
+    const spec = this.effectivePod(this.pod).spec;
+    const list = kind === 'init' ? (spec.initContainers ?? []) : spec.containers;
+    return list.find((x) => x.name === c.name) ?? c;
+  }
+
+  /**
+   * Sets up every volume before any container starts, as the kubelet's volume
+   * manager does: while one fails, the pod stays ContainerCreating with a
+   * FailedMount event, and set-up is retried. False when the pod went away meanwhile.
+   */
+  private async mountVolumes(): Promise<boolean> {
+    let delay = 250;
+    for (;;) {
+      if (this.terminating || this.gone || this.pod.metadata.deletionTimestamp) return false;
+      this.reportMountErrors(await this.volumes.sync(true));
+      if (this.volumes.allReady) break;
+      for (const c of [...(this.pod.spec.initContainers ?? []), ...this.pod.spec.containers]) {
+        this.waitingReasons.set(c.name, { reason: 'ContainerCreating', message: '' });
+      }
+      await this.syncStatus();
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 2_000);
+    }
+    if (!this.volumesReady) {
+      this.volumesReady = true;
+      for (const c of [...(this.pod.spec.initContainers ?? []), ...this.pod.spec.containers]) {
+        this.waitingReasons.delete(c.name);
+      }
+      this.scheduleVolumeRefresh();
+    }
+    return true;
+  }
+
+  /**
+   * Keeps volumes fresh while the pod runs: ConfigMaps, Secrets and downward
+   * API fields every volumeSyncMs, projected tokens whenever they are due
+   * (checked at least as often as tokenRefreshMs).
+   */
+  private scheduleVolumeRefresh(): void {
+    if (this.refreshTimer || !this.volumes.refreshes) return;
+    const period = Math.max(200, Math.min(this.ctx.volumeSyncMs, this.ctx.tokenRefreshMs ?? Number.POSITIVE_INFINITY));
+    let fetchedAt = Date.now();
+    const tick = async () => {
+      // A finished pod's containers read nothing any more: stop calling the API for it.
+      if (this.gone || this.terminating || this.isTerminalPhase()) return;
+      const refetch = Date.now() - fetchedAt >= this.ctx.volumeSyncMs;
+      if (refetch) fetchedAt = Date.now();
+      this.reportMountErrors(await this.volumes.sync(refetch));
+      if (!this.gone && !this.terminating) this.refreshTimer = setTimeout(() => void tick(), period);
+    };
+    this.refreshTimer = setTimeout(() => void tick(), period);
+  }
+
+  private reportMountErrors(errors: VolumeSetupError[]): void {
+    const failing = new Set(errors.map((e) => e.volume));
+    for (const v of this.mountErrors.keys()) if (!failing.has(v)) this.mountErrors.delete(v);
+    for (const e of errors) {
+      const message = `MountVolume.SetUp failed for volume "${e.volume}" : ${e.message}`;
+      const last = this.mountErrors.get(e.volume);
+      if (last && last.message === message && Date.now() - last.at < 30_000) continue;
+      this.mountErrors.set(e.volume, { message, at: Date.now() });
+      this.ctx.event(this.pod, 'Warning', 'FailedMount', message);
+    }
+  }
+
+  /** The pod is done on this node: its token, secret and scratch files go with it. */
+  private tearDownVolumes(): void {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = undefined;
+    this.volumes.remove();
+    rmSync(this.stagingDir, { recursive: true, force: true });
   }
 
   /** command/args from the container, else the image's mapped entry point; $(VAR) expanded. */
@@ -273,9 +401,10 @@ export class PodWorker {
       KUBERNETES_SERVICE_PORT_HTTPS: String(port),
       KUBERNETES_PORT: `tcp://${host}:${port}`,
     };
-    if (this.pod.spec.automountServiceAccountToken === false) return env;
-    // The real kubelet projects a bound token into the container; a process has
-    // no mount namespace, so the token goes into a kubeconfig named by KUBECONFIG.
+    if (!this.automount?.automount) return env;
+    // Besides the mounted kube-api-access token, the harness hands processes a
+    // kubeconfig with a bound token (KUBECONFIG), which tools and tests that
+    // run outside a mount namespace (or predate volume support) rely on.
     const sa = this.pod.spec.serviceAccountName ?? 'default';
     const tr = await this.ctx.client.post<{ status: { token: string } }>(
       `/api/v1/namespaces/${this.namespace}/serviceaccounts/${sa}/token`,
@@ -391,7 +520,7 @@ export class PodWorker {
       podIPs: [{ ip: this.podIP }],
       startTime: this.startTime,
       conditions: [
-        this.condition('PodReadyToStartContainers', true),
+        this.condition('PodReadyToStartContainers', this.volumesReady),
         this.condition('Initialized', this.initialized, 'ContainersNotInitialized'),
         this.condition('Ready', allReady, 'ContainersNotReady'),
         this.condition('ContainersReady', allReady, 'ContainersNotReady'),

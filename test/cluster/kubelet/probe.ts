@@ -15,6 +15,8 @@ export async function runProbe(
   container: Container,
   podIP: string,
   env: NodeJS.ProcessEnv,
+  /** argv prefix that enters the container's mount namespace, for exec probes. */
+  enter: string[] = [],
 ): Promise<ProbeResult> {
   const timeoutMs = (probe.timeoutSeconds ?? 1) * 1000;
   const port = (p: number | string): number => {
@@ -37,7 +39,8 @@ export async function runProbe(
       return { ok: true, message: `TCP ${p} open` };
     }
     if (probe.exec) {
-      const code = await execCode(probe.exec.command, env, timeoutMs);
+      if (probe.exec.command.length === 0) throw new Error('exec probe has an empty command');
+      const code = await execCode([...enter, ...probe.exec.command], env, timeoutMs);
       return { ok: code === 0, message: `exec probe exited ${code}` };
     }
     return { ok: false, message: 'probe kind not supported by the process kubelet (httpGet, tcpSocket and exec are)' };

@@ -57,6 +57,70 @@ export interface Container {
   livenessProbe?: Probe;
   startupProbe?: Probe;
   restartPolicy?: string;
+  volumeMounts?: VolumeMount[];
+}
+
+export interface VolumeMount {
+  name: string;
+  mountPath: string;
+  readOnly?: boolean;
+  subPath?: string;
+  /** Like subPath, with $(VAR) expanded from the container's environment. */
+  subPathExpr?: string;
+  mountPropagation?: string;
+}
+
+export interface KeyToPath {
+  key: string;
+  path: string;
+  mode?: number;
+}
+
+export interface DownwardAPIVolumeFile {
+  path: string;
+  fieldRef?: { apiVersion?: string; fieldPath: string };
+  resourceFieldRef?: { containerName?: string; resource: string; divisor?: string };
+  mode?: number;
+}
+
+export interface ConfigMapProjection {
+  name: string;
+  items?: KeyToPath[];
+  optional?: boolean;
+}
+
+export interface SecretProjection {
+  name: string;
+  items?: KeyToPath[];
+  optional?: boolean;
+}
+
+export interface ServiceAccountTokenProjection {
+  audience?: string;
+  expirationSeconds?: number;
+  path: string;
+}
+
+export interface VolumeProjection {
+  configMap?: ConfigMapProjection;
+  secret?: SecretProjection;
+  downwardAPI?: { items?: DownwardAPIVolumeFile[] };
+  serviceAccountToken?: ServiceAccountTokenProjection;
+}
+
+/**
+ * A pod volume. Only the sources the process kubelet materialises are typed;
+ * any other key (hostPath, persistentVolumeClaim, ...) names a type it refuses
+ * with a FailedMount event.
+ */
+export interface Volume {
+  name: string;
+  emptyDir?: { medium?: string; sizeLimit?: string };
+  configMap?: ConfigMapProjection & { defaultMode?: number };
+  secret?: { secretName: string; items?: KeyToPath[]; defaultMode?: number; optional?: boolean };
+  downwardAPI?: { items?: DownwardAPIVolumeFile[]; defaultMode?: number };
+  projected?: { sources?: VolumeProjection[]; defaultMode?: number };
+  [other: string]: unknown;
 }
 
 export interface Pod {
@@ -74,6 +138,7 @@ export interface Pod {
     containers: Container[];
     hostname?: string;
     overhead?: Record<string, string>;
+    volumes?: Volume[];
   };
   status?: PodStatus;
 }
