@@ -6,13 +6,13 @@ import type { Assign__Output } from '../gen/agentflow/v1/Assign.ts';
 import type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
 import type { DispatcherMessage__Output } from '../gen/agentflow/v1/DispatcherMessage.ts';
 import type { InFlight } from '../gen/agentflow/v1/InFlight.ts';
+import type { Registered__Output } from '../gen/agentflow/v1/Registered.ts';
 import type { Result } from '../gen/agentflow/v1/Result.ts';
 import type { TaskError__Output } from '../gen/agentflow/v1/TaskError.ts';
 import type { WireError__Output } from '../gen/agentflow/v1/WireError.ts';
 import { Backoff } from '../lib/backoff.ts';
 import type { Logger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
-import type { Registered__Output } from '../gen/agentflow/v1/Registered.ts';
 import type { Held } from '../state/lock.ts';
 import { Attempt, attemptKey } from './attempt.ts';
 import { Connection } from './connection.ts';
@@ -44,7 +44,6 @@ export interface AgentEvents {
   acked: [{ taskId: string; attempt: number; status: 'COMMITTED' | 'SUPERSEDED' }];
   wireError: [WireError__Output];
   mail: [MailMeta & { payload: unknown }];
-  leaseLost: [Error];
   /** The dispatcher refused the agent's credentials or registration (the agent keeps retrying). */
   refused: [{ code: number; details: string }];
   draining: [];
@@ -295,8 +294,13 @@ export class Agent extends EventEmitter<AgentEvents> {
   private async readToken(): Promise<string> {
     const t = this.opts.token;
     let token: string;
-    if (typeof t === 'function') token = await t();
-    else {
+    if (typeof t === 'function') {
+      try {
+        token = await t();
+      } catch (err) {
+        throw new AgentConfigError('token', `the token function failed: ${(err as Error).message}`);
+      }
+    } else {
       try {
         token = await readFile(t, 'utf8');
       } catch (err) {
@@ -759,11 +763,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  private async lock(
-    attempt: Attempt,
-    name: string,
-    opts: { timeoutMs?: number; signal: AbortSignal },
-  ): Promise<Held> {
+  private async lock(attempt: Attempt, name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held> {
     const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : undefined;
     const timeout = opts.timeoutMs !== undefined ? AbortSignal.timeout(opts.timeoutMs) : undefined;
     // One lease per agent means one lock key per agent: attempts of this agent queue here first.

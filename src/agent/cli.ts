@@ -13,11 +13,13 @@ const USAGE = `Usage: agentflow-agent [--config agent.yaml] [--handlers module.j
 
 Settings come from the config file (YAML or JSON) and the environment, which wins:
   AGENTFLOW_DISPATCHER        dispatcher address, host:port
-  AGENTFLOW_ETCD_ENDPOINTS    etcd URLs, comma-separated
-  AGENTFLOW_ETCD_PREFIX       root of agentflow's etcd keys
-  AGENTFLOW_ETCD_CA_FILE      CA of etcd's TLS certificate (with _CERT_FILE and _KEY_FILE for a client certificate)
-  AGENTFLOW_NAMESPACE         namespace (else the file's, else POD_NAMESPACE)
-  AGENTFLOW_POOL              agent pool
+  AGENTFLOW_TOKEN_FILE        ServiceAccount token (audience agentflow), re-read as it rotates
+                              (default /var/run/secrets/agentflow/token, the pod's projected token)
+  AGENTFLOW_DISPATCHER_CA_FILE  the dispatcher's CA bundle (default /var/run/secrets/agentflow/ca/ca.crt)
+  AGENTFLOW_DISPATCHER_SERVER_NAME  the name in the dispatcher's certificate, if not the address's host
+  AGENTFLOW_CREDENTIAL_CHECK_MS  how often the token file is checked for a rotation (default 10000)
+  AGENTFLOW_NAMESPACE         namespace; only for agents outside a pool's pods (else the file's, else POD_NAMESPACE)
+  AGENTFLOW_POOL              agent pool; likewise (a pod's agent belongs to its pod's pool)
   AGENTFLOW_CAPACITY          task slots
   AGENTFLOW_AGENT_ID          agent id (default: pod name plus a random suffix)
   AGENTFLOW_DRAIN_TIMEOUT_SECONDS  how long SIGTERM waits for in-flight tasks (default 25)

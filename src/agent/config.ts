@@ -17,6 +17,7 @@ const FILE_KEYS = [
   'token',
   'ca',
   'serverName',
+  'credentialCheckMs',
   'namespace',
   'pool',
   'capacity',
@@ -60,6 +61,7 @@ export async function loadAgentConfig(src: ConfigSources): Promise<AgentOptions>
   fromEnv('AGENTFLOW_TOKEN_FILE', 'token');
   fromEnv('AGENTFLOW_DISPATCHER_CA_FILE', 'ca');
   fromEnv('AGENTFLOW_DISPATCHER_SERVER_NAME', 'serverName');
+  fromEnv('AGENTFLOW_CREDENTIAL_CHECK_MS', 'credentialCheckMs', (v) => (/^\d+$/.test(v.trim()) ? Number(v) : v));
   if (opts.namespace === undefined) fromEnv('POD_NAMESPACE', 'namespace');
   fromEnv('AGENTFLOW_NAMESPACE', 'namespace');
   fromEnv('AGENTFLOW_POOL', 'pool');
@@ -67,10 +69,19 @@ export async function loadAgentConfig(src: ConfigSources): Promise<AgentOptions>
   fromEnv('AGENTFLOW_AGENT_ID', 'agentId');
   fromEnv('AGENTFLOW_DRAIN_TIMEOUT_SECONDS', 'drainTimeoutMs', (v) => (/^\d+$/.test(v.trim()) ? Number(v) * 1000 : v));
 
-  for (const gone of ['AGENTFLOW_ETCD_ENDPOINTS', 'AGENTFLOW_ETCD_CA_FILE']) {
+  for (const gone of [
+    'AGENTFLOW_ETCD_ENDPOINTS',
+    'AGENTFLOW_ETCD_PREFIX',
+    'AGENTFLOW_ETCD_CA_FILE',
+    'AGENTFLOW_ETCD_CERT_FILE',
+    'AGENTFLOW_ETCD_KEY_FILE',
+  ]) {
     if (src.env[gone]) {
       // Agents hold no datastore credentials any more: say so rather than ignore a stale setting.
-      throw new AgentConfigError(gone, 'agents no longer connect to etcd; state and locks go through the dispatcher (remove it)');
+      throw new AgentConfigError(
+        gone,
+        'agents no longer connect to etcd; state and locks go through the dispatcher (remove it)',
+      );
     }
   }
   const handlers: Record<string, Handler | HandlerSpec> = {};

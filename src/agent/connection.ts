@@ -39,6 +39,8 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
       });
       // The dispatcher finished its side: finish ours so the call completes.
       this.call.on('end', () => {
+        // Nothing sent from here on would be read: requests must wait for the next stream.
+        this.registered = false;
         if (!this.call.writableEnded) this.call.end();
       });
       this.call.on('error', (err: Error) => finish(err));

@@ -51,8 +51,8 @@ export class AttemptAbortedError extends Error {
   constructor(code: AbortCode, message: string) {
     super(message);
     this.code = code;
-    this.report = code !== 'LEASE_LOST' && code !== 'NOT_YOURS';
+    this.report = code !== 'NOT_YOURS';
   }
 }
 
-export type AbortCode = 'CANCELLED' | 'DEADLINE_EXCEEDED' | 'DRAIN_TIMEOUT' | 'LEASE_LOST' | 'NOT_YOURS';
+export type AbortCode = 'CANCELLED' | 'DEADLINE_EXCEEDED' | 'DRAIN_TIMEOUT' | 'NOT_YOURS';

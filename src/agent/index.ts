@@ -2,18 +2,18 @@
 import { Agent } from './agent.ts';
 import type { AgentOptions } from './options.ts';
 
+export { ConflictError, FencedError } from '../state/errors.ts';
 export { Agent, type AgentEvents, type AgentState, RUNTIME_VERSION, type TaskSummary } from './agent.ts';
 export { execHandler } from './builtin/exec.ts';
 export { httpHandler } from './builtin/http.ts';
-export { ConflictError, FencedError } from '../state/errors.ts';
+export { AgentConfigError, AttemptAbortedError, RetryableError, UnrecoverableError } from './errors.ts';
+export { type AgentOptions, DEFAULT_CA_FILE, DEFAULT_TOKEN_FILE } from './options.ts';
 export {
   LockTimeoutError,
   StatePermissionError,
   StateUnavailableError,
   type WorkflowState,
 } from './remote-state.ts';
-export { AgentConfigError, AttemptAbortedError, RetryableError, UnrecoverableError } from './errors.ts';
-export { type AgentOptions, DEFAULT_CA_FILE, DEFAULT_TOKEN_FILE } from './options.ts';
 export type {
   ChildSpec,
   ExecHandlerSpec,

@@ -117,7 +117,10 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
   if (!Buffer.isBuffer(ca) && (typeof ca !== 'string' || ca.trim() === '')) {
     throw new AgentConfigError(`${F}.ca`, `must be PEM bytes or a CA file path, got ${describe(opts.ca)}`);
   }
-  if (opts.serverName !== undefined && (typeof opts.serverName !== 'string' || !/^[A-Za-z0-9.:-]{1,253}$/.test(opts.serverName))) {
+  if (
+    opts.serverName !== undefined &&
+    (typeof opts.serverName !== 'string' || !/^[A-Za-z0-9.:-]{1,253}$/.test(opts.serverName))
+  ) {
     throw new AgentConfigError(`${F}.serverName`, `must be a host name, got ${describe(opts.serverName)}`);
   }
   if (opts.insecurePlaintext !== undefined && typeof opts.insecurePlaintext !== 'boolean') {
@@ -125,13 +128,24 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
   }
   const credentialCheckMs = integer(`${F}.credentialCheckMs`, opts.credentialCheckMs ?? 10_000, 50);
   // Empty: the dispatcher takes them from the pod the token is bound to.
-  const namespace = opts.namespace === undefined || opts.namespace === '' ? '' : dnsLabel(`${F}.namespace`, opts.namespace);
+  const namespace =
+    opts.namespace === undefined || opts.namespace === '' ? '' : dnsLabel(`${F}.namespace`, opts.namespace);
   const pool = opts.pool === undefined || opts.pool === '' ? '' : dnsLabel(`${F}.pool`, opts.pool);
   const capacity = integer(`${F}.capacity`, opts.capacity, 1, MAX_CAPACITY);
   const handlers = resolveHandlers(opts.handlers);
   const pod = opts.pod ?? process.env.POD_NAME ?? hostname();
   nonEmptyString(`${F}.pod`, pod);
-  const agentId = opts.agentId ?? `${pod}-${randomBytes(3).toString('hex')}`;
+  // The dispatcher derives the id from the verified identity; this suffix only tells apart agents of one
+  // ServiceAccount outside the cluster, so keep it within the dispatcher's rule (lowercase, digits, "-").
+  const agentId =
+    opts.agentId ??
+    `${
+      pod
+        .toLowerCase()
+        .replace(/[^a-z0-9-]+/g, '-')
+        .replace(/^-+|-+$/g, '')
+        .slice(0, 25) || 'agent'
+    }-${randomBytes(3).toString('hex')}`;
   // The agent id is an etcd key segment and a wire id: no "/".
   if (typeof agentId !== 'string' || agentId === '' || agentId.length > 253 || agentId.includes('/')) {
     throw new AgentConfigError(`${F}.agentId`, `must be 1-253 characters without "/", got ${describe(agentId)}`);

@@ -93,7 +93,9 @@ export class RemoteState {
     for (const [id, p] of this.pending) {
       if (p.conn !== conn) continue;
       this.pending.delete(id);
-      p.reject(new StateUnavailableError('the dispatcher stream closed before the answer came; the outcome is unknown'));
+      p.reject(
+        new StateUnavailableError('the dispatcher stream closed before the answer came; the outcome is unknown'),
+      );
     }
     for (const w of this.watches.values()) if (w.conn === conn) w.conn = undefined;
   }
@@ -222,15 +224,20 @@ export class RemoteState {
       watch: async (prefix, fromRevision, onChange, onResync) => {
         const entry: WatchEntry = { attempt, prefix, last: fromRevision - 1, conn: undefined, onChange, onResync };
         let watchId = '';
-        const r = check(
-          await this.call(attempt, (id) => {
-            watchId = id;
-            this.watches.set(id, entry);
-            return this.watchRequest(id, entry);
-          }),
-          prefix,
-        );
-        void r;
+        try {
+          check(
+            await this.call(attempt, (id) => {
+              watchId = id;
+              this.watches.set(id, entry);
+              return this.watchRequest(id, entry);
+            }),
+            prefix,
+          );
+        } catch (err) {
+          // A watch the caller never got must not be resumed on the next stream nor call its callbacks.
+          this.watches.delete(watchId);
+          throw err;
+        }
         const close = async () => {
           if (!this.watches.delete(watchId)) return;
           if (attempt.finished) return;
@@ -266,7 +273,9 @@ export class RemoteState {
       // Stop waiting at the dispatcher too; its answer (CANCELLED) settles the request.
       this.host
         .registered(AbortSignal.timeout(1_000))
-        .then((conn) => conn.send({ lock: { id: String(this.nextId++), ...base, op: 'CANCEL', lockToken: Number(acquireId) } }))
+        .then((conn) =>
+          conn.send({ lock: { id: String(this.nextId++), ...base, op: 'CANCEL', lockToken: Number(acquireId) } }),
+        )
         .catch(() => undefined);
     };
     opts.signal.addEventListener('abort', onAbort, { once: true });

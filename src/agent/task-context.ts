@@ -4,10 +4,10 @@ import type { Logger } from '../lib/log.ts';
 import { MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
 import type { Held } from '../state/lock.ts';
 import type { Attempt } from './attempt.ts';
-import type { WorkflowState } from './remote-state.ts';
 import { describe, isRecord } from './check.ts';
 import { MAX_CAPACITY } from './options.ts';
 import { ProgressThrottle } from './progress.ts';
+import type { WorkflowState } from './remote-state.ts';
 import type { ChildSpec, MailMeta, TaskContext } from './types.ts';
 
 export type MailListener = (payload: unknown, meta: MailMeta) => void;

@@ -32,8 +32,8 @@ export interface TaskContext {
   readonly deadline?: Date;
   /**
    * Aborted when the dispatcher cancels the attempt, at the deadline, when a
-   * drain runs out of time, and when the agent's lease is lost (the claim is
-   * gone). `signal.reason` is an AttemptAbortedError saying which.
+   * drain runs out of time, and when a reconnect finds the attempt given to
+   * someone else. `signal.reason` is an AttemptAbortedError saying which.
    */
   readonly signal: AbortSignal;
   readonly log: Logger;

@@ -190,9 +190,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       Connect: (stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>) => this.onStream(stream),
     });
     this.port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(this.address, this.credentials, (err, port) =>
-        err ? reject(err) : resolve(port),
-      ),
+      server.bindAsync(this.address, this.credentials, (err, port) => (err ? reject(err) : resolve(port))),
     );
     this.server = server;
     this.leases.start();
@@ -497,7 +495,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       if (err.status === 'PERMISSION_DENIED') this.counters.permissionDenied++;
       this.log.warn('Agent refused', { reason: err.reason, message: err.message, user: identity?.username });
       this.auth.refused?.(identity, claim, err);
-      stream.emit('error', Object.assign(new Error(err.message), { code: GRPC_CODE[err.status], details: err.message }));
+      stream.emit(
+        'error',
+        Object.assign(new Error(err.message), { code: GRPC_CODE[err.status], details: err.message }),
+      );
     };
     // Authenticate before reading anything the agent says.
     const token = bearerToken(stream.metadata.get('authorization'));
@@ -519,14 +520,16 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         if (registering) return;
         registering = true;
         const register = m.register;
+        let verified: AgentIdentity | undefined;
         void identity
           .then(async (who) => {
             if (!who || over) return;
+            verified = who;
             conn = await this.onRegister(stream, register, who);
           })
           .catch((err: unknown) => {
             if (err instanceof AgentAuthError) {
-              deny(err, undefined, claimOf(register));
+              deny(err, verified, claimOf(register));
               return;
             }
             refuse('INVALID', (err as Error).message);
@@ -703,7 +706,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       if (left <= 0) {
         this.counters.unauthenticated++;
         conn.log.warn('Agent token expired on an open stream; closing it');
-        conn.closeWith('UNAUTHENTICATED', 'the stream\'s token expired; send Reauth with a fresh token before it does');
+        conn.closeWith('UNAUTHENTICATED', "the stream's token expired; send Reauth with a fresh token before it does");
         return;
       }
       setTimeout(check, Math.min(left, 2 ** 31 - 1)).unref();
@@ -854,7 +857,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
         if (typeof entry === 'string') {
           const [code, message] = splitRefusal(entry);
-          conn.send({ state: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` } });
+          conn.send({
+            state: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` },
+          });
           return;
         }
         void this.stateService.state(conn, entry.spec.ref, q);
@@ -866,7 +871,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
         if (typeof entry === 'string') {
           const [code, message] = splitRefusal(entry);
-          conn.send({ lock: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` } });
+          conn.send({
+            lock: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` },
+          });
           return;
         }
         void this.stateService.lock(conn, conn.lease, entry.spec.ref, q);

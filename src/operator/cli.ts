@@ -18,11 +18,24 @@ Flags (each also read from the environment variable in brackets):
   --etcd-ca-file PATH             CA of etcd's TLS certificate (https endpoints) [AGENTFLOW_ETCD_CA_FILE]
   --etcd-cert-file PATH           client certificate for etcd                  [AGENTFLOW_ETCD_CERT_FILE]
   --etcd-key-file PATH            its key                                       [AGENTFLOW_ETCD_KEY_FILE]
+  --etcd-username NAME            etcd user for password auth (default: the client certificate's CN) [AGENTFLOW_ETCD_USERNAME]
+  --etcd-password-file PATH       file holding that user's password            [AGENTFLOW_ETCD_PASSWORD_FILE]
   --watch-namespace NS            only this namespace's pools (default: all)   [AGENTFLOW_WATCH_NAMESPACE]
   --ops-address HOST:PORT         /healthz, /readyz, /metrics (0.0.0.0:8080)   [AGENTFLOW_OPS_ADDRESS]
   --dispatcher-address HOST:PORT  where the leader's dispatcher listens (0.0.0.0:7070) [AGENTFLOW_DISPATCHER_ADDRESS]
   --agent-dispatcher HOST:PORT    what agent pods dial (required)              [AGENTFLOW_AGENT_DISPATCHER]
-  --agent-etcd-endpoints URLS     etcd given to agent pods (default: --etcd-endpoints) [AGENTFLOW_AGENT_ETCD_ENDPOINTS]
+  --namespace NS                  the operator's own namespace (dispatcher TLS Secret) [POD_NAMESPACE] (default agentflow-system)
+  --dispatcher-tls-mode MODE      managed (the operator keeps a CA and certificate in a Secret and rotates them)
+                                  or secret (a Secret you or cert-manager keep: tls.crt, tls.key, ca.crt) (managed)
+                                                                                 [AGENTFLOW_DISPATCHER_TLS_MODE]
+  --dispatcher-tls-secret NAME    that Secret (agentflow-dispatcher-tls)        [AGENTFLOW_DISPATCHER_TLS_SECRET]
+  --dispatcher-service NAME       the dispatcher Service; its DNS names go into the certificate (agentflow-dispatcher)
+                                                                                 [AGENTFLOW_DISPATCHER_SERVICE]
+  --dispatcher-tls-sans LIST      more DNS names / IPs for the certificate, comma-separated [AGENTFLOW_DISPATCHER_TLS_SANS]
+  --dispatcher-ca-configmap NAME  ConfigMap with the CA bundle published in every pool namespace (agentflow-dispatcher-ca)
+                                                                                 [AGENTFLOW_DISPATCHER_CA_CONFIGMAP]
+  --token-audience AUD            audience of agents' ServiceAccount tokens (agentflow) [AGENTFLOW_TOKEN_AUDIENCE]
+  --agent-lease-ttl SECONDS       how long a silent agent keeps its tasks (10)  [AGENTFLOW_AGENT_LEASE_TTL]
   --election NAME                 leader election name (agentflow-operator)   [AGENTFLOW_ELECTION]
   --lease-ttl SECONDS             leader lease TTL (15)                         [AGENTFLOW_LEASE_TTL]
   --workers N                     concurrent reconciles per controller (2)     [AGENTFLOW_WORKERS]
@@ -82,6 +95,24 @@ function etcdTls(values: Record<string, unknown>): { ca: Buffer; cert?: Buffer; 
   };
 }
 
+/**
+ * Password auth for an external etcd that uses it. A file, not a flag value,
+ * so the password shows in no process listing; one trailing newline (what
+ * `echo` and most editors add) is not part of it.
+ */
+function etcdAuth(values: Record<string, unknown>): { username: string; password: string } | undefined {
+  const username = flag(values, 'etcd-username', 'AGENTFLOW_ETCD_USERNAME');
+  const passwordFile = flag(values, 'etcd-password-file', 'AGENTFLOW_ETCD_PASSWORD_FILE');
+  if (!username && !passwordFile) return undefined;
+  if (!passwordFile) throw new UsageError('--etcd-username needs --etcd-password-file');
+  if (!username) throw new UsageError('--etcd-password-file needs --etcd-username');
+  const password = readFlagFile('etcd-password-file', passwordFile)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
+  if (password === '') throw new UsageError(`--etcd-password-file: ${passwordFile} is empty`);
+  return { username, password };
+}
+
 function int(name: string, v: string, min: number, max: number): number {
   const n = Number(v);
   if (!/^\d+$/.test(v) || n < min || n > max)
@@ -89,7 +120,7 @@ function int(name: string, v: string, min: number, max: number): number {
   return n;
 }
 
-function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & { logLevel: Level }) | 'help' {
+export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & { logLevel: Level }) | 'help' {
   let values: Record<string, unknown>;
   try {
     ({ values } = parseArgs({
@@ -102,11 +133,20 @@ function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & {
         'etcd-ca-file': { type: 'string' },
         'etcd-cert-file': { type: 'string' },
         'etcd-key-file': { type: 'string' },
+        'etcd-username': { type: 'string' },
+        'etcd-password-file': { type: 'string' },
         'watch-namespace': { type: 'string' },
         'ops-address': { type: 'string' },
         'dispatcher-address': { type: 'string' },
         'agent-dispatcher': { type: 'string' },
-        'agent-etcd-endpoints': { type: 'string' },
+        namespace: { type: 'string' },
+        'dispatcher-tls-mode': { type: 'string' },
+        'dispatcher-tls-secret': { type: 'string' },
+        'dispatcher-service': { type: 'string' },
+        'dispatcher-tls-sans': { type: 'string' },
+        'dispatcher-ca-configmap': { type: 'string' },
+        'token-audience': { type: 'string' },
+        'agent-lease-ttl': { type: 'string' },
         election: { type: 'string' },
         'lease-ttl': { type: 'string' },
         workers: { type: 'string' },
@@ -134,7 +174,29 @@ function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & {
   if (!['debug', 'info', 'warn', 'error'].includes(level)) {
     throw new UsageError(`--log-level: must be debug, info, warn or error, got "${level}"`);
   }
-  const agentEtcd = flag(values, 'agent-etcd-endpoints', 'AGENTFLOW_AGENT_ETCD_ENDPOINTS');
+  const dnsName = (name: string, env: string, dflt: string) => {
+    const v = flag(values, name, env) ?? dflt;
+    if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(v))
+      throw new UsageError(`--${name}: must be a DNS-1123 label, got "${v}"`);
+    return v;
+  };
+  const ownNamespace = dnsName('namespace', 'POD_NAMESPACE', 'agentflow-system');
+  const tlsMode = flag(values, 'dispatcher-tls-mode', 'AGENTFLOW_DISPATCHER_TLS_MODE') ?? 'managed';
+  if (tlsMode !== 'managed' && tlsMode !== 'secret') {
+    throw new UsageError(`--dispatcher-tls-mode: must be managed or secret, got "${tlsMode}"`);
+  }
+  const service = dnsName('dispatcher-service', 'AGENTFLOW_DISPATCHER_SERVICE', 'agentflow-dispatcher');
+  const extraSans = (flag(values, 'dispatcher-tls-sans', 'AGENTFLOW_DISPATCHER_TLS_SANS') ?? '')
+    .split(',')
+    .map((x) => x.trim())
+    .filter((x) => x !== '');
+  for (const san of extraSans) {
+    if (!/^[A-Za-z0-9*.:-]{1,253}$/.test(san))
+      throw new UsageError(`--dispatcher-tls-sans: "${san}" is not a DNS name or IP`);
+  }
+  const audience = flag(values, 'token-audience', 'AGENTFLOW_TOKEN_AUDIENCE') ?? 'agentflow';
+  if (!/^\S{1,253}$/.test(audience))
+    throw new UsageError(`--token-audience: must be 1-253 characters, got "${audience}"`);
   const kubeConfig = new KubeConfig();
   const kubeconfigPath = flag(values, 'kubeconfig', 'AGENTFLOW_KUBECONFIG');
   try {
@@ -149,6 +211,7 @@ function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & {
     throw new UsageError('--kubeconfig: no cluster found (not in a pod, and no kubeconfig); pass --kubeconfig');
   }
   const tls = etcdTls(values);
+  const auth = etcdAuth(values);
   const podName = process.env.POD_NAME;
   const podNamespace = process.env.POD_NAMESPACE;
   return {
@@ -156,6 +219,7 @@ function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & {
     etcd,
     etcdPrefix: prefix,
     ...(tls && { etcdTls: tls }),
+    ...(auth && { etcdAuth: auth }),
     ...(ns && { watchNamespace: ns }),
     opsAddress: hostPort('ops-address', flag(values, 'ops-address', 'AGENTFLOW_OPS_ADDRESS') ?? '0.0.0.0:8080'),
     dispatcherListen: hostPort(
@@ -163,7 +227,26 @@ function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & {
       flag(values, 'dispatcher-address', 'AGENTFLOW_DISPATCHER_ADDRESS') ?? '0.0.0.0:7070',
     ),
     agentDispatcherAddress: hostPort('agent-dispatcher', agentDispatcher),
-    agentEtcd: agentEtcd ? urls('agent-etcd-endpoints', agentEtcd) : etcd,
+    namespace: ownNamespace,
+    dispatcherTls: {
+      mode: tlsMode,
+      secretName: dnsName('dispatcher-tls-secret', 'AGENTFLOW_DISPATCHER_TLS_SECRET', 'agentflow-dispatcher-tls'),
+      sans: [
+        service,
+        `${service}.${ownNamespace}`,
+        `${service}.${ownNamespace}.svc`,
+        `${service}.${ownNamespace}.svc.cluster.local`,
+        ...extraSans,
+      ],
+    },
+    caConfigMap: dnsName('dispatcher-ca-configmap', 'AGENTFLOW_DISPATCHER_CA_CONFIGMAP', 'agentflow-dispatcher-ca'),
+    tokenAudience: audience,
+    agentLeaseTtlSeconds: int(
+      'agent-lease-ttl',
+      flag(values, 'agent-lease-ttl', 'AGENTFLOW_AGENT_LEASE_TTL') ?? '10',
+      2,
+      300,
+    ),
     electionName: flag(values, 'election', 'AGENTFLOW_ELECTION') ?? 'agentflow-operator',
     leaseTtlSeconds: int('lease-ttl', flag(values, 'lease-ttl', 'AGENTFLOW_LEASE_TTL') ?? '15', 2, 300),
     identity: podName ?? hostname(),

@@ -154,7 +154,8 @@ export class LeaseKeeper {
   private keepAliveNow(ids: string[]): void {
     if (this.closed) return;
     if (!this.stream) {
-      this.opening ??= this.open()
+      if (this.opening) return; // one stream at a time; the next tick sends what this one missed
+      this.opening = this.open()
         .catch((err: Error) => this.onError(err))
         .finally(() => {
           this.opening = undefined;

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parse as parseYaml, stringify } from 'yaml';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
+import { operatorEtcdFlags } from '../../cluster/state-etcd.ts';
 import { uniqueName } from '../../cluster/testing.ts';
 
 export interface LogLine {
@@ -28,6 +29,8 @@ export class OperatorProcess {
       prefix: string;
       election: string;
       leaseTtl?: number;
+      /** TTL of agents' leases (how long a dead agent keeps its tasks). */
+      agentLeaseTtl?: number;
       /** Where the dispatcher listens and what agent pods dial (pods share the host network). */
       dispatcherPort?: number;
       /** Default: the admin's. */
@@ -40,8 +43,8 @@ export class OperatorProcess {
       'src/operator/main.ts',
       '--kubeconfig',
       o.kubeconfig ?? info.kubeconfig,
-      '--etcd-endpoints',
-      info.stateEtcdEndpoint as string,
+      // TLS, as the operator's own etcd user (the client certificate's CN).
+      ...operatorEtcdFlags(info),
       '--etcd-prefix',
       o.prefix,
       '--watch-namespace',
@@ -52,6 +55,13 @@ export class OperatorProcess {
       `127.0.0.1:${o.dispatcherPort ?? 0}`,
       '--agent-dispatcher',
       o.dispatcherPort ? `127.0.0.1:${o.dispatcherPort}` : 'agentflow-dispatcher.agentflow-system:7070',
+      // The test namespace holds the dispatcher's TLS Secret; agents dial 127.0.0.1 (pods share the host network).
+      '--namespace',
+      o.namespace,
+      '--dispatcher-tls-sans',
+      '127.0.0.1,localhost',
+      '--agent-lease-ttl',
+      String(o.agentLeaseTtl ?? 10),
       '--election',
       o.election,
       '--lease-ttl',
@@ -260,17 +270,29 @@ export async function operatorKubeconfig(cluster: ClusterHandle, namespace: stri
   const docs = readFileSync('deploy/operator/rbac.yaml', 'utf8')
     .split(/^---$/m)
     .map((d) => parseYaml(d) as Json);
-  const role = docs.find((d) => d.kind === 'ClusterRole');
-  const r = await cluster.kubectl(['apply', '-f', '-'], { input: stringify(role) });
+  const clusterRole = docs.find((d) => d.kind === 'ClusterRole');
+  const r = await cluster.kubectl(['apply', '-f', '-'], { input: stringify(clusterRole) });
   if (r.code !== 0) throw new Error(`applying the ClusterRole failed: ${r.stderr}`);
   await cluster.client.post(`/api/v1/namespaces/${namespace}/serviceaccounts`, {
     metadata: { name: 'agentflow-operator' },
   });
   await cluster.client.post('/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
     metadata: { name: `agentflow-operator-${namespace}` },
-    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role?.metadata.name },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: clusterRole?.metadata.name },
     subjects: [{ kind: 'ServiceAccount', name: 'agentflow-operator', namespace }],
   });
+  // The namespaced Role (the dispatcher's TLS Secret), in the namespace the operator runs in.
+  const role = docs.find((d) => d.kind === 'Role');
+  if (role) {
+    const nsRole = { ...role, metadata: { ...role.metadata, namespace } };
+    const rr = await cluster.kubectl(['apply', '-f', '-'], { input: stringify(nsRole) });
+    if (rr.code !== 0) throw new Error(`applying the Role failed: ${rr.stderr}`);
+    await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${namespace}/rolebindings`, {
+      metadata: { name: 'agentflow-operator' },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name },
+      subjects: [{ kind: 'ServiceAccount', name: 'agentflow-operator', namespace }],
+    });
+  }
   const tr = await cluster.client.post<{ status: { token: string } }>(
     `/api/v1/namespaces/${namespace}/serviceaccounts/agentflow-operator/token`,
     { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest', spec: { expirationSeconds: 3600 } },

@@ -11,7 +11,6 @@ import { stubContext } from './task-context-stub.ts';
 /** A complete, valid config file's settings. */
 const BASE = {
   dispatcher: 'dispatcher.agentflow:7070',
-  etcd: ['http://etcd-0:2379'],
   namespace: 'team-a',
   pool: 'gpu',
   capacity: 4,
@@ -71,7 +70,7 @@ const BAD: BadCase[] = [
     name: 'an unknown setting in the file',
     file: { ...BASE, colour: 'blue' },
     field: 'PATH: colour',
-    problem: 'unknown setting (known: dispatcher, etcd,',
+    problem: 'unknown setting (known: dispatcher, token, ca, serverName,',
   },
   {
     name: 'a non-numeric AGENTFLOW_CAPACITY',
@@ -127,10 +126,56 @@ const BAD: BadCase[] = [
     problem: 'got "Not Valid"',
   },
   {
-    name: 'no etcd endpoint anywhere',
-    file: { ...BASE, etcd: undefined },
-    field: 'etcd',
-    problem: 'at least one etcd endpoint is required',
+    name: 'etcd endpoints in the file (agents no longer reach etcd)',
+    file: { ...BASE, etcd: ['http://etcd-0:2379'] },
+    field: 'PATH: etcd',
+    problem: 'unknown setting',
+  },
+  {
+    name: 'a stale AGENTFLOW_ETCD_ENDPOINTS',
+    file: BASE,
+    env: { AGENTFLOW_ETCD_ENDPOINTS: 'http://etcd:2379' },
+    field: 'AGENTFLOW_ETCD_ENDPOINTS',
+    problem: 'agents no longer connect to etcd; state and locks go through the dispatcher (remove it)',
+  },
+  {
+    name: 'a stale AGENTFLOW_ETCD_CA_FILE',
+    file: BASE,
+    env: { AGENTFLOW_ETCD_CA_FILE: '/etc/etcd/ca.crt' },
+    field: 'AGENTFLOW_ETCD_CA_FILE',
+    problem: 'agents no longer connect to etcd',
+  },
+  {
+    name: 'a token in the file that is not a path',
+    file: { ...BASE, token: 42 },
+    field: 'PATH: token',
+    problem: 'must be a token file path or a function, got 42',
+  },
+  {
+    name: 'a CA in the file that is not a path',
+    file: { ...BASE, ca: ['pem'] },
+    field: 'PATH: ca',
+    problem: 'must be PEM bytes or a CA file path, got an array',
+  },
+  {
+    name: 'a bad AGENTFLOW_DISPATCHER_SERVER_NAME',
+    file: BASE,
+    env: { AGENTFLOW_DISPATCHER_SERVER_NAME: 'dispatcher/agentflow' },
+    field: 'AGENTFLOW_DISPATCHER_SERVER_NAME',
+    problem: 'must be a host name, got "dispatcher/agentflow"',
+  },
+  {
+    name: 'an AGENTFLOW_CREDENTIAL_CHECK_MS below the minimum',
+    file: BASE,
+    env: { AGENTFLOW_CREDENTIAL_CHECK_MS: '10' },
+    field: 'AGENTFLOW_CREDENTIAL_CHECK_MS',
+    problem: 'must be an integer >= 50, got 10',
+  },
+  {
+    name: 'insecurePlaintext in the file (not a setting the command offers)',
+    file: { ...BASE, insecurePlaintext: true },
+    field: 'PATH: insecurePlaintext',
+    problem: 'unknown setting',
   },
   {
     name: 'an http handler with an ftp:// url',
@@ -154,7 +199,7 @@ const BAD: BadCase[] = [
     name: 'an exec handler with an unknown field',
     file: { ...BASE, handlers: { run: { kind: 'exec', command: ['true'], shell: true } } },
     field: 'PATH: handlers.run.shell',
-    problem: 'unknown field (allowed: kind, command, env, cwd)',
+    problem: 'unknown field (allowed: kind, command, env, inheritEnv, cwd)',
   },
   {
     name: 'handler kind "grpc"',
@@ -272,7 +317,6 @@ describe('loadAgentConfig rejects', () => {
       loadAgentConfig({
         env: {
           AGENTFLOW_DISPATCHER: 'dispatcher:7070',
-          AGENTFLOW_ETCD_ENDPOINTS: 'http://etcd:2379',
           AGENTFLOW_NAMESPACE: 'team-a',
           AGENTFLOW_POOL: 'Pool!',
           AGENTFLOW_CAPACITY: '2',
@@ -288,11 +332,16 @@ describe('loadAgentConfig rejects', () => {
 
 describe('loadAgentConfig', () => {
   it('reads a YAML file and keeps its handler specs', async () => {
-    const path = await yamlFile({ ...BASE, etcdPrefix: '/af', reconnect: { initialMs: 50, maxMs: 500 } });
+    const creds = {
+      token: '/var/run/secrets/tokens/agentflow',
+      ca: '/etc/agentflow/ca.crt',
+      serverName: 'agentflow-dispatcher.agentflow-system.svc',
+    };
+    const path = await yamlFile({ ...BASE, ...creds, reconnect: { initialMs: 50, maxMs: 500 } });
     const opts = await loadAgentConfig({ configPath: path, env: {} });
     expect(opts).toEqual({
       ...BASE,
-      etcdPrefix: '/af',
+      ...creds,
       reconnect: { initialMs: 50, maxMs: 500 },
       handlers: { fetch: { kind: 'http', url: 'http://fetcher.test/run' } },
     });
@@ -322,19 +371,24 @@ describe('loadAgentConfig', () => {
         AGENTFLOW_DISPATCHER: 'other-dispatcher:9090',
         AGENTFLOW_POOL: 'cpu',
         AGENTFLOW_CAPACITY: ' 16 ',
-        AGENTFLOW_ETCD_PREFIX: '/custom',
         AGENTFLOW_AGENT_ID: 'agent-7',
         AGENTFLOW_NAMESPACE: 'team-b',
+        AGENTFLOW_TOKEN_FILE: '/run/token',
+        AGENTFLOW_DISPATCHER_CA_FILE: '/run/ca.crt',
+        AGENTFLOW_DISPATCHER_SERVER_NAME: 'dispatcher.example',
+        AGENTFLOW_CREDENTIAL_CHECK_MS: '2000',
       },
     });
     expect(opts).toMatchObject({
       dispatcher: 'other-dispatcher:9090',
       pool: 'cpu',
       capacity: 16,
-      etcdPrefix: '/custom',
       agentId: 'agent-7',
       namespace: 'team-b',
-      etcd: ['http://etcd-0:2379'],
+      token: '/run/token',
+      ca: '/run/ca.crt',
+      serverName: 'dispatcher.example',
+      credentialCheckMs: 2000,
     });
   });
 
@@ -345,18 +399,11 @@ describe('loadAgentConfig', () => {
     expect(opts.capacity).toBe(4);
   });
 
-  it('splits AGENTFLOW_ETCD_ENDPOINTS on commas, trimming and dropping empty entries', async () => {
-    const path = await yamlFile(BASE);
-    const opts = await loadAgentConfig({
-      configPath: path,
-      env: { AGENTFLOW_ETCD_ENDPOINTS: ' http://a:2379, http://b:2379 ,,http://c:2379,' },
-    });
-    expect(opts.etcd).toEqual(['http://a:2379', 'http://b:2379', 'http://c:2379']);
-  });
-
-  it('accepts etcd in the file as a comma-separated string', async () => {
-    const path = await yamlFile({ ...BASE, etcd: 'http://a:2379,http://b:2379' });
-    expect((await loadAgentConfig({ configPath: path, env: {} })).etcd).toEqual(['http://a:2379', 'http://b:2379']);
+  it('leaves token, CA, namespace and pool unset when nothing names them (a pool pod: defaults and the dispatcher fill them)', async () => {
+    const { namespace: _ns, pool: _pool, ...podFile } = BASE;
+    const opts = await loadAgentConfig({ configPath: await yamlFile(podFile), env: {} });
+    for (const k of ['token', 'ca', 'serverName', 'namespace', 'pool']) expect(opts).not.toHaveProperty(k);
+    expect(opts).toMatchObject({ dispatcher: BASE.dispatcher, capacity: 4 });
   });
 
   it('uses POD_NAMESPACE only when no namespace is set', async () => {
@@ -374,7 +421,7 @@ describe('loadAgentConfig', () => {
     const opts = await loadAgentConfig({
       env: {
         AGENTFLOW_DISPATCHER: 'dns:///dispatcher.agentflow:7070',
-        AGENTFLOW_ETCD_ENDPOINTS: 'http://etcd:2379',
+        AGENTFLOW_TOKEN_FILE: '/var/run/secrets/agentflow/token',
         AGENTFLOW_NAMESPACE: 'team-a',
         AGENTFLOW_POOL: 'default',
         AGENTFLOW_CAPACITY: '1',
@@ -383,7 +430,7 @@ describe('loadAgentConfig', () => {
     });
     expect(opts).toMatchObject({
       dispatcher: 'dns:///dispatcher.agentflow:7070',
-      etcd: ['http://etcd:2379'],
+      token: '/var/run/secrets/agentflow/token',
       namespace: 'team-a',
       pool: 'default',
       capacity: 1,
@@ -433,7 +480,6 @@ describe('loadAgentConfig', () => {
       configPath: path,
       env: {
         AGENTFLOW_DISPATCHER: 'd:1',
-        AGENTFLOW_ETCD_ENDPOINTS: 'http://e:2379',
         AGENTFLOW_NAMESPACE: 'ns',
         AGENTFLOW_POOL: 'p',
         AGENTFLOW_CAPACITY: '3',

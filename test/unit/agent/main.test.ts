@@ -12,7 +12,6 @@ const TIMEOUT_MS = 30_000;
 
 const VALID = {
   dispatcher: '127.0.0.1:1',
-  etcd: ['http://127.0.0.1:1'],
   namespace: 'team-a',
   pool: 'gpu',
   capacity: 2,
@@ -140,13 +139,36 @@ describe('agentflow-agent', () => {
     async () => {
       const r = await agent([], {
         AGENTFLOW_DISPATCHER: '127.0.0.1:1',
-        AGENTFLOW_ETCD_ENDPOINTS: 'http://127.0.0.1:1',
         AGENTFLOW_NAMESPACE: 'team-a',
         AGENTFLOW_POOL: 'gpu',
         AGENTFLOW_CAPACITY: '1',
       });
       expect(r.code).toBe(2);
       expect(r.stderr).toContain('agentflow-agent: invalid configuration: handlers: no handlers');
+    },
+    TIMEOUT_MS,
+  );
+
+  it(
+    'exits 2 naming AGENTFLOW_ETCD_ENDPOINTS when a stale deployment still sets it',
+    async () => {
+      const r = await agent(['-c', validConfig], { AGENTFLOW_ETCD_ENDPOINTS: 'http://etcd:2379' });
+      expect(r).toMatchObject({ code: 2, signal: null, stdout: '' });
+      expect(r.stderr).toBe(
+        'agentflow-agent: invalid configuration: AGENTFLOW_ETCD_ENDPOINTS: agents no longer connect to etcd; state and locks go through the dispatcher (remove it)\n',
+      );
+    },
+    TIMEOUT_MS,
+  );
+
+  it(
+    'exits 1, saying which token file it could not read, before connecting anywhere',
+    async () => {
+      const missing = join(dir, 'no-token');
+      const r = await agent(['-c', validConfig], { AGENTFLOW_TOKEN_FILE: missing });
+      expect(r).toMatchObject({ code: 1, signal: null });
+      expect(r.stderr).toContain('Agent failed to start');
+      expect(r.stderr).toContain(`token: cannot read the token file ${missing}`);
     },
     TIMEOUT_MS,
   );

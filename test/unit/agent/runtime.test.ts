@@ -1,131 +1,73 @@
 import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { status } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  type Agent,
-  type AgentOptions,
+  AgentConfigError,
   AttemptAbortedError,
   createAgent,
-  type Handler,
   type TaskContext,
   UnrecoverableError,
 } from '../../../src/agent/index.ts';
 import type { Assign } from '../../../src/gen/agentflow/v1/Assign.ts';
-import { silentLogger } from '../../../src/lib/log.ts';
-import { FakeCoordination, FakeDispatcher, type FakeStream } from './fake-dispatcher.ts';
+import {
+  aborted,
+  agentOptions,
+  assign,
+  cleanups,
+  gate,
+  register,
+  rig,
+  roundTrip,
+  runCleanups,
+  startAgent,
+  until,
+} from './agent-rig.ts';
+import { FakeDispatcher } from './fake-dispatcher.ts';
 
-interface Gate<T = unknown> {
-  promise: Promise<T>;
-  open: (v: T) => void;
+afterEach(runCleanups);
+
+/** A fresh temp directory, removed after the test. */
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'agentflow-agent-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  return dir;
 }
 
-function gate<T = unknown>(): Gate<T> {
-  let open: (v: T) => void = () => undefined;
-  const promise = new Promise<T>((resolve) => {
-    open = resolve;
-  });
-  return { promise, open };
-}
-
-/** Resolves with the abort reason once the attempt's signal fires. */
-const aborted = (ctx: TaskContext) =>
-  new Promise<AttemptAbortedError>((resolve) => {
-    ctx.signal.addEventListener('abort', () => resolve(ctx.signal.reason as AttemptAbortedError), { once: true });
-  });
-
-let seq = 0;
-function assign(handler: string, input: unknown = {}, extra: Partial<Assign> = {}): Assign {
-  seq++;
-  return {
-    taskId: `wf/task-${seq}`,
-    namespace: 'team-a',
-    workflow: 'wf',
-    attempt: 1,
-    handler,
-    inputJson: JSON.stringify(input),
-    token: 500 + seq,
-    cost: 1,
-    ...extra,
-  };
-}
-
-interface Rig {
-  agent: Agent;
-  fake: FakeDispatcher;
-  coordination: FakeCoordination;
-  stream: FakeStream;
-}
-
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-/** An agent started against a fake dispatcher, with its first stream registered. */
-async function rig(handlers: Record<string, Handler>, extra: Partial<AgentOptions> = {}): Promise<Rig> {
-  const fake = await FakeDispatcher.start();
-  cleanups.push(() => fake.close());
-  const coordination = new FakeCoordination();
-  const agent = createAgent({
-    dispatcher: fake.address,
-    coordination,
-    namespace: 'team-a',
-    pool: 'writers',
-    capacity: 3,
-    agentId: 'pod-1-abc123',
-    pod: 'pod-1',
-    handlers,
-    reconnect: { initialMs: 5, maxMs: 20 },
-    logger: silentLogger,
-    ...extra,
-  });
-  cleanups.push(() => agent.stop());
-  await agent.start();
-  const stream = await register(fake, agent);
-  return { agent, fake, coordination, stream };
-}
-
-/** Takes the agent's next stream and answers its Register. */
-async function register(
-  fake: FakeDispatcher,
-  agent: Agent,
-  stillYours: (r: FakeStream) => Promise<{ taskId: string; attempt: number; token: number }[]> = async () => [],
-): Promise<FakeStream> {
-  const stream = await fake.nextStream();
-  const connected = once(agent, 'connected');
-  stream.send({ registered: { stillYours: await stillYours(stream) } });
-  await connected;
-  return stream;
-}
-
-/**
- * A round trip through the agent: an Assign for a handler it lacks is
- * answered at once, so once that answer is here, everything the agent wrote
- * before it is here too.
- */
-async function roundTrip(stream: FakeStream): Promise<void> {
-  const probe = assign('no-such-handler');
-  stream.send({ assign: probe });
-  await stream.result(probe.taskId as string);
-  stream.send({ ack: { taskId: probe.taskId, attempt: 1, status: 'COMMITTED' } });
+/** What start() rejected with (fails the test if it resolved). */
+async function startError(p: Promise<void>): Promise<unknown> {
+  return p.then(
+    () => {
+      throw new Error('expected start() to reject');
+    },
+    (e: unknown) => e,
+  );
 }
 
 describe('agent runtime against a dispatcher', () => {
-  it('sends Register first, with its capacity, handlers and lease id', async () => {
-    const { agent, fake, coordination } = await rigUnregistered();
+  it('sends Register first, with its capacity, handlers, suffix and no lease yet, leaving namespace and pool to the pod', async () => {
+    const { fake } = await startAgent({ echo: () => null, slow: () => null });
     const stream = await fake.nextStream();
     const first = await stream.feed.find(() => true, 0);
     expect(first.msg).toBe('register');
     expect(first.register).toMatchObject({
-      namespace: 'team-a',
-      pool: 'writers',
-      agentId: agent.id,
+      namespace: '',
+      pool: '',
+      agentId: 'pod-1-abc123',
       pod: 'pod-1',
       handlers: ['echo', 'slow'],
       capacity: 3,
-      leaseId: coordination.sessions[0]?.id,
+      leaseId: '',
       inFlight: [],
     });
-    expect(coordination.members[0]).toMatchObject({ agentId: agent.id, capacity: 3, handlers: ['echo', 'slow'] });
+  });
+
+  it('names its namespace and pool in Register when it is told them (an agent outside the cluster)', async () => {
+    const { fake } = await startAgent({ echo: () => null }, { namespace: 'team-b', pool: 'laptops' });
+    const stream = await fake.nextStream();
+    expect(await stream.next('register')).toMatchObject({ namespace: 'team-b', pool: 'laptops' });
   });
 
   it('runs an assigned task and reports its output with the attempt token, then forgets it once acked', async () => {
@@ -157,16 +99,14 @@ describe('agent runtime against a dispatcher', () => {
 
     stream.end();
     const s2 = await fake.nextStream();
-    const reg = await s2.next('register');
+    const reg = await s2.accept();
     // Listed as in flight, so the dispatcher keeps the claim instead of re-queueing the task.
     expect(reg.inFlight).toEqual([{ taskId: a.taskId, attempt: 1, token: a.token, cost: 1 }]);
-    s2.send({ registered: { stillYours: reg.inFlight } });
     expect(await s2.result(a.taskId as string)).toEqual(first);
 
     s2.end();
     const s3 = await fake.nextStream();
-    await s3.next('register');
-    s3.send({ registered: { stillYours: [] } });
+    await s3.accept({ stillYours: [] });
     expect(await s3.result(a.taskId as string)).toEqual(first);
     const acked = once(agent, 'acked');
     s3.send({ ack: { taskId: a.taskId, attempt: 1, status: 'SUPERSEDED' } });
@@ -174,8 +114,7 @@ describe('agent runtime against a dispatcher', () => {
 
     s3.end();
     const s4 = await fake.nextStream();
-    expect((await s4.next('register')).inFlight).toEqual([]);
-    s4.send({ registered: { stillYours: [] } });
+    expect((await s4.accept()).inFlight).toEqual([]);
     await roundTrip(s4);
     expect(s4.messages.filter((m) => m.result?.taskId === a.taskId)).toEqual([]);
   });
@@ -194,7 +133,7 @@ describe('agent runtime against a dispatcher', () => {
     const finished = once(agent, 'taskFinished');
     release.open({ done: true });
     await finished;
-    s2.send({ registered: { stillYours: reg.inFlight } });
+    s2.send({ registered: { stillYours: reg.inFlight, leaseId: reg.leaseId, agentId: 'pod-1' } });
     expect(JSON.parse((await s2.result(a.taskId as string)).outputJson as string)).toEqual({ done: true });
   });
 
@@ -228,7 +167,7 @@ describe('agent runtime against a dispatcher', () => {
   it('on Drain says draining at once, sends Drained only after its results are acked, then leaves', async () => {
     const release = gate();
     const started = gate();
-    const { agent, coordination, stream } = await rig({
+    const { agent, stream } = await rig({
       slow: () => {
         started.open(undefined);
         return release.promise;
@@ -251,8 +190,6 @@ describe('agent runtime against a dispatcher', () => {
     await agent.untilStopped();
     await stream.ended;
     expect(agent.state).toBe('stopped');
-    expect(coordination.sessions[0]?.closed).toBe(true);
-    expect(coordination.closed).toBe(true);
   });
 
   it('aborts what is still running when the drain runs out of time, reporting it before Drained', async () => {
@@ -323,16 +260,19 @@ describe('agent runtime against a dispatcher', () => {
     stream.send({ assign: kept });
     stream.send({ assign: lost });
     await bothStarted;
+    // While the agent is away its claim on `lost` expires and the task goes to someone else.
+    fake.revoke(lost.taskId as string);
     stream.end();
     const lostFinished = new Promise<void>((resolve) =>
       agent.on('taskFinished', (t) => {
         if (t.taskId === lost.taskId) resolve();
       }),
     );
-    const s2 = await register(fake, agent, async (s) => {
-      const reg = await s.next('register');
-      expect(reg.inFlight.map((f) => f.taskId).sort()).toEqual([kept.taskId, lost.taskId].sort());
-      return reg.inFlight.filter((f) => f.taskId === kept.taskId);
+    const s2 = await register(fake, agent, {
+      stillYours: (reg) => {
+        expect(reg.inFlight.map((f) => f.taskId).sort()).toEqual([kept.taskId, lost.taskId].sort());
+        return reg.inFlight.filter((f) => fake.holds(f.taskId, f.attempt, f.token));
+      },
     });
     await lostFinished;
     expect(reasons.get(lost.taskId as string)?.code).toBe('NOT_YOURS');
@@ -341,6 +281,39 @@ describe('agent runtime against a dispatcher', () => {
     await roundTrip(s2);
     expect(s2.messages.some((m) => m.result?.taskId === lost.taskId)).toBe(false);
     expect(reasons.has(kept.taskId as string)).toBe(false);
+  });
+
+  it('when its lease ran out while away, aborts every running attempt unreported and carries on under the new lease', async () => {
+    const reasons: AttemptAbortedError[] = [];
+    const { agent, fake, stream } = await rig({
+      slow: async (ctx) => {
+        reasons.push(await aborted(ctx));
+        return 'too late';
+      },
+    });
+    const a = assign('slow');
+    const started = once(agent, 'taskStarted');
+    stream.send({ assign: a });
+    await started;
+    // The lease lapsed: etcd deleted the claims bound to it.
+    fake.expireLease(stream.leaseId);
+    fake.revoke(a.taskId as string);
+    const finished = once(agent, 'taskFinished');
+    stream.end();
+    const s2 = await fake.nextStream();
+    const reg = await s2.accept();
+    expect(reg.leaseId).toBe(stream.leaseId);
+    expect(s2.leaseId).not.toBe(stream.leaseId);
+    const [summary] = await finished;
+    expect(summary).toMatchObject({ taskId: a.taskId, reported: false });
+    expect(reasons[0]?.code).toBe('NOT_YOURS');
+    await roundTrip(s2);
+    expect(stream.messages.concat(s2.messages).some((m) => m.result?.taskId === a.taskId)).toBe(false);
+    expect(agent.state).toBe('running');
+
+    s2.end();
+    const s3 = await fake.nextStream();
+    expect((await s3.accept()).leaseId).toBe(s2.leaseId);
   });
 
   it('reports failures: UnrecoverableError and unusable output are final, other throws and unknown handlers as shown', async () => {
@@ -372,35 +345,6 @@ describe('agent runtime against a dispatcher', () => {
     expect((await stream.result(none.taskId as string)).outputJson).toBe('null');
   });
 
-  it('on losing its lease aborts every attempt unreported and re-registers under a new lease', async () => {
-    const reasons: AttemptAbortedError[] = [];
-    const { agent, fake, coordination, stream } = await rig({
-      slow: async (ctx) => {
-        reasons.push(await aborted(ctx));
-        return 'too late';
-      },
-    });
-    const a = assign('slow');
-    const started = once(agent, 'taskStarted');
-    stream.send({ assign: a });
-    await started;
-    const finished = once(agent, 'taskFinished');
-    coordination.sessions[0]?.lose();
-    const [summary] = await finished;
-    expect(summary).toMatchObject({ taskId: a.taskId, reported: false });
-    expect(reasons[0]?.code).toBe('LEASE_LOST');
-
-    const s2 = await fake.nextStream();
-    const reg = await s2.next('register');
-    expect(reg.leaseId).toBe(coordination.sessions[1]?.id);
-    expect(reg.leaseId).not.toBe(coordination.sessions[0]?.id);
-    expect(reg.inFlight).toEqual([]);
-    s2.send({ registered: { stillYours: [] } });
-    await roundTrip(s2);
-    expect(stream.messages.concat(s2.messages).some((m) => m.result?.taskId === a.taskId)).toBe(false);
-    expect(agent.state).toBe('running');
-  });
-
   it('drops a pending result the dispatcher refuses as UNKNOWN_TASK', async () => {
     const { agent, fake, stream } = await rig({ echo: () => 1 });
     const a = assign('echo');
@@ -412,8 +356,7 @@ describe('agent runtime against a dispatcher', () => {
     expect(agent.unacknowledged).toBe(0);
     stream.end();
     const s2 = await fake.nextStream();
-    expect((await s2.next('register')).inFlight).toEqual([]);
-    s2.send({ registered: { stillYours: [] } });
+    expect((await s2.accept()).inFlight).toEqual([]);
     await roundTrip(s2);
     expect(s2.messages.some((m) => m.result?.taskId === a.taskId)).toBe(false);
   });
@@ -441,7 +384,7 @@ describe('agent runtime against a dispatcher', () => {
       coordinator: async (ctx) => {
         const reply = new Promise<unknown>((resolve) => ctx.onMessage('answer', (p, meta) => resolve({ p, meta })));
         await ctx.spawn([{ name: 'child-a', handler: 'echo', input: { n: 1 } }]);
-        await ctx.send('pod-2-def456', 'question', { q: 'why' });
+        await ctx.send('pod-2', 'question', { q: 'why' });
         return reply;
       },
     });
@@ -455,69 +398,185 @@ describe('agent runtime against a dispatcher', () => {
     });
     expect(await stream.next('mail')).toMatchObject({
       workflow: 'wf',
-      toAgent: 'pod-2-def456',
+      toAgent: 'pod-2',
       topic: 'question',
       payloadJson: '{"q":"why"}',
     });
     stream.send({
-      mail: { workflow: 'wf', fromAgent: 'pod-2-def456', toAgent: '', topic: 'answer', payloadJson: '"because"' },
+      mail: { workflow: 'wf', fromAgent: 'pod-2', toAgent: '', topic: 'answer', payloadJson: '"because"' },
     });
     expect(JSON.parse((await stream.result(a.taskId as string)).outputJson as string)).toEqual({
       p: 'because',
-      meta: { fromAgent: 'pod-2-def456', workflow: 'wf', topic: 'answer' },
+      meta: { fromAgent: 'pod-2', workflow: 'wf', topic: 'answer' },
     });
-  });
-
-  it('scopes locks to the workflow and lets one attempt at a time on this agent hold a name', async () => {
-    const firstHolds = gate();
-    const releaseFirst = gate();
-    const order: string[] = [];
-    const { coordination, stream } = await rig({
-      locker: async (ctx) => {
-        const { name } = ctx.input as { name: string };
-        const held = await ctx.lock('db');
-        order.push(`${name} holds`);
-        if (name === 'first') {
-          firstHolds.open(undefined);
-          await releaseFirst.promise;
-          order.push('first releases');
-          await held.release();
-        }
-        return null;
-      },
-    });
-    const first = assign('locker', { name: 'first' });
-    const second = assign('locker', { name: 'second' });
-    stream.send({ assign: first });
-    await firstHolds.promise;
-    stream.send({ assign: second });
-    await roundTrip(stream);
-    // One more turn of the event loop for a lock that wrongly did not wait.
-    await new Promise((resolve) => setImmediate(resolve));
-    expect(order).toEqual(['first holds']);
-    releaseFirst.open(undefined);
-    await stream.result(second.taskId as string);
-    expect(order).toEqual(['first holds', 'first releases', 'second holds']);
-    expect(coordination.sessions[0]?.locked).toEqual(['workflow/team-a/wf/db', 'workflow/team-a/wf/db']);
   });
 });
 
-/** Like rig, but leaves the first stream unanswered. */
-async function rigUnregistered(): Promise<Omit<Rig, 'stream'>> {
-  const fake = await FakeDispatcher.start();
-  cleanups.push(() => fake.close());
-  const coordination = new FakeCoordination();
-  const agent = createAgent({
-    dispatcher: fake.address,
-    coordination,
-    namespace: 'team-a',
-    pool: 'writers',
-    capacity: 3,
-    pod: 'pod-1',
-    handlers: { echo: () => null, slow: () => null },
-    logger: silentLogger,
+describe('agent identity and lease', () => {
+  it('takes the agent id Registered gives it, and keeps sending its own suffix in later Registers', async () => {
+    const { agent, fake, stream } = await rig({ echo: () => null });
+    expect(agent.id).toBe('pod-1');
+    const probe = assign('no-such-handler');
+    stream.send({ assign: probe });
+    expect((await stream.result(probe.taskId as string)).error?.message).toContain('agent pod-1 has no handler');
+
+    stream.end();
+    const s2 = await fake.nextStream();
+    // The dispatcher derives the id from the verified identity plus this suffix; sending the derived id back
+    // would make it derive another one.
+    expect((await s2.next('register')).agentId).toBe('pod-1-abc123');
   });
-  cleanups.push(() => agent.stop());
-  await agent.start();
-  return { agent, fake, coordination };
-}
+
+  it('sends the lease id from Registered in the next Register after a reconnect, and adopts a new one if given', async () => {
+    const { fake, stream } = await rig({ echo: () => null });
+    expect(stream.leaseId).toMatch(/^[1-9][0-9]*$/);
+    stream.end();
+    const s2 = await fake.nextStream();
+    expect((await s2.accept()).leaseId).toBe(stream.leaseId);
+    expect(s2.leaseId).toBe(stream.leaseId);
+
+    fake.expireLease(s2.leaseId);
+    s2.end();
+    const s3 = await fake.nextStream();
+    await s3.accept();
+    expect(s3.leaseId).not.toBe(s2.leaseId);
+    s3.end();
+    const s4 = await fake.nextStream();
+    expect((await s4.next('register')).leaseId).toBe(s3.leaseId);
+  });
+});
+
+describe('agent credentials', () => {
+  it('opens every stream with its token as "authorization: Bearer" metadata', async () => {
+    const { fake, stream } = await rig({ echo: () => null });
+    expect(stream.authorization).toBe('Bearer test-token');
+    stream.end();
+    const s2 = await fake.nextStream();
+    await s2.next('register');
+    expect(s2.authorization).toBe('Bearer test-token');
+  });
+
+  it('re-reads a rotated token file and sends it as Reauth on the open stream, without reconnecting', async () => {
+    const dir = await tempDir();
+    const tokenFile = join(dir, 'token');
+    await writeFile(tokenFile, 'token-one\n');
+    const { fake, stream } = await rig({ echo: () => null }, { token: tokenFile, credentialCheckMs: 50 });
+    expect(stream.authorization).toBe('Bearer token-one');
+
+    const rotatedAt = Date.now();
+    await writeFile(tokenFile, 'token-two\n');
+    expect(await stream.next('reauth')).toEqual({ token: 'token-two' });
+    // Several check periods at most (the timer is not exact under load), never a reconnect.
+    expect(Date.now() - rotatedAt).toBeLessThan(2_000);
+    await roundTrip(stream);
+    expect(fake.opened).toHaveLength(1);
+    expect(stream.messages.filter((m) => m.msg === 'reauth')).toHaveLength(1);
+
+    stream.end();
+    const s2 = await fake.nextStream();
+    await s2.next('register');
+    expect(s2.authorization).toBe('Bearer token-two');
+  });
+
+  it('refuses to start, naming token, when the token file cannot be read', async () => {
+    const dir = await tempDir();
+    const missing = join(dir, 'no-such-token');
+    const fake = await FakeDispatcher.start();
+    cleanups.push(() => fake.close());
+    const agent = createAgent({ ...agentOptions(fake, { echo: () => null }), token: missing });
+    const err = await startError(agent.start());
+    expect(err).toBeInstanceOf(AgentConfigError);
+    expect((err as AgentConfigError).field).toBe('token');
+    expect((err as AgentConfigError).message).toContain(missing);
+    expect(agent.state).toBe('failed');
+    await agent.untilStopped();
+    expect(fake.opened).toHaveLength(0);
+  });
+
+  it('refuses to start, naming token, when the token is empty', async () => {
+    const fake = await FakeDispatcher.start();
+    cleanups.push(() => fake.close());
+    const agent = createAgent({ ...agentOptions(fake, { echo: () => null }), token: () => '  \n' });
+    const err = await startError(agent.start());
+    expect(err).toMatchObject({ name: 'AgentConfigError', field: 'token', problem: 'the token is empty' });
+  });
+
+  it('uses TLS unless told otherwise: without insecurePlaintext an unreadable CA file fails start, naming ca', async () => {
+    const fake = await FakeDispatcher.start();
+    cleanups.push(() => fake.close());
+    const { insecurePlaintext: _, ...tls } = agentOptions(fake, { echo: () => null });
+    const agent = createAgent({ ...tls, ca: '/nonexistent/agentflow/ca.crt' });
+    const err = await startError(agent.start());
+    expect(err).toMatchObject({ name: 'AgentConfigError', field: 'ca' });
+    expect(fake.opened).toHaveLength(0);
+  });
+
+  it('emits refused when the dispatcher ends the stream UNAUTHENTICATED or PERMISSION_DENIED, and keeps retrying', async () => {
+    const { agent, fake } = await startAgent({ echo: () => null });
+    const refusals: { code: number; details: string }[] = [];
+    agent.on('refused', (r) => refusals.push(r));
+
+    const s1 = await fake.nextStream();
+    await s1.next('register');
+    s1.refuse(status.UNAUTHENTICATED, 'the token is not valid for audience agentflow');
+    const s2 = await fake.nextStream();
+    await s2.next('register');
+    s2.refuse(status.PERMISSION_DENIED, 'PoolNotFound: no AgentPool writers in team-a');
+    const s3 = await register(fake, agent);
+
+    expect(refusals).toEqual([
+      { code: status.UNAUTHENTICATED, details: 'the token is not valid for audience agentflow' },
+      { code: status.PERMISSION_DENIED, details: 'PoolNotFound: no AgentPool writers in team-a' },
+    ]);
+    expect(agent.state).toBe('running');
+    const a = assign('echo');
+    s3.send({ assign: a });
+    await s3.result(a.taskId as string);
+  });
+
+  it('keeps retrying while the token file is missing and connects with it once it is back', async () => {
+    const dir = await tempDir();
+    const tokenFile = join(dir, 'token');
+    await writeFile(tokenFile, 'first');
+    const { agent, fake, stream } = await rig({ echo: () => null }, { token: tokenFile });
+    const errors: Error[] = [];
+    agent.on('error', (e) => errors.push(e));
+    await rm(tokenFile);
+    stream.end();
+    await until(() => errors.length >= 2, 'the agent to fail reading the token twice');
+    expect(errors[0]).toMatchObject({ name: 'AgentConfigError', field: 'token' });
+    expect(fake.opened).toHaveLength(1);
+    await writeFile(tokenFile, 'second');
+    const s2 = await register(fake, agent);
+    expect(s2.authorization).toBe('Bearer second');
+  });
+});
+
+describe('createAgent', () => {
+  it.each([
+    ['etcd', ['http://etcd:2379']],
+    ['etcdPrefix', '/agentflow'],
+    ['etcdTls', {}],
+    ['leaseTtlSeconds', 10],
+    ['coordination', {}],
+  ])('refuses the removed option %s, naming it', async (key, value) => {
+    const fake = await FakeDispatcher.start();
+    cleanups.push(() => fake.close());
+    const opts = { ...agentOptions(fake, { echo: () => null }), [key]: value };
+    expect(() => createAgent(opts)).toThrow(new AgentConfigError(`AgentOptions.${key}`, 'unknown option'));
+  });
+
+  it.each([
+    ['token', 42, 'must be a token file path or a function, got 42'],
+    ['token', '  ', 'must be a token file path or a function, got "  "'],
+    ['ca', 7, 'must be PEM bytes or a CA file path, got 7'],
+    ['serverName', 'not a host/name', 'must be a host name, got "not a host/name"'],
+    ['insecurePlaintext', 'yes', 'must be a boolean, got "yes"'],
+    ['credentialCheckMs', 10, 'must be an integer >= 50, got 10'],
+  ])('refuses %s = %j', async (key, value, problem) => {
+    const fake = await FakeDispatcher.start();
+    cleanups.push(() => fake.close());
+    const opts = { ...agentOptions(fake, { echo: () => null }), [key]: value };
+    expect(() => createAgent(opts)).toThrow(new AgentConfigError(`AgentOptions.${key}`, problem));
+  });
+});
