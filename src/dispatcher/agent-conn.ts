@@ -1,7 +1,7 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
-import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { Logger } from '../lib/log.ts';
 import type { KeptLease } from '../state/index.ts';
 import type { AgentIdentity } from './auth.ts';

@@ -25,7 +25,10 @@ export type RefusalReason =
   | 'InvalidRegister';
 
 /** The gRPC status each reason ends a stream with. */
-export const REFUSAL_STATUS: Record<RefusalReason, 'UNAUTHENTICATED' | 'PERMISSION_DENIED' | 'UNAVAILABLE' | 'INVALID_ARGUMENT'> = {
+export const REFUSAL_STATUS: Record<
+  RefusalReason,
+  'UNAUTHENTICATED' | 'PERMISSION_DENIED' | 'UNAVAILABLE' | 'INVALID_ARGUMENT'
+> = {
   NoToken: 'UNAUTHENTICATED',
   InvalidToken: 'UNAUTHENTICATED',
   TokenExpired: 'UNAUTHENTICATED',

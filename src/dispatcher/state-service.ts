@@ -251,7 +251,8 @@ export class StateService {
           mine.set(held.token, held);
           return { key: held.key, lockToken: held.token };
         } catch (err) {
-          if (abort.signal.aborted && !(err instanceof Refusal)) throw new Refusal('CANCELLED', 'the wait was cancelled');
+          if (abort.signal.aborted && !(err instanceof Refusal))
+            throw new Refusal('CANCELLED', 'the wait was cancelled');
           throw err;
         } finally {
           r.acquiring.delete(id);

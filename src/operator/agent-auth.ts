@@ -199,7 +199,7 @@ export class KubeAgentAuth implements AgentAuth {
     if (claim.namespace === '' || claim.pool === '') {
       throw new AgentAuthError(
         'InvalidRegister',
-        'Register.namespace and Register.pool are required for an agent that does not run in a pool\'s pod',
+        "Register.namespace and Register.pool are required for an agent that does not run in a pool's pod",
       );
     }
     // Ask RBAC before looking the pool up, so a caller without the grant learns nothing about it.
@@ -282,7 +282,11 @@ export class KubeAgentAuth implements AgentAuth {
     if (!ns || !poolName) return;
     const pool = this.o.pool(ns, poolName);
     if (!pool) return;
-    const who = identity ? (identity.pod ? `pod ${identity.pod.name}` : identity.username) : 'an unauthenticated caller';
+    const who = identity
+      ? identity.pod
+        ? `pod ${identity.pod.name}`
+        : identity.username
+      : 'an unauthenticated caller';
     events.record(pool as never, 'Warning', `Agent${err.reason}`, `Refused ${who}: ${err.message}`);
   }
 

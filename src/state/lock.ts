@@ -1,5 +1,5 @@
-import { type LeaseLostError, StateError } from './errors.ts';
 import type { LeaseHolder } from './agent-leases.ts';
+import { type LeaseLostError, StateError } from './errors.ts';
 import type { Fence, StateStore } from './store.ts';
 
 export class LockTimeoutError extends StateError {
