@@ -1,6 +1,7 @@
 // Throughput and dispatch latency through one dispatcher with no-op agents.
-//   node bench/dispatch.ts [--tasks 20000] [--agents 8] [--capacity 16] [--fsync on|off]
-// etcd runs with fsync on by default (durable commits), as in production.
+//   node bench/dispatch.ts [--tasks 20000] [--agents 8] [--capacity 16] [--fsync on|off] [--security tls+auth|plaintext]
+// etcd runs with fsync on by default (durable commits), and the dispatcher
+// with TLS and token auth (bench/lib/security.ts), as in production.
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -10,6 +11,7 @@ import { parseArgs } from 'node:util';
 import { Dispatcher } from '../src/dispatcher/index.ts';
 import { StateStore } from '../src/state/index.ts';
 import { EtcdServer } from '../test/cluster/etcd.ts';
+import { benchSecurity, type SecurityPosture } from './lib/security.ts';
 import { percentile, round } from './lib/stats.ts';
 
 const { values } = parseArgs({
@@ -19,8 +21,13 @@ const { values } = parseArgs({
     capacity: { type: 'string', default: '16' },
     fsync: { type: 'string', default: 'on' },
     'low-load': { type: 'string', default: '300' },
+    security: { type: 'string', default: 'tls+auth' },
   },
 });
+if (values.security !== 'tls+auth' && values.security !== 'plaintext') {
+  throw new Error(`--security: expected tls+auth or plaintext, got "${values.security}"`);
+}
+const posture: SecurityPosture = values.security;
 const N = Number(values.tasks);
 const W = Number(values.agents);
 const C = Number(values.capacity);
@@ -30,11 +37,26 @@ const dir = mkdtempSync(join(tmpdir(), 'agentflow-bench-'));
 const etcd = new EtcdServer({ dir, name: 'bench-etcd', unsafeNoFsync: values.fsync === 'off' });
 await etcd.start();
 const store = new StateStore({ endpoints: [etcd.endpoint], prefix: '/bench' });
-const dispatcher = new Dispatcher({ store });
+const sec = await benchSecurity(posture, dir, {
+  namespace: 'bench',
+  pool: 'noop',
+  maxCapacity: 1024,
+  handlers: ['noop'],
+});
+const dispatcher = new Dispatcher({ store, auth: sec.auth, credentials: sec.credentials });
 const port = await dispatcher.start();
 
 const assignedAt = new Map<string, number>();
-const child = spawn(process.execPath, ['bench/lib/noop-agents.ts', String(port), etcd.endpoint, String(W), String(C)], {
+// One process, many agents: one ServiceAccount-like identity, agents named after it plus their id.
+const creds = sec.agentCredentials('noop-agents');
+const childArgs = [
+  String(port),
+  String(W),
+  String(C),
+  creds.tokenFile,
+  ...(creds.caFile ? [creds.caFile, creds.serverName ?? ''] : []),
+];
+const child = spawn(process.execPath, ['bench/lib/noop-agents.ts', ...childArgs], {
   stdio: ['ignore', 'pipe', 'inherit'],
 });
 await new Promise<void>((resolve) => {
@@ -101,7 +123,7 @@ const peakDispatch = [...Array(N).keys()].map(
 const result = {
   scenario: 'dispatch',
   machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
-  config: { tasks: N, agents: W, capacity: C, etcdFsync: values.fsync },
+  config: { tasks: N, agents: W, capacity: C, etcdFsync: values.fsync, security: posture },
   throughputTasksPerSec: round(N / elapsed, 0),
   peakSeconds: round(elapsed, 2),
   lowLoad: {
@@ -128,8 +150,11 @@ store.close();
 await etcd.stop();
 rmSync(dir, { recursive: true, force: true });
 mkdirSync('bench/results', { recursive: true });
-writeFileSync('bench/results/dispatch.json', `${JSON.stringify(result, null, 2)}\n`);
-console.log(`dispatch: ${N} no-op tasks, ${W} agents x ${C} slots, etcd fsync ${values.fsync}`);
+writeFileSync(
+  `bench/results/dispatch${posture === 'plaintext' ? '-plaintext' : ''}.json`,
+  `${JSON.stringify(result, null, 2)}\n`,
+);
+console.log(`dispatch: ${N} no-op tasks, ${W} agents x ${C} slots, etcd fsync ${values.fsync}, ${posture}`);
 console.table({
   'throughput (tasks/s)': { value: result.throughputTasksPerSec },
   'low load: submit -> handler start p50 (ms)': { value: result.lowLoad.dispatchMs.p50 },

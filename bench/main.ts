@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { benchConfig } from './lib/config.ts';
+import { ALL_SYSTEMS, benchConfig } from './lib/config.ts';
 import { machine } from './lib/env.ts';
 import { RESULTS_DIR } from './lib/report.ts';
 import type { SystemKey } from './lib/system.ts';
@@ -18,6 +18,7 @@ import { failover } from './scenarios/failover.ts';
 import { latency } from './scenarios/latency.ts';
 import { profile } from './scenarios/profile.ts';
 import { scale } from './scenarios/scale.ts';
+import { writeSecurityReport } from './scenarios/security-report.ts';
 import { throughput } from './scenarios/throughput.ts';
 
 const SCENARIOS = ['throughput', 'latency', 'chain', 'failover', 'scale', 'profile'] as const;
@@ -66,13 +67,23 @@ if (run('chain')) await chain(cfg);
 if (run('failover')) await failover(cfg);
 if (run('scale')) await scale(cfg);
 if (run('profile')) await profile(cfg);
+if (['throughput', 'latency', 'chain', 'failover'].some((s) => run(s as Scenario))) {
+  const report = writeSecurityReport();
+  if (report) console.log(`\nwrote ${report}`);
+}
 console.log(`\nbench finished in ${Math.round((performance.now() - started) / 1000)} s`);
 
 function lastPeaks(): Record<SystemKey, number> {
   const file = join(RESULTS_DIR, 'throughput.json');
   if (!existsSync(file))
     throw new Error(`latency needs the throughput peaks: run the throughput scenario first (${file})`);
-  const doc = JSON.parse(readFileSync(file, 'utf8')) as { systems: Record<SystemKey, { tasksPerSec: number }> };
-  const peaks = Object.entries(doc.systems).map(([k, v]) => [k, v.tasksPerSec]);
-  return Object.fromEntries(peaks) as Record<SystemKey, number>;
+  const doc = JSON.parse(readFileSync(file, 'utf8')) as {
+    systems: Partial<Record<SystemKey, { tasksPerSec: number }>>;
+  };
+  const missing = ALL_SYSTEMS.filter((k) => doc.systems[k] === undefined);
+  if (missing.length > 0)
+    throw new Error(
+      `latency needs the throughput peaks of ${missing.join(', ')}: run the throughput scenario first (${file})`,
+    );
+  return Object.fromEntries(ALL_SYSTEMS.map((k) => [k, doc.systems[k]?.tasksPerSec ?? 0])) as Record<SystemKey, number>;
 }

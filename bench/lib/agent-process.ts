@@ -1,23 +1,23 @@
 // Child process: hosts `agents` agentflow agents (createAgent, the real agent
-// runtime: etcd lease + membership, one gRPC stream each) that run the bench
-// task. Prints {"type":"ready"} once every agent is registered.
+// runtime: one gRPC stream each, TLS and a bearer token unless the system runs
+// the plaintext baseline; the dispatcher keeps their etcd leases) that run the
+// bench task. Prints {"type":"ready"} once every agent is registered.
 import { writeFileSync } from 'node:fs';
 import { type Agent, createAgent } from '../../src/agent/index.ts';
 import { silentLogger } from '../../src/lib/log.ts';
 import { childConfig, tell } from './children.ts';
 import { now } from './clock.ts';
 import { type CpuProfile, startProfiler } from './cpu-profile.ts';
+import type { AgentCredentials } from './security.ts';
 import { type HandlerOptions, runTask } from './task.ts';
 
-export interface AgentProcessConfig extends HandlerOptions {
+export interface AgentProcessConfig extends HandlerOptions, AgentCredentials {
   name: string;
   dispatcher: string;
-  etcd: string;
-  etcdPrefix: string;
   agents: number;
   capacity: number;
-  leaseTtlSeconds: number;
-  /** Agents started at once (many agents: spread the etcd and gRPC handshakes). */
+  heartbeatMs: number;
+  /** Agents started at once (many agents: spread the TLS and gRPC handshakes). */
   startConcurrency: number;
   /** If set: SIGUSR2 starts a CPU profile, written here on SIGTERM. */
   cpuProfileFile?: string;
@@ -31,14 +31,15 @@ async function startOne(i: number): Promise<void> {
   const agentId = cfg.agents === 1 ? cfg.name : `${cfg.name}-${i}`;
   const agent = createAgent({
     dispatcher: cfg.dispatcher,
-    etcd: [cfg.etcd],
-    etcdPrefix: cfg.etcdPrefix,
+    token: cfg.tokenFile,
+    ...(cfg.caFile ? { ca: cfg.caFile } : { insecurePlaintext: true }),
+    ...(cfg.serverName && { serverName: cfg.serverName }),
     namespace: 'bench',
     pool: 'bench',
     capacity: cfg.capacity,
     agentId,
     pod: cfg.name,
-    leaseTtlSeconds: cfg.leaseTtlSeconds,
+    heartbeatMs: cfg.heartbeatMs,
     logger: silentLogger,
     handlers: { task: (ctx) => runTask(ctx.input, agentId, ctx.attempt, cfg, ctx.signal) },
   });

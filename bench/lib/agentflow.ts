@@ -10,11 +10,16 @@ import type { AgentProcessConfig } from './agent-process.ts';
 import { Child } from './children.ts';
 import { now } from './clock.ts';
 import type { Role } from './proc.ts';
-import { type Persistence, SYSTEM_LABELS, type System, type SystemEvents } from './system.ts';
+import { type BenchSecurity, benchSecurity, SECURITY_NOTES, type SecurityPosture } from './security.ts';
+import type { PoolGrant } from './static-auth.ts';
+import { type Persistence, type Security, SYSTEM_LABELS, type System, type SystemEvents } from './system.ts';
 import { type HandlerOptions, isTaskOutput } from './task.ts';
 
 export const ETCD_PREFIX = '/bench';
 export const NAMESPACE = 'bench';
+export const POOL = 'bench';
+/** What the bench's agents may register as: the AgentPool spec.agent KubeAgentAuth would read. */
+const POOL_GRANT: PoolGrant = { namespace: NAMESPACE, pool: POOL, maxCapacity: 1024, handlers: ['task'] };
 
 export const AGENTFLOW_PERSISTENCE: Persistence = {
   persists:
@@ -32,16 +37,23 @@ export interface AgentflowOptions extends Partial<HandlerOptions> {
   /** Agents per process (1 but for the scale scenario). */
   agentsPerProcess?: number;
   capacity: number;
-  leaseTtlSeconds?: number;
   /** The first agent process CPU-profiles itself from profileAgent() until it stops, into this file. */
   cpuProfileFile?: string;
 }
 
+export interface AgentflowStartOptions extends AgentflowOptions {
+  /** Default 'tls+auth', what users get; 'plaintext' is the baseline the cost of security is measured against. */
+  security?: SecurityPosture;
+  /** The dispatcher's agentLeaseTtlSeconds: how long a dead agent keeps its tasks (default 10). */
+  leaseTtlSeconds?: number;
+}
+
 /** etcd (fsync on) + a Dispatcher in this process + agent processes running createAgent. */
 export class AgentflowSystem extends EventEmitter<SystemEvents> implements System {
-  readonly key = 'agentflow' as const;
-  readonly label = SYSTEM_LABELS.agentflow;
+  readonly key: 'agentflow' | 'agentflow-plaintext';
+  readonly label: string;
   readonly persistence = AGENTFLOW_PERSISTENCE;
+  readonly security: Security;
   readonly workerNames: string[] = [];
   readonly etcd: EtcdServer;
   readonly store: StateStore;
@@ -49,24 +61,36 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
   /** What the agent processes reported when ready (connect time, RSS). */
   readonly readyReports: Record<string, unknown>[] = [];
   private readonly dir: string;
+  private readonly sec: BenchSecurity;
   private readonly children = new Map<string, Child>();
 
-  private constructor(dir: string, etcd: EtcdServer, store: StateStore, dispatcher: Dispatcher) {
+  private constructor(dir: string, etcd: EtcdServer, store: StateStore, dispatcher: Dispatcher, sec: BenchSecurity) {
     super();
     this.dir = dir;
+    this.sec = sec;
+    this.key = sec.posture === 'plaintext' ? 'agentflow-plaintext' : 'agentflow';
+    this.label = SYSTEM_LABELS[this.key];
+    this.security = { posture: sec.posture, note: SECURITY_NOTES[sec.posture] };
     this.etcd = etcd;
     this.store = store;
     this.dispatcher = dispatcher;
     dispatcher.on('task', (e) => this.onTask(e));
   }
 
-  static async start(opts: AgentflowOptions): Promise<AgentflowSystem> {
+  static async start(opts: AgentflowStartOptions): Promise<AgentflowSystem> {
     const dir = mkdtempSync(join(tmpdir(), 'agentflow-bench-'));
+    const sec = await benchSecurity(opts.security ?? 'tls+auth', dir, POOL_GRANT);
     const etcd = new EtcdServer({ dir, name: 'etcd' }); // fsync on: durable commits, as in production
     await etcd.start();
     const store = new StateStore({ endpoints: [etcd.endpoint], prefix: ETCD_PREFIX });
-    const dispatcher = new Dispatcher({ store, logger: silentLogger });
-    const sys = new AgentflowSystem(dir, etcd, store, dispatcher);
+    const dispatcher = new Dispatcher({
+      store,
+      auth: sec.auth,
+      credentials: sec.credentials,
+      agentLeaseTtlSeconds: opts.leaseTtlSeconds ?? 10,
+      logger: silentLogger,
+    });
+    const sys = new AgentflowSystem(dir, etcd, store, dispatcher, sec);
     await dispatcher.start();
     await sys.addAgents(opts);
     return sys;
@@ -82,11 +106,11 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
       const cfg: AgentProcessConfig = {
         name,
         dispatcher: `127.0.0.1:${this.dispatcher.port}`,
-        etcd: this.etcd.endpoint,
-        etcdPrefix: ETCD_PREFIX,
+        ...this.sec.agentCredentials(name, { podBound: perProcess === 1 }),
         agents: perProcess,
         capacity: opts.capacity,
-        leaseTtlSeconds: opts.leaseTtlSeconds ?? 10,
+        // The dispatcher keeps an agent's lease only while it hears from it within the TTL: beat well inside it.
+        heartbeatMs: Math.min(5_000, Math.floor((this.dispatcher.agentLeaseTtlSeconds * 1000) / 4)),
         holdMs: opts.holdMs ?? 0,
         reportStarts: opts.reportStarts ?? false,
         startConcurrency: 32,
@@ -117,7 +141,7 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
       const slash = id.indexOf('/');
       this.dispatcher.submit({
         ref: { namespace: NAMESPACE, workflow: id.slice(0, slash), task: id.slice(slash + 1) },
-        pool: 'bench',
+        pool: POOL,
         handler: 'task',
         input: { id, sentAt: now() },
       });

@@ -30,6 +30,13 @@ export function bullmqPersistence(fsync: AppendFsync): Persistence {
   };
 }
 
+export const BULLMQ_SECURITY = {
+  posture: 'plaintext',
+  note:
+    'redis-server on 127.0.0.1 without TLS or AUTH/ACL, as BullMQ is commonly run on a private network; ' +
+    "BullMQ's own security is whatever redis is given (TLS and ACLs would cost it too), not measured here",
+};
+
 export interface BullmqOptions extends Partial<HandlerOptions> {
   fsync: AppendFsync;
   /** Worker processes. */
@@ -47,6 +54,7 @@ export class BullmqSystem extends EventEmitter<SystemEvents> implements System {
   readonly key;
   readonly label;
   readonly persistence;
+  readonly security = BULLMQ_SECURITY;
   readonly workerNames: string[] = [];
   readonly readyReports: Record<string, unknown>[] = [];
   private readonly dir: string;

@@ -31,11 +31,15 @@ export function benchConfig(full: boolean, workers: number, capacity: number): B
   };
 }
 
-export const ALL_SYSTEMS: SystemKey[] = ['agentflow', 'bullmq-everysec', 'bullmq-always'];
+/** agentflow as users get it, its plaintext baseline (the cost of security), then the peer. */
+export const ALL_SYSTEMS: SystemKey[] = ['agentflow', 'agentflow-plaintext', 'bullmq-everysec', 'bullmq-always'];
 
 /** A starter for each system with the run's W x C. */
 export function starter(key: SystemKey, cfg: BenchConfig): () => Promise<System> {
-  if (key === 'agentflow') return () => AgentflowSystem.start({ processes: cfg.workers, capacity: cfg.capacity });
+  if (key === 'agentflow' || key === 'agentflow-plaintext') {
+    const security = key === 'agentflow' ? 'tls+auth' : 'plaintext';
+    return () => AgentflowSystem.start({ processes: cfg.workers, capacity: cfg.capacity, security });
+  }
   const fsync = key === 'bullmq-always' ? 'always' : 'everysec';
   return () => BullmqSystem.start({ fsync, processes: cfg.workers, concurrency: cfg.capacity });
 }

@@ -4,6 +4,7 @@
 
 export const COLORS: Record<string, string> = {
   agentflow: '#0f766e',
+  'agentflow-plaintext': '#5eada4',
   'bullmq-everysec': '#ea580c',
   'bullmq-always': '#b91c1c',
 };

@@ -4,10 +4,11 @@ import { now } from './clock.ts';
 import type { Role } from './proc.ts';
 import type { TaskOutput } from './task.ts';
 
-export type SystemKey = 'agentflow' | 'bullmq-everysec' | 'bullmq-always';
+export type SystemKey = 'agentflow' | 'agentflow-plaintext' | 'bullmq-everysec' | 'bullmq-always';
 
 export const SYSTEM_LABELS: Record<SystemKey, string> = {
-  agentflow: 'agentflow (etcd, fsync on)',
+  agentflow: 'agentflow (etcd, fsync on, TLS + token auth)',
+  'agentflow-plaintext': 'agentflow-plaintext (baseline: no TLS, no auth)',
   'bullmq-everysec': 'BullMQ (AOF everysec)',
   'bullmq-always': 'BullMQ (AOF always)',
 };
@@ -16,6 +17,13 @@ export const SYSTEM_LABELS: Record<SystemKey, string> = {
 export interface Persistence {
   persists: string;
   fsync: string;
+}
+
+/** How the workers' connections are secured, recorded beside every figure. */
+export interface Security {
+  /** 'tls+auth' | 'plaintext' for agentflow; BullMQ's redis runs without TLS or AUTH here. */
+  posture: string;
+  note: string;
 }
 
 /** A task whose result the system has recorded, as the driver observed it. */
@@ -44,6 +52,7 @@ export interface System extends EventEmitter<SystemEvents> {
   readonly key: SystemKey;
   readonly label: string;
   readonly persistence: Persistence;
+  readonly security: Security;
   /** Worker processes, in start order (failover kills one). */
   readonly workerNames: string[];
   send(tasks: { id: string }[]): void;

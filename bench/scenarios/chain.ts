@@ -29,6 +29,7 @@ export async function chain(cfg: BenchConfig): Promise<void> {
     return {
       key: s.key,
       label: s.label,
+      security: s.security,
       tasks: done.length,
       totalMs: round((done.at(-1) as Done).observedAt - (done[0] as Done).sentAt),
       hopMs: summarize(hopMs),

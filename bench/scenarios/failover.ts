@@ -1,8 +1,10 @@
 // Failover: kill -9 a worker process while it holds tasks, then time how long
 // until those tasks run again elsewhere, and audit the store: every task
 // recorded exactly once (none lost, none committed twice).
-//   agentflow: the agent's etcd lease (TTL 2 s / 5 s) expires, its claims
-//     vanish, the dispatcher re-queues the attempts.
+//   agentflow: the dispatcher stops keeping the dead agent's etcd lease (TTL
+//     2 s / 5 s), it expires, its claims vanish, the dispatcher re-queues the
+//     attempts. Run twice: TLS + token auth (what users get) and the
+//     plaintext baseline.
 //   BullMQ (peer): lockDuration = stalledInterval = the same 2 s / 5 s, so a
 //     surviving worker's stalled-job check moves the jobs back to wait.
 import { AgentflowSystem } from '../lib/agentflow.ts';
@@ -12,11 +14,12 @@ import type { BenchConfig } from '../lib/config.ts';
 import { printTable, writeJson, writeSvg } from '../lib/report.ts';
 import { round, type Summary, summarize } from '../lib/stats.ts';
 import { barPanel, svgDocument } from '../lib/svg.ts';
-import { Collector, ids, type System, type SystemKey, withSystems } from '../lib/system.ts';
+import { Collector, ids, type Security, type System, type SystemKey, withSystems } from '../lib/system.ts';
 
 interface FailoverRun {
   key: SystemKey;
   label: string;
+  security: Security;
   ttlSeconds: number;
   tasks: number;
   /** Tasks the victim had started and not finished when it was killed. */
@@ -41,7 +44,8 @@ export async function failover(cfg: BenchConfig): Promise<void> {
   for (const ttl of ttlSeconds) {
     const common = { processes: cfg.workers, holdMs, reportStarts: true };
     const starters = [
-      () => AgentflowSystem.start({ ...common, capacity: cfg.capacity, leaseTtlSeconds: ttl }),
+      () => AgentflowSystem.start({ ...common, capacity: cfg.capacity, leaseTtlSeconds: ttl, security: 'tls+auth' }),
+      () => AgentflowSystem.start({ ...common, capacity: cfg.capacity, leaseTtlSeconds: ttl, security: 'plaintext' }),
       () =>
         BullmqSystem.start({
           ...common,
@@ -66,7 +70,9 @@ export async function failover(cfg: BenchConfig): Promise<void> {
     capacity: cfg.capacity,
     ttlSeconds,
     kill: `SIGKILL to worker process 0 once it has started ${cfg.capacity} tasks`,
-    agentflow: 'agent leaseTtlSeconds = TTL; the dispatcher re-queues when the claim (bound to the lease) vanishes',
+    agentflow:
+      "the dispatcher's agentLeaseTtlSeconds = TTL (agents heartbeat every TTL/4); a dead agent's stream ends, the " +
+      'dispatcher stops keeping its lease, and re-queues when the claim (bound to the lease) vanishes',
     bullmq: 'Worker lockDuration = stalledInterval = TTL; maxStalledCount 1 (default)',
   };
   const json = writeJson('failover', config, {
@@ -76,6 +82,20 @@ export async function failover(cfg: BenchConfig): Promise<void> {
       'agentflow re-queues a lost attempt at its first place in the pool queue (ahead of tasks queued after it); ' +
       'BullMQ RPUSHes a stalled job to the end of wait that workers pop next, so it runs before the backlog',
     runs,
+    costOfSecurityNote: 'per TTL: agentflow (TLS + token auth) minus agentflow-plaintext, ms from the kill',
+    costOfSecurity: Object.fromEntries(
+      ttlSeconds.map((ttl) => {
+        const of = (k: SystemKey) => runs.find((r) => r.key === k && r.ttlSeconds === ttl);
+        const [secure, plain] = [of('agentflow'), of('agentflow-plaintext')];
+        const delta = secure &&
+          plain && {
+            detectedMs: round(secure.detectedMs - plain.detectedMs),
+            runAgainP50Ms: round(secure.runAgainMs.p50 - plain.runAgainMs.p50),
+            allRecordedMs: round(secure.allRecordedMs - plain.allRecordedMs),
+          };
+        return [`ttl${ttl}s`, delta];
+      }),
+    ),
   });
   printTable(
     `Failover: kill -9 a worker holding tasks (${tasks} tasks of ${holdMs} ms, ${cfg.workers} x ${cfg.capacity} slots)`,
@@ -161,6 +181,7 @@ async function killOne(s: System, ttl: number, tasks: number, capacity: number):
   return {
     key: s.key,
     label: s.label,
+    security: s.security,
     ttlSeconds: ttl,
     tasks,
     heldAtKill: held.length,

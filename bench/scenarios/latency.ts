@@ -42,7 +42,18 @@ export async function latency(cfg: BenchConfig, peak: Record<SystemKey, number>)
     },
   );
 
-  const results = [...points].map(([s, p]) => ({ key: s.key, label: s.label, ...p }));
+  const results = [...points].map(([s, p]) => ({ key: s.key, label: s.label, security: s.security, ...p }));
+  const secure = results.find((r) => r.key === 'agentflow');
+  const plain = results.find((r) => r.key === 'agentflow-plaintext');
+  const extra = (load: 'low' | 'high') =>
+    secure &&
+    plain && {
+      rates: { agentflow: secure[load].ratePerSec, 'agentflow-plaintext': plain[load].ratePerSec },
+      dispatchP50Ms: round(secure[load].dispatchMs.p50 - plain[load].dispatchMs.p50),
+      dispatchP99Ms: round(secure[load].dispatchMs.p99 - plain[load].dispatchMs.p99),
+      resultP50Ms: round(secure[load].resultMs.p50 - plain[load].resultMs.p50),
+      resultP99Ms: round(secure[load].resultMs.p99 - plain[load].resultMs.p99),
+    };
   const config = {
     workers: cfg.workers,
     capacity: cfg.capacity,
@@ -59,6 +70,9 @@ export async function latency(cfg: BenchConfig, peak: Record<SystemKey, number>)
         "hand-over -> the driver learns the result is recorded (dispatcher 'committed' event / QueueEvents 'completed')",
     },
     systems: Object.fromEntries(results.map((r) => [r.key, r])),
+    costOfSecurityNote:
+      'agentflow (TLS + token auth) minus agentflow-plaintext, ms; the high point runs each at 80% of its own peak',
+    costOfSecurity: { low: extra('low'), high: extra('high') },
   });
 
   for (const load of ['low', 'high'] as const) {

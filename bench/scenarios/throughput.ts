@@ -7,7 +7,7 @@ import { CpuMeter } from '../lib/proc.ts';
 import { printTable, writeJson, writeSvg } from '../lib/report.ts';
 import { percentile, round } from '../lib/stats.ts';
 import { barPanel, svgDocument } from '../lib/svg.ts';
-import { runBatch, type System, type SystemKey, withSystems } from '../lib/system.ts';
+import { runBatch, type Security, type System, type SystemKey, withSystems } from '../lib/system.ts';
 
 interface Round {
   tasksPerSec: number;
@@ -21,6 +21,7 @@ interface Round {
 interface SystemThroughput {
   key: SystemKey;
   label: string;
+  security: Security;
   persists: string;
   fsync: string;
   /** Median of the rounds. */
@@ -69,6 +70,7 @@ export async function throughput(cfg: BenchConfig): Promise<ThroughputResult> {
     return {
       key: s.key,
       label: s.label,
+      security: s.security,
       persists: s.persistence.persists,
       fsync: s.persistence.fsync,
       tasksPerSec: round(median, 0),
@@ -85,23 +87,37 @@ export async function throughput(cfg: BenchConfig): Promise<ThroughputResult> {
   // Paired: each round runs the systems back to back, so a per-round ratio cancels slow drifts in
   // other load on the machine; the median of those is the figure.
   const roundsOf = (k: SystemKey) => results.find((r) => r.key === k)?.rounds ?? [];
-  const ratio = (k: SystemKey) =>
+  const pairRatio = (a: SystemKey, b: SystemKey) =>
     round(
       percentile(
-        roundsOf('agentflow').map((r, i) => r.tasksPerSec / (roundsOf(k)[i]?.tasksPerSec ?? Number.NaN)),
+        roundsOf(a).map((r, i) => r.tasksPerSec / (roundsOf(b)[i]?.tasksPerSec ?? Number.NaN)),
         50,
       ),
       2,
     );
+  const ratio = (k: SystemKey) => pairRatio('agentflow', k);
+  const secure = results.find((r) => r.key === 'agentflow');
+  const plain = results.find((r) => r.key === 'agentflow-plaintext');
   const config = { tasks, rounds, warmupTasks, workers: cfg.workers, capacity: cfg.capacity, taskBody: 'no-op' };
   const json = writeJson('throughput', config, {
     unit: 'tasks/s from the first hand-over to the last durably recorded result (median of rounds)',
     systems: Object.fromEntries(results.map((r) => [r.key, r])),
-    ratiosNote: 'median over rounds of agentflow tasks/s / peer tasks/s in the same round',
+    ratiosNote:
+      'median over rounds of a tasks/s / b tasks/s in the same round; agentflow = TLS + token auth (what users get), ' +
+      'agentflow-plaintext = the no-TLS, no-auth baseline',
     ratios: {
+      'agentflow/agentflow-plaintext': ratio('agentflow-plaintext'),
       'agentflow/bullmq-everysec': ratio('bullmq-everysec'),
       'agentflow/bullmq-always': ratio('bullmq-always'),
+      'agentflow-plaintext/bullmq-everysec': pairRatio('agentflow-plaintext', 'bullmq-everysec'),
+      'agentflow-plaintext/bullmq-always': pairRatio('agentflow-plaintext', 'bullmq-always'),
     },
+    costOfSecurity: secure &&
+      plain && {
+        throughputRatio: ratio('agentflow-plaintext'),
+        cpuMsPerTaskExtra: round(secure.cpuMsPerTaskTotal - plain.cpuMsPerTaskTotal, 3),
+        cpuMsPerTaskExtraByRole: mapValues(secure.cpuMsPerTask, (v, k) => round(v - (plain.cpuMsPerTask[k] ?? 0), 4)),
+      },
   });
 
   printTable(
