@@ -108,6 +108,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly registeredWaiters = new Set<() => void>();
   private readonly stopped = deferred();
   private heartbeat: NodeJS.Timeout | undefined;
+  private heartbeatEvery = 0;
   private starting: Promise<void> | undefined;
   private loop: Promise<void> | undefined;
   private shutdown: Promise<void> | undefined;
@@ -214,6 +215,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
     this.credentialTimer = setInterval(() => void this.checkCredentials(), o.credentialCheckMs);
     this.credentialTimer.unref();
+    this.heartbeatEvery = o.heartbeatMs;
     this.heartbeat = setInterval(() => this.sendHeartbeat(), o.heartbeatMs);
     this.heartbeat.unref();
     if (o.installSignalHandlers) this.installSignals();
@@ -454,6 +456,20 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
   }
 
+  /**
+   * The dispatcher keeps the agent's lease only while it hears from it within a TTL: beat at least
+   * three times a TTL, whatever heartbeatMs says, so an idle agent never loses its lease.
+   */
+  private paceHeartbeat(ttlSeconds: number): void {
+    const every =
+      ttlSeconds > 0 ? Math.min(this.opts.heartbeatMs, Math.floor((ttlSeconds * 1000) / 3)) : this.opts.heartbeatMs;
+    if (every === this.heartbeatEvery || this.stopping) return;
+    this.heartbeatEvery = every;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = setInterval(() => this.sendHeartbeat(), every);
+    this.heartbeat.unref();
+  }
+
   private sendHeartbeat(): void {
     const draining = this.current === 'draining';
     if (this.conn?.registered) this.conn.send({ heartbeat: { draining } }, true);
@@ -529,6 +545,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       });
     }
     this.leaseId = reg.leaseId;
+    this.paceHeartbeat(reg.leaseTtlSeconds);
     if (reg.agentId && reg.agentId !== this.id) {
       this.id = reg.agentId;
       this.log = this.opts.logger.with({ agentId: this.id, pool: reg.pool });

@@ -53,6 +53,8 @@ export interface AcceptOptions {
   stillYours?: InFlight[] | ((reg: RegisterBody) => InFlight[]);
   /** Default: FakeDispatcher.agentId, else the Register's pod (as for a pool's pod). */
   agentId?: string;
+  /** The lease TTL Registered announces (default 10). */
+  leaseTtlSeconds?: number;
 }
 
 export class FakeStream implements Sink {
@@ -161,7 +163,7 @@ export class FakeStream implements Sink {
         agentId: opts.agentId ?? this.fake.agentId ?? reg.pod,
         namespace: reg.namespace || this.fake.namespace,
         pool: reg.pool || this.fake.pool,
-        leaseTtlSeconds: 10,
+        leaseTtlSeconds: opts.leaseTtlSeconds ?? 10,
       },
     });
     return reg;

@@ -70,6 +70,16 @@ describe('agent runtime against a dispatcher', () => {
     expect(await stream.next('register')).toMatchObject({ namespace: 'team-b', pool: 'laptops' });
   });
 
+  it('heartbeats at least three times per lease TTL the dispatcher announces, whatever heartbeatMs says', async () => {
+    const { agent, fake } = await startAgent({ noop: async () => null }, { heartbeatMs: 60_000 });
+    const stream = await register(fake, agent, { leaseTtlSeconds: 1 });
+    const t0 = Date.now();
+    await stream.next('heartbeat');
+    await stream.next('heartbeat');
+    // Two beats well inside one 1 s TTL: the dispatcher keeps the lease of an idle agent.
+    expect(Date.now() - t0).toBeLessThan(1_000);
+  });
+
   it('runs an assigned task and reports its output with the attempt token, then forgets it once acked', async () => {
     const seen: TaskContext[] = [];
     const { agent, stream } = await rig({
