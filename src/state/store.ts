@@ -12,6 +12,12 @@ export interface StoreOptions {
   callTimeoutMs?: number;
   /** TLS to etcd (https:// endpoints): the CA, and a client certificate if etcd asks for one. */
   tls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
+  /**
+   * etcd password auth, for an external etcd that uses it: the client trades
+   * these for a token. Without it, an etcd with client-cert-auth takes the
+   * user name from the client certificate's CN.
+   */
+  auth?: { username: string; password: string };
 }
 
 /** A key/value as agentflow reads it: revisions as numbers, value as text. */
@@ -73,6 +79,7 @@ export class StateStore {
           ...(opts.tls.key && { privateKey: opts.tls.key }),
         },
       }),
+      ...(opts.auth && { auth: { username: opts.auth.username, password: opts.auth.password } }),
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + (opts.callTimeoutMs ?? 5_000) }),
     });
     this.prefix = (opts.prefix ?? '/agentflow/v1').replace(/\/+$/, '');

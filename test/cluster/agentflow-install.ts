@@ -1,5 +1,6 @@
 import type { ClusterHandle } from './cluster-handle.ts';
 import { freePort } from './ports.ts';
+import { stateEtcdOf } from './state-etcd.ts';
 
 export interface InstallOptions {
   release?: string;
@@ -10,13 +11,18 @@ export interface InstallOptions {
 
 const CRDS = ['agentpools.agentflow.io', 'workflows.agentflow.io'];
 
+/** The Secret with the operator's etcd client certificate (etcd.external.tls.secretName). */
+export const ETCD_CLIENT_SECRET = 'agentflow-etcd-client';
+
 /**
  * `helm upgrade --install` of charts/agentflow on the local control plane,
  * with what the process kubelet cannot provide swapped for what it can: the
  * control plane's own agentflow etcd as the "external" etcd (pods have no
- * cluster DNS, so a bundled etcd Service name would not resolve), and the
- * dispatcher on a free port that agent pods dial on loopback (no Services).
- * Everything else is the chart as users get it.
+ * cluster DNS, so a bundled etcd Service name would not resolve), reached as
+ * users reach theirs: TLS with a Secret holding the operator's client
+ * certificate, whose CN is its etcd user; and the dispatcher on a free port
+ * that agent pods dial on loopback (no Services). Everything else is the
+ * chart as users get it.
  */
 export async function installAgentflow(
   cluster: ClusterHandle,
@@ -31,10 +37,13 @@ export async function installAgentflow(
     ? ['image.pullPolicy=Never']
     : [
         'etcd.bundled.enabled=false',
-        `etcd.external.endpoints[0]=${cluster.info.stateEtcdEndpoint}`,
+        `etcd.external.endpoints[0]=${stateEtcdOf(cluster.info).endpoint}`,
+        'etcd.external.tls.enabled=true',
+        `etcd.external.tls.secretName=${ETCD_CLIENT_SECRET}`,
         `dispatcher.port=${port}`,
         `agents.dispatcherAddress=127.0.0.1:${port}`,
       ];
+  if (!cluster.info.external) await applyEtcdClientSecret(cluster, namespace);
   const r = await cluster.helm([
     'upgrade',
     '--install',
@@ -50,6 +59,37 @@ export async function installAgentflow(
   ]);
   if (r.code !== 0) throw new Error(`helm install failed: ${r.stderr || r.stdout}`);
   return { release, namespace, dispatcherPort: port };
+}
+
+/**
+ * Creates (or updates) the Secret agentflow-etcd-client (ca.crt, tls.crt,
+ * tls.key) with the operator's client certificate for the state etcd in
+ * `namespace` (created if need be), as a user of an external etcd would; the
+ * process kubelet mounts it into the operator pods like any Secret volume.
+ * Both the chart (etcd.external.tls.secretName) and deploy/operator use it.
+ */
+export async function applyEtcdClientSecret(cluster: ClusterHandle, namespace: string): Promise<void> {
+  const etcd = stateEtcdOf(cluster.info);
+  const files = { 'ca.crt': etcd.caFile, 'tls.crt': etcd.operatorCert.cert, 'tls.key': etcd.operatorCert.key };
+  const ns = await cluster.kubectl(['create', 'namespace', namespace, '--dry-run=client', '-o', 'yaml']);
+  const nsApplied = await cluster.kubectl(['apply', '-f', '-'], { input: ns.stdout });
+  if (nsApplied.code !== 0) throw new Error(`creating namespace ${namespace} failed: ${nsApplied.stderr}`);
+  const secret = await cluster.kubectl([
+    'create',
+    'secret',
+    'generic',
+    ETCD_CLIENT_SECRET,
+    '--namespace',
+    namespace,
+    ...Object.entries(files).map(([k, path]) => `--from-file=${k}=${path}`),
+    '--dry-run=client',
+    '-o',
+    'yaml',
+  ]);
+  const applied = await cluster.kubectl(['apply', '-f', '-'], { input: secret.stdout });
+  if (secret.code !== 0 || applied.code !== 0) {
+    throw new Error(`creating Secret ${namespace}/${ETCD_CLIENT_SECRET} failed: ${secret.stderr || applied.stderr}`);
+  }
 }
 
 /**

@@ -33,6 +33,13 @@ function describe(info: ClusterInfo): string {
     `Local control plane is up (Kubernetes ${info.kubeVersion}).`,
     `  API server:        ${info.server}`,
     `  agentflow etcd:    ${info.stateEtcdEndpoint ?? '-'}`,
+    ...(info.stateEtcd
+      ? [
+          `                     TLS and auth on: CA ${info.stateEtcd.caFile}`,
+          `                     client certificates: ${info.stateEtcd.operatorCert.cert} (user agentflow-operator),`,
+          `                     ${info.stateEtcd.rootCert.cert} (user root), each with its .key`,
+        ]
+      : []),
     `  logs and data:     ${info.dir}`,
     '',
     `  export KUBECONFIG=${info.kubeconfig}`,

@@ -5,6 +5,7 @@ import { writeKubeconfig } from './kubeconfig.ts';
 import { type KubeletOptions, type NodeSpec, ProcessKubelet } from './kubelet/kubelet.ts';
 import { Pki } from './pki.ts';
 import { RestClient } from './rest.ts';
+import type { StateEtcdInfo } from './state-etcd.ts';
 
 /** What a running control plane publishes (cluster.json, vitest's provide). */
 export interface ClusterInfo {
@@ -15,7 +16,10 @@ export interface ClusterInfo {
   apiPort: number;
   kubeVersion: string;
   etcdEndpoint: string;
+  /** agentflow's etcd (https): the same as stateEtcd.endpoint. */
   stateEtcdEndpoint?: string;
+  /** agentflow's etcd with its CA and client certificates (TLS and auth are on; see state-etcd.ts). */
+  stateEtcd?: StateEtcdInfo;
   dir: string;
   pids: Record<string, number>;
   /** A cluster someone else runs (AGENTFLOW_E2E_KUBECONFIG, e.g. kind): no process kubelet, no agentflow etcd of ours. */

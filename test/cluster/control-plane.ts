@@ -9,6 +9,7 @@ import { type KubeletOptions, type NodeSpec, ProcessKubelet } from './kubelet/ku
 import { ManagedProcess, waitFor } from './managed-process.ts';
 import { Pki } from './pki.ts';
 import { freePort } from './ports.ts';
+import { StateEtcd } from './state-etcd.ts';
 
 export type { ClusterInfo } from './cluster-handle.ts';
 
@@ -60,7 +61,7 @@ export interface ControlPlaneOptions {
 export class ControlPlane {
   readonly pki: Pki;
   readonly etcd: EtcdServer;
-  stateEtcd: EtcdServer | undefined;
+  stateEtcd: StateEtcd | undefined;
   kubelet: ProcessKubelet | undefined;
   apiPort = 0;
   private apiserver: ManagedProcess | undefined;
@@ -98,7 +99,7 @@ export class ControlPlane {
     this.pki.init();
     const etcdStart = this.etcd.start();
     if (this.opts.stateEtcd !== false) {
-      this.stateEtcd = new EtcdServer({ dir: join(dir, 'etcd'), name: 'agentflow-etcd', unsafeNoFsync: true });
+      this.stateEtcd = new StateEtcd(join(dir, 'etcd'), this.pki);
     }
     await Promise.all([etcdStart, this.stateEtcd?.start()]);
 
@@ -252,6 +253,7 @@ export class ControlPlane {
         { apiGroups: [''], resources: ['pods/status'], verbs: ['get', 'update', 'patch'] },
         { apiGroups: [''], resources: ['configmaps', 'secrets', 'services'], verbs: ['get', 'list', 'watch'] },
         { apiGroups: [''], resources: ['serviceaccounts/token'], verbs: ['create'] },
+        { apiGroups: [''], resources: ['serviceaccounts'], verbs: ['get'] },
         { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
         { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] },
       ],
@@ -279,7 +281,10 @@ export class ControlPlane {
       dir: this.opts.dir,
       pids,
     };
-    if (this.stateEtcd) info.stateEtcdEndpoint = this.stateEtcd.endpoint;
+    if (this.stateEtcd) {
+      info.stateEtcdEndpoint = this.stateEtcd.info.endpoint;
+      info.stateEtcd = this.stateEtcd.info;
+    }
     return info;
   }
 

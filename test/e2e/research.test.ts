@@ -1,9 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments, parse as parseYaml, stringify } from 'yaml';
+import { applyEtcdClientSecret } from '../cluster/agentflow-install.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
 import { localImages } from '../cluster/images.ts';
 import { freePort } from '../cluster/ports.ts';
+import { stateEtcdOf } from '../cluster/state-etcd.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
 import { installCrds, nodes, startNodes, until } from '../integration/operator/helpers.ts';
 
@@ -43,8 +45,10 @@ beforeAll(async () => {
     { images: localImages() },
   );
 
-  // deploy/operator as shipped, but pointed at the test's etcd, and with the dispatcher on a free
-  // port that agent pods reach directly (the process kubelet has no Services or cluster DNS).
+  // deploy/operator as shipped, but pointed at the test's etcd (TLS, its Secret agentflow-etcd-client
+  // holding the operator's client certificate, as the manifest expects), and with the dispatcher on a
+  // free port that agent pods reach directly (the process kubelet has no Services or cluster DNS).
+  await applyEtcdClientSecret(cluster, 'agentflow-system');
   const port = await freePort();
   const docs = ['namespace.yaml', 'rbac.yaml', 'deployment.yaml', 'service.yaml'].flatMap((f) =>
     parseAllDocuments(readFileSync(`deploy/operator/${f}`, 'utf8')).map((d) => d.toJS() as Json),
@@ -53,13 +57,15 @@ beforeAll(async () => {
   const container = deployment.spec.template.spec.containers[0];
   container.args = container.args.map((a: string) =>
     a.startsWith('--etcd-endpoints=')
-      ? `--etcd-endpoints=${cluster.info.stateEtcdEndpoint}`
+      ? `--etcd-endpoints=${stateEtcdOf(cluster.info).endpoint}`
       : a.startsWith('--agent-dispatcher=')
         ? `--agent-dispatcher=127.0.0.1:${port}`
         : a.startsWith('--dispatcher-address=')
           ? `--dispatcher-address=0.0.0.0:${port}`
           : a,
   );
+  // Agents verify the name they dial: the loopback address joins the certificate's names.
+  container.args.push('--dispatcher-tls-sans=127.0.0.1');
   await kubectl(['apply', '-f', '-'], docs.map((d) => stringify(d)).join('---\n'));
   ns = uniqueName('research');
   await kubectl(['create', 'namespace', ns]);

@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { SharedState, StateStore } from '../../../src/state/index.ts';
+import { SharedState } from '../../../src/state/index.ts';
 import { pinnedVersions } from '../../cluster/binaries.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { waitFor } from '../../cluster/managed-process.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
+import { testStore } from '../state/helpers.ts';
 
 // Proves the servers behind the harness are the real ones: the API server
 // enforces RBAC, kube-controller-manager garbage-collects, kubectl and helm
@@ -146,9 +147,9 @@ describe('pinned tools', () => {
 
 describe('etcd for agentflow state', () => {
   it('puts, gets and watches keys through the state layer', async () => {
-    const endpoint = cluster.info.stateEtcdEndpoint;
-    expect(endpoint).toBeDefined();
-    const store = new StateStore({ endpoints: [endpoint as string], prefix: `/smoke-${ns}` });
+    // https, with a client certificate: the state etcd runs with TLS and auth (state/auth.test.ts).
+    expect(cluster.info.stateEtcdEndpoint).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    const store = testStore(`/smoke-${ns}`);
     try {
       const state = new SharedState(store, { kind: 'namespace', namespace: ns });
       const seen: string[] = [];

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../../src/lib/log.ts';
 import { LeaderElector } from '../../../src/operator/leader.ts';
-import { FencedError, StateStore } from '../../../src/state/index.ts';
+import { FencedError, type StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
+import { testStore } from '../state/helpers.ts';
 import {
   apply,
   createNamespace,
@@ -90,9 +91,8 @@ describe('leader election', () => {
 
   it("a deposed leader's etcd write is refused: its fencing token no longer holds", async () => {
     const prefix = `/${uniqueName('fence')}`;
-    const endpoint = cluster.info.stateEtcdEndpoint as string;
-    const storeA = new StateStore({ endpoints: [endpoint], prefix });
-    const storeB = new StateStore({ endpoints: [endpoint], prefix });
+    const storeA = testStore(prefix);
+    const storeB = testStore(prefix);
     stores.push(storeA, storeB);
     const record = `${prefix}/members/ns/pool/agent-1`;
     await storeA.client.put(record).value('{}');

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { StateStore } from '../../../src/state/index.ts';
+import type { StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
+import { testStore } from '../state/helpers.ts';
 import {
   apply,
   createNamespace,
@@ -41,7 +42,7 @@ beforeAll(async () => {
       { suffix: 'b', cpu: '16', memory: '32Gi' },
     ]),
   );
-  store = new StateStore({ endpoints: [cluster.info.stateEtcdEndpoint as string], prefix });
+  store = testStore(prefix);
   // The operator runs with the shipped RBAC only, so these tests also prove it is enough.
   const kubeconfig = await operatorKubeconfig(cluster, ns);
   operator = new OperatorProcess(cluster, {

@@ -7,7 +7,7 @@ import {
   TaskClaims,
   type TaskRef,
 } from '../../../src/state/index.ts';
-import { etcdEndpoint, JsonLinesChild, testStore } from './helpers.ts';
+import { etcdEndpoint, fixtureEtcdEnv, JsonLinesChild, testStore } from './helpers.ts';
 
 const prefix = `/test-claims-${Date.now()}`;
 const stores: StateStore[] = [];
@@ -27,17 +27,11 @@ const HOLDER = 'test/fixtures/state/holder.ts';
 const TTL = 2; // etcd's minimum with default election settings
 
 function holder(task: string, attempt: number, agentId: string): JsonLinesChild {
-  const c = new JsonLinesChild(HOLDER, [
-    etcdEndpoint(),
-    prefix,
-    'ns',
-    'pool',
-    'wf',
-    task,
-    String(attempt),
-    agentId,
-    String(TTL),
-  ]);
+  const c = new JsonLinesChild(
+    HOLDER,
+    [etcdEndpoint(), prefix, 'ns', 'pool', 'wf', task, String(attempt), agentId, String(TTL)],
+    fixtureEtcdEnv(),
+  );
   children.push(c);
   return c;
 }

@@ -3,16 +3,26 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { inject } from 'vitest';
 import { StateStore } from '../../../src/state/index.ts';
+import { etcdClientEnv, stateEtcdOf, stateStoreOptions } from '../../cluster/state-etcd.ts';
 
-/** A store on the harness's agentflow etcd under a prefix of its own. */
-export function testStore(prefix = `/test-${randomBytes(4).toString('hex')}`): StateStore {
-  const endpoint = inject('cluster').stateEtcdEndpoint;
-  if (!endpoint) throw new Error('the control plane has no agentflow etcd');
-  return new StateStore({ endpoints: [endpoint], prefix });
+/**
+ * A store on the harness's agentflow etcd under a prefix of its own, over TLS
+ * as the operator's etcd user (`root` for tests that administer etcd).
+ */
+export function testStore(
+  prefix = `/test-${randomBytes(4).toString('hex')}`,
+  as: 'operator' | 'root' = 'operator',
+): StateStore {
+  return new StateStore({ ...stateStoreOptions(inject('cluster'), as), prefix });
 }
 
 export function etcdEndpoint(): string {
-  return inject('cluster').stateEtcdEndpoint as string;
+  return stateEtcdOf(inject('cluster')).endpoint;
+}
+
+/** The operator's etcd client certificate for a fixture process that uses the state layer (holder.ts). */
+export function fixtureEtcdEnv(): Record<string, string> {
+  return etcdClientEnv(inject('cluster'));
 }
 
 /** A child process speaking JSON lines on stdout (see test/fixtures/state/holder.ts). */
@@ -21,8 +31,12 @@ export class JsonLinesChild {
   private readonly lines: Record<string, unknown>[] = [];
   private waiters: (() => void)[] = [];
 
-  constructor(script: string, args: string[]) {
-    this.child = spawn(process.execPath, [script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  /** `env` adds to this process's environment (e.g. fixtureEtcdEnv() for a fixture that uses etcd). */
+  constructor(script: string, args: string[], env: Record<string, string> = {}) {
+    this.child = spawn(process.execPath, [script, ...args], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, ...env },
+    });
     createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', (l) => {
       this.lines.push(JSON.parse(l) as Record<string, unknown>);
       for (const w of this.waiters.splice(0)) w();

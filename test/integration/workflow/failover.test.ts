@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { StateStore } from '../../../src/state/index.ts';
+import type { StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
@@ -15,6 +15,7 @@ import {
   startNodes,
   until,
 } from '../operator/helpers.ts';
+import { testStore } from '../state/helpers.ts';
 
 // The operator leader dies mid-workflow (kill -9): the standby takes over,
 // resumes the run from its etcd records, the agents reconnect to the new
@@ -48,7 +49,7 @@ beforeAll(async () => {
   await installCrds(cluster);
   ns = await createNamespace(cluster, 'fo');
   await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]));
-  store = new StateStore({ endpoints: [cluster.info.stateEtcdEndpoint as string], prefix });
+  store = testStore(prefix);
   dispatcherPort = await freePort();
   await operator('op-1').waitFor('Operator is leading');
   const m = poolManifest(ns, 'agents', {

@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
-import { AuditLog, StateStore } from '../../../src/state/index.ts';
+import { AuditLog, type StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
@@ -18,6 +18,7 @@ import {
   startNodes,
   until,
 } from '../operator/helpers.ts';
+import { testStore } from '../state/helpers.ts';
 
 // The workflow engine end to end on the local control plane: a real operator
 // process (leader, dispatcher, controllers), real agentflow-agent processes
@@ -86,7 +87,7 @@ beforeAll(async () => {
       { suffix: 'b', cpu: '8', memory: '16Gi' },
     ]),
   );
-  store = new StateStore({ endpoints: [cluster.info.stateEtcdEndpoint as string], prefix });
+  store = testStore(prefix);
   operator = new OperatorProcess(cluster, {
     name: 'op-wf',
     namespace: ns,
