@@ -33,6 +33,8 @@ export interface SecureDispatcherSetup {
     name: string,
     o?: { connect?: string[]; audience?: string; expirationSeconds?: number },
   ): Promise<string>;
+  /** A fresh token (audience agentflow) of an existing ServiceAccount. */
+  serviceAccountToken(name: string): Promise<string>;
   close(): void;
 }
 
