@@ -1,9 +1,10 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Dispatcher } from '../../../src/dispatcher/index.ts';
+import type { AgentAuth } from '../../../src/dispatcher/auth.ts';
+import { Dispatcher, type TaskEvent } from '../../../src/dispatcher/index.ts';
 import { type StateStore, TaskClaims } from '../../../src/state/index.ts';
 import { testCluster } from '../../cluster/testing.ts';
-import { testStore } from '../state/helpers.ts';
+import { JsonLinesChild, testStore } from '../state/helpers.ts';
 import { RawAgent } from './raw-agent.ts';
 import { type SecureDispatcherSetup, secureDispatcher } from './secure.ts';
 
@@ -30,7 +31,7 @@ beforeAll(async () => {
   sec = await secureDispatcher(cluster, 'trust');
   // A second tenant: its own namespace, pool and ServiceAccount.
   other = await secureDispatcher(cluster, 'victim');
-  await sec.pool('mine', { capacity: 4, handlers: ['work'] });
+  await sec.pool('mine', { capacity: 4, handlers: ['work', 'count', 'exclusive'] });
   await sec.pool('theirs', { capacity: 4 });
   await other.pool('researchers', { capacity: 4 });
   granted = await sec.serviceAccount('agent', { connect: ['mine'] });
@@ -143,7 +144,9 @@ describe('who may connect', () => {
     const h = connect({ tokenFile: granted });
     h.send(register({ handlers: ['work', 'exfiltrate'] }));
     const st2 = await h.closed();
-    expect(st2.details).toBe(`Register.handlers: "exfiltrate" not in AgentPool mine's spec.agent.handlers (work)`);
+    expect(st2.details).toBe(
+      `Register.handlers: "exfiltrate" not in AgentPool mine's spec.agent.handlers (work, count, exclusive)`,
+    );
   });
 });
 
@@ -260,5 +263,73 @@ describe('what a connected agent may touch', () => {
     const st = await a.closed();
     expect(st.code).toBe(PERMISSION_DENIED);
     expect(st.details).toContain('Reauth: the token is for');
+  });
+});
+
+describe('token expiry on an open stream', () => {
+  // Kubernetes issues no token shorter than 10 minutes, so the verified identity's expiry is cut to
+  // 1.5 s after each (real) TokenReview: the dispatcher's clock on the stream is what is under test.
+  let short: Dispatcher;
+  const events: TaskEvent[] = [];
+  let child: JsonLinesChild | undefined;
+  beforeAll(async () => {
+    const auth: AgentAuth = {
+      authenticate: async (t) => ({ ...(await sec.auth.authenticate(t)), expiresAt: Date.now() + 1_500 }),
+      authorize: (i, c) => sec.auth.authorize(i, c),
+    };
+    short = new Dispatcher({ store, auth, credentials: sec.credentials, agentLeaseTtlSeconds: 3 });
+    short.on('task', (e) => events.push(e));
+    await short.start();
+  });
+  afterAll(async () => {
+    child?.kill('SIGKILL');
+    await short.stop(500);
+  });
+
+  it('a stream whose token expires without a Reauth ends UNAUTHENTICATED', async () => {
+    const a = new RawAgent(short.port, { caFile: sec.caFile, tokenFile: granted });
+    agents.push(a);
+    a.send(register());
+    await a.next('registered');
+    const started = Date.now();
+    const st = await a.closed(10_000);
+    expect(st.code).toBe(UNAUTHENTICATED);
+    expect(st.details).toContain("the stream's token expired");
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
+  it('an agent whose token file keeps being rotated keeps its stream and its running task', async () => {
+    const tokenFile = `${sec.dir}/rotating.token`;
+    writeFileSync(tokenFile, await sec.serviceAccountToken('agent'));
+    child = new JsonLinesChild(
+      'test/fixtures/agent/run-agent.ts',
+      [`127.0.0.1:${short.port}`, sec.caFile, tokenFile, sec.namespace, 'mine', 'rot', '2', '5000'],
+      { CREDENTIAL_CHECK_MS: '200' },
+    );
+    await child.next('connected', 20_000);
+    const rotator = setInterval(() => {
+      sec.serviceAccountToken('agent').then(
+        (t) => writeFileSync(tokenFile, t),
+        () => undefined,
+      );
+    }, 500);
+    try {
+      short.submit({
+        ref: { namespace: sec.namespace, workflow: 'wf', task: 'long' },
+        pool: 'mine',
+        handler: 'work',
+        input: null,
+      });
+      const deadline = Date.now() + 20_000;
+      while (!events.some((e) => e.type === 'committed') && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 100));
+    } finally {
+      clearInterval(rotator);
+    }
+    const done = events.find((e) => e.type === 'committed');
+    expect(done).toMatchObject({ result: { ok: true, attempt: 1 } });
+    // The 5 s task outlived three 1.5 s tokens on one stream: re-authenticated, never re-connected.
+    expect(short.counters.reauthenticated).toBeGreaterThanOrEqual(3);
+    await expect(child.next('connected', 200)).rejects.toThrow();
   });
 });
