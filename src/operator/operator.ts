@@ -9,7 +9,7 @@ import { type Fence, StateStore } from '../state/index.ts';
 import { WorkflowController } from '../workflow/controller.ts';
 import { WorkflowEngine } from '../workflow/engine.ts';
 import { KubeAgentAuth } from './agent-auth.ts';
-import { DispatcherTls } from './dispatcher-tls.ts';
+import { DispatcherTls, TlsMaterialError } from './dispatcher-tls.ts';
 import { AGENTPOOLS, KubeClient, NODES, PODS, resourcePath, WORKFLOWS } from './kube/client.ts';
 import type { ControllerObserver } from './kube/controller.ts';
 import { EventRecorder } from './kube/events.ts';
@@ -175,13 +175,23 @@ export class Operator {
       logger: log.with({ component: 'dispatcher-tls' }),
       events: poolEvents,
     });
-    await this.tls.start();
+    await this.startTls(this.tls, leadership.signal);
     const tls = this.tls;
+    // Pools reconcile often; the CA bundle changes rarely. Ask the API server again at most once a
+    // minute per namespace (so a deleted ConfigMap comes back), and at once when the bundle changes.
+    const published = new Map<string, { bundle: string; at: number }>();
+    const publishCa = async (namespace: string): Promise<void> => {
+      const bundle = tls.caBundle();
+      const last = published.get(namespace);
+      if (last && last.bundle === bundle && Date.now() - last.at < 60_000) return;
+      await tls.publishCa(namespace);
+      published.set(namespace, { bundle, at: Date.now() });
+    };
     // A new CA bundle reaches every namespace agents run in, before their next connect needs it.
     tls.onCaChange(() => {
       const namespaces = new Set(pools.list().map((p) => p.metadata.namespace as string));
       for (const n of namespaces) {
-        tls.publishCa(n).catch((err: Error) => log.warn('Could not publish the CA bundle', { namespace: n, err }));
+        publishCa(n).catch((err: Error) => log.warn('Could not publish the CA bundle', { namespace: n, err }));
       }
     });
     this.dispatcher = new Dispatcher({
@@ -260,7 +270,7 @@ export class Operator {
       nodes,
       events: new EventRecorder(this.client, { component: 'agentflow-operator', host: this.c.identity, logger: log }),
       endpoints,
-      prepareNamespace: (namespace) => tls.publishCa(namespace),
+      prepareNamespace: publishCa,
       agents,
       records: {
         deletePool: async (namespace, pool) => {
@@ -304,6 +314,23 @@ export class Operator {
     this.workflows.start();
     await this.labelSelf();
     log.info('Operator is leading', { token: leadership.token, dispatcherPort: this.dispatcher.port });
+  }
+
+  /**
+   * In secret mode the Secret may not exist yet (cert-manager has not issued it): wait for it while
+   * leading, saying so, rather than crash-looping.
+   */
+  private async startTls(tls: DispatcherTls, signal: AbortSignal): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await tls.start();
+        return;
+      } catch (err) {
+        if (!(err instanceof TlsMaterialError) || this.c.dispatcherTls.mode !== 'secret' || signal.aborted) throw err;
+        this.log.warn('Waiting for the dispatcher TLS Secret', { error: err, attempt });
+        await new Promise((r) => setTimeout(r, Math.min(30_000, 1_000 * attempt)));
+      }
+    }
   }
 
   private async labelSelf(): Promise<void> {
