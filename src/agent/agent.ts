@@ -741,24 +741,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   };
 
   private async sendRegistered(msg: AgentMessage, signal: AbortSignal): Promise<void> {
-    for (;;) {
-      signal.throwIfAborted();
-      if (this.stopping) throw new Error('the agent is stopping');
-      const conn = this.conn;
-      if (conn?.registered) {
-        if (!conn.send(msg)) throw new Error('the dispatcher stream is not accepting messages');
-        return;
-      }
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          this.registeredWaiters.delete(done);
-          signal.removeEventListener('abort', done);
-          resolve();
-        };
-        this.registeredWaiters.add(done);
-        signal.addEventListener('abort', done, { once: true });
-      });
-    }
+    const conn = await this.registeredConn(signal);
+    if (!conn.send(msg)) throw new Error('the dispatcher stream is not accepting messages');
   }
 
   /** The registered stream, now or once there is one. */

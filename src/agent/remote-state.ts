@@ -7,7 +7,7 @@ import type { WatchEvent__Output } from '../gen/agentflow/v1/WatchEvent.ts';
 import { ConflictError, FencedError, StateError } from '../state/errors.ts';
 import type { Held } from '../state/lock.ts';
 import type { JsonValue, Versioned } from '../state/shared-state.ts';
-import { MAX_VALUE_BYTES } from '../state/shared-state.ts';
+import { encodeStateValue as encode } from '../state/shared-state.ts';
 import type { Fence } from '../state/store.ts';
 import type { ChangeEvent } from '../state/watch.ts';
 import type { Attempt } from './attempt.ts';
@@ -339,16 +339,6 @@ function stateError(code: string, message: string, key: string): Error {
     default:
       return new StateUnavailableError(message);
   }
-}
-
-function encode(key: string, value: JsonValue): string {
-  const text = JSON.stringify(value);
-  if (text === undefined) throw new TypeError(`value for "${key}" is not JSON-serialisable`);
-  const bytes = Buffer.byteLength(text);
-  if (bytes > MAX_VALUE_BYTES) {
-    throw new RangeError(`value for "${key}" is ${bytes} bytes of JSON; the limit is ${MAX_VALUE_BYTES}`);
-  }
-  return text;
 }
 
 function versioned(kv: KeyValue__Output): Versioned {

@@ -153,6 +153,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.leases = new LeaseKeeper(opts.store, {
       ttlSeconds: opts.agentLeaseTtlSeconds ?? 10,
       onError: (err) => this.log.warn('Keeping agent leases alive failed; retrying', { err }),
+      // The agent is gone for good: forget the locks it held (etcd dropped them with the lease).
+      onExpired: (lease) => {
+        if (lease.owner && this.conns.get(lease.owner)?.lease !== lease) this.stateService.forgetAgent(lease.owner);
+      },
     });
     this.membership = new Membership(opts.store);
     this.stateService = new StateService(opts.store, this.fences, this.log);
@@ -577,6 +581,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       throw new Error(`Register.inFlight: at most ${4 * 1024} attempts, got ${r.inFlight.length}`);
     const grant = await this.auth.authorize(identity, claimOf(r));
     const lease = await this.leaseFor(grant, r.leaseId);
+    lease.owner = grant.agentId;
     await this.membership.register(
       lease,
       grant.namespace,
@@ -853,35 +858,36 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         return;
       case 'state': {
         const q = m.state;
-        if (!q) return;
-        const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
-        if (typeof entry === 'string') {
-          const [code, message] = splitRefusal(entry);
-          conn.send({
-            state: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` },
-          });
-          return;
-        }
-        void this.stateService.state(conn, entry.spec.ref, q);
+        const ref = q && this.scopeOf(conn, 'state', q);
+        if (q && ref) void this.stateService.state(conn, ref, q);
         return;
       }
       case 'lock': {
         const q = m.lock;
-        if (!q) return;
-        const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
-        if (typeof entry === 'string') {
-          const [code, message] = splitRefusal(entry);
-          conn.send({
-            lock: { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` },
-          });
-          return;
-        }
-        void this.stateService.lock(conn, conn.lease, entry.spec.ref, q);
+        const ref = q && this.scopeOf(conn, 'lock', q);
+        if (q && ref) void this.stateService.lock(conn, conn.lease, ref, q);
         return;
       }
       default:
         throw new Error(`unexpected message ${m.msg ?? '(empty)'}`);
     }
+  }
+
+  /**
+   * The workflow a state or lock request may act in: that of the agent's current attempt it names.
+   * Otherwise the request is answered PERMISSION_DENIED here and undefined returned.
+   */
+  private scopeOf(
+    conn: AgentConn,
+    kind: 'state' | 'lock',
+    q: { id: number | string; taskId: string; attempt: number; token: number },
+  ): TaskRef | undefined {
+    const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
+    if (typeof entry !== 'string') return entry.spec.ref;
+    const [code, message] = splitRefusal(entry);
+    const answer = { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` };
+    conn.send(kind === 'state' ? { state: answer } : { lock: answer });
+    return undefined;
   }
 
   /** The entry this agent may speak about, or "CODE:message" why not. */

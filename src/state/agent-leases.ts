@@ -19,6 +19,10 @@ export class KeptLease extends EventEmitter<{ lost: [LeaseLostError] }> implemen
   readonly ttlSeconds: number;
   /** Whether keep-alives are being sent (the agent is connected and heartbeating). */
   kept = true;
+  /** When keep-alives stopped (ms, performance.now()). */
+  pausedAt = 0;
+  /** Who the lease is for (the dispatcher's agent id), for whoever must forget the agent with it. */
+  owner = '';
   private gone = false;
 
   constructor(id: string, ttlSeconds: number) {
@@ -48,6 +52,8 @@ export interface LeaseKeeperOptions {
   ttlSeconds: number;
   /** Called when keep-alives cannot reach etcd (they are retried). */
   onError?: (err: Error) => void;
+  /** Called once for a lease that was not kept alive for long enough that etcd has expired it. */
+  onExpired?: (lease: KeptLease) => void;
 }
 
 /**
@@ -61,6 +67,7 @@ export class LeaseKeeper {
   private readonly store: StateStore;
   private readonly leases = new Map<string, KeptLease>();
   private readonly onError: (err: Error) => void;
+  private readonly onExpired: (lease: KeptLease) => void;
   private timer: NodeJS.Timeout | undefined;
   private stream: Awaited<ReturnType<StateStore['client']['leaseClient']['leaseKeepAlive']>> | undefined;
   private opening: Promise<void> | undefined;
@@ -73,6 +80,7 @@ export class LeaseKeeper {
     this.store = store;
     this.ttlSeconds = opts.ttlSeconds;
     this.onError = opts.onError ?? (() => undefined);
+    this.onExpired = opts.onExpired ?? (() => undefined);
   }
 
   start(): void {
@@ -97,12 +105,18 @@ export class LeaseKeeper {
   async adopt(id: string): Promise<KeptLease | undefined> {
     if (!/^[1-9][0-9]{0,19}$/.test(id)) return undefined;
     const known = this.leases.get(id);
+    // A lease we still keep is ours to hand back; a paused one may have expired meanwhile: ask etcd.
+    if (known && !known.lost && known.kept) return known;
+    const res = await this.store.client.leaseClient.leaseTimeToLive({ ID: id, keys: false });
+    if (Number(res.TTL) <= 0) {
+      if (known) this.expire(known);
+      return undefined;
+    }
     if (known && !known.lost) {
       known.kept = true;
+      this.keepAliveNow([id]);
       return known;
     }
-    const res = await this.store.client.leaseClient.leaseTimeToLive({ ID: id, keys: false });
-    if (Number(res.TTL) <= 0) return undefined;
     const lease = new KeptLease(id, Number(res.grantedTTL) || this.ttlSeconds);
     this.leases.set(id, lease);
     this.keepAliveNow([id]);
@@ -111,6 +125,7 @@ export class LeaseKeeper {
 
   /** Stops keeping the lease alive: it expires after its TTL unless resumed. */
   pause(lease: KeptLease): void {
+    if (lease.kept) lease.pausedAt = performance.now();
     lease.kept = false;
   }
 
@@ -146,9 +161,19 @@ export class LeaseKeeper {
 
   private tick(): void {
     const ids: string[] = [];
-    for (const l of this.leases.values()) if (l.kept) ids.push(l.id);
-    // Leases nobody keeps any more expire on their own; drop them from memory once they could have.
+    const now = performance.now();
+    for (const l of this.leases.values()) {
+      if (l.kept) ids.push(l.id);
+      // Not kept for two TTLs: etcd has expired it (and deleted what was bound to it). Forget it.
+      else if (now - l.pausedAt > 2 * l.ttlSeconds * 1000) this.expire(l);
+    }
     if (ids.length > 0) this.keepAliveNow(ids);
+  }
+
+  private expire(lease: KeptLease): void {
+    this.leases.delete(lease.id);
+    lease.markLost('not kept alive past its TTL');
+    this.onExpired(lease);
   }
 
   private keepAliveNow(ids: string[]): void {

@@ -29,6 +29,17 @@ export interface WriteOptions {
 export const MAX_VALUE_BYTES = 1024 * 1024;
 const KEY_PATTERN = /^[A-Za-z0-9._:-]+(\/[A-Za-z0-9._:-]+)*$/;
 
+/** A shared-state value as stored: JSON of at most MAX_VALUE_BYTES (the one rule agents and the operator share). */
+export function encodeStateValue(key: string, value: JsonValue): string {
+  const text = JSON.stringify(value);
+  if (text === undefined) throw new TypeError(`value for "${key}" is not JSON-serialisable`);
+  const bytes = Buffer.byteLength(text);
+  if (bytes > MAX_VALUE_BYTES) {
+    throw new RangeError(`value for "${key}" is ${bytes} bytes of JSON; the limit is ${MAX_VALUE_BYTES}`);
+  }
+  return text;
+}
+
 /**
  * Shared state for agents, scoped per workflow, pool or namespace: get, put,
  * compare-and-swap on modRevision, delete, list, history and watch. Values are
@@ -62,13 +73,7 @@ export class SharedState {
   }
 
   private encode(key: string, value: JsonValue): string {
-    const text = JSON.stringify(value);
-    if (text === undefined) throw new TypeError(`value for "${key}" is not JSON-serialisable`);
-    const bytes = Buffer.byteLength(text);
-    if (bytes > MAX_VALUE_BYTES) {
-      throw new RangeError(`value for "${key}" is ${bytes} bytes of JSON; the limit is ${MAX_VALUE_BYTES}`);
-    }
-    return text;
+    return encodeStateValue(key, value);
   }
 
   private decode(key: string, raw: string): JsonValue {
