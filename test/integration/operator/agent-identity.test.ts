@@ -54,6 +54,10 @@ beforeAll(async () => {
   cluster = testCluster();
   await installCrds(cluster);
   tenant = await createNamespace(cluster, 'tenant');
+  // The API server's Pod Security admission refuses any agent pod that is not "restricted".
+  await cluster.client.mergePatch(`/api/v1/namespaces/${tenant}`, {
+    metadata: { labels: { 'pod-security.kubernetes.io/enforce': 'restricted' } },
+  });
   victim = await createNamespace(cluster, 'victim');
   await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '16', memory: '32Gi' }]), { tokenRefreshSeconds: 2 });
   operator = new OperatorProcess(cluster, {
@@ -128,6 +132,10 @@ describe('agent identity from the pod', () => {
     expect(done.status.phase).toBe('Succeeded');
     expect((await pool(cluster, tenant, 'rogue')).status?.connectedAgents ?? 0).toBe(0);
     expect((await pool(cluster, tenant, 'sidestep')).status?.connectedAgents ?? 0).toBe(0);
+    // The operator's pods passed the namespace's "restricted" admission and carry no API token.
+    const podSpec = (await cluster.client.get<Json>(`/api/v1/namespaces/${tenant}/pods/other-0`)).spec;
+    expect(podSpec.automountServiceAccountToken).toBe(false);
+    expect(podSpec.volumes.map((v: Json) => v.name)).not.toContainEqual(expect.stringMatching(/^kube-api-access/));
     const registered = operator.lines.filter((l) => l.msg === 'Agent registered').map((l) => l.agentId);
     expect(registered).not.toContain('rogue-0');
     expect(registered).not.toContain('sidestep-0');
