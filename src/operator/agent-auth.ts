@@ -273,20 +273,19 @@ export class KubeAgentAuth implements AgentAuth {
   refused(identity: AgentIdentity | undefined, claim: RegisterClaim | undefined, err: AgentAuthError): void {
     const events = this.o.events;
     if (!events) return;
-    // The pool the agent belongs to (its pod's), else the one it asked for; never a namespace it named at random
-    // unless that pool exists there.
-    const ns = identity?.pod?.namespace ?? claim?.namespace ?? '';
-    const podObj = identity?.pod ? this.o.pod(identity.pod.namespace, identity.pod.name) : undefined;
-    const poolName =
-      podObj?.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'AgentPool')?.name ?? claim?.pool ?? '';
-    if (!ns || !poolName) return;
+    // Only where the owner of the pool is the one who should hear of it: a pod's agent on its own pod's
+    // pool; an agent outside the pods on the pool it named in its own ServiceAccount's namespace. Never
+    // on a pool in a namespace an outsider merely named (that would let anyone write Events there),
+    // and never for an unverified caller.
+    if (!identity) return;
+    const podObj = identity.pod ? this.o.pod(identity.pod.namespace, identity.pod.name) : undefined;
+    const owned = podObj?.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'AgentPool')?.name;
+    const ns = owned ? identity.pod?.namespace : claim?.namespace;
+    const poolName = owned ?? claim?.pool;
+    if (!ns || !poolName || (!owned && ns !== identity.serviceAccountNamespace)) return;
     const pool = this.o.pool(ns, poolName);
     if (!pool) return;
-    const who = identity
-      ? identity.pod
-        ? `pod ${identity.pod.name}`
-        : identity.username
-      : 'an unauthenticated caller';
+    const who = owned ? `pod ${identity.pod?.name}` : identity.username;
     events.record(pool as never, 'Warning', `Agent${err.reason}`, `Refused ${who}: ${err.message}`);
   }
 
