@@ -9,6 +9,7 @@ import { type Logger, silentLogger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS, MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
 import {
   type Claim,
+  type ClaimRefusalReason,
   type Fence,
   type KeptLease,
   LeaseKeeper,
@@ -31,6 +32,14 @@ import {
 import { type Candidate, type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
 import { StateService } from './state-service.ts';
 import { PoolQueue, type QueuedTask } from './task-queue.ts';
+import {
+  allows,
+  nextPhase,
+  type TaskEventName,
+  type TaskPhase,
+  type WireErrorCode,
+  type WireRefusal,
+} from './task-state.ts';
 import { type PoolStats, parseWireTaskId, type TaskEvent, type TaskSpec, taskKey, wireTaskId } from './types.ts';
 
 export interface DispatcherOptions {
@@ -57,14 +66,13 @@ export interface DispatcherOptions {
   maxBatch?: number;
 }
 
-type EntryState = 'queued' | 'claiming' | 'assigned' | 'committing' | 'cancelling';
-
 interface Entry {
   key: string;
   spec: TaskSpec;
   attempt: number;
   cost: number;
-  state: EntryState;
+  /** Changed only by move() (src/dispatcher/task-state.ts holds the table). */
+  readonly phase: TaskPhase;
   agentId?: string;
   claim?: Claim;
   enqueuedAt: number;
@@ -180,7 +188,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         onResync: (entries) => {
           const live = new Set(entries.map((x) => `${x.key}@${x.createRevision}`));
           for (const entry of this.entries.values()) {
-            if (entry.state === 'assigned' && entry.claim && !live.has(`${entry.key}@${entry.claim.token}`)) {
+            if (entry.phase === 'assigned' && entry.claim && !live.has(`${entry.key}@${entry.claim.token}`)) {
               this.onClaimGone(entry.key, entry.claim.token);
             }
           }
@@ -242,7 +250,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const cost = spec.cost ?? 1;
     if (!Number.isInteger(cost) || cost < 1)
       throw new RangeError(`task ${key}: cost must be an integer >= 1, got ${cost}`);
-    const entry: Entry = { key, spec, attempt, cost, state: 'queued', enqueuedAt: performance.now() };
+    const entry: Entry = { key, spec, attempt, cost, phase: 'queued', enqueuedAt: performance.now() };
     this.entries.set(key, entry);
     this.enqueue(entry);
   }
@@ -256,12 +264,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   async cancel(ref: TaskRef, reason: string): Promise<void> {
     const entry = this.entries.get(taskKey(ref));
     if (!entry) return;
-    if (entry.state === 'queued') {
+    if (entry.phase === 'queued') {
       this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry.spec);
       this.entries.delete(entry.key);
       return;
     }
-    if (entry.state === 'assigned') await this.takeBack(entry, reason);
+    if (entry.phase === 'assigned') await this.takeBack(entry, reason);
   }
 
   /** Tells an agent to finish its work and take no more. */
@@ -316,9 +324,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     return q;
   }
 
+  /** The one place an entry's phase changes: the transition table refuses what it does not allow. */
+  private move(entry: Entry, event: TaskEventName): void {
+    (entry as { phase: TaskPhase }).phase = nextPhase(entry.key, entry.phase, event);
+  }
+
+  /** Puts a queued entry in its pool's line (its place fixed at the first enqueue). */
   private enqueue(entry: Entry): void {
+    if (entry.phase !== 'queued') throw new Error(`task ${entry.key}: enqueue in phase ${entry.phase}`);
     entry.seq ??= this.seq++;
-    entry.state = 'queued';
     entry.agentId = undefined;
     entry.claim = undefined;
     this.queueFor(entry.spec.ref.namespace, entry.spec.pool).push({
@@ -373,11 +387,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           }, this.maxBatch - batch.length);
           for (const [t, conn] of chosen) {
             const entry = this.entries.get(taskKey(t.spec.ref));
-            if (!entry || entry.state !== 'queued') {
+            if (!entry || entry.phase !== 'queued') {
               conn.used -= t.cost;
               continue;
             }
-            entry.state = 'claiming';
+            this.move(entry, 'reserve');
             entry.agentId = conn.agentId;
             batch.push({ entry, conn });
           }
@@ -410,14 +424,17 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     } catch (err) {
       for (const { entry, conn } of batch) {
         conn.used -= entry.cost;
-        if (entry.state === 'claiming') this.enqueue(entry);
+        if (entry.phase === 'claiming') {
+          this.move(entry, 'claimRefused');
+          this.enqueue(entry);
+        }
       }
       throw err;
     }
     const now = performance.now();
     batch.forEach(({ entry, conn }, i) => {
       const o = outcomes[i];
-      if (entry.state !== 'claiming') {
+      if (entry.phase !== 'claiming') {
         // Adopted from a re-registering agent while we were claiming it: that attempt runs.
         conn.used -= entry.cost;
         if (o?.ok) void this.claims.release(o.claim, this.fences()).catch(() => undefined);
@@ -425,17 +442,18 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       }
       if (!o?.ok) {
         conn.used -= entry.cost;
-        this.claimRefused(entry, o ? o.error.message : 'no answer');
+        this.claimRefused(entry, o ?? { reason: 'AlreadyClaimed', message: 'no answer' });
         return;
       }
       if (conn.closed || this.entries.get(entry.key) !== entry) {
         // The agent went away while we claimed: give the claim back and queue again.
         conn.used -= entry.cost;
         void this.claims.release(o.claim, this.fences()).catch(() => undefined);
+        this.move(entry, 'claimRefused');
         if (this.entries.get(entry.key) === entry) this.enqueue(entry);
         return;
       }
-      entry.state = 'assigned';
+      this.move(entry, 'claimed');
       entry.claim = o.claim;
       conn.assigned.add(entry.key);
       const timeout = entry.spec.timeoutSeconds;
@@ -460,20 +478,27 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     });
   }
 
-  private claimRefused(entry: Entry, why: string): void {
-    if (why.includes('result is already committed')) {
+  private claimRefused(entry: Entry, refusal: { reason: ClaimRefusalReason; error?: Error; message?: string }): void {
+    this.move(entry, 'claimRefused');
+    if (refusal.reason === 'AlreadyCommitted') {
       // Done before (e.g. committed just before a dispatcher restart): report it, do not run it again.
       this.entries.delete(entry.key);
-      void this.claims.result(entry.spec.ref).then((result) => {
-        if (result) this.emit('task', { type: 'committed', ref: entry.spec.ref, result, agentId: result.agentId });
-      });
+      this.claims.result(entry.spec.ref).then(
+        (result) => {
+          if (result) this.emit('task', { type: 'committed', ref: entry.spec.ref, result, agentId: result.agentId });
+        },
+        (err: Error) => this.log.error('Could not read a committed result to report it', { task: entry.key, err }),
+      );
       return;
     }
     // Someone still holds a claim (an agent of a previous dispatcher): try again once it settles.
-    this.log.debug('Claim refused; retrying later', { task: entry.key, why });
-    entry.state = 'queued';
+    this.log.debug('Claim refused; retrying later', {
+      task: entry.key,
+      reason: refusal.reason,
+      why: refusal.error?.message ?? refusal.message,
+    });
     setTimeout(() => {
-      if (this.entries.get(entry.key) === entry && entry.state === 'queued') this.enqueue(entry);
+      if (this.entries.get(entry.key) === entry && entry.phase === 'queued') this.enqueue(entry);
     }, 1_000);
   }
 
@@ -488,7 +513,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     let conn: AgentConn | undefined;
     let registering = false;
     let over = false;
-    const refuse = (code: string, message: string, taskId = '') => {
+    const refuse = (code: WireErrorCode, message: string, taskId = '') => {
       this.counters.refused++;
       stream.write({ error: { code, message, taskId } });
     };
@@ -617,12 +642,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       stillYours.push(inf);
       const cost = inf.cost > 0 ? inf.cost : 1;
       let entry = this.entries.get(key);
-      if (entry && entry.state === 'queued') {
+      if (entry && entry.phase === 'queued') {
         // The engine handed the task out again (e.g. after a leader change) before its agent came
         // back: the running attempt wins; take the queued copy out of line.
         this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry?.spec);
         entry.attempt = inf.attempt;
-      } else if (entry && entry.state === 'claiming') {
+      } else if (entry && entry.phase === 'claiming') {
         entry.attempt = inf.attempt; // its claim will be refused; the outcome is ignored below
       }
       if (!entry) {
@@ -631,13 +656,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           spec: { ref, pool: grant.pool, handler: '', input: null, cost },
           attempt: inf.attempt,
           cost,
-          state: 'assigned',
+          phase: 'assigned',
           enqueuedAt: performance.now(),
           adopted: true,
         };
         this.entries.set(key, entry);
+      } else if (entry.phase !== 'committing') {
+        // (A commit in flight decides for itself.)
+        this.move(entry, 'adopt');
       }
-      entry.state = 'assigned';
       entry.agentId = grant.agentId;
       entry.claim = claim;
       conn.used += cost;
@@ -645,7 +672,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     }
     // Attempts we assigned that the agent does not know (the Assign was lost with the old stream).
     for (const entry of this.entries.values()) {
-      if (entry.agentId === grant.agentId && entry.state === 'assigned' && !reported.has(entry.key) && entry.claim) {
+      if (entry.agentId === grant.agentId && entry.phase === 'assigned' && !reported.has(entry.key) && entry.claim) {
         void this.requeueLost(entry, 'the agent reconnected without it');
       }
     }
@@ -766,7 +793,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         if (this.conns.has(conn.agentId)) return;
         for (const key of conn.assigned) {
           const entry = this.entries.get(key);
-          if (entry && entry.agentId === conn.agentId && entry.state === 'assigned')
+          if (entry && entry.agentId === conn.agentId && entry.phase === 'assigned')
             void this.requeueLost(entry, 'the agent stayed disconnected');
         }
       }, this.orphanTimeoutMs),
@@ -788,7 +815,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const p = m.progress;
         if (!p) return;
         const entry = this.ownEntry(conn, p.taskId, p.attempt, p.token);
-        if (typeof entry === 'string') {
+        if (isRefusal(entry)) {
           this.wireError(conn, entry, p.taskId);
           return;
         }
@@ -805,7 +832,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const s = m.spawn;
         if (!s) return;
         const entry = this.ownEntry(conn, s.parentTaskId, s.attempt, s.token);
-        if (typeof entry === 'string') {
+        if (isRefusal(entry)) {
           this.wireError(conn, entry, s.parentTaskId);
           return;
         }
@@ -830,12 +857,20 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const mail = m.mail;
         if (!mail) return;
         if (Buffer.byteLength(mail.payloadJson) > MAX_PAYLOAD_BYTES) {
-          this.wireError(conn, `PAYLOAD_TOO_LARGE:mail payload over ${MAX_PAYLOAD_BYTES} bytes`, '');
+          this.wireError(
+            conn,
+            { code: 'PAYLOAD_TOO_LARGE', message: `mail payload over ${MAX_PAYLOAD_BYTES} bytes` },
+            '',
+          );
           return;
         }
         const to = this.conns.get(mail.toAgent);
         if (!to || to.namespace !== conn.namespace) {
-          this.wireError(conn, `INVALID:agent "${mail.toAgent}" is not connected in namespace ${conn.namespace}`, '');
+          this.wireError(
+            conn,
+            { code: 'INVALID', message: `agent "${mail.toAgent}" is not connected in namespace ${conn.namespace}` },
+            '',
+          );
           return;
         }
         to.send({
@@ -883,56 +918,69 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     q: { id: number | string; taskId: string; attempt: number; token: number },
   ): TaskRef | undefined {
     const entry = this.ownEntry(conn, q.taskId, q.attempt, q.token);
-    if (typeof entry !== 'string') return entry.spec.ref;
-    const [code, message] = splitRefusal(entry);
-    const answer = { id: String(q.id), errorCode: 'PERMISSION_DENIED', errorMessage: `${code}: ${message}` };
+    if (!isRefusal(entry)) return entry.spec.ref;
+    const answer = {
+      id: String(q.id),
+      errorCode: 'PERMISSION_DENIED',
+      errorMessage: `${entry.code}: ${entry.message}`,
+    };
     conn.send(kind === 'state' ? { state: answer } : { lock: answer });
     return undefined;
   }
 
   /** The entry this agent may speak about, or "CODE:message" why not. */
-  private ownEntry(conn: AgentConn, taskId: string, attempt: number, token: number): Entry | string {
+  private ownEntry(conn: AgentConn, taskId: string, attempt: number, token: number): Entry | WireRefusal {
     const ref = parseWireTaskId(conn.namespace, taskId);
-    if (!ref) return `INVALID:task id "${taskId}" is not workflow/task`;
+    if (!ref) return { code: 'INVALID', message: `task id "${taskId}" is not workflow/task` };
     const entry = this.entries.get(taskKey(ref));
-    if (!entry || entry.agentId !== conn.agentId || entry.state === 'queued')
-      return `UNKNOWN_TASK:this agent holds no claim on ${taskId}`;
+    if (!entry || entry.agentId !== conn.agentId || entry.phase === 'queued')
+      return { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${taskId}` };
     if (entry.spec.pool !== conn.pool)
-      return `WRONG_POOL:${taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}`;
+      return { code: 'WRONG_POOL', message: `${taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}` };
     if (entry.attempt !== attempt || entry.claim?.token !== token) {
-      return `STALE_ATTEMPT:${taskId} is at attempt ${entry.attempt} (token ${entry.claim?.token}), not ${attempt} (token ${token})`;
+      return {
+        code: 'STALE_ATTEMPT',
+        message: `${taskId} is at attempt ${entry.attempt} (token ${entry.claim?.token}), not ${attempt} (token ${token})`,
+      };
     }
     return entry;
   }
 
-  private wireError(conn: AgentConn, codeAndMessage: string, taskId: string): void {
-    const i = codeAndMessage.indexOf(':');
+  private wireError(conn: AgentConn, refusal: WireRefusal, taskId: string): void {
     this.counters.refused++;
-    conn.send({ error: { code: codeAndMessage.slice(0, i), message: codeAndMessage.slice(i + 1), taskId } });
+    conn.send({ error: { code: refusal.code, message: refusal.message, taskId } });
   }
 
   private onResult(conn: AgentConn, r: Result__Output): void {
     const ref = parseWireTaskId(conn.namespace, r.taskId);
     if (!ref) {
-      this.wireError(conn, `INVALID:task id "${r.taskId}" is not workflow/task`, r.taskId);
+      this.wireError(conn, { code: 'INVALID', message: `task id "${r.taskId}" is not workflow/task` }, r.taskId);
       return;
     }
     let result: PendingCommit['result'];
     if (r.outcome === 'outputJson') {
       if (Buffer.byteLength(r.outputJson ?? '') > MAX_PAYLOAD_BYTES) {
-        this.wireError(conn, `PAYLOAD_TOO_LARGE:output of ${r.taskId} is over ${MAX_PAYLOAD_BYTES} bytes`, r.taskId);
+        this.wireError(
+          conn,
+          { code: 'PAYLOAD_TOO_LARGE', message: `output of ${r.taskId} is over ${MAX_PAYLOAD_BYTES} bytes` },
+          r.taskId,
+        );
         return;
       }
       try {
         result = { ok: true, output: JSON.parse(r.outputJson || 'null') };
       } catch {
-        this.wireError(conn, `INVALID:outputJson of ${r.taskId} is not JSON`, r.taskId);
+        this.wireError(conn, { code: 'INVALID', message: `outputJson of ${r.taskId} is not JSON` }, r.taskId);
         return;
       }
     } else if (r.outcome === 'error' && r.error) {
       result = { ok: false, error: { message: r.error.message.slice(0, 4096), retryable: r.error.retryable } };
     } else {
-      this.wireError(conn, `INVALID:Result for ${r.taskId} has neither outputJson nor error`, r.taskId);
+      this.wireError(
+        conn,
+        { code: 'INVALID', message: `Result for ${r.taskId} has neither outputJson nor error` },
+        r.taskId,
+      );
       return;
     }
     const late = `${r.taskId}@${r.attempt}`;
@@ -947,16 +995,20 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const key = taskKey(ref);
     const entry = this.entries.get(key);
     if (entry && entry.spec.pool !== conn.pool && !entry.adopted) {
-      this.wireError(conn, `WRONG_POOL:${r.taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}`, r.taskId);
+      this.wireError(
+        conn,
+        { code: 'WRONG_POOL', message: `${r.taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}` },
+        r.taskId,
+      );
       return;
     }
     if (entry && entry.agentId === conn.agentId) {
-      if (entry.state === 'committing') return; // a re-send while the commit is in flight
-      if (entry.attempt !== r.attempt || entry.claim?.token !== r.token || entry.state !== 'assigned') {
+      if (entry.phase === 'committing') return; // a re-send while the commit is in flight
+      if (entry.attempt !== r.attempt || entry.claim?.token !== r.token || entry.phase !== 'assigned') {
         this.ack(conn, r, 'SUPERSEDED', 'the attempt was cancelled or replaced');
         return;
       }
-      entry.state = 'committing';
+      this.move(entry, 'resultReceived');
       this.enqueueCommit({ ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
       return;
     }
@@ -976,7 +1028,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         this.ack(conn, r, 'SUPERSEDED', 'the attempt no longer holds the claim');
         return;
       }
-      this.wireError(conn, `UNKNOWN_TASK:this agent holds no claim on ${r.taskId}`, r.taskId);
+      this.wireError(conn, { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${r.taskId}` }, r.taskId);
     });
   }
 
@@ -1038,7 +1090,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
               'SUPERSEDED',
               o ? o.error.message : 'not committed',
             );
-            if (entry && entry.state === 'committing') this.settle(entry, c.conn);
+            if (entry && entry.phase === 'committing') this.settle(entry, c.conn);
           }
         });
       }
@@ -1053,6 +1105,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   /** The attempt is over: free its slot and forget it. */
   private settle(entry: Entry, conn?: AgentConn): void {
+    if (allows(entry.phase, 'settle')) this.move(entry, 'settle');
+    else if (entry.phase !== 'settled') {
+      // Refused, not applied: a settle from the wrong phase is a bug worth seeing, not a crash mid-batch.
+      this.log.error('Refused an illegal task transition', { task: entry.key, phase: entry.phase, event: 'settle' });
+      return;
+    }
     if (entry.timer) clearTimeout(entry.timer);
     const agent = conn ?? (entry.agentId ? this.conns.get(entry.agentId) : undefined);
     if (agent?.assigned.delete(entry.key)) agent.used -= entry.cost;
@@ -1066,7 +1124,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private onClaimGone(key: string, createRevision: number): void {
     const entry = this.entries.get(key);
     if (!entry) return;
-    if (entry.state !== 'assigned' || entry.claim?.token !== createRevision) return;
+    if (entry.phase !== 'assigned' || entry.claim?.token !== createRevision) return;
     const agentId = entry.agentId ?? '';
     if (entry.adopted) {
       this.settle(entry);
@@ -1085,6 +1143,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       agentId,
       reason: 'the agent lease expired',
     });
+    this.move(entry, 'lost');
     entry.attempt++;
     entry.enqueuedAt = performance.now();
     this.enqueue(entry);
@@ -1100,7 +1159,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const agent = entry.agentId ? this.conns.get(entry.agentId) : undefined;
     if (entry.timer) clearTimeout(entry.timer);
     if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
-    entry.state = 'cancelling';
+    this.move(entry, 'takeBack');
     if (agent?.assigned.delete(entry.key)) {
       const id = wireTaskId(entry.spec.ref);
       agent.cancelling.set(`${id}@${entry.attempt}`, entry.cost);
@@ -1125,7 +1184,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       spec: entry.spec,
       attempt: attempt + 1,
       cost: entry.cost,
-      state: 'queued',
+      phase: 'queued',
       enqueuedAt: performance.now(),
       ...(entry.seq !== undefined && { seq: entry.seq }),
     };
@@ -1136,7 +1195,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   private async onDeadline(entry: Entry): Promise<void> {
-    if (entry.state !== 'assigned' || this.entries.get(entry.key) !== entry) return;
+    if (entry.phase !== 'assigned' || this.entries.get(entry.key) !== entry) return;
     this.counters.timedOut++;
     const agentId = entry.agentId ?? '';
     await this.takeBack(entry, `deadline of ${entry.spec.timeoutSeconds}s exceeded`);
@@ -1160,9 +1219,8 @@ function claimOf(r: Register__Output): RegisterClaim {
   return { namespace: r.namespace, pool: r.pool, agentId: r.agentId, capacity: r.capacity, handlers: r.handlers };
 }
 
-function splitRefusal(codeAndMessage: string): [string, string] {
-  const i = codeAndMessage.indexOf(':');
-  return [codeAndMessage.slice(0, i), codeAndMessage.slice(i + 1)];
+function isRefusal(v: Entry | WireRefusal): v is WireRefusal {
+  return !('spec' in v);
 }
 
 class PayloadError extends Error {

@@ -64,7 +64,27 @@ export function commitGroupSize(fences: number): number {
 
 export const COMMIT_GROUP = commitGroupSize(1);
 
-export type CommitOutcome = { ok: true; revision: number } | { ok: false; error: FencedError };
+/** Why a claim or a commit was refused: one value per cause, for callers that must tell them apart. */
+export type ClaimRefusalReason =
+  /** The caller's own fence (the leader's key) no longer holds. */
+  | 'Fenced'
+  /** The task already has a committed result. */
+  | 'AlreadyCommitted'
+  /** The attempt's claim is gone (lease expired, released). */
+  | 'ClaimGone'
+  /** Another attempt holds the claim now. */
+  | 'Superseded'
+  /** Someone else holds a claim (claiming). */
+  | 'AlreadyClaimed';
+
+export interface ClaimRefusal {
+  ok: false;
+  error: FencedError;
+  reason: ClaimRefusalReason;
+}
+
+export type CommitOutcome = { ok: true; revision: number } | ClaimRefusal;
+export type ClaimOutcome = { ok: true; claim: Claim } | ClaimRefusal;
 
 /**
  * Task claims and results. A result is committed only by a transaction that
@@ -124,8 +144,8 @@ export class TaskClaims {
   async claimMany(
     items: { ref: TaskRef; attempt: number; agentId: string; leaseId: string }[],
     fences: Fence[] = [],
-  ): Promise<({ ok: true; claim: Claim } | { ok: false; error: FencedError })[]> {
-    const out: ({ ok: true; claim: Claim } | { ok: false; error: FencedError })[] = [];
+  ): Promise<ClaimOutcome[]> {
+    const out: ClaimOutcome[] = [];
     const size = commitGroupSize(fences.length);
     for (let i = 0; i < items.length; i += size) {
       const group = items.slice(i, i + size);
@@ -151,7 +171,7 @@ export class TaskClaims {
       const fenced = await fenceError(this.store, fences);
       for (const it of group) {
         if (fenced) {
-          out.push({ ok: false, error: fenced });
+          out.push({ ok: false, error: fenced, reason: 'Fenced' });
           continue;
         }
         const single = await this.store
@@ -171,7 +191,7 @@ export class TaskClaims {
             claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token: Number(single.header.revision) },
           });
         } else {
-          out.push({ ok: false, error: await this.explain(it.ref, undefined) });
+          out.push({ ok: false, ...(await this.explain(it.ref, undefined)) });
         }
       }
     }
@@ -251,11 +271,11 @@ export class TaskClaims {
       const fenced = await fenceError(this.store, fences);
       for (const item of group) {
         if (fenced) {
-          out.push({ ok: false, error: fenced });
+          out.push({ ok: false, error: fenced, reason: 'Fenced' });
           continue;
         }
         if (group.length === 1) {
-          out.push({ ok: false, error: await this.explain(item.claim.ref, item.claim) });
+          out.push({ ok: false, ...(await this.explain(item.claim.ref, item.claim)) });
           continue;
         }
         const [single] = await this.commitMany([item], fences);
@@ -266,27 +286,31 @@ export class TaskClaims {
   }
 
   /** Why a claim or commit was refused, in words an operator can act on. */
-  private async explain(ref: TaskRef, mine: Claim | undefined): Promise<FencedError> {
+  private async explain(
+    ref: TaskRef,
+    mine: Claim | undefined,
+  ): Promise<{ error: FencedError; reason: ClaimRefusalReason }> {
     const key = this.claimKey(ref);
     const result = await this.result(ref);
+    const refuse = (reason: ClaimRefusalReason, message: string) => ({ error: new FencedError(key, message), reason });
     if (result) {
-      return new FencedError(
-        key,
+      return refuse(
+        'AlreadyCommitted',
         `a result is already committed (attempt ${result.attempt} by agent ${result.agentId})`,
       );
     }
     const now = await this.current(ref);
     if (!now)
-      return new FencedError(
-        key,
+      return refuse(
+        'ClaimGone',
         `attempt ${mine?.attempt ?? '?'} no longer holds the claim (its lease expired or it was released)`,
       );
     if (mine) {
-      return new FencedError(
-        key,
+      return refuse(
+        'Superseded',
         `superseded: attempt ${mine.attempt} lost the claim to attempt ${now.attempt} of agent ${now.agentId}`,
       );
     }
-    return new FencedError(key, `already claimed by attempt ${now.attempt} of agent ${now.agentId}`);
+    return refuse('AlreadyClaimed', `already claimed by attempt ${now.attempt} of agent ${now.agentId}`);
   }
 }

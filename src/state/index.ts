@@ -12,6 +12,9 @@ export {
 } from './audit.ts';
 export {
   type Claim,
+  type ClaimOutcome,
+  type ClaimRefusal,
+  type ClaimRefusalReason,
   COMMIT_GROUP,
   type CommitOutcome,
   commitGroupSize,

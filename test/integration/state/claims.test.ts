@@ -71,6 +71,31 @@ describe('task claims', () => {
     await session.close();
   });
 
+  it('says why a batched claim is refused as a typed reason the dispatcher acts on', async () => {
+    const store = open();
+    const claims = new TaskClaims(store);
+    const session = await store.session(10);
+    const done = await claims.claim(ref('typed-done'), 1, 'agent-a', session);
+    await claims.commit(done, { ok: true });
+    await claims.claim(ref('typed-held'), 1, 'agent-a', session);
+    const out = await claims.claimMany(
+      ['typed-done', 'typed-held', 'typed-free'].map((t) => ({
+        ref: ref(t),
+        attempt: 2,
+        agentId: 'agent-b',
+        leaseId: session.id,
+      })),
+    );
+    expect(out.map((o) => (o.ok ? 'ok' : o.reason))).toEqual(['AlreadyCommitted', 'AlreadyClaimed', 'ok']);
+    // A fence that no longer holds refuses everything in the batch with its own reason.
+    const fenced = await claims.claimMany(
+      [{ ref: ref('typed-other'), attempt: 1, agentId: 'a', leaseId: session.id }],
+      [{ key: store.key('no-such-leader'), createRevision: 1 }],
+    );
+    expect(fenced.map((o) => (o.ok ? 'ok' : o.reason))).toEqual(['Fenced']);
+    await session.close();
+  });
+
   it('refuses the commit of an attempt whose claim was released and re-claimed', async () => {
     const store = open();
     const claims = new TaskClaims(store);
