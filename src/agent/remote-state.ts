@@ -6,9 +6,9 @@ import type { StateResponse__Output } from '../gen/agentflow/v1/StateResponse.ts
 import type { WatchEvent__Output } from '../gen/agentflow/v1/WatchEvent.ts';
 import { ConflictError, FencedError, StateError } from '../state/errors.ts';
 import type { Held } from '../state/lock.ts';
-import type { JsonValue, Versioned } from '../state/shared-state.ts';
-import { encodeStateValue as encode } from '../state/shared-state.ts';
+import type { Versioned } from '../state/shared-state.ts';
 import type { Fence } from '../state/store.ts';
+import { encodeStateValue as encode, type JsonValue } from '../state/values.ts';
 import type { ChangeEvent } from '../state/watch.ts';
 import type { Attempt } from './attempt.ts';
 import type { Connection } from './connection.ts';

@@ -6,7 +6,6 @@ import type { Logger } from '../lib/log.ts';
 import { type Registry, registerProcessMetrics } from '../lib/metrics.ts';
 import { startOpsServer } from '../lib/ops-server.ts';
 import { type Fence, StateStore } from '../state/index.ts';
-import { WorkflowController } from '../workflow/controller.ts';
 import { WorkflowEngine } from '../workflow/engine.ts';
 import { KubeAgentAuth } from './agent-auth.ts';
 import { DispatcherTls, TlsMaterialError } from './dispatcher-tls.ts';
@@ -17,6 +16,7 @@ import { Informer } from './kube/informer.ts';
 import { LeaderElector } from './leader.ts';
 import { type AgentDirectory, PoolController } from './pool/controller.ts';
 import type { AgentEndpoints } from './pool/pods.ts';
+import { WorkflowController } from './workflow/controller.ts';
 
 export interface OperatorConfig {
   kubeConfig: KubeConfig;

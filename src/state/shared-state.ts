@@ -1,9 +1,11 @@
 import { ConflictError, FencedError, StateDecodeError } from './errors.ts';
+import { encodeStateValue, type JsonValue, MAX_VALUE_BYTES } from './values.ts';
+
+export { encodeStateValue, type JsonValue, MAX_VALUE_BYTES };
+
 import { fenceError } from './fence.ts';
 import type { Fence, StateStore } from './store.ts';
 import { type ChangeEvent, ResumableWatch } from './watch.ts';
-
-export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: string]: JsonValue };
 
 /** Whose state: one workflow's, one pool's, or a whole namespace's. */
 export type Scope =
@@ -25,20 +27,7 @@ export interface WriteOptions {
   fences?: Fence[];
 }
 
-/** etcd refuses requests over 1.5 MiB by default; a clear error beats its gRPC one. */
-export const MAX_VALUE_BYTES = 1024 * 1024;
 const KEY_PATTERN = /^[A-Za-z0-9._:-]+(\/[A-Za-z0-9._:-]+)*$/;
-
-/** A shared-state value as stored: JSON of at most MAX_VALUE_BYTES (the one rule agents and the operator share). */
-export function encodeStateValue(key: string, value: JsonValue): string {
-  const text = JSON.stringify(value);
-  if (text === undefined) throw new TypeError(`value for "${key}" is not JSON-serialisable`);
-  const bytes = Buffer.byteLength(text);
-  if (bytes > MAX_VALUE_BYTES) {
-    throw new RangeError(`value for "${key}" is ${bytes} bytes of JSON; the limit is ${MAX_VALUE_BYTES}`);
-  }
-  return text;
-}
 
 /**
  * Shared state for agents, scoped per workflow, pool or namespace: get, put,

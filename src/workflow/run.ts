@@ -1,6 +1,6 @@
 import type { WorkflowSpec, WorkflowStatus, WorkflowTask } from '../api/workflow.ts';
 import type { TaskEvent, TaskSpec } from '../dispatcher/types.ts';
-import { rfc3339 } from '../operator/kube/conditions.ts';
+import { rfc3339 } from '../lib/time.ts';
 import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
 import { type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
 

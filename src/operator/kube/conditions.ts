@@ -1,7 +1,6 @@
-/** metav1.Time's format: RFC 3339 in UTC with whole seconds. */
-export function rfc3339(at: Date | number = new Date()): string {
-  return new Date(at).toISOString().replace(/\.\d+Z$/, 'Z');
-}
+import { rfc3339 } from '../../lib/time.ts';
+
+export { rfc3339 };
 
 /** A metav1.Condition. */
 export interface Condition {

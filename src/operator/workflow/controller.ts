@@ -1,14 +1,14 @@
-import type { AgentPool } from '../api/agentpool.ts';
-import { formatProblem, validateWorkflowSpec } from '../api/validate.ts';
-import type { Workflow, WorkflowStatus } from '../api/workflow.ts';
-import type { Logger } from '../lib/log.ts';
-import { isNotFound, type KubeClient, resourcePath, WORKFLOWS } from '../operator/kube/client.ts';
-import { type Condition, setCondition } from '../operator/kube/conditions.ts';
-import { Controller, type ControllerObserver, type ReconcileResult } from '../operator/kube/controller.ts';
-import type { EventRecorder } from '../operator/kube/events.ts';
-import { type Informer, objectKey } from '../operator/kube/informer.ts';
-import type { WorkflowEngine } from './engine.ts';
-import type { WorkflowRun } from './run.ts';
+import type { AgentPool } from '../../api/agentpool.ts';
+import { formatProblem, validateWorkflowSpec } from '../../api/validate.ts';
+import type { Workflow, WorkflowStatus } from '../../api/workflow.ts';
+import type { Logger } from '../../lib/log.ts';
+import type { WorkflowEngine } from '../../workflow/engine.ts';
+import type { WorkflowRun } from '../../workflow/run.ts';
+import { isNotFound, type KubeClient, resourcePath, WORKFLOWS } from '../kube/client.ts';
+import { type Condition, setCondition } from '../kube/conditions.ts';
+import { Controller, type ControllerObserver, type ReconcileResult } from '../kube/controller.ts';
+import type { EventRecorder } from '../kube/events.ts';
+import { type Informer, objectKey } from '../kube/informer.ts';
 
 export const WORKFLOW_FINALIZER = 'agentflow.io/workflow-cleanup';
 export const CANCEL_ANNOTATION = 'agentflow.io/cancel';
