@@ -10,6 +10,8 @@ import { agentflowProto, KEEPALIVE_OPTIONS, MAX_PAYLOAD_BYTES } from '../lib/pro
 import {
   type Claim,
   type ClaimRefusalReason,
+  COMMIT_GROUP,
+  type CommitOutcome,
   type Fence,
   type KeptLease,
   LeaseKeeper,
@@ -29,6 +31,7 @@ import {
   type Grant,
   type RegisterClaim,
 } from './auth.ts';
+import { GroupCommitter } from './group-committer.ts';
 import { type Candidate, type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
 import { StateService } from './state-service.ts';
 import { PoolQueue, type QueuedTask } from './task-queue.ts';
@@ -122,10 +125,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private readonly queues = new Map<string, PoolQueue>();
   private readonly entries = new Map<string, Entry>();
   private readonly orphanTimers = new Map<string, NodeJS.Timeout>();
-  private commitQueue: PendingCommit[] = [];
+  private readonly committer: GroupCommitter<PendingCommit, CommitOutcome>;
   private dispatching = false;
   private dispatchAgain = false;
-  private committing = false;
   private seq = 0;
   private stopped = false;
   readonly counters = {
@@ -168,6 +170,19 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     });
     this.membership = new Membership(opts.store);
     this.stateService = new StateService(opts.store, this.fences, this.log);
+    this.committer = new GroupCommitter<PendingCommit, CommitOutcome>({
+      commit: async (batch) => {
+        const out = await this.claims.commitMany(
+          batch.map((c) => ({ claim: c.claim, result: c.result })),
+          this.fences(),
+        );
+        this.counters.commitTxns += Math.ceil(batch.length / COMMIT_GROUP);
+        return out;
+      },
+      settled: (c, o) => this.committed(c, o),
+      maxBatch: this.maxBatch,
+      logger: this.log,
+    });
   }
 
   /** TTL of agents' leases, in seconds. */
@@ -216,6 +231,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   /** Stop taking work, end the streams, shut the server down (force after graceMs). */
   async stop(graceMs = 5_000): Promise<void> {
     this.stopped = true;
+    this.committer.stop();
     if (this.sweeper) clearInterval(this.sweeper);
     for (const t of this.orphanTimers.values()) clearTimeout(t);
     for (const e of this.entries.values()) if (e.timer) clearTimeout(e.timer);
@@ -1009,13 +1025,13 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         return;
       }
       this.move(entry, 'resultReceived');
-      this.enqueueCommit({ ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
+      this.committer.add({ ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
       return;
     }
     // Not ours in memory (e.g. we restarted): the claim in etcd decides.
     void this.claims.current(ref).then(async (claim) => {
       if (claim && claim.token === r.token && claim.attempt === r.attempt && claim.agentId === conn.agentId) {
-        this.enqueueCommit({ ref, claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
+        this.committer.add({ ref, claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
         return;
       }
       const done = await this.claims.result(ref);
@@ -1042,65 +1058,30 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     conn.send({ ack: { taskId: r.taskId, attempt: r.attempt, status, message } });
   }
 
-  private enqueueCommit(c: PendingCommit): void {
-    this.commitQueue.push(c);
-    if (!this.committing) {
-      this.committing = true;
-      setImmediate(() => void this.commitLoop());
+  /** What a group commit's outcome means for the attempt, its agent and the engine. */
+  private committed(c: PendingCommit, o: CommitOutcome | undefined): void {
+    const entry = this.entries.get(taskKey(c.ref));
+    if (o?.ok) {
+      this.counters.committed++;
+      this.ack(c.conn, { taskId: c.wireTaskId, attempt: c.wireAttempt }, 'COMMITTED', '');
+      if (entry) this.settle(entry, c.conn);
+      const result: TaskResult = {
+        ...c.result,
+        attempt: c.claim.attempt,
+        agentId: c.claim.agentId,
+        token: c.claim.token,
+        committedAt: new Date().toISOString(),
+      };
+      this.emit('task', { type: 'committed', ref: c.ref, result, agentId: c.conn.agentId });
+      return;
     }
-  }
-
-  /** Group commit: every result that arrived while the previous transaction ran goes into the next. */
-  private async commitLoop(): Promise<void> {
-    try {
-      while (this.commitQueue.length > 0 && !this.stopped) {
-        const batch = this.commitQueue.splice(0, this.maxBatch);
-        let outcomes: Awaited<ReturnType<TaskClaims['commitMany']>>;
-        try {
-          outcomes = await this.claims.commitMany(
-            batch.map((c) => ({ claim: c.claim, result: c.result })),
-            this.fences(),
-          );
-          this.counters.commitTxns += Math.ceil(batch.length / 63);
-        } catch (err) {
-          this.log.error('Committing results failed; retrying', { err, results: batch.length });
-          this.commitQueue.unshift(...batch);
-          await new Promise((r) => setTimeout(r, 500));
-          continue;
-        }
-        batch.forEach((c, i) => {
-          const o = outcomes[i];
-          const entry = this.entries.get(taskKey(c.ref));
-          if (o?.ok) {
-            this.counters.committed++;
-            this.ack(c.conn, { taskId: c.wireTaskId, attempt: c.wireAttempt }, 'COMMITTED', '');
-            if (entry) this.settle(entry, c.conn);
-            const result: TaskResult = {
-              ...c.result,
-              attempt: c.claim.attempt,
-              agentId: c.claim.agentId,
-              token: c.claim.token,
-              committedAt: new Date().toISOString(),
-            };
-            this.emit('task', { type: 'committed', ref: c.ref, result, agentId: c.conn.agentId });
-          } else {
-            this.ack(
-              c.conn,
-              { taskId: c.wireTaskId, attempt: c.wireAttempt },
-              'SUPERSEDED',
-              o ? o.error.message : 'not committed',
-            );
-            if (entry && entry.phase === 'committing') this.settle(entry, c.conn);
-          }
-        });
-      }
-    } finally {
-      this.committing = false;
-      if (this.commitQueue.length > 0 && !this.stopped) {
-        this.committing = true;
-        setImmediate(() => void this.commitLoop());
-      }
-    }
+    this.ack(
+      c.conn,
+      { taskId: c.wireTaskId, attempt: c.wireAttempt },
+      'SUPERSEDED',
+      o ? o.error.message : 'not committed',
+    );
+    if (entry && entry.phase === 'committing') this.settle(entry, c.conn);
   }
 
   /** The attempt is over: free its slot and forget it. */
