@@ -130,6 +130,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private dispatchAgain = false;
   private seq = 0;
   private stopped = false;
+  /** Set once a leadership fence failed (see depose). */
+  private deposed = false;
   readonly counters = {
     assigned: 0,
     committed: 0,
@@ -496,6 +498,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   private claimRefused(entry: Entry, refusal: { reason: ClaimRefusalReason; error?: Error; message?: string }): void {
     this.move(entry, 'claimRefused');
+    if (refusal.reason === 'Fenced') {
+      this.depose(refusal.error?.message ?? 'the leadership fence no longer holds');
+      return;
+    }
     if (refusal.reason === 'AlreadyCommitted') {
       // Done before (e.g. committed just before a dispatcher restart): report it, do not run it again.
       this.entries.delete(entry.key);
@@ -545,6 +551,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         Object.assign(new Error(err.message), { code: GRPC_CODE[err.status], details: err.message }),
       );
     };
+    if (this.deposed) {
+      const details = 'this dispatcher is no longer the leader; reconnect to the new leader';
+      stream.emit('error', Object.assign(new Error(details), { code: GRPC_CODE.UNAVAILABLE, details }));
+      return;
+    }
     // Authenticate before reading anything the agent says.
     const token = bearerToken(stream.metadata.get('authorization'));
     const identity: Promise<AgentIdentity | undefined> = token
@@ -1060,6 +1071,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   /** What a group commit's outcome means for the attempt, its agent and the engine. */
   private committed(c: PendingCommit, o: CommitOutcome | undefined): void {
+    if (o && !o.ok && o.reason === 'Fenced') {
+      // Our leadership is gone, not the attempt's claim: the agent must keep the result for the next leader.
+      this.depose(o.error.message);
+      return;
+    }
+    if (this.deposed) return;
     const entry = this.entries.get(taskKey(c.ref));
     if (o?.ok) {
       this.counters.committed++;
@@ -1100,6 +1117,26 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   // ---- failures ----
+
+  /**
+   * The leadership fence failed: another leader may be running. Acknowledge nothing more, dispatch
+   * nothing more, and end every stream UNAVAILABLE so agents take their unacknowledged results and
+   * running attempts to the new leader (which adopts their leases). The operator stops this process
+   * when it sees its lease lost; until then this dispatcher is inert.
+   */
+  private depose(why: string): void {
+    if (this.deposed) return;
+    this.deposed = true;
+    this.stopped = true;
+    this.committer.stop();
+    this.log.error('Leadership fence failed; closing every agent stream so agents go to the new leader', {
+      why,
+      agents: this.conns.size,
+    });
+    for (const c of this.conns.values()) {
+      c.closeWith('UNAVAILABLE', 'this dispatcher is no longer the leader; reconnect to the new leader');
+    }
+  }
 
   /** A claim vanished: ours to re-queue if we did not delete it ourselves. */
   private onClaimGone(key: string, createRevision: number): void {
