@@ -106,9 +106,22 @@ export class AgentConn {
     });
   }
 
+  private readonly closeListeners: (() => void)[] = [];
+
+  /** Runs once the connection is closed (by either side). */
+  onClose(listener: () => void): void {
+    if (this.closed) listener();
+    else this.closeListeners.push(listener);
+  }
+
+  private closing(): void {
+    for (const l of this.closeListeners.splice(0)) l();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.closing();
     this.outbound.length = 0;
     try {
       this.stream.end();
@@ -121,6 +134,7 @@ export class AgentConn {
   closeWith(code: keyof typeof GrpcStatus, details: string): void {
     if (this.closed) return;
     this.closed = true;
+    this.closing();
     this.outbound.length = 0;
     this.stream.emit('error', Object.assign(new Error(details), { code: GrpcStatus[code], details }));
   }

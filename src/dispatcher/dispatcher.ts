@@ -651,6 +651,16 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       this.log.with({ agentId: grant.agentId, pool: grant.pool, namespace: grant.namespace }),
     );
     this.watchCredentials(conn);
+    // etcd dropped the lease (it expired while etcd was unreachable, or was revoked): claims for this
+    // agent would fail from now on. End the stream; the agent registers again and gets a new lease.
+    const onLeaseLost = () => {
+      if (conn.closed || this.conns.get(conn.agentId) !== conn) return;
+      conn.log.warn('Agent lease lost while connected; closing the stream so the agent gets a new one');
+      conn.closeWith('UNAVAILABLE', "the agent's lease expired; register again");
+      this.onDisconnect(conn);
+    };
+    lease.once('lost', onLeaseLost);
+    conn.onClose(() => lease.off('lost', onLeaseLost));
     const orphan = this.orphanTimers.get(grant.agentId);
     if (orphan) {
       clearTimeout(orphan);

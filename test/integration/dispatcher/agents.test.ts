@@ -141,6 +141,24 @@ describe('dispatcher with real agents', () => {
       for (let i = 1; i < o.tokens.length; i++) expect(o.tokens[i]).toBeGreaterThan(o.tokens[i - 1] as number);
   }, 120_000);
 
+  it('an agent whose lease etcd dropped (as after an etcd outage longer than the TTL) gets a new one and works on', async () => {
+    const prefix = `/test-agents-lease-${Date.now()}`;
+    const { store, dispatcher, events } = await setup(prefix);
+    const c = await agent(dispatcher.port, prefix, 'v1', 2, 50);
+    await c.next('connected');
+    await until('1 agent', () => dispatcher.agents().length === 1);
+    const before = (await store.list(`${store.prefix}/members/`)).entries.find((e) => e.key.endsWith('/agents.v1'));
+    expect(before).toBeDefined();
+    // What etcd does when a lease expires: everything bound to it goes.
+    await store.client.leaseClient.leaseRevoke({ ID: before?.lease ?? '0' });
+    await c.next('connected', TTL * 1000 + 10_000); // re-registered
+    const after = (await store.list(`${store.prefix}/members/`)).entries.find((e) => e.key.endsWith('/agents.v1'));
+    expect(after?.lease).toBeDefined();
+    expect(after?.lease).not.toBe(before?.lease);
+    dispatcher.submit({ ref: ref('after-outage'), pool: 'pool', handler: 'work', input: null });
+    await until('the task after the lost lease', () => committed(events).some((e) => e.ref.task === 'after-outage'));
+  });
+
   it('kill -9 of an agent mid-task: the task runs again on another agent after the lease TTL, one result committed', async () => {
     const prefix = `/test-agents-kill-${Date.now()}`;
     const { store, dispatcher, events } = await setup(prefix);
