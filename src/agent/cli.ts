@@ -2,6 +2,7 @@
 // SIGINT; after the dispatcher's Drain it waits for SIGTERM), 1 when the agent cannot start, 2 for bad
 // configuration or usage.
 import { parseArgs } from 'node:util';
+import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger } from '../lib/log.ts';
 import { loadAgentConfig } from './config.ts';
 import { AgentConfigError } from './errors.ts';
@@ -52,6 +53,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   const log = createLogger({ component: 'agentflow-agent' });
+  installFatalHandlers(log);
   let agent: ReturnType<typeof createAgent>;
   try {
     const env = handlers !== undefined ? { ...process.env, AGENTFLOW_HANDLERS_MODULE: handlers } : process.env;

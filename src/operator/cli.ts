@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
+import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger, type Level } from '../lib/log.ts';
 import { Registry } from '../lib/metrics.ts';
 import { Operator, type OperatorConfig } from './operator.ts';
@@ -271,6 +272,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const logger = createLogger({ component: 'operator', identity: cfg.identity }, { level: cfg.logLevel });
+  installFatalHandlers(logger);
   const operator = new Operator({ ...cfg, logger, registry: new Registry() });
   let signals = 0;
   const onSignal = () => {
