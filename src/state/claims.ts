@@ -133,7 +133,7 @@ export class TaskClaims {
       .then(this.store.client.put(key).value(JSON.stringify({ attempt, agentId })).lease(session.id))
       .commit();
     if (res.succeeded) return { ref, attempt, agentId, token: Number(res.header.revision) };
-    throw (await fenceError(this.store, fences)) ?? (await this.explain(ref, undefined));
+    throw (await fenceError(this.store, fences)) ?? (await this.explain(ref, undefined)).error;
   }
 
   /**
