@@ -228,10 +228,10 @@ export class Agent extends EventEmitter<AgentEvents> {
       // A second signal means "now": whoever sends it has run out of patience.
       if (this.signalCount === 1) {
         this.log.info('Signal received; draining');
-        void this.drain();
+        this.drain().catch((err: Error) => this.log.error('Drain failed', { error: err }));
       } else {
         this.log.warn('Second signal received; stopping now');
-        void this.stop();
+        this.stop().catch((err: Error) => this.log.error('Stop failed', { error: err }));
       }
     };
     process.on('SIGTERM', this.signalHandler);
@@ -511,7 +511,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       case 'drain': {
         const seconds = m.drain?.timeoutSeconds ?? 0;
         this.log.info('Dispatcher asked the agent to drain', { timeoutSeconds: seconds });
-        void this.drain(seconds > 0 ? seconds * 1000 : this.opts.drainTimeoutMs);
+        this.drain(seconds > 0 ? seconds * 1000 : this.opts.drainTimeoutMs).catch((err: Error) =>
+          this.log.error('Drain failed', { error: err }),
+        );
         return;
       }
       case 'ack': {

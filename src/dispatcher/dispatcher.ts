@@ -710,7 +710,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     // Attempts we assigned that the agent does not know (the Assign was lost with the old stream).
     for (const entry of this.entries.values()) {
       if (entry.agentId === grant.agentId && entry.phase === 'assigned' && !reported.has(entry.key) && entry.claim) {
-        void this.requeueLost(entry, 'the agent reconnected without it');
+        this.requeueLost(entry, 'the agent reconnected without it').catch((err: Error) =>
+          this.log.error('Re-queueing failed', { task: entry.key, err }),
+        );
       }
     }
     this.conns.set(conn.agentId, conn);
@@ -819,7 +821,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.detach(conn);
     // Not heard from any more: the lease runs out after its TTL unless the agent comes back.
     this.leases.pause(conn.lease);
-    void this.stateService.closeStream(conn);
+    this.stateService.closeStream(conn).catch((err: Error) => conn.log.warn('Closing watches failed', { err }));
     conn.log.info('Agent stream closed', { assigned: conn.assigned.size });
     if (conn.assigned.size === 0 || this.stopped) return;
     // The agent may be alive (its lease says so) and reconnect; if it does not, its work goes elsewhere.
@@ -831,7 +833,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         for (const key of conn.assigned) {
           const entry = this.entries.get(key);
           if (entry && entry.agentId === conn.agentId && entry.phase === 'assigned')
-            void this.requeueLost(entry, 'the agent stayed disconnected');
+            this.requeueLost(entry, 'the agent stayed disconnected').catch((err: Error) =>
+              this.log.error('Re-queueing failed', { task: entry.key, err }),
+            );
         }
       }, this.orphanTimeoutMs),
     );
@@ -926,18 +930,23 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         conn.draining = true;
         return;
       case 'reauth':
-        if (m.reauth) void this.onReauth(conn, m.reauth.token);
+        if (m.reauth)
+          this.onReauth(conn, m.reauth.token).catch((err: Error) => conn.log.error('Reauth failed', { err }));
         return;
       case 'state': {
         const q = m.state;
         const ref = q && this.scopeOf(conn, 'state', q);
-        if (q && ref) void this.stateService.state(conn, ref, q);
+        if (q && ref)
+          this.stateService.state(conn, ref, q).catch((err: Error) => conn.log.error('State request failed', { err }));
         return;
       }
       case 'lock': {
         const q = m.lock;
         const ref = q && this.scopeOf(conn, 'lock', q);
-        if (q && ref) void this.stateService.lock(conn, conn.lease, ref, q);
+        if (q && ref)
+          this.stateService
+            .lock(conn, conn.lease, ref, q)
+            .catch((err: Error) => conn.log.error('Lock request failed', { err }));
         return;
       }
       default:
@@ -1050,23 +1059,30 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       return;
     }
     // Not ours in memory (e.g. we restarted): the claim in etcd decides.
-    void this.claims.current(ref).then(async (claim) => {
-      if (claim && claim.token === r.token && claim.attempt === r.attempt && claim.agentId === conn.agentId) {
-        this.committer.add({ ref, claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
-        return;
-      }
-      const done = await this.claims.result(ref);
-      if (done && done.token === r.token && done.agentId === conn.agentId) {
-        this.ack(conn, r, 'COMMITTED', 'already committed');
-        return;
-      }
-      // An attempt this agent held, now replaced: it may forget the result.
-      if ((claim && claim.agentId === conn.agentId) || (done && done.agentId === conn.agentId)) {
-        this.ack(conn, r, 'SUPERSEDED', 'the attempt no longer holds the claim');
-        return;
-      }
-      this.wireError(conn, { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${r.taskId}` }, r.taskId);
-    });
+    this.claims
+      .current(ref)
+      .then(async (claim) => {
+        if (claim && claim.token === r.token && claim.attempt === r.attempt && claim.agentId === conn.agentId) {
+          this.committer.add({ ref, claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
+          return;
+        }
+        const done = await this.claims.result(ref);
+        if (done && done.token === r.token && done.agentId === conn.agentId) {
+          this.ack(conn, r, 'COMMITTED', 'already committed');
+          return;
+        }
+        // An attempt this agent held, now replaced: it may forget the result.
+        if ((claim && claim.agentId === conn.agentId) || (done && done.agentId === conn.agentId)) {
+          this.ack(conn, r, 'SUPERSEDED', 'the attempt no longer holds the claim');
+          return;
+        }
+        this.wireError(conn, { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${r.taskId}` }, r.taskId);
+      })
+      .catch((err: Error) => {
+        // etcd did not answer: say nothing (a refusal would make the agent drop the result); the agent
+        // keeps it and re-sends it after its next reconnect.
+        conn.log.warn('Could not look up the claim of a result; it stays with the agent', { taskId: r.taskId, err });
+      });
   }
 
   private ack(

@@ -278,7 +278,10 @@ export async function main(argv: string[]): Promise<number> {
   const onSignal = () => {
     signals++;
     if (signals > 1) process.exit(1);
-    void operator.stop('stopped');
+    operator.stop('stopped').catch((err: Error) => {
+      logger.error('Stopping failed', { error: err });
+      process.exit(1);
+    });
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);

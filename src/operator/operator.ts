@@ -128,7 +128,7 @@ export class Operator {
     await this.unlabelSelf();
     void this.lead().catch((err: Error) => {
       this.log.error('Operator failed', { error: err });
-      void this.stop('lost');
+      this.stop('lost').catch(() => undefined); // stop() never rejects: it logs and resolves done
     });
   }
 
@@ -353,19 +353,25 @@ export class Operator {
   stop(why: 'stopped' | 'lost' = 'stopped'): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info(why === 'lost' ? 'Stopping: leadership lost' : 'Stopping');
-      this.abort.abort();
-      await this.pools?.stop();
-      await this.workflows?.stop();
-      await this.engine?.stop();
-      await this.dispatcher?.stop(2_000);
-      this.tls?.stop();
-      await Promise.all(this.informers.map((i) => i.stop()));
-      if (why === 'stopped') await this.unlabelSelf();
-      await this.elector.resign();
-      await this.ops?.close();
-      this.client.close();
-      this.store.close();
-      this.resolveDone(why);
+      try {
+        this.abort.abort();
+        await this.pools?.stop();
+        await this.workflows?.stop();
+        await this.engine?.stop();
+        await this.dispatcher?.stop(2_000);
+        this.tls?.stop();
+        await Promise.all(this.informers.map((i) => i.stop()));
+        if (why === 'stopped') await this.unlabelSelf();
+        await this.elector.resign();
+        await this.ops?.close();
+        this.client.close();
+        this.store.close();
+      } catch (err) {
+        // Stopping must end: main() waits for done, and Kubernetes restarts us either way.
+        this.log.error('Stopping did not finish cleanly', { error: err as Error });
+      } finally {
+        this.resolveDone(why);
+      }
     })();
     return this.stopping;
   }

@@ -99,12 +99,16 @@ async function waitForDelete(
       // On any watch error, go round again: the loop re-reads the line.
       watcher.on('error', () => done());
       // The predecessor may be gone already (deleted between the read and the watch).
-      void store.client
+      // A failed read goes round again too (done() re-reads the line), never an unhandled rejection.
+      store.client
         .get(key)
         .exists()
-        .then((exists) => {
-          if (!exists) done();
-        });
+        .then(
+          (exists) => {
+            if (!exists) done();
+          },
+          () => done(),
+        );
     });
   } finally {
     await watcher.cancel().catch(() => undefined);
