@@ -23,14 +23,8 @@ import {
   type TaskResult,
 } from '../state/index.ts';
 import { AgentConn } from './agent-conn.ts';
-import {
-  type AgentAuth,
-  AgentAuthError,
-  type AgentIdentity,
-  bearerToken,
-  type Grant,
-  type RegisterClaim,
-} from './auth.ts';
+import { type AgentAuth, AgentAuthError, type AgentIdentity, type Grant, type RegisterClaim } from './auth.ts';
+import { asAuthError, StreamCredentials } from './credentials.ts';
 import { GroupCommitter } from './group-committer.ts';
 import { type Candidate, type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
 import { StateService } from './state-service.ts';
@@ -107,7 +101,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private readonly store: StateStore;
   private readonly claims: TaskClaims;
   private readonly auth: AgentAuth;
-  private readonly credentials: ServerCredentials;
+  private readonly serverCredentials: ServerCredentials;
+  private readonly credentials: StreamCredentials;
   private readonly leases: LeaseKeeper;
   private readonly membership: Membership;
   private readonly stateService: StateService;
@@ -161,7 +156,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.maxBatch = opts.maxBatch ?? 512;
     this.address = opts.address ?? '127.0.0.1:0';
     this.auth = opts.auth;
-    this.credentials = opts.credentials;
+    this.serverCredentials = opts.credentials;
+    this.credentials = new StreamCredentials(opts.auth, this.counters);
     this.leases = new LeaseKeeper(opts.store, {
       ttlSeconds: opts.agentLeaseTtlSeconds ?? 10,
       onError: (err) => this.log.warn('Keeping agent leases alive failed; retrying', { err }),
@@ -219,7 +215,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       Connect: (stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>) => this.onStream(stream),
     });
     this.port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(this.address, this.credentials, (err, port) => (err ? reject(err) : resolve(port))),
+      server.bindAsync(this.address, this.serverCredentials, (err, port) => (err ? reject(err) : resolve(port))),
     );
     this.server = server;
     this.leases.start();
@@ -557,14 +553,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       return;
     }
     // Authenticate before reading anything the agent says.
-    const token = bearerToken(stream.metadata.get('authorization'));
-    const identity: Promise<AgentIdentity | undefined> = token
-      ? this.auth.authenticate(token).catch((err: unknown) => {
-          deny(asAuthError(err));
-          return undefined;
-        })
-      : Promise.resolve(undefined);
-    if (!token) deny(new AgentAuthError('NoToken', 'no "authorization: Bearer <token>" metadata on the stream'));
+    const identity: Promise<AgentIdentity | undefined> = this.credentials
+      .authenticate(stream.metadata.get('authorization'))
+      .catch((err: unknown) => {
+        deny(asAuthError(err));
+        return undefined;
+      });
     stream.on('data', (m: AgentMessage__Output) => {
       if (this.stopped || over) return;
       if (!conn) {
@@ -650,7 +644,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       stream,
       this.log.with({ agentId: grant.agentId, pool: grant.pool, namespace: grant.namespace }),
     );
-    this.watchCredentials(conn);
+    this.credentials.watchExpiry(conn);
     // etcd dropped the lease (it expired while etcd was unreachable, or was revoked): claims for this
     // agent would fail from now on. End the stream; the agent registers again and gets a new lease.
     const onLeaseLost = () => {
@@ -767,47 +761,6 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       if (now - c.lastSeen > silentAfter) this.leases.pause(c.lease);
       else this.leases.resume(c.lease);
     }
-  }
-
-  /** Ends the stream when its token expires unless a Reauth brought a fresh one. */
-  private watchCredentials(conn: AgentConn): void {
-    const check = () => {
-      if (conn.closed) return;
-      const left = conn.identity.expiresAt - Date.now();
-      if (left <= 0) {
-        this.counters.unauthenticated++;
-        conn.log.warn('Agent token expired on an open stream; closing it');
-        conn.closeWith('UNAUTHENTICATED', "the stream's token expired; send Reauth with a fresh token before it does");
-        return;
-      }
-      setTimeout(check, Math.min(left, 2 ** 31 - 1)).unref();
-    };
-    check();
-  }
-
-  private async onReauth(conn: AgentConn, token: string): Promise<void> {
-    let next: AgentIdentity;
-    try {
-      next = await this.auth.authenticate(token);
-    } catch (err) {
-      const e = asAuthError(err);
-      this.counters.unauthenticated++;
-      conn.log.warn('Agent Reauth refused', { reason: e.reason, message: e.message });
-      this.auth.refused?.(conn.identity, undefined, e);
-      conn.closeWith(e.status, e.message);
-      return;
-    }
-    const was = conn.identity;
-    if (next.username !== was.username || next.pod?.uid !== was.pod?.uid) {
-      const e = new AgentAuthError('IdentityChanged', `Reauth: the token is for ${next.username}, not ${was.username}`);
-      this.counters.permissionDenied++;
-      this.auth.refused?.(was, undefined, e);
-      conn.closeWith(e.status, e.message);
-      return;
-    }
-    conn.identity = next;
-    this.counters.reauthenticated++;
-    conn.log.debug('Agent re-authenticated', { expiresAt: new Date(next.expiresAt).toISOString() });
   }
 
   private detach(conn: AgentConn): void {
@@ -931,7 +884,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         return;
       case 'reauth':
         if (m.reauth)
-          this.onReauth(conn, m.reauth.token).catch((err: Error) => conn.log.error('Reauth failed', { err }));
+          this.credentials.reauth(conn, m.reauth.token).catch((err: Error) => conn.log.error('Reauth failed', { err }));
         return;
       case 'state': {
         const q = m.state;
@@ -1253,11 +1206,6 @@ const GRPC_CODE = {
   UNAVAILABLE: 14,
   INVALID_ARGUMENT: 3,
 } as const;
-
-function asAuthError(err: unknown): AgentAuthError {
-  if (err instanceof AgentAuthError) return err;
-  return new AgentAuthError('AuthUnavailable', `could not verify the token: ${(err as Error).message}`);
-}
 
 function claimOf(r: Register__Output): RegisterClaim {
   return { namespace: r.namespace, pool: r.pool, agentId: r.agentId, capacity: r.capacity, handlers: r.handlers };
