@@ -8,6 +8,13 @@ import type { AgentIdentity } from './auth.ts';
 
 /** Outbound messages waiting for the stream to drain before the agent is cut off as too slow. */
 export const MAX_OUTBOUND_QUEUE = 10_000;
+/** ...and at most this many bytes of them (messages may carry up to 4 MiB each). */
+export const MAX_OUTBOUND_BYTES = 64 * 1024 * 1024;
+
+/** About what a message costs on the wire; only computed for messages that must wait. */
+export function approxBytes(msg: DispatcherMessage): number {
+  return Buffer.byteLength(JSON.stringify(msg));
+}
 
 /**
  * One connected agent: what it registered, the slots its assignments use,
@@ -40,7 +47,8 @@ export class AgentConn {
    */
   readonly cancelling = new Map<string, number>();
   private readonly stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>;
-  private readonly outbound: DispatcherMessage[] = [];
+  private readonly outbound: { msg: DispatcherMessage; bytes: number }[] = [];
+  private outboundBytes = 0;
   private waitingForDrain = false;
 
   constructor(
@@ -81,12 +89,17 @@ export class AgentConn {
   send(msg: DispatcherMessage): void {
     if (this.closed) return;
     if (this.waitingForDrain || this.outbound.length > 0) {
-      if (this.outbound.length >= MAX_OUTBOUND_QUEUE) {
-        this.log.warn('Agent is not reading its stream; disconnecting it', { queued: this.outbound.length });
+      const bytes = approxBytes(msg);
+      if (this.outbound.length >= MAX_OUTBOUND_QUEUE || this.outboundBytes + bytes > MAX_OUTBOUND_BYTES) {
+        this.log.warn('Agent is not reading its stream; disconnecting it', {
+          queued: this.outbound.length,
+          bytes: this.outboundBytes,
+        });
         this.close();
         return;
       }
-      this.outbound.push(msg);
+      this.outbound.push({ msg, bytes });
+      this.outboundBytes += bytes;
       return;
     }
     if (!this.stream.write(msg)) this.awaitDrain();
@@ -97,7 +110,8 @@ export class AgentConn {
     this.stream.once('drain', () => {
       this.waitingForDrain = false;
       while (this.outbound.length > 0 && !this.closed) {
-        const next = this.outbound.shift() as DispatcherMessage;
+        const { msg: next, bytes } = this.outbound.shift() as { msg: DispatcherMessage; bytes: number };
+        this.outboundBytes -= bytes;
         if (!this.stream.write(next)) {
           this.awaitDrain();
           return;
@@ -123,6 +137,7 @@ export class AgentConn {
     this.closed = true;
     this.closing();
     this.outbound.length = 0;
+    this.outboundBytes = 0;
     try {
       this.stream.end();
     } catch {
@@ -136,6 +151,7 @@ export class AgentConn {
     this.closed = true;
     this.closing();
     this.outbound.length = 0;
+    this.outboundBytes = 0;
     this.stream.emit('error', Object.assign(new Error(details), { code: GrpcStatus[code], details }));
   }
 }
