@@ -120,7 +120,14 @@ Included by every template that depends on these choices.
 {{/* The operator's etcd client URLs, comma-separated. */}}
 {{- define "agentflow.etcdEndpoints" -}}
 {{- if .Values.etcd.bundled.enabled }}
-{{- printf "https://%s.%s.svc:2379" (include "agentflow.etcdName" .) .Release.Namespace }}
+{{- /* Every member by its stable name: the client fails over between them when one dies. */}}
+{{- $name := include "agentflow.etcdName" . }}
+{{- $headless := include "agentflow.etcdHeadlessName" . }}
+{{- $urls := list }}
+{{- range $i := until (int .Values.etcd.bundled.replicas) }}
+{{- $urls = append $urls (printf "https://%s-%d.%s.%s.svc:2379" $name $i $headless $.Release.Namespace) }}
+{{- end }}
+{{- join "," $urls }}
 {{- else }}
 {{- join "," .Values.etcd.external.endpoints }}
 {{- end }}

@@ -515,7 +515,8 @@ describe('chart', () => {
   it('points the operator at the bundled etcd over TLS with its own client certificate', async () => {
     const objs = await render();
     const op = operatorContainer(objs);
-    expect(flag(op.args, 'etcd-endpoints')).toBe(`https://${fullname}-etcd.${ns}.svc:2379`);
+    // Every member by name (one here), so the client can fail over between members.
+    expect(flag(op.args, 'etcd-endpoints')).toBe(`https://${fullname}-etcd-0.${fullname}-etcd-headless.${ns}.svc:2379`);
     expect(flag(op.args, 'etcd-ca-file')).toBe('/etc/agentflow/etcd-tls/ca.crt');
     expect(flag(op.args, 'etcd-cert-file')).toBe('/etc/agentflow/etcd-tls/tls.crt');
     expect(flag(op.args, 'etcd-key-file')).toBe('/etc/agentflow/etcd-tls/tls.key');
@@ -605,6 +606,9 @@ describe('chart', () => {
     const peer = (m: string) => `https://${host(m)}:2380`;
     expect(flag(args, 'initial-cluster')).toBe(members.map((m) => `${m}=${peer(m)}`).join(','));
     expect(flag(args, 'name')).toBe('$(POD_NAME)');
+    // The operator is given every member's client URL (the server certificate names each member).
+    const op = podSpec(find(objs, 'Deployment', `${fullname}-operator`)).containers[0];
+    expect(flag(op?.args, 'etcd-endpoints')).toBe(members.map((m) => `https://${host(m)}:2379`).join(','));
     // Each pod, named by the StatefulSet, advertises the URL the others expect of it.
     for (const m of members) {
       expect(flag(args, 'initial-advertise-peer-urls')?.replace('$(POD_NAME)', m)).toBe(peer(m));
