@@ -210,7 +210,10 @@ describe('dispatcher with real agents', () => {
     const claims = new TaskClaims(second.store);
     for (let i = 0; i < N; i++) {
       const r = ref(`r${i}`);
-      if (!(await claims.result(r)) && !(await claims.current(r)))
+      // Claim first, then result: a re-sent result committing between the two reads would otherwise
+      // look like neither (result read before the commit, claim read after it) and be submitted twice.
+      // A commit needs a claim and none can appear until we submit, so this order cannot race.
+      if (!(await claims.current(r)) && !(await claims.result(r)))
         second.dispatcher.submit({ ref: r, pool: 'pool', handler: 'work', input: null });
     }
     await until(
