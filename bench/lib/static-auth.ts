@@ -17,8 +17,8 @@ import {
   type AgentAuth,
   AgentAuthError,
   type AgentIdentity,
-  agentIdFor,
   type Grant,
+  grantWithinPool,
   type RegisterClaim,
 } from '../../src/dispatcher/auth.ts';
 
@@ -70,28 +70,13 @@ export class StaticAgentAuth implements AgentAuth {
     if (claim.pool !== '' && claim.pool !== g.pool) {
       throw new AgentAuthError('PoolMismatch', `Register.pool: "${claim.pool}" is not this agent's pool "${g.pool}"`);
     }
-    if (claim.capacity > g.maxCapacity) {
-      throw new AgentAuthError(
-        'CapacityExceeded',
-        `Register.capacity: ${claim.capacity} is more than pool ${g.pool} grants (${g.maxCapacity})`,
-      );
-    }
-    const extra = g.handlers.length === 0 ? [] : claim.handlers.filter((h) => !g.handlers.includes(h));
-    if (extra.length > 0) {
-      throw new AgentAuthError(
-        'HandlerNotGranted',
-        `Register.handlers: ${extra.join(', ')} not granted by pool ${g.pool}`,
-      );
-    }
     this.stats.authorized++;
-    return {
-      namespace: g.namespace,
-      pool: g.pool,
-      agentId: agentIdFor(identity, claim.agentId),
-      ...(identity.pod && { pod: identity.pod.name }),
-      capacity: claim.capacity,
-      handlers: claim.handlers,
-    };
+    return grantWithinPool(
+      identity,
+      { namespace: g.namespace, pool: g.pool, capacity: g.maxCapacity, handlers: g.handlers },
+      claim,
+      identity.pod?.name,
+    );
   }
 
   refused(): void {

@@ -114,6 +114,48 @@ export function agentIdFor(identity: AgentIdentity, suffix: string): string {
   return AGENT_ID_SUFFIX.test(bare) ? `${sa}.${bare}` : sa;
 }
 
+/** What a pool lets its agents register with (an AgentPool's spec.agent, as plain values). */
+export interface PoolGrant {
+  namespace: string;
+  pool: string;
+  /** spec.agent.capacity: the most slots one agent may register with. */
+  capacity: number;
+  /** spec.agent.handlers; empty: whatever the agent registers. */
+  handlers: readonly string[];
+}
+
+/** The one rule for what a verified agent may register as within its pool; AgentAuthError names the field. */
+export function grantWithinPool(
+  identity: AgentIdentity,
+  pool: PoolGrant,
+  claim: RegisterClaim,
+  pod: string | undefined,
+): Grant {
+  if (claim.capacity > pool.capacity) {
+    throw new AgentAuthError(
+      'CapacityExceeded',
+      `Register.capacity: ${claim.capacity} is more than AgentPool ${pool.pool} grants (spec.agent.capacity ${pool.capacity})`,
+    );
+  }
+  if (pool.handlers.length > 0) {
+    const extra = claim.handlers.filter((h) => !pool.handlers.includes(h));
+    if (extra.length > 0) {
+      throw new AgentAuthError(
+        'HandlerNotGranted',
+        `Register.handlers: ${extra.map((h) => `"${h}"`).join(', ')} not in AgentPool ${pool.pool}'s spec.agent.handlers (${pool.handlers.join(', ')})`,
+      );
+    }
+  }
+  return {
+    namespace: pool.namespace,
+    pool: pool.pool,
+    agentId: agentIdFor(identity, claim.agentId),
+    ...(pod && { pod }),
+    capacity: claim.capacity,
+    handlers: claim.handlers,
+  };
+}
+
 /** The bearer token of `authorization: Bearer <token>` metadata, or undefined. */
 export function bearerToken(values: unknown[]): string | undefined {
   const v = values[0];

@@ -11,6 +11,7 @@ import {
   type Fence,
   FencedError,
   type Held,
+  type JsonValue,
   type KeptLease,
   Locks,
   LockTimeoutError,
@@ -318,7 +319,7 @@ export class StateService {
   }
 }
 
-function parseValue(req: StateRequest__Output): never | import('../state/index.ts').JsonValue {
+function parseValue(req: StateRequest__Output): JsonValue {
   const bytes = Buffer.byteLength(req.valueJson);
   if (bytes > MAX_VALUE_BYTES) {
     throw new Refusal('PAYLOAD_TOO_LARGE', `value for "${req.key}" is ${bytes} bytes; the limit is ${MAX_VALUE_BYTES}`);

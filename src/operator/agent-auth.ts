@@ -5,8 +5,9 @@ import {
   type AgentAuth,
   AgentAuthError,
   type AgentIdentity,
-  agentIdFor,
   type Grant,
+  grantWithinPool,
+  type PoolGrant,
   type RegisterClaim,
 } from '../dispatcher/auth.ts';
 import type { Logger } from '../lib/log.ts';
@@ -241,33 +242,13 @@ export class KubeAgentAuth implements AgentAuth {
   }
 
   private withinPool(identity: AgentIdentity, pool: AgentPool, claim: RegisterClaim, pod: string | undefined): Grant {
-    const namespace = pool.metadata?.namespace as string;
-    const name = pool.metadata?.name as string;
-    const max = pool.spec.agent.capacity;
-    if (claim.capacity > max) {
-      throw new AgentAuthError(
-        'CapacityExceeded',
-        `Register.capacity: ${claim.capacity} is more than AgentPool ${name} grants (spec.agent.capacity ${max})`,
-      );
-    }
-    const granted = pool.spec.agent.handlers ?? [];
-    if (granted.length > 0) {
-      const extra = claim.handlers.filter((h) => !granted.includes(h));
-      if (extra.length > 0) {
-        throw new AgentAuthError(
-          'HandlerNotGranted',
-          `Register.handlers: ${extra.map((h) => `"${h}"`).join(', ')} not in AgentPool ${name}'s spec.agent.handlers (${granted.join(', ')})`,
-        );
-      }
-    }
-    return {
-      namespace,
-      pool: name,
-      agentId: agentIdFor(identity, claim.agentId),
-      ...(pod && { pod }),
-      capacity: claim.capacity,
-      handlers: claim.handlers,
+    const grant: PoolGrant = {
+      namespace: pool.metadata?.namespace as string,
+      pool: pool.metadata?.name as string,
+      capacity: pool.spec.agent.capacity,
+      handlers: pool.spec.agent.handlers ?? [],
     };
+    return grantWithinPool(identity, grant, claim, pod);
   }
 
   refused(identity: AgentIdentity | undefined, claim: RegisterClaim | undefined, err: AgentAuthError): void {
