@@ -10,6 +10,7 @@ export { AgentConfigError, AttemptAbortedError, RetryableError, UnrecoverableErr
 export { type AgentOptions, DEFAULT_CA_FILE, DEFAULT_TOKEN_FILE } from './options.ts';
 export {
   LockTimeoutError,
+  StateOutcomeUnknownError,
   StatePermissionError,
   StateUnavailableError,
   type WorkflowState,
@@ -52,7 +53,7 @@ export type {
  *       } finally {
  *         await lock.release();
  *       }
- *       return { words: text.split(/\s+/).length }; // the task output (JSON, <= 1 MiB)
+ *       return { words: text.split(/\s+/).length }; // the task output (JSON, <= 4 MiB)
  *     },
  *     // Built-ins: a command (input on stdin, output on stdout) or an HTTP endpoint.
  *     render: { kind: 'exec', command: ['python3', 'render.py'] },

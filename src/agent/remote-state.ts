@@ -22,6 +22,15 @@ export class StateUnavailableError extends StateError {
   override name = 'StateUnavailableError';
 }
 
+/**
+ * A write reached etcd but its answer never came: it may or may not have
+ * applied. Read the key (its revision history if the values can repeat)
+ * before writing again.
+ */
+export class StateOutcomeUnknownError extends StateUnavailableError {
+  override name = 'StateOutcomeUnknownError';
+}
+
 /** The dispatcher refused: the attempt is not this agent's, or a fence names another workflow's lock. */
 export class StatePermissionError extends StateError {
   override name = 'StatePermissionError';
@@ -336,6 +345,8 @@ function stateError(code: string, message: string, key: string): Error {
       return new RangeError(message);
     case 'CANCELLED':
       return new StateError(`${key}: ${message}`);
+    case 'OUTCOME_UNKNOWN':
+      return new StateOutcomeUnknownError(`${key}: ${message}`);
     default:
       return new StateUnavailableError(message);
   }

@@ -16,6 +16,7 @@ import {
   Locks,
   LockTimeoutError,
   MAX_VALUE_BYTES,
+  OutcomeUnknownError,
   type ResumableWatch,
   SharedState,
   type StateStore,
@@ -31,6 +32,7 @@ export type StateErrorCode =
   | 'PERMISSION_DENIED'
   | 'PAYLOAD_TOO_LARGE'
   | 'UNAVAILABLE'
+  | 'OUTCOME_UNKNOWN'
   | 'TOO_MANY_WATCHES'
   | 'TIMEOUT'
   | 'CANCELLED';
@@ -311,6 +313,12 @@ export class StateService {
       return { errorCode: 'FENCED', errorMessage: relative(err.message) };
     }
     if (err instanceof LockTimeoutError) return { errorCode: 'TIMEOUT', errorMessage: relative(err.message) };
+    if (err instanceof OutcomeUnknownError) {
+      return {
+        errorCode: 'OUTCOME_UNKNOWN',
+        errorMessage: `etcd took the write but did not answer; it may have applied`,
+      };
+    }
     if (err instanceof RangeError || err instanceof TypeError) {
       return { errorCode: 'INVALID', errorMessage: err.message };
     }

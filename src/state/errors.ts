@@ -49,3 +49,37 @@ export class StateDecodeError extends StateError {
     this.key = key;
   }
 }
+
+/**
+ * etcd could not be reached, or a read timed out. The call did not change
+ * anything (a read, or a write that was never sent), so it is safe to retry.
+ */
+export class EtcdUnavailableError extends StateError {
+  override name = 'EtcdUnavailableError';
+  /** `unavailable`: no connection or no leader; `timeout`: a read outlived its deadline. */
+  readonly kind: 'unavailable' | 'timeout';
+
+  constructor(kind: 'unavailable' | 'timeout', message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.kind = kind;
+  }
+}
+
+/**
+ * A write whose outcome is unknown: it was sent, but the answer never came
+ * (timeout, connection dropped, etcd leader changed mid-proposal). It may
+ * have applied or not. Never retried blindly: the caller resolves it (by
+ * reading what it would have written) or reports it as unknown.
+ */
+export class OutcomeUnknownError extends StateError {
+  override name = 'OutcomeUnknownError';
+}
+
+/**
+ * etcd refused a request as too large (its --max-request-bytes), or a
+ * response exceeded the client's receive limit. Nothing was applied; the
+ * caller must send less (split the batch, chunk the value, page the read).
+ */
+export class RequestTooLargeError extends StateError {
+  override name = 'RequestTooLargeError';
+}

@@ -23,7 +23,16 @@ export {
   type TaskRef,
   type TaskResult,
 } from './claims.ts';
-export { ConflictError, FencedError, LeaseLostError, StateDecodeError, StateError } from './errors.ts';
+export {
+  ConflictError,
+  EtcdUnavailableError,
+  FencedError,
+  LeaseLostError,
+  OutcomeUnknownError,
+  RequestTooLargeError,
+  StateDecodeError,
+  StateError,
+} from './errors.ts';
 export { Elections, type Held, type Leader, Locks, LockTimeoutError } from './lock.ts';
 export { type MemberInfo, Membership } from './membership.ts';
 export {

@@ -1,7 +1,9 @@
 import { EventEmitter } from 'node:events';
 import { type ComparatorBuilder, Etcd3, type IKeyValue, type Lease } from 'etcd3';
+import { DEFAULT_TXN_BYTES } from './batch.ts';
 import { LeaseLostError, StateDecodeError } from './errors.ts';
 import { fenceError } from './fence.ts';
+import { guardCalls, KEEPALIVE_OPTIONS, noFaultHandling } from './transport.ts';
 
 export interface StoreOptions {
   /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]. */
@@ -10,6 +12,16 @@ export interface StoreOptions {
   prefix?: string;
   /** Deadline of unary calls, in milliseconds (default 5000). */
   callTimeoutMs?: number;
+  /**
+   * How long a call that provably did not apply (a read, or a write etcd never
+   * received) is retried before its EtcdUnavailableError is thrown (default: callTimeoutMs).
+   */
+  retryBudgetMs?: number;
+  /**
+   * Bytes of keys and values per transaction (default 1 MiB, under etcd's
+   * default --max-request-bytes of 1.5 MiB). Lower it for an etcd configured smaller.
+   */
+  maxTxnBytes?: number;
   /** TLS to etcd (https:// endpoints): the CA, and a client certificate if etcd asks for one. */
   tls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
   /**
@@ -67,9 +79,11 @@ export function decodeJson<T>(entry: Entry, check: (v: unknown) => v is T, what:
 export class StateStore {
   readonly client: Etcd3;
   readonly prefix: string;
+  readonly maxTxnBytes: number;
 
   constructor(opts: StoreOptions) {
     if (opts.endpoints.length === 0) throw new Error('StoreOptions.endpoints: at least one etcd endpoint is required');
+    const callTimeoutMs = opts.callTimeoutMs ?? 5_000;
     this.client = new Etcd3({
       hosts: opts.endpoints,
       ...(opts.tls && {
@@ -80,9 +94,14 @@ export class StateStore {
         },
       }),
       ...(opts.auth && { auth: { username: opts.auth.username, password: opts.auth.password } }),
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + (opts.callTimeoutMs ?? 5_000) }),
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
+      // No blind retries and no circuit breaker: see transport.ts.
+      faultHandling: noFaultHandling,
+      grpcOptions: KEEPALIVE_OPTIONS,
     });
+    guardCalls(this.client, { retryBudgetMs: opts.retryBudgetMs ?? callTimeoutMs });
     this.prefix = (opts.prefix ?? '/agentflow/v1').replace(/\/+$/, '');
+    this.maxTxnBytes = opts.maxTxnBytes ?? DEFAULT_TXN_BYTES;
   }
 
   key(...parts: string[]): string {
@@ -113,6 +132,27 @@ export class StateStore {
   async list(prefix: string): Promise<{ entries: Entry[]; revision: number }> {
     const res = await this.client.getAll().prefix(prefix).sort('Key', 'Ascend').exec();
     return { entries: res.kvs.map((kv) => toEntry(kv)), revision: Number(res.header.revision) };
+  }
+
+  /**
+   * Every key under `prefix` in key order, read at one revision `limit` keys
+   * per request, so that no answer nears the client's receive limit.
+   */
+  async listPaged(prefix: string, limit: number): Promise<Entry[]> {
+    const end = `${prefix.slice(0, -1)}${String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)}`;
+    const out: Entry[] = [];
+    let start = prefix;
+    let revision: string | undefined;
+    for (;;) {
+      let q = this.client.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(limit);
+      if (revision) q = q.revision(revision);
+      const res = await q.exec();
+      revision ??= res.header.revision;
+      for (const kv of res.kvs) out.push(toEntry(kv));
+      const last = res.kvs[res.kvs.length - 1];
+      if (!res.more || !last) return out;
+      start = `${last.key.toString('utf8')}\0`;
+    }
   }
 
   /**

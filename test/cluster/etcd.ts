@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { binaryPath } from './binaries.ts';
@@ -42,8 +42,9 @@ export class EtcdServer {
 
   async start(): Promise<void> {
     mkdirSync(this.opts.dir, { recursive: true });
-    this.clientPort = await freePort();
-    this.peerPort = await freePort();
+    // A restart keeps its ports (and its data dir): clients reconnect to the same address.
+    if (!this.clientPort) this.clientPort = await freePort();
+    if (!this.peerPort) this.peerPort = await freePort();
     const peer = `http://127.0.0.1:${this.peerPort}`;
     const args = [
       `--name=${this.name}`,
@@ -58,6 +59,10 @@ export class EtcdServer {
       // Keeps a small test database small.
       '--quota-backend-bytes=2147483648',
     ];
+    // A restart joins the cluster its data dir already records.
+    if (existsSync(join(this.opts.dir, `${this.name}.data`, 'member'))) {
+      args[args.indexOf('--initial-cluster-state=new')] = '--initial-cluster-state=existing';
+    }
     if (this.opts.unsafeNoFsync) args.push('--unsafe-no-fsync');
     const tls = this.opts.tls;
     if (tls) {
@@ -85,6 +90,17 @@ export class EtcdServer {
 
   async stop(): Promise<void> {
     await this.proc?.stop(5_000);
+  }
+
+  /** Sends a signal to etcd (SIGSTOP freezes it, SIGCONT resumes it, SIGKILL is a crash). */
+  signal(sig: NodeJS.Signals): void {
+    const pid = this.proc?.pid;
+    if (pid) process.kill(pid, sig);
+  }
+
+  /** kill -9, then waits until the process is gone (start() brings it back on the same ports and data). */
+  async crash(): Promise<void> {
+    await this.proc?.kill();
   }
 }
 

@@ -72,6 +72,16 @@ export class ManagedProcess {
     }
   }
 
+  /** SIGKILL at once (a crash); resolves when the process is gone. */
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (!child?.pid || this.exited) return;
+    this.stopping = true;
+    const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    killGroup(child.pid, 'SIGKILL');
+    await gone;
+  }
+
   /** SIGTERM, then SIGKILL after `graceMs`. Resolves when the process is gone. */
   async stop(graceMs = 10_000): Promise<void> {
     const child = this.child;
