@@ -62,7 +62,7 @@ export interface TaskContext {
 }
 
 /**
- * Runs one attempt. The returned value (JSON-serialisable, at most 1 MiB of
+ * Runs one attempt. The returned value (JSON-serialisable, at most 4 MiB of
  * JSON; `undefined` counts as null) is the task's output. Throwing
  * UnrecoverableError fails the task for good; any other throw is retried.
  */
@@ -96,7 +96,7 @@ export interface ExecHandlerSpec {
 /**
  * POSTs {taskId, workflow, namespace, attempt, input} and takes the JSON
  * response as output. Redirects are not followed (a 3xx fails the task), and
- * a response over the output limit (1 MiB) fails it too.
+ * a response over the output limit (4 MiB) fails it too.
  */
 export interface HttpHandlerSpec {
   kind: 'http';

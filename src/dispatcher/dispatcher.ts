@@ -174,7 +174,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           batch.map((c) => ({ claim: c.claim, result: c.result })),
           this.fences(),
         );
-        this.counters.commitTxns += Math.ceil(batch.length / COMMIT_GROUP);
+        this.counters.commitTxns += Math.ceil(batch.length / COMMIT_GROUP); // at least: groups are also bounded by bytes
         return out;
       },
       settled: (c, o) => this.committed(c, o),
@@ -456,6 +456,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       }
       if (!o?.ok) {
         conn.used -= entry.cost;
+        if (o?.reason === 'LeaseNotFound') {
+          // Only this agent's claims fail (the rest of the batch committed): it must re-register for a live lease.
+          conn.log.warn('Dropping an agent whose lease etcd does not have', { why: o.error.message });
+          conn.closeWith('UNAVAILABLE', 'the lease this stream was registered with is gone; register again');
+        }
         this.claimRefused(entry, o ?? { reason: 'AlreadyClaimed', message: 'no answer' });
         return;
       }
@@ -1062,7 +1067,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       this.ack(c.conn, { taskId: c.wireTaskId, attempt: c.wireAttempt }, 'COMMITTED', '');
       if (entry) this.settle(entry, c.conn);
       const result: TaskResult = {
-        ...c.result,
+        ...(o.stored ?? c.result),
         attempt: c.claim.attempt,
         agentId: c.claim.agentId,
         token: c.claim.token,

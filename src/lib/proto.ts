@@ -8,10 +8,14 @@ export type * from '../gen/agentflow/v1/AgentMessage.ts';
 export type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
 export type * from '../gen/agentflow/v1/DispatcherMessage.ts';
 
-/** The largest message either side accepts (task inputs and outputs are JSON in it). */
-export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
-/** The largest input, output or mail payload, in bytes of JSON. */
-export const MAX_PAYLOAD_BYTES = 1024 * 1024;
+/**
+ * The largest input, output or mail payload, in bytes of JSON. etcd keeps
+ * anything over 128 KiB in chunks (src/state/blobs.ts), so this is bounded by
+ * memory and latency, not by etcd's request limit.
+ */
+export const MAX_PAYLOAD_BYTES = 4 * 1024 * 1024;
+/** The largest message either side accepts: one payload plus room for the envelope. */
+export const MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024;
 
 /** Keepalive on both ends: a dead peer is noticed within ~30 s even on an idle stream. */
 export const KEEPALIVE_OPTIONS = {

@@ -1,3 +1,5 @@
+import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
+import { type BlobRef, Blobs, fill, spill } from './blobs.ts';
 import { FencedError } from './errors.ts';
 import { fenceError } from './fence.ts';
 import { decodeJson, type Fence, type Session, type StateStore } from './store.ts';
@@ -29,6 +31,8 @@ export interface TaskResult {
   token: number;
   ok: boolean;
   output?: unknown;
+  /** Where an output over INLINE_BYTES is kept (then `output` is absent in etcd; readers fill it in). */
+  outputBlob?: BlobRef;
   error?: { message: string; retryable: boolean };
   committedAt: string;
 }
@@ -54,8 +58,7 @@ const isResult = (v: unknown): v is TaskResult =>
   Number.isInteger((v as TaskResult).attempt) &&
   typeof (v as TaskResult).ok === 'boolean';
 
-/** etcd's default --max-txn-ops: it bounds the compares and each branch's operations. */
-export const MAX_TXN_OPS = 128;
+export { MAX_TXN_OPS };
 
 /** Results per group-commit transaction: 2 compares and 2 operations each, plus the fences (or one always-true compare). */
 export function commitGroupSize(fences: number): number {
@@ -75,7 +78,9 @@ export type ClaimRefusalReason =
   /** Another attempt holds the claim now. */
   | 'Superseded'
   /** Someone else holds a claim (claiming). */
-  | 'AlreadyClaimed';
+  | 'AlreadyClaimed'
+  /** etcd refused this item itself (a lease it does not have): the agent behind it must be dropped. */
+  | 'LeaseNotFound';
 
 export interface ClaimRefusal {
   ok: false;
@@ -83,7 +88,13 @@ export interface ClaimRefusal {
   reason: ClaimRefusalReason;
 }
 
-export type CommitOutcome = { ok: true; revision: number } | ClaimRefusal;
+/**
+ * `stored` is set when what was committed differs from what was asked: a
+ * result etcd could not take (too large even in chunks) is committed as a
+ * non-retryable failure that says why.
+ */
+export type CommitOutcome = { ok: true; revision: number; stored?: ResultBody } | ClaimRefusal;
+type ResultBody = Omit<TaskResult, 'attempt' | 'agentId' | 'token' | 'committedAt'>;
 export type ClaimOutcome = { ok: true; claim: Claim } | ClaimRefusal;
 
 /**
@@ -137,61 +148,65 @@ export class TaskClaims {
   }
 
   /**
-   * Claims many tasks in one transaction per group (the dispatcher's hot
-   * path). Each item may name its own session lease (the agent it goes to).
-   * A refused group is retried item by item so each gets its own answer.
+   * Claims many tasks in as few transactions as etcd's limits allow (the
+   * dispatcher's hot path). Each item may name its own session lease (the
+   * agent it goes to). A refused group is retried item by item so each gets
+   * its own answer; a group etcd rejects outright because of one item (a
+   * lease it does not have) is split until that item is alone, and only it
+   * fails (reason LeaseNotFound).
    */
   async claimMany(
     items: { ref: TaskRef; attempt: number; agentId: string; leaseId: string }[],
     fences: Fence[] = [],
   ): Promise<ClaimOutcome[]> {
+    type Item = (typeof items)[number];
     const out: ClaimOutcome[] = [];
-    const size = commitGroupSize(fences.length);
-    for (let i = 0; i < items.length; i += size) {
-      const group = items.slice(i, i + size);
+    const groups = pack(items, () => ({ ops: 2, bytes: 0 }), {
+      ops: MAX_TXN_OPS - Math.max(1, fences.length),
+      bytes: Number.POSITIVE_INFINITY,
+    });
+    const claimValue = (it: Item) => JSON.stringify({ attempt: it.attempt, agentId: it.agentId });
+    const tryGroup = async (group: Item[]): Promise<ClaimOutcome[]> => {
       let b = this.store.txn(fences);
-      const ops = [];
       for (const it of group) {
-        const key = this.claimKey(it.ref);
-        b = b.and(key, 'Create', '==', 0).and(this.resultKey(it.ref), 'Version', '==', 0);
-        ops.push(
-          this.store.client
-            .put(key)
-            .value(JSON.stringify({ attempt: it.attempt, agentId: it.agentId }))
-            .lease(it.leaseId),
-        );
+        b = b.and(this.claimKey(it.ref), 'Create', '==', 0).and(this.resultKey(it.ref), 'Version', '==', 0);
       }
-      const res = await b.then(...ops).commit();
+      const res = await b
+        .then(
+          ...group.map((it) => this.store.client.put(this.claimKey(it.ref)).value(claimValue(it)).lease(it.leaseId)),
+        )
+        .commit();
       if (res.succeeded) {
         const token = Number(res.header.revision);
-        for (const it of group)
-          out.push({ ok: true, claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token } });
-        continue;
+        return group.map((it) => ({
+          ok: true,
+          claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token },
+        }));
       }
       const fenced = await fenceError(this.store, fences);
-      for (const it of group) {
-        if (fenced) {
-          out.push({ ok: false, error: fenced, reason: 'Fenced' });
-          continue;
-        }
-        const single = await this.store
-          .txn(fences)
-          .and(this.claimKey(it.ref), 'Create', '==', 0)
-          .and(this.resultKey(it.ref), 'Version', '==', 0)
-          .then(
-            this.store.client
-              .put(this.claimKey(it.ref))
-              .value(JSON.stringify({ attempt: it.attempt, agentId: it.agentId }))
-              .lease(it.leaseId),
-          )
-          .commit();
-        if (single.succeeded) {
-          out.push({
-            ok: true,
-            claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token: Number(single.header.revision) },
-          });
-        } else {
-          out.push({ ok: false, ...(await this.explain(it.ref, undefined)) });
+      if (fenced) return group.map(() => ({ ok: false, error: fenced, reason: 'Fenced' }) as const);
+      if (group.length > 1) return (await Promise.all(group.map((it) => tryGroup([it])))).flat();
+      const it = group[0] as Item;
+      // Our own claim from an earlier try whose answer was lost (OutcomeUnknown): it is ours.
+      const now = await this.store.get(this.claimKey(it.ref));
+      if (now && now.value === claimValue(it) && now.lease === it.leaseId) {
+        return [
+          { ok: true, claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token: now.createRevision } },
+        ];
+      }
+      return [{ ok: false, ...(await this.explain(it.ref, undefined)) }];
+    };
+    for (const group of groups) {
+      const outcomes = await isolate(
+        group,
+        tryGroup,
+        (it) => `claim of ${describeRef(it.ref)} for agent ${it.agentId}`,
+      );
+      for (const [i, o] of outcomes.entries()) {
+        if (!(o instanceof ItemRefusedError)) out.push(o);
+        else {
+          const key = this.claimKey((group[i] as Item).ref);
+          out.push({ ok: false, error: new FencedError(key, o.message), reason: 'LeaseNotFound' });
         }
       }
     }
@@ -216,73 +231,114 @@ export class TaskClaims {
     return { ref, attempt: v.attempt, agentId: v.agentId, token: e.createRevision };
   }
 
+  /** The committed result, its output read back from its blob if it has one. */
   async result(ref: TaskRef): Promise<TaskResult | undefined> {
     const e = await this.store.get(this.resultKey(ref));
-    return e ? decodeJson(e, isResult, 'a task result') : undefined;
+    if (!e) return undefined;
+    const r = decodeJson(e, isResult, 'a task result');
+    return fill(new Blobs(this.store), ref.namespace, ref.workflow, r, ['output'], e.key);
   }
 
   /** Commits one result under its claim. Throws FencedError if the claim is no longer current. */
-  async commit(
-    claim: Claim,
-    result: Omit<TaskResult, 'attempt' | 'agentId' | 'token' | 'committedAt'>,
-    fences: Fence[] = [],
-  ): Promise<number> {
+  async commit(claim: Claim, result: ResultBody, fences: Fence[] = []): Promise<number> {
     const [outcome] = await this.commitMany([{ claim, result }], fences);
     if (!outcome?.ok) throw outcome?.error ?? new FencedError(this.claimKey(claim.ref), 'not committed');
     return outcome.revision;
   }
 
   /**
-   * Group commit: many results in one transaction per group (63 without fences). If a
-   * group's transaction fails (one stale claim fails the whole group), its
-   * items are committed one by one so each gets its own answer.
+   * Group commit: many results in as few transactions as etcd's limits
+   * (operations and bytes) allow. An output or error over INLINE_BYTES is
+   * written as a blob first and the result refers to it. If a group's
+   * transaction fails (one stale claim fails the whole group), its items are
+   * committed one by one so each gets its own answer; a result etcd refuses
+   * even alone is committed as a non-retryable failure naming the problem.
+   * Re-committing after an unknown outcome is safe: the compares let it
+   * apply once, and a result already committed under the same claim is
+   * reported as committed.
    */
-  async commitMany(
-    items: { claim: Claim; result: Omit<TaskResult, 'attempt' | 'agentId' | 'token' | 'committedAt'> }[],
-    fences: Fence[] = [],
-  ): Promise<CommitOutcome[]> {
-    const out: CommitOutcome[] = [];
-    const size = commitGroupSize(fences.length);
-    for (let i = 0; i < items.length; i += size) {
-      const group = items.slice(i, i + size);
-      const committedAt = new Date().toISOString();
+  async commitMany(items: { claim: Claim; result: ResultBody }[], fences: Fence[] = []): Promise<CommitOutcome[]> {
+    type Prepared = { claim: Claim; result: ResultBody; target: string; value: string };
+    const blobs = new Blobs(this.store);
+    const committedAt = new Date().toISOString();
+    const prepared: Prepared[] = [];
+    for (const { claim, result } of items) {
+      const { namespace, workflow } = claim.ref;
+      const body = await spill(blobs, namespace, workflow, result, ['output'], fences);
+      const value: TaskResult = {
+        ...body,
+        attempt: claim.attempt,
+        agentId: claim.agentId,
+        token: claim.token,
+        committedAt,
+      };
+      // A retryable failure is history, not the task's result: the next attempt may still claim.
+      const target = isFinal(result) ? this.resultKey(claim.ref) : this.attemptKey(claim.ref, claim.attempt);
+      prepared.push({ claim, result, target, value: JSON.stringify(value) });
+    }
+    const groups = pack(prepared, (p) => ({ ops: 2, bytes: p.value.length + 2 * p.target.length + 256 }), {
+      ops: MAX_TXN_OPS - Math.max(1, fences.length),
+      bytes: this.store.maxTxnBytes,
+    });
+    const tryGroup = async (group: Prepared[]): Promise<CommitOutcome[]> => {
       let b = this.store.txn(fences);
       const ops = [];
-      for (const { claim, result } of group) {
-        const claimKey = this.claimKey(claim.ref);
-        const resultKey = this.resultKey(claim.ref);
-        b = b.and(claimKey, 'Create', '==', claim.token).and(resultKey, 'Version', '==', 0);
-        const value: TaskResult = {
-          ...result,
-          attempt: claim.attempt,
-          agentId: claim.agentId,
-          token: claim.token,
-          committedAt,
-        };
-        // A retryable failure is history, not the task's result: the next attempt may still claim.
-        const target = isFinal(result) ? resultKey : this.attemptKey(claim.ref, claim.attempt);
-        ops.push(this.store.client.put(target).value(JSON.stringify(value)), this.store.client.delete().key(claimKey));
+      for (const p of group) {
+        const claimKey = this.claimKey(p.claim.ref);
+        b = b.and(claimKey, 'Create', '==', p.claim.token).and(this.resultKey(p.claim.ref), 'Version', '==', 0);
+        ops.push(this.store.client.put(p.target).value(p.value), this.store.client.delete().key(claimKey));
       }
       const res = await b.then(...ops).commit();
-      if (res.succeeded) {
-        for (const _ of group) out.push({ ok: true, revision: Number(res.header.revision) });
-        continue;
-      }
+      if (res.succeeded) return group.map(() => ({ ok: true, revision: Number(res.header.revision) }));
       const fenced = await fenceError(this.store, fences);
-      for (const item of group) {
-        if (fenced) {
-          out.push({ ok: false, error: fenced, reason: 'Fenced' });
+      if (fenced) return group.map(() => ({ ok: false, error: fenced, reason: 'Fenced' }) as const);
+      if (group.length > 1) {
+        const out: CommitOutcome[] = [];
+        for (const p of group) out.push(...(await tryGroup([p])));
+        return out;
+      }
+      const p = group[0] as Prepared;
+      const mine = await this.committedUnder(p.claim, p.target);
+      if (mine) return [{ ok: true, revision: mine.revision, stored: mine.stored }];
+      return [{ ok: false, ...(await this.explain(p.claim.ref, p.claim)) }];
+    };
+    const out: CommitOutcome[] = [];
+    for (const group of groups) {
+      const outcomes = await isolate(group, tryGroup, (p) => `result of ${describeRef(p.claim.ref)}`);
+      for (const [i, o] of outcomes.entries()) {
+        if (!(o instanceof ItemRefusedError)) {
+          out.push(o);
           continue;
         }
-        if (group.length === 1) {
-          out.push({ ok: false, ...(await this.explain(item.claim.ref, item.claim)) });
-          continue;
-        }
-        const [single] = await this.commitMany([item], fences);
-        out.push(single as CommitOutcome);
+        const p = group[i] as Prepared;
+        const stored: ResultBody = {
+          ok: false,
+          error: { message: `the result could not be stored: ${o.message}`, retryable: false },
+        };
+        const [again] = await this.commitMany([{ claim: p.claim, result: stored }], fences);
+        out.push(again?.ok ? { ...again, stored } : (again as CommitOutcome));
       }
     }
     return out;
+  }
+
+  /** What `claim` committed to `target`, and at which revision, if it did (an earlier try whose answer was lost). */
+  private async committedUnder(
+    claim: Claim,
+    target: string,
+  ): Promise<{ revision: number; stored: ResultBody } | undefined> {
+    const e = await this.store.get(target);
+    if (!e) return undefined;
+    const v = decodeJson(e, isResult, 'a task result');
+    if (v.token !== claim.token || v.attempt !== claim.attempt) return undefined;
+    const {
+      attempt: _a,
+      agentId: _g,
+      token: _t,
+      committedAt: _c,
+      ...body
+    } = await fill(new Blobs(this.store), claim.ref.namespace, claim.ref.workflow, v, ['output'], e.key);
+    return { revision: e.modRevision, stored: body };
   }
 
   /** Why a claim or commit was refused, in words an operator can act on. */
@@ -313,4 +369,8 @@ export class TaskClaims {
     }
     return refuse('AlreadyClaimed', `already claimed by attempt ${now.attempt} of agent ${now.agentId}`);
   }
+}
+
+function describeRef(ref: TaskRef): string {
+  return `task ${ref.task} of workflow ${ref.namespace}/${ref.workflow}`;
 }

@@ -1,5 +1,8 @@
+import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
+import { Blobs, fill, spill } from './blobs.ts';
+import { StateError } from './errors.ts';
 import { fenceError } from './fence.ts';
-import { decodeJson, type Fence, type StateStore, toEntry } from './store.ts';
+import { decodeJson, type Fence, type StateStore } from './store.ts';
 
 /**
  * What the workflow engine keeps per task instance in etcd (not in the
@@ -53,8 +56,10 @@ const isTaskRecord = (v: unknown): v is TaskRecord =>
 const isRunRecord = (v: unknown): v is RunRecord =>
   isObject(v) && typeof v.uid === 'string' && typeof v.phase === 'string' && isObject(v.expanded);
 
-// 128 operations per etcd transaction, one of them the fence compare.
-const OPS_PER_TXN = 120;
+/** A record's input or output over this many bytes of JSON is kept as a blob (a record stays small). */
+const RECORD_FIELD_INLINE = 64 * 1024;
+/** Records per range read when loading a run: 16 × at most ~200 KiB stays well under the receive limit. */
+const LOAD_PAGE = 16;
 
 /** The engine's etcd records: one key per task instance plus one for the run. */
 export class WorkflowRecords {
@@ -68,7 +73,11 @@ export class WorkflowRecords {
     return this.store.key('runs', namespace, workflow);
   }
 
-  /** Writes run and task records in as few fenced transactions as the 128-op limit allows. */
+  /**
+   * Writes run and task records in as few fenced transactions as etcd's
+   * limits (operations and bytes) allow; a large input or output is written
+   * as a blob first and the record refers to it.
+   */
   async save(
     namespace: string,
     workflow: string,
@@ -77,34 +86,55 @@ export class WorkflowRecords {
     fences: Fence[] = [],
   ): Promise<void> {
     const base = this.base(namespace, workflow);
-    const puts: [string, string][] = tasks.map((t) => [`${base}/tasks/${t.name}`, JSON.stringify(t)]);
+    const blobs = new Blobs(this.store);
+    const puts: [string, string][] = [];
+    for (const t of tasks) {
+      const small = await spill(blobs, namespace, workflow, t, ['input', 'output'], fences, RECORD_FIELD_INLINE);
+      puts.push([`${base}/tasks/${t.name}`, JSON.stringify(small)]);
+    }
     if (run) puts.push([`${base}/run`, JSON.stringify(run)]);
-    for (let i = 0; i < puts.length; i += OPS_PER_TXN) {
-      const chunk = puts.slice(i, i + OPS_PER_TXN);
-      const res = await this.store
-        .txn(fences)
-        .then(...chunk.map(([k, v]) => this.store.client.put(k).value(v)))
-        .commit();
-      if (!res.succeeded) throw (await fenceError(this.store, fences)) ?? new Error('saving run records failed');
+    const groups = pack(puts, ([k, v]) => ({ ops: 1, bytes: k.length + v.length }), {
+      ops: MAX_TXN_OPS - Math.max(1, fences.length),
+      bytes: this.store.maxTxnBytes,
+    });
+    for (const group of groups) {
+      const outcomes = await isolate(
+        group,
+        async (g) => {
+          const res = await this.store
+            .txn(fences)
+            .then(...g.map(([k, v]) => this.store.client.put(k).value(v)))
+            .commit();
+          if (!res.succeeded)
+            throw (await fenceError(this.store, fences)) ?? new StateError('saving run records failed');
+          return g.map(() => true);
+        },
+        ([k]) => `run record ${k}`,
+      );
+      const refused = outcomes.find((o) => o instanceof ItemRefusedError);
+      if (refused) throw refused;
     }
   }
 
+  /** Reads a run's records page by page at one revision, large fields read back from their blobs. */
   async load(namespace: string, workflow: string): Promise<{ run?: RunRecord; tasks: TaskRecord[] }> {
     const base = this.base(namespace, workflow);
-    const res = await this.store.client.getAll().prefix(`${base}/`).exec();
+    const blobs = new Blobs(this.store);
     const tasks: TaskRecord[] = [];
     let run: RunRecord | undefined;
-    for (const kv of res.kvs) {
-      const entry = toEntry(kv);
+    for (const entry of await this.store.listPaged(`${base}/`, LOAD_PAGE)) {
       if (entry.key === `${base}/run`) run = decodeJson(entry, isRunRecord, 'a run record');
-      else tasks.push(decodeJson(entry, isTaskRecord, 'a task record'));
+      else {
+        const t = decodeJson(entry, isTaskRecord, 'a task record');
+        tasks.push(await fill(blobs, namespace, workflow, t, ['input', 'output'], entry.key));
+      }
     }
     return { ...(run && { run }), tasks };
   }
 
-  /** Removes everything agentflow keeps for a workflow: run records, claims, results, attempts, audit, shared state. */
+  /** Removes everything agentflow keeps for a workflow: run records, claims, results, attempts, audit, blobs, shared state. */
   async deleteAll(namespace: string, workflow: string, fences: Fence[] = []): Promise<void> {
-    const prefixes = ['runs', 'claims', 'results', 'attempts', 'audit'].map(
+    const prefixes = ['runs', 'claims', 'results', 'attempts', 'audit', 'blobs'].map(
       (k) => `${this.store.key(k, namespace, workflow)}/`,
     );
     prefixes.push(`${this.store.key('state', 'workflow', namespace, workflow)}/`);
