@@ -35,6 +35,8 @@ export class OperatorProcess {
       dispatcherPort?: number;
       /** Default: the admin's. */
       kubeconfig?: string;
+      /** A private etcd (plain HTTP, no auth: the chaos suite's cluster) instead of the harness's. */
+      etcdEndpoints?: string[];
     },
   ) {
     this.name = o.name;
@@ -44,7 +46,7 @@ export class OperatorProcess {
       '--kubeconfig',
       o.kubeconfig ?? info.kubeconfig,
       // TLS, as the operator's own etcd user (the client certificate's CN).
-      ...operatorEtcdFlags(info),
+      ...(o.etcdEndpoints ? [`--etcd-endpoints=${o.etcdEndpoints.join(',')}`] : operatorEtcdFlags(info)),
       '--etcd-prefix',
       o.prefix,
       '--watch-namespace',
