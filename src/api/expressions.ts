@@ -1,4 +1,5 @@
 import { parse } from '@bufbuild/cel';
+import { MAX_EXPRESSION_COST } from './workflow.ts';
 
 // Task inputs, forEach and when use CEL (the language Kubernetes validation
 // rules use). In input values, a string that is exactly `${{ expr }}` becomes
@@ -40,11 +41,202 @@ export interface Scope {
   allTasks: ReadonlySet<string>;
   /** `item` is bound (inside a forEach task's input and when). */
   item: boolean;
+  /** spec.inputs, when known: the cost estimate uses the sizes of its lists. */
+  inputs?: unknown;
 }
 
-interface AstNode {
+export interface AstNode {
+  id?: bigint;
   exprKind: { case: string | undefined; value?: unknown };
 }
+
+export interface Comprehension {
+  iterVar: string;
+  iterVar2: string;
+  accuVar: string;
+  iterRange: AstNode;
+  accuInit: AstNode;
+  loopCondition: AstNode;
+  loopStep: AstNode;
+  result: AstNode;
+}
+
+/** An expression quoted in a message: long ones (a bomb is 2 KB) are cut so the reason after them stays readable. */
+export function quoteExpression(expr: string, max = 120): string {
+  return expr.length <= max ? expr : `${expr.slice(0, max)}… (${expr.length} characters)`;
+}
+
+// ---------------------------------------------------------------------------
+// Cost model. @bufbuild/cel (0.6) has no cost tracking: nothing in it counts or
+// bounds an evaluation, and it has no interrupt and no evaluation hook. So
+// agentflow bounds evaluation itself, in the spirit of the API server's cost
+// tracker (cel-go's), in units of about one evaluation step:
+// - every AST node evaluated costs 1, a function call CALL_UNITS; a
+//   comprehension (all, exists, exists_one, map, filter) evaluates its condition
+//   and step once per element it visits;
+// - at run time a function call also costs the size of the data it works on:
+//   one unit per list element or map entry and per 16 characters (bytes) of a
+//   string, for its arguments and its result (src/workflow/expressions.ts);
+// - at run time, converting the result to JSON costs 3 units per element, and
+//   strings.replace 4 per occurrence (measured against a node's time).
+// Units are calibrated on this interpreter: ~35 ns each once the JIT is warm.
+// Two checks use it: a static estimate here, at validation, refuses an
+// expression whose own text makes it too costly (list literals and lists of
+// spec.inputs at their sizes, every comprehension visiting every element, as
+// the API server's estimate assumes); lists only known at run time (task
+// outputs, item) count as empty there. A run-time meter (the same counts, made
+// while evaluating) stops any evaluation that spends the budget, whatever the
+// data, within tens of milliseconds. Both budgets are MAX_EXPRESSION_COST.
+
+/** The sub-expressions of a node, comprehensions aside (their parts have different costs). */
+export const children = (node: AstNode | undefined): AstNode[] => {
+  if (!node) return [];
+  const { case: kind, value } = node.exprKind;
+  switch (kind) {
+    case 'selectExpr':
+      return [(value as { operand?: AstNode }).operand].filter((n): n is AstNode => n !== undefined);
+    case 'callExpr': {
+      const call = value as { target?: AstNode; args: AstNode[] };
+      return call.target ? [call.target, ...call.args] : call.args;
+    }
+    case 'listExpr':
+      return (value as { elements: AstNode[] }).elements;
+    case 'structExpr':
+      return (value as { entries: { keyKind: { case: string; value?: unknown }; value?: AstNode }[] }).entries.flatMap(
+        (e) => [...(e.keyKind.case === 'mapKey' ? [e.keyKind.value as AstNode] : []), ...(e.value ? [e.value] : [])],
+      );
+    default:
+      return []; // constants and identifiers; comprehensions are handled by the callers
+  }
+};
+
+/**
+ * Nodes evaluated once whenever `node` is: its own nodes, where a comprehension
+ * inside counts its range, initial value and result but not its condition and
+ * step (the comprehension pays for those per element itself).
+ */
+export function ownNodes(node: AstNode | undefined): number {
+  if (!node) return 0;
+  if (node.exprKind.case === 'comprehensionExpr') {
+    const c = node.exprKind.value as Comprehension;
+    return 1 + ownNodes(c.iterRange) + ownNodes(c.accuInit) + ownNodes(c.result);
+  }
+  let n = nodeCost(node);
+  for (const c of children(node)) n += ownNodes(c);
+  return n;
+}
+
+/**
+ * Operators the interpreter evaluates itself (logic, choice, indexing): as cheap
+ * as any node. Every other call goes through overload resolution, which takes
+ * about four times as long (measured on @bufbuild/cel: ~25 ns a node, ~100 ns a call).
+ */
+const INLINE_CALLS = new Set([
+  '_&&_',
+  '_||_',
+  '_?_:_',
+  '@not_strictly_false',
+  '__not_strictly_false__',
+  '_[_]',
+  '_[?_]',
+  '_?._',
+]);
+export const CALL_UNITS = 4;
+
+/** The units of one node itself, its sub-expressions aside. */
+function nodeCost(node: AstNode): number {
+  if (node.exprKind.case !== 'callExpr') return 1;
+  return INLINE_CALLS.has((node.exprKind.value as { function: string }).function) ? 1 : CALL_UNITS;
+}
+
+/** What one element visited by a comprehension costs, nested comprehensions aside. */
+export function iterationCost(c: Comprehension): number {
+  return Math.max(1, ownNodes(c.loopCondition) + ownNodes(c.loopStep));
+}
+
+export const identName = (node: AstNode | undefined): string | undefined =>
+  node?.exprKind.case === 'identExpr' ? (node.exprKind.value as { name: string }).name : undefined;
+
+/** The size of the list (or map) a node yields, when the expression or spec.inputs says it; else 0. */
+function knownSize(node: AstNode, inputs: unknown, locals: ReadonlySet<string>): number {
+  const { case: kind, value } = node.exprKind;
+  switch (kind) {
+    case 'listExpr':
+      return (value as { elements: unknown[] }).elements.length;
+    case 'structExpr':
+      return (value as { entries: unknown[] }).entries.length;
+    case 'comprehensionExpr': {
+      // map and filter start from [] and yield at most one element per element visited.
+      const c = value as Comprehension;
+      const init = c.accuInit.exprKind;
+      if (init.case === 'listExpr' && (init.value as { elements: unknown[] }).elements.length === 0) {
+        return knownSize(c.iterRange, inputs, locals);
+      }
+      return 0;
+    }
+    case 'callExpr': {
+      const call = value as { function: string; target?: AstNode; args: AstNode[] };
+      if (call.function === '_+_' && !call.target && call.args.length === 2) {
+        return call.args.reduce((n, a) => n + knownSize(a, inputs, locals), 0);
+      }
+      return 0;
+    }
+    case 'selectExpr':
+    case 'identExpr': {
+      // inputs.a.b: a list of spec.inputs.
+      const path: string[] = [];
+      let n: AstNode | undefined = node;
+      while (n?.exprKind.case === 'selectExpr') {
+        const sel = n.exprKind.value as { operand?: AstNode; field: string; testOnly?: boolean };
+        if (sel.testOnly) return 0;
+        path.unshift(sel.field);
+        n = sel.operand;
+      }
+      if (identName(n) !== 'inputs' || locals.has('inputs')) return 0;
+      let v: unknown = inputs;
+      for (const f of path) {
+        if (v === null || typeof v !== 'object' || Array.isArray(v) || !Object.hasOwn(v, f)) return 0;
+        v = (v as Record<string, unknown>)[f];
+      }
+      if (Array.isArray(v)) return v.length;
+      return v !== null && typeof v === 'object' ? Object.keys(v).length : 0;
+    }
+    default:
+      return 0;
+  }
+}
+
+/**
+ * The static cost estimate of an expression (see the cost model above): what it
+ * costs when every comprehension visits every element of the lists whose sizes
+ * its text (or spec.inputs) gives.
+ */
+export function estimateCost(root: AstNode, inputs?: unknown): number {
+  const cost = (node: AstNode | undefined, locals: ReadonlySet<string>): number => {
+    if (!node) return 0;
+    if (node.exprKind.case === 'comprehensionExpr') {
+      const c = node.exprKind.value as Comprehension;
+      const inner = new Set(locals);
+      for (const v of [c.iterVar, c.iterVar2, c.accuVar]) if (v) inner.add(v);
+      const perElement = cost(c.loopCondition, inner) + cost(c.loopStep, inner);
+      return (
+        1 +
+        cost(c.iterRange, locals) +
+        cost(c.accuInit, locals) +
+        cost(c.result, inner) +
+        knownSize(c.iterRange, inputs, locals) * perElement
+      );
+    }
+    let n = nodeCost(node);
+    for (const c of children(node)) n += cost(c, locals);
+    return n;
+  };
+  return cost(root, new Set());
+}
+
+/** 1,000,000; an astronomical estimate as 1.2e+30. */
+export const formatCost = (n: number): string =>
+  n < 1e15 ? String(Math.ceil(n)).replace(/\B(?=(\d{3})+$)/g, ',') : n.toExponential(1);
 
 /**
  * Parses a CEL expression and checks that it refers only to the variables in
@@ -131,16 +323,7 @@ export function checkExpression(expr: string, scope: Scope): Set<string> {
         }
         return;
       case 'comprehensionExpr': {
-        const c = value as {
-          iterVar: string;
-          iterVar2: string;
-          accuVar: string;
-          iterRange: AstNode;
-          accuInit: AstNode;
-          loopCondition: AstNode;
-          loopStep: AstNode;
-          result: AstNode;
-        };
+        const c = value as Comprehension;
         visit(c.iterRange, locals);
         visit(c.accuInit, locals);
         const inner = new Set(locals);
@@ -155,5 +338,12 @@ export function checkExpression(expr: string, scope: Scope): Set<string> {
     }
   };
   visit(root, new Set());
+  const estimate = estimateCost(root, scope.inputs);
+  if (estimate > MAX_EXPRESSION_COST) {
+    throw new ExpressionError(
+      `estimated cost ${formatCost(estimate)} is over the budget of ${formatCost(MAX_EXPRESSION_COST)} CEL cost units ` +
+        '(nested comprehensions multiply the sizes of their lists): iterate over fewer or shorter lists',
+    );
+  }
   return reads;
 }

@@ -1,4 +1,4 @@
-import { checkExpression, ExpressionError, parseTemplate, type Scope } from './expressions.ts';
+import { checkExpression, ExpressionError, parseTemplate, quoteExpression, type Scope } from './expressions.ts';
 import { DNS_LABEL } from './schema-helpers.ts';
 import type { WorkflowSpec, WorkflowTask } from './workflow.ts';
 
@@ -7,7 +7,13 @@ export interface Problem {
   /** e.g. spec.tasks[2].input.query */
   field: string;
   /** CamelCase, for a condition's reason. */
-  reason: 'InvalidSpec' | 'DependencyCycle' | 'PoolNotFound' | 'HandlerNotServed' | 'InvalidExpression';
+  reason:
+    | 'InvalidSpec'
+    | 'DependencyCycle'
+    | 'PoolNotFound'
+    | 'HandlerNotServed'
+    | 'CostOverCapacity'
+    | 'InvalidExpression';
   message: string;
 }
 
@@ -15,6 +21,8 @@ export interface Problem {
 export interface PoolInfo {
   /** Handlers the pool declares; undefined or empty: any handler. */
   handlers?: string[];
+  /** spec.agent.capacity: the task slots of one agent. A task that costs more can never run. */
+  capacity?: number;
 }
 
 export interface ValidateOptions {
@@ -29,8 +37,10 @@ export function formatProblem(p: Problem): string {
 
 /**
  * Everything about a Workflow spec that the API server's schema cannot judge:
- * dependency cycles, unknown pools and handlers, and expressions that do not
- * parse or read what is not in scope. Returns every problem, not just the first.
+ * dependency cycles, unknown pools and handlers, tasks that cost more slots
+ * than an agent of their pool has, and expressions that do not parse, read what
+ * is not in scope or are estimated over the CEL cost budget (MAX_EXPRESSION_COST).
+ * Returns every problem, not just the first.
  * Repeats the schema's cheap structural checks, since a spec may come from
  * anywhere (an older CRD, a unit test, etcd).
  */
@@ -94,6 +104,14 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
           `AgentPool "${pool}" serves no handler "${t.handler}" (it serves: ${info.handlers.join(', ')})`,
         );
       }
+      const cost = t.cost ?? 1;
+      if (info.capacity !== undefined && cost > info.capacity) {
+        add(
+          `spec.tasks[${i}].cost`,
+          'CostOverCapacity',
+          `${cost} slots is more than an agent of AgentPool "${pool}" has (spec.agent.capacity ${info.capacity}): the task could never run`,
+        );
+      }
     });
   }
 
@@ -107,11 +125,14 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
         checkExpression(expr, scope);
       } catch (err) {
         if (!(err instanceof ExpressionError)) throw err;
-        add(field, 'InvalidExpression', `${JSON.stringify(expr)}: ${err.message}`);
+        add(field, 'InvalidExpression', `${JSON.stringify(quoteExpression(expr))}: ${err.message}`);
       }
     };
-    if (t.forEach !== undefined) check(`${f}.forEach`, t.forEach, { readableTasks: readable, allTasks, item: false });
-    const inner: Scope = { readableTasks: readable, allTasks, item: t.forEach !== undefined };
+    const inputs = spec.inputs;
+    if (t.forEach !== undefined) {
+      check(`${f}.forEach`, t.forEach, { readableTasks: readable, allTasks, item: false, inputs });
+    }
+    const inner: Scope = { readableTasks: readable, allTasks, item: t.forEach !== undefined, inputs };
     if (t.when !== undefined) check(`${f}.when`, t.when, inner);
     const walk = (value: unknown, path: string): void => {
       if (typeof value === 'string') {

@@ -9,6 +9,32 @@ export const MAX_TASKS = 200;
 export const MAX_DEPENDENCIES = 64;
 export const MAX_EXPRESSION = 2048;
 
+// Bounds on the work one workflow can make the operator leader do (issue 13:
+// "bounded work"). Each has one definition here, read by validation, the
+// engine, the operator's flags, the CRD descriptions and the docs.
+
+/**
+ * Cost budget of one evaluation of one CEL expression, in cost units (about one
+ * evaluation step each: see the cost model in src/api/expressions.ts). Like the
+ * Kubernetes API server's per-expression limit (PerCallLimit, 1,000,000 of
+ * cel-go's units), at half the figure because a unit of @bufbuild/cel takes
+ * longer (~35 ns): spending the budget holds the leader's event loop ~20-40 ms.
+ */
+export const MAX_EXPRESSION_COST = 500_000;
+/**
+ * Cost budget of all the expressions evaluated to start one task: its `when`, its
+ * `forEach` and its input for every forEach item (ten times one expression's, as
+ * the API server's RuntimeCELCostBudget is for one request).
+ */
+export const MAX_TASK_EXPRESSION_COST = 5_000_000;
+/** Default of the operator's --max-foreach-items: the most items a forEach list may yield. */
+export const DEFAULT_MAX_FOREACH_ITEMS = 10_000;
+/**
+ * Default of the operator's --max-spawned-children: the most children one task of
+ * the spec (or one forEach item) may spawn, its children's children included.
+ */
+export const DEFAULT_MAX_SPAWNED_CHILDREN = 1_000;
+
 const RetryPolicy = Type.Object(
   {
     maxAttempts: Type.Optional(
@@ -53,7 +79,12 @@ const RetryPolicy = Type.Object(
   { description: 'How failed attempts are retried.' },
 );
 
-const Expression = (description: string) => Type.String({ minLength: 1, maxLength: MAX_EXPRESSION, description });
+const Expression = (description: string) =>
+  Type.String({
+    minLength: 1,
+    maxLength: MAX_EXPRESSION,
+    description: `${description} One evaluation may cost at most ${MAX_EXPRESSION_COST} CEL cost units.`,
+  });
 
 export const WorkflowTask = Type.Object(
   {
@@ -80,7 +111,11 @@ export const WorkflowTask = Type.Object(
         maxProperties: 64,
       }),
     ),
-    forEach: Type.Optional(Expression('CEL expression yielding a list: one task instance per item (fan-out).')),
+    forEach: Type.Optional(
+      Expression(
+        `CEL expression yielding a list: one task instance per item (fan-out); at most ${DEFAULT_MAX_FOREACH_ITEMS} items unless the operator's --max-foreach-items says otherwise.`,
+      ),
+    ),
     when: Type.Optional(Expression('CEL condition: the task is skipped when it is false.')),
     retryPolicy: Type.Optional(RetryPolicy),
     timeoutSeconds: Type.Optional(

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
+import { DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_SPAWNED_CHILDREN } from '../api/workflow.ts';
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger, type Level } from '../lib/log.ts';
 import { Registry } from '../lib/metrics.ts';
@@ -40,6 +41,10 @@ Flags (each also read from the environment variable in brackets):
   --election NAME                 leader election name (agentflow-operator)   [AGENTFLOW_ELECTION]
   --lease-ttl SECONDS             leader lease TTL (15)                         [AGENTFLOW_LEASE_TTL]
   --workers N                     concurrent reconciles per controller (2)     [AGENTFLOW_WORKERS]
+  --max-foreach-items N           most items a workflow task's forEach may yield (${DEFAULT_MAX_FOREACH_ITEMS})
+                                                                                 [AGENTFLOW_MAX_FOREACH_ITEMS]
+  --max-spawned-children N        most children one workflow task may spawn, descendants included (${DEFAULT_MAX_SPAWNED_CHILDREN})
+                                                                                 [AGENTFLOW_MAX_SPAWNED_CHILDREN]
   --log-level LEVEL               debug|info|warn|error (info)                 [AGENTFLOW_LOG_LEVEL]
   -h, --help
 `;
@@ -151,6 +156,8 @@ export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registr
         election: { type: 'string' },
         'lease-ttl': { type: 'string' },
         workers: { type: 'string' },
+        'max-foreach-items': { type: 'string' },
+        'max-spawned-children': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -253,6 +260,20 @@ export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registr
     identity: podName ?? hostname(),
     ...(podName && podNamespace && { pod: { name: podName, namespace: podNamespace } }),
     workers: int('workers', flag(values, 'workers', 'AGENTFLOW_WORKERS') ?? '2', 1, 64),
+    workflowLimits: {
+      maxForEachItems: int(
+        'max-foreach-items',
+        flag(values, 'max-foreach-items', 'AGENTFLOW_MAX_FOREACH_ITEMS') ?? String(DEFAULT_MAX_FOREACH_ITEMS),
+        1,
+        1_000_000,
+      ),
+      maxSpawnedChildren: int(
+        'max-spawned-children',
+        flag(values, 'max-spawned-children', 'AGENTFLOW_MAX_SPAWNED_CHILDREN') ?? String(DEFAULT_MAX_SPAWNED_CHILDREN),
+        0,
+        1_000_000,
+      ),
+    },
     logLevel: level as Level,
   };
 }

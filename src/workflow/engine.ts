@@ -2,7 +2,7 @@ import type { WorkflowSpec } from '../api/workflow.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
 import type { Logger } from '../lib/log.ts';
 import { AuditLog, type Fence, type StateStore, WorkflowRecords } from '../state/index.ts';
-import { WorkflowRun } from './run.ts';
+import { type RunLimits, WorkflowRun } from './run.ts';
 
 export interface EngineOptions {
   store: StateStore;
@@ -13,6 +13,10 @@ export interface EngineOptions {
   onChange: (namespace: string, name: string) => void;
   /** How often dirty records are flushed to etcd (default 50 ms). */
   flushMs?: number;
+  /** Caps on forEach lists and spawned children (default DEFAULT_RUN_LIMITS: the operator's flags). */
+  limits?: Partial<RunLimits>;
+  /** spec.agent.capacity of a pool, if it is known: spawned children that cost more are refused. */
+  poolCapacity?: (namespace: string, pool: string) => number | undefined;
 }
 
 const key = (namespace: string, name: string) => `${namespace}/${name}`;
@@ -70,8 +74,10 @@ export class WorkflowEngine {
         cancel: (ref, reason) => void dispatcher.cancel(ref, reason),
         tracked: (ref) => dispatcher.isTracked(ref),
         now: () => Date.now(),
+        poolCapacity: (pool) => this.o.poolCapacity?.(wf.namespace, pool),
       },
       loaded.run?.uid === wf.uid ? loaded : undefined,
+      this.o.limits,
     );
     this.runs.set(k, run);
     if (loaded.run?.uid === wf.uid)
@@ -149,6 +155,8 @@ export class WorkflowEngine {
 
   private async flushOnce(): Promise<void> {
     const fences = this.o.fences();
+    // One run whose records cannot be saved must not hold back every other run's.
+    let failed: Error | undefined;
     for (const run of this.runs.values()) {
       if (run.dirty.size === 0 && !run.runDirty && run.audit.length === 0) continue;
       const names = [...run.dirty];
@@ -165,9 +173,10 @@ export class WorkflowEngine {
         for (const n of names) run.dirty.add(n);
         run.runDirty ||= runDirty;
         run.audit.unshift(...events);
-        throw err;
+        failed ??= err as Error;
       }
     }
+    if (failed) throw failed;
   }
 
   async stop(): Promise<void> {

@@ -1,8 +1,16 @@
-import type { WorkflowSpec, WorkflowStatus, WorkflowTask } from '../api/workflow.ts';
+import {
+  DEFAULT_MAX_FOREACH_ITEMS,
+  DEFAULT_MAX_SPAWNED_CHILDREN,
+  MAX_EXPRESSION_COST,
+  MAX_TASK_EXPRESSION_COST,
+  type WorkflowSpec,
+  type WorkflowStatus,
+  type WorkflowTask,
+} from '../api/workflow.ts';
 import type { TaskEvent, TaskSpec } from '../dispatcher/types.ts';
 import { rfc3339 } from '../lib/time.ts';
 import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
-import { type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
+import { CostBudget, type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
 
 export type TaskPhase =
   | 'Pending'
@@ -22,7 +30,25 @@ export interface RunHost {
   /** Whether the dispatcher already tracks the task (adopted after a failover). */
   tracked(ref: TaskRef): boolean;
   now(): number;
+  /**
+   * The task slots of one agent of a pool (its spec.agent.capacity), if the pool
+   * is known: a spawned child that costs more could never run.
+   */
+  poolCapacity?(pool: string): number | undefined;
 }
+
+/** The operator-wide caps on what one run may grow to (the operator's flags). */
+export interface RunLimits {
+  /** Most items a forEach list may yield (--max-foreach-items). */
+  maxForEachItems: number;
+  /** Most children one task may spawn, its descendants included (--max-spawned-children). */
+  maxSpawnedChildren: number;
+}
+
+export const DEFAULT_RUN_LIMITS: RunLimits = {
+  maxForEachItems: DEFAULT_MAX_FOREACH_ITEMS,
+  maxSpawnedChildren: DEFAULT_MAX_SPAWNED_CHILDREN,
+};
 
 export interface AuditItem {
   type: string;
@@ -47,6 +73,8 @@ export const MAX_STATUS_OUTPUT_BYTES = 16 * 1024;
 const MAX_MESSAGE = 1024;
 
 const iso = rfc3339;
+/** The task of the spec (or forEach item) a spawned child descends from: `a.3~c~d` -> `a.3`. */
+const rootOf = (name: string): string => name.split('~', 1)[0] as string;
 
 /**
  * One Workflow's run: the DAG state machine. Event-driven and synchronous
@@ -65,6 +93,13 @@ export class WorkflowRun {
   /** forEach templates already expanded, with their item counts; and templates decided (when / expansion). */
   private readonly expanded = new Map<string, number>();
   private readonly skipped = new Set<string>();
+  /** Why a forEach template failed before it had instances (its status summary shows it). */
+  private readonly templateFailures = new Map<string, string>();
+  /** Children spawned under each task of the spec (or forEach item), descendants included. */
+  private readonly spawnedUnder = new Map<string, number>();
+  /** Activation stopped for this step because its expressions had cost enough (see activate). */
+  private activationDeferred = false;
+  private readonly limits: RunLimits;
   private suspended = false;
   phase: RunPhase = 'Pending';
   message = '';
@@ -80,7 +115,9 @@ export class WorkflowRun {
     wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec },
     host: RunHost,
     loaded?: { run?: RunRecord; tasks: TaskRecord[] },
+    limits: Partial<RunLimits> = {},
   ) {
+    this.limits = { ...DEFAULT_RUN_LIMITS, ...limits };
     this.namespace = wf.namespace;
     this.name = wf.name;
     this.uid = wf.uid;
@@ -125,6 +162,10 @@ export class WorkflowRun {
       }
       if (inst.phase === 'Pending' && inst.input !== undefined) inst.ready = true;
       this.instances.set(inst.name, inst);
+      if (inst.parent) {
+        const root = rootOf(inst.name);
+        this.spawnedUnder.set(root, (this.spawnedUnder.get(root) ?? 0) + 1);
+      }
     }
     this.audit.push({ type: 'RunResumed', detail: { tasks: tasks.length } });
   }
@@ -283,16 +324,30 @@ export class WorkflowRun {
     }
   }
 
+  /**
+   * Starts what can start: evaluates `when`, expands `forEach`, renders inputs.
+   * The expressions that start one task share a budget (MAX_TASK_EXPRESSION_COST)
+   * on top of each one's own; once a step has spent MAX_EXPRESSION_COST, the
+   * tasks left wait for the next tick, so that one run's expressions hold the
+   * leader's event loop for a bounded time.
+   */
   private activate(): void {
+    this.activationDeferred = false;
+    let spent = 0;
     this.order.forEach((name, ti) => {
-      if (this.finished || this.skipped.has(name) || this.expanded.has(name)) return;
+      if (this.finished || this.activationDeferred || this.skipped.has(name) || this.expanded.has(name)) return;
       const t = this.templates.get(name) as WorkflowTask;
       const single = t.forEach ? undefined : this.instances.get(name);
       if (single && (single.ready || single.phase !== 'Pending')) return;
       if (!(t.dependsOn ?? []).every((d) => this.templateDone(d))) return;
+      if (spent >= MAX_EXPRESSION_COST) {
+        this.activationDeferred = true;
+        return;
+      }
       const field = `spec.tasks[${ti}]`;
+      const budget = new CostBudget(MAX_TASK_EXPRESSION_COST);
       try {
-        const ctx = this.context();
+        const ctx: EvalContext = { ...this.context(), budget };
         if (t.when !== undefined && !evalCondition(t.when, ctx, `${field}.when`)) {
           this.skipped.add(name);
           this.runDirty = true;
@@ -305,13 +360,16 @@ export class WorkflowRun {
           return;
         }
         if (t.forEach) {
-          const items = evalList(t.forEach, ctx, `${field}.forEach`);
-          for (let k = 0; k < items.length; k++) {
-            // The outputs are the same for every item: reuse ctx (a fan-out over a fan-out would
-            // otherwise rebuild the upstream output list once per item).
-            const input = renderInput(t.input ?? {}, { ...ctx, item: items[k], index: k }, `${field}.input`);
+          const items = evalList(t.forEach, ctx, `${field}.forEach`, this.limits.maxForEachItems);
+          // The outputs are the same for every item: reuse ctx (a fan-out over a fan-out would
+          // otherwise rebuild the upstream output list once per item). Every input is rendered
+          // before any instance exists, so a failing item leaves no half expansion behind.
+          const inputs = items.map((item, k) =>
+            renderInput(t.input ?? {}, { ...ctx, item, index: k }, `${field}.input`),
+          );
+          inputs.forEach((input, k) => {
             this.put(this.newInstance(t, `${name}.${k}`, { index: k, input, ready: true }));
-          }
+          });
           this.expanded.set(name, items.length);
           this.runDirty = true;
           this.audit.push({ type: 'TaskExpanded', task: name, detail: { items: items.length } });
@@ -321,12 +379,16 @@ export class WorkflowRun {
           this.touch(single);
         }
       } catch (err) {
+        const message = (err as Error).message;
         if (single) {
           single.phase = 'Failed';
-          single.message = (err as Error).message.slice(0, MAX_MESSAGE);
+          single.message = message.slice(0, MAX_MESSAGE);
           this.touch(single);
-        }
-        this.fail(`task ${name}: ${(err as Error).message}`);
+        } else this.templateFailures.set(name, message.slice(0, MAX_MESSAGE));
+        this.audit.push({ type: 'TaskFailed', task: name, detail: { message } });
+        this.fail(`task ${name}: ${message}`);
+      } finally {
+        spent += budget.used;
       }
     });
   }
@@ -371,6 +433,7 @@ export class WorkflowRun {
 
   /** The next time tick() has something to do (ms), if any. */
   nextWake(): number | undefined {
+    if (this.activationDeferred && !this.finished) return this.host.now();
     let at: number | undefined;
     for (const i of this.instances.values()) {
       if (i.phase === 'Retrying' && i.retryAt !== undefined) at = Math.min(at ?? i.retryAt, i.retryAt);
@@ -508,13 +571,38 @@ export class WorkflowRun {
     this.fail(`task ${i.name} ${why}: ${message}`);
   }
 
+  /**
+   * Children an agent spawned for a running task join the run, unless they
+   * would break a limit: then the spawning task fails with the reason (and with
+   * it the run, as any failed task does) rather than queue work that can never
+   * run or grow the run without bound.
+   */
   private spawn(parent: Instance, children: { name: string; handler: string; input: unknown; cost: number }[]): void {
     const t = this.templates.get(parent.template);
     if (!t) return;
+    const fresh = children.filter((c) => !this.instances.has(`${parent.name}~${c.name}`)); // a retried parent spawning again
+    const capacity = this.host.poolCapacity?.(parent.pool);
+    const tooCostly = capacity === undefined ? undefined : fresh.find((c) => c.cost > capacity);
+    if (tooCostly) {
+      this.refuseSpawn(
+        parent,
+        `spawned child "${tooCostly.name}" costs ${tooCostly.cost} slots, more than an agent of AgentPool "${parent.pool}" has (spec.agent.capacity ${capacity}): it could never run`,
+      );
+      return;
+    }
+    const root = rootOf(parent.name);
+    const total = (this.spawnedUnder.get(root) ?? 0) + fresh.length;
+    if (total > this.limits.maxSpawnedChildren) {
+      this.refuseSpawn(
+        parent,
+        `spawning ${fresh.length} more children would make ${total} under task ${root} (descendants included), more than the ${this.limits.maxSpawnedChildren} one task may spawn (the operator's --max-spawned-children)`,
+      );
+      return;
+    }
+    this.spawnedUnder.set(root, total);
     parent.children ??= [];
-    for (const c of children) {
+    for (const c of fresh) {
       const name = `${parent.name}~${c.name}`;
-      if (this.instances.has(name)) continue; // a retried parent spawning again
       this.put(
         this.newInstance(t, name, {
           parent: parent.name,
@@ -528,6 +616,17 @@ export class WorkflowRun {
     }
     this.touch(parent);
     this.audit.push({ type: 'TaskSpawned', task: parent.name, detail: { children: children.map((c) => c.name) } });
+  }
+
+  /** Fails a task whose spawn broke a limit; its attempt, still running on its agent, is cancelled. */
+  private refuseSpawn(parent: Instance, reason: string): void {
+    if (ACTIVE.has(parent.phase)) this.host.cancel(this.ref(parent.name), reason);
+    parent.phase = 'Failed';
+    parent.finishedAt = iso(this.host.now());
+    parent.message = reason.slice(0, MAX_MESSAGE);
+    this.touch(parent);
+    this.audit.push({ type: 'SpawnRefused', task: parent.name, attempt: parent.attempt, detail: { reason } });
+    this.fail(`task ${parent.name}: ${reason}`);
   }
 
   // ---- status ----
@@ -573,6 +672,8 @@ export class WorkflowRun {
   private templateSummary(name: string, own: Instance[]): NonNullable<WorkflowStatus['tasks']>[number] {
     const t = this.templates.get(name);
     if (this.skipped.has(name)) return { name, phase: 'Skipped' };
+    const failure = this.templateFailures.get(name);
+    if (own.length === 0 && failure) return { name, phase: 'Failed', message: failure };
     if (own.length === 0) return { name, phase: this.finished ? 'Cancelled' : 'Pending' };
     const by = (p: TaskPhase) => own.filter((i) => i.phase === p).length;
     const attempts = Math.max(...own.map((i) => i.attempt));

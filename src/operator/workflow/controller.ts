@@ -1,5 +1,5 @@
 import type { AgentPool } from '../../api/agentpool.ts';
-import { formatProblem, validateWorkflowSpec } from '../../api/validate.ts';
+import { formatProblem, type PoolInfo, validateWorkflowSpec } from '../../api/validate.ts';
 import type { Workflow, WorkflowStatus } from '../../api/workflow.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { WorkflowEngine } from '../../workflow/engine.ts';
@@ -133,11 +133,14 @@ export class WorkflowController {
     return undefined;
   }
 
-  private poolInfo(namespace: string): Map<string, { handlers?: string[] }> {
-    const out = new Map<string, { handlers?: string[] }>();
+  private poolInfo(namespace: string): Map<string, PoolInfo> {
+    const out = new Map<string, PoolInfo>();
     for (const p of this.o.pools.list((p) => p.metadata.namespace === namespace)) {
       const h = p.spec.agent.handlers;
-      out.set(p.metadata.name as string, h && h.length > 0 ? { handlers: h } : {});
+      out.set(p.metadata.name as string, {
+        ...(h && h.length > 0 && { handlers: h }),
+        capacity: p.spec.agent.capacity,
+      });
     }
     return out;
   }

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
+import { DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_SPAWNED_CHILDREN } from '../../../src/api/workflow.ts';
 import { AuditLog, type StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
@@ -25,7 +26,8 @@ import { testStore } from '../state/helpers.ts';
 // in pool pods on a process kubelet, real etcd. Workflows run to Succeeded
 // with the expected outputs, retry and fail with clear messages, suspend,
 // cancel, spawn children, survive an agent's death, fan out to 2,000 tasks
-// with a small object, drive the autoscaler, and leave a verifiable audit log.
+// with a small object, drive the autoscaler, and leave a verifiable audit log;
+// a CEL bomb, an oversized forEach and a spawn flood fail alone with their reasons.
 
 let cluster: ClusterHandle;
 let ns: string;
@@ -326,6 +328,74 @@ describe('workflows', () => {
     // The outputs of 2,000 tasks do not fit the status budget: they are summarised, not copied.
     expect(w.status.outputs.each).toMatchObject({ truncated: true });
     expect(bytes).toBeLessThan(40 * 1024);
+  });
+
+  it('a CEL bomb, an oversized forEach and a spawn flood each fail with their reason; a workflow beside them succeeds', async () => {
+    const list = `[${Array.from({ length: 150 }, (_, i) => i).join(',')}]`;
+    const items = 'tasks.gen.output.items';
+    const fanOut = (count: number) => [
+      { name: 'gen', handler: 'range', input: { count } },
+      { name: 'each', handler: 'noop', dependsOn: ['gen'], forEach: items, input: { i: '${{ item }}' } },
+    ];
+    await Promise.all(
+      [
+        // Over budget by its text alone: refused by validation, nothing runs.
+        workflow('bomb-static', {
+          pool: 'agents',
+          tasks: [
+            { name: 'check', handler: 'noop', when: `size(${list}.map(a, ${list}.map(b, ${list}.map(c, a + b)))) > 0` },
+          ],
+        }),
+        // Over budget on an agent's output: fails on the leader, in milliseconds.
+        workflow('bomb-when', {
+          pool: 'agents',
+          tasks: [
+            { name: 'gen', handler: 'range', input: { count: 300 } },
+            {
+              name: 'check',
+              handler: 'noop',
+              dependsOn: ['gen'],
+              when: `${items}.all(a, ${items}.all(b, ${items}.all(c, a + b + c >= 0)))`,
+            },
+          ],
+        }),
+        workflow('too-wide', { pool: 'agents', tasks: fanOut(DEFAULT_MAX_FOREACH_ITEMS + 1) }),
+        workflow('flood', {
+          pool: 'agents',
+          tasks: [{ name: 'spawner', handler: 'fanout', input: { count: DEFAULT_MAX_SPAWNED_CHILDREN + 1 } }],
+        }),
+        workflow('beside', { pool: 'agents', tasks: fanOut(3) }),
+      ].map((w) => apply(cluster, w)),
+    );
+    const failure = async (name: string) => {
+      const w = await until(`${name} Failed`, () => getWf(name), phaseIs('Succeeded', 'Failed'), 60_000);
+      expect(w.status.phase).toBe('Failed');
+      return w.status.conditions.find((c: Json) => c.type === 'Failed');
+    };
+    const beside = await until('beside done', () => getWf('beside'), phaseIs('Succeeded', 'Failed'), 60_000);
+    expect(beside.status.phase).toBe('Succeeded');
+    expect(beside.status.progress).toMatchObject({ total: 4, succeeded: 4 });
+
+    const invalid = await failure('bomb-static');
+    expect(invalid.reason).toBe('InvalidSpec');
+    expect(invalid.message).toMatch(
+      /^spec\.tasks\[0\]\.when: "size\(\[0,1,2,.*": estimated cost [\d,]+ is over the budget of 500,000 CEL cost units/,
+    );
+    const bomb = await failure('bomb-when');
+    expect(bomb.reason).toBe('TaskFailed');
+    expect(bomb.message).toBe(
+      `task check: spec.tasks[1].when: ${items}.all(a, ${items}.all(b, ${items}.all(c, a + b + c >= 0))): exceeded the cost budget of 500,000 CEL cost units of one expression (it iterates over too much data)`,
+    );
+    const wide = await failure('too-wide');
+    expect(wide.message).toBe(
+      `task each: spec.tasks[1].forEach: ${items}: yields ${DEFAULT_MAX_FOREACH_ITEMS + 1} items, more than the ${DEFAULT_MAX_FOREACH_ITEMS} a forEach may have (the operator's --max-foreach-items)`,
+    );
+    expect((await getWf('too-wide')).status.progress.total).toBe(2); // gen, and each not expanded
+    const flood = await failure('flood');
+    expect(flood.message).toBe(
+      `task spawner: spawning ${DEFAULT_MAX_SPAWNED_CHILDREN + 1} more children would make ${DEFAULT_MAX_SPAWNED_CHILDREN + 1} under task spawner (descendants included), more than the ${DEFAULT_MAX_SPAWNED_CHILDREN} one task may spawn (the operator's --max-spawned-children)`,
+    );
+    expect((await getWf('flood')).status.tasks[0]).toMatchObject({ name: 'spawner', phase: 'Failed' });
   });
 
   it('an agent killed mid-workflow does not fail it: its tasks run again elsewhere', async () => {

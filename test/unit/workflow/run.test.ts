@@ -1,8 +1,19 @@
 import { describe, expect, it } from 'vitest';
-import type { WorkflowSpec } from '../../../src/api/workflow.ts';
+import {
+  DEFAULT_MAX_FOREACH_ITEMS,
+  DEFAULT_MAX_SPAWNED_CHILDREN,
+  MAX_EXPRESSION_COST,
+  type WorkflowSpec,
+} from '../../../src/api/workflow.ts';
 import type { TaskEvent, TaskSpec } from '../../../src/dispatcher/types.ts';
 import type { RunRecord, TaskRecord, TaskRef } from '../../../src/state/index.ts';
-import { MAX_STATUS_OUTPUT_BYTES, type RunHost, WorkflowRun } from '../../../src/workflow/run.ts';
+import {
+  DEFAULT_RUN_LIMITS,
+  MAX_STATUS_OUTPUT_BYTES,
+  type RunHost,
+  type RunLimits,
+  WorkflowRun,
+} from '../../../src/workflow/run.ts';
 
 const NS = 'team-a';
 const WF = 'report';
@@ -18,6 +29,8 @@ class FakeHost implements RunHost {
   readonly cancels: { task: string; reason: string }[] = [];
   readonly trackedAsked: string[] = [];
   isTracked: (ref: TaskRef) => boolean = () => false;
+  /** spec.agent.capacity by pool; a pool not listed is unknown. */
+  readonly capacities = new Map<string, number>();
 
   submit(spec: TaskSpec): void {
     this.submits.push(spec);
@@ -33,6 +46,9 @@ class FakeHost implements RunHost {
   }
   now(): number {
     return this.time;
+  }
+  poolCapacity(pool: string): number | undefined {
+    return this.capacities.get(pool);
   }
   advance(ms: number): void {
     this.time += ms;
@@ -55,8 +71,9 @@ function newRun(
   host: FakeHost = new FakeHost(),
   loaded?: { run?: RunRecord; tasks: TaskRecord[] },
   uid = UID,
+  limits?: Partial<RunLimits>,
 ): { run: WorkflowRun; host: FakeHost } {
-  const run = new WorkflowRun({ namespace: NS, name: WF, uid, spec }, host, loaded);
+  const run = new WorkflowRun({ namespace: NS, name: WF, uid, spec }, host, loaded, limits);
   return { run, host };
 }
 
@@ -1398,5 +1415,221 @@ describe('WorkflowRun: bookkeeping and audit', () => {
       { type: 'TaskCancelled', task: 'c', attempt: 0, detail: { reason } },
       { type: 'WorkflowFailed', detail: { message: reason } },
     ]);
+  });
+});
+
+describe('WorkflowRun: bounded work', () => {
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const fanOut: WorkflowSpec = {
+    pool: 'p',
+    tasks: [
+      { name: 'gen', handler: 'range' },
+      {
+        name: 'each',
+        handler: 'h',
+        dependsOn: ['gen'],
+        forEach: 'tasks.gen.output.items',
+        input: { i: '${{ item }}' },
+      },
+    ],
+  };
+
+  it('has the documented defaults', () => {
+    expect(DEFAULT_RUN_LIMITS).toEqual({
+      maxForEachItems: DEFAULT_MAX_FOREACH_ITEMS,
+      maxSpawnedChildren: DEFAULT_MAX_SPAWNED_CHILDREN,
+    });
+    expect(DEFAULT_MAX_FOREACH_ITEMS).toBe(10_000);
+    expect(DEFAULT_MAX_SPAWNED_CHILDREN).toBe(1_000);
+  });
+
+  it('fails a task whose forEach yields more items than the cap, naming the task, the length and the cap', () => {
+    const { run, host } = newRun(fanOut, undefined, undefined, UID, { maxForEachItems: 3 });
+    run.step();
+    runTask(run, 'gen', { items: range(5) });
+    const reason =
+      "task each: spec.tasks[1].forEach: tasks.gen.output.items: yields 5 items, more than the 3 a forEach may have (the operator's --max-foreach-items)";
+    expect(run.phase).toBe('Failed');
+    expect(run.message).toBe(reason);
+    expect(host.submitted()).toEqual(['gen#1']); // not one instance
+    expect(run.status().tasks?.[1]).toEqual({
+      name: 'each',
+      phase: 'Failed',
+      message: reason.slice('task each: '.length),
+    });
+    expect(run.audit).toContainEqual({ type: 'TaskFailed', task: 'each', detail: { message: reason.slice(11) } });
+  });
+
+  it('expands a forEach list exactly at the cap', () => {
+    const { run, host } = newRun(fanOut, undefined, undefined, UID, { maxForEachItems: 3 });
+    run.step();
+    runTask(run, 'gen', { items: range(3) });
+    expect(host.submitted()).toEqual(['gen#1', 'each.0#1', 'each.1#1', 'each.2#1']);
+  });
+
+  it('fails a task whose when spends the cost budget on an agent output, and only that workflow', () => {
+    const spec: WorkflowSpec = {
+      pool: 'p',
+      tasks: [
+        { name: 'gen', handler: 'range' },
+        {
+          name: 'check',
+          handler: 'h',
+          dependsOn: ['gen'],
+          when: 'tasks.gen.output.all(a, tasks.gen.output.all(b, tasks.gen.output.all(c, a + b + c >= 0)))',
+        },
+      ],
+    };
+    const { run, host } = newRun(spec);
+    const beside = newRun(fanOut);
+    run.step();
+    beside.run.step();
+    runTask(run, 'gen', range(300));
+    expect(run.phase).toBe('Failed');
+    expect(run.message).toMatch(
+      /^task check: spec\.tasks\[1\]\.when: tasks\.gen\.output\.all\(.*\): exceeded the cost budget of 500,000 CEL cost units of one expression/,
+    );
+    expect(rec(run, 'check')).toMatchObject({ phase: 'Failed', message: run.message.slice('task check: '.length) });
+    expect(host.submitted()).toEqual(['gen#1']);
+    // Another run goes on as usual.
+    runTask(beside.run, 'gen', { items: range(2) });
+    runTask(beside.run, 'each.0', 0);
+    runTask(beside.run, 'each.1', 1);
+    expect(beside.run.phase).toBe('Succeeded');
+  });
+
+  it('fails a fan-out whose inputs together spend the task budget, though each is within its own', () => {
+    const spec: WorkflowSpec = {
+      pool: 'p',
+      tasks: [
+        { name: 'gen', handler: 'range' },
+        {
+          name: 'each',
+          handler: 'h',
+          dependsOn: ['gen'],
+          forEach: 'tasks.gen.output',
+          // ~16 units per element of 1,000: ~16,000 per item, 16 million for the 1,000 items.
+          input: { rank: '${{ tasks.gen.output.filter(x, x < item).size() }}' },
+        },
+      ],
+    };
+    const { run, host } = newRun(spec);
+    run.step();
+    runTask(run, 'gen', range(1000));
+    expect(run.phase).toBe('Failed');
+    expect(run.message).toMatch(
+      /^task each: spec\.tasks\[1\]\.input\.rank: tasks\.gen\.output\.filter\(x, x < item\)\.size\(\): the expressions that start this task exceeded their cost budget of 5,000,000 CEL cost units, together \(forEach item \d+\)$/,
+    );
+    expect(host.submitted()).toEqual(['gen#1']);
+    // No half expansion: the task shows the reason, not items cancelled.
+    expect(run.status().tasks?.[1]).toEqual({ name: 'each', phase: 'Failed', message: run.message.slice(11) });
+    expect(run.record('each.0')).toBeUndefined();
+  });
+
+  it('leaves the tasks after a costly step for the next tick', () => {
+    // Each when costs ~450,000 units (300 × 300 elements visited, 5 units each): under one
+    // expression's budget; after two, the step has spent more than that and stops.
+    const when = 'inputs.xs.all(a, inputs.xs.all(b, true))';
+    const spec: WorkflowSpec = {
+      pool: 'p',
+      inputs: { xs: range(300) },
+      tasks: ['a', 'b', 'c'].map((name) => ({ name, handler: 'h', when })),
+    };
+    const { run, host } = newRun(spec);
+    run.step();
+    expect(host.submitted()).toEqual(['a#1', 'b#1']);
+    expect(run.nextWake()).toBe(host.now());
+    run.tick();
+    expect(host.submitted()).toEqual(['a#1', 'b#1', 'c#1']);
+    expect(run.nextWake()).toBeUndefined();
+    expect(MAX_EXPRESSION_COST).toBeLessThan(2 * 450_000);
+  });
+
+  describe('spawned children', () => {
+    const spec: WorkflowSpec = {
+      pool: 'p',
+      tasks: [
+        { name: 'p', handler: 'plan', pool: 'planners' },
+        { name: 'q', handler: 'next', dependsOn: ['p'] },
+      ],
+    };
+    const kids = (names: string[], cost = 1) => names.map((name) => ({ name, handler: 'child', input: null, cost }));
+    const spawn = (run: WorkflowRun, task: string, names: string[], cost = 1) =>
+      run.onEvent({ type: 'spawn', ref: ref(task), attempt: attemptOf(run, task), children: kids(names, cost) });
+
+    it('fails the parent when it spawns more than the cap, naming the count and the cap', () => {
+      const { run, host } = newRun(spec, undefined, undefined, UID, { maxSpawnedChildren: 3 });
+      run.step();
+      started(run, 'p');
+      spawn(run, 'p', ['c1', 'c2']);
+      expect(host.submitted()).toEqual(['p#1', 'p~c1#1', 'p~c2#1']);
+      spawn(run, 'p', ['c3', 'c4']);
+      const reason =
+        "spawning 2 more children would make 4 under task p (descendants included), more than the 3 one task may spawn (the operator's --max-spawned-children)";
+      expect(run.phase).toBe('Failed');
+      expect(run.message).toBe(`task p: ${reason}`);
+      expect(rec(run, 'p')).toMatchObject({ phase: 'Failed', message: reason });
+      expect(host.submitted()).toEqual(['p#1', 'p~c1#1', 'p~c2#1']);
+      // The parent's attempt is cancelled on its agent, and the children it had with the run.
+      expect(host.cancels.map((c) => c.task)).toEqual(['p', 'p~c1', 'p~c2']);
+      expect(host.cancels[0]?.reason).toBe(reason);
+      expect(run.audit).toContainEqual({ type: 'SpawnRefused', task: 'p', attempt: 1, detail: { reason } });
+    });
+
+    it('counts the children of children against the task of the spec', () => {
+      const { run } = newRun(spec, undefined, undefined, UID, { maxSpawnedChildren: 3 });
+      run.step();
+      started(run, 'p');
+      spawn(run, 'p', ['c1']);
+      started(run, 'p~c1');
+      spawn(run, 'p~c1', ['g1', 'g2']);
+      expect(run.phase).toBe('Running');
+      started(run, 'p~c1~g1');
+      spawn(run, 'p~c1~g1', ['x']);
+      expect(run.phase).toBe('Failed');
+      expect(run.message).toBe(
+        "task p~c1~g1: spawning 1 more children would make 4 under task p (descendants included), more than the 3 one task may spawn (the operator's --max-spawned-children)",
+      );
+    });
+
+    it('keeps the count across a leader change', () => {
+      const first = newRun(spec, undefined, undefined, UID, { maxSpawnedChildren: 3 });
+      first.run.step();
+      started(first.run, 'p');
+      spawn(first.run, 'p', ['c1', 'c2', 'c3']);
+      const loaded = { run: first.run.runRecord(), tasks: first.run.allRecords() };
+      const host = new FakeHost();
+      host.isTracked = () => true;
+      const { run } = newRun(spec, host, loaded, UID, { maxSpawnedChildren: 3 });
+      run.step();
+      spawn(run, 'p', ['c1', 'c2', 'c3']); // the same children again: nothing new
+      expect(run.phase).toBe('Running');
+      spawn(run, 'p', ['c4']);
+      expect(run.phase).toBe('Failed');
+      expect(run.message).toContain('would make 4 under task p');
+    });
+
+    it('refuses a child that costs more slots than an agent of the pool has', () => {
+      const { run, host } = newRun(spec);
+      host.capacities.set('planners', 4);
+      run.step();
+      started(run, 'p');
+      spawn(run, 'p', ['fits'], 4);
+      expect(host.submitted()).toEqual(['p#1', 'p~fits#1']);
+      spawn(run, 'p', ['big'], 8);
+      const reason =
+        'spawned child "big" costs 8 slots, more than an agent of AgentPool "planners" has (spec.agent.capacity 4): it could never run';
+      expect(run.message).toBe(`task p: ${reason}`);
+      expect(rec(run, 'p')).toMatchObject({ phase: 'Failed', message: reason });
+      expect(host.submitted()).toEqual(['p#1', 'p~fits#1']);
+    });
+
+    it('takes any cost when the pool is unknown (the dispatcher queues it)', () => {
+      const { run, host } = newRun(spec);
+      run.step();
+      started(run, 'p');
+      spawn(run, 'p', ['big'], 64);
+      expect(host.lastSubmit()).toMatchObject({ ref: ref('p~big'), cost: 64 });
+    });
   });
 });
