@@ -18,15 +18,20 @@ export interface LeaderElectorOptions {
   identity: string;
   /** Lease TTL: how long a dead leader blocks the next one (default 15 s). */
   ttlSeconds?: number;
+  /** Step down after keep-alive has failed this long (default 2/3 of the TTL; must be shorter than it). */
+  renewDeadlineMs?: number;
   logger: Logger;
 }
 
 /**
  * Leader election through an etcd election key bound to this process's
  * lease. Only the leader reconciles; its key's revision fences every etcd
- * write it makes. Losing the lease ends leadership for good: like
- * controller-runtime, the caller should stop and exit so that Kubernetes
- * restarts it as a fresh candidate, rather than risk acting on stale beliefs.
+ * write it makes. A leader steps down once its lease has not been renewed
+ * for the renew deadline (2/3 of the TTL by default), before its lease can
+ * expire and another replica be elected, so two leaders never act at once
+ * on the Kubernetes side either. Each `campaign()` is a term of its own, on a
+ * fresh lease: the caller tears down everything the last term built before
+ * campaigning again.
  */
 export class LeaderElector {
   private readonly o: LeaderElectorOptions;
@@ -34,8 +39,7 @@ export class LeaderElector {
   private readonly log: Logger;
   private session: Session | undefined;
   private held: Held | undefined;
-  private readonly abort = new AbortController();
-  private resigned = false;
+  private term: AbortController | undefined;
 
   constructor(o: LeaderElectorOptions) {
     this.o = o;
@@ -54,40 +58,68 @@ export class LeaderElector {
   }
 
   get isLeader(): boolean {
-    return this.held !== undefined && !this.abort.signal.aborted;
+    return this.held !== undefined && this.term !== undefined && !this.term.signal.aborted;
+  }
+
+  private get ttlSeconds(): number {
+    return this.o.ttlSeconds ?? 15;
+  }
+
+  /** How long keep-alive may fail before this leader steps down (default 2/3 of the TTL). */
+  get renewDeadlineMs(): number {
+    return this.o.renewDeadlineMs ?? Math.floor((this.ttlSeconds * 1000 * 2) / 3);
   }
 
   /**
    * Campaigns until this process leads (or `signal` aborts: undefined).
-   * The returned signal aborts when leadership is lost.
+   * The returned signal aborts when this term's leadership is lost.
    */
   async campaign(signal?: AbortSignal): Promise<Leadership | undefined> {
-    const session = await this.o.store.session(this.o.ttlSeconds ?? 15);
+    const session = await this.o.store.session(this.ttlSeconds, { renewDeadlineMs: this.renewDeadlineMs });
+    const term = new AbortController();
     this.session = session;
+    this.term = term;
+    this.held = undefined;
     session.once('lost', (err) => {
-      if (this.resigned) return;
-      this.log.error('Leadership lost: the election lease expired or could not be renewed', { error: err });
-      this.abort.abort(err);
+      if (term.signal.aborted) return;
+      this.log.error('Leadership lost: the election lease could not be renewed in time; stepping down', {
+        error: err,
+      });
+      term.abort(err);
     });
     this.log.info('Campaigning for leadership', { leaseId: session.id });
     const started = Date.now();
+    let held: Held;
     try {
-      this.held = await this.elections.campaign(this.o.name, session, this.o.identity, signal ? { signal } : {});
+      held = await this.elections.campaign(this.o.name, session, this.o.identity, signal ? { signal } : {});
     } catch (err) {
+      term.abort(err);
       await session.close().catch(() => undefined);
       if (signal?.aborted) return undefined;
       throw err;
     }
-    this.log.info('Became the leader', { token: this.held.token, waitedMs: Date.now() - started });
-    return { token: this.held.token, fence: this.held.fence, signal: this.abort.signal };
+    this.held = held;
+    this.log.info('Became the leader', { token: held.token, waitedMs: Date.now() - started });
+    return { token: held.token, fence: held.fence, signal: term.signal };
   }
 
-  /** Steps down at once (deletes the key, revokes the lease) so another replica takes over without waiting for the TTL. */
-  async resign(): Promise<void> {
-    this.resigned = true;
-    this.abort.abort(new Error('resigned'));
-    await this.held?.release().catch(() => undefined);
-    await this.session?.close().catch(() => undefined);
+  /**
+   * Ends the current term at once (deletes the key, revokes the lease) so
+   * another replica takes over without waiting for the TTL. Best effort
+   * within `timeoutMs`: with etcd unreachable the key expires with its lease.
+   */
+  async resign(timeoutMs = 2_000): Promise<void> {
+    const term = this.term;
+    term?.abort(new Error('resigned'));
+    const held = this.held;
+    const session = this.session;
     this.held = undefined;
+    const done = (async () => {
+      await held?.release().catch(() => undefined);
+      await session?.close().catch(() => undefined);
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([done, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
   }
 }

@@ -7,13 +7,14 @@ import { type Registry, registerProcessMetrics } from '../lib/metrics.ts';
 import { startOpsServer } from '../lib/ops-server.ts';
 import { type Fence, StateStore } from '../state/index.ts';
 import { WorkflowEngine } from '../workflow/engine.ts';
+import type { RunLimits } from '../workflow/run.ts';
 import { KubeAgentAuth } from './agent-auth.ts';
 import { DispatcherTls, TlsMaterialError } from './dispatcher-tls.ts';
 import { AGENTPOOLS, KubeClient, NODES, PODS, resourcePath, WORKFLOWS } from './kube/client.ts';
 import type { ControllerObserver } from './kube/controller.ts';
 import { EventRecorder } from './kube/events.ts';
 import { Informer } from './kube/informer.ts';
-import { LeaderElector } from './leader.ts';
+import { LeaderElector, type Leadership } from './leader.ts';
 import { type AgentDirectory, PoolController } from './pool/controller.ts';
 import type { AgentEndpoints } from './pool/pods.ts';
 import { WorkflowController } from './workflow/controller.ts';
@@ -47,6 +48,8 @@ export interface OperatorConfig {
   /** This pod, labelled agentflow.io/role=leader while it leads (so the dispatcher Service finds it). */
   pod?: { namespace: string; name: string };
   workers: number;
+  /** Caps on a workflow run (--max-foreach-items, --max-spawned-children); default DEFAULT_RUN_LIMITS. */
+  workflowLimits?: Partial<RunLimits>;
   logger: Logger;
   registry: Registry;
 }
@@ -55,9 +58,12 @@ export const ROLE_LABEL = 'agentflow.io/role';
 
 /**
  * The operator process: campaigns for leadership in etcd; the leader starts
- * informers, the dispatcher and the controllers. Losing leadership ends the
- * process (`done` resolves with 'lost') so Kubernetes restarts it as a fresh
- * candidate; SIGTERM stops it gracefully and hands leadership over at once.
+ * informers, the dispatcher and the controllers. Losing leadership (its
+ * lease not renewed within the renew deadline, e.g. etcd unreachable) ends
+ * the term: everything the term built is stopped and thrown away, and the
+ * process campaigns again on a fresh lease, so it rides out an etcd outage
+ * without a restart and without acting on stale beliefs. SIGTERM stops it
+ * gracefully and hands leadership over at once.
  */
 export class Operator {
   private readonly c: OperatorConfig;
@@ -73,6 +79,9 @@ export class Operator {
   private dispatcher: Dispatcher | undefined;
   private tls: DispatcherTls | undefined;
   private ops: { port: number; close(): Promise<void> } | undefined;
+  private observer!: ControllerObserver;
+  /** Terms this process has led (a metric and the tests' view of re-election). */
+  private terms = 0;
   private stopping: Promise<void> | undefined;
   private resolveDone: (why: 'stopped' | 'lost') => void = () => undefined;
   /** Resolves when the operator has stopped: 'lost' if leadership was lost. */
@@ -100,6 +109,43 @@ export class Operator {
     });
     const leader = c.registry.gauge({ name: 'agentflow_leader', help: '1 while this replica is the leader.' });
     leader.set(0);
+    c.registry.counter({
+      name: 'agentflow_leader_terms_total',
+      help: 'Times this replica became the leader (more than 1: it stepped down and was elected again).',
+      collect: (m) => m.inc(this.terms - m.get()),
+    });
+    const metrics = this.c.registry;
+    const reconciles = metrics.counter({
+      name: 'agentflow_reconcile_total',
+      help: 'Reconciles by controller and result (success, requeue, error).',
+      labelNames: ['controller', 'result'],
+    });
+    const durations = metrics.histogram({
+      name: 'agentflow_reconcile_duration_seconds',
+      help: 'Time per reconcile.',
+      labelNames: ['controller'],
+    });
+    const objects = metrics.gauge({
+      name: 'agentflow_informer_objects',
+      help: 'Objects in each informer cache.',
+      labelNames: ['resource'],
+    });
+    const queueDepth = metrics.gauge({
+      name: 'agentflow_workqueue_depth',
+      help: 'Keys waiting in each controller work queue.',
+      labelNames: ['controller'],
+      collect: () => {
+        if (this.pools) queueDepth.set({ controller: 'agentpool' }, this.pools.controller.queue.length);
+        if (this.workflows) queueDepth.set({ controller: 'workflow' }, this.workflows.controller.queue.length);
+        for (const i of this.informers) objects.set({ resource: i.rt.plural }, i.size);
+      },
+    });
+    this.observer = {
+      reconciled: (controller, result, seconds) => {
+        reconciles.inc({ controller, result });
+        durations.observe({ controller }, seconds);
+      },
+    };
   }
 
   get opsPort(): number | undefined {
@@ -126,10 +172,65 @@ export class Operator {
     });
     this.log.info('Ops server listening', { port: this.ops.port });
     await this.unlabelSelf();
-    void this.lead().catch((err: Error) => {
+    void this.run().catch((err: Error) => {
       this.log.error('Operator failed', { error: err });
       this.stop('lost').catch(() => undefined); // stop() never rejects: it logs and resolves done
     });
+  }
+
+  /** Campaign, lead, step down, campaign again: until stop(). */
+  private async run(): Promise<void> {
+    for (let failures = 0; !this.abort.signal.aborted; ) {
+      let leadership: Leadership | undefined;
+      try {
+        leadership = await this.elector.campaign(this.abort.signal);
+        if (!leadership) return;
+        this.terms++;
+        await this.lead(leadership);
+        failures = 0;
+        await aborted(AbortSignal.any([leadership.signal, this.abort.signal]));
+      } catch (err) {
+        if (this.abort.signal.aborted) return;
+        failures++;
+        this.log.error('Leading failed; stepping down and campaigning again', { error: err as Error, failures });
+      }
+      if (this.abort.signal.aborted) return;
+      await this.stepDown();
+      // A term that failed at once (etcd unreachable) waits longer each time, up to 5 s.
+      await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** Math.min(failures, 5))));
+    }
+  }
+
+  /** Stops everything the last term built; the process stays up as a candidate. */
+  private async stepDown(): Promise<void> {
+    (this.c.registry.get('agentflow_leader') as { set(v: number): void }).set(0);
+    const term = {
+      pools: this.pools,
+      workflows: this.workflows,
+      engine: this.engine,
+      dispatcher: this.dispatcher,
+      tls: this.tls,
+      informers: this.informers,
+    };
+    this.pools = undefined;
+    this.workflows = undefined;
+    this.engine = undefined;
+    this.dispatcher = undefined;
+    this.tls = undefined;
+    this.informers = [];
+    try {
+      await term.pools?.stop();
+      await term.workflows?.stop();
+      await term.engine?.stop();
+      await term.dispatcher?.stop(2_000);
+      term.tls?.stop();
+      await Promise.all(term.informers.map((i) => i.stop()));
+    } catch (err) {
+      this.log.error('Stepping down did not finish cleanly', { error: err as Error });
+    }
+    await this.unlabelSelf();
+    await this.elector.resign();
+    this.log.info('Stepped down; campaigning again');
   }
 
   private informersSynced(): true | string {
@@ -143,11 +244,8 @@ export class Operator {
     return stale.length === 0 ? true : `no contact for 10 min: ${stale.map((i) => i.rt.plural).join(', ')}`;
   }
 
-  private async lead(): Promise<void> {
-    const leadership = await this.elector.campaign(this.abort.signal);
-    if (!leadership) return;
+  private async lead(leadership: Leadership): Promise<void> {
     (this.c.registry.get('agentflow_leader') as { set(v: number): void }).set(1);
-    leadership.signal.addEventListener('abort', () => void this.stop('lost'), { once: true });
     const fences = (): Fence[] => [leadership.fence];
     const log = this.log;
 
@@ -231,38 +329,6 @@ export class Operator {
       caConfigMap: this.c.caConfigMap,
       tokenAudience: this.c.tokenAudience,
     };
-    const metrics = this.c.registry;
-    const reconciles = metrics.counter({
-      name: 'agentflow_reconcile_total',
-      help: 'Reconciles by controller and result (success, requeue, error).',
-      labelNames: ['controller', 'result'],
-    });
-    const durations = metrics.histogram({
-      name: 'agentflow_reconcile_duration_seconds',
-      help: 'Time per reconcile.',
-      labelNames: ['controller'],
-    });
-    const objects = metrics.gauge({
-      name: 'agentflow_informer_objects',
-      help: 'Objects in each informer cache.',
-      labelNames: ['resource'],
-    });
-    const queueDepth = metrics.gauge({
-      name: 'agentflow_workqueue_depth',
-      help: 'Keys waiting in each controller work queue.',
-      labelNames: ['controller'],
-      collect: () => {
-        if (this.pools) queueDepth.set({ controller: 'agentpool' }, this.pools.controller.queue.length);
-        if (this.workflows) queueDepth.set({ controller: 'workflow' }, this.workflows.controller.queue.length);
-        for (const i of this.informers) objects.set({ resource: i.rt.plural }, i.size);
-      },
-    });
-    const observer: ControllerObserver = {
-      reconciled: (controller, result, seconds) => {
-        reconciles.inc({ controller, result });
-        durations.observe({ controller }, seconds);
-      },
-    };
     this.pools = new PoolController({
       client: this.client,
       pools,
@@ -284,7 +350,7 @@ export class Operator {
       },
       logger: log,
       workers: this.c.workers,
-      observer,
+      observer: this.observer,
     });
     const events = new EventRecorder(this.client, {
       component: 'agentflow-operator',
@@ -297,6 +363,8 @@ export class Operator {
       fences,
       logger: log,
       onChange: (namespace, name) => this.workflows?.changed(namespace, name),
+      ...(this.c.workflowLimits && { limits: this.c.workflowLimits }),
+      poolCapacity: (namespace, pool) => pools.get(`${namespace}/${pool}`)?.spec.agent.capacity,
     });
     this.workflows = new WorkflowController({
       client: this.client,
@@ -306,7 +374,7 @@ export class Operator {
       events,
       logger: log,
       workers: this.c.workers,
-      observer,
+      observer: this.observer,
     });
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync(leadership.signal)));
@@ -375,6 +443,12 @@ export class Operator {
     })();
     return this.stopping;
   }
+}
+
+/** Resolves once `signal` aborts. */
+function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }
 
 export function splitHostPort(address: string): [string, number] {

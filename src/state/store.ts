@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { type ComparatorBuilder, Etcd3, type IKeyValue, type Lease } from 'etcd3';
 import { DEFAULT_TXN_BYTES } from './batch.ts';
-import { LeaseLostError, StateDecodeError } from './errors.ts';
+import { EtcdUnavailableError, LeaseLostError, OutcomeUnknownError, StateDecodeError } from './errors.ts';
 import { fenceError } from './fence.ts';
 import { guardCalls, KEEPALIVE_OPTIONS, noFaultHandling } from './transport.ts';
 
@@ -80,6 +80,7 @@ export class StateStore {
   readonly client: Etcd3;
   readonly prefix: string;
   readonly maxTxnBytes: number;
+  private readonly retryBudgetMs: number;
 
   constructor(opts: StoreOptions) {
     if (opts.endpoints.length === 0) throw new Error('StoreOptions.endpoints: at least one etcd endpoint is required');
@@ -99,7 +100,8 @@ export class StateStore {
       faultHandling: noFaultHandling,
       grpcOptions: KEEPALIVE_OPTIONS,
     });
-    guardCalls(this.client, { retryBudgetMs: opts.retryBudgetMs ?? callTimeoutMs });
+    this.retryBudgetMs = opts.retryBudgetMs ?? callTimeoutMs;
+    guardCalls(this.client, { retryBudgetMs: this.retryBudgetMs });
     this.prefix = (opts.prefix ?? '/agentflow/v1').replace(/\/+$/, '');
     this.maxTxnBytes = opts.maxTxnBytes ?? DEFAULT_TXN_BYTES;
   }
@@ -178,11 +180,28 @@ export class StateStore {
     await this.client.kv.compact({ revision: String(revision), physical: true });
   }
 
-  /** A lease-backed session (agent membership, claims, locks, leadership). */
-  async session(ttlSeconds: number): Promise<Session> {
-    const s = new Session(this.client.lease(ttlSeconds, { autoKeepAlive: true }), ttlSeconds);
-    await s.ready();
-    return s;
+  /**
+   * A lease-backed session (claims, locks, leadership). With `renewDeadlineMs`
+   * the session counts as lost once keep-alive has not succeeded for that
+   * long, which must be shorter than the TTL: a leader then steps down while
+   * its lease may still be alive, before anyone else can be elected (what
+   * Kubernetes' leader election calls the renew deadline).
+   */
+  async session(ttlSeconds: number, opts: { renewDeadlineMs?: number } = {}): Promise<Session> {
+    const started = Date.now();
+    for (;;) {
+      const s = new Session(this.client.lease(ttlSeconds, { autoKeepAlive: true }), ttlSeconds, opts.renewDeadlineMs);
+      try {
+        await s.ready();
+        return s;
+      } catch (err) {
+        s.abandon();
+        // A grant whose answer was lost (e.g. etcd changing leaders) is safe to repeat: a lease
+        // nobody holds expires after its TTL with nothing bound to it.
+        const again = err instanceof OutcomeUnknownError || err instanceof EtcdUnavailableError;
+        if (!again || Date.now() - started > this.retryBudgetMs * 2) throw err;
+      }
+    }
   }
 
   close(): void {
@@ -202,18 +221,73 @@ export class Session extends EventEmitter<{ lost: [LeaseLostError] }> {
   private leaseId = '';
   private isLost = false;
 
-  constructor(lease: Lease, ttlSeconds: number) {
+  private renewedAt = Date.now();
+  private deadlineTimer: NodeJS.Timeout | undefined;
+
+  constructor(lease: Lease, ttlSeconds: number, renewDeadlineMs?: number) {
     super();
     this.lease = lease;
     this.ttlSeconds = ttlSeconds;
-    lease.on('lost', (err) => {
-      this.isLost = true;
-      this.emit('lost', new LeaseLostError(`lease ${this.leaseId} lost: ${err.message}`));
+    lease.on('lost', (err) => this.lose(`lease ${this.leaseId} lost: ${err.message}`));
+    if (renewDeadlineMs !== undefined) {
+      if (renewDeadlineMs >= ttlSeconds * 1000) {
+        throw new RangeError(
+          `renewDeadlineMs (${renewDeadlineMs}) must be shorter than the lease TTL (${ttlSeconds} s)`,
+        );
+      }
+      lease.on('keepaliveSucceeded', () => {
+        this.renewedAt = Date.now();
+      });
+      const beat = (ttlSeconds * 1000) / 3;
+      this.deadlineTimer = setInterval(
+        () => {
+          const since = Date.now() - this.renewedAt;
+          // A missed beat: the keep-alive stream may sit on a member that froze. Ask once on a fresh
+          // stream (the pool picks a member at random) rather than wait for the stream's own TTL timeout.
+          if (since > beat * 1.5 && !this.probing) this.probe(beat);
+          if (since <= renewDeadlineMs) return;
+          // Stop renewing too: a holder that gave up must not come back to life when etcd does.
+          this.lease.release();
+          this.lose(`lease ${this.leaseId} not renewed for ${since} ms (renew deadline ${renewDeadlineMs} ms)`);
+        },
+        Math.max(50, Math.floor(renewDeadlineMs / 10)),
+      );
+      this.deadlineTimer.unref();
+    }
+  }
+
+  private probing = false;
+
+  private probe(timeoutMs: number): void {
+    this.probing = true;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('keep-alive probe timed out')), timeoutMs);
     });
+    void Promise.race([this.lease.keepaliveOnce(), timeout])
+      .then(
+        () => {
+          this.renewedAt = Date.now();
+        },
+        () => undefined, // the next tick tries again; the renew deadline decides
+      )
+      .finally(() => {
+        clearTimeout(timer);
+        this.probing = false;
+      });
+  }
+
+  private lose(message: string): void {
+    if (this.deadlineTimer) clearInterval(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    if (this.isLost) return;
+    this.isLost = true;
+    this.emit('lost', new LeaseLostError(message));
   }
 
   async ready(): Promise<void> {
     this.leaseId = await this.lease.grant();
+    this.renewedAt = Date.now();
   }
 
   /** The lease id (decimal). */
@@ -231,12 +305,16 @@ export class Session extends EventEmitter<{ lost: [LeaseLostError] }> {
 
   /** Revokes the lease: every key bound to it is deleted at once. */
   async close(): Promise<void> {
+    if (this.deadlineTimer) clearInterval(this.deadlineTimer);
+    this.deadlineTimer = undefined;
     if (this.lease.revoked()) return;
     await this.lease.revoke().catch(() => undefined);
   }
 
   /** Stops keep-alive without revoking: the lease expires after its TTL (tests: a holder that froze). */
   abandon(): void {
+    if (this.deadlineTimer) clearInterval(this.deadlineTimer);
+    this.deadlineTimer = undefined;
     this.lease.release();
   }
 }

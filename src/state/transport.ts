@@ -25,11 +25,12 @@ const once = {
 
 export const noFaultHandling: NonNullable<IOptions['faultHandling']> = { global: once, host: () => once };
 
-/** gRPC keepalive on every etcd connection: a dead peer is noticed in ~15 s, not at the next TCP timeout. */
+/** gRPC keepalive on etcd connections in use: a dead peer is noticed in ~15 s, not at the next TCP timeout. */
 export const KEEPALIVE_OPTIONS = {
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
-  'grpc.keepalive_permit_without_calls': 1,
+  // etcd's keepalive enforcement refuses pings without an open stream (GOAWAY "too many pings").
+  'grpc.keepalive_permit_without_calls': 0,
   // Range answers are paged well under this; it only keeps a big LIST from failing outright.
   'grpc.max_receive_message_length': 16 * 1024 * 1024,
 };

@@ -12,6 +12,8 @@ export interface EtcdOptions {
   unsafeNoFsync?: boolean;
   /** Serve clients over TLS and require a client certificate signed by `caFile`. */
   tls?: { certFile: string; keyFile: string; caFile: string };
+  /** A member of a cluster (EtcdCluster): its ports and every member's `name=peerURL`. */
+  member?: { clientPort: number; peerPort: number; initialCluster: string };
 }
 
 /** One real etcd member on free loopback ports. */
@@ -43,8 +45,8 @@ export class EtcdServer {
   async start(): Promise<void> {
     mkdirSync(this.opts.dir, { recursive: true });
     // A restart keeps its ports (and its data dir): clients reconnect to the same address.
-    if (!this.clientPort) this.clientPort = await freePort();
-    if (!this.peerPort) this.peerPort = await freePort();
+    if (!this.clientPort) this.clientPort = this.opts.member?.clientPort ?? (await freePort());
+    if (!this.peerPort) this.peerPort = this.opts.member?.peerPort ?? (await freePort());
     const peer = `http://127.0.0.1:${this.peerPort}`;
     const args = [
       `--name=${this.name}`,
@@ -53,7 +55,8 @@ export class EtcdServer {
       `--advertise-client-urls=${this.endpoint}`,
       `--listen-peer-urls=${peer}`,
       `--initial-advertise-peer-urls=${peer}`,
-      `--initial-cluster=${this.name}=${peer}`,
+      `--initial-cluster=${this.opts.member?.initialCluster ?? `${this.name}=${peer}`}`,
+      `--initial-cluster-token=${this.opts.member ? 'agentflow-test-cluster' : this.name}`,
       '--initial-cluster-state=new',
       '--log-level=warn',
       // Keeps a small test database small.
@@ -81,6 +84,8 @@ export class EtcdServer {
         this.proc?.assertAlive();
         // Over TLS the health endpoint wants a client certificate too: a listening port is enough.
         if (tls) return canConnect(this.clientPort);
+        // A member of a cluster that is still forming has no leader yet: a listening port is enough.
+        if (this.opts.member) return canConnect(this.clientPort);
         const res = await fetch(`${this.endpoint}/health`);
         return res.ok && ((await res.json()) as { health?: string }).health === 'true';
       },
@@ -114,4 +119,61 @@ function canConnect(port: number): Promise<boolean> {
     });
     sock.once('error', () => resolve(false));
   });
+}
+
+/**
+ * A real etcd cluster of `size` members on loopback ports (plain HTTP): the
+ * chaos suite kills, freezes and restarts members of it without touching the
+ * harness's own etcd.
+ */
+export class EtcdCluster {
+  readonly members: EtcdServer[] = [];
+  private readonly dir: string;
+  private readonly size: number;
+
+  constructor(dir: string, size = 3) {
+    this.dir = dir;
+    this.size = size;
+  }
+
+  get endpoints(): string[] {
+    return this.members.map((m) => m.endpoint);
+  }
+
+  async start(): Promise<void> {
+    const ports = [];
+    for (let i = 0; i < this.size; i++) ports.push({ clientPort: await freePort(), peerPort: await freePort() });
+    const initialCluster = ports.map((p, i) => `m${i}=http://127.0.0.1:${p.peerPort}`).join(',');
+    for (const [i, p] of ports.entries()) {
+      this.members.push(
+        new EtcdServer({ dir: this.dir, name: `m${i}`, unsafeNoFsync: true, member: { ...p, initialCluster } }),
+      );
+    }
+    await Promise.all(this.members.map((m) => m.start()));
+    await this.healthy();
+  }
+
+  /** Waits until every running member answers /health with a leader. */
+  async healthy(timeoutMs = 30_000, members = this.members): Promise<void> {
+    await waitFor(
+      'the etcd cluster to be healthy',
+      async () => {
+        for (const m of members) {
+          const res = await fetch(`${m.endpoint}/health`);
+          if (!res.ok || ((await res.json()) as { health?: string }).health !== 'true') return false;
+        }
+        return true;
+      },
+      timeoutMs,
+    );
+  }
+
+  signalAll(sig: NodeJS.Signals): void {
+    for (const m of this.members) m.signal(sig);
+  }
+
+  async stop(): Promise<void> {
+    this.signalAll('SIGCONT');
+    await Promise.all(this.members.map((m) => m.stop()));
+  }
 }

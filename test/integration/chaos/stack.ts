@@ -42,7 +42,7 @@ export class Stack {
   readonly election = uniqueName('chaos');
   readonly group = uniqueName('cg');
   readonly operators: OperatorProcess[] = [];
-  private dispatcherPort = 0;
+  dispatcherPort = 0;
   private readonly o: StackOptions;
 
   constructor(o: StackOptions = {}) {
@@ -55,7 +55,8 @@ export class Stack {
     this.ns = await createNamespace(this.cluster, 'chaos');
     await startNodes(this.cluster, nodes(this.group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]));
     this.dispatcherPort = await freePort();
-    for (let i = 0; i < (this.o.operators ?? 2); i++) this.operator(`op-${i + 1}`);
+    // Names unique per stack: several chaos files share one control plane (and its log directory).
+    for (let i = 0; i < (this.o.operators ?? 2); i++) this.operator(`${this.election}-op-${i + 1}`);
     await this.leader(30_000);
     await this.pool('agents', this.ns, this.o.agents ?? 2);
   }
@@ -95,7 +96,12 @@ export class Stack {
   }
 
   /** A pool of agent pods in `namespace`, waited on until all are connected. */
-  async pool(name: string, namespace: string, replicas: number): Promise<void> {
+  async pool(
+    name: string,
+    namespace: string,
+    replicas: number,
+    env: { name: string; value: string }[] = [],
+  ): Promise<void> {
     const m = poolManifest(namespace, name, {
       replicas,
       group: this.group,
@@ -104,7 +110,7 @@ export class Stack {
       cpu: '10m',
       memory: '32Mi',
       command: [process.execPath, resolve('src/agent/main.ts')],
-      env: [{ name: 'AGENTFLOW_HANDLERS_MODULE', value: resolve('test/fixtures/agent/workflow-handlers.mjs') }],
+      env: [{ name: 'AGENTFLOW_HANDLERS_MODULE', value: resolve('test/fixtures/agent/workflow-handlers.mjs') }, ...env],
     });
     await apply(this.cluster, m);
     await until(
