@@ -15,7 +15,12 @@ export const attemptKey = (taskId: string, attempt: number): string => `${taskId
 export class Attempt {
   readonly taskId: string;
   readonly attempt: number;
-  readonly token: number;
+  /**
+   * The claim's fencing token. It changes only when a new leader claims the
+   * same attempt again for this agent (the old claim was lost with a lease):
+   * see {@link reclaim}.
+   */
+  private currentToken: number;
   readonly cost: number;
   readonly handler: string;
   readonly namespace: string;
@@ -28,10 +33,19 @@ export class Attempt {
   private over = false;
   private claimGone = false;
 
+  get token(): number {
+    return this.currentToken;
+  }
+
+  /** The same attempt claimed again for this agent under a newer token: it carries on under that one. */
+  reclaim(token: number): void {
+    if (token > this.currentToken) this.currentToken = token;
+  }
+
   constructor(a: Assign__Output) {
     this.taskId = a.taskId;
     this.attempt = a.attempt;
-    this.token = a.token;
+    this.currentToken = a.token;
     this.cost = a.cost > 0 ? a.cost : 1;
     this.handler = a.handler;
     this.namespace = a.namespace;

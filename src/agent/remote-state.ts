@@ -67,6 +67,8 @@ export interface StreamHost {
 
 interface Pending {
   conn: Connection;
+  /** Changes state if it applies (a put, CAS, delete, lock acquire or release): its loss is an unknown outcome. */
+  write: boolean;
   resolve(v: StateResponse__Output | LockResponse__Output): void;
   reject(err: Error): void;
 }
@@ -97,13 +99,15 @@ export class RemoteState {
     this.host = host;
   }
 
-  /** A stream ended: its requests' outcomes are unknown. */
+  /** A stream ended: a read's answer is lost, a write's outcome unknown. */
   streamClosed(conn: Connection): void {
     for (const [id, p] of this.pending) {
       if (p.conn !== conn) continue;
       this.pending.delete(id);
       p.reject(
-        new StateUnavailableError('the dispatcher stream closed before the answer came; the outcome is unknown'),
+        p.write
+          ? new StateOutcomeUnknownError('the dispatcher stream closed before the answer came; the outcome is unknown')
+          : new StateUnavailableError('the dispatcher stream closed before the answer came'),
       );
     }
     for (const w of this.watches.values()) if (w.conn === conn) w.conn = undefined;
@@ -173,9 +177,13 @@ export class RemoteState {
     if (attempt.finished) throw new StateError(`attempt ${attempt.key} has ended`);
     const conn = await this.host.registered(signal);
     const id = String(this.nextId++);
+    const m = msg(id);
+    const write =
+      (m.state !== undefined && m.state !== null && ['PUT', 'CAS', 'DELETE'].includes(String(m.state.op))) ||
+      (m.lock !== undefined && m.lock !== null);
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { conn, resolve, reject });
-      if (!conn.send(msg(id))) {
+      this.pending.set(id, { conn, write, resolve, reject });
+      if (!conn.send(m)) {
         this.pending.delete(id);
         reject(new StateUnavailableError('the dispatcher stream is not accepting messages'));
       }
@@ -184,9 +192,9 @@ export class RemoteState {
 
   /** The WorkflowState of one attempt (its workflow). */
   forAttempt(attempt: Attempt): WorkflowState {
-    const base = { taskId: attempt.taskId, attempt: attempt.attempt, token: attempt.token };
+    // The token is read per request: a re-claimed attempt carries on under its new one.
     const req = (id: string, op: StateOp, extra: Partial<StateRequest> = {}): AgentMessage => ({
-      state: { id, ...base, op, ...extra },
+      state: { id, taskId: attempt.taskId, attempt: attempt.attempt, token: attempt.token, op, ...extra },
     });
     const fences = (f: Fence[] | undefined) => (f ?? []).map((x) => ({ key: x.key, createRevision: x.createRevision }));
     return {
@@ -276,14 +284,14 @@ export class RemoteState {
 
   /** A lock of the attempt's workflow, held with the agent's lease (kept by the dispatcher). */
   async lock(attempt: Attempt, name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held> {
-    const base = { taskId: attempt.taskId, attempt: attempt.attempt, token: attempt.token };
+    const base = () => ({ taskId: attempt.taskId, attempt: attempt.attempt, token: attempt.token });
     let acquireId = '';
     const onAbort = () => {
       // Stop waiting at the dispatcher too; its answer (CANCELLED) settles the request.
       this.host
         .registered(AbortSignal.timeout(1_000))
         .then((conn) =>
-          conn.send({ lock: { id: String(this.nextId++), ...base, op: 'CANCEL', lockToken: Number(acquireId) } }),
+          conn.send({ lock: { id: String(this.nextId++), ...base(), op: 'CANCEL', lockToken: Number(acquireId) } }),
         )
         .catch(() => undefined);
     };
@@ -294,7 +302,7 @@ export class RemoteState {
         attempt,
         (id) => {
           acquireId = id;
-          return { lock: { id, ...base, op: 'ACQUIRE', name, timeoutMs: opts.timeoutMs ?? 0 } };
+          return { lock: { id, ...base(), op: 'ACQUIRE', name, timeoutMs: opts.timeoutMs ?? 0 } };
         },
         AbortSignal.any([opts.signal]),
       )) as LockResponse__Output;
@@ -317,8 +325,8 @@ export class RemoteState {
         if (!conn) return;
         const id = String(this.nextId++);
         await new Promise<void>((resolve) => {
-          this.pending.set(id, { conn, resolve: () => resolve(), reject: () => resolve() });
-          if (!conn.send({ lock: { id, ...base, op: 'RELEASE', lockToken: token } })) {
+          this.pending.set(id, { conn, write: false, resolve: () => resolve(), reject: () => resolve() });
+          if (!conn.send({ lock: { id, ...base(), op: 'RELEASE', lockToken: token } })) {
             this.pending.delete(id);
             resolve();
           }
