@@ -80,6 +80,30 @@ describe('dispatcher wire input', () => {
     expect(await a.next('error')).toMatchObject({ code: 'INVALID', message });
   });
 
+  it("a Register naming a lease etcd does not have, or another agent's, gets a lease of its own; work goes on", async () => {
+    const claims = new TaskClaims(store);
+    const honest = connect();
+    honest.send(register('honest', 'pool-b', 2));
+    const theirs = await honest.next('registered');
+    // Before: one claim on a bogus lease made etcd refuse the whole claim transaction, for every pool.
+    const bogus = connect();
+    bogus.send({ register: { ...register('bogus', 'pool-a', 2).register, leaseId: '7587869999999999' } });
+    const mine = await bogus.next('registered');
+    expect(mine.leaseId).not.toBe('7587869999999999');
+    const thief = connect();
+    thief.send({ register: { ...register('thief', 'pool-a', 2).register, leaseId: theirs.leaseId } });
+    expect((await thief.next('registered')).leaseId).not.toBe(theirs.leaseId);
+    dispatcher.submit({ ref: ref('lease-a'), pool: 'pool-a', handler: 'work', input: {} });
+    dispatcher.submit({ ref: ref('lease-b'), pool: 'pool-b', handler: 'work', input: {} });
+    const gotB = await honest.next('assign');
+    expect(gotB).toMatchObject({ taskId: 'wf/lease-b' });
+    expect((await claims.current(ref('lease-b')))?.token).toBe(gotB.token);
+    const a = await Promise.race([bogus.next('assign'), thief.next('assign')]);
+    expect(a).toMatchObject({ taskId: 'wf/lease-a' });
+    expect((await claims.current(ref('lease-a')))?.token).toBe(a.token);
+    for (const x of [honest, bogus, thief]) x.close();
+  });
+
   it('assigns within credits and refuses unknown, stale, oversized, non-JSON and wrong-pool results without changing anything', async () => {
     const claims = new TaskClaims(store);
     const a = connect();
