@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Range } from 'etcd3';
-import { ConflictError, StateDecodeError, StateError } from './errors.ts';
+import { ConflictError, OutcomeUnknownError, StateDecodeError, StateError } from './errors.ts';
 import { fenceError } from './fence.ts';
 import { type Entry, type Fence, type StateStore, toEntry } from './store.ts';
 
@@ -217,8 +217,13 @@ export class AuditLog {
   private async appendChunk(events: AuditEvent[], fences: Fence[]): Promise<AuditEntry[]> {
     let expected = 0;
     let found = 0;
+    // Appends whose answer was lost (OutcomeUnknown), by the hash of their last entry: if the head
+    // later shows one of them, it applied, and appending again would record the events twice.
+    const unknown = new Map<string, AuditEntry[]>();
     for (let attempt = 1; attempt <= AUDIT_APPEND_TRIES; attempt++) {
       const { head, modRevision } = await this.readHead();
+      const landed = head && unknown.get(head.hash);
+      if (landed) return landed;
       const at = new Date().toISOString();
       let prev = head?.hash ?? '';
       let seq = head?.seq ?? 0;
@@ -232,15 +237,22 @@ export class AuditLog {
       const first = entries[0] as AuditEntry;
       const last = entries[entries.length - 1] as AuditEntry;
       const c = this.store.client;
-      const res = await this.store
-        .txn(fences)
-        .and(this.headKey, 'Mod', '==', modRevision)
-        .and(this.entryKey(first.seq), 'Create', '==', 0)
-        .then(
-          ...entries.map((e) => c.put(this.entryKey(e.seq)).value(this.encode(e))),
-          c.put(this.headKey).value(JSON.stringify({ seq: last.seq, hash: last.hash })),
-        )
-        .commit();
+      let res: Awaited<ReturnType<ReturnType<ReturnType<StateStore['txn']>['then']>['commit']>>;
+      try {
+        res = await this.store
+          .txn(fences)
+          .and(this.headKey, 'Mod', '==', modRevision)
+          .and(this.entryKey(first.seq), 'Create', '==', 0)
+          .then(
+            ...entries.map((e) => c.put(this.entryKey(e.seq)).value(this.encode(e))),
+            c.put(this.headKey).value(JSON.stringify({ seq: last.seq, hash: last.hash })),
+          )
+          .commit();
+      } catch (err) {
+        if (!(err instanceof OutcomeUnknownError) || attempt === AUDIT_APPEND_TRIES) throw err;
+        unknown.set(last.hash, entries);
+        continue; // the compare on the head lets at most one of these appends apply
+      }
       if (res.succeeded) return entries;
       const fenced = await fenceError(this.store, fences);
       if (fenced) throw fenced;

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  AuditLog,
   ConflictError,
   EtcdUnavailableError,
   OutcomeUnknownError,
@@ -112,6 +113,17 @@ describe('etcd transport faults', () => {
     expect(rev).toBeGreaterThan(0);
     // None of the refused writes applied.
     expect(await state.get('down')).toMatchObject({ value: 'b', version: 2 });
+  });
+
+  it('an audit append through a freeze past the call timeout records its events exactly once', async () => {
+    const store = open(500, 6_000);
+    const log = new AuditLog(store, 'ns', 'audit-freeze');
+    await log.append([{ type: 'before' }]);
+    // The first try's answer is lost; the retry must not append the same events a second time.
+    const out = await frozen(2_000, () => log.append([{ type: 'one' }, { type: 'two' }]));
+    expect(out.map((e) => e.type)).toEqual(['one', 'two']);
+    const verdict = await log.verify();
+    expect(verdict).toMatchObject({ ok: true, entries: 3 });
   });
 
   it('a read during a short crash-restart is retried within the budget and answers', async () => {
