@@ -102,6 +102,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly running = new Map<string, Attempt>();
   private readonly settling = new Set<Promise<void>>();
   private readonly pending = new Map<string, Pending>();
+  /** Assigns of an attempt claimed again while its aborted run was still settling. */
+  private readonly deferredAssigns = new Map<string, Assign__Output>();
   private readonly mailboxes = new Map<string, Set<MailListener>>();
   private readonly streamBackoff: Backoff;
   private readonly mutex = new KeyedMutex();
@@ -583,8 +585,28 @@ export class Agent extends EventEmitter<AgentEvents> {
       namespace: a.namespace,
       workflow: a.workflow,
     };
-    if (this.running.has(key) || this.pending.has(key)) {
-      this.log.warn('Ignoring a duplicate Assign', summary);
+    const running = this.running.get(key);
+    const pending = this.pending.get(key);
+    if (running || pending) {
+      const held = running?.token ?? Number(pending?.result.token ?? 0);
+      if (a.token <= held) {
+        this.log.warn('Ignoring a duplicate Assign', summary);
+        return;
+      }
+      // A new leader claimed this very attempt again for us (the old claim went with a lease): the
+      // work carries on under the new token instead of being ignored (the task would hang) or redone.
+      this.log.info('Attempt claimed again under a new token; carrying on under it', { ...summary, token: a.token });
+      if (running) {
+        // Already given up (aborted as not ours): start afresh under the new claim once it has settled.
+        if (running.disowned || running.signal.aborted) this.deferredAssigns.set(key, a);
+        else running.reclaim(a.token);
+        return;
+      }
+      if (pending) {
+        pending.result = { ...pending.result, token: a.token };
+        pending.sentOn = this.conn;
+        this.conn?.send({ result: pending.result });
+      }
       return;
     }
     const cost = a.cost > 0 ? a.cost : 1;
@@ -641,6 +663,13 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private onSettled(attempt: Attempt, outcome: Outcome | undefined, summary: TaskSummary): void {
     this.running.delete(attempt.key);
+    const next = this.deferredAssigns.get(attempt.key);
+    if (next) {
+      this.deferredAssigns.delete(attempt.key);
+      // It has something to say after all: say it under the new claim. Nothing: run the new claim.
+      if (outcome) attempt.reclaim(next.token);
+      else queueMicrotask(() => this.onAssign(next));
+    }
     const durationMs = Math.round(performance.now() - attempt.startedAt);
     const error = outcome && 'error' in outcome ? outcome.error : undefined;
     if (this.current !== 'stopped' && outcome) {
