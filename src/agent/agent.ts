@@ -21,6 +21,7 @@ import { KeyedMutex } from './keyed-mutex.ts';
 import { type AgentOptions, type ResolvedOptions, resolveOptions } from './options.ts';
 import type { Outcome } from './outcome.ts';
 import { LockTimeoutError, RemoteState } from './remote-state.ts';
+import { SpawnRequests } from './spawns.ts';
 import { createTaskContext, type MailListener, type TaskHost } from './task-context.ts';
 import type { MailMeta } from './types.ts';
 
@@ -104,6 +105,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly pending = new Map<string, Pending>();
   /** Assigns of an attempt claimed again while its aborted run was still settling. */
   private readonly deferredAssigns = new Map<string, Assign__Output>();
+  /** Spawns awaiting their SpawnAck; they go out on whichever stream is registered. */
+  private readonly spawns = new SpawnRequests((msg) => {
+    if (this.conn?.registered) this.conn.send({ spawn: msg });
+  });
   private readonly mailboxes = new Map<string, Set<MailListener>>();
   private readonly streamBackoff: Backoff;
   private readonly mutex = new KeyedMutex();
@@ -284,6 +289,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       process.off('SIGINT', this.signalHandler);
     }
     for (const w of this.registeredWaiters) w();
+    this.spawns.rejectAll(new Error('the agent is stopping'));
     await this.conn?.end(END_GRACE_MS);
     await this.loop;
     this.client?.close();
@@ -527,6 +533,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         }
         return;
       }
+      case 'spawnAck':
+        if (m.spawnAck) this.spawns.onAck(m.spawnAck);
+        return;
       case 'mail':
         if (m.mail) this.deliverMail(m.mail.workflow, m.mail.topic, m.mail.fromAgent, m.mail.payloadJson);
         return;
@@ -565,12 +574,18 @@ export class Agent extends EventEmitter<AgentEvents> {
         a.abort('NOT_YOURS', 'the attempt was given to someone else while the agent was disconnected');
       }
     }
-    // Results go out after Registered: a dispatcher may ignore what arrives while it registers the stream.
+    // Spawns and results go out after Registered: a dispatcher may ignore what arrives while it
+    // registers the stream. Spawns first: an attempt's children before its result.
+    this.spawns.resendAll();
     for (const p of this.pending.values()) {
       p.sentOn = conn;
       conn.send({ result: p.result });
     }
-    this.log.info('Registered with the dispatcher', { stillYours: stillYours.length, resent: this.pending.size });
+    this.log.info('Registered with the dispatcher', {
+      stillYours: stillYours.length,
+      resent: this.pending.size,
+      resentSpawns: this.spawns.size,
+    });
     if (this.current === 'draining') this.sendHeartbeat();
     for (const w of this.registeredWaiters) w();
     this.emit('connected', { stillYours: stillYours.length });
@@ -754,6 +769,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
     },
     sendRegistered: (msg, signal) => this.sendRegistered(msg, signal),
+    spawn: (attempt, children) => this.spawns.request(attempt, children),
     state: (attempt) => this.remote.forAttempt(attempt),
     lock: (attempt, name, opts) => this.lock(attempt, name, opts),
     subscribe: (workflow, topic, cb) => {

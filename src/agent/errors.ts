@@ -56,3 +56,52 @@ export class AttemptAbortedError extends Error {
 }
 
 export type AbortCode = 'CANCELLED' | 'DEADLINE_EXCEEDED' | 'DRAIN_TIMEOUT' | 'NOT_YOURS';
+
+/**
+ * Why the dispatcher refused a spawn (SpawnAck.error_code):
+ * - UNKNOWN_TASK, STALE_ATTEMPT, WRONG_POOL: the parent attempt's claim is not current, or its task no
+ *   longer runs, so nothing can be spawned for it;
+ * - INVALID, PAYLOAD_TOO_LARGE: a child is malformed or its input too big (INVALID also stands for a
+ *   code this SDK does not know; the message names it);
+ * - LIMIT_EXCEEDED: over the operator's --max-spawned-children, or a child costs more slots than an
+ *   agent of the pool has; the engine fails the task;
+ * - CONFLICT: a child name is already taken by a different child of this task.
+ */
+export type SpawnRefusalCode =
+  | 'UNKNOWN_TASK'
+  | 'STALE_ATTEMPT'
+  | 'WRONG_POOL'
+  | 'INVALID'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'LIMIT_EXCEEDED'
+  | 'CONFLICT';
+
+const SPAWN_REFUSAL_CODES: ReadonlySet<string> = new Set<SpawnRefusalCode>([
+  'UNKNOWN_TASK',
+  'STALE_ATTEMPT',
+  'WRONG_POOL',
+  'INVALID',
+  'PAYLOAD_TOO_LARGE',
+  'LIMIT_EXCEEDED',
+  'CONFLICT',
+]);
+
+/**
+ * ctx.spawn was refused by the dispatcher or the workflow engine: none of the
+ * children were added. A handler that lets it propagate fails its attempt as
+ * any other error does (retryable).
+ */
+export class SpawnRefusedError extends Error {
+  override name = 'SpawnRefusedError';
+  readonly code: SpawnRefusalCode;
+  /** The parent task's wire id ("workflow/task") and attempt. */
+  readonly taskId: string;
+  readonly attempt: number;
+
+  constructor(wireCode: string, message: string, taskId: string, attempt: number) {
+    super(`spawn refused (${wireCode}): ${message}`);
+    this.code = SPAWN_REFUSAL_CODES.has(wireCode) ? (wireCode as SpawnRefusalCode) : 'INVALID';
+    this.taskId = taskId;
+    this.attempt = attempt;
+  }
+}

@@ -6,7 +6,14 @@ export { ConflictError, FencedError } from '../state/errors.ts';
 export { Agent, type AgentEvents, type AgentState, RUNTIME_VERSION, type TaskSummary } from './agent.ts';
 export { execHandler } from './builtin/exec.ts';
 export { httpHandler } from './builtin/http.ts';
-export { AgentConfigError, AttemptAbortedError, RetryableError, UnrecoverableError } from './errors.ts';
+export {
+  AgentConfigError,
+  AttemptAbortedError,
+  RetryableError,
+  type SpawnRefusalCode,
+  SpawnRefusedError,
+  UnrecoverableError,
+} from './errors.ts';
 export { type AgentOptions, DEFAULT_CA_FILE, DEFAULT_TOKEN_FILE } from './options.ts';
 export {
   LockTimeoutError,

@@ -17,6 +17,8 @@ export interface TaskHost {
   progress(attempt: Attempt, fraction: number, message: string): void;
   /** Sends once a registered stream exists; rejects if `signal` aborts first or the agent stops. */
   sendRegistered(msg: AgentMessage, signal: AbortSignal): Promise<void>;
+  /** Resolves once the dispatcher acks the children as durable (re-sending until it answers). */
+  spawn(attempt: Attempt, children: ChildTask[]): Promise<void>;
   state(attempt: Attempt): WorkflowState;
   lock(attempt: Attempt, name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held>;
   subscribe(workflow: string, topic: string, cb: MailListener): () => void;
@@ -109,10 +111,13 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
         throw new TypeError(`spawn: children must be a non-empty array, got ${describe(children)}`);
       }
       const wire = children.map((c, i) => childTask(i, c));
-      await host.sendRegistered(
-        { spawn: { parentTaskId: taskId, attempt: attempt.attempt, token: attempt.token, children: wire } },
-        attempt.signal,
-      );
+      const first = new Map<string, number>();
+      wire.forEach((c, i) => {
+        const j = first.get(c.name as string);
+        if (j !== undefined) throw new TypeError(`spawn: children[${i}].name: "${c.name}" repeats children[${j}]`);
+        first.set(c.name as string, i);
+      });
+      await host.spawn(attempt, wire);
     },
     async send(toAgent, topic, payload) {
       if (typeof toAgent !== 'string' || toAgent === '')

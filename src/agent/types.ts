@@ -53,7 +53,19 @@ export interface TaskContext {
    * `held.fence` to fenced writes. Released when the attempt ends at the latest.
    */
   lock(name: string, opts?: { timeoutMs?: number }): Promise<Held>;
-  /** Asks the workflow engine for child tasks; resolves once sent on a registered stream. */
+  /**
+   * Asks the workflow engine for child tasks (named `<task>~<name>` in the run).
+   * Resolves only once the dispatcher acknowledges that the children are
+   * durable in etcd; until then the request is re-sent after every reconnect,
+   * also to a new leader, and a copy never adds a child twice. Await it before
+   * returning: the children then survive any crash, and the task succeeds only
+   * when they all have. Rejects with SpawnRefusedError when refused (nothing
+   * was added: the attempt is no longer current, a child is invalid, a limit
+   * would be exceeded, or a name is taken by a different child), with the
+   * attempt's abort reason (an AttemptAbortedError) when the attempt is
+   * cancelled or times out first, and with an Error if the handler returned
+   * before it settled.
+   */
   spawn(children: ChildSpec[]): Promise<void>;
   /** Mails another agent working on the same workflow. */
   send(toAgent: string, topic: string, payload: unknown): Promise<void>;

@@ -5,6 +5,7 @@ import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts
 import type { InFlight__Output } from '../gen/agentflow/v1/InFlight.ts';
 import type { Register__Output } from '../gen/agentflow/v1/Register.ts';
 import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
+import type { SpawnTasks__Output } from '../gen/agentflow/v1/SpawnTasks.ts';
 import { type Logger, silentLogger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS, MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
 import {
@@ -37,7 +38,16 @@ import {
   type WireErrorCode,
   type WireRefusal,
 } from './task-state.ts';
-import { type PoolStats, parseWireTaskId, type TaskEvent, type TaskSpec, taskKey, wireTaskId } from './types.ts';
+import {
+  type PoolStats,
+  parseWireTaskId,
+  type SpawnedChild,
+  type SpawnOutcome,
+  type TaskEvent,
+  type TaskSpec,
+  taskKey,
+  wireTaskId,
+} from './types.ts';
 
 export interface DispatcherOptions {
   store: StateStore;
@@ -827,31 +837,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         });
         return;
       }
-      case 'spawn': {
-        const s = m.spawn;
-        if (!s) return;
-        const entry = this.ownEntry(conn, s.parentTaskId, s.attempt, s.token);
-        if (isRefusal(entry)) {
-          this.wireError(conn, entry, s.parentTaskId);
-          return;
-        }
-        const children = s.children.map((c, i) => {
-          if (!NAME.test(c.name) || c.name.length > 63)
-            throw new Error(`SpawnTasks.children[${i}].name: "${c.name}" is not a DNS-1123 label`);
-          if (!ok(c.handler)) throw new Error(`SpawnTasks.children[${i}].handler: required`);
-          if (Buffer.byteLength(c.inputJson) > MAX_PAYLOAD_BYTES) {
-            throw new PayloadError(`SpawnTasks.children[${i}].inputJson: over ${MAX_PAYLOAD_BYTES} bytes`);
-          }
-          return {
-            name: c.name,
-            handler: c.handler,
-            input: parseJson(c.inputJson, `SpawnTasks.children[${i}].inputJson`),
-            cost: c.cost || 1,
-          };
-        });
-        this.emit('task', { type: 'spawn', ref: entry.spec.ref, attempt: entry.attempt, children });
+      case 'spawn':
+        if (m.spawn) this.onSpawn(conn, m.spawn);
         return;
-      }
       case 'mail': {
         const mail = m.mail;
         if (!mail) return;
@@ -910,6 +898,38 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       default:
         throw new Error(`unexpected message ${m.msg ?? '(empty)'}`);
     }
+  }
+
+  /**
+   * SpawnTasks: checked here, added by the engine, and answered with a SpawnAck only once the engine
+   * settles it: ok after the children's records are durable in etcd, or a refusal. The answer goes to
+   * the agent's stream at that time (a newer one after a reconnect; none while it is away: the agent
+   * re-sends until answered, and the engine takes a copy without adding the children twice). A
+   * deposed or stopping dispatcher answers nothing, so the agent takes the request to the new leader.
+   */
+  private onSpawn(conn: AgentConn, s: SpawnTasks__Output): void {
+    const { agentId } = conn;
+    const { requestId, parentTaskId, attempt } = s;
+    let answered = false;
+    const answer = (o: SpawnOutcome) => {
+      if (answered || this.deposed || this.stopped) return;
+      answered = true;
+      if (!o.ok) this.counters.refused++;
+      const errorCode = o.ok ? '' : o.code;
+      const errorMessage = o.ok ? '' : o.message;
+      this.conns.get(agentId)?.send({ spawnAck: { requestId, parentTaskId, attempt, errorCode, errorMessage } });
+    };
+    const entry = this.ownEntry(conn, s.parentTaskId, s.attempt, s.token);
+    if (isRefusal(entry)) {
+      answer({ ok: false, ...entry });
+      return;
+    }
+    const children = spawnedChildren(s);
+    if (!Array.isArray(children)) {
+      answer({ ok: false, ...children });
+      return;
+    }
+    this.emit('task', { type: 'spawn', ref: entry.spec.ref, attempt: entry.attempt, children, settle: answer });
   }
 
   /**
@@ -1218,6 +1238,33 @@ function claimOf(r: Register__Output): RegisterClaim {
 
 function isRefusal(v: Entry | WireRefusal): v is WireRefusal {
   return !('spec' in v);
+}
+
+/** The children of a SpawnTasks, or why they cannot be taken (named by field). */
+function spawnedChildren(s: SpawnTasks__Output): SpawnedChild[] | WireRefusal {
+  if (s.children.length === 0) return { code: 'INVALID', message: 'SpawnTasks.children: at least one child required' };
+  const children: SpawnedChild[] = [];
+  const seen = new Map<string, number>();
+  for (const [i, c] of s.children.entries()) {
+    const field = `SpawnTasks.children[${i}]`;
+    if (!NAME.test(c.name) || c.name.length > 63)
+      return { code: 'INVALID', message: `${field}.name: "${c.name}" is not a DNS-1123 label` };
+    const first = seen.get(c.name);
+    if (first !== undefined)
+      return { code: 'INVALID', message: `${field}.name: "${c.name}" repeats children[${first}]` };
+    if (!ok(c.handler)) return { code: 'INVALID', message: `${field}.handler: required` };
+    if (Buffer.byteLength(c.inputJson) > MAX_PAYLOAD_BYTES)
+      return { code: 'PAYLOAD_TOO_LARGE', message: `${field}.inputJson: over ${MAX_PAYLOAD_BYTES} bytes` };
+    let input: unknown;
+    try {
+      input = parseJson(c.inputJson, `${field}.inputJson`);
+    } catch (err) {
+      return { code: 'INVALID', message: (err as Error).message };
+    }
+    seen.set(c.name, i);
+    children.push({ name: c.name, handler: c.handler, input, cost: c.cost || 1 });
+  }
+  return children;
 }
 
 class PayloadError extends Error {

@@ -1,4 +1,5 @@
 import type { TaskRef, TaskResult } from '../state/index.ts';
+import type { WireErrorCode } from './task-state.ts';
 
 /** A task ready to run, as the workflow engine hands it to the dispatcher. */
 export interface TaskSpec {
@@ -17,18 +18,45 @@ export interface TaskSpec {
   timeoutSeconds?: number;
 }
 
+/** A child task an agent asked for (SpawnTasks), checked by the dispatcher. */
+export interface SpawnedChild {
+  name: string;
+  handler: string;
+  input: unknown;
+  cost: number;
+}
+
+/** A parent attempt's children, as the engine takes them (SpawnTasks without its wire fields). */
+export interface SpawnRequest {
+  type: 'spawn';
+  ref: TaskRef;
+  attempt: number;
+  children: SpawnedChild[];
+}
+
+/**
+ * Why a SpawnTasks added nothing (SpawnAck.error_code): the WireError codes for the parent's claim
+ * and a malformed child, LIMIT_EXCEEDED (a cap of the engine), CONFLICT (a child name taken by a
+ * different child) and UNAVAILABLE (not now: the agent re-sends).
+ */
+export type SpawnErrorCode = WireErrorCode | 'LIMIT_EXCEEDED' | 'CONFLICT' | 'UNAVAILABLE';
+
+/** What the engine says of a spawn: durable (its children's records are in etcd), or why not. */
+export type SpawnOutcome = { ok: true } | { ok: false; code: SpawnErrorCode; message: string };
+
 export type TaskEvent =
   | { type: 'committed'; ref: TaskRef; result: TaskResult; agentId: string }
   | { type: 'started'; ref: TaskRef; attempt: number; agentId: string }
   | { type: 'lost'; ref: TaskRef; attempt: number; agentId: string; reason: string }
   | { type: 'timedOut'; ref: TaskRef; attempt: number; agentId: string }
   | { type: 'progress'; ref: TaskRef; attempt: number; fraction: number; message: string }
-  | {
-      type: 'spawn';
-      ref: TaskRef;
-      attempt: number;
-      children: { name: string; handler: string; input: unknown; cost: number }[];
-    }
+  | (SpawnRequest & {
+      /**
+       * The engine calls it once: ok after a flush that saved the children's records succeeded
+       * (never before), or a refusal. The dispatcher turns it into the agent's SpawnAck.
+       */
+      settle(outcome: SpawnOutcome): void;
+    })
   | { type: 'orphanLost'; ref: TaskRef; attempt: number; agentId: string };
 
 export interface PoolStats {

@@ -23,6 +23,7 @@ import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Re
 import type { Register as _agentflow_v1_Register, Register__Output as _agentflow_v1_Register__Output } from './agentflow/v1/Register.ts';
 import type { Registered as _agentflow_v1_Registered, Registered__Output as _agentflow_v1_Registered__Output } from './agentflow/v1/Registered.ts';
 import type { Result as _agentflow_v1_Result, Result__Output as _agentflow_v1_Result__Output } from './agentflow/v1/Result.ts';
+import type { SpawnAck as _agentflow_v1_SpawnAck, SpawnAck__Output as _agentflow_v1_SpawnAck__Output } from './agentflow/v1/SpawnAck.ts';
 import type { SpawnTasks as _agentflow_v1_SpawnTasks, SpawnTasks__Output as _agentflow_v1_SpawnTasks__Output } from './agentflow/v1/SpawnTasks.ts';
 import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output as _agentflow_v1_StateRequest__Output } from './agentflow/v1/StateRequest.ts';
 import type { StateResponse as _agentflow_v1_StateResponse, StateResponse__Output as _agentflow_v1_StateResponse__Output } from './agentflow/v1/StateResponse.ts';
@@ -58,6 +59,7 @@ export interface ProtoGrpcType {
       Register: MessageTypeDefinition<_agentflow_v1_Register, _agentflow_v1_Register__Output>
       Registered: MessageTypeDefinition<_agentflow_v1_Registered, _agentflow_v1_Registered__Output>
       Result: MessageTypeDefinition<_agentflow_v1_Result, _agentflow_v1_Result__Output>
+      SpawnAck: MessageTypeDefinition<_agentflow_v1_SpawnAck, _agentflow_v1_SpawnAck__Output>
       SpawnTasks: MessageTypeDefinition<_agentflow_v1_SpawnTasks, _agentflow_v1_SpawnTasks__Output>
       StateRequest: MessageTypeDefinition<_agentflow_v1_StateRequest, _agentflow_v1_StateRequest__Output>
       StateResponse: MessageTypeDefinition<_agentflow_v1_StateResponse, _agentflow_v1_StateResponse__Output>

@@ -1,5 +1,6 @@
 import type { WorkflowSpec } from '../api/workflow.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
+import type { SpawnOutcome } from '../dispatcher/types.ts';
 import type { Logger } from '../lib/log.ts';
 import { AuditLog, type Fence, type StateStore, WorkflowRecords } from '../state/index.ts';
 import { type RunLimits, WorkflowRun } from './run.ts';
@@ -21,6 +22,12 @@ export interface EngineOptions {
 
 const key = (namespace: string, name: string) => `${namespace}/${name}`;
 
+/** After a failed flush, the next try comes this much later (records stay dirty until one succeeds). */
+const FLUSH_RETRY_MS = 1_000;
+
+/** Answers to spawns, each waiting for a flush of its run to succeed. */
+type SaveWaiter = (outcome: SpawnOutcome) => void;
+
 /**
  * Hosts the runs of the leader: routes dispatcher events to them, ticks them
  * for retries and deadlines, and persists their records and audit entries to
@@ -36,6 +43,8 @@ export class WorkflowEngine {
   private flushTimer: NodeJS.Timeout | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Per run: spawns to answer once a flush that began after them has saved the run. */
+  private readonly saveWaiters = new Map<WorkflowRun, SaveWaiter[]>();
   private readonly onTask = (e: TaskEvent) => this.onTaskEvent(e);
 
   constructor(o: EngineOptions) {
@@ -79,6 +88,8 @@ export class WorkflowEngine {
       loaded.run?.uid === wf.uid ? loaded : undefined,
       this.o.limits,
     );
+    const replaced = this.runs.get(k);
+    if (replaced) this.refuseWaiters(replaced, `workflow ${k} was replaced by a new one of the same name`);
     this.runs.set(k, run);
     if (loaded.run?.uid === wf.uid)
       this.log.info('Resumed a workflow run from etcd', { workflow: k, phase: run.phase });
@@ -90,8 +101,17 @@ export class WorkflowEngine {
 
   /** Forgets a run (after its records were deleted). */
   forget(namespace: string, name: string): void {
+    const run = this.runs.get(key(namespace, name));
     this.runs.delete(key(namespace, name));
     this.audits.delete(key(namespace, name));
+    if (run) this.refuseWaiters(run, `workflow ${namespace}/${name} was deleted`);
+  }
+
+  /** Answers the spawns still waiting on a run that is going away: its children will not run. */
+  private refuseWaiters(run: WorkflowRun, message: string): void {
+    const waiting = this.saveWaiters.get(run);
+    this.saveWaiters.delete(run);
+    for (const settle of waiting ?? []) settle({ ok: false, code: 'UNKNOWN_TASK', message });
   }
 
   async deleteRecords(namespace: string, name: string): Promise<void> {
@@ -114,10 +134,43 @@ export class WorkflowEngine {
 
   private onTaskEvent(e: TaskEvent): void {
     const run = this.runs.get(key(e.ref.namespace, e.ref.workflow));
+    if (e.type === 'spawn') {
+      this.onSpawn(run, e);
+      return;
+    }
     if (!run) return;
     const before = run.version;
     run.onEvent(e);
     if (run.version !== before) this.changed(run);
+  }
+
+  /**
+   * A spawn is answered "durable" only after a flush that began once the children were in the run
+   * has saved it: a leader that dies before then has acked nothing, and the agent re-sends the spawn
+   * to the next one (which takes the copy without adding the children twice).
+   */
+  private onSpawn(run: WorkflowRun | undefined, e: Extract<TaskEvent, { type: 'spawn' }>): void {
+    if (!run) {
+      // A new leader gets re-sent spawns as soon as agents reconnect, maybe before it loaded the run.
+      e.settle({
+        ok: false,
+        code: 'UNAVAILABLE',
+        message: `the run of workflow ${e.ref.namespace}/${e.ref.workflow} is not loaded yet; send again`,
+      });
+      return;
+    }
+    const before = run.version;
+    const outcome = run.requestSpawn(e);
+    if (run.version !== before) this.changed(run);
+    if (!outcome.ok) {
+      e.settle(outcome);
+      return;
+    }
+    const waiting = this.saveWaiters.get(run);
+    if (waiting) waiting.push(e.settle);
+    else this.saveWaiters.set(run, [e.settle]);
+    // A copy of a spawn whose children are saved already changes nothing: a flush must still come.
+    this.scheduleFlush(this.o.flushMs ?? 50);
   }
 
   private tick(): void {
@@ -136,12 +189,19 @@ export class WorkflowEngine {
   /** After any change: persist soon, tell the controller. */
   changed(run: WorkflowRun): void {
     this.o.onChange(run.namespace, run.name);
-    if (!this.flushTimer && !this.stopped) {
-      this.flushTimer = setTimeout(() => {
-        this.flushTimer = undefined;
-        void this.flush().catch((err: Error) => this.log.error('Could not save run records', { error: err }));
-      }, this.o.flushMs ?? 50);
-    }
+    this.scheduleFlush(this.o.flushMs ?? 50);
+  }
+
+  private scheduleFlush(ms: number): void {
+    if (this.flushTimer || this.stopped) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      this.flush().catch((err: Error) => {
+        // What failed stays dirty (and its spawns unanswered): try again without waiting for a change.
+        this.log.error('Could not save run records; retrying', { error: err, retryInMs: FLUSH_RETRY_MS });
+        this.scheduleFlush(FLUSH_RETRY_MS);
+      });
+    }, ms);
   }
 
   /** Writes dirty records and audit entries of every run (one flush at a time). */
@@ -158,7 +218,14 @@ export class WorkflowEngine {
     // One run whose records cannot be saved must not hold back every other run's.
     let failed: Error | undefined;
     for (const run of this.runs.values()) {
-      if (run.dirty.size === 0 && !run.runDirty && run.audit.length === 0) continue;
+      // Taken now: a spawn that arrives during this flush may not be in what it writes.
+      const waiting = this.saveWaiters.get(run);
+      this.saveWaiters.delete(run);
+      if (run.dirty.size === 0 && !run.runDirty && run.audit.length === 0) {
+        // Clean, and flushes run one at a time: everything the run holds was saved by an earlier one.
+        for (const settle of waiting ?? []) settle({ ok: true });
+        continue;
+      }
       const names = [...run.dirty];
       run.dirty.clear();
       const runDirty = run.runDirty;
@@ -173,8 +240,11 @@ export class WorkflowEngine {
         for (const n of names) run.dirty.add(n);
         run.runDirty ||= runDirty;
         run.audit.unshift(...events);
+        if (waiting) this.saveWaiters.set(run, [...waiting, ...(this.saveWaiters.get(run) ?? [])]);
         failed ??= err as Error;
+        continue;
       }
+      for (const settle of waiting ?? []) settle({ ok: true });
     }
     if (failed) throw failed;
   }
@@ -185,5 +255,7 @@ export class WorkflowEngine {
     if (this.tickTimer) clearInterval(this.tickTimer);
     if (this.flushTimer) clearTimeout(this.flushTimer);
     await this.flush().catch((err: Error) => this.log.warn('Last flush failed', { error: err }));
+    // Spawns not saved by now stay unanswered: their agents send them again to the next leader.
+    this.saveWaiters.clear();
   }
 }

@@ -7,7 +7,7 @@ import {
   type WorkflowStatus,
   type WorkflowTask,
 } from '../api/workflow.ts';
-import type { TaskEvent, TaskSpec } from '../dispatcher/types.ts';
+import type { SpawnedChild, SpawnOutcome, SpawnRequest, TaskEvent, TaskSpec } from '../dispatcher/types.ts';
 import { rfc3339 } from '../lib/time.ts';
 import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
 import { CostBudget, type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
@@ -58,6 +58,9 @@ export interface AuditItem {
   detail?: Record<string, unknown>;
 }
 
+/** What a run takes from the dispatcher: its task events, a spawn with or without a way to answer it. */
+export type RunEvent = Exclude<TaskEvent, { type: 'spawn' }> | SpawnRequest;
+
 interface Instance extends TaskRecord {
   phase: TaskPhase;
   /** Input rendered: ready to run once a slot (parallelism) is free. */
@@ -73,6 +76,15 @@ export const MAX_STATUS_OUTPUT_BYTES = 16 * 1024;
 const MAX_MESSAGE = 1024;
 
 const iso = rfc3339;
+/** JSON with object keys sorted: the same value whatever order its keys were built in. */
+function canonicalJson(v: unknown): string {
+  return JSON.stringify(v ?? null, (_k, x: unknown) =>
+    x !== null && typeof x === 'object' && !Array.isArray(x)
+      ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : x,
+  );
+}
+
 /** The task of the spec (or forEach item) a spawned child descends from: `a.3~c~d` -> `a.3`. */
 const rootOf = (name: string): string => name.split('~', 1)[0] as string;
 
@@ -447,7 +459,11 @@ export class WorkflowRun {
 
   // ---- dispatcher events ----
 
-  onEvent(e: TaskEvent): void {
+  onEvent(e: RunEvent): void {
+    if (e.type === 'spawn') {
+      this.requestSpawn(e);
+      return;
+    }
     const i = this.instances.get(e.ref.task);
     if (!i || this.finished) return;
     switch (e.type) {
@@ -507,10 +523,6 @@ export class WorkflowRun {
         this.step();
         return;
       }
-      case 'spawn':
-        this.spawn(i, e.children);
-        this.step();
-        return;
       case 'progress':
         return;
     }
@@ -572,39 +584,83 @@ export class WorkflowRun {
   }
 
   /**
-   * Children an agent spawned for a running task join the run, unless they
-   * would break a limit: then the spawning task fails with the reason (and with
-   * it the run, as any failed task does) rather than queue work that can never
-   * run or grow the run without bound.
+   * Children an agent spawned for a running attempt join the run. What it returns is not yet
+   * "durable": the engine answers the agent only after the records this marked dirty are saved.
+   * A request may come again (the agent re-sends until answered, also to a new leader): children
+   * already here under the same names, exactly as asked, are taken as they are, so nothing runs
+   * twice; a name already given to a different child is refused and nothing is added.
    */
-  private spawn(parent: Instance, children: { name: string; handler: string; input: unknown; cost: number }[]): void {
+  requestSpawn(e: SpawnRequest): SpawnOutcome {
+    const parent = this.instances.get(e.ref.task);
+    if (!parent) {
+      return { ok: false, code: 'UNKNOWN_TASK', message: `workflow ${this.name} has no task ${e.ref.task}` };
+    }
+    if (this.finished) {
+      return {
+        ok: false,
+        code: 'STALE_ATTEMPT',
+        message: `workflow ${this.name} is ${this.phase}: task ${parent.name} takes no children`,
+      };
+    }
+    if (!ACTIVE.has(parent.phase) || parent.ownDone || parent.attempt !== e.attempt) {
+      const state = parent.ownDone ? 'has its result in' : `is ${parent.phase}`;
+      return {
+        ok: false,
+        code: 'STALE_ATTEMPT',
+        message: `task ${parent.name} ${state} at attempt ${parent.attempt}: attempt ${e.attempt} may not spawn children`,
+      };
+    }
+    const outcome = this.spawn(parent, e.children);
+    this.step();
+    return outcome;
+  }
+
+  /** Adds the children (see requestSpawn), or fails the parent when they would break a limit. */
+  private spawn(parent: Instance, children: SpawnedChild[]): SpawnOutcome {
     const t = this.templates.get(parent.template);
-    if (!t) return;
-    const fresh = children.filter((c) => !this.instances.has(`${parent.name}~${c.name}`)); // a retried parent spawning again
+    if (!t) return { ok: false, code: 'UNKNOWN_TASK', message: `task ${parent.name} has no template` };
+    const fresh: SpawnedChild[] = [];
+    for (const c of children) {
+      const name = `${parent.name}~${c.name}`;
+      const have = this.instances.get(name);
+      if (!have) {
+        fresh.push(c);
+        continue;
+      }
+      const differs =
+        have.handler !== c.handler
+          ? `handler "${have.handler}", not "${c.handler}"`
+          : have.cost !== c.cost
+            ? `cost ${have.cost}, not ${c.cost}`
+            : canonicalJson(have.input) !== canonicalJson(c.input)
+              ? 'a different input'
+              : undefined;
+      if (differs) {
+        return {
+          ok: false,
+          code: 'CONFLICT',
+          message: `task ${parent.name} already has a child "${c.name}" with ${differs}: a child name stands for one child, so give a different child another name`,
+        };
+      }
+    }
     const capacity = this.host.poolCapacity?.(parent.pool);
     const tooCostly = capacity === undefined ? undefined : fresh.find((c) => c.cost > capacity);
     if (tooCostly) {
-      this.refuseSpawn(
-        parent,
-        `spawned child "${tooCostly.name}" costs ${tooCostly.cost} slots, more than an agent of AgentPool "${parent.pool}" has (spec.agent.capacity ${capacity}): it could never run`,
-      );
-      return;
+      const reason = `spawned child "${tooCostly.name}" costs ${tooCostly.cost} slots, more than an agent of AgentPool "${parent.pool}" has (spec.agent.capacity ${capacity}): it could never run`;
+      this.refuseSpawn(parent, reason);
+      return { ok: false, code: 'LIMIT_EXCEEDED', message: reason };
     }
     const root = rootOf(parent.name);
     const total = (this.spawnedUnder.get(root) ?? 0) + fresh.length;
     if (total > this.limits.maxSpawnedChildren) {
-      this.refuseSpawn(
-        parent,
-        `spawning ${fresh.length} more children would make ${total} under task ${root} (descendants included), more than the ${this.limits.maxSpawnedChildren} one task may spawn (the operator's --max-spawned-children)`,
-      );
-      return;
+      const reason = `spawning ${fresh.length} more children would make ${total} under task ${root} (descendants included), more than the ${this.limits.maxSpawnedChildren} one task may spawn (the operator's --max-spawned-children)`;
+      this.refuseSpawn(parent, reason);
+      return { ok: false, code: 'LIMIT_EXCEEDED', message: reason };
     }
     this.spawnedUnder.set(root, total);
-    parent.children ??= [];
     for (const c of fresh) {
-      const name = `${parent.name}~${c.name}`;
       this.put(
-        this.newInstance(t, name, {
+        this.newInstance(t, `${parent.name}~${c.name}`, {
           parent: parent.name,
           handler: c.handler,
           cost: c.cost,
@@ -612,10 +668,19 @@ export class WorkflowRun {
           ready: true,
         }),
       );
-      parent.children.push(name);
     }
-    this.touch(parent);
-    this.audit.push({ type: 'TaskSpawned', task: parent.name, detail: { children: children.map((c) => c.name) } });
+    // Also names children that exist without being listed: records saved in more than one
+    // transaction may have lost the parent's list in a crash while its children made it.
+    const listed = new Set(parent.children ?? []);
+    const unlisted = children.map((c) => `${parent.name}~${c.name}`).filter((n) => !listed.has(n));
+    if (unlisted.length > 0) {
+      parent.children = [...(parent.children ?? []), ...unlisted];
+      this.touch(parent);
+    }
+    if (fresh.length > 0) {
+      this.audit.push({ type: 'TaskSpawned', task: parent.name, detail: { children: fresh.map((c) => c.name) } });
+    }
+    return { ok: true };
   }
 
   /** Fails a task whose spawn broke a limit; its attempt, still running on its agent, is cancelled. */

@@ -1,4 +1,5 @@
-import { resolve } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
@@ -21,7 +22,8 @@ import { testStore } from '../state/helpers.ts';
 // resumes the run from its etcd records, the agents reconnect to the new
 // dispatcher and keep their attempts, and the workflow finishes with every
 // task run once. A finished workflow is deleted after ttlSecondsAfterFinished
-// together with its etcd records.
+// together with its etcd records. A leader killed right after it acknowledged
+// a spawn has the children durable: after the failover each runs once.
 
 // biome-ignore lint/suspicious/noExplicitAny: raw API JSON
 type Json = Record<string, any>;
@@ -34,12 +36,31 @@ const election = uniqueName('fo');
 const group = uniqueName('g');
 const operators: OperatorProcess[] = [];
 let dispatcherPort: number;
+let handlerLog: string;
 
 const getWf = (name: string) =>
   cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/${name}`);
+const handlerLines = (): Json[] =>
+  existsSync(handlerLog)
+    ? readFileSync(handlerLog, 'utf8')
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Json)
+    : [];
 
 function operator(name: string): OperatorProcess {
-  const o = new OperatorProcess(cluster, { name, namespace: ns, prefix, election, dispatcherPort, leaseTtl: 3 });
+  // Agents come back within their lease (election ~3 s, then up to 5 s of reconnect back-off), so the new
+  // leader adopts their attempts instead of running them again: what this file checks.
+  const o = new OperatorProcess(cluster, {
+    name,
+    namespace: ns,
+    prefix,
+    election,
+    dispatcherPort,
+    leaseTtl: 3,
+    agentLeaseTtl: 20,
+  });
   operators.push(o);
   return o;
 }
@@ -48,6 +69,7 @@ beforeAll(async () => {
   cluster = testCluster();
   await installCrds(cluster);
   ns = await createNamespace(cluster, 'fo');
+  handlerLog = join(cluster.info.dir, `handlers-${ns}.jsonl`);
   await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]));
   store = testStore(prefix);
   dispatcherPort = await freePort();
@@ -60,7 +82,10 @@ beforeAll(async () => {
     cpu: '10m',
     memory: '32Mi',
     command: [process.execPath, resolve('src/agent/main.ts')],
-    env: [{ name: 'AGENTFLOW_HANDLERS_MODULE', value: resolve('test/fixtures/agent/workflow-handlers.mjs') }],
+    env: [
+      { name: 'AGENTFLOW_HANDLERS_MODULE', value: resolve('test/fixtures/agent/workflow-handlers.mjs') },
+      { name: 'HANDLER_LOG', value: handlerLog },
+    ],
   });
   await apply(cluster, m);
   await until(
@@ -148,5 +173,58 @@ describe('operator failover', () => {
     for (const kind of ['runs', 'results', 'audit', 'claims']) {
       expect(await store.client.getAll().prefix(`${prefix}/${kind}/${ns}/brief/`).keys()).toEqual([]);
     }
+  });
+
+  it('kill -9 of the leader right after it acked a spawn: the children are durable and each runs once', async () => {
+    const leader = operators.find(
+      (o) =>
+        o.child.exitCode === null &&
+        o.child.signalCode === null &&
+        o.lines.some((l) => l.msg === 'Operator is leading'),
+    ) as OperatorProcess;
+    const standby = operator('op-3');
+    await standby.waitFor('Campaigning for leadership');
+    await apply(cluster, {
+      apiVersion: 'agentflow.io/v1alpha1',
+      kind: 'Workflow',
+      metadata: { name: 'spawny', namespace: ns },
+      spec: {
+        pool: 'agents',
+        tasks: [
+          { name: 'p', handler: 'spawnThenWork', input: { count: 4, childMs: 1500, ms: 2000 } },
+          { name: 'after', handler: 'noop', dependsOn: ['p'], input: { i: 9 } },
+        ],
+      },
+    });
+    // ctx.spawn has resolved: the dispatcher acked the children. Kill the leader at once, well inside
+    // the time it would take to save records it had only in memory.
+    const spawned = (l: Json) => l.handler === 'spawnThenWork' && l.event === 'spawned' && l.task === 'spawny/p';
+    const deadline = Date.now() + 30_000;
+    while (!handlerLines().some(spawned)) {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the spawn to resolve');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    leader.kill('SIGKILL');
+    await standby.waitFor('Operator is leading', 30_000);
+    const w = await until(
+      'spawny finished',
+      () => getWf('spawny'),
+      (x) => ['Succeeded', 'Failed'].includes(x.status?.phase),
+      60_000,
+    );
+    expect(w.status.phase).toBe('Succeeded');
+    expect(w.status.progress).toEqual({ total: 6, succeeded: 6, failed: 0, running: 0, queued: 0 });
+    expect(w.status.outputs.after).toEqual({ i: 9 });
+    const children = ['p~c0', 'p~c1', 'p~c2', 'p~c3'];
+    const results = await store.client.getAll().prefix(`${prefix}/results/${ns}/spawny/`).strings();
+    expect(
+      Object.keys(results)
+        .map((k) => k.split('/').pop())
+        .sort(),
+    ).toEqual(['after', 'p', ...children]);
+    // Each child's handler started once (none lost, none re-run by the new leader); the parent ran once.
+    const lines = handlerLines();
+    for (const c of children) expect(lines.filter((l) => l.task === `spawny/${c}`)).toHaveLength(1);
+    expect(lines.filter(spawned)).toHaveLength(1);
   });
 });

@@ -300,6 +300,23 @@ describe('workflows', () => {
     expect(w.status.outputs.spawner).toEqual({ spawned: 3 });
   });
 
+  it('a spawn sent again adds no child twice; a taken child name with another input is refused, naming it', async () => {
+    await apply(cluster, workflow('respawn', { pool: 'agents', tasks: [{ name: 'p', handler: 'respawn' }] }));
+    const w = await until('respawn finished', () => getWf('respawn'), phaseIs('Succeeded', 'Failed'), 30_000);
+    expect(w.status.phase).toBe('Succeeded');
+    expect(w.status.progress).toMatchObject({ total: 3, succeeded: 3 });
+    expect(w.status.outputs.p).toEqual({
+      refused: {
+        name: 'SpawnRefusedError',
+        code: 'CONFLICT',
+        message:
+          'spawn refused (CONFLICT): task p already has a child "a" with a different input: a child name stands for one child, so give a different child another name',
+      },
+    });
+    const results = await store.client.getAll().prefix(`${prefix}/results/${ns}/respawn/`).keys();
+    expect(results.map((k) => k.split('/').pop()).sort()).toEqual(['p', 'p~a', 'p~b']);
+  });
+
   it('fans out to 2,000 tasks and the Workflow object stays small', async () => {
     await apply(
       cluster,

@@ -400,12 +400,15 @@ describe('agent runtime against a dispatcher', () => {
     });
     const a = assign('coordinator');
     stream.send({ assign: a });
-    expect(await stream.next('spawn')).toEqual({
+    const spawn = await stream.next('spawn');
+    expect(spawn).toEqual({
       parentTaskId: a.taskId,
       attempt: 1,
       token: a.token,
       children: [{ name: 'child-a', handler: 'echo', inputJson: '{"n":1}', cost: 1 }],
+      requestId: expect.any(Number),
     });
+    stream.send({ spawnAck: { requestId: spawn.requestId, parentTaskId: a.taskId, attempt: 1 } });
     expect(await stream.next('mail')).toMatchObject({
       workflow: 'wf',
       toAgent: 'pod-2',

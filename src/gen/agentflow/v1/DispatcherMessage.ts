@@ -11,6 +11,7 @@ import type { WireError as _agentflow_v1_WireError, WireError__Output as _agentf
 import type { StateResponse as _agentflow_v1_StateResponse, StateResponse__Output as _agentflow_v1_StateResponse__Output } from '../../agentflow/v1/StateResponse.ts';
 import type { WatchEvent as _agentflow_v1_WatchEvent, WatchEvent__Output as _agentflow_v1_WatchEvent__Output } from '../../agentflow/v1/WatchEvent.ts';
 import type { LockResponse as _agentflow_v1_LockResponse, LockResponse__Output as _agentflow_v1_LockResponse__Output } from '../../agentflow/v1/LockResponse.ts';
+import type { SpawnAck as _agentflow_v1_SpawnAck, SpawnAck__Output as _agentflow_v1_SpawnAck__Output } from '../../agentflow/v1/SpawnAck.ts';
 
 export interface DispatcherMessage {
   'registered'?: (_agentflow_v1_Registered | null);
@@ -23,7 +24,8 @@ export interface DispatcherMessage {
   'state'?: (_agentflow_v1_StateResponse | null);
   'watchEvent'?: (_agentflow_v1_WatchEvent | null);
   'lock'?: (_agentflow_v1_LockResponse | null);
-  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock";
+  'spawnAck'?: (_agentflow_v1_SpawnAck | null);
+  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock"|"spawnAck";
 }
 
 export interface DispatcherMessage__Output {
@@ -37,5 +39,6 @@ export interface DispatcherMessage__Output {
   'state'?: (_agentflow_v1_StateResponse__Output | null);
   'watchEvent'?: (_agentflow_v1_WatchEvent__Output | null);
   'lock'?: (_agentflow_v1_LockResponse__Output | null);
-  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock";
+  'spawnAck'?: (_agentflow_v1_SpawnAck__Output | null);
+  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock"|"spawnAck";
 }

@@ -9,6 +9,7 @@ export interface SpawnTasks {
   'attempt'?: (number);
   'token'?: (number | string | Long);
   'children'?: (_agentflow_v1_ChildTask)[];
+  'requestId'?: (number | string | Long);
 }
 
 export interface SpawnTasks__Output {
@@ -16,4 +17,5 @@ export interface SpawnTasks__Output {
   'attempt': (number);
   'token': (number);
   'children': (_agentflow_v1_ChildTask__Output)[];
+  'requestId': (number);
 }
