@@ -109,6 +109,11 @@ export class Operator {
     });
     const leader = c.registry.gauge({ name: 'agentflow_leader', help: '1 while this replica is the leader.' });
     leader.set(0);
+    c.registry.gauge({
+      name: 'agentflow_workflow_runs_in_memory',
+      help: 'Workflow runs the leader holds in memory (finished ones leave once their final status is written).',
+      collect: (m) => m.set(this.engine?.size ?? 0),
+    });
     c.registry.counter({
       name: 'agentflow_leader_terms_total',
       help: 'Times this replica became the leader (more than 1: it stepped down and was elected again).',

@@ -99,6 +99,31 @@ export class WorkflowEngine {
     return run;
   }
 
+  /**
+   * Drops a finished run from memory once everything it holds is in etcd
+   * (records and audit flushed, no spawn waiting for an answer): a finished
+   * workflow's inputs and outputs need not stay on the leader's heap until
+   * it is deleted. Its records stay in etcd; `ensure` would load them again.
+   * Returns whether it was dropped.
+   */
+  evict(namespace: string, name: string): boolean {
+    const k = key(namespace, name);
+    const run = this.runs.get(k);
+    if (!run?.finished) return false;
+    if (run.dirty.size > 0 || run.runDirty || run.audit.length > 0) return false;
+    if ((this.saveWaiters.get(run)?.length ?? 0) > 0) return false;
+    this.runs.delete(k);
+    this.audits.delete(k);
+    this.saveWaiters.delete(run);
+    this.log.debug('Dropped a finished run from memory', { workflow: k, phase: run.phase });
+    return true;
+  }
+
+  /** Runs held in memory (finished ones leave once their final status is written). */
+  get size(): number {
+    return this.runs.size;
+  }
+
   /** Forgets a run (after its records were deleted). */
   forget(namespace: string, name: string): void {
     const run = this.runs.get(key(namespace, name));
@@ -245,6 +270,8 @@ export class WorkflowEngine {
         continue;
       }
       for (const settle of waiting ?? []) settle({ ok: true });
+      // A finished run is now wholly in etcd: let the controller drop it from memory.
+      if (run.finished) this.o.onChange(run.namespace, run.name);
     }
     if (failed) throw failed;
   }

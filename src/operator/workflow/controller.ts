@@ -129,7 +129,13 @@ export class WorkflowController {
     }
     const wait = await this.syncStatus(wf, run, log);
     if (wait !== undefined) return { requeueAfterMs: wait };
-    if (run.finished) return this.ttl(wf, log);
+    if (run.finished) {
+      // Its final status is written: the run's records live on in etcd, not on the leader's heap.
+      // Until its records are flushed it stays; a later reconcile (the status write's echo) tries again.
+      const written = this.written.get(key);
+      if (written?.version === run.version && written.phase === run.phase) this.o.engine.evict(namespace, name);
+      return this.ttl(wf, log);
+    }
     return undefined;
   }
 

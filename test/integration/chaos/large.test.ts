@@ -58,5 +58,18 @@ describe('chaos: large outputs', () => {
     }
     await expectExactlyOnce(store, stack.ns, 'big', [...big, 'after']);
     await expectExactlyOnce(store, other, 'small', ['one']);
+    // Finished runs leave the leader's memory (their records stay in etcd): 4.8 MB of outputs included.
+    const leader = await stack.leader();
+    const port = (await leader.waitFor('Ops server listening')).port as number;
+    let inMemory = Number.NaN;
+    for (let i = 0; i < 100; i++) {
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      inMemory = Number(/^agentflow_workflow_runs_in_memory (\d+)/m.exec(text)?.[1]);
+      if (inMemory === 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(inMemory).toBe(0);
+    // ...and the status a user reads is still there.
+    expect((await stack.get('big')).status.phase).toBe('Succeeded');
   }, 180_000);
 });
