@@ -90,6 +90,19 @@ interface Entry {
   seq?: number;
 }
 
+/** How long an orphaned result waits for its task to be queued again (a new leader resuming its runs). */
+const ORPHAN_WAIT_MS = 15_000;
+/** Most orphaned results held at once (each holds its output). */
+const MAX_ORPHANS = 10_000;
+
+/** A result whose claim went with the agent's lease, kept until its attempt is queued again. */
+interface Orphan {
+  conn: AgentConn;
+  r: Result__Output;
+  result: PendingCommit['result'];
+  timer: NodeJS.Timeout | undefined;
+}
+
 interface PendingCommit {
   ref: TaskRef;
   claim: Claim;
@@ -134,6 +147,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private dispatching = false;
   private dispatchAgain = false;
   private seq = 0;
+  /** Results of attempts whose claim had gone, waiting (briefly) for the engine to queue that attempt again. */
+  private readonly orphans = new Map<string, Orphan>();
   private stopped = false;
   /** Set once a leadership fence failed (see depose). */
   private deposed = false;
@@ -149,6 +164,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     reauthenticated: 0,
     claimTxns: 0,
     commitTxns: 0,
+    /** Results whose claim had gone (an agent back after its lease expired) committed instead of re-run. */
+    orphansCommitted: 0,
   };
   /** Milliseconds from submit to Assign written, most recent last (bounded). */
   readonly dispatchLatencies: number[] = [];
@@ -239,6 +256,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   /** Stop taking work, end the streams, shut the server down (force after graceMs). */
   async stop(graceMs = 5_000): Promise<void> {
     this.stopped = true;
+    for (const o of this.orphans.values()) clearTimeout(o.timer);
+    this.orphans.clear();
     this.committer.stop();
     if (this.sweeper) clearInterval(this.sweeper);
     for (const t of this.orphanTimers.values()) clearTimeout(t);
@@ -277,6 +296,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const entry: Entry = { key, spec, attempt, cost, phase: 'queued', enqueuedAt: performance.now() };
     this.entries.set(key, entry);
     this.enqueue(entry);
+    const orphan = this.orphans.get(key);
+    if (orphan) {
+      this.orphans.delete(key);
+      clearTimeout(orphan.timer);
+      if (!this.commitOrphan(entry, orphan)) this.refuseOrphan(orphan);
+    }
   }
 
   /** Whether the task is queued or running here (also when adopted from a reconnecting agent). */
@@ -1054,6 +1079,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           this.ack(conn, r, 'SUPERSEDED', 'the attempt no longer holds the claim');
           return;
         }
+        // Nobody holds the task and it has no result. If etcd's history shows this agent held exactly this
+        // attempt under this token (its claim went with its lease while it was away), the work is done:
+        // when that same attempt is (or soon is) queued again, commit it rather than run it again.
+        const held = !claim && !done ? await this.claims.claimedAt(ref, Number(r.token)) : undefined;
+        if (held && held.agentId === conn.agentId && held.attempt === r.attempt) {
+          const orphan: Orphan = { conn, r, result, timer: undefined };
+          const entry = this.entries.get(key);
+          if (entry ? this.commitOrphan(entry, orphan) : this.parkOrphan(key, orphan)) return;
+        }
         this.wireError(conn, { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${r.taskId}` }, r.taskId);
       })
       .catch((err: Error) => {
@@ -1061,6 +1095,84 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         // keeps it and re-sends it after its next reconnect.
         conn.log.warn('Could not look up the claim of a result; it stays with the agent', { taskId: r.taskId, err });
       });
+  }
+
+  /** Holds an orphaned result until the engine queues its task again, or ORPHAN_WAIT_MS pass. */
+  private parkOrphan(key: string, orphan: Orphan): boolean {
+    const prev = this.orphans.get(key);
+    if (prev && !prev.conn.closed) return false;
+    if (prev) clearTimeout(prev.timer); // the same agent again, on its next stream
+    if (this.orphans.size >= MAX_ORPHANS || this.stopped) return false;
+    orphan.timer = setTimeout(() => {
+      if (this.orphans.get(key) !== orphan) return;
+      this.orphans.delete(key);
+      this.refuseOrphan(orphan);
+    }, ORPHAN_WAIT_MS);
+    orphan.timer.unref();
+    this.orphans.set(key, orphan);
+    return true;
+  }
+
+  private refuseOrphan(o: Orphan): void {
+    if (o.conn.closed) return; // it re-sends on its next stream and gets its answer then
+    this.wireError(o.conn, { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${o.r.taskId}` }, o.r.taskId);
+  }
+
+  /**
+   * Commits an orphaned result if `entry` waits for exactly that attempt in the agent's pool: claims it for
+   * the agent (bound to its current lease) and commits, as if it had been assigned and just answered.
+   * False if the entry wants something else (another attempt, already dispatched).
+   */
+  private commitOrphan(entry: Entry, o: Orphan): boolean {
+    const { conn, r } = o;
+    if (entry.phase !== 'queued' || entry.attempt !== r.attempt || entry.spec.pool !== conn.pool) return false;
+    if (conn.closed || this.deposed || this.stopped) return false;
+    this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry.spec);
+    this.move(entry, 'reserve');
+    entry.agentId = conn.agentId;
+    const ref = entry.spec.ref;
+    const back = () => {
+      if (this.entries.get(entry.key) !== entry || entry.phase !== 'claiming') return;
+      this.move(entry, 'claimRefused');
+      this.enqueue(entry);
+    };
+    this.claims
+      .claimMany([{ ref, attempt: r.attempt, agentId: conn.agentId, leaseId: conn.leaseId }], this.fences())
+      .then(([out]) => {
+        if (this.entries.get(entry.key) !== entry || entry.phase !== 'claiming') {
+          if (out?.ok) void this.claims.release(out.claim, this.fences()).catch(() => undefined);
+          return;
+        }
+        if (!out?.ok) {
+          back();
+          if (out?.reason === 'Fenced') this.depose(out.error.message);
+          else this.refuseOrphan(o);
+          return;
+        }
+        this.move(entry, 'claimed');
+        entry.claim = out.claim;
+        this.emit('task', { type: 'started', ref, attempt: r.attempt, agentId: conn.agentId });
+        this.move(entry, 'resultReceived');
+        this.counters.orphansCommitted++;
+        conn.log.info('Committing a result whose claim had gone with the lease, instead of running it again', {
+          taskId: r.taskId,
+          attempt: r.attempt,
+        });
+        this.committer.add({
+          ref,
+          claim: out.claim,
+          result: o.result,
+          conn,
+          wireAttempt: r.attempt,
+          wireTaskId: r.taskId,
+        });
+      })
+      .catch((err: Error) => {
+        // etcd did not answer: the task goes back to the queue; the agent keeps the result and re-sends it.
+        back();
+        conn.log.warn('Could not claim an orphaned result; its task is queued again', { taskId: r.taskId, err });
+      });
+    return true;
   }
 
   private ack(

@@ -2,7 +2,7 @@ import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
 import { type BlobRef, Blobs, fill, spill } from './blobs.ts';
 import { FencedError } from './errors.ts';
 import { fenceError } from './fence.ts';
-import { decodeJson, type Fence, type Session, type StateStore } from './store.ts';
+import { decodeJson, type Fence, type Session, type StateStore, toEntry } from './store.ts';
 
 export interface TaskRef {
   namespace: string;
@@ -222,6 +222,27 @@ export class TaskClaims {
       .then(this.store.client.delete().key(key))
       .commit();
     return res.succeeded;
+  }
+
+  /**
+   * The claim created at revision `token`, read from etcd's history: proof
+   * that an attempt really held the task once (for a result whose claim has
+   * since gone with its lease). Undefined if there was none, or if that
+   * revision has been compacted away.
+   */
+  async claimedAt(ref: TaskRef, token: number): Promise<Claim | undefined> {
+    if (!Number.isSafeInteger(token) || token <= 0) return undefined;
+    let res: Awaited<ReturnType<ReturnType<StateStore['client']['get']>['exec']>>;
+    try {
+      res = await this.store.client.get(this.claimKey(ref)).revision(String(token)).exec();
+    } catch (err) {
+      if (/compacted|future revision/i.test((err as Error).message)) return undefined;
+      throw err;
+    }
+    const kv = res.kvs[0];
+    if (!kv || Number(kv.create_revision) !== token) return undefined;
+    const v = decodeJson(toEntry(kv), isClaimValue, 'a task claim {attempt, agentId}');
+    return { ref, attempt: v.attempt, agentId: v.agentId, token };
   }
 
   async current(ref: TaskRef): Promise<Claim | undefined> {

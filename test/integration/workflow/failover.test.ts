@@ -50,8 +50,9 @@ const handlerLines = (): Json[] =>
     : [];
 
 function operator(name: string): OperatorProcess {
-  // Agents come back within their lease (election ~3 s, then up to 5 s of reconnect back-off), so the new
-  // leader adopts their attempts instead of running them again: what this file checks.
+  // Agents usually come back within their lease (election ~3 s, then up to 5 s of reconnect back-off) and
+  // the new leader adopts their attempts; one that comes back later has its finished results committed as
+  // orphans (the same attempt queued again), so nothing runs twice either way: what this file checks.
   const o = new OperatorProcess(cluster, {
     name,
     namespace: ns,
@@ -59,7 +60,6 @@ function operator(name: string): OperatorProcess {
     election,
     dispatcherPort,
     leaseTtl: 3,
-    agentLeaseTtl: 20,
   });
   operators.push(o);
   return o;
