@@ -206,8 +206,8 @@ export class Operator {
     }
   }
 
-  /** Stops everything the last term built; the process stays up as a candidate. */
-  private async stepDown(): Promise<void> {
+  /** Stops the controllers, engine, dispatcher, TLS and informers of the current term and forgets them. */
+  private async endTerm(): Promise<void> {
     (this.c.registry.get('agentflow_leader') as { set(v: number): void }).set(0);
     const term = {
       pools: this.pools,
@@ -223,13 +223,18 @@ export class Operator {
     this.dispatcher = undefined;
     this.tls = undefined;
     this.informers = [];
+    await term.pools?.stop();
+    await term.workflows?.stop();
+    await term.engine?.stop();
+    await term.dispatcher?.stop(2_000);
+    term.tls?.stop();
+    await Promise.all(term.informers.map((i) => i.stop()));
+  }
+
+  /** Stops everything the last term built; the process stays up as a candidate. */
+  private async stepDown(): Promise<void> {
     try {
-      await term.pools?.stop();
-      await term.workflows?.stop();
-      await term.engine?.stop();
-      await term.dispatcher?.stop(2_000);
-      term.tls?.stop();
-      await Promise.all(term.informers.map((i) => i.stop()));
+      await this.endTerm();
     } catch (err) {
       this.log.error('Stepping down did not finish cleanly', { error: err as Error });
     }
@@ -428,12 +433,7 @@ export class Operator {
       this.log.info(why === 'lost' ? 'Stopping: leadership lost' : 'Stopping');
       try {
         this.abort.abort();
-        await this.pools?.stop();
-        await this.workflows?.stop();
-        await this.engine?.stop();
-        await this.dispatcher?.stop(2_000);
-        this.tls?.stop();
-        await Promise.all(this.informers.map((i) => i.stop()));
+        await this.endTerm();
         if (why === 'stopped') await this.unlabelSelf();
         await this.elector.resign();
         await this.ops?.close();
