@@ -57,12 +57,14 @@ export function isReadOnly(service: string, method: string, payload: unknown): b
 }
 
 // grpc-js and etcd phrasings that mean the request never reached a server able to apply it.
+// ("too many requests": etcd sheds load before proposing anything.)
 const NOT_SENT =
-  /No connection established|ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|Failed to connect|connection refused|etcdserver: no leader|etcdserver: not capable|waiting for LB pick/i;
-const TOO_LARGE = /request is too large|larger than max|message length|RESOURCE_EXHAUSTED|Received message larger/i;
+  /No connection established|ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|Failed to connect|connection refused|etcdserver: no leader|etcdserver: not capable|etcdserver: too many requests|waiting for LB pick/i;
+// Only the size limits (etcd's --max-request-bytes, gRPC's message limits), not every RESOURCE_EXHAUSTED.
+const TOO_LARGE = /request is too large|message larger than max/i;
 // Failures of the transport or of etcd's consensus, as opposed to answers (auth, bad lease, compacted).
 const TRANSPORT =
-  /UNAVAILABLE|DEADLINE_EXCEEDED|Deadline exceeded|CANCELLED|Connection dropped|ECONNRESET|EPIPE|GOAWAY|stream removed|etcdserver: request timed out|etcdserver: leader changed|etcdserver: too many requests|timed out|socket hang up|Call ended without gRPC status/i;
+  /UNAVAILABLE|DEADLINE_EXCEEDED|Deadline exceeded|CANCELLED|Connection dropped|ECONNRESET|EPIPE|GOAWAY|stream removed|etcdserver: request timed out|etcdserver: leader changed|timed out|socket hang up|Call ended without gRPC status/i;
 
 export interface Classified {
   error: Error;
