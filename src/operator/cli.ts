@@ -22,7 +22,8 @@ Flags (each also read from the environment variable in brackets):
   --etcd-key-file PATH            its key                                       [AGENTFLOW_ETCD_KEY_FILE]
   --etcd-username NAME            etcd user for password auth (default: the client certificate's CN) [AGENTFLOW_ETCD_USERNAME]
   --etcd-password-file PATH       file holding that user's password            [AGENTFLOW_ETCD_PASSWORD_FILE]
-  --watch-namespace NS            only this namespace's pools (default: all)   [AGENTFLOW_WATCH_NAMESPACE]
+  --watch-namespace NS[,NS...]    only these namespaces' pools and workflows (default: all)
+                                                                                 [AGENTFLOW_WATCH_NAMESPACE]
   --ops-address HOST:PORT         /healthz, /readyz, /metrics (0.0.0.0:8080)   [AGENTFLOW_OPS_ADDRESS]
   --dispatcher-address HOST:PORT  where the leader's dispatcher listens (0.0.0.0:7070) [AGENTFLOW_DISPATCHER_ADDRESS]
   --agent-dispatcher HOST:PORT    what agent pods dial (required)              [AGENTFLOW_AGENT_DISPATCHER]
@@ -174,9 +175,15 @@ export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registr
   const prefix = flag(values, 'etcd-prefix', 'AGENTFLOW_ETCD_PREFIX') ?? '/agentflow/v1';
   if (!/^\/\S*[^/]$/.test(prefix))
     throw new UsageError(`--etcd-prefix: must start with "/" and not end with one, got "${prefix}"`);
-  const ns = flag(values, 'watch-namespace', 'AGENTFLOW_WATCH_NAMESPACE');
-  if (ns !== undefined && !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) {
-    throw new UsageError(`--watch-namespace: must be a namespace name, got "${ns}"`);
+  const nsRaw = flag(values, 'watch-namespace', 'AGENTFLOW_WATCH_NAMESPACE');
+  const watchNamespaces = nsRaw === undefined ? undefined : nsRaw.split(',').map((n) => n.trim());
+  for (const n of watchNamespaces ?? []) {
+    if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(n)) {
+      throw new UsageError(`--watch-namespace: must be namespace names separated by commas, got "${n}" in "${nsRaw}"`);
+    }
+  }
+  if (watchNamespaces && new Set(watchNamespaces).size !== watchNamespaces.length) {
+    throw new UsageError(`--watch-namespace: "${nsRaw}" names a namespace twice`);
   }
   const level = flag(values, 'log-level', 'AGENTFLOW_LOG_LEVEL') ?? 'info';
   if (!['debug', 'info', 'warn', 'error'].includes(level)) {
@@ -228,7 +235,7 @@ export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registr
     etcdPrefix: prefix,
     ...(tls && { etcdTls: tls }),
     ...(auth && { etcdAuth: auth }),
-    ...(ns && { watchNamespace: ns }),
+    ...(watchNamespaces && { watchNamespaces }),
     opsAddress: hostPort('ops-address', flag(values, 'ops-address', 'AGENTFLOW_OPS_ADDRESS') ?? '0.0.0.0:8080'),
     dispatcherListen: hostPort(
       'dispatcher-address',

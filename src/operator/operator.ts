@@ -10,10 +10,19 @@ import { WorkflowEngine } from '../workflow/engine.ts';
 import type { RunLimits } from '../workflow/run.ts';
 import { KubeAgentAuth } from './agent-auth.ts';
 import { DispatcherTls, TlsMaterialError } from './dispatcher-tls.ts';
-import { AGENTPOOLS, KubeClient, NODES, PODS, resourcePath, WORKFLOWS } from './kube/client.ts';
+import {
+  AGENTPOOLS,
+  type KObject,
+  KubeClient,
+  NODES,
+  PODS,
+  type ResourceType,
+  resourcePath,
+  WORKFLOWS,
+} from './kube/client.ts';
 import type { ControllerObserver } from './kube/controller.ts';
 import { EventRecorder } from './kube/events.ts';
-import { Informer } from './kube/informer.ts';
+import { Informer, type InformerView, MultiNamespaceInformer } from './kube/informer.ts';
 import { LeaderElector, type Leadership } from './leader.ts';
 import { type AgentDirectory, PoolController } from './pool/controller.ts';
 import type { AgentEndpoints } from './pool/pods.ts';
@@ -26,8 +35,8 @@ export interface OperatorConfig {
   etcdTls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
   /** etcd password auth (--etcd-username, --etcd-password-file); else the client certificate's CN is the user. */
   etcdAuth?: { username: string; password: string };
-  /** Only this namespace's pools (default: all namespaces). */
-  watchNamespace?: string;
+  /** Only these namespaces' pools and workflows (default: all namespaces). */
+  watchNamespaces?: string[];
   /** host:port of /healthz, /readyz, /metrics. */
   opsAddress: string;
   /** Where the leader's dispatcher listens. */
@@ -72,7 +81,7 @@ export class Operator {
   private readonly store: StateStore;
   private readonly elector: LeaderElector;
   private readonly abort = new AbortController();
-  private informers: Informer<never>[] = [];
+  private informers: InformerView<never>[] = [];
   private pools: PoolController | undefined;
   private workflows: WorkflowController | undefined;
   private engine: WorkflowEngine | undefined;
@@ -259,12 +268,17 @@ export class Operator {
     const fences = (): Fence[] => [leadership.fence];
     const log = this.log;
 
-    const ns = this.c.watchNamespace;
-    const pools = new Informer<AgentPool>(this.client, AGENTPOOLS, { logger: log, ...(ns && { namespace: ns }) });
+    // Pools and workflows of the watched namespaces (all when none is named); pods and nodes cluster-wide.
+    const watched = <T extends KObject>(rt: ResourceType): InformerView<T> => {
+      const ns = this.c.watchNamespaces ?? [];
+      if (ns.length > 1) return new MultiNamespaceInformer<T>(this.client, rt, ns, { logger: log });
+      return new Informer<T>(this.client, rt, { logger: log, ...(ns[0] && { namespace: ns[0] }) });
+    };
+    const pools = watched<AgentPool>(AGENTPOOLS);
     const pods = new Informer<V1Pod>(this.client, PODS, { logger: log });
     const nodes = new Informer<V1Node>(this.client, NODES, { logger: log });
-    const workflows = new Informer<Workflow>(this.client, WORKFLOWS, { logger: log, ...(ns && { namespace: ns }) });
-    this.informers = [pools, pods, nodes, workflows] as Informer<never>[];
+    const workflows = watched<Workflow>(WORKFLOWS);
+    this.informers = [pools, pods, nodes, workflows] as InformerView<never>[];
     const poolEvents = new EventRecorder(this.client, {
       component: 'agentflow-operator',
       host: this.c.identity,

@@ -38,6 +38,21 @@ interface List<T> {
 export const objectKey = (o: KObject) =>
   o.metadata?.namespace ? `${o.metadata.namespace}/${o.metadata.name}` : (o.metadata?.name ?? '');
 
+/** What controllers read from an informer: one namespace's, all namespaces', or several namespaces' (MultiNamespaceInformer). */
+export interface InformerView<T extends KObject> {
+  readonly rt: ResourceType;
+  on(h: InformerHandlers<T>): void;
+  readonly hasSynced: boolean;
+  waitForSync(signal?: AbortSignal): Promise<void>;
+  get(key: string): T | undefined;
+  list(filter?: (o: T) => boolean): T[];
+  readonly size: number;
+  /** Last time any underlying watch delivered something (ms since epoch). */
+  readonly lastContact: number;
+  start(): void;
+  stop(): Promise<void>;
+}
+
 /**
  * A list+watch cache of one resource type, as client-go's reflector and
  * informer: lists (paged), then watches from the list's resourceVersion with
@@ -45,7 +60,7 @@ export const objectKey = (o: KObject) =>
  * when it goes silent; re-lists on 410 Gone (the watch window moved past us),
  * delivering the differences as add/update/delete. Never gives up.
  */
-export class Informer<T extends KObject> {
+export class Informer<T extends KObject> implements InformerView<T> {
   readonly rt: ResourceType;
   private readonly client: KubeClient;
   private readonly opts: InformerOptions;
@@ -268,4 +283,59 @@ export class Informer<T extends KObject> {
 /** Waits `ms`, or less if `signal` aborts (resolving either way). */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return delay(ms, undefined, { signal }).catch(() => undefined);
+}
+
+/**
+ * One informer per namespace behind one view (the operator's
+ * --watch-namespace a,b): keys are namespace/name, so they never collide.
+ */
+export class MultiNamespaceInformer<T extends KObject> implements InformerView<T> {
+  readonly rt: ResourceType;
+  private readonly parts: Informer<T>[];
+
+  constructor(client: KubeClient, rt: ResourceType, namespaces: string[], opts: Omit<InformerOptions, 'namespace'>) {
+    if (namespaces.length === 0) throw new RangeError('MultiNamespaceInformer: at least one namespace');
+    this.rt = rt;
+    this.parts = namespaces.map((namespace) => new Informer<T>(client, rt, { ...opts, namespace }));
+  }
+
+  on(h: InformerHandlers<T>): void {
+    for (const p of this.parts) p.on(h);
+  }
+
+  get hasSynced(): boolean {
+    return this.parts.every((p) => p.hasSynced);
+  }
+
+  async waitForSync(signal?: AbortSignal): Promise<void> {
+    await Promise.all(this.parts.map((p) => p.waitForSync(signal)));
+  }
+
+  get(key: string): T | undefined {
+    for (const p of this.parts) {
+      const o = p.get(key);
+      if (o) return o;
+    }
+    return undefined;
+  }
+
+  list(filter?: (o: T) => boolean): T[] {
+    return this.parts.flatMap((p) => p.list(filter));
+  }
+
+  get size(): number {
+    return this.parts.reduce((n, p) => n + p.size, 0);
+  }
+
+  get lastContact(): number {
+    return Math.min(...this.parts.map((p) => p.lastContact));
+  }
+
+  start(): void {
+    for (const p of this.parts) p.start();
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.parts.map((p) => p.stop()));
+  }
 }

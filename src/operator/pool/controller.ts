@@ -13,7 +13,7 @@ import {
 import { type Condition, getCondition, rfc3339, setCondition } from '../kube/conditions.ts';
 import { Controller, type ControllerObserver, type ReconcileResult } from '../kube/controller.ts';
 import type { EventRecorder } from '../kube/events.ts';
-import { type Informer, objectKey } from '../kube/informer.ts';
+import { type InformerView, objectKey } from '../kube/informer.ts';
 import { place } from '../placer.ts';
 import { type AutoscaleState, autoscale } from './autoscaler.ts';
 import {
@@ -52,9 +52,9 @@ export interface PoolRecords {
 
 export interface PoolControllerOptions {
   client: KubeClient;
-  pools: Informer<AgentPool>;
-  pods: Informer<V1Pod>;
-  nodes: Informer<V1Node>;
+  pools: InformerView<AgentPool>;
+  pods: InformerView<V1Pod>;
+  nodes: InformerView<V1Node>;
   events: EventRecorder;
   endpoints: AgentEndpoints;
   /** Makes what agent pods mount exist in the pool's namespace (the dispatcher's CA bundle) before pods are made. */

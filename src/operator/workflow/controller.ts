@@ -8,15 +8,15 @@ import { isNotFound, type KubeClient, resourcePath, WORKFLOWS } from '../kube/cl
 import { type Condition, setCondition } from '../kube/conditions.ts';
 import { Controller, type ControllerObserver, type ReconcileResult } from '../kube/controller.ts';
 import type { EventRecorder } from '../kube/events.ts';
-import { type Informer, objectKey } from '../kube/informer.ts';
+import { type InformerView, objectKey } from '../kube/informer.ts';
 
 export const WORKFLOW_FINALIZER = 'agentflow.io/workflow-cleanup';
 export const CANCEL_ANNOTATION = 'agentflow.io/cancel';
 
 export interface WorkflowControllerOptions {
   client: KubeClient;
-  workflows: Informer<Workflow>;
-  pools: Informer<AgentPool>;
+  workflows: InformerView<Workflow>;
+  pools: InformerView<AgentPool>;
   engine: WorkflowEngine;
   events: EventRecorder;
   logger: Logger;

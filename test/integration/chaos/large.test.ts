@@ -1,16 +1,15 @@
 // Six parallel tasks answering ~800 KB each (an ordinary long model answer)
-// beside a small workflow of another pool: both finish, the big outputs are
-// stored whole, and the small one is not held up by the big one. (Before: one
-// commit transaction carried every result, etcd refused it as over 1.5 MiB,
-// the batch was retried forever, and every other workflow's results waited
-// behind it. The test operators watch one namespace, so the other tenant is
-// another pool there: results of all pools and namespaces share one committer.)
+// beside a small workflow in another namespace: both finish, the big outputs
+// are stored whole, and the small one is not held up by the big one. (Before:
+// one commit transaction carried every result, etcd refused it as over
+// 1.5 MiB, the batch was retried forever, and every other tenant's results
+// waited behind it.)
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type StateStore, TaskClaims } from '../../../src/state/index.ts';
 import { testStore } from '../state/helpers.ts';
 import { expectExactlyOnce, Stack } from './stack.ts';
 
-const stack = new Stack({ agents: 2, capacity: 4 });
+const stack = new Stack({ agents: 2, capacity: 4, otherNamespaces: 1 });
 let store: StateStore;
 
 beforeAll(async () => {
@@ -23,9 +22,9 @@ afterAll(async () => {
 });
 
 describe('chaos: large outputs', () => {
-  it('six 800 KB outputs and a small workflow of another pool both succeed, every task once', async () => {
-    const other = stack.ns;
-    await stack.pool('others', other, 1);
+  it('six 800 KB outputs and a small workflow in another namespace both succeed, every task once', async () => {
+    const other = stack.others[0] as string;
+    await stack.pool('agents', other, 1);
     const big = ['b0', 'b1', 'b2', 'b3', 'b4', 'b5'];
     const started = Date.now();
     await stack.workflow('big', {
@@ -39,7 +38,7 @@ describe('chaos: large outputs', () => {
     const smallAt = Date.now();
     await stack.workflow(
       'small',
-      { pool: 'others', tasks: [{ name: 'one', handler: 'noop', input: { i: 2 } }] },
+      { pool: 'agents', tasks: [{ name: 'one', handler: 'noop', input: { i: 2 } }] },
       other,
     );
     const small = await stack.finished('small', 30_000, other);

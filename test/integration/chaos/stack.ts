@@ -33,6 +33,8 @@ export interface StackOptions {
   agents?: number;
   capacity?: number;
   operators?: number;
+  /** Further namespaces the operators watch (another tenant's), created with the stack. */
+  otherNamespaces?: number;
 }
 
 export class Stack {
@@ -42,6 +44,8 @@ export class Stack {
   readonly election = uniqueName('chaos');
   readonly group = uniqueName('cg');
   readonly operators: OperatorProcess[] = [];
+  /** The other tenants' namespaces (otherNamespaces). */
+  readonly others: string[] = [];
   dispatcherPort = 0;
   private readonly o: StackOptions;
 
@@ -53,6 +57,8 @@ export class Stack {
     this.cluster = testCluster();
     await installCrds(this.cluster);
     this.ns = await createNamespace(this.cluster, 'chaos');
+    for (let i = 0; i < (this.o.otherNamespaces ?? 0); i++)
+      this.others.push(await createNamespace(this.cluster, 'tenant'));
     await startNodes(this.cluster, nodes(this.group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]));
     this.dispatcherPort = await freePort();
     // Names unique per stack: several chaos files share one control plane (and its log directory).
@@ -68,6 +74,7 @@ export class Stack {
       prefix: this.prefix,
       election: this.election,
       dispatcherPort: this.dispatcherPort,
+      watchNamespaces: [this.ns, ...this.others],
       leaseTtl: this.o.leaseTtl ?? 3,
       agentLeaseTtl: this.o.agentLeaseTtl ?? 10,
       ...(this.o.etcdEndpoints && { etcdEndpoints: this.o.etcdEndpoints }),
@@ -148,7 +155,9 @@ export class Stack {
       o.kill('SIGCONT');
       o.kill('SIGKILL');
     }
-    await this.cluster?.client.delete(`/api/v1/namespaces/${this.ns}`).catch(() => undefined);
+    for (const n of [this.ns, ...this.others]) {
+      await this.cluster?.client.delete(`/api/v1/namespaces/${n}`).catch(() => undefined);
+    }
     await this.cluster?.close();
   }
 }

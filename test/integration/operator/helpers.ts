@@ -35,6 +35,8 @@ export class OperatorProcess {
       dispatcherPort?: number;
       /** Default: the admin's. */
       kubeconfig?: string;
+      /** Namespaces to reconcile (default: `namespace` alone). */
+      watchNamespaces?: string[];
       /** A private etcd (plain HTTP, no auth: the chaos suite's cluster) instead of the harness's. */
       etcdEndpoints?: string[];
     },
@@ -50,7 +52,7 @@ export class OperatorProcess {
       '--etcd-prefix',
       o.prefix,
       '--watch-namespace',
-      o.namespace,
+      (o.watchNamespaces ?? [o.namespace]).join(','),
       '--ops-address',
       '127.0.0.1:0',
       '--dispatcher-address',

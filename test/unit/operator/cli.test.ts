@@ -74,3 +74,19 @@ describe('agentflow-operator etcd password auth', () => {
     );
   });
 });
+
+describe('--watch-namespace', () => {
+  it('takes one namespace or several, comma-separated; none means all', () => {
+    expect(config([]).watchNamespaces).toBeUndefined();
+    expect(config(['--watch-namespace', 'research']).watchNamespaces).toEqual(['research']);
+    expect(config(['--watch-namespace', 'team-a, team-b']).watchNamespaces).toEqual(['team-a', 'team-b']);
+  });
+
+  it.each([
+    ['Team_A', '--watch-namespace: must be namespace names separated by commas, got "Team_A" in "Team_A"'],
+    ['a,,b', '--watch-namespace: must be namespace names separated by commas, got "" in "a,,b"'],
+    ['a,b,a', '--watch-namespace: "a,b,a" names a namespace twice'],
+  ])('refuses %s, naming the flag and the value', (value, message) => {
+    expect(() => config(['--watch-namespace', value])).toThrow(message);
+  });
+});
