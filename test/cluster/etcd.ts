@@ -100,7 +100,13 @@ export class EtcdServer {
   /** Sends a signal to etcd (SIGSTOP freezes it, SIGCONT resumes it, SIGKILL is a crash). */
   signal(sig: NodeJS.Signals): void {
     const pid = this.proc?.pid;
-    if (pid) process.kill(pid, sig);
+    if (!pid) return;
+    try {
+      process.kill(pid, sig);
+    } catch (err) {
+      // Already gone (crashed and not restarted): nothing to signal.
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    }
   }
 
   /** kill -9, then waits until the process is gone (start() brings it back on the same ports and data). */
