@@ -111,7 +111,7 @@ export interface GuardOptions {
  * Installs the at-most-once policy on `client`: every unary call goes through
  * `classify`, retryable failures are retried with backoff within the budget.
  * etcd3 has had no release since 2023 and its pool is not public API; the
- * version is locked by package-lock.json, and test/integration/state/transport.test.ts
+ * version is pinned exactly in package.json, and test/integration/state/transport.test.ts
  * proves the behaviour against a real etcd.
  */
 export function guardCalls(client: Etcd3, o: GuardOptions): void {

@@ -407,6 +407,7 @@ describe('chart', () => {
     ['etcd.bundled.replicas=2', "'/etcd/bundled/replicas'"],
     ['operator.replicas=-1', "'/operator/replicas'"],
     ['operator.logLevel=verbose', "'/operator/logLevel'"],
+    ['operator.watchNamespace=Team_A', "'/operator/watchNamespace'"],
     ['operator.leaseTtlSeconds=1', "'/operator/leaseTtlSeconds'"],
     ['dispatcher.service.type=ExternalName', "'/dispatcher/service/type'"],
     ['dispatcher.tls.mode=strict', "'/dispatcher/tls/mode'"],
@@ -965,6 +966,9 @@ describe('chart', () => {
     expect(op.readinessProbe?.httpGet).toEqual({ path: '/readyz', port: 'ops' });
     expect(op.livenessProbe?.httpGet).toEqual({ path: '/healthz', port: 'ops' });
     expect(flag(operatorContainer(await render()).args, 'watch-namespace')).toBeUndefined();
+    // Several namespaces, comma-separated (escaped for --set, which splits on commas).
+    const several = operatorContainer(await render({ set: ['operator.watchNamespace=team-a\\,team-b'] }));
+    expect(flag(several.args, 'watch-namespace')).toBe('team-a,team-b');
 
     const podLabels = find(objs, 'Deployment', `${fullname}-operator`).spec?.template?.metadata.labels ?? {};
     const dispatcher = find(objs, 'Service', `${fullname}-dispatcher`);
