@@ -18,6 +18,10 @@ WORKDIR /app
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY package.json ./
+# The sources too: package.json's bin and exports ("agentflow/agent", for handler
+# modules) point at them, and Node 24 runs TypeScript as it is.
+COPY bin ./bin
+COPY src ./src
 COPY proto ./proto
 COPY deploy/examples ./deploy/examples
 # The distroless "nonroot" uid; the chart runs it with a read-only root filesystem.

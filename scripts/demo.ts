@@ -4,6 +4,7 @@
 // succeeds. Prints how to explore the result with kubectl.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { installAgentflow } from '../test/cluster/agentflow-install.ts';
 import { binaryPath, repoRoot } from '../test/cluster/binaries.ts';
 import { ClusterHandle } from '../test/cluster/cluster-handle.ts';
@@ -11,6 +12,34 @@ import { ControlPlane } from '../test/cluster/control-plane.ts';
 
 const NAMESPACE = 'demo';
 const dir = process.env.AGENTFLOW_CLUSTER_DIR ?? join(repoRoot, '.cluster');
+
+const USAGE = `Usage: npm run demo
+
+Starts the local control plane (npm run cluster:up; it keeps running afterwards), installs
+agentflow with helm from charts/agentflow, applies deploy/examples/ in namespace ${NAMESPACE} (an
+AgentPool and the plan -> research -> write Workflow), watches the workflow until it finishes and
+prints how to explore the result with kubectl. A rerun re-creates the workflow. Exit code 0 when the
+workflow succeeded, 1 otherwise. Stop the control plane with: npm run cluster:down
+
+Environment:
+  AGENTFLOW_CLUSTER_DIR  where the control plane keeps its data and logs (default .cluster)
+
+Flags:
+  -h, --help  this text
+`;
+
+/** Returns the exit code when the arguments say not to run the demo (help, or a bad flag). */
+function usageExit(): number | undefined {
+  try {
+    const { values } = parseArgs({ options: { help: { type: 'boolean', short: 'h' } }, strict: true });
+    if (!values.help) return undefined;
+    process.stdout.write(USAGE);
+    return 0;
+  } catch (err) {
+    process.stderr.write(`demo: ${(err as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+}
 
 function step(s: string): void {
   process.stdout.write(`\n==> ${s}\n`);
@@ -100,4 +129,4 @@ Stop it with: npm run cluster:down
   return 0;
 }
 
-process.exit(await main());
+process.exit(usageExit() ?? (await main()));

@@ -4,13 +4,17 @@
 import { parseArgs } from 'node:util';
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger } from '../lib/log.ts';
+import { VERSION_LINE } from '../lib/version.ts';
 import { loadAgentConfig } from './config.ts';
 import { AgentConfigError } from './errors.ts';
 import { createAgent } from './index.ts';
 
 const USAGE = `Usage: agentflow-agent [--config agent.yaml] [--handlers module.js]
 
+  -c, --config FILE           settings file (YAML or JSON)
   --handlers MODULE           same as AGENTFLOW_HANDLERS_MODULE (the flag wins); relative to the working directory
+  --version                   print agentflow's version
+  -h, --help                  this text
 
 Settings come from the config file (YAML or JSON) and the environment, which wins:
   AGENTFLOW_DISPATCHER        dispatcher address, host:port
@@ -38,11 +42,16 @@ export async function main(argv: string[]): Promise<number> {
         config: { type: 'string', short: 'c' },
         handlers: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
       },
       strict: true,
     });
     if (values.help) {
       process.stdout.write(USAGE);
+      return 0;
+    }
+    if (values.version) {
+      process.stdout.write(VERSION_LINE);
       return 0;
     }
     config = values.config;

@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { repoRoot } from './binaries.ts';
 import { type ClusterInfo, ControlPlane } from './control-plane.ts';
 import { localImages } from './images.ts';
@@ -139,11 +140,44 @@ async function status(): Promise<void> {
   console.log(describe(info));
 }
 
+const USAGE = `Usage: npm run cluster:up | cluster:down | cluster:status   (node test/cluster/cli.ts up|down|status)
+
+A local Kubernetes control plane for manual use: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, a process kubelet with 2 nodes, and agentflow's own etcd (TLS and auth on).
+
+Commands:
+  up      start it in a detached runner process, wait until its nodes are Ready and print the
+          KUBECONFIG; if one is already running, print that one's
+  down    stop it
+  status  print the running one's addresses and KUBECONFIG; exit 1 if none is running
+
+Environment:
+  AGENTFLOW_CLUSTER_DIR  its data, logs and kubeconfig (default .cluster; up wipes it first)
+
+Flags:
+  -h, --help  this text
+`;
+
+// "serve" is what "up" runs detached: the runner that owns the servers. It is not for people.
 const commands: Record<string, () => Promise<void>> = { up, down, status, serve };
-const cmd = process.argv[2] ?? '';
-const run = commands[cmd];
-if (!run) {
-  console.error(`usage: cli.ts up|down|status (got "${cmd}")`);
+let run: (() => Promise<void>) | undefined;
+try {
+  const { values, positionals } = parseArgs({
+    options: { help: { type: 'boolean', short: 'h' } },
+    strict: true,
+    allowPositionals: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const [cmd, ...extra] = positionals;
+  if (cmd === undefined) throw new Error('a command is required');
+  if (extra.length > 0) throw new Error(`unexpected argument "${extra[0]}"`);
+  run = commands[cmd];
+  if (!run) throw new Error(`unknown command "${cmd}"`);
+} catch (err) {
+  process.stderr.write(`cli.ts: ${(err as Error).message}\n\n${USAGE}`);
   process.exit(2);
 }
 await run();
