@@ -15,6 +15,7 @@ import type { Logger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
 import type { Held } from '../state/lock.ts';
 import { Attempt, attemptKey } from './attempt.ts';
+import { AttemptLog } from './attempt-log.ts';
 import { Connection } from './connection.ts';
 import { AgentConfigError } from './errors.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
@@ -625,9 +626,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       return;
     }
     const cost = a.cost > 0 ? a.cost : 1;
+    const log = this.log.with(attemptFields(summary));
     const report = (error: TaskError__Output) => {
       this.emit('taskStarted', summary);
       this.report({ taskId: a.taskId, attempt: a.attempt, token: a.token, error }, cost);
+      logEnd(log, { error }, 0);
       this.emit('taskFinished', { ...summary, durationMs: 0, reported: true, error });
     };
     if (this.drainOver || this.stopping) {
@@ -661,13 +664,17 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     const attempt = new Attempt(a);
     this.running.set(key, attempt);
-    const log = this.log.with({ taskId: a.taskId, attempt: a.attempt });
-    const ctx = createTaskContext(attempt, input, this.taskHost, log);
+    const output = new AttemptLog(log);
+    const ctx = createTaskContext(attempt, input, this.taskHost, output);
     this.emit('taskStarted', summary);
-    log.debug('Attempt started', { handler: a.handler, workflow: a.workflow });
+    log.info('Attempt started', {
+      token: a.token,
+      cost,
+      ...(attempt.deadline && { deadline: attempt.deadline.toISOString() }),
+    });
     const settled = attempt
-      .run(handler, ctx)
-      .then((outcome) => this.onSettled(attempt, outcome, summary))
+      .run(handler, ctx, output)
+      .then((outcome) => this.onSettled(attempt, outcome, summary, log, output))
       .catch((err: Error) => {
         log.error('Could not report an attempt', { error: err });
         this.emitError(err);
@@ -676,7 +683,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.settling.add(settled);
   }
 
-  private onSettled(attempt: Attempt, outcome: Outcome | undefined, summary: TaskSummary): void {
+  private onSettled(
+    attempt: Attempt,
+    outcome: Outcome | undefined,
+    summary: TaskSummary,
+    log: Logger,
+    output: AttemptLog,
+  ): void {
     this.running.delete(attempt.key);
     const next = this.deferredAssigns.get(attempt.key);
     if (next) {
@@ -690,11 +703,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (this.current !== 'stopped' && outcome) {
       this.report({ taskId: attempt.taskId, attempt: attempt.attempt, token: attempt.token, ...outcome }, attempt.cost);
     }
-    this.log.debug('Attempt finished', {
-      ...summary,
-      durationMs,
-      reported: outcome !== undefined,
-      error: error?.message,
+    const reported = outcome !== undefined && this.current !== 'stopped';
+    logEnd(log, outcome, durationMs, {
+      ...(outcome && !reported && { reported: false }),
+      ...(output.droppedLines > 0 && { logLinesDropped: output.droppedLines, logBytesDropped: output.droppedBytes }),
     });
     this.emit('taskFinished', { ...summary, durationMs, reported: outcome !== undefined, ...(error && { error }) });
     this.checkIdle();
@@ -858,6 +870,53 @@ export class Agent extends EventEmitter<AgentEvents> {
 }
 
 const mailbox = (workflow: string, topic: string) => `${workflow}\n${topic}`;
+
+/** The fields every line about an attempt carries (the agent's logger adds agentId and pool). */
+function attemptFields(s: TaskSummary): Record<string, unknown> {
+  const slash = s.taskId.indexOf('/');
+  return {
+    workflow: s.workflow,
+    namespace: s.namespace,
+    task: slash >= 0 ? s.taskId.slice(slash + 1) : s.taskId,
+    taskId: s.taskId,
+    attempt: s.attempt,
+    handler: s.handler,
+  };
+}
+
+/**
+ * The attempt's end line: succeeded, failed (retryable or not, with the
+ * error's code and message), cancelled (with the reason), or abandoned when
+ * its claim went elsewhere and no Result may be sent.
+ */
+function logEnd(
+  log: Logger,
+  outcome: Outcome | undefined,
+  durationMs: number,
+  extra: Record<string, unknown> = {},
+): void {
+  if (!outcome) {
+    log.info("Attempt abandoned: its claim is no longer this agent's, so no result is sent", {
+      outcome: 'abandoned',
+      durationMs,
+      ...extra,
+    });
+  } else if (!('error' in outcome)) {
+    log.info('Attempt succeeded', { outcome: 'succeeded', durationMs, ...extra });
+  } else if (outcome.error.code === 'CANCELLED') {
+    log.info('Attempt cancelled', { outcome: 'cancelled', reason: outcome.error.message, durationMs, ...extra });
+  } else {
+    const { code, message, retryable } = outcome.error;
+    log.warn(retryable ? 'Attempt failed; the task may be retried' : 'Attempt failed; not retryable', {
+      outcome: 'failed',
+      retryable,
+      code,
+      error: message,
+      durationMs,
+      ...extra,
+    });
+  }
+}
 
 /** Waits for `p`, but no longer than `ms`. */
 async function atMost(p: Promise<unknown>, ms: number): Promise<void> {

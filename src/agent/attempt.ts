@@ -1,4 +1,5 @@
 import type { Assign__Output } from '../gen/agentflow/v1/Assign.ts';
+import type { AttemptLog } from './attempt-log.ts';
 import { type AbortCode, AttemptAbortedError } from './errors.ts';
 import { errorOutcome, type Outcome, outputOutcome } from './outcome.ts';
 import type { Handler, TaskContext } from './types.ts';
@@ -86,16 +87,20 @@ export class Attempt {
     this.cleanups.push(fn);
   }
 
-  /** Runs the handler; resolves with the Result outcome, or undefined when none may be sent. */
-  async run(handler: Handler, ctx: TaskContext): Promise<Outcome | undefined> {
+  /**
+   * Runs the handler (its console output going to `output`, when given);
+   * resolves with the Result outcome, or undefined when none may be sent.
+   */
+  async run(handler: Handler, ctx: TaskContext, output?: AttemptLog): Promise<Outcome | undefined> {
     let outcome: Outcome | undefined;
     if (!this.signal.aborted) {
       try {
-        outcome = outputOutcome(await handler(ctx));
+        outcome = outputOutcome(await (output ? output.capture(() => handler(ctx)) : handler(ctx)));
       } catch (err) {
         outcome = errorOutcome(err);
       }
     }
+    output?.end();
     this.over = true;
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     await Promise.allSettled(this.cleanups.map(async (fn) => fn()));

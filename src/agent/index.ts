@@ -4,6 +4,12 @@ import type { AgentOptions } from './options.ts';
 
 export { ConflictError, FencedError } from '../state/errors.ts';
 export { Agent, type AgentEvents, type AgentState, RUNTIME_VERSION, type TaskSummary } from './agent.ts';
+export {
+  LINE_TRUNCATED_MARKER,
+  MAX_LOG_BYTES_PER_ATTEMPT,
+  MAX_LOG_LINE_BYTES,
+  type TaskLog,
+} from './attempt-log.ts';
 export { execHandler } from './builtin/exec.ts';
 export { httpHandler } from './builtin/http.ts';
 export {

@@ -1,9 +1,9 @@
 import type { AgentMessage } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { ChildTask } from '../gen/agentflow/v1/ChildTask.ts';
-import type { Logger } from '../lib/log.ts';
 import { MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
 import type { Held } from '../state/lock.ts';
 import type { Attempt } from './attempt.ts';
+import type { AttemptLog } from './attempt-log.ts';
 import { describe, isRecord } from './check.ts';
 import { MAX_CAPACITY } from './options.ts';
 import { ProgressThrottle } from './progress.ts';
@@ -26,6 +26,8 @@ export interface TaskHost {
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const MAX_PROGRESS_MESSAGE = 1024;
+// A progress report repeating the last logged message is logged at most this often (the dispatcher gets them all).
+const PROGRESS_LOG_INTERVAL_MS = 1_000;
 
 /** JSON text of a payload the wire can carry, or a TypeError/RangeError naming `field`. */
 function payloadJson(field: string, value: unknown): string {
@@ -58,8 +60,25 @@ function childTask(i: number, c: ChildSpec): ChildTask {
   return { name: c.name, handler: c.handler, inputJson: payloadJson(`${f}.input`, c.input), cost };
 }
 
-export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHost, log: Logger): TaskContext {
-  const throttle = new ProgressThrottle((fraction, message) => host.progress(attempt, fraction, message));
+/** Logs the progress reports that go out: each new message, and a repeated one at most once per interval. */
+function progressLogger(output: AttemptLog): (fraction: number, message: string) => void {
+  let lastMessage: string | undefined;
+  let lastAt = Number.NEGATIVE_INFINITY;
+  return (fraction, message) => {
+    const now = performance.now();
+    if (message === lastMessage && now - lastAt < PROGRESS_LOG_INTERVAL_MS) return;
+    lastMessage = message;
+    lastAt = now;
+    output.write('info', 'Task progress', { fraction, message });
+  };
+}
+
+export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHost, output: AttemptLog): TaskContext {
+  const logProgress = progressLogger(output);
+  const throttle = new ProgressThrottle((fraction, message) => {
+    host.progress(attempt, fraction, message);
+    logProgress(fraction, message);
+  });
   attempt.onFinish(() => throttle.stop());
   const held = new Set<Held>();
   attempt.onFinish(() => Promise.allSettled([...held].map((h) => h.release())));
@@ -75,7 +94,7 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
     input,
     ...(attempt.deadline && { deadline: attempt.deadline }),
     signal: attempt.signal,
-    log,
+    log: output.taskLog(),
     get state(): WorkflowState {
       state ??= host.state(attempt);
       return state;

@@ -1,5 +1,5 @@
-import type { Logger } from '../lib/log.ts';
 import type { Held } from '../state/lock.ts';
+import type { TaskLog } from './attempt-log.ts';
 import type { WorkflowState } from './remote-state.ts';
 
 /** A child task for the workflow engine, spawned by a running attempt. */
@@ -36,7 +36,13 @@ export interface TaskContext {
    * someone else. `signal.reason` is an AttemptAbortedError saying which.
    */
   readonly signal: AbortSignal;
-  readonly log: Logger;
+  /**
+   * The attempt's logger: `ctx.log('Fetched', { bytes })` logs an info line,
+   * `ctx.log.warn(...)` and the other levels too. Its lines, like console
+   * output while the handler runs, carry the workflow, namespace, task,
+   * attempt, handler and agent id, and are bounded (see TaskLog).
+   */
+  readonly log: TaskLog;
   /**
    * Shared state of the task's workflow, kept in etcd by the dispatcher
    * (optimistic concurrency via cas on modRevision). A StateUnavailableError
@@ -74,7 +80,10 @@ export interface TaskContext {
 }
 
 /**
- * Runs one attempt. The returned value (JSON-serialisable, at most 4 MiB of
+ * Runs one attempt. What it writes with console.log/info/debug/warn/error while
+ * it runs (awaited code included) is logged as the agent's lines with the
+ * task's fields, within MAX_LOG_LINE_BYTES per line and
+ * MAX_LOG_BYTES_PER_ATTEMPT per attempt. The returned value (JSON-serialisable, at most 4 MiB of
  * JSON; `undefined` counts as null) is the task's output. Throwing
  * UnrecoverableError fails the task for good; any other throw is retried.
  */
@@ -82,6 +91,9 @@ export type Handler = (ctx: TaskContext) => unknown;
 
 /**
  * Runs a command: the input as JSON on stdin, the output as JSON on stdout.
+ * Every line the command writes to stderr is logged (stream: "stderr") with
+ * the task's fields, whether it succeeds or fails, within the same bounds as
+ * a handler's console output.
  *
  * The command gets a minimal environment, never the agent's own (its token,
  * its AGENTFLOW_* settings, KUBECONFIG...): PATH (the agent's, or a standard

@@ -12,6 +12,12 @@ export interface Logger {
   error(msg: string, kv?: Record<string, unknown>): void;
   /** A logger that adds `kv` to every line (e.g. {controller, reconcileID} or {agentId, taskId}). */
   with(kv: Record<string, unknown>): Logger;
+  /**
+   * Whether a line at `level` would be written (optional: loggers made
+   * elsewhere may lack it). Lets a caller skip work, or a byte budget, for
+   * lines that would be dropped anyway.
+   */
+  enabled?(level: Level): boolean;
 }
 
 export interface LoggerOptions {
@@ -47,6 +53,7 @@ export function createLogger(base: Record<string, unknown> = {}, opts: LoggerOpt
     warn: (m, kv) => emit('warn', m, kv),
     error: (m, kv) => emit('error', m, kv),
     with: (kv) => createLogger({ ...base, ...kv }, { level, format, write }),
+    enabled: (lvl) => ORDER[lvl] >= min,
   };
 }
 

@@ -3,6 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAX_PAYLOAD_BYTES } from '../../lib/proto.ts';
+import { LineSplitter } from '../attempt-log.ts';
 import { RetryableError, UnrecoverableError } from '../errors.ts';
 import type { ExecHandlerSpec, Handler, TaskContext } from '../types.ts';
 import { childEnv } from './exec-env.ts';
@@ -20,7 +21,8 @@ export interface ExecRunOptions {
  * and takes stdout as the JSON output (empty = null). Exit codes follow
  * sysexits: 64-78 are the caller's fault and final, except 75 (EX_TEMPFAIL);
  * any other non-zero exit is retried. The command sees a minimal environment
- * (exec-env.ts), never the agent's.
+ * (exec-env.ts), never the agent's. Each line of its stderr is logged through
+ * ctx.log (stream: "stderr"), success or not; stdout, the output, is not.
  */
 export function execHandler(spec: ExecHandlerSpec, opts: ExecRunOptions = {}): Handler {
   const killGraceMs = opts.killGraceMs ?? 5_000;
@@ -82,11 +84,17 @@ function run(
     const stdout: Buffer[] = [];
     let stdoutBytes = 0;
     let stderr = Buffer.alloc(0);
+    let settled = false;
+    // Logged line by line as it comes, so a long-running command's stderr is visible while it runs.
+    const stderrLines = new LineSplitter((line) => {
+      if (!settled) ctx.log.info(line, { stream: 'stderr' });
+    });
     child.stdout.on('data', (b: Buffer) => {
       stdoutBytes += b.length;
       if (stdoutBytes <= MAX_PAYLOAD_BYTES) stdout.push(b);
     });
     child.stderr.on('data', (b: Buffer) => {
+      stderrLines.push(b);
       stderr = Buffer.concat([stderr, b]);
       if (stderr.length > 2 * STDERR_TAIL_BYTES) stderr = stderr.subarray(-STDERR_TAIL_BYTES);
     });
@@ -94,9 +102,10 @@ function run(
     child.stdin.on('error', () => undefined);
     child.stdin.end(JSON.stringify(ctx.input ?? null));
 
-    let settled = false;
     const settle = (fn: () => void) => {
       if (settled) return;
+      // A last line without a newline; after this, lines are dropped (the attempt's end line is next).
+      stderrLines.end();
       settled = true;
       ctx.signal.removeEventListener('abort', onAbort);
       fn();

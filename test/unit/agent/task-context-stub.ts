@@ -1,8 +1,13 @@
 // A bare TaskContext for running built-in handlers outside an agent.
+import { AttemptLog } from '../../../src/agent/attempt-log.ts';
 import type { TaskContext } from '../../../src/agent/index.ts';
-import { silentLogger } from '../../../src/lib/log.ts';
+import { type Logger, silentLogger } from '../../../src/lib/log.ts';
 
-export function stubContext(input: unknown, signal: AbortSignal = new AbortController().signal): TaskContext {
+export function stubContext(
+  input: unknown,
+  signal: AbortSignal = new AbortController().signal,
+  logger: Logger = silentLogger,
+): TaskContext {
   const unused = () => {
     throw new Error('not available in this test');
   };
@@ -14,7 +19,7 @@ export function stubContext(input: unknown, signal: AbortSignal = new AbortContr
     attempt: 3,
     input,
     signal,
-    log: silentLogger,
+    log: new AttemptLog(logger).taskLog(),
     get state(): never {
       return unused();
     },
