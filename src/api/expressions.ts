@@ -1,4 +1,5 @@
 import { parse } from '@bufbuild/cel';
+import { inferType, type StaticType } from './expression-types.ts';
 import { MAX_EXPRESSION_COST } from './workflow.ts';
 
 // Task inputs, forEach and when use CEL (the language Kubernetes validation
@@ -41,8 +42,13 @@ export interface Scope {
   allTasks: ReadonlySet<string>;
   /** `item` is bound (inside a forEach task's input and when). */
   item: boolean;
-  /** spec.inputs, when known: the cost estimate uses the sizes of its lists. */
+  /**
+   * spec.inputs, when known (`{}` for a spec without inputs): the cost estimate
+   * uses the sizes of its lists, the type check the types of its values.
+   */
   inputs?: unknown;
+  /** The type of `item`, when the forEach list's is known. */
+  itemType?: StaticType;
 }
 
 export interface AstNode {
@@ -238,69 +244,75 @@ export function estimateCost(root: AstNode, inputs?: unknown): number {
 export const formatCost = (n: number): string =>
   n < 1e15 ? String(Math.ceil(n)).replace(/\B(?=(\d{3})+$)/g, ',') : n.toExponential(1);
 
+/** What analyzeExpression finds out about an expression. */
+export interface ExpressionAnalysis {
+  /** Names of the tasks whose outputs it reads. */
+  reads: Set<string>;
+  /** Its type, as far as it is known (see src/api/expression-types.ts); undefined: dyn. */
+  type: StaticType | undefined;
+  /** Everything wrong with it, each a sentence; empty if nothing is. */
+  problems: string[];
+}
+
 /**
- * Parses a CEL expression and checks that it refers only to the variables in
- * scope: inputs, tasks.<dependency>.output and (in fan-out tasks) item.
- * Returns the task names it reads. Throws ExpressionError with the reason.
+ * Parses a CEL expression and checks, reporting every problem rather than the
+ * first: that it refers only to the variables in scope (inputs,
+ * tasks.<dependency>.output and, in fan-out tasks, item), that what it does is
+ * defined for the types that are known (see src/api/expression-types.ts), that
+ * it yields a bool or a list when `expect` says so, and that its estimated cost
+ * is within the budget.
  */
-export function checkExpression(expr: string, scope: Scope): Set<string> {
-  let root: AstNode;
-  try {
-    root = parse(expr).expr as unknown as AstNode;
-  } catch (err) {
-    throw new ExpressionError(`does not parse: ${(err as Error).message.replace(/^<input>:/, 'at ')}`);
-  }
+export function analyzeExpression(expr: string, scope: Scope, expect?: 'bool' | 'list'): ExpressionAnalysis {
   const reads = new Set<string>();
+  const problems: string[] = [];
+  const report = (p: string) => {
+    if (!problems.includes(p)) problems.push(p);
+  };
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(expr);
+  } catch (err) {
+    report(`does not parse: ${(err as Error).message.replace(/^<input>:/, 'at ')}`);
+    return { reads, type: undefined, problems };
+  }
+  const root = parsed.expr as unknown as AstNode;
+  // Reports what the expression reads that is not in scope; returns nothing, so
+  // that every problem is found, not just the first.
   const visit = (node: AstNode | undefined, locals: ReadonlySet<string>): void => {
     if (!node) return;
     const { case: kind, value } = node.exprKind;
     switch (kind) {
       case 'identExpr': {
         const name = (value as { name: string }).name;
-        if (locals.has(name)) return;
-        if (name === 'inputs') return;
+        if (locals.has(name) || name === 'inputs') return;
         if (name === 'item') {
-          if (!scope.item) throw new ExpressionError('item is only defined in tasks with forEach');
-          return;
+          if (!scope.item) report('item is only defined in tasks with forEach');
+        } else if (name === 'tasks') {
+          report('use tasks.<name>.output to read a task output');
+        } else {
+          report(`undeclared reference to "${name}" (available: inputs, tasks${scope.item ? ', item' : ''})`);
         }
-        if (name === 'tasks') throw new ExpressionError('use tasks.<name>.output to read a task output');
-        throw new ExpressionError(
-          `undeclared reference to "${name}" (available: inputs, tasks${scope.item ? ', item' : ''})`,
-        );
+        return;
       }
       case 'selectExpr': {
         const sel = value as { operand?: AstNode; field: string };
         const operand = sel.operand;
-        if (
-          operand?.exprKind.case === 'identExpr' &&
-          (operand.exprKind.value as { name: string }).name === 'tasks' &&
-          !locals.has('tasks')
-        ) {
+        if (identName(operand) === 'tasks' && !locals.has('tasks')) {
           // tasks.<name> on its own: its only field is output.
-          throw new ExpressionError(`use tasks.${sel.field}.output to read the output of task "${sel.field}"`);
+          report(`use tasks.${sel.field}.output to read the output of task "${sel.field}"`);
+          return;
         }
         const inner =
           operand?.exprKind.case === 'selectExpr'
             ? (operand.exprKind.value as { operand?: AstNode; field: string })
             : undefined;
-        const innerOperand = inner?.operand;
-        if (
-          inner &&
-          innerOperand?.exprKind.case === 'identExpr' &&
-          (innerOperand.exprKind.value as { name: string }).name === 'tasks' &&
-          !locals.has('tasks')
-        ) {
+        if (inner && identName(inner.operand) === 'tasks' && !locals.has('tasks')) {
           const task = inner.field;
-          if (sel.field !== 'output') {
-            throw new ExpressionError(`tasks.${task} has no field "${sel.field}" (only output)`);
-          }
-          if (!scope.allTasks.has(task)) throw new ExpressionError(`no task named "${task}"`);
-          if (!scope.readableTasks.has(task)) {
-            throw new ExpressionError(
-              `reads tasks.${task}.output but "${task}" is not a dependency of this task (add it to dependsOn)`,
-            );
-          }
-          reads.add(task);
+          if (sel.field !== 'output') report(`tasks.${task} has no field "${sel.field}" (only output)`);
+          else if (!scope.allTasks.has(task)) report(`no task named "${task}"`);
+          else if (!scope.readableTasks.has(task)) {
+            report(`reads tasks.${task}.output but "${task}" is not a dependency of this task (add it to dependsOn)`);
+          } else reads.add(task);
           return;
         }
         visit(operand, locals);
@@ -338,12 +350,30 @@ export function checkExpression(expr: string, scope: Scope): Set<string> {
     }
   };
   visit(root, new Set());
+  const typed = inferType(parsed as { expr?: AstNode; sourceInfo?: unknown }, {
+    inputs: scope.inputs,
+    ...(scope.itemType && { item: scope.itemType }),
+  });
+  for (const p of typed.problems) report(p);
+  if (expect && typed.type && typed.type.kind !== expect) {
+    report(`must yield a ${expect}, not ${typed.type.kind}`);
+  }
   const estimate = estimateCost(root, scope.inputs);
   if (estimate > MAX_EXPRESSION_COST) {
-    throw new ExpressionError(
+    report(
       `estimated cost ${formatCost(estimate)} is over the budget of ${formatCost(MAX_EXPRESSION_COST)} CEL cost units ` +
         '(nested comprehensions multiply the sizes of their lists): iterate over fewer or shorter lists',
     );
   }
+  return { reads, type: typed.type, problems };
+}
+
+/**
+ * analyzeExpression for callers that want an exception: returns the task names
+ * the expression reads; throws ExpressionError naming every problem.
+ */
+export function checkExpression(expr: string, scope: Scope, expect?: 'bool' | 'list'): Set<string> {
+  const { reads, problems } = analyzeExpression(expr, scope, expect);
+  if (problems.length > 0) throw new ExpressionError(problems.join('; '));
   return reads;
 }

@@ -1,6 +1,7 @@
-import { checkExpression, ExpressionError, parseTemplate, quoteExpression, type Scope } from './expressions.ts';
+import type { StaticType } from './expression-types.ts';
+import { analyzeExpression, parseTemplate, quoteExpression, type Scope } from './expressions.ts';
 import { DNS_LABEL } from './schema-helpers.ts';
-import type { WorkflowSpec, WorkflowTask } from './workflow.ts';
+import { DEFAULT_TASK_COST, type WorkflowSpec, type WorkflowTask } from './workflow.ts';
 
 /** One thing wrong with a manifest, located by its field path. */
 export interface Problem {
@@ -39,8 +40,11 @@ export function formatProblem(p: Problem): string {
  * Everything about a Workflow spec that the API server's schema cannot judge:
  * dependency cycles, unknown pools and handlers, tasks that cost more slots
  * than an agent of their pool has, and expressions that do not parse, read what
- * is not in scope or are estimated over the CEL cost budget (MAX_EXPRESSION_COST).
- * Returns every problem, not just the first.
+ * is not in scope, apply operators to types they do not take, yield what their
+ * field cannot use (a `when` that is not a bool, a `forEach` that is not a
+ * list: as far as types are known, see src/api/expression-types.ts) or are
+ * estimated over the CEL cost budget (MAX_EXPRESSION_COST).
+ * Returns every problem, not just the first: several in one expression included.
  * Repeats the schema's cheap structural checks, since a spec may come from
  * anywhere (an older CRD, a unit test, etcd).
  */
@@ -104,7 +108,7 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
           `AgentPool "${pool}" serves no handler "${t.handler}" (it serves: ${info.handlers.join(', ')})`,
         );
       }
-      const cost = t.cost ?? 1;
+      const cost = t.cost ?? DEFAULT_TASK_COST;
       if (info.capacity !== undefined && cost > info.capacity) {
         add(
           `spec.tasks[${i}].cost`,
@@ -120,20 +124,28 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
   tasks.forEach((t, i) => {
     const f = `spec.tasks[${i}]`;
     const readable = deps.get(t.name) ?? new Set<string>();
-    const check = (field: string, expr: string, scope: Scope) => {
-      try {
-        checkExpression(expr, scope);
-      } catch (err) {
-        if (!(err instanceof ExpressionError)) throw err;
-        add(field, 'InvalidExpression', `${JSON.stringify(quoteExpression(expr))}: ${err.message}`);
+    const check = (field: string, expr: string, scope: Scope, expect?: 'bool' | 'list') => {
+      const analysis = analyzeExpression(expr, scope, expect);
+      for (const p of analysis.problems) {
+        add(field, 'InvalidExpression', `${JSON.stringify(quoteExpression(expr))}: ${p}`);
       }
+      return analysis.type;
     };
-    const inputs = spec.inputs;
+    // What the engine binds inputs to (a spec without inputs has none).
+    const inputs = spec.inputs ?? {};
+    let itemType: StaticType | undefined;
     if (t.forEach !== undefined) {
-      check(`${f}.forEach`, t.forEach, { readableTasks: readable, allTasks, item: false, inputs });
+      const list = check(`${f}.forEach`, t.forEach, { readableTasks: readable, allTasks, item: false, inputs }, 'list');
+      itemType = list?.kind === 'list' ? list.elem : undefined;
     }
-    const inner: Scope = { readableTasks: readable, allTasks, item: t.forEach !== undefined, inputs };
-    if (t.when !== undefined) check(`${f}.when`, t.when, inner);
+    const inner: Scope = {
+      readableTasks: readable,
+      allTasks,
+      item: t.forEach !== undefined,
+      inputs,
+      ...(itemType && { itemType }),
+    };
+    if (t.when !== undefined) check(`${f}.when`, t.when, inner, 'bool');
     const walk = (value: unknown, path: string): void => {
       if (typeof value === 'string') {
         let parts: ReturnType<typeof parseTemplate>;

@@ -103,21 +103,24 @@ describe('validateWorkflowSpec: pools and handlers', () => {
 
 describe('validateWorkflowSpec: expressions', () => {
   it('accepts reads of inputs, transitive dependencies and item in fan-out tasks', () => {
-    const s = spec([
-      { name: 'a' },
-      {
-        name: 'b',
-        dependsOn: ['a'],
-        forEach: 'tasks.a.output.list',
-        input: { x: '${{ item.id }}', y: 'n=${{ size(inputs.list) }}' },
-      },
-      {
-        name: 'c',
-        dependsOn: ['b'],
-        when: 'tasks.a.output.ok && tasks.b.output.all(r, r.score > 0.5)',
-        input: { all: '${{ tasks.b.output.map(r, r.id) }}' },
-      },
-    ]);
+    const s = spec(
+      [
+        { name: 'a' },
+        {
+          name: 'b',
+          dependsOn: ['a'],
+          forEach: 'tasks.a.output.list',
+          input: { x: '${{ item.id }}', y: 'n=${{ size(inputs.list) }}' },
+        },
+        {
+          name: 'c',
+          dependsOn: ['b'],
+          when: 'tasks.a.output.ok && tasks.b.output.all(r, r.score > 0.5)',
+          input: { all: '${{ tasks.b.output.map(r, r.id) }}' },
+        },
+      ],
+      { inputs: { list: [1, 2] } },
+    );
     expect(messages(s)).toEqual([]);
   });
 
