@@ -4,6 +4,23 @@ import { Conditions, DnsLabel, ObjectMeta, StringEnum } from './schema-helpers.t
 
 // AgentPool: who the agents are, how many, and how many task slots each has.
 
+/**
+ * Defaults of the spec, each defined once: the schema fills them in and says
+ * them in its descriptions (kubectl explain prints descriptions, not
+ * `default:`); the operator reads them for specs the API server did not default.
+ */
+export const DEFAULT_POOL = {
+  replicas: 1,
+  minReplicas: 0,
+  targetUtilization: 80,
+  scaleDownDelaySeconds: 300,
+  capacity: 1,
+  drainTimeoutSeconds: 300,
+  strategy: 'Spread',
+  scheduler: 'agentflow',
+  stateScope: 'Workflow',
+} as const;
+
 const Container = Type.Object({
   name: DnsLabel('Container name.'),
   image: Type.String({ minLength: 1, maxLength: 1024, description: 'Container image.' }),
@@ -45,8 +62,8 @@ export const AgentPoolSpec = Type.Object(
       Type.Integer({
         minimum: 0,
         maximum: 10_000,
-        default: 1,
-        description: 'Desired number of agent pods (ignored while autoscaling is set: the autoscaler chooses).',
+        default: DEFAULT_POOL.replicas,
+        description: `Desired number of agent pods (ignored while autoscaling is set: the autoscaler chooses). Default: ${DEFAULT_POOL.replicas}.`,
       }),
     ),
     autoscaling: Type.Optional(
@@ -55,24 +72,24 @@ export const AgentPoolSpec = Type.Object(
           minReplicas: Type.Integer({
             minimum: 0,
             maximum: 10_000,
-            default: 0,
-            description: 'Fewest agent pods; 0 scales to zero when idle.',
+            default: DEFAULT_POOL.minReplicas,
+            description: `Fewest agent pods; 0 scales to zero when idle. Default: ${DEFAULT_POOL.minReplicas}.`,
           }),
           maxReplicas: Type.Integer({ minimum: 1, maximum: 10_000, description: 'Most agent pods.' }),
           targetUtilization: Type.Optional(
             Type.Integer({
               minimum: 1,
               maximum: 100,
-              default: 80,
-              description: 'Percent of task slots busy or queued that the autoscaler aims for.',
+              default: DEFAULT_POOL.targetUtilization,
+              description: `Percent of task slots busy or queued that the autoscaler aims for. Default: ${DEFAULT_POOL.targetUtilization}.`,
             }),
           ),
           scaleDownDelaySeconds: Type.Optional(
             Type.Integer({
               minimum: 0,
               maximum: 86_400,
-              default: 300,
-              description: 'How long the pool must be under target before it scales down.',
+              default: DEFAULT_POOL.scaleDownDelaySeconds,
+              description: `Seconds the pool must be under target before it scales down. Default: ${DEFAULT_POOL.scaleDownDelaySeconds}.`,
             }),
           ),
         },
@@ -93,8 +110,8 @@ export const AgentPoolSpec = Type.Object(
         capacity: Type.Integer({
           minimum: 1,
           maximum: 1024,
-          default: 1,
-          description: 'Task slots per agent: tasks one agent runs at once.',
+          default: DEFAULT_POOL.capacity,
+          description: `Task slots per agent: tasks one agent runs at once. Default: ${DEFAULT_POOL.capacity}.`,
         }),
         handlers: Type.Optional(
           Type.Unsafe<string[]>({
@@ -109,8 +126,8 @@ export const AgentPoolSpec = Type.Object(
           Type.Integer({
             minimum: 0,
             maximum: 86_400,
-            default: 300,
-            description: 'How long a draining agent may finish in-flight tasks before its pod is deleted.',
+            default: DEFAULT_POOL.drainTimeoutSeconds,
+            description: `Seconds a draining agent may spend finishing in-flight tasks before its pod is deleted. Default: ${DEFAULT_POOL.drainTimeoutSeconds}.`,
           }),
         ),
       },
@@ -122,21 +139,21 @@ export const AgentPoolSpec = Type.Object(
         {
           strategy: Type.Optional(
             StringEnum(['Spread', 'BinPack'] as const, {
-              description: 'Spread: least allocated node first. BinPack: most allocated node that fits.',
-              default: 'Spread',
+              description: `Spread: least allocated node first. BinPack: most allocated node that fits. Default: ${DEFAULT_POOL.strategy}.`,
+              default: DEFAULT_POOL.strategy,
             }),
           ),
           maxPerNode: Type.Optional(
             Type.Integer({
               minimum: 1,
               maximum: 10_000,
-              description: 'At most this many agent pods of the pool per node.',
+              description: 'At most this many agent pods of the pool per node. Default: no limit.',
             }),
           ),
           scheduler: Type.Optional(
             StringEnum(['agentflow', 'default'] as const, {
-              description: 'agentflow: the operator binds pods by capacity. default: kube-scheduler does.',
-              default: 'agentflow',
+              description: `agentflow: the operator binds pods by capacity. default: kube-scheduler does. Default: ${DEFAULT_POOL.scheduler}.`,
+              default: DEFAULT_POOL.scheduler,
             }),
           ),
         },
@@ -148,8 +165,8 @@ export const AgentPoolSpec = Type.Object(
         {
           scope: Type.Optional(
             StringEnum(['Workflow', 'Pool', 'Namespace'] as const, {
-              description: 'Default scope of the shared state agents read and write.',
-              default: 'Workflow',
+              description: `Default scope of the shared state agents read and write. Default: ${DEFAULT_POOL.stateScope}.`,
+              default: DEFAULT_POOL.stateScope,
             }),
           ),
         },
