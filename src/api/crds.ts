@@ -65,7 +65,13 @@ const SOURCES: CrdSource[] = [
       },
       { name: 'Pool', type: 'string', jsonPath: '.spec.pool', description: 'Default AgentPool' },
       { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
-      { name: 'Message', type: 'string', jsonPath: '.status.conditions[?(@.type=="Ready")].message', priority: 1 },
+      {
+        name: 'Message',
+        type: 'string',
+        jsonPath: '.status.message',
+        description: 'Why it failed, what it waits for, or how far it got',
+        priority: 1,
+      },
     ],
   },
 ];

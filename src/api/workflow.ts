@@ -1,5 +1,14 @@
 import { type Static, Type } from '@sinclair/typebox';
-import { Conditions, DnsLabel, FreeObject, FreeValue, ObjectMeta, StringEnum, StringMap } from './schema-helpers.ts';
+import {
+  type CelRule,
+  Conditions,
+  DnsLabel,
+  FreeObject,
+  FreeValue,
+  ObjectMeta,
+  StringEnum,
+  StringMap,
+} from './schema-helpers.ts';
 
 // Workflow: a DAG of tasks for the agents of one or more pools. Task inputs
 // are literal JSON; a string of the form `${{ expr }}` is replaced by the value
@@ -35,10 +44,27 @@ export const DEFAULT_MAX_FOREACH_ITEMS = 10_000;
  */
 export const DEFAULT_MAX_SPAWNED_CHILDREN = 1_000;
 
+// Defaults of the spec, each defined once: the schema fills them in (and says
+// them in its descriptions, which kubectl explain prints: it does not print
+// `default:`), and the engine reads them for specs the API server did not
+// default (a retryPolicy absent altogether, a spec from a unit test or etcd).
+
+/** The retry policy of a task when neither it nor spec.retryPolicy sets a field. */
+export const DEFAULT_RETRY = { maxAttempts: 3, initialSeconds: 1, factor: 2, maxSeconds: 300 } as const;
+/** Task slots an attempt occupies unless the task says otherwise. */
+export const DEFAULT_TASK_COST = 1;
+/** A workflow's priority unless it says otherwise. */
+export const DEFAULT_PRIORITY = 0;
+
 const RetryPolicy = Type.Object(
   {
     maxAttempts: Type.Optional(
-      Type.Integer({ minimum: 1, maximum: 100, default: 3, description: 'Attempts in all, the first included.' }),
+      Type.Integer({
+        minimum: 1,
+        maximum: 100,
+        default: DEFAULT_RETRY.maxAttempts,
+        description: `Attempts in all, the first included (1: no retry). Default: ${DEFAULT_RETRY.maxAttempts}.`,
+      }),
     ),
     backoff: Type.Optional(
       Type.Object(
@@ -47,19 +73,24 @@ const RetryPolicy = Type.Object(
             Type.Number({
               exclusiveMinimum: 0,
               maximum: 3600,
-              default: 1,
-              description: 'Delay before the second attempt.',
+              default: DEFAULT_RETRY.initialSeconds,
+              description: `Delay before the second attempt, in seconds. Default: ${DEFAULT_RETRY.initialSeconds}.`,
             }),
           ),
           factor: Type.Optional(
-            Type.Number({ minimum: 1, maximum: 10, default: 2, description: 'Growth of the delay per attempt.' }),
+            Type.Number({
+              minimum: 1,
+              maximum: 10,
+              default: DEFAULT_RETRY.factor,
+              description: `Growth of the delay per attempt (each delay is the previous one times factor). Default: ${DEFAULT_RETRY.factor}.`,
+            }),
           ),
           maxSeconds: Type.Optional(
             Type.Number({
               exclusiveMinimum: 0,
               maximum: 86_400,
-              default: 300,
-              description: 'Upper bound of any delay.',
+              default: DEFAULT_RETRY.maxSeconds,
+              description: `Upper bound of any delay, in seconds. Default: ${DEFAULT_RETRY.maxSeconds}.`,
             }),
           ),
         },
@@ -76,7 +107,10 @@ const RetryPolicy = Type.Object(
       ),
     ),
   },
-  { description: 'How failed attempts are retried.' },
+  {
+    description:
+      "How failed attempts are retried: those that time out or whose handler reports a retryable error. A task's retryPolicy replaces spec.retryPolicy as a whole.",
+  },
 );
 
 const Expression = (description: string) =>
@@ -119,10 +153,19 @@ export const WorkflowTask = Type.Object(
     when: Type.Optional(Expression('CEL condition: the task is skipped when it is false.')),
     retryPolicy: Type.Optional(RetryPolicy),
     timeoutSeconds: Type.Optional(
-      Type.Integer({ minimum: 1, maximum: 604_800, description: 'Deadline of one attempt.' }),
+      Type.Integer({
+        minimum: 1,
+        maximum: 604_800,
+        description: 'Deadline of one attempt, in seconds. Default: none (no deadline).',
+      }),
     ),
     cost: Type.Optional(
-      Type.Integer({ minimum: 1, maximum: 1024, default: 1, description: 'Task slots an attempt occupies.' }),
+      Type.Integer({
+        minimum: 1,
+        maximum: 1024,
+        default: DEFAULT_TASK_COST,
+        description: `Task slots an attempt occupies. Default: ${DEFAULT_TASK_COST}.`,
+      }),
     ),
   },
   {
@@ -136,33 +179,96 @@ export const WorkflowTask = Type.Object(
   },
 );
 
+/**
+ * Tasks one dependsOn rule checks. sets.contains costs the product of its lists'
+ * sizes at run time, so checking every task in one rule costs up to MAX_TASKS x
+ * MAX_TASKS x MAX_DEPENDENCIES = 2.56M, over the API server's limit of 1M for
+ * one expression (PerCallLimit): it refused valid workflows near the maxima. A
+ * rule per 40 tasks costs at most 40 x 200 x 64 = 512,000, the five together
+ * 2.56M of the request's 10M (RuntimeCELCostBudget).
+ */
+const TASKS_PER_DEPENDS_ON_RULE = 40;
+
+/**
+ * The rules that every dependsOn entry names a task, one per slice of spec.tasks.
+ * Each refusal names the slice's first unknown entry: `task "b" depends on
+ * "nope", which is not a task of spec.tasks`. The message expressions are
+ * written for the API server's cost estimate:
+ * - its CEL has no cel.bind: `[x].map(v, ...)[0]` binds v to x, computed once;
+ * - it knows a string's size only when the string is read through a path of
+ *   self (the schema's maxLength): an element of a computed list, or
+ *   string(int), counts as unbounded, and concatenating one is refused as over
+ *   budget. So the task and entry are found by index (indexOf) and read as
+ *   self.tasks[i].name and self.tasks[i].dependsOn[j];
+ * - only libraries of Kubernetes 1.29 (sets, lists), as the chart supports 1.30
+ *   (a map of names built by transformMapEntry would need 1.33).
+ */
+function dependsOnRules(): CelRule[] {
+  const rules: CelRule[] = [];
+  for (let first = 0; first < MAX_TASKS; first += TASKS_PER_DEPENDS_ON_RULE) {
+    const count = Math.min(TASKS_PER_DEPENDS_ON_RULE, MAX_TASKS - first);
+    const slice = `[${Array.from({ length: count }, (_, k) => first + k).join(', ')}]`;
+    const names = '[self.tasks.map(t, t.name)]';
+    const unknown = 'has(self.tasks[i].dependsOn) && !sets.contains(names, self.tasks[i].dependsOn)';
+    rules.push({
+      rule: `self.tasks.size() <= ${first} || ${names}.all(names, ${slice}.all(i, i >= self.tasks.size() || !(${unknown})))`,
+      messageExpression: [
+        `${names}.map(names,`,
+        `[${slice}.map(i, i < self.tasks.size() && ${unknown})].map(bad,`,
+        `[${first} + bad.indexOf(true)].map(i,`,
+        '[self.tasks[i].dependsOn.map(d, d in names)].map(known,',
+        `'task "' + self.tasks[i].name + '" depends on "' + self.tasks[i].dependsOn[known.indexOf(false)] +`,
+        `'", which is not a task of spec.tasks' +`,
+        `(bad.lastIndexOf(true) != i - ${first} || known.lastIndexOf(false) != known.indexOf(false)`,
+        `? '; other dependsOn entries name no task either' : '')`,
+        ')[0])[0])[0])[0]',
+      ].join(' '),
+      // What the API server says if the message expression fails.
+      message: 'every dependsOn entry must name a task of spec.tasks',
+      fieldPath: '.tasks',
+    });
+  }
+  return rules;
+}
+
 export const WorkflowSpec = Type.Object(
   {
     pool: Type.Optional(DnsLabel('Default AgentPool for tasks that name none.')),
     inputs: Type.Optional(FreeObject('Workflow inputs, visible to expressions as inputs.', 256)),
     parallelism: Type.Optional(
-      Type.Integer({ minimum: 1, maximum: 100_000, description: 'Most task attempts running at once.' }),
+      Type.Integer({
+        minimum: 1,
+        maximum: 100_000,
+        description: 'Most task attempts running at once. Default: no limit.',
+      }),
     ),
     priority: Type.Optional(
       Type.Integer({
         minimum: -1000,
         maximum: 1000,
-        default: 0,
-        description: 'Higher runs first when agents are scarce.',
+        default: DEFAULT_PRIORITY,
+        description: `Higher runs first when agents are scarce. Default: ${DEFAULT_PRIORITY}.`,
       }),
     ),
     timeoutSeconds: Type.Optional(
-      Type.Integer({ minimum: 1, maximum: 2_592_000, description: 'Deadline of the whole workflow.' }),
+      Type.Integer({
+        minimum: 1,
+        maximum: 2_592_000,
+        description: 'Deadline of the whole workflow, in seconds. Default: none (no deadline).',
+      }),
     ),
     retryPolicy: Type.Optional(RetryPolicy),
     ttlSecondsAfterFinished: Type.Optional(
       Type.Integer({
         minimum: 0,
         maximum: 31_536_000,
-        description: 'Delete the workflow (and its records) this long after it finishes.',
+        description:
+          'Delete the workflow (and its records) this many seconds after it finishes. Default: none (kept until deleted).',
       }),
     ),
-    suspend: Type.Optional(Type.Boolean({ default: false, description: 'Stop dispatching new tasks while true.' })),
+    suspend: Type.Optional(
+      Type.Boolean({ default: false, description: 'Stop dispatching new tasks while true. Default: false.' }),
+    ),
     tasks: Type.Unsafe<Static<typeof WorkflowTask>[]>({
       type: 'array',
       minItems: 1,
@@ -182,13 +288,9 @@ export const WorkflowSpec = Type.Object(
         fieldPath: '.pool',
         reason: 'FieldValueRequired',
       },
-      {
-        // sets.contains keeps the estimated cost within budget at 200 tasks x 64
-        // dependencies; a nested exists() over tasks is 8.5x over it.
-        rule: 'self.tasks.all(t, !has(t.dependsOn) || sets.contains(self.tasks.map(u, u.name), t.dependsOn))',
-        message: 'every dependsOn entry must name a task of spec.tasks',
-        fieldPath: '.tasks',
-      },
+      // sets.contains keeps the estimated cost within budget at 200 tasks x 64
+      // dependencies; a nested exists() over tasks is 8.5x over it.
+      ...dependsOnRules(),
     ],
   },
 );
@@ -223,6 +325,37 @@ export const WorkflowStatus = Type.Object(
       ),
     ),
     progressSummary: Type.Optional(Type.String({ maxLength: 64, description: 'succeeded/total, for kubectl.' })),
+    message: Type.Optional(
+      Type.String({
+        maxLength: 1024,
+        description:
+          'The latest thing worth knowing, in words: why it failed, what it waits for, or how far it got (kubectl get -o wide shows it).',
+      }),
+    ),
+    retries: Type.Optional(
+      Type.Integer({ minimum: 0, description: 'Times a retry (annotation agentflow.io/retry) re-ran the run.' }),
+    ),
+    lastRetry: Type.Optional(
+      Type.Object(
+        {
+          token: Type.String({ maxLength: 253, description: 'The agentflow.io/retry value this answers.' }),
+          at: Type.String({ format: 'date-time' }),
+          started: Type.Boolean({ description: 'Whether it re-ran anything; false: refused, message says why.' }),
+          tasks: Type.Integer({ minimum: 0, description: 'Task instances it put back to run.' }),
+          message: Type.String({ maxLength: 1024 }),
+        },
+        { description: 'What the latest retry request did.' },
+      ),
+    ),
+    lastRerun: Type.Optional(
+      Type.Object(
+        {
+          token: Type.String({ maxLength: 253, description: 'The agentflow.io/rerun value this answers.' }),
+          name: Type.String({ maxLength: 253, description: 'The Workflow that runs this one again from scratch.' }),
+        },
+        { description: 'The copy the latest rerun request made.' },
+      ),
+    ),
     startedAt: Type.Optional(Type.String({ format: 'date-time' })),
     finishedAt: Type.Optional(Type.String({ format: 'date-time' })),
     outputs: Type.Optional(FreeObject('Outputs of the tasks no other task depends on (size-bounded).')),

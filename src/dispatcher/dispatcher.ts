@@ -338,6 +338,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       capacity: live.reduce((s, a) => s + a.capacity, 0),
       inflight: agents.reduce((s, a) => s + a.used, 0),
       queued: this.queues.get(`${namespace}/${pool}`)?.queuedSlots ?? 0,
+      handlers: [...new Set(live.flatMap((a) => [...a.handlers]))].sort(),
+      wanted: this.queues.get(`${namespace}/${pool}`)?.wantedHandlers() ?? [],
     };
   }
 

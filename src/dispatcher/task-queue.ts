@@ -19,11 +19,25 @@ export class PoolQueue {
   private rotation: string[] = [];
   private cursor = 0;
   private slots = 0;
+  /** Queued tasks per handler: which handlers the pool's agents are wanted for. */
+  private readonly perHandler = new Map<string, number>();
   size = 0;
 
   /** Slots wanted by queued tasks (the autoscaler's signal). */
   get queuedSlots(): number {
     return this.slots;
+  }
+
+  /** Handlers of the queued tasks (sorted). */
+  wantedHandlers(): string[] {
+    return [...this.perHandler.keys()].sort();
+  }
+
+  private counted(t: QueuedTask, by: 1 | -1): void {
+    const h = t.spec.handler;
+    const n = (this.perHandler.get(h) ?? 0) + by;
+    if (n > 0) this.perHandler.set(h, n);
+    else this.perHandler.delete(h);
   }
 
   push(t: QueuedTask): void {
@@ -46,6 +60,7 @@ export class PoolQueue {
     q.splice(lo, 0, t);
     this.size++;
     this.slots += t.cost;
+    this.counted(t, 1);
   }
 
   /**
@@ -67,6 +82,7 @@ export class PoolQueue {
           q.splice(i, 1);
           this.size--;
           this.slots -= t.cost;
+          this.counted(t, -1);
           out.push(t);
           taken = true;
           break;
@@ -90,6 +106,7 @@ export class PoolQueue {
         const [t] = q.splice(i, 1);
         this.size--;
         this.slots -= (t as QueuedTask).cost;
+        this.counted(t as QueuedTask, -1);
         if (q.length === 0) {
           this.byNamespace.delete(ns);
           this.rotation = this.rotation.filter((n) => n !== ns);

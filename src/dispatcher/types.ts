@@ -67,6 +67,10 @@ export interface PoolStats {
   inflight: number;
   /** Slots wanted by queued tasks. */
   queued: number;
+  /** Handlers some connected, non-draining agent serves (sorted). */
+  handlers: string[];
+  /** Handlers of the tasks queued for the pool (sorted). */
+  wanted: string[];
 }
 
 export const taskKey = (r: TaskRef) => `${r.namespace}/${r.workflow}/${r.task}`;

@@ -9,7 +9,9 @@ import { DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_SPAWNED_CHILDREN } from '../api/
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger, type Level } from '../lib/log.ts';
 import { Registry } from '../lib/metrics.ts';
+import { VERSION_LINE } from '../lib/version.ts';
 import { Operator, type OperatorConfig } from './operator.ts';
+import { DEFAULT_WAITING_TIMEOUT_SECONDS } from './workflow/controller.ts';
 
 const USAGE = `Usage: agentflow-operator [flags]
 
@@ -46,7 +48,11 @@ Flags (each also read from the environment variable in brackets):
                                                                                  [AGENTFLOW_MAX_FOREACH_ITEMS]
   --max-spawned-children N        most children one workflow task may spawn, descendants included (${DEFAULT_MAX_SPAWNED_CHILDREN})
                                                                                  [AGENTFLOW_MAX_SPAWNED_CHILDREN]
+  --waiting-timeout SECONDS       how long a workflow may wait for a missing AgentPool or for an
+                                  agent serving a handler before it fails (${DEFAULT_WAITING_TIMEOUT_SECONDS})
+                                                                                 [AGENTFLOW_WAITING_TIMEOUT]
   --log-level LEVEL               debug|info|warn|error (info)                 [AGENTFLOW_LOG_LEVEL]
+  --version                       print agentflow's version
   -h, --help
 `;
 
@@ -127,10 +133,12 @@ function int(name: string, v: string, min: number, max: number): number {
   return n;
 }
 
-export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registry'> & { logLevel: Level }) | 'help' {
-  let values: Record<string, unknown>;
+type Config = Omit<OperatorConfig, 'logger' | 'registry'> & { logLevel: Level };
+
+/** The flags as given; an unknown flag or a missing value is a UsageError. */
+function readFlags(argv: string[]): Record<string, unknown> {
   try {
-    ({ values } = parseArgs({
+    return parseArgs({
       args: argv,
       strict: true,
       options: {
@@ -159,13 +167,22 @@ export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registr
         workers: { type: 'string' },
         'max-foreach-items': { type: 'string' },
         'max-spawned-children': { type: 'string' },
+        'waiting-timeout': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
       },
-    }));
+    }).values;
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+}
+
+export function parse(argv: string[]): Config | 'help' {
+  return configFrom(readFlags(argv));
+}
+
+function configFrom(values: Record<string, unknown>): Config | 'help' {
   if (values.help) return 'help';
   const etcdRaw = flag(values, 'etcd-endpoints', 'AGENTFLOW_ETCD_ENDPOINTS');
   if (!etcdRaw) throw new UsageError('--etcd-endpoints (or AGENTFLOW_ETCD_ENDPOINTS) is required');
@@ -281,6 +298,12 @@ export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registr
         1_000_000,
       ),
     },
+    waitingTimeoutSeconds: int(
+      'waiting-timeout',
+      flag(values, 'waiting-timeout', 'AGENTFLOW_WAITING_TIMEOUT') ?? String(DEFAULT_WAITING_TIMEOUT_SECONDS),
+      1,
+      604_800,
+    ),
     logLevel: level as Level,
   };
 }
@@ -289,7 +312,13 @@ export function parse(argv: string[]): (Omit<OperatorConfig, 'logger' | 'registr
 export async function main(argv: string[]): Promise<number> {
   let cfg: ReturnType<typeof parse>;
   try {
-    cfg = parse(argv);
+    const values = readFlags(argv);
+    // Before the config checks: --version needs no etcd, kubeconfig or dispatcher to answer.
+    if (values.version && !values.help) {
+      process.stdout.write(VERSION_LINE);
+      return 0;
+    }
+    cfg = configFrom(values);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`agentflow-operator: ${err.message}\n\n${USAGE}`);

@@ -59,6 +59,8 @@ export interface OperatorConfig {
   workers: number;
   /** Caps on a workflow run (--max-foreach-items, --max-spawned-children); default DEFAULT_RUN_LIMITS. */
   workflowLimits?: Partial<RunLimits>;
+  /** --waiting-timeout: how long a workflow waits for a missing pool or handler (default DEFAULT_WAITING_TIMEOUT_SECONDS). */
+  waitingTimeoutSeconds?: number;
   logger: Logger;
   registry: Registry;
 }
@@ -399,6 +401,7 @@ export class Operator {
       logger: log,
       workers: this.c.workers,
       observer: this.observer,
+      ...(this.c.waitingTimeoutSeconds !== undefined && { waitingTimeoutMs: this.c.waitingTimeoutSeconds * 1000 }),
     });
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync(leadership.signal)));

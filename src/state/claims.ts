@@ -252,6 +252,49 @@ export class TaskClaims {
     return { ref, attempt: v.attempt, agentId: v.agentId, token: e.createRevision };
   }
 
+  /**
+   * Makes tasks of a workflow claimable again for a retry of the workflow: a
+   * committed failure of one of `tasks` moves to its attempt's history key
+   * (attempts/…/<attempt>, where retryable failures are kept) and its result
+   * key goes, in transactions that compare the result unchanged and the
+   * fences. Committed successes stay: a retry never re-runs what succeeded.
+   * Returns how many failures were moved.
+   */
+  async reopen(namespace: string, workflow: string, tasks: ReadonlySet<string>, fences: Fence[]): Promise<number> {
+    const prefix = `${this.store.key('results', namespace, workflow)}/`;
+    const failures: { key: string; target: string; value: string; modRevision: number }[] = [];
+    for (const e of await this.store.listPaged(prefix, 256)) {
+      const task = e.key.slice(prefix.length);
+      if (!tasks.has(task)) continue;
+      const r = decodeJson(e, isResult, 'a task result');
+      if (r.ok) continue;
+      const ref = { namespace, workflow, task };
+      failures.push({
+        key: e.key,
+        target: this.attemptKey(ref, r.attempt),
+        value: e.value,
+        modRevision: e.modRevision,
+      });
+    }
+    const groups = pack(failures, (f) => ({ ops: 2, bytes: f.value.length + f.key.length + f.target.length + 256 }), {
+      ops: MAX_TXN_OPS - Math.max(1, fences.length),
+      bytes: this.store.maxTxnBytes,
+    });
+    for (const group of groups) {
+      let b = this.store.txn(fences);
+      const ops = [];
+      for (const f of group) {
+        b = b.and(f.key, 'Mod', '==', f.modRevision);
+        ops.push(this.store.client.put(f.target).value(f.value), this.store.client.delete().key(f.key));
+      }
+      const res = await b.then(...ops).commit();
+      if (res.succeeded) continue;
+      const fenced = await fenceError(this.store, fences);
+      throw fenced ?? new FencedError(prefix, 'a failed result changed while it was being moved aside for a retry');
+    }
+    return failures.length;
+  }
+
   /** The committed result, its output read back from its blob if it has one. */
   async result(ref: TaskRef): Promise<TaskResult | undefined> {
     const e = await this.store.get(this.resultKey(ref));

@@ -31,6 +31,8 @@ export interface TaskRecord {
   /** Unix ms of the next attempt (Retrying). */
   retryAt?: number;
   children?: string[];
+  /** Attempts made before the workflow's latest retry (the retry policy counts from here). */
+  attemptBase?: number;
 }
 
 /** Per-workflow run state: the uid guards against a re-created workflow of the same name. */
@@ -42,6 +44,15 @@ export interface RunRecord {
   message?: string;
   /** Templates whose forEach has been expanded, with their instance counts. */
   expanded: Record<string, number>;
+  /** Why it failed (a RunFailureReason). */
+  reason?: string;
+  /** Hash of the spec the run runs (edits after the start are not applied). */
+  specHash?: string;
+  /** Times it was retried, and when the latest retry began (the workflow deadline counts from it). */
+  retries?: number;
+  retriedAt?: string;
+  /** What the last agentflow.io/retry request did. */
+  lastRetry?: { token: string; at: string; started: boolean; tasks: number; message: string };
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null;

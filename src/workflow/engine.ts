@@ -2,8 +2,8 @@ import type { WorkflowSpec } from '../api/workflow.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
 import type { SpawnOutcome } from '../dispatcher/types.ts';
 import type { Logger } from '../lib/log.ts';
-import { AuditLog, type Fence, type StateStore, WorkflowRecords } from '../state/index.ts';
-import { type RunLimits, WorkflowRun } from './run.ts';
+import { AuditLog, type Fence, type StateStore, TaskClaims, WorkflowRecords } from '../state/index.ts';
+import { type AuditItem, type RunLimits, type Unserved, WorkflowRun } from './run.ts';
 
 export interface EngineOptions {
   store: StateStore;
@@ -19,6 +19,12 @@ export interface EngineOptions {
   /** spec.agent.capacity of a pool, if it is known: spawned children that cost more are refused. */
   poolCapacity?: (namespace: string, pool: string) => number | undefined;
 }
+
+/** How often queued work is checked against the agents connected (see WorkflowRun.setUnserved). */
+const UNSERVED_CHECK_MS = 1_000;
+
+/** What a retry request came to. */
+export type RetryOutcome = { started: true; tasks: number } | { started: false; message: string };
 
 const key = (namespace: string, name: string) => `${namespace}/${name}`;
 
@@ -36,6 +42,8 @@ type SaveWaiter = (outcome: SpawnOutcome) => void;
 export class WorkflowEngine {
   private readonly o: EngineOptions;
   private readonly records: WorkflowRecords;
+  private readonly claims: TaskClaims;
+  private lastUnservedCheck = 0;
   private readonly runs = new Map<string, WorkflowRun>();
   private readonly audits = new Map<string, AuditLog>();
   private readonly log: Logger;
@@ -50,6 +58,7 @@ export class WorkflowEngine {
   constructor(o: EngineOptions) {
     this.o = o;
     this.records = new WorkflowRecords(o.store);
+    this.claims = new TaskClaims(o.store);
     this.log = o.logger.with({ component: 'workflow-engine' });
     o.dispatcher.on('task', this.onTask);
     this.tickTimer = setInterval(() => this.tick(), 250);
@@ -61,7 +70,13 @@ export class WorkflowEngine {
   }
 
   /** The run of a workflow, loading it from etcd (after a failover) or starting it. */
-  async ensure(wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec }): Promise<WorkflowRun> {
+  async ensure(wf: {
+    namespace: string;
+    name: string;
+    uid: string;
+    spec: WorkflowSpec;
+    rerunOf?: string;
+  }): Promise<WorkflowRun> {
     const k = key(wf.namespace, wf.name);
     const existing = this.runs.get(k);
     if (existing && existing.uid === wf.uid) return existing;
@@ -97,6 +112,48 @@ export class WorkflowEngine {
     run.step();
     this.changed(run);
     return run;
+  }
+
+  /**
+   * Follows a retry request (the agentflow.io/retry annotation's value
+   * `token`): a Failed or Cancelled run runs its failed and cancelled tasks
+   * again, keeping every result that succeeded. Their committed failures are
+   * moved aside in etcd first (fenced by leadership), then the run goes back
+   * to Running. A request already answered (the same token, also by a leader
+   * before a failover) changes nothing; one that cannot be followed is
+   * refused, and the run remembers why. `spec` is the workflow's spec now: a
+   * run whose spec was edited after it started is not retried under a spec it
+   * never ran.
+   */
+  async retry(run: WorkflowRun, token: string, currentSpecHash: string): Promise<RetryOutcome> {
+    if (run.lastRetry?.token === token) {
+      return run.lastRetry.started
+        ? { started: true, tasks: run.lastRetry.tasks }
+        : { started: false, message: run.lastRetry.message };
+    }
+    let refusal: string | undefined;
+    if (run.phase !== 'Failed' && run.phase !== 'Cancelled')
+      refusal = `the run is ${run.phase}: only a Failed or Cancelled run can be retried`;
+    else if (run.reason === 'Deleted') refusal = 'the workflow is being deleted';
+    else if (currentSpecHash !== run.specHash)
+      refusal =
+        'spec changed after the run started, and a retry re-runs tasks with the spec the run started with: re-run it from scratch instead (annotate agentflow.io/rerun) or revert the edit';
+    if (refusal) {
+      run.refuseRetry(token, refusal);
+      this.changed(run);
+      return { started: false, message: refusal };
+    }
+    const names = run.retryTargets();
+    // Save everything the run has first: its records must show the failures before they move.
+    await this.flush();
+    await this.claims.reopen(run.namespace, run.name, new Set(names), this.o.fences());
+    // The run may have been replaced or deleted while we waited for etcd.
+    if (this.runs.get(key(run.namespace, run.name)) !== run) return { started: false, message: 'the run went away' };
+    if (run.lastRetry?.token === token) return { started: true, tasks: run.lastRetry.tasks };
+    run.retry(token, names);
+    this.log.info('Retrying a workflow run', { workflow: key(run.namespace, run.name), tasks: names.length });
+    this.changed(run);
+    return { started: true, tasks: names.length };
   }
 
   /**
@@ -141,10 +198,21 @@ export class WorkflowEngine {
 
   async deleteRecords(namespace: string, name: string): Promise<void> {
     const run = this.runs.get(key(namespace, name));
-    run?.stop('the workflow is being deleted');
+    run?.stop('the workflow is being deleted', 'Cancelled', 'Deleted');
     await this.flush();
     await this.records.deleteAll(namespace, name, this.o.fences());
     this.forget(namespace, name);
+  }
+
+  /** Adds an entry to a workflow's audit chain: with its run's next flush, or at once if the run is not in memory. */
+  async note(namespace: string, name: string, item: AuditItem): Promise<void> {
+    const run = this.runs.get(key(namespace, name));
+    if (run) {
+      run.audit.push(item);
+      this.scheduleFlush(this.o.flushMs ?? 50);
+      return;
+    }
+    await this.audit(namespace, name).append([item], this.o.fences());
   }
 
   audit(namespace: string, name: string): AuditLog {
@@ -200,6 +268,10 @@ export class WorkflowEngine {
 
   private tick(): void {
     const now = Date.now();
+    if (now - this.lastUnservedCheck >= UNSERVED_CHECK_MS) {
+      this.lastUnservedCheck = now;
+      this.checkUnserved();
+    }
     for (const run of this.runs.values()) {
       if (run.finished) continue; // nothing to wake; skip scanning its instances
       const wake = run.nextWake();
@@ -208,6 +280,27 @@ export class WorkflowEngine {
         run.tick();
         if (run.version !== before) this.changed(run);
       }
+    }
+  }
+
+  /**
+   * Tells each running run which of its queued work no connected agent can
+   * take (no agent of the pool, or none that registers the handler): it shows
+   * as the workflow's Waiting condition, and the controller fails the run once
+   * it has waited past the operator's deadline.
+   */
+  checkUnserved(): void {
+    for (const run of this.runs.values()) {
+      if (run.finished) continue;
+      const unserved: Unserved[] = [];
+      for (const need of run.queuedNeeds()) {
+        const stats = this.o.dispatcher.poolStats(run.namespace, need.pool);
+        if (stats.handlers.includes(need.handler)) continue;
+        unserved.push({ ...need, agents: stats.connectedAgents, served: stats.handlers });
+      }
+      const before = run.version;
+      run.setUnserved(unserved);
+      if (run.version !== before) this.o.onChange(run.namespace, run.name);
     }
   }
 

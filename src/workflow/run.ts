@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import {
   DEFAULT_MAX_FOREACH_ITEMS,
   DEFAULT_MAX_SPAWNED_CHILDREN,
+  DEFAULT_RETRY,
   MAX_EXPRESSION_COST,
   MAX_TASK_EXPRESSION_COST,
   type WorkflowSpec,
@@ -22,6 +24,65 @@ export type TaskPhase =
   | 'Skipped'
   | 'Cancelled';
 export type RunPhase = 'Pending' | 'Running' | 'Succeeded' | 'Failed' | 'Cancelled' | 'Suspended';
+
+/**
+ * Why a run ended without success: the reason of its Failed condition. One
+ * value per cause, so `kubectl wait` users and alerts can tell them apart.
+ */
+export type RunFailureReason =
+  /** A task failed for good (not retryable, or out of attempts). */
+  | 'TaskFailed'
+  /** spec.timeoutSeconds passed. */
+  | 'Timeout'
+  /** Cancelled through the agentflow.io/cancel annotation. */
+  | 'Cancelled'
+  /** A when, forEach or input expression could not be evaluated. */
+  | 'ExpressionFailed'
+  /** A task spawned children beyond a limit. */
+  | 'SpawnRefused'
+  /** The AgentPool a task needs did not appear within the waiting deadline. */
+  | 'PoolNotFound'
+  /** No connected agent served a queued task's handler within the waiting deadline. */
+  | 'HandlerNotServed'
+  /** No agent of the pool connected within the waiting deadline. */
+  | 'NoAgentConnected'
+  /** The workflow is being deleted. */
+  | 'Deleted';
+
+/**
+ * Queued work no connected agent can take: its pool has no agent, or none of
+ * its agents registers the handler. The workflow shows it as its Waiting
+ * condition and fails after the operator's waiting deadline.
+ */
+export interface Unserved {
+  pool: string;
+  handler: string;
+  /** Queued instances that need it. */
+  tasks: number;
+  /** Agents of the pool connected now (none of them serves the handler). */
+  agents: number;
+  /** Handlers those agents do serve. */
+  served: readonly string[];
+}
+
+/**
+ * How long queued work must stay unserved before the run reports it: agents of
+ * a pool scaled from zero or rolling over connect within moments, and a
+ * condition that flaps on every scale-up would be noise.
+ */
+export const UNSERVED_GRACE_MS = 3_000;
+
+/** What the last retry request (agentflow.io/retry) did. */
+export interface RetryRecord {
+  /** The annotation's value it answered. */
+  token: string;
+  at: string;
+  /** Whether it re-ran anything (false: refused, `message` says why). */
+  started: boolean;
+  /** Instances it put back to run. */
+  tasks: number;
+  message: string;
+}
 
 /** What a run needs from its surroundings: the dispatcher, and a clock. */
 export interface RunHost {
@@ -63,6 +124,8 @@ export type RunEvent = Exclude<TaskEvent, { type: 'spawn' }> | SpawnRequest;
 
 interface Instance extends TaskRecord {
   phase: TaskPhase;
+  /** The attempt's latest progress report (shown in the status; not saved to etcd). */
+  progress?: string;
   /** Input rendered: ready to run once a slot (parallelism) is free. */
   ready?: boolean;
   /** Own result committed, children still running. */
@@ -83,6 +146,16 @@ function canonicalJson(v: unknown): string {
       ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
       : x,
   );
+}
+
+/**
+ * What identifies the spec a run runs: every field but those applied live
+ * (suspend, ttlSecondsAfterFinished). An edit that changes it is not applied to
+ * a run that has started, and a retry under a changed spec is refused.
+ */
+export function specHash(spec: WorkflowSpec): string {
+  const { suspend: _s, ttlSecondsAfterFinished: _t, ...fixed } = spec;
+  return createHash('sha256').update(canonicalJson(fixed)).digest('hex').slice(0, 16);
 }
 
 /** The task of the spec (or forEach item) a spawned child descends from: `a.3~c~d` -> `a.3`. */
@@ -115,8 +188,21 @@ export class WorkflowRun {
   private suspended = false;
   phase: RunPhase = 'Pending';
   message = '';
+  /** Why it failed (phase Failed or Cancelled). */
+  reason: RunFailureReason | undefined;
   startedAt: number;
   finishedAt: number | undefined;
+  /** When the workflow deadline started counting: the start, or the latest retry. */
+  private deadlineFrom: number;
+  /** The spec this run runs (see specHash). */
+  readonly specHash: string;
+  /** Times a retry re-ran it, and what the last retry request did. */
+  retries = 0;
+  lastRetry: RetryRecord | undefined;
+  /** Queued work no agent can take, and since when (see UNSERVED_GRACE_MS). */
+  private unserved: Unserved[] = [];
+  private unservedSince: number | undefined;
+  private unservedShown = '';
   readonly dirty = new Set<string>();
   runDirty = true;
   readonly audit: AuditItem[] = [];
@@ -124,7 +210,7 @@ export class WorkflowRun {
   version = 0;
 
   constructor(
-    wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec },
+    wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec; rerunOf?: string },
     host: RunHost,
     loaded?: { run?: RunRecord; tasks: TaskRecord[] },
     limits: Partial<RunLimits> = {},
@@ -138,10 +224,16 @@ export class WorkflowRun {
     for (const t of wf.spec.tasks) this.templates.set(t.name, t);
     this.order = wf.spec.tasks.map((t) => t.name);
     this.startedAt = host.now();
+    this.deadlineFrom = this.startedAt;
     const run = loaded?.run?.uid === wf.uid ? loaded.run : undefined;
+    // Records written before spec hashes were kept run the spec they are given.
+    this.specHash = run?.specHash ?? specHash(wf.spec);
     if (run && loaded) this.restore(run, loaded.tasks);
     else {
-      this.audit.push({ type: 'WorkflowStarted', detail: { tasks: this.order.length } });
+      this.audit.push({
+        type: 'WorkflowStarted',
+        detail: { tasks: this.order.length, ...(wf.rerunOf && { rerunOf: wf.rerunOf }) },
+      });
       for (const t of wf.spec.tasks) {
         if (!t.forEach) this.put(this.newInstance(t, t.name));
       }
@@ -154,8 +246,12 @@ export class WorkflowRun {
     this.phase = run.phase as RunPhase;
     this.suspended = this.phase === 'Suspended';
     this.message = run.message ?? '';
+    if (run.reason) this.reason = run.reason as RunFailureReason;
     this.startedAt = Date.parse(run.startedAt);
+    this.deadlineFrom = run.retriedAt ? Date.parse(run.retriedAt) : this.startedAt;
     if (run.finishedAt) this.finishedAt = Date.parse(run.finishedAt);
+    this.retries = run.retries ?? 0;
+    if (run.lastRetry) this.lastRetry = run.lastRetry;
     for (const [t, n] of Object.entries(run.expanded)) {
       if (n < 0) this.skipped.add(t);
       else this.expanded.set(t, n);
@@ -211,14 +307,19 @@ export class WorkflowRun {
     this.version++;
   }
 
-  private setPhase(phase: RunPhase, message = ''): void {
-    if (this.phase === phase && this.message === message) return;
+  private setPhase(phase: RunPhase, message = '', reason?: RunFailureReason): void {
+    if (this.phase === phase && this.message === message && this.reason === reason) return;
     this.phase = phase;
     this.message = message.slice(0, MAX_MESSAGE);
+    this.reason = reason;
     if (phase === 'Succeeded' || phase === 'Failed' || phase === 'Cancelled') this.finishedAt = this.host.now();
+    else this.finishedAt = undefined;
     this.runDirty = true;
     this.version++;
-    this.audit.push({ type: `Workflow${phase}`, ...(message && { detail: { message: this.message } }) });
+    this.audit.push({
+      type: `Workflow${phase}`,
+      ...((message || reason) && { detail: { ...(message && { message: this.message }), ...(reason && { reason }) } }),
+    });
   }
 
   get finished(): boolean {
@@ -236,14 +337,18 @@ export class WorkflowRun {
       ...(this.finishedAt !== undefined && { finishedAt: new Date(this.finishedAt).toISOString() }),
       phase: this.phase,
       ...(this.message && { message: this.message }),
+      ...(this.reason && { reason: this.reason }),
       expanded,
+      specHash: this.specHash,
+      ...(this.retries > 0 && { retries: this.retries, retriedAt: new Date(this.deadlineFrom).toISOString() }),
+      ...(this.lastRetry && { lastRetry: this.lastRetry }),
     };
   }
 
   record(name: string): TaskRecord | undefined {
     const i = this.instances.get(name);
     if (!i) return undefined;
-    const { ready: _r, ownDone: _o, ...rec } = i;
+    const { ready: _r, ownDone: _o, progress: _p, ...rec } = i;
     return rec;
   }
 
@@ -269,8 +374,8 @@ export class WorkflowRun {
     }
   }
 
-  /** Cancels every queued or running attempt; the run ends Cancelled (or Failed, with `as`). */
-  stop(reason: string, as: 'Cancelled' | 'Failed' = 'Cancelled'): void {
+  /** Cancels every queued or running attempt; the run ends Cancelled (or Failed, with `as`), for `why`. */
+  stop(reason: string, as: 'Cancelled' | 'Failed' = 'Cancelled', why: RunFailureReason = 'Cancelled'): void {
     if (this.finished) return;
     for (const i of this.instances.values()) {
       if (TERMINAL.has(i.phase)) continue;
@@ -280,7 +385,10 @@ export class WorkflowRun {
       this.touch(i);
       this.audit.push({ type: 'TaskCancelled', task: i.name, attempt: i.attempt, detail: { reason } });
     }
-    this.setPhase(as, reason);
+    this.unserved = [];
+    this.unservedSince = undefined;
+    this.unservedShown = '';
+    this.setPhase(as, reason, why);
   }
 
   // ---- the DAG ----
@@ -315,8 +423,13 @@ export class WorkflowRun {
     return { inputs: this.spec.inputs ?? {}, tasks };
   }
 
-  private fail(message: string): void {
-    this.stop(message, 'Failed');
+  private fail(message: string, why: RunFailureReason): void {
+    this.stop(message, 'Failed', why);
+  }
+
+  /** Fails the run for a reason found outside it (the controller's waiting deadline). */
+  failFor(why: RunFailureReason, message: string): void {
+    this.fail(message, why);
   }
 
   /** Decides what can be decided (when, forEach, inputs) and hands ready tasks to the dispatcher. */
@@ -324,8 +437,11 @@ export class WorkflowRun {
     if (this.finished) return;
     if (this.phase === 'Pending') this.setPhase(this.suspended ? 'Suspended' : 'Running');
     const now = this.host.now();
-    if (this.spec.timeoutSeconds && now - this.startedAt > this.spec.timeoutSeconds * 1000) {
-      this.fail(`the workflow exceeded its timeout of ${this.spec.timeoutSeconds}s`);
+    if (this.spec.timeoutSeconds && now - this.deadlineFrom > this.spec.timeoutSeconds * 1000) {
+      this.fail(
+        `the workflow exceeded its timeout of ${this.spec.timeoutSeconds}s${this.retries > 0 ? ' (counted from its latest retry)' : ''}`,
+        'Timeout',
+      );
       return;
     }
     this.activate();
@@ -398,7 +514,7 @@ export class WorkflowRun {
           this.touch(single);
         } else this.templateFailures.set(name, message.slice(0, MAX_MESSAGE));
         this.audit.push({ type: 'TaskFailed', task: name, detail: { message } });
-        this.fail(`task ${name}: ${message}`);
+        this.fail(`task ${name}: ${message}`, 'ExpressionFailed');
       } finally {
         spent += budget.used;
       }
@@ -451,7 +567,7 @@ export class WorkflowRun {
       if (i.phase === 'Retrying' && i.retryAt !== undefined) at = Math.min(at ?? i.retryAt, i.retryAt);
     }
     if (this.spec.timeoutSeconds && !this.finished) {
-      const deadline = this.startedAt + this.spec.timeoutSeconds * 1000 + 1;
+      const deadline = this.deadlineFrom + this.spec.timeoutSeconds * 1000 + 1;
       at = Math.min(at ?? deadline, deadline);
     }
     return at;
@@ -470,6 +586,7 @@ export class WorkflowRun {
       case 'started':
         if (i.phase !== 'Queued' || e.attempt !== i.attempt) return;
         i.phase = 'Running';
+        delete i.progress;
         i.startedAt ??= iso(this.host.now());
         this.touch(i);
         this.audit.push({ type: 'TaskStarted', task: i.name, attempt: e.attempt, agentId: e.agentId });
@@ -523,8 +640,17 @@ export class WorkflowRun {
         this.step();
         return;
       }
-      case 'progress':
+      case 'progress': {
+        // Shown in the task's status summary (the controller writes status at most every few
+        // seconds); not saved to etcd: progress is a hint, not state to resume from.
+        if (e.attempt !== i.attempt || !ACTIVE.has(i.phase)) return;
+        const pct = Number.isFinite(e.fraction) ? `${Math.round(Math.min(1, Math.max(0, e.fraction)) * 100)}%` : '';
+        const text = [pct, e.message].filter(Boolean).join(' ').slice(0, 256);
+        if (text === i.progress) return;
+        i.progress = text;
+        this.version++;
         return;
+      }
     }
   }
 
@@ -551,12 +677,14 @@ export class WorkflowRun {
   private failedAttempt(i: Instance, attempt: number, message: string, retryable: boolean, agentId?: string): void {
     const t = this.templates.get(i.template);
     const policy = t?.retryPolicy ?? this.spec.retryPolicy;
-    const max = policy?.maxAttempts ?? 3;
-    if (retryable && attempt < max) {
+    const max = policy?.maxAttempts ?? DEFAULT_RETRY.maxAttempts;
+    // Attempts count from the latest retry of the workflow: a retried task gets its full policy again.
+    const made = attempt - (i.attemptBase ?? 0);
+    if (retryable && made < max) {
       const b = policy?.backoff;
       const delay = Math.min(
-        (b?.maxSeconds ?? 300) * 1000,
-        (b?.initialSeconds ?? 1) * 1000 * (b?.factor ?? 2) ** (attempt - 1),
+        (b?.maxSeconds ?? DEFAULT_RETRY.maxSeconds) * 1000,
+        (b?.initialSeconds ?? DEFAULT_RETRY.initialSeconds) * 1000 * (b?.factor ?? DEFAULT_RETRY.factor) ** (made - 1),
       );
       i.phase = 'Retrying';
       i.retryAt = this.host.now() + delay;
@@ -576,11 +704,11 @@ export class WorkflowRun {
     }
     i.phase = 'Failed';
     i.finishedAt = iso(this.host.now());
-    const why = retryable ? `failed after ${attempt} attempt(s)` : 'failed (not retryable)';
+    const why = retryable ? `failed after ${made} attempt(s)` : 'failed (not retryable)';
     i.message = `${why}: ${message}`.slice(0, MAX_MESSAGE);
     this.touch(i);
     this.audit.push({ type: 'TaskFailed', task: i.name, attempt, ...(agentId && { agentId }), detail: { message } });
-    this.fail(`task ${i.name} ${why}: ${message}`);
+    this.fail(`task ${i.name} ${why}: ${message}`, 'TaskFailed');
   }
 
   /**
@@ -691,7 +819,99 @@ export class WorkflowRun {
     parent.message = reason.slice(0, MAX_MESSAGE);
     this.touch(parent);
     this.audit.push({ type: 'SpawnRefused', task: parent.name, attempt: parent.attempt, detail: { reason } });
-    this.fail(`task ${parent.name}: ${reason}`);
+    this.fail(`task ${parent.name}: ${reason}`, 'SpawnRefused');
+  }
+
+  // ---- retry ----
+
+  /** Instances a retry runs again: the failed and the cancelled ones. */
+  retryTargets(): string[] {
+    const out: string[] = [];
+    for (const i of this.instances.values()) if (i.phase === 'Failed' || i.phase === 'Cancelled') out.push(i.name);
+    return out;
+  }
+
+  /**
+   * Runs a finished run's failed and cancelled instances again (`names`, from
+   * retryTargets); what succeeded or was skipped stays, and the tasks that
+   * never started start as the DAG allows. Each retried task gets its retry
+   * policy's attempts afresh (attempt numbers keep counting up, so every
+   * attempt stays distinct in etcd and the audit), and the workflow deadline
+   * counts from now. The caller has moved their failed results aside in etcd
+   * first (a committed result is final: the dispatcher would hand it back).
+   */
+  retry(token: string, names: readonly string[]): void {
+    const now = this.host.now();
+    for (const n of names) {
+      const i = this.instances.get(n);
+      if (!i || (i.phase !== 'Failed' && i.phase !== 'Cancelled')) continue;
+      i.phase = 'Pending';
+      // A task whose input was never rendered (or whose rendering failed) is rendered again.
+      i.ready = i.input !== undefined;
+      i.attemptBase = i.attempt;
+      delete i.finishedAt;
+      delete i.message;
+      delete i.retryAt;
+      delete i.ownDone;
+      delete i.progress;
+      this.touch(i);
+    }
+    this.templateFailures.clear();
+    this.retries++;
+    this.deadlineFrom = now;
+    const message = `re-running ${names.length} failed or cancelled task(s); what succeeded is kept`;
+    this.lastRetry = { token, at: iso(now), started: true, tasks: names.length, message };
+    this.audit.push({
+      type: 'WorkflowRetried',
+      detail: { token, retry: this.retries, tasks: names.length, names: names.slice(0, 100) },
+    });
+    this.suspended = false;
+    this.setPhase('Running');
+    this.step();
+  }
+
+  /** Answers a retry request that cannot be followed (the run is not finished, or failed for good). */
+  refuseRetry(token: string, message: string): void {
+    this.lastRetry = { token, at: iso(this.host.now()), started: false, tasks: 0, message };
+    this.runDirty = true;
+    this.version++;
+    this.audit.push({ type: 'RetryRefused', detail: { token, message } });
+  }
+
+  // ---- work no agent can take ----
+
+  /** Pool and handler of every queued instance, with counts (the engine checks them against connected agents). */
+  queuedNeeds(): { pool: string; handler: string; tasks: number }[] {
+    const needs = new Map<string, { pool: string; handler: string; tasks: number }>();
+    for (const i of this.instances.values()) {
+      if (i.phase !== 'Queued') continue;
+      const k = `${i.pool}\0${i.handler}`;
+      const n = needs.get(k);
+      if (n) n.tasks++;
+      else needs.set(k, { pool: i.pool, handler: i.handler, tasks: 1 });
+    }
+    return [...needs.values()];
+  }
+
+  /** What of the queued work no connected agent can take now (empty: all of it can be taken). */
+  setUnserved(list: Unserved[]): void {
+    if (this.finished) return;
+    if (list.length === 0) this.unservedSince = undefined;
+    else this.unservedSince ??= this.host.now();
+    this.unserved = list;
+    const shown = this.waiting()
+      .map((u) => `${u.pool}/${u.handler}/${u.agents}`)
+      .join(',');
+    if (shown !== this.unservedShown) {
+      this.unservedShown = shown;
+      this.version++;
+    }
+  }
+
+  /** Queued work that has had no agent to take it for UNSERVED_GRACE_MS or more. */
+  waiting(): readonly Unserved[] {
+    if (this.finished || this.suspended || this.unservedSince === undefined) return [];
+    return this.host.now() - this.unservedSince >= UNSERVED_GRACE_MS ? this.unserved : [];
   }
 
   // ---- status ----
@@ -760,7 +980,9 @@ export class WorkflowRun {
     if (own.length > 1) {
       message = `${by('Succeeded')}/${own.length} succeeded, ${by('Running')} running, ${by('Queued')} queued, ${by('Failed')} failed`;
       if (failed?.message) message += `; ${failed.name}: ${failed.message}`;
-    } else message = own[0]?.message;
+      const moving = own.find((i) => i.phase === 'Running' && i.progress);
+      if (moving) message += `; ${moving.name}: ${moving.progress}`;
+    } else message = own[0]?.message ?? own[0]?.progress;
     return { name, phase, attempts, ...(message && { message: message.slice(0, MAX_MESSAGE) }) };
   }
 

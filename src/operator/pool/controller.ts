@@ -42,7 +42,16 @@ export interface AgentDirectory {
   poolStats(
     namespace: string,
     pool: string,
-  ): { connectedAgents: number; capacity: number; inflight: number; queued: number };
+  ): {
+    connectedAgents: number;
+    capacity: number;
+    inflight: number;
+    queued: number;
+    /** Handlers the connected, non-draining agents register. */
+    handlers: string[];
+    /** Handlers of the tasks queued for the pool. */
+    wanted: string[];
+  };
 }
 
 /** The pool's etcd records, removed when the pool is deleted (fenced by leadership). */
@@ -442,6 +451,8 @@ export class PoolController {
       capacity: 0,
       inflight: 0,
       queued: 0,
+      handlers: [],
+      wanted: [],
     };
     const generation = pool.metadata.generation;
     let conditions = (pool.status?.conditions ?? []) as Condition[];
@@ -486,6 +497,8 @@ export class PoolController {
         ? { type: 'Unschedulable', status: 'True', reason: 'InsufficientResources', message: unschedulable }
         : { type: 'Unschedulable', status: 'False', reason: 'Placed', message: 'Every agent pod has a node' },
     );
+    const handlers = handlersServed(pool, stats);
+    cond(handlers);
     const status: AgentPoolStatus = {
       ...pool.status,
       ...(generation !== undefined && { observedGeneration: generation }),
@@ -507,6 +520,10 @@ export class PoolController {
     const before = getCondition(pool.status?.conditions as Condition[], 'Unschedulable');
     if (unschedulable && before?.status !== 'True') {
       this.o.events.record(pool, 'Warning', 'Unschedulable', unschedulable);
+    }
+    const served = getCondition(pool.status?.conditions as Condition[], 'HandlersServed');
+    if (handlers.status === 'False' && (served?.status !== 'False' || served.message !== handlers.message)) {
+      this.o.events.record(pool, 'Warning', handlers.reason, handlers.message);
     }
   }
 
@@ -537,6 +554,50 @@ export class PoolController {
       if (!isNotFound(err)) throw err;
     }
   }
+}
+
+/**
+ * The HandlersServed condition: False when a handler the pool lists in
+ * spec.agent.handlers, or one its queued tasks need, is registered by none
+ * of its connected agents (the agents' image or handler module does not
+ * match the pool, and such tasks would wait forever); Unknown while no agent
+ * is connected.
+ */
+export function handlersServed(
+  pool: AgentPool,
+  stats: { connectedAgents: number; handlers: readonly string[]; wanted: readonly string[] },
+): Omit<Condition, 'lastTransitionTime' | 'observedGeneration'> {
+  const listed = pool.spec.agent.handlers ?? [];
+  if (stats.connectedAgents === 0) {
+    return {
+      type: 'HandlersServed',
+      status: 'Unknown',
+      reason: 'NoAgentConnected',
+      message: 'no agent is connected to the dispatcher',
+    };
+  }
+  const served = new Set(stats.handlers);
+  const missing = [...new Set([...listed, ...stats.wanted])].filter((h) => !served.has(h)).sort();
+  if (missing.length === 0) {
+    return {
+      type: 'HandlersServed',
+      status: 'True',
+      reason: 'AllHandlersRegistered',
+      message: `connected agents serve ${listed.length > 0 ? 'every handler spec.agent.handlers lists' : stats.handlers.join(', ')}`,
+    };
+  }
+  const why = (h: string) =>
+    `"${h}"${listed.includes(h) ? ' (listed in spec.agent.handlers)' : ''}${stats.wanted.includes(h) ? ' (queued tasks wait for it)' : ''}`;
+  return {
+    type: 'HandlersServed',
+    status: 'False',
+    reason: 'HandlerNotRegistered',
+    message:
+      `no connected agent registers handler ${missing.map(why).join(', ')}; the ${stats.connectedAgents} connected agent(s) serve ${stats.handlers.map((h) => `"${h}"`).join(', ') || 'nothing'}`.slice(
+        0,
+        1024,
+      ),
+  };
 }
 
 /** spec.replicas, kept within the autoscaling bounds when they are set. */

@@ -1,17 +1,41 @@
+import { createHash } from 'node:crypto';
 import type { AgentPool } from '../../api/agentpool.ts';
-import { formatProblem, type PoolInfo, validateWorkflowSpec } from '../../api/validate.ts';
+import { API_VERSION } from '../../api/crds.ts';
+import { formatProblem, type PoolInfo, type Problem, validateWorkflowSpec } from '../../api/validate.ts';
 import type { Workflow, WorkflowStatus } from '../../api/workflow.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { WorkflowEngine } from '../../workflow/engine.ts';
-import type { WorkflowRun } from '../../workflow/run.ts';
-import { isNotFound, type KubeClient, resourcePath, WORKFLOWS } from '../kube/client.ts';
-import { type Condition, setCondition } from '../kube/conditions.ts';
+import { specHash, type WorkflowRun } from '../../workflow/run.ts';
+import { isAlreadyExists, isNotFound, type KubeClient, resourcePath, WORKFLOWS } from '../kube/client.ts';
+import { type Condition, getCondition, setCondition } from '../kube/conditions.ts';
 import { Controller, type ControllerObserver, type ReconcileResult } from '../kube/controller.ts';
 import type { EventRecorder } from '../kube/events.ts';
 import { type InformerView, objectKey } from '../kube/informer.ts';
+import { trueSince, type WaitReason, type WorkflowOutcome, workflowConditions } from './conditions.ts';
 
 export const WORKFLOW_FINALIZER = 'agentflow.io/workflow-cleanup';
+/** Present: the run is cancelled (phase Cancelled, condition Failed reason Cancelled). */
 export const CANCEL_ANNOTATION = 'agentflow.io/cancel';
+/**
+ * A new value (any string, e.g. a timestamp) asks a Failed or Cancelled run to
+ * run its failed and cancelled tasks again, keeping what succeeded. The value
+ * answered is status.lastRetry.token.
+ */
+export const RETRY_ANNOTATION = 'agentflow.io/retry';
+/**
+ * A new value asks for a copy of the workflow under a new name that runs from
+ * scratch with the current spec (status.lastRerun names it; the copy carries
+ * RERUN_OF_ANNOTATION).
+ */
+export const RERUN_ANNOTATION = 'agentflow.io/rerun';
+export const RERUN_OF_ANNOTATION = 'agentflow.io/rerun-of';
+/** Default of the operator's --waiting-timeout: how long a workflow may wait for what it needs before it fails. */
+export const DEFAULT_WAITING_TIMEOUT_SECONDS = 600;
+
+/** Problems a change elsewhere (a pool created, scaled or edited) can cure: the workflow waits for them. */
+const CURABLE = new Set<Problem['reason']>(['PoolNotFound', 'HandlerNotServed', 'CostOverCapacity']);
+/** Annotations a rerun's copy does not take over: control requests and kubectl's bookkeeping. */
+const NOT_COPIED = [CANCEL_ANNOTATION, RETRY_ANNOTATION, RERUN_ANNOTATION, RERUN_OF_ANNOTATION];
 
 export interface WorkflowControllerOptions {
   client: KubeClient;
@@ -24,18 +48,22 @@ export interface WorkflowControllerOptions {
   observer?: ControllerObserver;
   /** Least time between two status writes of one running workflow (default 2 s); phase changes go at once. */
   statusIntervalMs?: number;
+  /** How long a workflow waits for a missing pool or an agent serving a handler before it fails (default 600 s). */
+  waitingTimeoutMs?: number;
 }
 
 interface Written {
   at: number;
   phase: string | undefined;
   version: number;
+  generation: number | undefined;
 }
 
 /**
- * Runs Workflows: validates them (a hopeless spec fails at once, never
- * retried), starts or resumes their runs in the engine, applies suspend and
- * cancel, writes a throttled, bounded status with Events on phase changes,
+ * Runs Workflows: validates them (a hopeless spec fails at once; a missing
+ * pool or handler is waited for, up to the waiting deadline), starts or
+ * resumes their runs in the engine, applies suspend, cancel, retry and rerun
+ * requests, writes a throttled, bounded status with Events on phase changes,
  * and deletes finished workflows after ttlSecondsAfterFinished (their etcd
  * records go behind a finalizer).
  */
@@ -45,6 +73,8 @@ export class WorkflowController {
   private readonly written = new Map<string, Written>();
   /** The last phase an Event was recorded for (the informer copy may lag behind our own write). */
   private readonly announced = new Map<string, string>();
+  /** The last Waiting reason an Event was recorded for, per workflow. */
+  private readonly announcedWaiting = new Map<string, string>();
 
   constructor(o: WorkflowControllerOptions) {
     this.o = o;
@@ -57,6 +87,18 @@ export class WorkflowController {
     });
     const enqueue = (w: Workflow) => this.controller.enqueue(objectKey(w));
     o.workflows.on({ add: enqueue, update: (_, w) => enqueue(w), delete: enqueue });
+    // A pool that appears, changes or goes may be what a workflow of its namespace waits for
+    // (one whose run has not started; a running one hears of its agents from the engine).
+    const poolChanged = (p: AgentPool) => {
+      for (const w of o.workflows.list((w) => w.metadata.namespace === p.metadata.namespace)) {
+        if (w.status?.phase === undefined || w.status.phase === 'Pending') enqueue(w);
+      }
+    };
+    o.pools.on({ add: poolChanged, update: (_, p) => poolChanged(p), delete: poolChanged });
+  }
+
+  private get waitingTimeoutMs(): number {
+    return this.o.waitingTimeoutMs ?? DEFAULT_WAITING_TIMEOUT_SECONDS * 1000;
   }
 
   start(): void {
@@ -78,6 +120,7 @@ export class WorkflowController {
     if (!wf) {
       this.written.delete(key);
       this.announced.delete(key);
+      this.announcedWaiting.delete(key);
       return undefined;
     }
     if (wf.metadata.deletionTimestamp) {
@@ -92,32 +135,50 @@ export class WorkflowController {
       await this.patchMeta(wf, { finalizers: [...(wf.metadata.finalizers ?? []), WORKFLOW_FINALIZER] });
       return undefined;
     }
+    await this.rerunIfAsked(wf, log);
 
+    const annotations = wf.metadata.annotations ?? {};
+    const retryToken = annotations[RETRY_ANNOTATION];
+    const retryAsked = retryToken !== undefined && retryToken !== wf.status?.lastRetry?.token;
     let run = this.o.engine.get(namespace, name);
     if (!run || run.uid !== wf.metadata.uid) {
-      // A finished workflow whose run is not in memory (after a failover) keeps its status as it is.
-      if (isFinished(wf.status?.phase) && wf.status?.observedGeneration !== undefined) return this.ttl(wf, log);
-      const problems = validateWorkflowSpec(wf.spec, { pools: this.poolInfo(namespace) });
-      if (problems.length > 0) {
-        const message = problems.map(formatProblem).join('; ');
-        if (wf.status?.phase !== 'Failed') {
-          log.info('Workflow spec is invalid', { problems: problems.length });
-          this.o.events.record(wf, 'Warning', 'InvalidSpec', message);
-        }
-        await this.writeStatus(wf, {
-          phase: 'Failed',
-          conditions: this.conditions(wf, 'Failed', 'InvalidSpec', message),
-        });
-        return undefined; // not retried: a new generation brings it back
+      const phase = wf.status?.phase;
+      if (isFinished(phase) && wf.status?.startedAt !== undefined) {
+        // A finished run not in memory (evicted, or after a failover) keeps its status, unless asked to retry.
+        if (!retryAsked) return this.finishedIdle(wf, log);
+      } else if (isFinished(phase) && wf.status?.observedGeneration === wf.metadata.generation) {
+        // It failed before it started (invalid, or waited too long): a new generation brings it back.
+        return this.ttl(wf, log);
+      } else {
+        const blocked = await this.checkSpec(wf, log);
+        if (blocked) return blocked;
       }
       run = await this.o.engine.ensure({
         namespace,
         name,
         uid: wf.metadata.uid as string,
         spec: wf.spec,
+        ...(annotations[RERUN_OF_ANNOTATION] && { rerunOf: annotations[RERUN_OF_ANNOTATION] }),
       });
     }
 
+    if (retryToken !== undefined && retryToken !== run.lastRetry?.token) {
+      if (annotations[CANCEL_ANNOTATION] !== undefined && run.phase === 'Cancelled') {
+        // The cancel request that ended it would cancel the retry at once: it has been answered.
+        await this.patchAnnotations(wf, { [CANCEL_ANNOTATION]: null });
+        log.info('Removed the cancel annotation of a cancelled run to retry it');
+        return undefined; // the update brings the workflow back
+      }
+      const outcome = await this.o.engine.retry(run, retryToken, specHash(wf.spec));
+      if (outcome.started)
+        this.o.events.record(
+          wf,
+          'Normal',
+          'Retrying',
+          `retry ${run.retries}: re-running ${outcome.tasks} failed or cancelled task(s); what succeeded is kept`,
+        );
+      else this.o.events.record(wf, 'Warning', 'RetryRefused', outcome.message);
+    }
     if (wf.metadata.annotations?.[CANCEL_ANNOTATION] !== undefined && !run.finished) {
       run.stop(`cancelled through the ${CANCEL_ANNOTATION} annotation`);
       this.o.engine.changed(run);
@@ -127,8 +188,10 @@ export class WorkflowController {
       run.setSuspended(wf.spec.suspend === true);
       if (run.version !== before) this.o.engine.changed(run);
     }
+    const waitDeadline = this.enforceWaitingDeadline(wf, run);
     const wait = await this.syncStatus(wf, run, log);
-    if (wait !== undefined) return { requeueAfterMs: wait };
+    if (wait !== undefined || waitDeadline !== undefined)
+      return { requeueAfterMs: Math.min(wait ?? Number.POSITIVE_INFINITY, waitDeadline ?? Number.POSITIVE_INFINITY) };
     if (run.finished) {
       // Its final status is written: the run's records live on in etcd, not on the leader's heap.
       // Until its records are flushed it stays; a later reconcile (the status write's echo) tries again.
@@ -137,6 +200,188 @@ export class WorkflowController {
       return this.ttl(wf, log);
     }
     return undefined;
+  }
+
+  /**
+   * Validates a workflow whose run has not started. A hopeless spec fails at
+   * once (reason InvalidSpec, every problem named); one that needs what may
+   * still come (a pool, a handler a pool lists, more slots per agent) waits
+   * with a Waiting condition and an Event, re-evaluated whenever a pool of
+   * its namespace changes, and fails with that reason after the waiting
+   * deadline. Returns what to do when the run must not start.
+   */
+  private async checkSpec(wf: Workflow, log: Logger): Promise<ReconcileResult | undefined> {
+    const namespace = wf.metadata.namespace as string;
+    const problems = validateWorkflowSpec(wf.spec, { pools: this.poolInfo(namespace) });
+    if (problems.length === 0) return undefined;
+    const key = objectKey(wf);
+    const hard = problems.filter((p) => !CURABLE.has(p.reason));
+    const conditions = (wf.status?.conditions ?? []) as Condition[];
+    const generation = wf.metadata.generation;
+    if (hard.length > 0) {
+      const message = problems.map(formatProblem).join('; ');
+      if (wf.status?.phase !== 'Failed' || wf.status.observedGeneration !== generation) {
+        log.info('Workflow spec is invalid', { problems: problems.length });
+        this.o.events.record(wf, 'Warning', 'InvalidSpec', message);
+      }
+      await this.writeStatus(wf, {
+        phase: 'Failed',
+        message: message.slice(0, 1024),
+        conditions: workflowConditions(conditions, {
+          outcome: { phase: 'Failed', reason: 'InvalidSpec', message },
+          ...(generation !== undefined && { generation }),
+        }),
+      });
+      return {}; // not retried: a new generation brings it back
+    }
+    const reason = (problems[0] as Problem).reason as WaitReason;
+    const message = `waiting: ${problems.map(formatProblem).join('; ')}`;
+    const since = trueSince(conditions, 'Waiting');
+    const timeout = this.waitingTimeoutMs;
+    if (since !== undefined && Date.now() - since >= timeout) {
+      const why = `${message.slice('waiting: '.length)} (waited ${Math.round(timeout / 1000)}s, the operator's --waiting-timeout)`;
+      log.info('Workflow waited too long for what it needs', { reason });
+      this.o.events.record(wf, 'Warning', reason, why);
+      await this.writeStatus(wf, {
+        phase: 'Failed',
+        message: why.slice(0, 1024),
+        conditions: workflowConditions(conditions, {
+          outcome: { phase: 'Failed', reason, message: why },
+          ...(generation !== undefined && { generation }),
+        }),
+      });
+      return {};
+    }
+    if (this.announcedWaiting.get(key) !== message) {
+      this.announcedWaiting.set(key, message);
+      log.info('Workflow waits for what it needs', { reason });
+      this.o.events.record(wf, 'Warning', reason, message);
+    }
+    await this.writeStatus(wf, {
+      phase: 'Pending',
+      message: message.slice(0, 1024),
+      conditions: workflowConditions(conditions, {
+        outcome: { phase: 'Pending', message },
+        waiting: { reason, message },
+        ...(generation !== undefined && { generation }),
+      }),
+    });
+    const left = since === undefined ? timeout : since + timeout - Date.now();
+    return { requeueAfterMs: Math.max(50, left + 50) };
+  }
+
+  /** What the run's unserved work waits for, in words (undefined: nothing). */
+  private runWaiting(
+    wf: Workflow,
+    run: WorkflowRun,
+  ): { reason: Exclude<WaitReason, 'CostOverCapacity'>; message: string } | undefined {
+    const list = run.waiting();
+    const first = list[0];
+    if (!first) return undefined;
+    const namespace = wf.metadata.namespace as string;
+    const pool = this.o.pools.get(`${namespace}/${first.pool}`);
+    const tasks = `${first.tasks} queued task(s) of handler "${first.handler}"`;
+    let reason: Exclude<WaitReason, 'CostOverCapacity'>;
+    let message: string;
+    if (!pool) {
+      reason = 'PoolNotFound';
+      message = `AgentPool "${first.pool}" does not exist: ${tasks} wait for it`;
+    } else if (first.agents === 0) {
+      reason = 'NoAgentConnected';
+      const ready = pool.status?.readyReplicas ?? 0;
+      message = `no agent of AgentPool "${first.pool}" is connected (${ready} agent pod(s) Ready): ${tasks} wait`;
+    } else {
+      reason = 'HandlerNotServed';
+      const served = first.served.length > 0 ? first.served.map((h) => `"${h}"`).join(', ') : 'none';
+      message = `none of the ${first.agents} connected agent(s) of AgentPool "${first.pool}" registers handler "${first.handler}" (they serve ${served}): ${tasks} wait`;
+    }
+    if (list.length > 1) message += `; and ${list.length - 1} more pool/handler pair(s)`;
+    return { reason, message: `waiting: ${message}` };
+  }
+
+  /**
+   * Fails a run whose queued work has waited for an agent longer than the
+   * waiting deadline, counted from the Waiting condition's transition (so a
+   * leader change does not restart the clock). Returns when to look again.
+   */
+  private enforceWaitingDeadline(wf: Workflow, run: WorkflowRun): number | undefined {
+    if (run.finished) return undefined;
+    const waiting = this.runWaiting(wf, run);
+    if (!waiting) return undefined;
+    const timeout = this.waitingTimeoutMs;
+    const since = trueSince(wf.status?.conditions as Condition[] | undefined, 'Waiting');
+    if (since === undefined) return timeout;
+    const left = since + timeout - Date.now();
+    if (left > 0) return left + 50;
+    run.failFor(
+      waiting.reason,
+      `${waiting.message.slice('waiting: '.length)} (waited ${Math.round(timeout / 1000)}s, the operator's --waiting-timeout)`,
+    );
+    this.o.engine.changed(run);
+    return undefined;
+  }
+
+  /** A finished run that is not in memory: an edit to its spec is reported, never silently ignored. */
+  private async finishedIdle(wf: Workflow, log: Logger): Promise<ReconcileResult | undefined> {
+    const generation = wf.metadata.generation;
+    if (generation !== undefined && wf.status?.observedGeneration !== generation) {
+      const message = `spec was edited (generation ${generation}) after the run finished: a finished run does not change. Retry it (annotate ${RETRY_ANNOTATION}) to re-run its failed tasks with the spec it ran, or re-run it from scratch under a new name with the new spec (annotate ${RERUN_ANNOTATION})`;
+      const prev = getCondition(wf.status?.conditions as Condition[] | undefined, 'SpecApplied');
+      await this.writeStatus(wf, {
+        conditions: setCondition((wf.status?.conditions ?? []) as Condition[], {
+          type: 'SpecApplied',
+          status: 'False',
+          reason: 'RunFinished',
+          message,
+          observedGeneration: generation,
+        }),
+      });
+      if (prev?.status !== 'False') {
+        log.info('Spec edited after the run finished; not applied', { generation });
+        this.o.events.record(wf, 'Warning', 'SpecChangeIgnored', message);
+      }
+    }
+    return this.ttl(wf, log);
+  }
+
+  /**
+   * Follows a rerun request: a copy of the workflow under a name derived from
+   * its uid and the request's value (so a repeated or re-sent request makes
+   * one copy), with the current spec, running from scratch.
+   */
+  private async rerunIfAsked(wf: Workflow, log: Logger): Promise<void> {
+    const token = wf.metadata.annotations?.[RERUN_ANNOTATION];
+    if (token === undefined || token === wf.status?.lastRerun?.token) return;
+    const namespace = wf.metadata.namespace as string;
+    const name = rerunName(wf.metadata.name as string, wf.metadata.uid as string, token);
+    const annotations = Object.fromEntries(
+      Object.entries(wf.metadata.annotations ?? {}).filter(
+        ([k]) => !NOT_COPIED.includes(k) && !k.startsWith('kubectl.kubernetes.io/'),
+      ),
+    );
+    const copy = {
+      apiVersion: API_VERSION,
+      kind: 'Workflow',
+      metadata: {
+        name,
+        namespace,
+        ...(wf.metadata.labels && { labels: wf.metadata.labels }),
+        annotations: { ...annotations, [RERUN_OF_ANNOTATION]: wf.metadata.name as string },
+      },
+      spec: structuredClone(wf.spec),
+    };
+    try {
+      await this.o.client.create(resourcePath(WORKFLOWS, { namespace }), copy);
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+    }
+    await this.writeStatus(wf, { lastRerun: { token, name } });
+    log.info('Re-running the workflow from scratch under a new name', { as: name });
+    this.o.events.record(wf, 'Normal', 'Rerun', `re-running from scratch as Workflow ${name}`);
+    await this.o.engine.note(namespace, wf.metadata.name as string, {
+      type: 'WorkflowRerun',
+      detail: { token, as: name },
+    });
   }
 
   private poolInfo(namespace: string): Map<string, PoolInfo> {
@@ -156,71 +401,79 @@ export class WorkflowController {
     const key = objectKey(wf);
     const last = this.written.get(key);
     const now = Date.now();
-    if (last && last.version === run.version && last.phase === run.phase) return undefined;
+    const generation = wf.metadata.generation;
+    const edited = wf.status?.observedGeneration !== generation;
+    if (last && last.version === run.version && last.phase === run.phase && !edited) return undefined;
     const interval = this.o.statusIntervalMs ?? 2_000;
-    if (last && last.phase === run.phase && now - last.at < interval) return interval - (now - last.at);
+    if (last && last.phase === run.phase && !edited && now - last.at < interval) return interval - (now - last.at);
     // Snapshot what is written: the run moves on while the write is in flight, and what we
     // remember must describe the status we wrote, or a newer state would never be written.
     const version = run.version;
     const phase = run.phase;
-    const message = run.message;
     const s = run.status();
     const prevPhase = wf.status?.phase;
-    const conditions = this.runConditions(wf, run);
-    await this.writeStatus(wf, { ...s, conditions });
-    this.written.set(key, { at: now, phase, version });
+    const prev = (wf.status?.conditions ?? []) as Condition[];
+    const waiting = this.runWaiting(wf, run);
+    const message = statusMessage(run, s, waiting);
+    const applied = specHash(wf.spec) === run.specHash;
+    const conditions = workflowConditions(prev, {
+      outcome: outcomeOf(run, message),
+      ...(waiting && { waiting }),
+      specApplied: applied
+        ? { ok: true, message: 'the run runs the current spec' }
+        : {
+            ok: false,
+            reason: run.finished ? 'RunFinished' : 'RunStarted',
+            message: `spec was edited (generation ${generation}) after the run started: only suspend and ttlSecondsAfterFinished apply to a started run. Re-run it from scratch under a new name with the new spec (annotate ${RERUN_ANNOTATION})`,
+          },
+      ...(generation !== undefined && { generation }),
+    });
+    await this.writeStatus(wf, {
+      ...s,
+      message,
+      ...(run.retries > 0 && { retries: run.retries }),
+      ...(run.lastRetry && { lastRetry: run.lastRetry }),
+      conditions,
+    });
+    this.written.set(key, { at: now, phase, version, generation });
     if (run.version !== version) this.controller.enqueue(key);
     if (prevPhase !== phase && this.announced.get(key) !== phase) {
       this.announced.set(key, phase);
-      this.o.events.record(wf, phase === 'Failed' ? 'Warning' : 'Normal', phase, message || `Workflow is ${phase}`);
-      log.info('Workflow phase changed', { from: prevPhase, to: phase, message });
+      const failed = phase === 'Failed' || phase === 'Cancelled';
+      this.o.events.record(wf, failed ? 'Warning' : 'Normal', phase, run.message || `Workflow is ${phase}`);
+      log.info('Workflow phase changed', { from: prevPhase, to: phase, reason: run.reason, message: run.message });
+    }
+    const wasWaiting = getCondition(prev, 'Waiting');
+    const announcedWaiting = this.announcedWaiting.get(key);
+    if (
+      waiting &&
+      announcedWaiting !== waiting.reason &&
+      !(wasWaiting?.status === 'True' && wasWaiting.reason === waiting.reason)
+    ) {
+      this.announcedWaiting.set(key, waiting.reason);
+      this.o.events.record(wf, 'Warning', waiting.reason, waiting.message);
+      this.tellPool(wf, run, waiting);
+    } else if (!waiting) this.announcedWaiting.delete(key);
+    const wasApplied = getCondition(prev, 'SpecApplied');
+    if (!applied && wasApplied?.status !== 'False') {
+      log.info('Spec edited after the run started; not applied', { generation });
+      this.o.events.record(wf, 'Warning', 'SpecChangeIgnored', getCondition(conditions, 'SpecApplied')?.message ?? '');
     }
     return undefined;
   }
 
-  private runConditions(wf: Workflow, run: WorkflowRun): Condition[] {
-    switch (run.phase) {
-      case 'Succeeded':
-        return this.conditions(wf, 'Succeeded', 'AllTasksSucceeded', 'every task succeeded');
-      case 'Failed':
-        return this.conditions(wf, 'Failed', 'TaskFailed', run.message);
-      case 'Cancelled':
-        return this.conditions(wf, 'Cancelled', 'Cancelled', run.message);
-      case 'Suspended':
-        return this.conditions(wf, 'Suspended', 'Suspended', run.message);
-      default:
-        return this.conditions(wf, 'Running', 'Running', 'tasks are running');
-    }
-  }
-
-  /** The Completed condition with the given outcome; Suspended only while suspended. */
-  private conditions(wf: Workflow, outcome: string, reason: string, message: string): Condition[] {
-    const generation = wf.metadata.generation;
-    const g = generation !== undefined ? { observedGeneration: generation } : {};
-    let list = (wf.status?.conditions ?? []) as Condition[];
-    const done = outcome === 'Succeeded' || outcome === 'Failed' || outcome === 'Cancelled';
-    list = setCondition(list, {
-      type: 'Completed',
-      status: done ? 'True' : 'False',
-      reason: done ? reason : 'InProgress',
-      message: done ? message || outcome : message,
-      ...g,
-    });
-    list = setCondition(list, {
-      type: 'Failed',
-      status: outcome === 'Failed' ? 'True' : 'False',
-      reason: outcome === 'Failed' ? reason : 'NoFailure',
-      message: outcome === 'Failed' ? message : 'no task has failed',
-      ...g,
-    });
-    list = setCondition(list, {
-      type: 'Suspended',
-      status: outcome === 'Suspended' ? 'True' : 'False',
-      reason: outcome === 'Suspended' ? 'Suspended' : 'NotSuspended',
-      message: outcome === 'Suspended' ? message : 'dispatching',
-      ...g,
-    });
-    return list;
+  /** The pool a run waits on hears of it too: its users may not watch the workflow. */
+  private tellPool(wf: Workflow, run: WorkflowRun, waiting: { reason: WaitReason; message: string }): void {
+    const first = run.waiting()[0];
+    if (!first || waiting.reason === 'PoolNotFound') return;
+    const pool = this.o.pools.get(`${wf.metadata.namespace}/${first.pool}`);
+    if (!pool) return;
+    this.o.events.record(
+      pool,
+      'Warning',
+      waiting.reason,
+      `Workflow ${wf.metadata.name} ${waiting.message}`.slice(0, 1024),
+    );
   }
 
   private async writeStatus(wf: Workflow, status: Partial<WorkflowStatus>): Promise<void> {
@@ -254,6 +507,18 @@ export class WorkflowController {
     return undefined;
   }
 
+  /** Sets (or with null, removes) annotations, conditional on the resourceVersion we read. */
+  private async patchAnnotations(wf: Workflow, annotations: Record<string, string | null>): Promise<void> {
+    try {
+      await this.o.client.mergePatch(
+        resourcePath(WORKFLOWS, { namespace: wf.metadata.namespace, name: wf.metadata.name as string }),
+        { metadata: { annotations, resourceVersion: wf.metadata.resourceVersion } },
+      );
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+
   private async patchMeta(wf: Workflow, meta: { finalizers: string[] }): Promise<void> {
     try {
       await this.o.client.mergePatch(
@@ -263,6 +528,46 @@ export class WorkflowController {
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
+  }
+}
+
+/** Name of a rerun's copy: the same for the same workflow and request, so a re-sent request makes one. */
+export function rerunName(name: string, uid: string, token: string): string {
+  const suffix = createHash('sha256').update(`${uid}/${token}`).digest('hex').slice(0, 5);
+  return `${name.slice(0, 253 - 6)}-${suffix}`;
+}
+
+/** The run's outcome for its conditions. */
+function outcomeOf(run: WorkflowRun, message: string): WorkflowOutcome {
+  switch (run.phase) {
+    case 'Succeeded':
+      return { phase: 'Succeeded', message };
+    case 'Failed':
+    case 'Cancelled':
+      return { phase: run.phase, reason: run.reason ?? (run.phase === 'Failed' ? 'TaskFailed' : 'Cancelled'), message };
+    default:
+      return { phase: run.phase, message };
+  }
+}
+
+/** status.message: why it failed, what it waits for, or how far it got. */
+function statusMessage(
+  run: WorkflowRun,
+  s: ReturnType<WorkflowRun['status']>,
+  waiting: { message: string } | undefined,
+): string {
+  const c = s.progress;
+  const counts = c ? `${c.succeeded}/${c.total} tasks done, ${c.running} running, ${c.queued} queued` : '';
+  switch (run.phase) {
+    case 'Succeeded':
+      return `every task succeeded (${c?.total ?? 0} tasks)`;
+    case 'Failed':
+    case 'Cancelled':
+      return (run.message || run.phase).slice(0, 1024);
+    case 'Suspended':
+      return `${run.message}; ${counts}`.slice(0, 1024);
+    default:
+      return (waiting ? `${waiting.message}; ${counts}` : counts).slice(0, 1024);
   }
 }
 

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml, stringify } from 'yaml';
+import { MAX_DEPENDENCIES, MAX_TASKS } from '../../../src/api/workflow.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
 
@@ -191,7 +192,39 @@ const workflowCases: [string, Mutate, string][] = [
     (o) => {
       tasksOf(o)[2] = { ...tasksOf(o)[2], dependsOn: ['research', 'review'] };
     },
-    'spec.tasks: Invalid value: "object": every dependsOn entry must name a task of spec.tasks',
+    'spec.tasks: Invalid value: "object": task "write" depends on "review", which is not a task of spec.tasks',
+  ],
+  [
+    'unknown dependencies in two tasks (the first named, the others mentioned)',
+    (o) => {
+      tasksOf(o)[1] = { ...tasksOf(o)[1], dependsOn: ['plan', 'plann'] };
+      tasksOf(o)[2] = { ...tasksOf(o)[2], dependsOn: ['reserch'] };
+    },
+    'task "research" depends on "plann", which is not a task of spec.tasks; other dependsOn entries name no task either',
+  ],
+  [
+    'the most tasks, each with the most dependencies, all unknown (the message stays within the cost budget)',
+    (o) => {
+      o.spec.tasks = Array.from({ length: MAX_TASKS }, (_, i) => ({
+        name: `t${i}`,
+        handler: 'h',
+        dependsOn: Array.from({ length: MAX_DEPENDENCIES }, (_, j) => `u${i}-${j}`),
+      }));
+    },
+    'task "t0" depends on "u0-0", which is not a task of spec.tasks; other dependsOn entries name no task either',
+  ],
+  [
+    'an unknown dependency in the last task of the most',
+    (o) => {
+      o.spec.tasks = Array.from({ length: MAX_TASKS }, (_, i) => ({
+        name: `t${i}`,
+        handler: 'h',
+        ...(i > 0 && { dependsOn: Array.from({ length: Math.min(i, MAX_DEPENDENCIES) }, (_, j) => `t${i - 1 - j}`) }),
+      }));
+      const last = tasksOf(o)[MAX_TASKS - 1] as { dependsOn: string[] };
+      last.dependsOn[MAX_DEPENDENCIES - 1] = 'ghost';
+    },
+    `task "t${MAX_TASKS - 1}" depends on "ghost", which is not a task of spec.tasks`,
   ],
   [
     'a task depending on itself',
@@ -366,6 +399,18 @@ describe('valid manifests', () => {
     expect(r.stderr).toBe('');
     expect(r.stdout).toContain('agentpool.agentflow.io/researchers created (server dry run)');
     expect(r.stdout).toContain('workflow.agentflow.io/research-report created (server dry run)');
+  });
+
+  it('accepts the most tasks with the most dependencies (the dependsOn rule stays within its cost budget)', async () => {
+    const o = clone(exampleWorkflow);
+    o.spec.tasks = Array.from({ length: MAX_TASKS }, (_, i) => ({
+      name: `t${i}`,
+      handler: 'h',
+      ...(i > 0 && { dependsOn: Array.from({ length: Math.min(i, MAX_DEPENDENCIES) }, (_, j) => `t${i - 1 - j}`) }),
+    }));
+    const r = await dryRun(o);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('created (server dry run)');
   });
 
   it('fills defaults, shows printer columns and answers to short names and the agentflow category', async () => {

@@ -39,6 +39,8 @@ export class OperatorProcess {
       watchNamespaces?: string[];
       /** A private etcd (plain HTTP, no auth: the chaos suite's cluster) instead of the harness's. */
       etcdEndpoints?: string[];
+      /** --waiting-timeout (seconds): how long a workflow waits for a missing pool or handler. */
+      waitingTimeout?: number;
     },
   ) {
     this.name = o.name;
@@ -72,6 +74,7 @@ export class OperatorProcess {
       String(o.leaseTtl ?? 2),
       '--log-level',
       'debug',
+      ...(o.waitingTimeout !== undefined ? ['--waiting-timeout', String(o.waitingTimeout)] : []),
     ];
     this.child = spawn(process.execPath, args, {
       stdio: ['ignore', 'inherit', 'pipe'],

@@ -146,7 +146,12 @@ describe('workflows', () => {
       ['research', 'Succeeded'],
       ['write', 'Succeeded'],
     ]);
-    expect(done.status.conditions.find((c: Json) => c.type === 'Completed')).toMatchObject({ status: 'True' });
+    expect(done.status.conditions.find((c: Json) => c.type === 'Succeeded')).toMatchObject({
+      status: 'True',
+      reason: 'AllTasksSucceeded',
+    });
+    expect(done.status.conditions.find((c: Json) => c.type === 'Failed')).toMatchObject({ status: 'False' });
+    expect(done.status.conditions.some((c: Json) => c.type === 'Completed')).toBe(false);
     const get = await cluster.kubectl(['get', '-n', ns, 'awf', 'research-report', '--no-headers']);
     expect(get.stdout.trim().split(/\s+/).slice(0, 4)).toEqual(['research-report', 'Succeeded', '5/5', 'agents']);
 
@@ -276,8 +281,13 @@ describe('workflows', () => {
     const annotated = await cluster.kubectl(['annotate', '-n', ns, 'awf/doomed', 'agentflow.io/cancel=by-test']);
     expect(annotated.code).toBe(0);
     const w = await until('doomed Cancelled', () => getWf('doomed'), phaseIs('Cancelled'), 30_000);
-    expect(w.status.conditions.find((c: Json) => c.type === 'Completed')).toMatchObject({
+    // Cancelled is an end without success: Failed=True with reason Cancelled, Succeeded=False.
+    expect(w.status.conditions.find((c: Json) => c.type === 'Failed')).toMatchObject({
       status: 'True',
+      reason: 'Cancelled',
+    });
+    expect(w.status.conditions.find((c: Json) => c.type === 'Succeeded')).toMatchObject({
+      status: 'False',
       reason: 'Cancelled',
     });
     const aborted = await until(
@@ -399,16 +409,18 @@ describe('workflows', () => {
       /^spec\.tasks\[0\]\.when: "size\(\[0,1,2,.*": estimated cost [\d,]+ is over the budget of 500,000 CEL cost units/,
     );
     const bomb = await failure('bomb-when');
-    expect(bomb.reason).toBe('TaskFailed');
+    expect(bomb.reason).toBe('ExpressionFailed');
     expect(bomb.message).toBe(
       `task check: spec.tasks[1].when: ${items}.all(a, ${items}.all(b, ${items}.all(c, a + b + c >= 0))): exceeded the cost budget of 500,000 CEL cost units of one expression (it iterates over too much data)`,
     );
     const wide = await failure('too-wide');
+    expect(wide.reason).toBe('ExpressionFailed');
     expect(wide.message).toBe(
       `task each: spec.tasks[1].forEach: ${items}: yields ${DEFAULT_MAX_FOREACH_ITEMS + 1} items, more than the ${DEFAULT_MAX_FOREACH_ITEMS} a forEach may have (the operator's --max-foreach-items)`,
     );
     expect((await getWf('too-wide')).status.progress.total).toBe(2); // gen, and each not expanded
     const flood = await failure('flood');
+    expect(flood.reason).toBe('SpawnRefused');
     expect(flood.message).toBe(
       `task spawner: spawning ${DEFAULT_MAX_SPAWNED_CHILDREN + 1} more children would make ${DEFAULT_MAX_SPAWNED_CHILDREN + 1} under task spawner (descendants included), more than the ${DEFAULT_MAX_SPAWNED_CHILDREN} one task may spawn (the operator's --max-spawned-children)`,
     );

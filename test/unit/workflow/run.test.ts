@@ -12,6 +12,8 @@ import {
   MAX_STATUS_OUTPUT_BYTES,
   type RunHost,
   type RunLimits,
+  specHash,
+  UNSERVED_GRACE_MS,
   WorkflowRun,
 } from '../../../src/workflow/run.ts';
 
@@ -260,14 +262,18 @@ describe('WorkflowRun: a linear DAG', () => {
     expect(host.submits).toHaveLength(1);
   });
 
-  it('does not change on progress events', () => {
+  it('shows progress events in the status only: no phase change, nothing to save', () => {
     const { run } = newRun(spec);
     run.step();
     started(run, 'a');
     const v = run.version;
+    run.dirty.clear();
     run.onEvent({ type: 'progress', ref: ref('a'), attempt: 1, fraction: 0.5, message: 'halfway' });
-    expect(run.version).toBe(v);
+    expect(run.version).toBe(v + 1);
+    expect(run.dirty.size).toBe(0);
     expect(phaseOf(run, 'a')).toBe('Running');
+    run.onEvent({ type: 'progress', ref: ref('a'), attempt: 1, fraction: 0.5, message: 'halfway' });
+    expect(run.version).toBe(v + 1); // the same report again changes nothing
   });
 });
 
@@ -1014,6 +1020,7 @@ describe('WorkflowRun: workflow timeout and stop', () => {
     run.tick();
     expect(run.phase).toBe('Failed');
     expect(run.message).toBe('the workflow exceeded its timeout of 60s');
+    expect(run.reason).toBe('Timeout');
     expect(run.finishedAt).toBe(T0 + 60_001);
     expect(host.cancels).toEqual([{ task: 'a', reason: 'the workflow exceeded its timeout of 60s' }]);
     expect(phaseOf(run, 'a')).toBe('Cancelled');
@@ -1066,7 +1073,10 @@ describe('WorkflowRun: workflow timeout and stop', () => {
       { type: 'TaskCancelled', task: 'b', attempt: 1, detail: { reason: 'user asked' } },
       { type: 'TaskCancelled', task: 'c', attempt: 0, detail: { reason: 'user asked' } },
     ]);
-    expect(run.audit.at(-1)).toEqual({ type: 'WorkflowCancelled', detail: { message: 'user asked' } });
+    expect(run.audit.at(-1)).toEqual({
+      type: 'WorkflowCancelled',
+      detail: { message: 'user asked', reason: 'Cancelled' },
+    });
     expect(run.status().tasks?.map((t) => t.phase)).toEqual(['Cancelled', 'Cancelled', 'Cancelled', 'Cancelled']);
     // The run record keeps milliseconds (a restored deadline is computed from it).
     expect(run.runRecord()).toEqual({
@@ -1075,7 +1085,9 @@ describe('WorkflowRun: workflow timeout and stop', () => {
       finishedAt: new Date(T0 + 5000).toISOString(),
       phase: 'Cancelled',
       message: 'user asked',
+      reason: 'Cancelled',
       expanded: {},
+      specHash: specHash(run.spec),
     });
     // Stopping again, or stepping, does nothing.
     run.stop('again', 'Failed');
@@ -1204,6 +1216,7 @@ describe('WorkflowRun: restore after a leader change', () => {
       startedAt: new Date(T0).toISOString(),
       phase: 'Running',
       expanded: { f: 2 },
+      specHash: expect.stringMatching(/^[0-9a-f]{16}$/),
     });
     expect(loaded.tasks.find((t) => t.name === 'b')).toStrictEqual({
       name: 'b',
@@ -1413,7 +1426,7 @@ describe('WorkflowRun: bookkeeping and audit', () => {
       { type: 'TaskFailed', task: 'a', attempt: 1, agentId: 'agent-1', detail: { message: 'broken' } },
       { type: 'TaskCancelled', task: 'b', attempt: 1, detail: { reason } },
       { type: 'TaskCancelled', task: 'c', attempt: 0, detail: { reason } },
-      { type: 'WorkflowFailed', detail: { message: reason } },
+      { type: 'WorkflowFailed', detail: { message: reason, reason: 'TaskFailed' } },
     ]);
   });
 });
@@ -1631,5 +1644,155 @@ describe('WorkflowRun: bounded work', () => {
       spawn(run, 'p', ['big'], 64);
       expect(host.lastSubmit()).toMatchObject({ ref: ref('p~big'), cost: 64 });
     });
+  });
+});
+
+describe('WorkflowRun: failure reasons, retry, waiting and progress', () => {
+  const chain: WorkflowSpec = {
+    pool: 'p',
+    retryPolicy: { maxAttempts: 2, backoff: { initialSeconds: 1 } },
+    tasks: [
+      { name: 'a', handler: 'h' },
+      { name: 'fan', handler: 'h', dependsOn: ['a'], forEach: '[0, 1, 2]', input: { i: '${{ item }}' } },
+      { name: 'z', handler: 'h', dependsOn: ['fan'] },
+    ],
+  };
+
+  /** Runs `chain` until fan.1 fails for good (not retryable) and the run is Failed. */
+  function failedChain(): { run: WorkflowRun; host: FakeHost } {
+    const { run, host } = newRun(chain);
+    run.step();
+    runTask(run, 'a', 'A');
+    runTask(run, 'fan.0', 0);
+    started(run, 'fan.1');
+    failAttempt(run, 'fan.1', 'boom', false);
+    return { run, host };
+  }
+
+  it('names why a run failed: TaskFailed, ExpressionFailed, Cancelled', () => {
+    const { run } = failedChain();
+    expect(run.phase).toBe('Failed');
+    expect(run.reason).toBe('TaskFailed');
+    expect(run.runRecord()).toMatchObject({ phase: 'Failed', reason: 'TaskFailed' });
+    const bad = newRun({ pool: 'p', tasks: [{ name: 'a', handler: 'h', input: { x: '${{ inputs.nope }}' } }] }).run;
+    bad.step();
+    expect(bad.reason).toBe('ExpressionFailed');
+    const cancelled = newRun({ pool: 'p', tasks: [{ name: 'a', handler: 'h' }] }).run;
+    cancelled.step();
+    cancelled.stop('by hand');
+    expect([cancelled.phase, cancelled.reason]).toEqual(['Cancelled', 'Cancelled']);
+  });
+
+  it('retry re-runs only the failed and cancelled instances, keeps successes, and counts attempts afresh', () => {
+    const { run, host } = failedChain();
+    expect(phaseOf(run, 'fan.2')).toBe('Cancelled');
+    const targets = run.retryTargets().sort();
+    expect(targets).toEqual(['fan.1', 'fan.2', 'z']);
+    host.submits.length = 0;
+    host.advance(5_000);
+    run.retry('t1', targets);
+    expect(run.phase).toBe('Running');
+    expect(run.reason).toBeUndefined();
+    expect(run.finishedAt).toBeUndefined();
+    expect(run.retries).toBe(1);
+    expect(run.lastRetry).toMatchObject({ token: 't1', started: true, tasks: 3 });
+    // The failed item runs as attempt 2; the cancelled one that had been queued runs again too.
+    expect(host.submitted().sort()).toEqual(['fan.1#2', 'fan.2#2']);
+    expect(phaseOf(run, 'a')).toBe('Succeeded');
+    expect(phaseOf(run, 'fan.0')).toBe('Succeeded');
+    // maxAttempts 2 counts from the retry: attempt 2 failing retryably is retried once more.
+    started(run, 'fan.1');
+    failAttempt(run, 'fan.1', 'again', true);
+    expect(phaseOf(run, 'fan.1')).toBe('Retrying');
+    runTask(run, 'fan.2', 2);
+    host.advance(1_000);
+    run.tick();
+    expect(host.lastSubmit().attempt).toBe(3);
+    runTask(run, 'fan.1', 1);
+    runTask(run, 'z', 'Z');
+    expect(run.phase).toBe('Succeeded');
+    const record = run.runRecord();
+    expect(record).toMatchObject({ retries: 1, lastRetry: { token: 't1', started: true } });
+    // Restored by a new leader, the run keeps its retry count and answered token.
+    const again = newRun(chain, new FakeHost(), { run: record, tasks: run.allRecords() }).run;
+    expect(again.retries).toBe(1);
+    expect(again.lastRetry?.token).toBe('t1');
+    expect(rec(again, 'fan.1').attemptBase).toBe(1);
+  });
+
+  it('a retried run gets its workflow timeout afresh', () => {
+    const { run, host } = newRun({ pool: 'p', timeoutSeconds: 10, tasks: [{ name: 'a', handler: 'h' }] });
+    run.step();
+    host.advance(10_001);
+    run.tick();
+    expect(run.reason).toBe('Timeout');
+    host.advance(60_000);
+    run.retry('t', run.retryTargets());
+    expect(run.phase).toBe('Running');
+    host.advance(9_000);
+    run.tick();
+    expect(run.phase).toBe('Running');
+    host.advance(1_002);
+    run.tick();
+    expect(run.message).toBe('the workflow exceeded its timeout of 10s (counted from its latest retry)');
+  });
+
+  it('refuseRetry records why without changing the run', () => {
+    const { run } = newRun({ pool: 'p', tasks: [{ name: 'a', handler: 'h' }] });
+    run.step();
+    const v = run.version;
+    run.refuseRetry('x', 'the run is Running: only a Failed or Cancelled run can be retried');
+    expect(run.phase).toBe('Running');
+    expect(run.version).toBeGreaterThan(v);
+    expect(run.lastRetry).toMatchObject({ token: 'x', started: false, tasks: 0 });
+    expect(run.audit.at(-1)).toMatchObject({ type: 'RetryRefused' });
+  });
+
+  it('reports unserved queued work only after the grace period, and forgets it once served', () => {
+    const { run, host } = newRun({ pool: 'p', tasks: [{ name: 'a', handler: 'h' }] });
+    run.step();
+    expect(run.queuedNeeds()).toEqual([{ pool: 'p', handler: 'h', tasks: 1 }]);
+    const unserved = [{ pool: 'p', handler: 'h', tasks: 1, agents: 2, served: ['x'] }];
+    run.setUnserved(unserved);
+    expect(run.waiting()).toEqual([]);
+    const v = run.version;
+    host.advance(UNSERVED_GRACE_MS);
+    run.setUnserved(unserved);
+    expect(run.waiting()).toEqual(unserved);
+    expect(run.version).toBe(v + 1);
+    run.setUnserved(unserved);
+    expect(run.version).toBe(v + 1); // nothing new to show
+    run.setUnserved([]);
+    expect(run.waiting()).toEqual([]);
+    expect(run.version).toBe(v + 2);
+    run.setSuspended(true);
+    run.setUnserved(unserved);
+    host.advance(UNSERVED_GRACE_MS);
+    run.setUnserved(unserved);
+    expect(run.waiting()).toEqual([]); // a suspended run waits for nobody
+  });
+
+  it('shows the latest progress of a running attempt in its task summary, without saving it', () => {
+    const { run } = newRun({ pool: 'p', tasks: [{ name: 'a', handler: 'h' }] });
+    run.step();
+    started(run, 'a');
+    run.onEvent({ type: 'progress', ref: ref('a'), attempt: 1, fraction: 0.25, message: 'fetching' });
+    expect(run.status().tasks?.[0]).toMatchObject({ name: 'a', phase: 'Running', message: '25% fetching' });
+    expect(rec(run, 'a')).not.toHaveProperty('progress');
+    // A stale attempt's progress is ignored.
+    run.onEvent({ type: 'progress', ref: ref('a'), attempt: 0, fraction: 0.9, message: 'old' });
+    expect(run.status().tasks?.[0]?.message).toBe('25% fetching');
+  });
+
+  it('specHash ignores the fields applied to a started run (suspend, ttlSecondsAfterFinished) and key order', () => {
+    const spec: WorkflowSpec = { pool: 'p', tasks: [{ name: 'a', handler: 'h', input: { x: 1, y: 2 } }] };
+    const same: WorkflowSpec = {
+      tasks: [{ input: { y: 2, x: 1 }, handler: 'h', name: 'a' }],
+      pool: 'p',
+      suspend: true,
+      ttlSecondsAfterFinished: 60,
+    };
+    expect(specHash(same)).toBe(specHash(spec));
+    expect(specHash({ ...spec, pool: 'q' })).not.toBe(specHash(spec));
   });
 });
