@@ -120,7 +120,10 @@ Explore it (the control plane keeps running):
   kubectl describe workflow research-report -n ${NAMESPACE}  # conditions and Events
   kubectl get workflow research-report -n ${NAMESPACE} -o jsonpath='{.status.outputs}'
   kubectl get pods -n ${NAMESPACE} -o wide                   # agent pods, placed by the operator
-  kubectl scale agentpool researchers -n ${NAMESPACE} --replicas=3
+  kubectl patch agentpool researchers -n ${NAMESPACE} --type=merge -p '{"spec":{"autoscaling":{"minReplicas":3}}}'
+                                                             # the autoscaler owns replicas: move its bounds
+  kubectl annotate workflow research-report -n ${NAMESPACE} agentflow.io/rerun=again   # a fresh copy runs
+  kubectl logs -n ${NAMESPACE} -l agentflow.io/pool=researchers   # agent logs, one line per task start and end
   kubectl logs -n agentflow-system -l agentflow.io/role=leader
 
 Stop it with: npm run cluster:down

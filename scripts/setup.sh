@@ -14,7 +14,8 @@ mkdir -p "$AGENTFLOW_CACHE"
 
 log() { echo "setup: $*" >&2; }
 
-node_major() { "${1:-node}" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+# The node version as MAJOR*1000+MINOR (22.18 -> 22018), 0 when there is none.
+node_version() { "${1:-node}" -p 'const [a, b] = process.versions.node.split(".").map(Number); a * 1000 + b' 2>/dev/null || echo 0; }
 
 # Debian packages the harness shells out to, as "command:package".
 APT_NEEDS=(openssl:openssl)
@@ -40,11 +41,11 @@ ensure_node() {
     export PATH="$AGENTFLOW_CACHE/node/bin:$PATH"
     return
   fi
-  if command -v node >/dev/null && (( $(node_major) >= NODE_MIN_MAJOR )); then
+  if command -v node >/dev/null && (( $(node_version) >= NODE_MIN_MAJOR * 1000 + NODE_MIN_MINOR )); then
     return
   fi
-  command -v npm >/dev/null || { log "npm is needed to install Node >= $NODE_MIN_MAJOR (apt-get install npm)"; exit 1; }
-  log "node $(node --version 2>/dev/null || echo missing) is older than $NODE_MIN_MAJOR; installing $NODE_PACKAGE from the npm registry"
+  command -v npm >/dev/null || { log "npm is needed to install Node >= $NODE_MIN_MAJOR.$NODE_MIN_MINOR (apt-get install npm)"; exit 1; }
+  log "node $(node --version 2>/dev/null || echo missing) is older than $NODE_MIN_MAJOR.$NODE_MIN_MINOR; installing $NODE_PACKAGE from the npm registry"
   local dir="$AGENTFLOW_CACHE/node-pkg"
   rm -rf "$dir" && mkdir -p "$dir"
   npm install --prefix "$dir" --no-save --no-package-lock --no-audit --no-fund --loglevel=error "$NODE_PACKAGE" >&2

@@ -409,6 +409,7 @@ describe('chart', () => {
     ['operator.logLevel=verbose', "'/operator/logLevel'"],
     ['operator.watchNamespace=Team_A', "'/operator/watchNamespace'"],
     ['operator.leaseTtlSeconds=1', "'/operator/leaseTtlSeconds'"],
+    ['operator.waitingTimeoutSeconds=0', "'/operator/waitingTimeoutSeconds'"],
     ['dispatcher.service.type=ExternalName', "'/dispatcher/service/type'"],
     ['dispatcher.tls.mode=strict', "'/dispatcher/tls/mode'"],
     ['dispatcher.tls.extraSANs={not a name}', "'/dispatcher/tls/extraSANs/0'"],
@@ -943,6 +944,7 @@ describe('chart', () => {
         'operator.workers=4',
         'operator.logLevel=debug',
         'operator.watchNamespace=research',
+        'operator.waitingTimeoutSeconds=90',
       ],
     });
     const op = operatorContainer(objs);
@@ -959,6 +961,8 @@ describe('chart', () => {
     expect(flag(op.args, 'workers')).toBe('4');
     expect(flag(op.args, 'log-level')).toBe('debug');
     expect(flag(op.args, 'watch-namespace')).toBe('research');
+    expect(flag(op.args, 'waiting-timeout')).toBe('90');
+    expect(flag(operatorContainer(await render()).args, 'waiting-timeout')).toBe('600');
     expect(op.ports).toEqual([
       { name: 'dispatcher', containerPort: 7171, protocol: 'TCP' },
       { name: 'ops', containerPort: 9090, protocol: 'TCP' },

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parse } from '../../../src/operator/cli.ts';
+import { DEFAULT_WAITING_TIMEOUT_SECONDS } from '../../../src/operator/workflow/controller.ts';
 
 // The operator's flags for etcd password auth: both or neither, the password
 // from a file (never a flag value), and errors that name the flag.
@@ -88,5 +89,18 @@ describe('--watch-namespace', () => {
     ['a,b,a', '--watch-namespace: "a,b,a" names a namespace twice'],
   ])('refuses %s, naming the flag and the value', (value, message) => {
     expect(() => config(['--watch-namespace', value])).toThrow(message);
+  });
+});
+
+describe('operator flags: --waiting-timeout', () => {
+  it('defaults to DEFAULT_WAITING_TIMEOUT_SECONDS and takes the flag or AGENTFLOW_WAITING_TIMEOUT', () => {
+    expect(config([]).waitingTimeoutSeconds).toBe(DEFAULT_WAITING_TIMEOUT_SECONDS);
+    expect(config(['--waiting-timeout', '30']).waitingTimeoutSeconds).toBe(30);
+    vi.stubEnv('AGENTFLOW_WAITING_TIMEOUT', '45');
+    expect(config([]).waitingTimeoutSeconds).toBe(45);
+  });
+
+  it.each(['0', '-5', 'soon', '604801'])('refuses %s, naming the flag', (value) => {
+    expect(() => config(['--waiting-timeout', value])).toThrow(/--waiting-timeout/);
   });
 });
