@@ -1,13 +1,18 @@
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { installAgentflow } from '../cluster/agentflow-install.ts';
+import { binaryPath } from '../cluster/binaries.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
 import { localImages } from '../cluster/images.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
 import { nodes, startNodes, until } from '../integration/operator/helpers.ts';
 
 // `helm install` of the chart on the local control plane (operator pods from
-// the image, the shipped RBAC, probes), the README example to Succeeded,
-// then `helm uninstall`: no agentflow pods left, the CRDs kept.
+// the image, the shipped RBAC, probes), the README example to Succeeded by
+// running the README's own commands as written, then `helm uninstall`: no
+// agentflow pods left, the CRDs kept.
 
 // biome-ignore lint/suspicious/noExplicitAny: raw API JSON
 type Json = Record<string, any>;
@@ -21,6 +26,50 @@ async function kubectl(args: string[]): Promise<string> {
   const r = await cluster.kubectl(args);
   if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr}`);
   return r.stdout;
+}
+
+/** The command lines of README's sh block that starts with `first` (comments and blank lines dropped). */
+function readmeCommands(first: string): string[] {
+  const blocks = [...readFileSync('README.md', 'utf8').matchAll(/^```sh\n([\s\S]*?)^```/gm)].map((m) => m[1] ?? '');
+  const block = blocks.find((b) => b.startsWith(first));
+  if (!block) throw new Error(`README.md has no sh block starting with ${first}`);
+  return block
+    .split('\n')
+    .map((l) => l.replace(/\s+#.*$/, '').trim())
+    .filter((l) => l && !l.startsWith('#'));
+}
+
+/**
+ * Runs one README command line with bash, kubectl on PATH and the cluster's
+ * kubeconfig. A watch (`-w`) never exits by itself: it passes once its
+ * output shows `until`, and is then stopped.
+ */
+function runAsWritten(line: string, until?: RegExp): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('bash', ['-c', line], {
+      env: {
+        PATH: `${dirname(binaryPath('kubectl'))}:${process.env.PATH ?? ''}`,
+        KUBECONFIG: cluster.info.kubeconfig,
+        HOME: process.env.HOME ?? '',
+      },
+      detached: true,
+    });
+    let out = '';
+    const timer = setTimeout(() => {
+      process.kill(-(child.pid as number), 'SIGKILL');
+      reject(new Error(`"${line}" did not finish in 180 s; output:\n${out}`));
+    }, 180_000);
+    const onData = (b: Buffer) => {
+      out += b.toString();
+      if (until?.test(out)) process.kill(-(child.pid as number), 'SIGTERM');
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code: until?.test(out) ? 0 : code, out });
+    });
+  });
 }
 
 const releasePods = async () =>
@@ -63,9 +112,15 @@ describe('helm install', () => {
       30_000,
     );
 
-    examples = uniqueName('examples');
-    await kubectl(['create', 'namespace', examples]);
-    await kubectl(['apply', '-n', examples, '-f', 'deploy/examples/']);
+    // README's quick start, each command exactly as written (its namespace is `research`).
+    examples = 'research';
+    const outputs: string[] = [];
+    for (const line of readmeCommands('kubectl create namespace research')) {
+      const r = await runAsWritten(line, / -w\b/.test(line) ? /research-report\s+Succeeded/ : undefined);
+      expect(r.code, `${line}\n${r.out}`).toBe(0);
+      outputs.push(r.out);
+    }
+    expect(JSON.parse(outputs.at(-1) ?? '').title).toBe('Report: warm agent pools');
     const wf = await until(
       'research-report finished',
       () => cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${examples}/workflows/research-report`),
