@@ -75,6 +75,8 @@ export class WorkflowController {
   private readonly announced = new Map<string, string>();
   /** The last Waiting reason an Event was recorded for, per workflow. */
   private readonly announcedWaiting = new Map<string, string>();
+  /** The last rerun failure an Event was recorded for, per workflow. */
+  private readonly announcedRerunFailure = new Map<string, string>();
 
   constructor(o: WorkflowControllerOptions) {
     this.o = o;
@@ -121,6 +123,7 @@ export class WorkflowController {
       this.written.delete(key);
       this.announced.delete(key);
       this.announcedWaiting.delete(key);
+      this.announcedRerunFailure.delete(key);
       return undefined;
     }
     if (wf.metadata.deletionTimestamp) {
@@ -135,8 +138,17 @@ export class WorkflowController {
       await this.patchMeta(wf, { finalizers: [...(wf.metadata.finalizers ?? []), WORKFLOW_FINALIZER] });
       return undefined;
     }
-    await this.rerunIfAsked(wf, log);
+    const rerunRetry = await this.rerunIfAsked(wf, log);
+    const result = await this.reconcileRun(wf, log);
+    const after = minDefined(result?.requeueAfterMs, rerunRetry);
+    return after === undefined ? result : { ...result, requeueAfterMs: after };
+  }
 
+  /** Runs a workflow that exists and holds the finalizer: starts, resumes, retries, controls and reports its run. */
+  private async reconcileRun(wf: Workflow, log: Logger): Promise<ReconcileResult | undefined> {
+    const key = objectKey(wf);
+    const namespace = wf.metadata.namespace as string;
+    const name = wf.metadata.name as string;
     const annotations = wf.metadata.annotations ?? {};
     const retryToken = annotations[RETRY_ANNOTATION];
     const retryAsked = retryToken !== undefined && retryToken !== wf.status?.lastRetry?.token;
@@ -325,7 +337,7 @@ export class WorkflowController {
   private async finishedIdle(wf: Workflow, log: Logger): Promise<ReconcileResult | undefined> {
     const generation = wf.metadata.generation;
     if (generation !== undefined && wf.status?.observedGeneration !== generation) {
-      const message = `spec was edited (generation ${generation}) after the run finished: a finished run does not change. Retry it (annotate ${RETRY_ANNOTATION}) to re-run its failed tasks with the spec it ran, or re-run it from scratch under a new name with the new spec (annotate ${RERUN_ANNOTATION})`;
+      const message = specEditedMessage(generation, true);
       const prev = getCondition(wf.status?.conditions as Condition[] | undefined, 'SpecApplied');
       await this.writeStatus(wf, {
         conditions: setCondition((wf.status?.conditions ?? []) as Condition[], {
@@ -349,9 +361,9 @@ export class WorkflowController {
    * its uid and the request's value (so a repeated or re-sent request makes
    * one copy), with the current spec, running from scratch.
    */
-  private async rerunIfAsked(wf: Workflow, log: Logger): Promise<void> {
+  private async rerunIfAsked(wf: Workflow, log: Logger): Promise<number | undefined> {
     const token = wf.metadata.annotations?.[RERUN_ANNOTATION];
-    if (token === undefined || token === wf.status?.lastRerun?.token) return;
+    if (token === undefined || token === wf.status?.lastRerun?.token) return undefined;
     const namespace = wf.metadata.namespace as string;
     const name = rerunName(wf.metadata.name as string, wf.metadata.uid as string, token);
     const annotations = Object.fromEntries(
@@ -371,10 +383,27 @@ export class WorkflowController {
       spec: structuredClone(wf.spec),
     };
     try {
-      await this.o.client.create(resourcePath(WORKFLOWS, { namespace }), copy);
+      try {
+        await this.o.client.create(resourcePath(WORKFLOWS, { namespace }), copy);
+      } catch (err) {
+        if (!isAlreadyExists(err)) throw err;
+        // Made by an earlier try (whose status write was lost), or a workflow of that name that is no copy.
+        const there = await this.o.client.get<Workflow>(resourcePath(WORKFLOWS, { namespace, name }));
+        if (there.metadata.annotations?.[RERUN_OF_ANNOTATION] !== wf.metadata.name)
+          throw new Error(`a Workflow named ${name} exists and is not a copy of ${wf.metadata.name}`);
+      }
     } catch (err) {
-      if (!isAlreadyExists(err)) throw err;
+      // The copy could not be made (refused by the API server, or its name taken): say so, keep
+      // running this workflow as usual, and try again later rather than wedge its reconcile.
+      const message = `could not create Workflow ${name} to re-run this one: ${(err as Error).message}`;
+      log.warn('Rerun failed; trying again later', { as: name, error: err as Error });
+      if (this.announcedRerunFailure.get(objectKey(wf)) !== message) {
+        this.announcedRerunFailure.set(objectKey(wf), message);
+        this.o.events.record(wf, 'Warning', 'RerunFailed', message.slice(0, 1024));
+      }
+      return RERUN_RETRY_MS;
     }
+    this.announcedRerunFailure.delete(objectKey(wf));
     await this.writeStatus(wf, { lastRerun: { token, name } });
     log.info('Re-running the workflow from scratch under a new name', { as: name });
     this.o.events.record(wf, 'Normal', 'Rerun', `re-running from scratch as Workflow ${name}`);
@@ -382,6 +411,7 @@ export class WorkflowController {
       type: 'WorkflowRerun',
       detail: { token, as: name },
     });
+    return undefined;
   }
 
   private poolInfo(namespace: string): Map<string, PoolInfo> {
@@ -424,7 +454,7 @@ export class WorkflowController {
         : {
             ok: false,
             reason: run.finished ? 'RunFinished' : 'RunStarted',
-            message: `spec was edited (generation ${generation}) after the run started: only suspend and ttlSecondsAfterFinished apply to a started run. Re-run it from scratch under a new name with the new spec (annotate ${RERUN_ANNOTATION})`,
+            message: specEditedMessage(generation, run.finished),
           },
       ...(generation !== undefined && { generation }),
     });
@@ -530,6 +560,20 @@ export class WorkflowController {
     }
   }
 }
+
+/** What SpecApplied=False says: the edit is not applied, and what to do instead. */
+function specEditedMessage(generation: number | undefined, finished: boolean): string {
+  const when = finished
+    ? 'after the run finished: a finished run does not change'
+    : 'after the run started: only suspend and ttlSecondsAfterFinished apply to a started run';
+  return `spec was edited (generation ${generation}) ${when}. Re-run it from scratch under a new name with the new spec (annotate ${RERUN_ANNOTATION}); a retry (${RETRY_ANNOTATION}) runs only the spec the run started with, so revert the edit to retry`;
+}
+
+/** How soon a rerun whose copy could not be made is tried again. */
+const RERUN_RETRY_MS = 10_000;
+
+const minDefined = (a: number | undefined, b: number | undefined): number | undefined =>
+  a === undefined ? b : b === undefined ? a : Math.min(a, b);
 
 /** Name of a rerun's copy: the same for the same workflow and request, so a re-sent request makes one. */
 export function rerunName(name: string, uid: string, token: string): string {

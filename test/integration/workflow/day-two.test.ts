@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rerunName } from '../../../src/operator/workflow/controller.ts';
 import type { StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
@@ -11,6 +12,7 @@ import {
   installCrds,
   nodes,
   OperatorProcess,
+  operatorKubeconfig,
   pool,
   poolManifest,
   startNodes,
@@ -87,6 +89,14 @@ const events = async (name: string): Promise<Json[]> =>
   (await cluster.client.get<{ items: Json[] }>(`/api/v1/namespaces/${ns}/events`)).items.filter(
     (e) => e.involvedObject.name === name,
   );
+/** Waits for an Event on `name` that `match` accepts (the operator records Events without waiting). */
+const eventNamed = (name: string, match: (e: Json) => boolean) =>
+  until(
+    `an Event on ${name}`,
+    () => events(name),
+    (es) => es.some(match),
+    15_000,
+  );
 const annotate = async (what: string, kv: string) => {
   const r = await cluster.kubectl(['annotate', '-n', ns, what, kv, '--overwrite']);
   expect(r.code, r.stderr).toBe(0);
@@ -111,6 +121,8 @@ beforeAll(async () => {
     election: uniqueName('d2'),
     dispatcherPort: await freePort(),
     waitingTimeout: WAITING_TIMEOUT,
+    // Exactly the shipped RBAC: a rerun's copy is created with the operator's own permissions.
+    kubeconfig: await operatorKubeconfig(cluster, ns),
   });
   await operator.waitFor('Operator is leading');
   await apply(cluster, agentPool('agents'));
@@ -143,7 +155,7 @@ describe('day-two operation', () => {
     expect(condition(waiting, 'Waiting')?.message).toContain('AgentPool "later" not found');
     expect(condition(waiting, 'Failed')).toMatchObject({ status: 'False' });
     expect(waiting.status.message).toContain('AgentPool "later" not found');
-    expect((await events('early')).some((e) => e.reason === 'PoolNotFound' && e.type === 'Warning')).toBe(true);
+    await eventNamed('early', (e) => e.reason === 'PoolNotFound' && e.type === 'Warning');
 
     await apply(cluster, agentPool('later'));
     const done = await until('early Succeeded', () => getWf('early'), phaseIs('Succeeded', 'Failed'), 60_000);
@@ -201,7 +213,7 @@ describe('day-two operation', () => {
       30_000,
     );
     expect(poolEvents.find((e) => e.reason === 'HandlerNotServed')?.message).toContain('Workflow unserved waiting:');
-    expect((await events('unserved')).some((e) => e.reason === 'HandlerNotServed' && e.type === 'Warning')).toBe(true);
+    await eventNamed('unserved', (e) => e.reason === 'HandlerNotServed' && e.type === 'Warning');
 
     const failed = await until('unserved Failed', () => getWf('unserved'), phaseIs('Failed', 'Succeeded'), 60_000);
     expect(failed.status.phase).toBe('Failed');
@@ -263,11 +275,18 @@ describe('day-two operation', () => {
     const wide = await cluster.kubectl(['get', '-n', ns, 'awf/gated', '-o', 'wide', '--no-headers']);
     expect(wide.stdout).toContain('task fan.1 failed (not retryable): gate closed:');
 
-    const before = {
-      first: runsOf('gated/first').length,
-      fan0: runsOf('gated/fan.0').length,
-      fan2: runsOf('gated/fan.2').length,
-    };
+    // fan.0 and fan.2 race fan.1's failure: one still running then is cancelled with the run (and
+    // re-run by the retry); one whose success is committed in etcd must never run again.
+    // Once no claim is left, no result of this run can still be committed: the snapshot holds.
+    await until(
+      'no claim left',
+      () => store.client.getAll().prefix(`${prefix}/claims/${ns}/gated/`).keys(),
+      (keys) => keys.length === 0,
+    );
+    const siblings = ['fan.0', 'fan.2'];
+    const before = new Map(siblings.map((t) => [t, runsOf(`gated/${t}`).length]));
+    const succeeded = new Set<string>();
+    for (const t of siblings) if ((await result('gated', t))?.ok === true) succeeded.add(t);
     writeFileSync(flag, 'open');
     await annotate('awf/gated', 'agentflow.io/retry=one');
     const done = await until(
@@ -282,18 +301,19 @@ describe('day-two operation', () => {
     const waitOk = await cluster.kubectl(['wait', '-n', ns, 'awf/gated', '--for=condition=Succeeded', '--timeout=5s']);
     expect(waitOk.code, waitOk.stderr).toBe(0);
     // What succeeded never ran again; the failed item ran once more (attempt 2), then what waited on it.
-    expect(runsOf('gated/first').length).toBe(before.first);
-    expect(runsOf('gated/fan.0').length).toBe(before.fan0);
-    expect(runsOf('gated/fan.2').length).toBe(before.fan2);
+    expect(runsOf('gated/first')).toHaveLength(1);
+    for (const t of siblings) {
+      expect(runsOf(`gated/${t}`).length, t).toBe((before.get(t) ?? 0) + (succeeded.has(t) ? 0 : 1));
+      expect(await result('gated', t), t).toMatchObject({ ok: true });
+    }
     expect(runsOf('gated/fan.1').map((l) => l.attempt)).toEqual([1, 2]);
     expect(runsOf('gated/last').length).toBe(1);
     expect(await result('gated', 'first')).toMatchObject({ ok: true, attempt: 1 });
-    expect(await result('gated', 'fan.0')).toMatchObject({ ok: true, attempt: 1 });
     expect(await result('gated', 'fan.1')).toMatchObject({ ok: true, attempt: 2 });
     // The failure is kept as attempt history.
     const history = await store.client.get(`${prefix}/attempts/${ns}/gated/fan.1/1`).string();
     expect(JSON.parse(history ?? '{}')).toMatchObject({ ok: false, attempt: 1 });
-    expect((await events('gated')).some((e) => e.reason === 'Retrying')).toBe(true);
+    await eventNamed('gated', (e) => e.reason === 'Retrying');
 
     // The same request again changes nothing; a retry of a Succeeded run is refused with a reason.
     await annotate('awf/gated', 'agentflow.io/retry=two');
@@ -308,7 +328,7 @@ describe('day-two operation', () => {
       message: 'the run is Succeeded: only a Failed or Cancelled run can be retried',
     });
     expect(refused.status.retries).toBe(1);
-    expect((await events('gated')).some((e) => e.reason === 'RetryRefused')).toBe(true);
+    await eventNamed('gated', (e) => e.reason === 'RetryRefused');
   });
 
   it('reports an edit to a finished run, refuses to retry it under the edited spec, and re-runs it under a new name', async () => {
@@ -340,7 +360,7 @@ describe('day-two operation', () => {
     expect(condition(reported, 'SpecApplied')?.message).toContain(
       'after the run finished: a finished run does not change',
     );
-    expect((await events('edited')).some((e) => e.reason === 'SpecChangeIgnored')).toBe(true);
+    await eventNamed('edited', (e) => e.reason === 'SpecChangeIgnored');
 
     await annotate('awf/edited', 'agentflow.io/retry=r1');
     const refused = await until(
@@ -367,6 +387,32 @@ describe('day-two operation', () => {
     expect(again.metadata.annotations['agentflow.io/rerun-of']).toBe('edited');
     expect(again.metadata.annotations['agentflow.io/rerun']).toBeUndefined();
     expect(again.spec.tasks[0].handler).toBe('step');
+  });
+
+  it('a rerun whose name is taken by another workflow fails alone, with an Event, and retries stay possible', async () => {
+    await apply(cluster, workflow('taken', { pool: 'agents', tasks: [{ name: 'a', handler: 'step' }] }));
+    const done = await until('taken Succeeded', () => getWf('taken'), phaseIs('Succeeded'), 60_000);
+    const squatter = rerunName('taken', done.metadata.uid, 'x');
+    await apply(cluster, workflow(squatter, { pool: 'agents', tasks: [{ name: 'a', handler: 'step' }] }));
+    await annotate('awf/taken', 'agentflow.io/rerun=x');
+    const failed = await until(
+      'RerunFailed',
+      () => events('taken'),
+      (es) => es.some((e) => e.reason === 'RerunFailed'),
+      30_000,
+    );
+    expect(failed.find((e) => e.reason === 'RerunFailed')?.message).toBe(
+      `could not create Workflow ${squatter} to re-run this one: a Workflow named ${squatter} exists and is not a copy of taken`,
+    );
+    // The workflow is not wedged: a retry request is still answered (refused: it succeeded).
+    await annotate('awf/taken', 'agentflow.io/retry=y');
+    const answered = await until(
+      'retry answered',
+      () => getWf('taken'),
+      (w) => w.status?.lastRetry?.token === 'y',
+    );
+    expect(answered.status.lastRetry.started).toBe(false);
+    expect(answered.status.lastRerun).toBeUndefined();
   });
 
   it('retries a Cancelled run: its cancel annotation is answered and removed, and the run finishes', async () => {
