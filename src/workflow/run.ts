@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto';
 import {
   DEFAULT_MAX_FOREACH_ITEMS,
   DEFAULT_MAX_SPAWNED_CHILDREN,
+  DEFAULT_PRIORITY,
   DEFAULT_RETRY,
+  DEFAULT_TASK_COST,
   MAX_EXPRESSION_COST,
   MAX_TASK_EXPRESSION_COST,
   type WorkflowSpec,
@@ -292,7 +294,7 @@ export class WorkflowRun {
       attempt: 0,
       handler: t.handler,
       pool: (t.pool ?? this.spec.pool) as string,
-      cost: t.cost ?? 1,
+      cost: t.cost ?? DEFAULT_TASK_COST,
       ...extra,
     };
   }
@@ -548,7 +550,7 @@ export class WorkflowRun {
       input: i.input ?? null,
       attempt: i.attempt,
       cost: i.cost,
-      priority: this.spec.priority ?? 0,
+      priority: this.spec.priority ?? DEFAULT_PRIORITY,
       ...(timeout !== undefined && { timeoutSeconds: timeout }),
     });
     this.audit.push({ type: 'TaskQueued', task: i.name, attempt: i.attempt });

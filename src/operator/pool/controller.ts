@@ -1,5 +1,6 @@
 import type { V1Binding, V1Node, V1Pod } from '@kubernetes/client-node';
-import type { AgentPool, AgentPoolStatus } from '../../api/agentpool.ts';
+import { type AgentPool, type AgentPoolStatus, DEFAULT_POOL } from '../../api/agentpool.ts';
+import type { PoolStats } from '../../dispatcher/types.ts';
 import type { Logger } from '../../lib/log.ts';
 import {
   AGENTPOOLS,
@@ -39,19 +40,7 @@ export interface AgentDirectory {
   drainPod(namespace: string, pool: string, pod: string, timeoutSeconds: number): boolean;
   /** Whether an agent of this pod still holds a stream. */
   podConnected(namespace: string, pool: string, pod: string): boolean;
-  poolStats(
-    namespace: string,
-    pool: string,
-  ): {
-    connectedAgents: number;
-    capacity: number;
-    inflight: number;
-    queued: number;
-    /** Handlers the connected, non-draining agents register. */
-    handlers: string[];
-    /** Handlers of the tasks queued for the pool. */
-    wanted: string[];
-  };
+  poolStats(namespace: string, pool: string): PoolStats;
 }
 
 /** The pool's etcd records, removed when the pool is deleted (fenced by leadership). */
@@ -275,9 +264,9 @@ export class PoolController {
       current,
       min: a.minReplicas,
       max: a.maxReplicas,
-      targetUtilization: a.targetUtilization ?? 80,
-      scaleDownDelaySeconds: a.scaleDownDelaySeconds ?? 300,
-      slotsPerAgent: pool.spec.agent.capacity ?? 1,
+      targetUtilization: a.targetUtilization ?? DEFAULT_POOL.targetUtilization,
+      scaleDownDelaySeconds: a.scaleDownDelaySeconds ?? DEFAULT_POOL.scaleDownDelaySeconds,
+      slotsPerAgent: pool.spec.agent.capacity ?? DEFAULT_POOL.capacity,
       inflight: stats.inflight,
       queued: stats.queued,
       ...(prev && { state: prev }),
@@ -309,7 +298,7 @@ export class PoolController {
     const namespace = pod.metadata?.namespace as string;
     const name = pod.metadata?.name as string;
     const poolName = pool.metadata.name as string;
-    const timeout = pool.spec.agent.drainTimeoutSeconds ?? 300;
+    const timeout = pool.spec.agent.drainTimeoutSeconds ?? DEFAULT_POOL.drainTimeoutSeconds;
     const startedAt = pod.metadata?.annotations?.[DRAIN_ANNOTATION];
     const agents = this.o.agents;
     if (!startedAt) {
@@ -376,7 +365,7 @@ export class PoolController {
           : p;
       });
       const res = place(pod, nodes, pods, {
-        strategy: pool.spec.placement?.strategy ?? 'Spread',
+        strategy: pool.spec.placement?.strategy ?? DEFAULT_POOL.strategy,
         ...(pool.spec.placement?.maxPerNode !== undefined && { maxPerNode: pool.spec.placement.maxPerNode }),
         samePool: (p) => p.metadata?.namespace === namespace && p.metadata.labels?.[POOL_LABEL] === poolName,
       });

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { V1Container, V1EnvVar, V1Pod, V1Volume, V1VolumeMount } from '@kubernetes/client-node';
-import type { AgentPool } from '../../api/agentpool.ts';
+import { type AgentPool, DEFAULT_POOL } from '../../api/agentpool.ts';
 
 export const POOL_LABEL = 'agentflow.io/pool';
 export const HASH_LABEL = 'agentflow.io/template-hash';
@@ -69,7 +69,7 @@ export function buildPod(pool: AgentPool, ordinal: number, endpoints: AgentEndpo
   const tpl = structuredClone(pool.spec.template);
   const spec = tpl.spec ?? { containers: [] };
   const agent = pool.spec.agent;
-  const drainSeconds = agent.drainTimeoutSeconds ?? 300;
+  const drainSeconds = agent.drainTimeoutSeconds ?? DEFAULT_POOL.drainTimeoutSeconds;
   const wiring: V1EnvVar[] = [
     { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
     { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
@@ -77,7 +77,7 @@ export function buildPod(pool: AgentPool, ordinal: number, endpoints: AgentEndpo
     { name: 'AGENTFLOW_TOKEN_FILE', value: `${CREDENTIALS_DIR}/token` },
     { name: 'AGENTFLOW_DISPATCHER_CA_FILE', value: `${CREDENTIALS_DIR}/ca/ca.crt` },
     { name: 'AGENTFLOW_POOL', value: name },
-    { name: 'AGENTFLOW_CAPACITY', value: String(agent.capacity ?? 1) },
+    { name: 'AGENTFLOW_CAPACITY', value: String(agent.capacity ?? DEFAULT_POOL.capacity) },
     { name: 'AGENTFLOW_DRAIN_TIMEOUT_SECONDS', value: String(drainSeconds) },
   ];
   const mount: V1VolumeMount = { name: CREDENTIALS_VOLUME, mountPath: CREDENTIALS_DIR, readOnly: true };

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rerunName } from '../../../src/operator/workflow/controller.ts';
@@ -14,11 +14,11 @@ import {
   OperatorProcess,
   operatorKubeconfig,
   pool,
-  poolManifest,
   startNodes,
   until,
 } from '../operator/helpers.ts';
 import { testStore } from '../state/helpers.ts';
+import { fixturePool, getWorkflow, type Json, phaseIs, readHandlerLog, workflowManifest } from './helpers.ts';
 
 // Day-two operation on the local control plane (real operator, agents in pool
 // pods, etcd): a Workflow applied before its AgentPool waits and then runs; a
@@ -39,51 +39,16 @@ const fixture = resolve('test/fixtures/agent/day-two-handlers.mjs');
 /** The operator's --waiting-timeout in this file (seconds). */
 const WAITING_TIMEOUT = 8;
 
-// biome-ignore lint/suspicious/noExplicitAny: raw API JSON
-type Json = Record<string, any>;
-
 function agentPool(name: string, o: { handlers?: string[] } = {}): Json {
-  const m = poolManifest(ns, name, {
-    replicas: 1,
-    group,
-    capacity: 8,
-    drainTimeoutSeconds: 5,
-    cpu: '10m',
-    memory: '32Mi',
-    command: [process.execPath, resolve('src/agent/main.ts')],
-    env: [
-      { name: 'AGENTFLOW_HANDLERS_MODULE', value: fixture },
-      { name: 'HANDLER_LOG', value: handlerLog },
-    ],
-  }) as Json;
+  const m = fixturePool(ns, name, { group, replicas: 1, handlersModule: fixture, handlerLog });
   if (o.handlers) m.spec.agent.handlers = o.handlers;
   return m;
 }
 
-function workflow(name: string, spec: Json, annotations?: Record<string, string>): Json {
-  return {
-    apiVersion: 'agentflow.io/v1alpha1',
-    kind: 'Workflow',
-    metadata: { name, namespace: ns, ...(annotations && { annotations }) },
-    spec,
-  };
-}
-
-const getWf = (name: string) =>
-  cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/${name}`);
-const phaseIs =
-  (...phases: string[]) =>
-  (w: Json) =>
-    phases.includes(w.status?.phase);
+const workflow = (name: string, spec: Json): Json => workflowManifest(ns, name, spec);
+const getWf = (name: string) => getWorkflow(cluster, ns, name);
 const condition = (w: Json, type: string): Json | undefined => w.status?.conditions?.find((c: Json) => c.type === type);
-const handlerLines = (): Json[] =>
-  existsSync(handlerLog)
-    ? readFileSync(handlerLog, 'utf8')
-        .trim()
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Json)
-    : [];
+const handlerLines = (): Json[] => readHandlerLog(handlerLog);
 const runsOf = (task: string) => handlerLines().filter((l) => l.task === task);
 const events = async (name: string): Promise<Json[]> =>
   (await cluster.client.get<{ items: Json[] }>(`/api/v1/namespaces/${ns}/events`)).items.filter(
@@ -242,7 +207,7 @@ describe('day-two operation', () => {
             handler: 'gate',
             dependsOn: ['first'],
             forEach: '[0, 1, 2]',
-            input: { i: '${{ item }}', unlessFile: '${{ item == 1 ? "' + flag + '" : "" }}' },
+            input: { i: '${{ item }}', unlessFile: `\${{ item == 1 ? "${flag}" : "" }}` },
           },
           { name: 'last', handler: 'step', dependsOn: ['fan'] },
         ],

@@ -1,4 +1,3 @@
-import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StateStore } from '../../../src/state/index.ts';
@@ -17,6 +16,7 @@ import {
   until,
 } from '../operator/helpers.ts';
 import { testStore } from '../state/helpers.ts';
+import { getWorkflow, type Json, readHandlerLog } from './helpers.ts';
 
 // The operator leader dies mid-workflow (kill -9): the standby takes over,
 // resumes the run from its etcd records, the agents reconnect to the new
@@ -24,9 +24,6 @@ import { testStore } from '../state/helpers.ts';
 // task run once. A finished workflow is deleted after ttlSecondsAfterFinished
 // together with its etcd records. A leader killed right after it acknowledged
 // a spawn has the children durable: after the failover each runs once.
-
-// biome-ignore lint/suspicious/noExplicitAny: raw API JSON
-type Json = Record<string, any>;
 
 let cluster: ClusterHandle;
 let ns: string;
@@ -38,16 +35,8 @@ const operators: OperatorProcess[] = [];
 let dispatcherPort: number;
 let handlerLog: string;
 
-const getWf = (name: string) =>
-  cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/${name}`);
-const handlerLines = (): Json[] =>
-  existsSync(handlerLog)
-    ? readFileSync(handlerLog, 'utf8')
-        .trim()
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Json)
-    : [];
+const getWf = (name: string) => getWorkflow(cluster, ns, name);
+const handlerLines = (): Json[] => readHandlerLog(handlerLog);
 
 function operator(name: string): OperatorProcess {
   // Agents usually come back within their lease (election ~3 s, then up to 5 s of reconnect back-off) and

@@ -1,5 +1,5 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_SPAWNED_CHILDREN } from '../../../src/api/workflow.ts';
@@ -15,11 +15,11 @@ import {
   OperatorProcess,
   pods,
   pool,
-  poolManifest,
   startNodes,
   until,
 } from '../operator/helpers.ts';
 import { testStore } from '../state/helpers.ts';
+import { fixturePool, getWorkflow, type Json, phaseIs, readHandlerLog, workflowManifest } from './helpers.ts';
 
 // The workflow engine end to end on the local control plane: a real operator
 // process (leader, dispatcher, controllers), real agentflow-agent processes
@@ -37,45 +37,20 @@ const prefix = `/${uniqueName('wf')}`;
 const group = uniqueName('g');
 let handlerLog: string;
 
-// biome-ignore lint/suspicious/noExplicitAny: raw API JSON
-type Json = Record<string, any>;
-
 function agentPool(name: string, o: { replicas: number; capacity?: number; autoscaling?: Json }): Json {
-  const m = poolManifest(ns, name, {
-    replicas: o.replicas,
+  const m = fixturePool(ns, name, {
+    ...o,
     group,
-    capacity: o.capacity ?? 8,
-    drainTimeoutSeconds: 5,
-    cpu: '10m',
-    memory: '32Mi',
-    command: [process.execPath, resolve('src/agent/main.ts')],
-    env: [
-      { name: 'AGENTFLOW_HANDLERS_MODULE', value: resolve('test/fixtures/agent/workflow-handlers.mjs') },
-      { name: 'HANDLER_LOG', value: handlerLog },
-    ],
-  }) as Json;
+    handlersModule: 'test/fixtures/agent/workflow-handlers.mjs',
+    handlerLog,
+  });
   if (o.autoscaling) m.spec.autoscaling = o.autoscaling;
   return m;
 }
 
-function workflow(name: string, spec: Json): Json {
-  return { apiVersion: 'agentflow.io/v1alpha1', kind: 'Workflow', metadata: { name, namespace: ns }, spec };
-}
-
-const getWf = (name: string) =>
-  cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/${name}`);
-const phaseIs =
-  (...phases: string[]) =>
-  (w: Json) =>
-    phases.includes(w.status?.phase);
-const handlerLines = (): Json[] =>
-  existsSync(handlerLog)
-    ? readFileSync(handlerLog, 'utf8')
-        .trim()
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Json)
-    : [];
+const workflow = (name: string, spec: Json): Json => workflowManifest(ns, name, spec);
+const getWf = (name: string) => getWorkflow(cluster, ns, name);
+const handlerLines = (): Json[] => readHandlerLog(handlerLog);
 
 beforeAll(async () => {
   cluster = testCluster();
