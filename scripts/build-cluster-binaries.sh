@@ -2,7 +2,8 @@
 # Builds the real control-plane binaries the test harness runs: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl and etcd (from the wrapper
 # module in test/cluster/gomod, pinned to one Kubernetes release), helm, and the
-# lincheck linearizability checker (tools/lincheck, keyed by its content hash).
+# lincheck linearizability checker (tools/lincheck, keyed by its content hash)
+# and etcdutl (tools/etcdutl pins it), which `agentflow restore` runs.
 # Results are cached outside git in ~/.cache/agentflow/bin/<component>-<version>/
 # so later runs skip the build entirely; each binary is written to a temporary
 # name and renamed, so an interrupted build never leaves a broken binary.
@@ -65,6 +66,18 @@ build_lincheck() {
   echo "built lincheck in $((SECONDS - t0))s" >&2
 }
 
+build_etcdutl() {
+  local dir="$CACHE/bin/etcdutl-$ETCDUTL_VERSION"
+  [[ -x "$dir/etcdutl" ]] && return 0
+  mkdir -p "$dir"
+  local t0=$SECONDS
+  # -mod=readonly: tools/etcdutl/go.sum pins every module it is built from.
+  (cd "$ROOT/tools/etcdutl" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$dir/etcdutl.tmp.$$" go.etcd.io/etcd/etcdutl/v3)
+  mv "$dir/etcdutl.tmp.$$" "$dir/etcdutl"
+  echo "built etcdutl in $((SECONDS - t0))s" >&2
+}
+
 build_kube
 build_helm
 build_lincheck
+build_etcdutl

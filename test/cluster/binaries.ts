@@ -19,7 +19,14 @@ export function cacheDir(): string {
   return process.env.AGENTFLOW_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'agentflow');
 }
 
-export type Binary = 'etcd' | 'kube-apiserver' | 'kube-controller-manager' | 'kube-scheduler' | 'kubectl' | 'helm';
+export type Binary =
+  | 'etcd'
+  | 'kube-apiserver'
+  | 'kube-controller-manager'
+  | 'kube-scheduler'
+  | 'kubectl'
+  | 'helm'
+  | 'etcdutl';
 
 /** Absolute path of a Go-built binary from the cache; throws with the fix if missing. */
 export function binaryPath(name: Binary): string {
@@ -27,7 +34,9 @@ export function binaryPath(name: Binary): string {
   const dir =
     name === 'helm'
       ? join(cacheDir(), 'bin', `helm-${v.HELM_VERSION}`)
-      : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
+      : name === 'etcdutl'
+        ? join(cacheDir(), 'bin', `etcdutl-${v.ETCDUTL_VERSION}`)
+        : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
   const path = join(dir, name);
   if (!existsSync(path)) {
     throw new Error(`${name} not found at ${path}; run \`npm run setup\` to build it`);
