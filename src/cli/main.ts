@@ -11,6 +11,8 @@ const USAGE = `Usage: agentflow <command> [flags]
 Commands:
   operator   run the operator (leader election, controllers, dispatcher)
   agent      run an agent of a pool (what agent pods run)
+  backup     snapshot agentflow's etcd (backup snapshot), check a snapshot (backup verify)
+  restore    restore a snapshot into a fresh etcd data directory
 
 Flags:
   -h, --help   this text
@@ -26,6 +28,10 @@ async function main(argv: string[]): Promise<number> {
       return (await import('../operator/cli.ts')).main(rest);
     case 'agent':
       return (await import('../agent/cli.ts')).main(rest);
+    case 'backup':
+      return (await import('../backup/cli.ts')).backupMain(rest);
+    case 'restore':
+      return (await import('../backup/cli.ts')).restoreMain(rest);
     case '--version':
       process.stdout.write(VERSION_LINE);
       return 0;

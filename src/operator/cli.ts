@@ -1,11 +1,11 @@
 // agentflow-operator: what the operator Deployment runs. Exit codes: 0 after
 // SIGTERM/SIGINT, 1 when leadership is lost or the operator fails (Kubernetes
 // restarts it as a fresh candidate), 2 for bad flags.
-import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_SPAWNED_CHILDREN } from '../api/workflow.ts';
+import { ETCD_FLAG_OPTIONS, ETCD_FLAGS_USAGE, etcdConnection, flag, UsageError } from '../lib/etcd-flags.ts';
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger, type Level } from '../lib/log.ts';
 import { Registry } from '../lib/metrics.ts';
@@ -17,13 +17,7 @@ const USAGE = `Usage: agentflow-operator [flags]
 
 Flags (each also read from the environment variable in brackets):
   --kubeconfig PATH               kubeconfig; default: in-cluster service account, else $KUBECONFIG / ~/.kube/config
-  --etcd-endpoints URLS           agentflow's etcd, comma-separated           [AGENTFLOW_ETCD_ENDPOINTS] (required)
-  --etcd-prefix PREFIX            root of agentflow's etcd keys (/agentflow/v1) [AGENTFLOW_ETCD_PREFIX]
-  --etcd-ca-file PATH             CA of etcd's TLS certificate (https endpoints) [AGENTFLOW_ETCD_CA_FILE]
-  --etcd-cert-file PATH           client certificate for etcd                  [AGENTFLOW_ETCD_CERT_FILE]
-  --etcd-key-file PATH            its key                                       [AGENTFLOW_ETCD_KEY_FILE]
-  --etcd-username NAME            etcd user for password auth (default: the client certificate's CN) [AGENTFLOW_ETCD_USERNAME]
-  --etcd-password-file PATH       file holding that user's password            [AGENTFLOW_ETCD_PASSWORD_FILE]
+${ETCD_FLAGS_USAGE}
   --watch-namespace NS[,NS...]    only these namespaces' pools and workflows (default: all)
                                                                                  [AGENTFLOW_WATCH_NAMESPACE]
   --ops-address HOST:PORT         /healthz, /readyz, /metrics (0.0.0.0:8080)   [AGENTFLOW_OPS_ADDRESS]
@@ -56,74 +50,11 @@ Flags (each also read from the environment variable in brackets):
   -h, --help
 `;
 
-class UsageError extends Error {}
-
-const flag = (values: Record<string, unknown>, name: string, env: string): string | undefined => {
-  const v = values[name] ?? process.env[env];
-  return typeof v === 'string' && v !== '' ? v : undefined;
-};
-
 function hostPort(name: string, v: string): string {
   if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]*):\d{1,5}$/.test(v) || Number(v.slice(v.lastIndexOf(':') + 1)) > 65535) {
     throw new UsageError(`--${name}: must be HOST:PORT (port 0-65535), got "${v}"`);
   }
   return v;
-}
-
-function urls(name: string, v: string): string[] {
-  const list = v
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
-  for (const u of list) {
-    if (!URL.canParse(u) || !/^https?:$/.test(new URL(u).protocol)) {
-      throw new UsageError(`--${name}: "${u}" is not an http(s) URL`);
-    }
-  }
-  if (list.length === 0) throw new UsageError(`--${name}: at least one URL is required`);
-  return list;
-}
-
-function readFlagFile(name: string, path: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new UsageError(`--${name}: cannot read ${path}: ${(err as Error).message}`);
-  }
-}
-
-function etcdTls(values: Record<string, unknown>): { ca: Buffer; cert?: Buffer; key?: Buffer } | undefined {
-  const ca = flag(values, 'etcd-ca-file', 'AGENTFLOW_ETCD_CA_FILE');
-  const cert = flag(values, 'etcd-cert-file', 'AGENTFLOW_ETCD_CERT_FILE');
-  const key = flag(values, 'etcd-key-file', 'AGENTFLOW_ETCD_KEY_FILE');
-  if (!ca) {
-    if (cert || key) throw new UsageError('--etcd-cert-file and --etcd-key-file need --etcd-ca-file');
-    return undefined;
-  }
-  if (Boolean(cert) !== Boolean(key)) throw new UsageError('--etcd-cert-file and --etcd-key-file go together');
-  return {
-    ca: readFlagFile('etcd-ca-file', ca),
-    ...(cert && { cert: readFlagFile('etcd-cert-file', cert) }),
-    ...(key && { key: readFlagFile('etcd-key-file', key) }),
-  };
-}
-
-/**
- * Password auth for an external etcd that uses it. A file, not a flag value,
- * so the password shows in no process listing; one trailing newline (what
- * `echo` and most editors add) is not part of it.
- */
-function etcdAuth(values: Record<string, unknown>): { username: string; password: string } | undefined {
-  const username = flag(values, 'etcd-username', 'AGENTFLOW_ETCD_USERNAME');
-  const passwordFile = flag(values, 'etcd-password-file', 'AGENTFLOW_ETCD_PASSWORD_FILE');
-  if (!username && !passwordFile) return undefined;
-  if (!passwordFile) throw new UsageError('--etcd-username needs --etcd-password-file');
-  if (!username) throw new UsageError('--etcd-password-file needs --etcd-username');
-  const password = readFlagFile('etcd-password-file', passwordFile)
-    .toString('utf8')
-    .replace(/\r?\n$/, '');
-  if (password === '') throw new UsageError(`--etcd-password-file: ${passwordFile} is empty`);
-  return { username, password };
 }
 
 function int(name: string, v: string, min: number, max: number): number {
@@ -143,13 +74,7 @@ function readFlags(argv: string[]): Record<string, unknown> {
       strict: true,
       options: {
         kubeconfig: { type: 'string' },
-        'etcd-endpoints': { type: 'string' },
-        'etcd-prefix': { type: 'string' },
-        'etcd-ca-file': { type: 'string' },
-        'etcd-cert-file': { type: 'string' },
-        'etcd-key-file': { type: 'string' },
-        'etcd-username': { type: 'string' },
-        'etcd-password-file': { type: 'string' },
+        ...ETCD_FLAG_OPTIONS,
         'watch-namespace': { type: 'string' },
         'ops-address': { type: 'string' },
         'dispatcher-address': { type: 'string' },
@@ -184,14 +109,9 @@ export function parse(argv: string[]): Config | 'help' {
 
 function configFrom(values: Record<string, unknown>): Config | 'help' {
   if (values.help) return 'help';
-  const etcdRaw = flag(values, 'etcd-endpoints', 'AGENTFLOW_ETCD_ENDPOINTS');
-  if (!etcdRaw) throw new UsageError('--etcd-endpoints (or AGENTFLOW_ETCD_ENDPOINTS) is required');
-  const etcd = urls('etcd-endpoints', etcdRaw);
+  const etcdConn = etcdConnection(values);
   const agentDispatcher = flag(values, 'agent-dispatcher', 'AGENTFLOW_AGENT_DISPATCHER');
   if (!agentDispatcher) throw new UsageError('--agent-dispatcher (or AGENTFLOW_AGENT_DISPATCHER) is required');
-  const prefix = flag(values, 'etcd-prefix', 'AGENTFLOW_ETCD_PREFIX') ?? '/agentflow/v1';
-  if (!/^\/\S*[^/]$/.test(prefix))
-    throw new UsageError(`--etcd-prefix: must start with "/" and not end with one, got "${prefix}"`);
   const nsRaw = flag(values, 'watch-namespace', 'AGENTFLOW_WATCH_NAMESPACE');
   const watchNamespaces = nsRaw === undefined ? undefined : nsRaw.split(',').map((n) => n.trim());
   for (const n of watchNamespaces ?? []) {
@@ -242,16 +162,11 @@ function configFrom(values: Record<string, unknown>): Config | 'help' {
   if (!kubeConfig.getCurrentCluster()) {
     throw new UsageError('--kubeconfig: no cluster found (not in a pod, and no kubeconfig); pass --kubeconfig');
   }
-  const tls = etcdTls(values);
-  const auth = etcdAuth(values);
   const podName = process.env.POD_NAME;
   const podNamespace = process.env.POD_NAMESPACE;
   return {
     kubeConfig,
-    etcd,
-    etcdPrefix: prefix,
-    ...(tls && { etcdTls: tls }),
-    ...(auth && { etcdAuth: auth }),
+    ...etcdConn,
     ...(watchNamespaces && { watchNamespaces }),
     opsAddress: hostPort('ops-address', flag(values, 'ops-address', 'AGENTFLOW_OPS_ADDRESS') ?? '0.0.0.0:8080'),
     dispatcherListen: hostPort(

@@ -1,6 +1,7 @@
 import type { KubeConfig, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../api/agentpool.ts';
 import type { Workflow } from '../api/workflow.ts';
+import { BackupStatus } from '../backup/status.ts';
 import { Dispatcher } from '../dispatcher/index.ts';
 import type { Logger } from '../lib/log.ts';
 import { type Registry, registerProcessMetrics } from '../lib/metrics.ts';
@@ -87,6 +88,7 @@ export class Operator {
   private pools: PoolController | undefined;
   private workflows: WorkflowController | undefined;
   private engine: WorkflowEngine | undefined;
+  private readonly backups: BackupStatus;
   private dispatcher: Dispatcher | undefined;
   private tls: DispatcherTls | undefined;
   private ops: { port: number; close(): Promise<void> } | undefined;
@@ -118,6 +120,7 @@ export class Operator {
     this.done = new Promise((r) => {
       this.resolveDone = r;
     });
+    this.backups = new BackupStatus(this.store, c.registry, c.logger.with({ component: 'backup-status' }));
     const leader = c.registry.gauge({ name: 'agentflow_leader', help: '1 while this replica is the leader.' });
     leader.set(0);
     c.registry.gauge({
@@ -175,6 +178,7 @@ export class Operator {
   async start(): Promise<void> {
     const [host, port] = splitHostPort(this.c.opsAddress);
     registerProcessMetrics(this.c.registry);
+    this.backups.start();
     this.ops = await startOpsServer({
       host,
       port,
@@ -450,6 +454,7 @@ export class Operator {
       this.log.info(why === 'lost' ? 'Stopping: leadership lost' : 'Stopping');
       try {
         this.abort.abort();
+        this.backups.stop();
         await this.endTerm();
         if (why === 'stopped') await this.unlabelSelf();
         await this.elector.resign();

@@ -143,6 +143,12 @@ export class WorkflowRecords {
     return { ...(run && { run }), tasks };
   }
 
+  /** The run record alone (one read): what a finished workflow's records say, without loading its tasks. */
+  async loadRun(namespace: string, workflow: string): Promise<RunRecord | undefined> {
+    const entry = await this.store.get(`${this.base(namespace, workflow)}/run`);
+    return entry ? decodeJson(entry, isRunRecord, 'a run record') : undefined;
+  }
+
   /** Removes everything agentflow keeps for a workflow: run records, claims, results, attempts, audit, blobs, shared state. */
   async deleteAll(namespace: string, workflow: string, fences: Fence[] = []): Promise<void> {
     const prefixes = ['runs', 'claims', 'results', 'attempts', 'audit', 'blobs'].map(

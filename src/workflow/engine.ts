@@ -2,7 +2,7 @@ import type { WorkflowSpec } from '../api/workflow.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
 import type { SpawnOutcome } from '../dispatcher/types.ts';
 import type { Logger } from '../lib/log.ts';
-import { AuditLog, type Fence, type StateStore, TaskClaims, WorkflowRecords } from '../state/index.ts';
+import { AuditLog, type Fence, type RunRecord, type StateStore, TaskClaims, WorkflowRecords } from '../state/index.ts';
 import { type AuditItem, type RunLimits, type Unserved, WorkflowRun } from './run.ts';
 
 export interface EngineOptions {
@@ -202,6 +202,11 @@ export class WorkflowEngine {
     await this.flush();
     await this.records.deleteAll(namespace, name, this.o.fences());
     this.forget(namespace, name);
+  }
+
+  /** The run record in etcd of a workflow (undefined: none). */
+  runRecord(namespace: string, name: string): Promise<RunRecord | undefined> {
+    return this.records.loadRun(namespace, name);
   }
 
   /** Adds an entry to a workflow's audit chain: with its run's next flush, or at once if the run is not in memory. */

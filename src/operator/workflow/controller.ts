@@ -75,6 +75,8 @@ export class WorkflowController {
   private readonly announced = new Map<string, string>();
   /** The last Waiting reason an Event was recorded for, per workflow. */
   private readonly announcedWaiting = new Map<string, string>();
+  /** Finished workflows whose run record was read this term (see recordsBehind). */
+  private readonly recordsChecked = new Set<string>();
   /** The last rerun failure an Event was recorded for, per workflow. */
   private readonly announcedRerunFailure = new Map<string, string>();
 
@@ -156,8 +158,11 @@ export class WorkflowController {
     if (!run || run.uid !== wf.metadata.uid) {
       const phase = wf.status?.phase;
       if (isFinished(phase) && wf.status?.startedAt !== undefined) {
-        // A finished run not in memory (evicted, or after a failover) keeps its status, unless asked to retry.
-        if (!retryAsked) return this.finishedIdle(wf, log);
+        // A finished run not in memory (evicted, or after a failover) keeps its status, unless asked
+        // to retry, or unless its records say it has not finished: etcd restored from a snapshot
+        // taken before it finished. Its records are the truth: it resumes from them.
+        const behind = await this.recordsBehind(wf, log);
+        if (!retryAsked && !behind) return this.finishedIdle(wf, log);
       } else if (isFinished(phase) && wf.status?.observedGeneration === wf.metadata.generation) {
         // It failed before it started (invalid, or waited too long): a new generation brings it back.
         return this.ttl(wf, log);
@@ -331,6 +336,29 @@ export class WorkflowController {
     );
     this.o.engine.changed(run);
     return undefined;
+  }
+
+  /**
+   * Whether a workflow whose status says it finished has records that say it
+   * has not (etcd was restored from a snapshot taken while it ran). Asked
+   * once per workflow per leadership term: one read of its run record.
+   */
+  private async recordsBehind(wf: Workflow, log: Logger): Promise<boolean> {
+    const key = objectKey(wf);
+    if (this.recordsChecked.has(key)) return false;
+    const namespace = wf.metadata.namespace as string;
+    const name = wf.metadata.name as string;
+    const rec = await this.o.engine.runRecord(namespace, name);
+    this.recordsChecked.add(key);
+    if (!rec || rec.uid !== wf.metadata.uid || isFinished(rec.phase)) return false;
+    const message = `the Workflow says ${wf.status?.phase} but its records in etcd say ${rec.phase}: etcd holds an earlier state (restored from a snapshot?); resuming from the records: results committed before it are kept, the work after it runs again`;
+    log.warn('Records behind the status; resuming the run from them', { status: wf.status?.phase, records: rec.phase });
+    this.o.events.record(wf, 'Warning', 'ResumedFromRecords', message);
+    await this.o.engine.note(namespace, name, {
+      type: 'RecordsBehindStatus',
+      detail: { statusPhase: wf.status?.phase, recordsPhase: rec.phase },
+    });
+    return true;
   }
 
   /** A finished run that is not in memory: an edit to its spec is reported, never silently ignored. */
