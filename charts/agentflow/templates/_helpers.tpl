@@ -105,6 +105,9 @@ Included by every template that depends on these choices.
 {{- if and $ext.auth.passwordSecret.name (not $ext.auth.username) }}
 {{- fail "etcd.external.auth.passwordSecret needs etcd.external.auth.username: the etcd user the password belongs to" }}
 {{- end }}
+{{- if and .Values.backup.enabled .Values.backup.etcd.secretName (not $ext.tls.enabled) }}
+{{- fail "backup.etcd.secretName is a client certificate, which needs TLS to etcd: set etcd.external.tls.enabled=true (and https endpoints), or clear backup.etcd.secretName" }}
+{{- end }}
 {{- end }}
 {{- $cm := .Values.dispatcher.tls.certManager }}
 {{- if $cm.enabled }}
@@ -115,6 +118,108 @@ Included by every template that depends on these choices.
 {{- fail "dispatcher.tls.certManager.enabled=true needs dispatcher.tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs the dispatcher's certificate" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+agentflow's key prefix in etcd (--etcd-prefix), the operator's default: the
+operator and the backup Job are given the same one.
+*/}}
+{{- define "agentflow.etcdKeyPrefix" -}}/agentflow/v1{{- end }}
+
+{{/*
+How one of the chart's pods reaches etcd, as YAML for fromYaml: tlsSecret, the
+Secret mounted at /etc/agentflow/etcd-tls ("" for none; ca.crt, and tls.crt
+and tls.key when clientCert); password, whether it logs in with
+etcd.external.auth's user and password. Pass a dict with "ctx" (the root),
+"bundledSecret" (its client certificate Secret with the bundled etcd) and,
+optionally, "secret": a Secret with ca.crt, tls.crt and tls.key that replaces
+both (the certificate's CN is then its etcd user, no password).
+*/}}
+{{- define "agentflow.etcdClient" -}}
+{{- $ext := .ctx.Values.etcd.external }}
+{{- if .secret }}
+tlsSecret: {{ .secret | quote }}
+clientCert: true
+password: false
+{{- else if .ctx.Values.etcd.bundled.enabled }}
+tlsSecret: {{ .bundledSecret | quote }}
+clientCert: true
+password: false
+{{- else }}
+tlsSecret: {{ ternary $ext.tls.secretName "" $ext.tls.enabled | quote }}
+clientCert: {{ and $ext.tls.enabled $ext.tls.clientCertificate }}
+password: {{ not (empty $ext.auth.username) }}
+{{- end }}
+{{- end }}
+
+{{/* The etcd flags of a container (list items); pass a dict with "ctx" and "client" (agentflow.etcdClient). */}}
+{{- define "agentflow.etcdClientArgs" -}}
+- --etcd-endpoints={{ include "agentflow.etcdEndpoints" .ctx }}
+- --etcd-prefix={{ include "agentflow.etcdKeyPrefix" .ctx }}
+{{- if .client.tlsSecret }}
+- --etcd-ca-file=/etc/agentflow/etcd-tls/ca.crt
+{{- if .client.clientCert }}
+- --etcd-cert-file=/etc/agentflow/etcd-tls/tls.crt
+- --etcd-key-file=/etc/agentflow/etcd-tls/tls.key
+{{- end }}
+{{- end }}
+{{- if .client.password }}
+- --etcd-username={{ .ctx.Values.etcd.external.auth.username }}
+- --etcd-password-file=/etc/agentflow/etcd-auth/password
+{{- end }}
+{{- end }}
+
+{{/* The volumeMounts (list items, maybe none) for the etcd flags; pass the agentflow.etcdClient dict. */}}
+{{- define "agentflow.etcdClientVolumeMounts" -}}
+{{- if .tlsSecret }}
+- name: etcd-tls
+  mountPath: /etc/agentflow/etcd-tls
+  readOnly: true
+{{- end }}
+{{- if .password }}
+- name: etcd-auth
+  mountPath: /etc/agentflow/etcd-auth
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The volumes (list items, maybe none) behind agentflow.etcdClientVolumeMounts; pass a dict with "ctx" and "client". */}}
+{{- define "agentflow.etcdClientVolumes" -}}
+{{- if .client.tlsSecret }}
+- name: etcd-tls
+  secret:
+    secretName: {{ .client.tlsSecret }}
+    defaultMode: 288 # 0440: owner and group (fsGroup) read
+{{- end }}
+{{- if .client.password }}
+{{- $pw := .ctx.Values.etcd.external.auth.passwordSecret }}
+- name: etcd-auth
+  secret:
+    secretName: {{ $pw.name }}
+    defaultMode: 288 # 0440: owner and group (fsGroup) read
+    items:
+      - key: {{ $pw.key }}
+        path: password
+{{- end }}
+{{- end }}
+
+{{/* The backup CronJob, and the chart's claim for it. */}}
+{{- define "agentflow.backupName" -}}
+{{- include "agentflow.fullname" . }}-backup
+{{- end }}
+
+{{/* The claim the backups are written to: backup.pvc.existingClaim, or the chart's own. */}}
+{{- define "agentflow.backupClaim" -}}
+{{- default (include "agentflow.backupName" .) .Values.backup.pvc.existingClaim }}
+{{- end }}
+
+{{/*
+The backup Job's etcd client: backup.etcd.secretName, else, with the bundled
+etcd, its root client certificate (etcd serves the Snapshot API only to root
+once auth is on), else the operator's own way to the external etcd.
+*/}}
+{{- define "agentflow.backupEtcdClient" -}}
+{{- include "agentflow.etcdClient" (dict "ctx" . "bundledSecret" (include "agentflow.etcdRootSecret" .) "secret" .Values.backup.etcd.secretName) }}
 {{- end }}
 
 {{/* The operator's etcd client URLs, comma-separated. */}}

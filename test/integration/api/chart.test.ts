@@ -29,6 +29,8 @@ interface EnvVar {
 interface SecurityContext {
   runAsNonRoot?: boolean;
   runAsUser?: number;
+  fsGroup?: number;
+  fsGroupChangePolicy?: string;
   readOnlyRootFilesystem?: boolean;
   allowPrivilegeEscalation?: boolean;
   capabilities?: { drop?: string[]; add?: string[] };
@@ -39,6 +41,8 @@ interface Probe {
 }
 interface Container {
   name: string;
+  image?: string;
+  imagePullPolicy?: string;
   command?: string[];
   args?: string[];
   env?: EnvVar[];
@@ -51,6 +55,7 @@ interface Container {
 interface PodSpec {
   securityContext?: SecurityContext;
   automountServiceAccountToken?: boolean;
+  restartPolicy?: string;
   containers: Container[];
   initContainers?: Container[];
   volumes?: {
@@ -58,12 +63,17 @@ interface PodSpec {
     secret?: { secretName: string; items?: { key: string; path: string }[] };
     configMap?: { name: string };
     emptyDir?: object;
+    persistentVolumeClaim?: { claimName: string };
   }[];
   affinity?: unknown;
 }
 interface NetworkPolicyRule {
   ports: { protocol: string; port: number }[];
   from: Record<string, unknown>[];
+}
+interface PodTemplate {
+  metadata: { labels: Labels; annotations?: Record<string, string> };
+  spec: PodSpec;
 }
 interface Obj {
   apiVersion: string;
@@ -79,7 +89,22 @@ interface Obj {
     clusterIP?: string;
     ports?: { name: string; port: number; targetPort: string | number }[];
     volumeClaimTemplates?: unknown[];
-    template?: { metadata: { labels: Labels; annotations?: Record<string, string> }; spec: PodSpec };
+    template?: PodTemplate;
+    // CronJob
+    schedule?: string;
+    timeZone?: string;
+    concurrencyPolicy?: string;
+    startingDeadlineSeconds?: number;
+    successfulJobsHistoryLimit?: number;
+    failedJobsHistoryLimit?: number;
+    jobTemplate?: {
+      metadata: { labels: Labels };
+      spec: { backoffLimit?: number; activeDeadlineSeconds?: number; template: PodTemplate };
+    };
+    // PersistentVolumeClaim
+    accessModes?: string[];
+    storageClassName?: string;
+    resources?: { requests?: Record<string, string> };
     endpoints?: { port: string; interval: string }[];
     podSelector?: { matchLabels: Labels };
     policyTypes?: string[];
@@ -243,8 +268,13 @@ function find(objs: Obj[], kind: string, name: string): Obj {
   return o;
 }
 
+/** The pod template of a Deployment, StatefulSet, Job or CronJob; undefined for other kinds. */
+function podTemplate(o: Obj): PodTemplate | undefined {
+  return o.spec?.template ?? o.spec?.jobTemplate?.spec.template;
+}
+
 function podSpec(o: Obj): PodSpec {
-  const spec = o.spec?.template?.spec;
+  const spec = podTemplate(o)?.spec;
   if (!spec) throw new Error(`${o.kind}/${o.metadata.name} has no pod template`);
   return spec;
 }
@@ -254,6 +284,15 @@ function operatorContainer(objs: Obj[]): Container {
   if (!c) throw new Error('no operator container');
   return c;
 }
+
+function backupContainer(objs: Obj[]): Container {
+  const c = podSpec(find(objs, 'CronJob', `${fullname}-backup`)).containers.find((x) => x.name === 'backup');
+  if (!c) throw new Error('no backup container');
+  return c;
+}
+
+/** The --etcd-* flags among args. */
+const etcdFlags = (args: string[] | undefined) => args?.filter((a) => a.startsWith('--etcd-')) ?? [];
 
 /** The value of `--name=value` among args; undefined when absent. */
 function flag(args: string[] | undefined, name: string): string | undefined {
@@ -276,6 +315,17 @@ function shippedRules(kind: 'ClusterRole' | 'Role'): unknown[] | undefined {
   return parseAllDocuments(readFileSync('deploy/operator/rbac.yaml', 'utf8'))
     .map((d) => d.toJS() as Obj)
     .find((d) => d.kind === kind)?.rules;
+}
+
+/** A whole snapshot through etcd's Snapshot API, as the backup Job takes it. */
+async function snapshotBytes(store: StateStore): Promise<Buffer> {
+  const stream = await store.client.maintenance.snapshot();
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (m) => chunks.push(Buffer.from(m.blob)));
+    stream.on('error', reject);
+    stream.on('end', () => resolve(Buffer.concat(chunks)));
+  });
 }
 
 const agentPeer = {
@@ -354,9 +404,12 @@ describe('chart', () => {
     expect(r.stdout).toContain(`clusterrole.rbac.authorization.k8s.io/${fullname}-operator serverside-applied`);
     expect(r.stdout).toContain(`role.rbac.authorization.k8s.io/${fullname}-operator serverside-applied`);
     expect(r.stdout).toContain(`networkpolicy.networking.k8s.io/${fullname}-operator serverside-applied`);
+    // The backup CronJob's pod template is judged under the restricted level too.
+    expect(r.stdout).toContain(`cronjob.batch/${fullname}-backup serverside-applied`);
+    expect(r.stdout).toContain(`persistentvolumeclaim/${fullname}-backup serverside-applied`);
     if (v === 'external-etcd') {
       expect(r.stdout).not.toContain('statefulset.apps');
-      expect(r.stdout).not.toContain('job.batch');
+      expect(r.stdout).not.toMatch(/^job\.batch\//m);
     } else {
       expect(r.stdout).toContain(`statefulset.apps/${fullname}-etcd serverside-applied`);
       expect(r.stdout).toContain(`job.batch/${fullname}-etcd-auth serverside-applied`);
@@ -421,6 +474,19 @@ describe('chart', () => {
     ['operator.replica=3', "additional properties 'replica' not allowed"],
     // Agents no longer get etcd: the old setting is refused, not ignored.
     ['agents.etcdEndpoints={http://a:2379}', "additional properties 'etcdEndpoints' not allowed"],
+    ['backup.schedule=every hour', "'/backup/schedule'"],
+    ['backup.schedule=0 * * *', "'/backup/schedule'"],
+    ['backup.schedule=TZ=UTC 0 * * * *', "'/backup/schedule'"],
+    ['backup.retain=0', "'/backup/retain'"],
+    ['backup.retain=1001', "'/backup/retain'"],
+    ['backup.timeZone=Europe/Ber lin', "'/backup/timeZone'"],
+    ['backup.failedJobsHistoryLimit=-1', "'/backup/failedJobsHistoryLimit'"],
+    ['backup.pvc.size=10GB', "'/backup/pvc/size'"],
+    ['backup.pvc.accessModes={ReadOnlyMany}', "'/backup/pvc/accessModes/0'"],
+    ['backup.resources.limits.memory=lots', "'/backup/resources/limits/memory'"],
+    ['backup.retention=7', "additional properties 'retention' not allowed"],
+    // Fixed, not a value: runs never overlap.
+    ['backup.concurrencyPolicy=Allow', "additional properties 'concurrencyPolicy' not allowed"],
   ])('rejects %s through the schema, naming the field', async (set, message) => {
     const r = await template({ set: [set] });
     expect(r.code).not.toBe(0);
@@ -448,6 +514,10 @@ describe('chart', () => {
         'etcd.external.auth.passwordSecret needs etcd.external.auth.username',
       ],
       [['etcd.external.endpoints={https://etcd:2379}'], 'etcd.external is only used with etcd.bundled.enabled=false'],
+      [
+        [...external, 'backup.etcd.secretName=etcd-root'],
+        'backup.etcd.secretName is a client certificate, which needs TLS to etcd: set etcd.external.tls.enabled=true',
+      ],
     ] as const) {
       const r = await template({ set: [...set] });
       expect(r.code, set.join(' ')).not.toBe(0);
@@ -736,12 +806,172 @@ describe('chart', () => {
     expect(podSpec(ephemeral).volumes).toContainEqual({ name: 'data', emptyDir: {} });
   });
 
-  it.each(variants)('gives every container of %s values the secure defaults', async (v) => {
-    const pods = (await render({ values: valuesFile(v), extra: apiVersionsOf(v) })).filter(
-      (d) => d.spec?.template?.spec,
+  it('snapshots etcd from a CronJob on the schedule, retention and history limits from values', async () => {
+    const objs = await render({
+      set: [
+        'backup.schedule=@daily',
+        'backup.timeZone=America/Argentina/Buenos_Aires',
+        'backup.retain=7',
+        'backup.successfulJobsHistoryLimit=2',
+        'backup.failedJobsHistoryLimit=5',
+      ],
+    });
+    const cron = find(objs, 'CronJob', `${fullname}-backup`);
+    expect(cron.apiVersion).toBe('batch/v1');
+    expect(cron.spec).toMatchObject({
+      schedule: '@daily',
+      timeZone: 'America/Argentina/Buenos_Aires',
+      // Runs never overlap; a run missed by more than 5 minutes is skipped, not started late.
+      concurrencyPolicy: 'Forbid',
+      startingDeadlineSeconds: 300,
+      successfulJobsHistoryLimit: 2,
+      failedJobsHistoryLimit: 5,
+    });
+    expect(cron.spec?.jobTemplate?.spec).toMatchObject({ backoffLimit: 2, activeDeadlineSeconds: 600 });
+    const spec = podSpec(cron);
+    expect(spec.restartPolicy).toBe('Never');
+    // It needs etcd only: no Kubernetes API token in its pods.
+    expect(spec.automountServiceAccountToken).toBe(false);
+    // The non-root user can write the claim.
+    expect(spec.securityContext).toMatchObject({ runAsUser: 65532, fsGroup: 65532 });
+    const c = backupContainer(objs);
+    const op = operatorContainer(objs);
+    expect(c.image).toBe(op.image);
+    expect(c.imagePullPolicy).toBe(op.imagePullPolicy);
+    expect(c.args?.slice(0, 2)).toEqual(['backup', 'snapshot']);
+    expect(flag(c.args, 'dir')).toBe('/backups');
+    expect(flag(c.args, 'retain')).toBe('7');
+    expect(c.volumeMounts).toContainEqual({ name: 'backups', mountPath: '/backups' });
+    expect(spec.volumes).toContainEqual({
+      name: 'backups',
+      persistentVolumeClaim: { claimName: `${fullname}-backup` },
+    });
+    for (const labels of [
+      cron.metadata.labels,
+      cron.spec?.jobTemplate?.metadata.labels,
+      podTemplate(cron)?.metadata.labels,
+    ]) {
+      expect(labels).toMatchObject(selectorOf('backup').matchLabels);
+    }
+
+    // The defaults: hourly on the hour in the controller's time zone, a day of snapshots kept.
+    const defaults = await render();
+    const hourly = find(defaults, 'CronJob', `${fullname}-backup`);
+    expect(hourly.spec).toMatchObject({
+      schedule: '0 * * * *',
+      successfulJobsHistoryLimit: 1,
+      failedJobsHistoryLimit: 3,
+    });
+    expect(hourly.spec?.timeZone).toBeUndefined();
+    expect(flag(backupContainer(defaults).args, 'retain')).toBe('24');
+
+    // The schema checks a zone's shape; the API server knows the zones, and names the field.
+    const t = await template({
+      set: ['backup.timeZone=Mars/Olympus'],
+      extra: ['--show-only', 'templates/backup.yaml'],
+    });
+    expect(t.code, t.stderr).toBe(0);
+    const r = await cluster.kubectl(['apply', '--dry-run=server', '-f', '-'], { input: t.stdout });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('spec.timeZone: Invalid value: "Mars/Olympus": unknown time zone');
+  });
+
+  it('gives the backup Job the bundled etcd root certificate, or the external etcd credentials it is told', async () => {
+    // Bundled: the operator's endpoints and key prefix, but etcd's root user (the Snapshot API is root's only).
+    const bundled = await render();
+    const op = operatorContainer(bundled);
+    const c = backupContainer(bundled);
+    expect(flag(c.args, 'etcd-endpoints')).toBe(flag(op.args, 'etcd-endpoints'));
+    expect(flag(c.args, 'etcd-prefix')).toBe('/agentflow/v1');
+    expect(flag(c.args, 'etcd-prefix')).toBe(flag(op.args, 'etcd-prefix'));
+    expect(etcdFlags(c.args).filter((a) => /^--etcd-(ca|cert|key)-file=/.test(a))).toEqual([
+      '--etcd-ca-file=/etc/agentflow/etcd-tls/ca.crt',
+      '--etcd-cert-file=/etc/agentflow/etcd-tls/tls.crt',
+      '--etcd-key-file=/etc/agentflow/etcd-tls/tls.key',
+    ]);
+    expect(c.volumeMounts).toContainEqual({ name: 'etcd-tls', mountPath: '/etc/agentflow/etcd-tls', readOnly: true });
+    const secretOf = (objs: Obj[]) =>
+      podSpec(find(objs, 'CronJob', `${fullname}-backup`)).volumes?.find((v) => v.name === 'etcd-tls')?.secret
+        ?.secretName;
+    expect(secretOf(bundled)).toBe(`${fullname}-etcd-client-root`);
+    const root = secretData(find(bundled, 'Secret', `${fullname}-etcd-client-root`));
+    expect(new X509Certificate(root['tls.crt'] ?? '').subject).toBe('CN=root');
+
+    // External: the same Secret and flags as the operator, unless backup.etcd.secretName names a root certificate.
+    const external = await render({ values: valuesFile('external-etcd') });
+    expect(etcdFlags(backupContainer(external).args)).toEqual(etcdFlags(operatorContainer(external).args));
+    expect(secretOf(external)).toBe('agentflow-etcd-client');
+    const password = await render({
+      values: valuesFile('external-etcd'),
+      set: [
+        'etcd.external.tls.clientCertificate=false',
+        'etcd.external.auth.username=agentflow',
+        'etcd.external.auth.passwordSecret.name=etcd-password',
+      ],
+    });
+    const pw = backupContainer(password);
+    expect(etcdFlags(pw.args)).toEqual(etcdFlags(operatorContainer(password).args));
+    expect(flag(pw.args, 'etcd-username')).toBe('agentflow');
+    expect(flag(pw.args, 'etcd-password-file')).toBe('/etc/agentflow/etcd-auth/password');
+    expect(podSpec(find(password, 'CronJob', `${fullname}-backup`)).volumes).toContainEqual(
+      expect.objectContaining({ name: 'etcd-auth', secret: expect.objectContaining({ secretName: 'etcd-password' }) }),
     );
+    const own = await render({
+      values: valuesFile('external-etcd'),
+      set: [
+        'etcd.external.auth.username=agentflow',
+        'etcd.external.auth.passwordSecret.name=etcd-password',
+        'backup.etcd.secretName=etcd-root-client',
+      ],
+    });
+    const rootUser = backupContainer(own);
+    expect(secretOf(own)).toBe('etcd-root-client');
+    expect(flag(rootUser.args, 'etcd-cert-file')).toBe('/etc/agentflow/etcd-tls/tls.crt');
+    // The certificate's CN is the user: the operator's password login is not passed on.
+    expect(flag(rootUser.args, 'etcd-username')).toBeUndefined();
+    expect(rootUser.volumeMounts?.map((m) => m.name)).toEqual(['backups', 'etcd-tls']);
+    // The operator keeps its own credentials.
+    expect(flag(operatorContainer(own).args, 'etcd-username')).toBe('agentflow');
+  });
+
+  it('writes the backups to a claim kept on uninstall, or to an existing claim; backup.enabled=false renders neither', async () => {
+    const objs = await render({ set: ['backup.pvc.size=50Gi', 'backup.pvc.storageClassName=fast'] });
+    const pvc = find(objs, 'PersistentVolumeClaim', `${fullname}-backup`);
+    expect(pvc.metadata.annotations?.['helm.sh/resource-policy']).toBe('keep');
+    expect(pvc.metadata.labels).toMatchObject(selectorOf('backup').matchLabels);
+    expect(pvc.spec).toEqual({
+      accessModes: ['ReadWriteOnce'],
+      storageClassName: 'fast',
+      resources: { requests: { storage: '50Gi' } },
+    });
+    const defaults = find(await render(), 'PersistentVolumeClaim', `${fullname}-backup`);
+    expect(defaults.spec?.storageClassName).toBeUndefined();
+    expect(defaults.spec?.resources).toEqual({ requests: { storage: '10Gi' } });
+    const noProvisioning = find(
+      await render({ set: ['backup.pvc.storageClassName=-', 'backup.pvc.accessModes={ReadWriteMany}'] }),
+      'PersistentVolumeClaim',
+      `${fullname}-backup`,
+    );
+    expect(noProvisioning.spec).toMatchObject({ storageClassName: '', accessModes: ['ReadWriteMany'] });
+
+    const existing = await render({ set: ['backup.pvc.existingClaim=etcd-backups'] });
+    expect(existing.filter((d) => d.kind === 'PersistentVolumeClaim')).toEqual([]);
+    expect(podSpec(find(existing, 'CronJob', `${fullname}-backup`)).volumes).toContainEqual({
+      name: 'backups',
+      persistentVolumeClaim: { claimName: 'etcd-backups' },
+    });
+
+    for (const values of [undefined, valuesFile('external-etcd')]) {
+      const off = await render({ values, set: ['backup.enabled=false'] });
+      expect(off.filter((d) => ['CronJob', 'PersistentVolumeClaim'].includes(d.kind))).toEqual([]);
+      expect(off.filter((d) => d.metadata.labels?.['app.kubernetes.io/component'] === 'backup')).toEqual([]);
+    }
+  });
+
+  it.each(variants)('gives every container of %s values the secure defaults', async (v) => {
+    const pods = (await render({ values: valuesFile(v), extra: apiVersionsOf(v) })).filter((d) => podTemplate(d));
     expect(pods.map((d) => d.kind).sort()).toEqual(
-      v === 'external-etcd' ? ['Deployment'] : ['Deployment', 'Job', 'StatefulSet'],
+      v === 'external-etcd' ? ['CronJob', 'Deployment'] : ['CronJob', 'Deployment', 'Job', 'StatefulSet'],
     );
     for (const o of pods) {
       const spec = podSpec(o);
@@ -851,6 +1081,19 @@ describe('chart', () => {
       const again = await runJob();
       expect(again.stdout).toContain('etcd auth is enabled already; nothing to do');
 
+      // The backup CronJob's Secret (root) may take snapshots; the operator's user may not.
+      const backupSecret = podSpec(find(objs, 'CronJob', `${fullname}-backup`)).volumes?.find(
+        (v) => v.name === 'etcd-tls',
+      )?.secret?.secretName;
+      expect(backupSecret).toBe(`${fullname}-etcd-client-root`);
+      const backupStore = new StateStore({ endpoints: [`https://localhost:${client}`], tls: tlsFiles('root') });
+      try {
+        expect((await snapshotBytes(backupStore)).length).toBeGreaterThan(0);
+      } finally {
+        backupStore.close();
+      }
+      await expect(snapshotBytes(store)).rejects.toThrow(/permission denied/);
+
       // The operator's user: readwrite under /agentflow/, nothing elsewhere.
       await store.client.put('/agentflow/v1/probe').value('1').exec();
       expect(await store.client.get('/agentflow/v1/probe').string()).toBe('1');
@@ -883,7 +1126,7 @@ describe('chart', () => {
     }
   });
 
-  it('admits the dispatcher port from agent pods only, metrics only from the listed peers, etcd only from the operator', async () => {
+  it('admits the dispatcher port from agent pods only, metrics only from the listed peers, etcd only from the chart pods', async () => {
     const objs = await render();
     const operator = find(objs, 'NetworkPolicy', `${fullname}-operator`);
     expect(operator.spec?.podSelector).toEqual(selectorOf('operator'));
@@ -896,19 +1139,24 @@ describe('chart', () => {
     const etcd = find(objs, 'NetworkPolicy', `${fullname}-etcd`);
     expect(etcd.spec?.podSelector).toEqual(selectorOf('etcd'));
     expect(etcd.spec?.policyTypes).toEqual(['Ingress']);
-    expect(etcd.spec?.ingress).toEqual([
-      {
-        ports: [{ protocol: 'TCP', port: 2379 }],
-        from: [{ podSelector: selectorOf('operator') }, { podSelector: selectorOf('etcd-auth') }],
-      },
-      { ports: [{ protocol: 'TCP', port: 2380 }], from: [{ podSelector: selectorOf('etcd') }] },
-    ]);
+    const clients = (components: string[]) => ({
+      ports: [{ protocol: 'TCP', port: 2379 }],
+      from: components.map((c) => ({ podSelector: selectorOf(c) })),
+    });
+    const peers = { ports: [{ protocol: 'TCP', port: 2380 }], from: [{ podSelector: selectorOf('etcd') }] };
+    expect(etcd.spec?.ingress).toEqual([clients(['operator', 'etcd-auth', 'backup']), peers]);
+    // Without backups, their pods are not admitted either.
+    const noBackup = find(await render({ set: ['backup.enabled=false'] }), 'NetworkPolicy', `${fullname}-etcd`);
+    expect(noBackup.spec?.ingress).toEqual([clients(['operator', 'etcd-auth']), peers]);
     // The selectors match the pods they are about.
     expect(find(objs, 'StatefulSet', `${fullname}-etcd`).spec?.template?.metadata.labels).toMatchObject(
       selectorOf('etcd').matchLabels,
     );
     expect(find(objs, 'Job', `${fullname}-etcd-auth`).spec?.template?.metadata.labels).toMatchObject(
       selectorOf('etcd-auth').matchLabels,
+    );
+    expect(podTemplate(find(objs, 'CronJob', `${fullname}-backup`))?.metadata.labels).toMatchObject(
+      selectorOf('backup').matchLabels,
     );
 
     // From values: the metrics peers, and extra dispatcher peers (external agents), on the configured ports.
@@ -999,12 +1247,13 @@ describe('chart', () => {
     expect(flag(set.args, 'dispatcher-tls-sans')).toBe('10.0.0.5,dispatcher.example');
     for (const c of [op, set]) expect(c.args?.filter((a) => a.startsWith('--agent-etcd'))).toEqual([]);
     // No agent-facing object carries etcd endpoints or certificates: the only etcd Secrets are the
-    // bundled etcd's own, mounted by etcd, the operator and the auth Job.
+    // bundled etcd's own, mounted by etcd, the operator, the auth Job and the backup CronJob.
     const mounts = defaults
-      .filter((d) => d.spec?.template?.spec)
+      .filter((d) => podTemplate(d))
       .flatMap((d) => (podSpec(d).volumes ?? []).map((v) => `${d.kind}:${v.secret?.secretName ?? ''}`))
       .filter((m) => m.includes('-etcd-'));
     expect(mounts.sort()).toEqual([
+      `CronJob:${fullname}-etcd-client-root`,
       `Deployment:${fullname}-etcd-client-operator`,
       `Job:${fullname}-etcd-client-root`,
       `StatefulSet:${fullname}-etcd-member`,
@@ -1065,6 +1314,12 @@ describe('chart', () => {
     expect(notes).toContain('etcd user agentflow-operator');
     expect(notes).toContain('list your Prometheus in networkPolicy.metrics.from');
     expect(notes).not.toMatch(/etcd at: http/);
+    // Where the backups go, and how to see them.
+    expect(notes).toContain(`cronjob/${fullname}-backup snapshots etcd on "0 * * * *", keeping the newest 24`);
+    expect(notes).toContain(`pvc/${fullname}-backup (kept on uninstall)`);
+    expect(notes).toContain(
+      `kubectl -n ${ns} logs -l app.kubernetes.io/instance=af,app.kubernetes.io/component=backup`,
+    );
     const plain = await cluster.helm([
       'install',
       'af',
@@ -1082,6 +1337,20 @@ describe('chart', () => {
     expect(plain.code, plain.stderr).toBe(0);
     expect(plain.stdout).toContain('WARNING: the operator presents no etcd credentials');
     expect(plain.stdout).toContain('WARNING: etcd is reached without TLS');
+    const off = await cluster.helm([
+      'install',
+      'af',
+      chart,
+      '-n',
+      ns,
+      '--dry-run=server',
+      '--set',
+      'crds.enabled=false',
+      '--set',
+      'backup.enabled=false',
+    ]);
+    expect(off.code, off.stderr).toBe(0);
+    expect(off.stdout).toContain("Backups are off (backup.enabled=false): nothing snapshots agentflow's etcd.");
   });
 
   it('protects the operator with a PodDisruptionBudget unless disabled', async () => {
