@@ -14,6 +14,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { SnapshotError, takeSnapshot, verifySnapshot } from '../../../src/backup/snapshot.ts';
+import { BackupStatus } from '../../../src/backup/status.ts';
+import { silentLogger } from '../../../src/lib/log.ts';
+import { Registry } from '../../../src/lib/metrics.ts';
 import type { StateStore } from '../../../src/state/index.ts';
 import { binaryPath } from '../../cluster/binaries.ts';
 import { stateEtcdOf } from '../../cluster/state-etcd.ts';
@@ -112,6 +115,19 @@ describe('etcd snapshots', () => {
     const usage = await cli(['backup', 'snapshot', ...etcdFlags('root')]);
     expect(usage.code).toBe(2);
     expect(usage.stderr).toContain('--dir (or AGENTFLOW_BACKUP_DIR) is required');
+  });
+
+  it('the operator exports what the snapshots recorded (read as its own etcd user) as gauges', async () => {
+    const registry = new Registry();
+    const status = new BackupStatus(operator, registry, silentLogger);
+    await status.refresh();
+    const latest = JSON.parse((await operator.get(operator.key('backups', 'latest')))?.value ?? '{}');
+    const failure = JSON.parse((await operator.get(operator.key('backups', 'lastFailure')))?.value ?? '{}');
+    const text = registry.render();
+    expect(text).toContain(`agentflow_backup_last_revision ${latest.revision}`);
+    expect(text).toContain(`agentflow_backup_last_size_bytes ${latest.size}`);
+    expect(text).toContain(`agentflow_backup_last_success_timestamp_seconds ${Date.parse(latest.takenAt) / 1000}`);
+    expect(text).toContain(`agentflow_backup_last_failure_timestamp_seconds ${Date.parse(failure.at) / 1000}`);
   });
 
   it.each([
