@@ -44,11 +44,9 @@ export async function installAgentflow(
         `agents.dispatcherAddress=127.0.0.1:${port}`,
       ];
   if (!cluster.info.external) await applyEtcdClientSecret(cluster, namespace);
-  // No backup CronJob: its PersistentVolumeClaim would never bind here (the local control plane has no
-  // storage provisioner; kind's local-path class binds only when a pod first uses the claim, i.e. at the
-  // first scheduled run), and `--wait` waits for every claim of the release to be Bound, so the install
-  // would time out. The chart's backup objects are checked by test/integration/api/chart.test.ts.
-  const noBackup = ['backup.enabled=false'];
+  // Backups stay on, as by default: their claim never binds here (no storage provisioner; kind's class
+  // binds at first use) and `--wait` must not wait for it (the chart makes it with a hook). The hourly
+  // Job does not run within the test.
   const r = await cluster.helm([
     'upgrade',
     '--install',
@@ -60,7 +58,7 @@ export async function installAgentflow(
     '--wait',
     '--timeout',
     '300s',
-    ...[...local, ...noBackup, ...(o.set ?? [])].flatMap((s) => ['--set', s]),
+    ...[...local, ...(o.set ?? [])].flatMap((s) => ['--set', s]),
   ]);
   if (r.code !== 0) throw new Error(`helm install failed: ${r.stderr || r.stdout}`);
   return { release, namespace, dispatcherPort: port };

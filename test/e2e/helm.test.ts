@@ -105,6 +105,10 @@ describe('helm install', () => {
     expect(pods.every((p) => p.status?.conditions?.some((c: Json) => c.type === 'Ready' && c.status === 'True'))).toBe(
       true,
     );
+    // Backups are on by default, and `helm --wait` did not wait for their claim to bind.
+    expect((await kubectl(['get', 'cronjob', '-n', namespace, '-o', 'name'])).trim()).toBe(
+      `cronjob.batch/${release}-agentflow-backup`,
+    );
     await until(
       'a leader label',
       releasePods,
@@ -141,6 +145,11 @@ describe('helm install', () => {
       `/api/v1/namespaces/${examples}/pods?labelSelector=agentflow.io%2Fpool`,
     );
     expect(agentPods.items.filter((p) => !p.metadata.deletionTimestamp)).toEqual([]);
+    // The backups' claim outlives the release (with no provisioner here it never bound).
+    const claims = await cluster.client.get<{ items: Json[] }>(
+      `/api/v1/namespaces/${namespace}/persistentvolumeclaims?labelSelector=app.kubernetes.io%2Fcomponent%3Dbackup`,
+    );
+    expect(claims.items.map((c) => c.metadata.name)).toEqual([`${release}-agentflow-backup`]);
     for (const crd of ['agentpools.agentflow.io', 'workflows.agentflow.io']) {
       expect((await cluster.kubectl(['get', 'crd', crd, '-o', 'name'])).stdout.trim()).toBe(
         `customresourcedefinition.apiextensions.k8s.io/${crd}`,

@@ -934,10 +934,34 @@ describe('chart', () => {
     expect(flag(operatorContainer(own).args, 'etcd-username')).toBe('agentflow');
   });
 
+  it('makes the backup claim only while none exists: an upgrade finds it and leaves it (and its backups) alone', async () => {
+    const install = (extra: string[] = []) =>
+      cluster.helm(['install', 'af', chart, '-n', ns, '--dry-run=server', '--set', 'crds.enabled=false', ...extra]);
+    const before = await install();
+    expect(before.code, before.stderr).toBe(0);
+    expect(before.stdout).toContain(`kind: PersistentVolumeClaim\nmetadata:\n  name: ${fullname}-backup`);
+    await cluster.client.post(`/api/v1/namespaces/${ns}/persistentvolumeclaims`, {
+      metadata: { name: `${fullname}-backup` },
+      spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } },
+    });
+    try {
+      const after = await install();
+      expect(after.code, after.stderr).toBe(0);
+      expect(after.stdout).not.toContain('kind: PersistentVolumeClaim');
+      expect(after.stdout).toContain(`claimName: ${fullname}-backup`);
+    } finally {
+      await cluster.client.delete(`/api/v1/namespaces/${ns}/persistentvolumeclaims/${fullname}-backup`);
+    }
+  });
+
   it('writes the backups to a claim kept on uninstall, or to an existing claim; backup.enabled=false renders neither', async () => {
     const objs = await render({ set: ['backup.pvc.size=50Gi', 'backup.pvc.storageClassName=fast'] });
     const pvc = find(objs, 'PersistentVolumeClaim', `${fullname}-backup`);
-    expect(pvc.metadata.annotations?.['helm.sh/resource-policy']).toBe('keep');
+    // A hook: made once, owned by no release (uninstall keeps it), not waited for by --wait.
+    expect(pvc.metadata.annotations).toMatchObject({
+      'helm.sh/resource-policy': 'keep',
+      'helm.sh/hook': 'pre-install,pre-upgrade',
+    });
     expect(pvc.metadata.labels).toMatchObject(selectorOf('backup').matchLabels);
     expect(pvc.spec).toEqual({
       accessModes: ['ReadWriteOnce'],
