@@ -64,6 +64,8 @@ const isTaskRecord = (v: unknown): v is TaskRecord =>
   Number.isInteger(v.attempt) &&
   typeof v.handler === 'string' &&
   typeof v.pool === 'string';
+const isSpecRecord = (v: unknown): v is { spec?: unknown; specBlob?: unknown } =>
+  isObject(v) && ('spec' in v || 'specBlob' in v);
 const isRunRecord = (v: unknown): v is RunRecord =>
   isObject(v) && typeof v.uid === 'string' && typeof v.phase === 'string' && isObject(v.expanded);
 
@@ -95,10 +97,16 @@ export class WorkflowRecords {
     run: RunRecord | undefined,
     tasks: TaskRecord[],
     fences: Fence[] = [],
+    spec?: unknown,
   ): Promise<void> {
     const base = this.base(namespace, workflow);
     const blobs = new Blobs(this.store);
     const puts: [string, string][] = [];
+    if (spec !== undefined) {
+      // The spec the run started with, once: a new leader resumes with it, whatever the Workflow says now.
+      const small = await spill(blobs, namespace, workflow, { spec }, ['spec'], fences, RECORD_FIELD_INLINE);
+      puts.push([`${base}/spec`, JSON.stringify(small)]);
+    }
     for (const t of tasks) {
       const small = await spill(blobs, namespace, workflow, t, ['input', 'output'], fences, RECORD_FIELD_INLINE);
       puts.push([`${base}/tasks/${t.name}`, JSON.stringify(small)]);
@@ -128,19 +136,23 @@ export class WorkflowRecords {
   }
 
   /** Reads a run's records page by page at one revision, large fields read back from their blobs. */
-  async load(namespace: string, workflow: string): Promise<{ run?: RunRecord; tasks: TaskRecord[] }> {
+  async load(namespace: string, workflow: string): Promise<{ run?: RunRecord; tasks: TaskRecord[]; spec?: unknown }> {
     const base = this.base(namespace, workflow);
     const blobs = new Blobs(this.store);
     const tasks: TaskRecord[] = [];
     let run: RunRecord | undefined;
+    let spec: unknown;
     for (const entry of await this.store.listPaged(`${base}/`, LOAD_PAGE)) {
       if (entry.key === `${base}/run`) run = decodeJson(entry, isRunRecord, 'a run record');
-      else {
+      else if (entry.key === `${base}/spec`) {
+        const s = decodeJson(entry, isSpecRecord, 'a run spec {spec}');
+        spec = (await fill(blobs, namespace, workflow, s, ['spec'], entry.key)).spec;
+      } else {
         const t = decodeJson(entry, isTaskRecord, 'a task record');
         tasks.push(await fill(blobs, namespace, workflow, t, ['input', 'output'], entry.key));
       }
     }
-    return { ...(run && { run }), tasks };
+    return { ...(run && { run }), tasks, ...(spec !== undefined && { spec }) };
   }
 
   /** The run record alone (one read): what a finished workflow's records say, without loading its tasks. */

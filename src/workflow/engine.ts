@@ -84,8 +84,12 @@ export class WorkflowEngine {
     const again = this.runs.get(k);
     if (again && again.uid === wf.uid) return again;
     const dispatcher = this.o.dispatcher;
+    // A resumed run runs the spec it started with (saved with its first flush), not the Workflow's
+    // spec now, which may have been edited since (the controller reports that as SpecApplied=False).
+    const resumed = loaded.run?.uid === wf.uid;
+    const spec = resumed && loaded.spec !== undefined ? (loaded.spec as WorkflowSpec) : wf.spec;
     const run = new WorkflowRun(
-      wf,
+      { ...wf, spec },
       {
         submit: (spec) => {
           try {
@@ -100,7 +104,7 @@ export class WorkflowEngine {
         now: () => Date.now(),
         poolCapacity: (pool) => this.o.poolCapacity?.(wf.namespace, pool),
       },
-      loaded.run?.uid === wf.uid ? loaded : undefined,
+      resumed ? { ...loaded, specSaved: loaded.spec !== undefined } : undefined,
       this.o.limits,
     );
     const replaced = this.runs.get(k);
@@ -167,7 +171,7 @@ export class WorkflowEngine {
     const k = key(namespace, name);
     const run = this.runs.get(k);
     if (!run?.finished) return false;
-    if (run.dirty.size > 0 || run.runDirty || run.audit.length > 0) return false;
+    if (run.dirty.size > 0 || run.runDirty || run.specDirty || run.audit.length > 0) return false;
     if ((this.saveWaiters.get(run)?.length ?? 0) > 0) return false;
     this.runs.delete(k);
     this.audits.delete(k);
@@ -344,7 +348,7 @@ export class WorkflowEngine {
       // Taken now: a spawn that arrives during this flush may not be in what it writes.
       const waiting = this.saveWaiters.get(run);
       this.saveWaiters.delete(run);
-      if (run.dirty.size === 0 && !run.runDirty && run.audit.length === 0) {
+      if (run.dirty.size === 0 && !run.runDirty && !run.specDirty && run.audit.length === 0) {
         // Clean, and flushes run one at a time: everything the run holds was saved by an earlier one.
         for (const settle of waiting ?? []) settle({ ok: true });
         continue;
@@ -353,15 +357,25 @@ export class WorkflowEngine {
       run.dirty.clear();
       const runDirty = run.runDirty;
       run.runDirty = false;
+      const specDirty = run.specDirty;
+      run.specDirty = false;
       const events = run.audit.splice(0);
       try {
         const tasks = names.map((n) => run.record(n)).filter((r) => r !== undefined);
-        await this.records.save(run.namespace, run.name, runDirty ? run.runRecord() : undefined, tasks, fences);
+        await this.records.save(
+          run.namespace,
+          run.name,
+          runDirty ? run.runRecord() : undefined,
+          tasks,
+          fences,
+          specDirty ? run.spec : undefined,
+        );
         if (events.length > 0) await this.audit(run.namespace, run.name).append(events, fences);
       } catch (err) {
         // Keep them for the next flush.
         for (const n of names) run.dirty.add(n);
         run.runDirty ||= runDirty;
+        run.specDirty ||= specDirty;
         run.audit.unshift(...events);
         if (waiting) this.saveWaiters.set(run, [...waiting, ...(this.saveWaiters.get(run) ?? [])]);
         failed ??= err as Error;

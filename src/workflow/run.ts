@@ -207,6 +207,8 @@ export class WorkflowRun {
   private unservedShown = '';
   readonly dirty = new Set<string>();
   runDirty = true;
+  /** The spec is not in etcd yet (saved once, with the first flush: a new leader resumes with it). */
+  specDirty: boolean;
   readonly audit: AuditItem[] = [];
   /** Bumped on every change the status shows. */
   version = 0;
@@ -214,7 +216,7 @@ export class WorkflowRun {
   constructor(
     wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec; rerunOf?: string },
     host: RunHost,
-    loaded?: { run?: RunRecord; tasks: TaskRecord[] },
+    loaded?: { run?: RunRecord; tasks: TaskRecord[]; specSaved?: boolean },
     limits: Partial<RunLimits> = {},
   ) {
     this.limits = { ...DEFAULT_RUN_LIMITS, ...limits };
@@ -230,6 +232,7 @@ export class WorkflowRun {
     const run = loaded?.run?.uid === wf.uid ? loaded.run : undefined;
     // Records written before spec hashes were kept run the spec they are given.
     this.specHash = run?.specHash ?? specHash(wf.spec);
+    this.specDirty = !(run && loaded?.specSaved);
     if (run && loaded) this.restore(run, loaded.tasks);
     else {
       this.audit.push({

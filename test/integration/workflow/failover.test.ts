@@ -115,6 +115,24 @@ describe('operator failover', () => {
       (w) => w.status?.progress?.running === 6,
       30_000,
     );
+    // An edit while it runs is not applied (SpecApplied=False), and a new leader must not apply it either:
+    // it resumes with the spec the run started with, kept in etcd.
+    const edit = await cluster.kubectl([
+      'patch',
+      '-n',
+      ns,
+      'awf/steady',
+      '--type=json',
+      '-p',
+      '[{"op":"replace","path":"/spec/tasks/2/input/i","value":99}]',
+    ]);
+    expect(edit.code, edit.stderr).toBe(0);
+    await until(
+      'the edit reported',
+      () => getWf('steady'),
+      (w) => w.status?.conditions?.some((c: Json) => c.type === 'SpecApplied' && c.status === 'False') === true,
+      30_000,
+    );
     const leader = operators[0] as OperatorProcess;
     const killedAt = Date.now();
     leader.kill('SIGKILL');
@@ -129,7 +147,11 @@ describe('operator failover', () => {
     console.log(`leader failover mid-workflow: finished ${Date.now() - killedAt} ms after kill -9 of the leader`);
     expect(w.status.phase).toBe('Succeeded');
     expect(w.status.progress).toEqual({ total: 8, succeeded: 8, failed: 0, running: 0, queued: 0 });
-    expect(w.status.outputs.after).toEqual({ i: 7 });
+    expect(w.status.outputs.after).toEqual({ i: 7 }); // the spec it started with, not the edit
+    expect(w.status.conditions.find((c: Json) => c.type === 'SpecApplied')).toMatchObject({
+      status: 'False',
+      reason: 'RunFinished',
+    });
     // Every task has exactly one committed result, from one attempt.
     const results = await store.client.getAll().prefix(`${prefix}/results/${ns}/steady/`).strings();
     expect(
