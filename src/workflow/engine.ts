@@ -125,9 +125,10 @@ export class WorkflowEngine {
    * moved aside in etcd first (fenced by leadership), then the run goes back
    * to Running. A request already answered (the same token, also by a leader
    * before a failover) changes nothing; one that cannot be followed is
-   * refused, and the run remembers why. `spec` is the workflow's spec now: a
-   * run whose spec was edited after it started is not retried under a spec it
-   * never ran.
+   * refused, and the run remembers why. `currentSpecHash` is the hash of the
+   * Workflow's spec now: a run whose spec was edited after it started is not
+   * retried (it would have to choose between a spec it never ran and one its
+   * user no longer wants).
    */
   async retry(run: WorkflowRun, token: string, currentSpecHash: string): Promise<RetryOutcome> {
     if (run.lastRetry?.token === token) {
