@@ -13,6 +13,7 @@ import type { WireError__Output } from '../gen/agentflow/v1/WireError.ts';
 import { Backoff } from '../lib/backoff.ts';
 import type { Logger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
+
 import type { Held } from '../state/lock.ts';
 import { Attempt, attemptKey } from './attempt.ts';
 import { AttemptLog } from './attempt-log.ts';
@@ -25,6 +26,19 @@ import { LockTimeoutError, RemoteState } from './remote-state.ts';
 import { SpawnRequests } from './spawns.ts';
 import { createTaskContext, type MailListener, type TaskHost } from './task-context.ts';
 import type { MailMeta } from './types.ts';
+
+/**
+ * How soon the channel tries the dispatcher again after a failed connection.
+ * grpc-js's own back-off grows to 120 s, and while it waits every new stream
+ * fails at once with the old error: after a leader failover an agent stayed
+ * away 5 s past the new leader's start and came back after its lease had
+ * expired (test/integration/workflow/failover.test.ts, the spawn case, failed
+ * about one run in five). Capped at 1 s, like DEFAULT_RECONNECT.
+ */
+const RECONNECT_CHANNEL_OPTIONS = {
+  'grpc.initial_reconnect_backoff_ms': 100,
+  'grpc.max_reconnect_backoff_ms': 1_000,
+} as const;
 
 export type AgentState = 'idle' | 'starting' | 'running' | 'draining' | 'stopped' | 'failed';
 
@@ -350,6 +364,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     const old = this.client;
     this.client = new Client(o.dispatcher, creds, {
       ...KEEPALIVE_OPTIONS,
+      ...RECONNECT_CHANNEL_OPTIONS,
       ...(o.serverName && { 'grpc.ssl_target_name_override': o.serverName, 'grpc.default_authority': o.serverName }),
     });
     this.clientCa = ca;

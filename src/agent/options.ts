@@ -7,6 +7,14 @@ import { AgentConfigError } from './errors.ts';
 import type { Handler, HandlerSpec } from './types.ts';
 
 /** Where the operator mounts an agent pod's projected ServiceAccount token (audience agentflow). */
+/**
+ * Back-off between the agent's attempts to open its stream. Capped low: after
+ * a leader failover the agent must be back well within its lease TTL (10 s by
+ * default), or its claims go with its lease and its finished results are
+ * refused (their tasks run again). One attempt a second per agent at most.
+ */
+export const DEFAULT_RECONNECT = { initialMs: 200, maxMs: 1_000 } as const;
+
 export const DEFAULT_TOKEN_FILE = '/var/run/secrets/agentflow/token';
 /** Where the operator mounts the dispatcher's CA bundle (ConfigMap agentflow-dispatcher-ca). */
 export const DEFAULT_CA_FILE = '/var/run/secrets/agentflow/ca/ca.crt';
@@ -46,7 +54,7 @@ export interface AgentOptions {
   heartbeatMs?: number;
   /** How long a drain waits for in-flight attempts when nobody says (default 25000, inside Kubernetes' 30 s grace). */
   drainTimeoutMs?: number;
-  /** Reconnect back-off bounds (default 200 / 5000 ms). */
+  /** Reconnect back-off bounds (default DEFAULT_RECONNECT: 200 / 1000 ms). */
   reconnect?: { initialMs: number; maxMs: number };
   /** SIGTERM and SIGINT drain the agent (default false). */
   installSignalHandlers?: boolean;
@@ -152,7 +160,7 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
   }
   const heartbeatMs = integer(`${F}.heartbeatMs`, opts.heartbeatMs ?? 5_000, 1);
   const drainTimeoutMs = integer(`${F}.drainTimeoutMs`, opts.drainTimeoutMs ?? 25_000, 0);
-  const reconnect = opts.reconnect ?? { initialMs: 200, maxMs: 5_000 };
+  const reconnect = opts.reconnect ?? DEFAULT_RECONNECT;
   if (!isRecord(reconnect))
     throw new AgentConfigError(`${F}.reconnect`, `must be {initialMs, maxMs}, got ${describe(reconnect)}`);
   integer(`${F}.reconnect.initialMs`, reconnect.initialMs, 1);
