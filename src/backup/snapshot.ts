@@ -85,8 +85,6 @@ export async function takeSnapshot(
   // The member answering status is the one that streams the snapshot (same connection pool, first host).
   const status = await store.client.maintenance.status();
   const fh = await open(tmp, 'w', 0o600);
-  const hash = createHash('sha256');
-  let size = 0;
   let chunks = 0;
   try {
     const stream = await store.client.maintenance.snapshot();
@@ -96,8 +94,6 @@ export async function takeSnapshot(
       stream.on('data', (m) => {
         chunks++;
         const blob = Buffer.from(m.blob);
-        hash.update(blob);
-        size += blob.length;
         writing = writing.then(() => fh.write(blob).then(() => undefined));
         writing.catch(reject);
       });
@@ -115,21 +111,23 @@ export async function takeSnapshot(
     await rm(tmp, { force: true });
     throw new Error('etcd sent an empty snapshot stream');
   }
-  // What etcd sent must itself be a sound snapshot before it counts as a backup.
-  let revision: number;
+  // What etcd sent must itself be a sound snapshot before it counts as a backup; the size and
+  // checksum recorded are those of the file as it lies on disk.
+  let checked: { size: number; sha256: string; revision: number };
   try {
-    ({ revision } = await checkFile(tmp));
+    checked = await checkFile(tmp);
   } catch (err) {
     await rm(tmp, { force: true });
     throw err;
   }
+  const { size, sha256, revision } = checked;
   const file = `agentflow-${stamp(now)}-r${revision}.db`;
   await rename(tmp, join(dir, file));
   const info: SnapshotInfo = {
     file,
     revision,
     size,
-    sha256: hash.digest('hex'),
+    sha256,
     takenAt: now.toISOString(),
     clusterId: String(status.header.cluster_id),
     memberId: String(status.header.member_id),
