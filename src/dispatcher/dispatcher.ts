@@ -743,6 +743,20 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       conn.used += cost;
       conn.assigned.add(key);
     }
+    // Claims on the agent's adopted lease for attempts it no longer has (neither running nor holding
+    // a result): e.g. etcd restored from a snapshot taken while it ran them, or its container
+    // restarted under the same lease. Nobody will ever finish them, and while the lease is kept they
+    // would block their tasks for good: release them (only if still the same claim).
+    if (r.leaseId !== '' && lease.id === r.leaseId) {
+      for (const key of await this.leases.keysOf(lease.id)) {
+        const ref = this.claims.refOfClaimKey(key);
+        if (!ref || reported.has(taskKey(ref)) || this.entries.get(taskKey(ref))?.claim) continue;
+        const claim = await this.claims.current(ref);
+        if (claim?.agentId !== grant.agentId) continue;
+        if (await this.claims.release(claim, this.fences()))
+          conn.log.info('Released a claim the agent no longer holds', { task: taskKey(ref), attempt: claim.attempt });
+      }
+    }
     // Attempts we assigned that the agent does not know (the Assign was lost with the old stream).
     for (const entry of this.entries.values()) {
       if (entry.agentId === grant.agentId && entry.phase === 'assigned' && !reported.has(entry.key) && entry.claim) {

@@ -102,6 +102,12 @@ export class LeaseKeeper {
    * previous leader): undefined if it expired. The caller must first check
    * that the lease belongs to the agent asking (see Membership).
    */
+  /** The keys etcd has bound to a lease (claims and the membership key of the agent holding it). */
+  async keysOf(id: string): Promise<string[]> {
+    const res = await this.store.client.leaseClient.leaseTimeToLive({ ID: id, keys: true });
+    return (res.keys ?? []).map((k) => Buffer.from(k).toString('utf8'));
+  }
+
   async adopt(id: string): Promise<KeptLease | undefined> {
     if (!/^[1-9][0-9]{0,19}$/.test(id)) return undefined;
     const known = this.leases.get(id);

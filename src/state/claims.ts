@@ -124,6 +124,15 @@ export class TaskClaims {
     return this.store.key('attempts', ref.namespace, ref.workflow, ref.task, String(attempt));
   }
 
+  /** The task a claim key names (the inverse of claimKey), if `key` is a claim key. */
+  refOfClaimKey(key: string): TaskRef | undefined {
+    const prefix = `${this.store.key('claims')}/`;
+    if (!key.startsWith(prefix)) return undefined;
+    const [namespace, workflow, task, ...rest] = key.slice(prefix.length).split('/');
+    if (!namespace || !workflow || !task || rest.length > 0) return undefined;
+    return { namespace, workflow, task };
+  }
+
   /** Prefix of every claim of a workflow (the dispatcher watches it for lease expiry). */
   claimsPrefix(namespace: string, workflow: string): string {
     return `${this.store.key('claims', namespace, workflow)}/`;
