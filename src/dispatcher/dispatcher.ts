@@ -1,13 +1,11 @@
 import { EventEmitter } from 'node:events';
-import { Server, type ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
+import { Server, type ServerCredentials } from '@grpc/grpc-js';
 import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
-import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
-import type { InFlight__Output } from '../gen/agentflow/v1/InFlight.ts';
 import type { Register__Output } from '../gen/agentflow/v1/Register.ts';
 import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
 import type { SpawnTasks__Output } from '../gen/agentflow/v1/SpawnTasks.ts';
 import { type Logger, silentLogger } from '../lib/log.ts';
-import { agentflowProto, KEEPALIVE_OPTIONS, MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
+import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
 import {
   type Claim,
   type ClaimRefusalReason,
@@ -24,30 +22,27 @@ import {
   type TaskResult,
 } from '../state/index.ts';
 import { AgentConn } from './agent-conn.ts';
-import { type AgentAuth, AgentAuthError, type AgentIdentity, type Grant, type RegisterClaim } from './auth.ts';
-import { asAuthError, StreamCredentials } from './credentials.ts';
+import type { AgentAuth, AgentIdentity, Grant } from './auth.ts';
+import { StreamCredentials } from './credentials.ts';
 import { GroupCommitter } from './group-committer.ts';
-import { type Candidate, type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
+import { relayMail } from './mail.ts';
+import { OrphanResults } from './orphans.ts';
+import { type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
+import { confirmInFlight, judgeUntracked } from './recovery.ts';
+import { Scheduler } from './scheduler.ts';
 import { StateService } from './state-service.ts';
-import { PoolQueue, type QueuedTask } from './task-queue.ts';
+import { type AgentStream, acceptStream, WireMessageError } from './streams.ts';
+import { allows, move, newEntry, type TaskEntry, type WireRefusal } from './task-state.ts';
+import { type PoolStats, type SpawnOutcome, type TaskEvent, type TaskSpec, taskKey, wireTaskId } from './types.ts';
 import {
-  allows,
-  nextPhase,
-  type TaskEventName,
-  type TaskPhase,
-  type WireErrorCode,
-  type WireRefusal,
-} from './task-state.ts';
-import {
-  type PoolStats,
-  parseWireTaskId,
-  type SpawnedChild,
-  type SpawnOutcome,
-  type TaskEvent,
-  type TaskSpec,
-  taskKey,
-  wireTaskId,
-} from './types.ts';
+  checkRegister,
+  claimOf,
+  isRefusal,
+  parseResult,
+  type ResultOutcome,
+  refOf,
+  spawnedChildren,
+} from './wire-checks.ts';
 
 export interface DispatcherOptions {
   store: StateStore;
@@ -73,47 +68,23 @@ export interface DispatcherOptions {
   maxBatch?: number;
 }
 
-interface Entry {
-  key: string;
-  spec: TaskSpec;
-  attempt: number;
-  cost: number;
-  /** Changed only by move() (src/dispatcher/task-state.ts holds the table). */
-  readonly phase: TaskPhase;
-  agentId?: string;
-  claim?: Claim;
-  enqueuedAt: number;
-  timer?: NodeJS.Timeout;
-  /** Known only from an agent's re-registration (after a dispatcher restart): cannot be re-queued. */
-  adopted?: boolean;
-  /** Place in line, fixed at the first enqueue. */
-  seq?: number;
-}
-
-/** How long an orphaned result waits for its task to be queued again (a new leader resuming its runs). */
-const ORPHAN_WAIT_MS = 15_000;
-/** Most orphaned results held at once (each holds its output). */
-const MAX_ORPHANS = 10_000;
+type Entry = TaskEntry;
 
 /** A result whose claim went with the agent's lease, kept until its attempt is queued again. */
 interface Orphan {
   conn: AgentConn;
   r: Result__Output;
-  result: PendingCommit['result'];
-  timer: NodeJS.Timeout | undefined;
+  result: ResultOutcome;
 }
 
 interface PendingCommit {
   ref: TaskRef;
   claim: Claim;
-  result: { ok: boolean; output?: unknown; error?: { message: string; retryable: boolean } };
+  result: ResultOutcome;
   conn: AgentConn;
   wireAttempt: number;
   wireTaskId: string;
 }
-
-const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const ok = (s: string, max = 253) => s.length > 0 && s.length <= max;
 
 /**
  * The dispatcher: agents hold one gRPC stream each; ready tasks are claimed in
@@ -131,7 +102,6 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private readonly stateService: StateService;
   private sweeper: NodeJS.Timeout | undefined;
   private readonly log: Logger;
-  private readonly policy: PlacementPolicy;
   private readonly fences: () => Fence[];
   private readonly orphanTimeoutMs: number;
   private readonly maxBatch: number;
@@ -140,15 +110,14 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private watch: ResumableWatch | undefined;
   private readonly conns = new Map<string, AgentConn>();
   private readonly byPool = new Map<string, Set<AgentConn>>();
-  private readonly queues = new Map<string, PoolQueue>();
+  private readonly scheduler: Scheduler<Entry, AgentConn>;
   private readonly entries = new Map<string, Entry>();
   private readonly orphanTimers = new Map<string, NodeJS.Timeout>();
   private readonly committer: GroupCommitter<PendingCommit, CommitOutcome>;
   private dispatching = false;
   private dispatchAgain = false;
-  private seq = 0;
   /** Results of attempts whose claim had gone, waiting (briefly) for the engine to queue that attempt again. */
-  private readonly orphans = new Map<string, Orphan>();
+  private readonly orphans = new OrphanResults<Orphan>((o) => this.refuseOrphan(o));
   private stopped = false;
   /** Set once a leadership fence failed (see depose). */
   private deposed = false;
@@ -177,7 +146,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.claims = new TaskClaims(opts.store);
     this.log = (opts.logger ?? silentLogger).with({ component: 'dispatcher' });
     const p = opts.policy ?? 'least-loaded';
-    this.policy = typeof p === 'function' ? p : POLICIES[p]();
+    this.scheduler = new Scheduler(typeof p === 'function' ? p : POLICIES[p]());
     this.fences = opts.fences ?? (() => []);
     this.orphanTimeoutMs = opts.orphanTimeoutMs ?? 30_000;
     this.maxBatch = opts.maxBatch ?? 512;
@@ -239,7 +208,21 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     ).start();
     const server = new Server(KEEPALIVE_OPTIONS);
     server.addService(agentflowProto().agentflow.v1.Dispatcher.service, {
-      Connect: (stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>) => this.onStream(stream),
+      Connect: (stream: AgentStream) =>
+        acceptStream(
+          stream,
+          {
+            deposed: () => this.deposed,
+            stopped: () => this.stopped,
+            register: (st, r, who) => this.onRegister(st, r, who),
+            message: (conn, m) => this.onMessage(conn, m),
+            disconnected: (conn) => this.onDisconnect(conn),
+            counters: this.counters,
+          },
+          this.credentials,
+          this.auth,
+          this.log,
+        ),
     });
     this.port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(this.address, this.serverCredentials, (err, port) => (err ? reject(err) : resolve(port))),
@@ -256,8 +239,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   /** Stop taking work, end the streams, shut the server down (force after graceMs). */
   async stop(graceMs = 5_000): Promise<void> {
     this.stopped = true;
-    for (const o of this.orphans.values()) clearTimeout(o.timer);
-    this.orphans.clear();
+    this.orphans.close();
     this.committer.stop();
     if (this.sweeper) clearInterval(this.sweeper);
     for (const t of this.orphanTimers.values()) clearTimeout(t);
@@ -293,15 +275,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const cost = spec.cost ?? 1;
     if (!Number.isInteger(cost) || cost < 1)
       throw new RangeError(`task ${key}: cost must be an integer >= 1, got ${cost}`);
-    const entry: Entry = { key, spec, attempt, cost, phase: 'queued', enqueuedAt: performance.now() };
+    const entry = newEntry(key, spec, attempt, cost);
     this.entries.set(key, entry);
     this.enqueue(entry);
-    const orphan = this.orphans.get(key);
-    if (orphan) {
-      this.orphans.delete(key);
-      clearTimeout(orphan.timer);
-      if (!this.commitOrphan(entry, orphan)) this.refuseOrphan(orphan);
-    }
+    const orphan = this.orphans.take(key);
+    if (orphan && !this.commitOrphan(entry, orphan)) this.refuseOrphan(orphan);
   }
 
   /** Whether the task is queued or running here (also when adopted from a reconnecting agent). */
@@ -314,7 +292,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const entry = this.entries.get(taskKey(ref));
     if (!entry) return;
     if (entry.phase === 'queued') {
-      this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry.spec);
+      this.scheduler.remove(entry);
       this.entries.delete(entry.key);
       return;
     }
@@ -337,9 +315,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       connectedAgents: agents.length,
       capacity: live.reduce((s, a) => s + a.capacity, 0),
       inflight: agents.reduce((s, a) => s + a.used, 0),
-      queued: this.queues.get(`${namespace}/${pool}`)?.queuedSlots ?? 0,
+      queued: this.scheduler.queuedSlots(namespace, pool),
       handlers: [...new Set(live.flatMap((a) => [...a.handlers]))].sort(),
-      wanted: this.queues.get(`${namespace}/${pool}`)?.wantedHandlers() ?? [],
+      wanted: this.scheduler.wantedHandlers(namespace, pool),
     };
   }
 
@@ -365,37 +343,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   // ---- queue and dispatch ----
 
-  private queueFor(namespace: string, pool: string): PoolQueue {
-    const k = `${namespace}/${pool}`;
-    let q = this.queues.get(k);
-    if (!q) {
-      q = new PoolQueue();
-      this.queues.set(k, q);
-    }
-    return q;
-  }
-
-  /** The one place an entry's phase changes: the transition table refuses what it does not allow. */
-  private move(entry: Entry, event: TaskEventName): void {
-    (entry as { phase: TaskPhase }).phase = nextPhase(entry.key, entry.phase, event);
-  }
-
   /** Puts a queued entry in its pool's line (its place fixed at the first enqueue). */
   private enqueue(entry: Entry): void {
     if (entry.phase !== 'queued') throw new Error(`task ${entry.key}: enqueue in phase ${entry.phase}`);
-    entry.seq ??= this.seq++;
     entry.agentId = undefined;
     entry.claim = undefined;
-    this.queueFor(entry.spec.ref.namespace, entry.spec.pool).push({
-      spec: entry.spec,
-      attempt: entry.attempt,
-      cost: entry.cost,
-      priority: entry.spec.priority ?? 0,
-      // A task queued again (its agent died, its claim was refused) keeps its first place in line,
-      // ahead of work that arrived after it, instead of waiting behind the whole backlog.
-      seq: entry.seq,
-      enqueuedAt: entry.enqueuedAt,
-    });
+    this.scheduler.enqueue(entry);
     this.kick();
   }
 
@@ -418,35 +371,17 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       do {
         this.dispatchAgain = false;
         const batch: { entry: Entry; conn: AgentConn }[] = [];
-        for (const [poolKey, queue] of this.queues) {
-          if (queue.size === 0) continue;
-          const agents = this.byPool.get(poolKey);
-          if (!agents || agents.size === 0) continue;
-          const chosen = new Map<QueuedTask, AgentConn>();
-          queue.take((t) => {
-            const cands: (Candidate & { conn: AgentConn })[] = [];
-            for (const a of agents) {
-              if (a.free >= t.cost && a.handlers.has(t.spec.handler)) {
-                cands.push({ agentId: a.agentId, capacity: a.capacity, used: a.used, conn: a });
-              }
-            }
-            const pick = this.policy(cands) as (Candidate & { conn: AgentConn }) | undefined;
-            if (!pick) return false;
-            pick.conn.used += t.cost; // reserve now: the next pick sees it
-            chosen.set(t, pick.conn);
-            return true;
-          }, this.maxBatch - batch.length);
-          for (const [t, conn] of chosen) {
-            const entry = this.entries.get(taskKey(t.spec.ref));
-            if (!entry || entry.phase !== 'queued') {
-              conn.used -= t.cost;
-              continue;
-            }
-            this.move(entry, 'reserve');
-            entry.agentId = conn.agentId;
-            batch.push({ entry, conn });
+        for (const { task: entry, agent: conn } of this.scheduler.take(
+          (ns, pool) => this.byPool.get(`${ns}/${pool}`),
+          this.maxBatch,
+        )) {
+          if (this.entries.get(entry.key) !== entry || entry.phase !== 'queued') {
+            conn.used -= entry.cost;
+            continue;
           }
-          if (batch.length >= this.maxBatch) break;
+          move(entry, 'reserve');
+          entry.agentId = conn.agentId;
+          batch.push({ entry, conn });
         }
         if (batch.length > 0) await this.claimBatch(batch);
       } while (this.dispatchAgain && !this.stopped);
@@ -476,7 +411,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       for (const { entry, conn } of batch) {
         conn.used -= entry.cost;
         if (entry.phase === 'claiming') {
-          this.move(entry, 'claimRefused');
+          move(entry, 'claimRefused');
           this.enqueue(entry);
         }
       }
@@ -505,11 +440,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         // The agent went away while we claimed: give the claim back and queue again.
         conn.used -= entry.cost;
         void this.claims.release(o.claim, this.fences()).catch(() => undefined);
-        this.move(entry, 'claimRefused');
+        move(entry, 'claimRefused');
         if (this.entries.get(entry.key) === entry) this.enqueue(entry);
         return;
       }
-      this.move(entry, 'claimed');
+      move(entry, 'claimed');
       entry.claim = o.claim;
       conn.assigned.add(entry.key);
       const timeout = entry.spec.timeoutSeconds;
@@ -535,7 +470,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   private claimRefused(entry: Entry, refusal: { reason: ClaimRefusalReason; error?: Error; message?: string }): void {
-    this.move(entry, 'claimRefused');
+    move(entry, 'claimRefused');
     if (refusal.reason === 'Fenced') {
       this.depose(refusal.error?.message ?? 'the leadership fence no longer holds');
       return;
@@ -558,7 +493,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       why: refusal.error?.message ?? refusal.message,
     });
     setTimeout(() => {
-      if (this.entries.get(entry.key) === entry && entry.phase === 'queued') this.enqueue(entry);
+      if (this.entries.get(entry.key) === entry && entry.phase === 'queued' && !this.scheduler.isQueued(entry))
+        this.enqueue(entry);
     }, 1_000);
   }
 
@@ -569,104 +505,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   // ---- streams ----
 
-  private onStream(stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>): void {
-    let conn: AgentConn | undefined;
-    let registering = false;
-    let over = false;
-    const refuse = (code: WireErrorCode, message: string, taskId = '') => {
-      this.counters.refused++;
-      stream.write({ error: { code, message, taskId } });
-    };
-    const deny = (err: AgentAuthError, identity?: AgentIdentity, claim?: RegisterClaim) => {
-      if (over) return;
-      over = true;
-      if (err.status === 'UNAUTHENTICATED') this.counters.unauthenticated++;
-      if (err.status === 'PERMISSION_DENIED') this.counters.permissionDenied++;
-      this.log.warn('Agent refused', { reason: err.reason, message: err.message, user: identity?.username });
-      this.auth.refused?.(identity, claim, err);
-      stream.emit(
-        'error',
-        Object.assign(new Error(err.message), { code: GRPC_CODE[err.status], details: err.message }),
-      );
-    };
-    if (this.deposed) {
-      const details = 'this dispatcher is no longer the leader; reconnect to the new leader';
-      stream.emit('error', Object.assign(new Error(details), { code: GRPC_CODE.UNAVAILABLE, details }));
-      return;
-    }
-    // Authenticate before reading anything the agent says.
-    const identity: Promise<AgentIdentity | undefined> = this.credentials
-      .authenticate(stream.metadata.get('authorization'))
-      .catch((err: unknown) => {
-        deny(asAuthError(err));
-        return undefined;
-      });
-    stream.on('data', (m: AgentMessage__Output) => {
-      if (this.stopped || over) return;
-      if (!conn) {
-        if (m.msg !== 'register' || !m.register) {
-          refuse('NOT_REGISTERED', 'the first message on a stream must be Register');
-          stream.end();
-          return;
-        }
-        if (registering) return;
-        registering = true;
-        const register = m.register;
-        let verified: AgentIdentity | undefined;
-        void identity
-          .then(async (who) => {
-            if (!who || over) return;
-            verified = who;
-            conn = await this.onRegister(stream, register, who);
-          })
-          .catch((err: unknown) => {
-            if (err instanceof AgentAuthError) {
-              deny(err, verified, claimOf(register));
-              return;
-            }
-            refuse('INVALID', (err as Error).message);
-            stream.end();
-          });
-        return;
-      }
-      conn.lastSeen = performance.now();
-      try {
-        this.onMessage(conn, m);
-      } catch (err) {
-        refuse(err instanceof PayloadError ? 'PAYLOAD_TOO_LARGE' : 'INVALID', (err as Error).message);
-      }
-    });
-    const gone = () => {
-      over = true;
-      if (conn) this.onDisconnect(conn);
-    };
-    stream.on('end', () => {
-      gone();
-      stream.end();
-    });
-    stream.on('error', gone);
-    stream.on('cancelled', gone);
-  }
-
-  private async onRegister(
-    stream: ServerDuplexStream<AgentMessage__Output, DispatcherMessage>,
-    r: Register__Output,
-    identity: AgentIdentity,
-  ): Promise<AgentConn> {
-    if (r.namespace !== '' && (!NAME.test(r.namespace) || !ok(r.namespace, 63)))
-      throw new Error(`Register.namespace: "${r.namespace}" is not a DNS-1123 label`);
-    if (r.pool !== '' && (!NAME.test(r.pool) || !ok(r.pool, 63)))
-      throw new Error(`Register.pool: "${r.pool}" is not a DNS-1123 label`);
-    if (r.agentId.length > 253 || r.agentId.includes('/'))
-      throw new Error(`Register.agentId: "${r.agentId.slice(0, 64)}" must be at most 253 characters without "/"`);
-    if (!Number.isInteger(r.capacity) || r.capacity < 1 || r.capacity > 1024)
-      throw new Error(`Register.capacity: must be 1-1024, got ${r.capacity}`);
-    if (r.leaseId !== '' && !/^[1-9][0-9]{0,19}$/.test(r.leaseId))
-      throw new Error(`Register.leaseId: "${r.leaseId.slice(0, 32)}" is not an etcd lease id`);
-    if (r.handlers.length === 0 || r.handlers.length > 128)
-      throw new Error(`Register.handlers: 1-128 handler names required, got ${r.handlers.length}`);
-    if (r.inFlight.length > 4 * 1024)
-      throw new Error(`Register.inFlight: at most ${4 * 1024} attempts, got ${r.inFlight.length}`);
+  private async onRegister(stream: AgentStream, r: Register__Output, identity: AgentIdentity): Promise<AgentConn> {
+    const malformed = checkRegister(r);
+    if (malformed) throw new Error(malformed);
     const grant = await this.auth.authorize(identity, claimOf(r));
     const lease = await this.leaseFor(grant, r.leaseId);
     lease.owner = grant.agentId;
@@ -702,47 +543,32 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       clearTimeout(orphan);
       this.orphanTimers.delete(grant.agentId);
     }
-    const stillYours: InFlight__Output[] = [];
-    const reported = new Set<string>();
-    for (const inf of r.inFlight) {
-      const ref = parseWireTaskId(grant.namespace, inf.taskId);
-      if (!ref) continue;
-      const key = taskKey(ref);
-      reported.add(key);
-      const claim = await this.claims.current(ref);
-      if (!claim || claim.token !== inf.token || claim.agentId !== grant.agentId || claim.attempt !== inf.attempt)
-        continue;
-      stillYours.push(inf);
-      const cost = inf.cost > 0 ? inf.cost : 1;
+    const { held, reported } = await confirmInFlight(this.claims, grant.namespace, grant.agentId, r.inFlight);
+    for (const { inf, ref, key, claim, cost } of held) {
       let entry = this.entries.get(key);
       if (entry && entry.phase === 'queued') {
         // The engine handed the task out again (e.g. after a leader change) before its agent came
         // back: the running attempt wins; take the queued copy out of line.
-        this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry?.spec);
+        this.scheduler.remove(entry);
         entry.attempt = inf.attempt;
       } else if (entry && entry.phase === 'claiming') {
         entry.attempt = inf.attempt; // its claim will be refused; the outcome is ignored below
       }
       if (!entry) {
-        entry = {
-          key,
-          spec: { ref, pool: grant.pool, handler: '', input: null, cost },
-          attempt: inf.attempt,
-          cost,
-          phase: 'assigned',
-          enqueuedAt: performance.now(),
+        entry = newEntry(key, { ref, pool: grant.pool, handler: '', input: null, cost }, inf.attempt, cost, {
           adopted: true,
-        };
+        });
         this.entries.set(key, entry);
       } else if (entry.phase !== 'committing') {
         // (A commit in flight decides for itself.)
-        this.move(entry, 'adopt');
+        move(entry, 'adopt');
       }
       entry.agentId = grant.agentId;
       entry.claim = claim;
       conn.used += cost;
       conn.assigned.add(key);
     }
+    const stillYours = held.map((h) => h.inf);
     // Claims on the agent's adopted lease for attempts it no longer has (neither running nor holding
     // a result): e.g. etcd restored from a snapshot taken while it ran them, or its container
     // restarted under the same lease. Nobody will ever finish them, and while the lease is kept they
@@ -882,34 +708,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         if (m.spawn) this.onSpawn(conn, m.spawn);
         return;
       case 'mail': {
-        const mail = m.mail;
-        if (!mail) return;
-        if (Buffer.byteLength(mail.payloadJson) > MAX_PAYLOAD_BYTES) {
-          this.wireError(
-            conn,
-            { code: 'PAYLOAD_TOO_LARGE', message: `mail payload over ${MAX_PAYLOAD_BYTES} bytes` },
-            '',
-          );
-          return;
-        }
-        const to = this.conns.get(mail.toAgent);
-        if (!to || to.namespace !== conn.namespace) {
-          this.wireError(
-            conn,
-            { code: 'INVALID', message: `agent "${mail.toAgent}" is not connected in namespace ${conn.namespace}` },
-            '',
-          );
-          return;
-        }
-        to.send({
-          mail: {
-            workflow: mail.workflow,
-            toAgent: mail.toAgent,
-            fromAgent: conn.agentId,
-            topic: mail.topic,
-            payloadJson: mail.payloadJson,
-          },
-        });
+        if (!m.mail) return;
+        const refused = relayMail(conn, m.mail, (id) => this.conns.get(id));
+        if (refused) this.wireError(conn, refused, '');
         return;
       }
       case 'drained':
@@ -937,7 +738,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         return;
       }
       default:
-        throw new Error(`unexpected message ${m.msg ?? '(empty)'}`);
+        throw new WireMessageError('INVALID', `unexpected message ${m.msg ?? '(empty)'}`);
     }
   }
 
@@ -993,10 +794,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     return undefined;
   }
 
-  /** The entry this agent may speak about, or "CODE:message" why not. */
+  /** The entry this agent may speak about, or the refusal saying why not. */
   private ownEntry(conn: AgentConn, taskId: string, attempt: number, token: number): Entry | WireRefusal {
-    const ref = parseWireTaskId(conn.namespace, taskId);
-    if (!ref) return { code: 'INVALID', message: `task id "${taskId}" is not workflow/task` };
+    const ref = refOf(conn.namespace, taskId);
+    if (isRefusal(ref)) return ref;
     const entry = this.entries.get(taskKey(ref));
     if (!entry || entry.agentId !== conn.agentId || entry.phase === 'queued')
       return { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${taskId}` };
@@ -1017,35 +818,14 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   private onResult(conn: AgentConn, r: Result__Output): void {
-    const ref = parseWireTaskId(conn.namespace, r.taskId);
-    if (!ref) {
-      this.wireError(conn, { code: 'INVALID', message: `task id "${r.taskId}" is not workflow/task` }, r.taskId);
+    const ref = refOf(conn.namespace, r.taskId);
+    if (isRefusal(ref)) {
+      this.wireError(conn, ref, r.taskId);
       return;
     }
-    let result: PendingCommit['result'];
-    if (r.outcome === 'outputJson') {
-      if (Buffer.byteLength(r.outputJson ?? '') > MAX_PAYLOAD_BYTES) {
-        this.wireError(
-          conn,
-          { code: 'PAYLOAD_TOO_LARGE', message: `output of ${r.taskId} is over ${MAX_PAYLOAD_BYTES} bytes` },
-          r.taskId,
-        );
-        return;
-      }
-      try {
-        result = { ok: true, output: JSON.parse(r.outputJson || 'null') };
-      } catch {
-        this.wireError(conn, { code: 'INVALID', message: `outputJson of ${r.taskId} is not JSON` }, r.taskId);
-        return;
-      }
-    } else if (r.outcome === 'error' && r.error) {
-      result = { ok: false, error: { message: r.error.message.slice(0, 4096), retryable: r.error.retryable } };
-    } else {
-      this.wireError(
-        conn,
-        { code: 'INVALID', message: `Result for ${r.taskId} has neither outputJson nor error` },
-        r.taskId,
-      );
+    const result = parseResult(r);
+    if (isRefusal(result)) {
+      this.wireError(conn, result, r.taskId);
       return;
     }
     const late = `${r.taskId}@${r.attempt}`;
@@ -1073,36 +853,32 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         this.ack(conn, r, 'SUPERSEDED', 'the attempt was cancelled or replaced');
         return;
       }
-      this.move(entry, 'resultReceived');
+      move(entry, 'resultReceived');
       this.committer.add({ ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
       return;
     }
     // Not ours in memory (e.g. we restarted): the claim in etcd decides.
-    this.claims
-      .current(ref)
-      .then(async (claim) => {
-        if (claim && claim.token === r.token && claim.attempt === r.attempt && claim.agentId === conn.agentId) {
-          this.committer.add({ ref, claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
-          return;
-        }
-        const done = await this.claims.result(ref);
-        if (done && done.token === r.token && done.agentId === conn.agentId) {
-          this.ack(conn, r, 'COMMITTED', 'already committed');
-          return;
-        }
-        // An attempt this agent held, now replaced: it may forget the result.
-        if ((claim && claim.agentId === conn.agentId) || (done && done.agentId === conn.agentId)) {
-          this.ack(conn, r, 'SUPERSEDED', 'the attempt no longer holds the claim');
-          return;
-        }
-        // Nobody holds the task and it has no result. If etcd's history shows this agent held exactly this
-        // attempt under this token (its claim went with its lease while it was away), the work is done:
-        // when that same attempt is (or soon is) queued again, commit it rather than run it again.
-        const held = !claim && !done ? await this.claims.claimedAt(ref, Number(r.token)) : undefined;
-        if (held && held.agentId === conn.agentId && held.attempt === r.attempt) {
-          const orphan: Orphan = { conn, r, result, timer: undefined };
-          const entry = this.entries.get(key);
-          if (entry ? this.commitOrphan(entry, orphan) : this.parkOrphan(key, orphan)) return;
+    judgeUntracked(this.claims, ref, r, conn.agentId)
+      .then((v) => {
+        switch (v.kind) {
+          case 'commit':
+            this.committer.add({ ref, claim: v.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
+            return;
+          case 'committed':
+            this.ack(conn, r, 'COMMITTED', 'already committed');
+            return;
+          case 'superseded':
+            this.ack(conn, r, 'SUPERSEDED', 'the attempt no longer holds the claim');
+            return;
+          case 'orphan': {
+            // When that same attempt is (or soon is) queued again, commit it rather than run it again.
+            const orphan: Orphan = { conn, r, result };
+            const entry = this.entries.get(key);
+            if (entry ? this.commitOrphan(entry, orphan) : this.orphans.park(key, orphan)) return;
+            break;
+          }
+          case 'unknown':
+            break;
         }
         this.wireError(conn, { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${r.taskId}` }, r.taskId);
       })
@@ -1111,22 +887,6 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         // keeps it and re-sends it after its next reconnect.
         conn.log.warn('Could not look up the claim of a result; it stays with the agent', { taskId: r.taskId, err });
       });
-  }
-
-  /** Holds an orphaned result until the engine queues its task again, or ORPHAN_WAIT_MS pass. */
-  private parkOrphan(key: string, orphan: Orphan): boolean {
-    const prev = this.orphans.get(key);
-    if (prev && !prev.conn.closed) return false;
-    if (prev) clearTimeout(prev.timer); // the same agent again, on its next stream
-    if (this.orphans.size >= MAX_ORPHANS || this.stopped) return false;
-    orphan.timer = setTimeout(() => {
-      if (this.orphans.get(key) !== orphan) return;
-      this.orphans.delete(key);
-      this.refuseOrphan(orphan);
-    }, ORPHAN_WAIT_MS);
-    orphan.timer.unref();
-    this.orphans.set(key, orphan);
-    return true;
   }
 
   private refuseOrphan(o: Orphan): void {
@@ -1143,13 +903,13 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const { conn, r } = o;
     if (entry.phase !== 'queued' || entry.attempt !== r.attempt || entry.spec.pool !== conn.pool) return false;
     if (conn.closed || this.deposed || this.stopped) return false;
-    this.queueFor(entry.spec.ref.namespace, entry.spec.pool).remove((t) => t.spec === entry.spec);
-    this.move(entry, 'reserve');
+    this.scheduler.remove(entry);
+    move(entry, 'reserve');
     entry.agentId = conn.agentId;
     const ref = entry.spec.ref;
     const back = () => {
       if (this.entries.get(entry.key) !== entry || entry.phase !== 'claiming') return;
-      this.move(entry, 'claimRefused');
+      move(entry, 'claimRefused');
       this.enqueue(entry);
     };
     this.claims
@@ -1165,10 +925,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           else this.refuseOrphan(o);
           return;
         }
-        this.move(entry, 'claimed');
+        move(entry, 'claimed');
         entry.claim = out.claim;
         this.emit('task', { type: 'started', ref, attempt: r.attempt, agentId: conn.agentId });
-        this.move(entry, 'resultReceived');
+        move(entry, 'resultReceived');
         this.counters.orphansCommitted++;
         conn.log.info('Committing a result whose claim had gone with the lease, instead of running it again', {
           taskId: r.taskId,
@@ -1235,7 +995,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
 
   /** The attempt is over: free its slot and forget it. */
   private settle(entry: Entry, conn?: AgentConn): void {
-    if (allows(entry.phase, 'settle')) this.move(entry, 'settle');
+    if (allows(entry.phase, 'settle')) move(entry, 'settle');
     else if (entry.phase !== 'settled') {
       // Refused, not applied: a settle from the wrong phase is a bug worth seeing, not a crash mid-batch.
       this.log.error('Refused an illegal task transition', { task: entry.key, phase: entry.phase, event: 'settle' });
@@ -1293,7 +1053,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       agentId,
       reason: 'the agent lease expired',
     });
-    this.move(entry, 'lost');
+    move(entry, 'lost');
     entry.attempt++;
     entry.enqueuedAt = performance.now();
     this.enqueue(entry);
@@ -1309,7 +1069,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const agent = entry.agentId ? this.conns.get(entry.agentId) : undefined;
     if (entry.timer) clearTimeout(entry.timer);
     if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
-    this.move(entry, 'takeBack');
+    move(entry, 'takeBack');
     if (agent?.assigned.delete(entry.key)) {
       const id = wireTaskId(entry.spec.ref);
       agent.cancelling.set(`${id}@${entry.attempt}`, entry.cost);
@@ -1329,15 +1089,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     }
     this.counters.lost++;
     this.emit('task', { type: 'lost', ref: entry.spec.ref, attempt, agentId, reason });
-    const next: Entry = {
-      key: entry.key,
-      spec: entry.spec,
-      attempt: attempt + 1,
-      cost: entry.cost,
-      phase: 'queued',
-      enqueuedAt: performance.now(),
+    const next = newEntry(entry.key, entry.spec, attempt + 1, entry.cost, {
       ...(entry.seq !== undefined && { seq: entry.seq }),
-    };
+    });
     if (!this.entries.has(entry.key)) {
       this.entries.set(entry.key, next);
       this.enqueue(next);
@@ -1350,59 +1104,5 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const agentId = entry.agentId ?? '';
     await this.takeBack(entry, `deadline of ${entry.spec.timeoutSeconds}s exceeded`);
     this.emit('task', { type: 'timedOut', ref: entry.spec.ref, attempt: entry.attempt, agentId });
-  }
-}
-
-const GRPC_CODE = {
-  UNAUTHENTICATED: 16,
-  PERMISSION_DENIED: 7,
-  UNAVAILABLE: 14,
-  INVALID_ARGUMENT: 3,
-} as const;
-
-function claimOf(r: Register__Output): RegisterClaim {
-  return { namespace: r.namespace, pool: r.pool, agentId: r.agentId, capacity: r.capacity, handlers: r.handlers };
-}
-
-function isRefusal(v: Entry | WireRefusal): v is WireRefusal {
-  return !('spec' in v);
-}
-
-/** The children of a SpawnTasks, or why they cannot be taken (named by field). */
-function spawnedChildren(s: SpawnTasks__Output): SpawnedChild[] | WireRefusal {
-  if (s.children.length === 0) return { code: 'INVALID', message: 'SpawnTasks.children: at least one child required' };
-  const children: SpawnedChild[] = [];
-  const seen = new Map<string, number>();
-  for (const [i, c] of s.children.entries()) {
-    const field = `SpawnTasks.children[${i}]`;
-    if (!NAME.test(c.name) || c.name.length > 63)
-      return { code: 'INVALID', message: `${field}.name: "${c.name}" is not a DNS-1123 label` };
-    const first = seen.get(c.name);
-    if (first !== undefined)
-      return { code: 'INVALID', message: `${field}.name: "${c.name}" repeats children[${first}]` };
-    if (!ok(c.handler)) return { code: 'INVALID', message: `${field}.handler: required` };
-    if (Buffer.byteLength(c.inputJson) > MAX_PAYLOAD_BYTES)
-      return { code: 'PAYLOAD_TOO_LARGE', message: `${field}.inputJson: over ${MAX_PAYLOAD_BYTES} bytes` };
-    let input: unknown;
-    try {
-      input = parseJson(c.inputJson, `${field}.inputJson`);
-    } catch (err) {
-      return { code: 'INVALID', message: (err as Error).message };
-    }
-    seen.set(c.name, i);
-    children.push({ name: c.name, handler: c.handler, input, cost: c.cost || 1 });
-  }
-  return children;
-}
-
-class PayloadError extends Error {
-  override name = 'PayloadError';
-}
-
-function parseJson(text: string, field: string): unknown {
-  try {
-    return JSON.parse(text || 'null');
-  } catch {
-    throw new Error(`${field}: not JSON`);
   }
 }

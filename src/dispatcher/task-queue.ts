@@ -14,8 +14,29 @@ export interface QueuedTask {
  * priority, and workflows (tenants: namespace/workflow) served round-robin so
  * one workflow's burst does not starve another's.
  */
+/** One tenant's line: sorted, taken from the front in O(1) (a head index, compacted now and then). */
+interface Line {
+  items: QueuedTask[];
+  head: number;
+}
+
+const length = (l: Line) => l.items.length - l.head;
+
+/** Drops the taken front once it is most of the array, so memory follows what is still queued. */
+function compact(l: Line): void {
+  if (l.head > 1024 && l.head * 2 > l.items.length) {
+    l.items = l.items.slice(l.head);
+    l.head = 0;
+  }
+}
+
+/**
+ * The ready tasks of one pool: highest priority first, FIFO within a
+ * priority, and workflows (tenants: namespace/workflow) served round-robin so
+ * one workflow's burst does not starve another's.
+ */
 export class PoolQueue {
-  private readonly byNamespace = new Map<string, QueuedTask[]>();
+  private readonly byNamespace = new Map<string, Line>();
   private rotation: string[] = [];
   private cursor = 0;
   private slots = 0;
@@ -42,22 +63,31 @@ export class PoolQueue {
 
   push(t: QueuedTask): void {
     const ns = `${t.spec.ref.namespace}/${t.spec.ref.workflow}`;
-    let q = this.byNamespace.get(ns);
-    if (!q) {
-      q = [];
-      this.byNamespace.set(ns, q);
+    let line = this.byNamespace.get(ns);
+    if (!line) {
+      line = { items: [], head: 0 };
+      this.byNamespace.set(ns, line);
       this.rotation.push(ns);
     }
-    // Binary insertion keeps each namespace sorted: priority desc, then seq asc.
-    let lo = 0;
-    let hi = q.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      const m = q[mid] as QueuedTask;
-      if (m.priority > t.priority || (m.priority === t.priority && m.seq < t.seq)) lo = mid + 1;
-      else hi = mid;
+    const q = line.items;
+    const after = (m: QueuedTask) => m.priority > t.priority || (m.priority === t.priority && m.seq < t.seq);
+    // The common case, a new task of the same priority as the last: append.
+    const last = q[q.length - 1];
+    if (q.length === line.head || (last && after(last))) q.push(t);
+    else {
+      // Binary insertion keeps each line sorted: priority desc, then seq asc.
+      let lo = line.head;
+      let hi = q.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (after(q[mid] as QueuedTask)) lo = mid + 1;
+        else hi = mid;
+      }
+      if (lo === line.head && line.head > 0) {
+        line.head--;
+        q[line.head] = t;
+      } else q.splice(lo, 0, t);
     }
-    q.splice(lo, 0, t);
     this.size++;
     this.slots += t.cost;
     this.counted(t, 1);
@@ -74,12 +104,17 @@ export class PoolQueue {
     while (out.length < max && this.rotation.length > 0 && idle < this.rotation.length) {
       this.cursor %= this.rotation.length;
       const ns = this.rotation[this.cursor] as string;
-      const q = this.byNamespace.get(ns) as QueuedTask[];
+      const line = this.byNamespace.get(ns) as Line;
       let taken = false;
-      for (let i = 0; i < Math.min(q.length, scan); i++) {
-        const t = q[i] as QueuedTask;
+      const end = Math.min(line.items.length, line.head + scan);
+      for (let i = line.head; i < end; i++) {
+        const t = line.items[i] as QueuedTask;
         if (fits(t)) {
-          q.splice(i, 1);
+          if (i === line.head) {
+            line.items[i] = undefined as unknown as QueuedTask; // let it be collected
+            line.head++;
+            compact(line);
+          } else line.items.splice(i, 1);
           this.size--;
           this.slots -= t.cost;
           this.counted(t, -1);
@@ -88,7 +123,7 @@ export class PoolQueue {
           break;
         }
       }
-      if (q.length === 0) {
+      if (length(line) === 0) {
         this.byNamespace.delete(ns);
         this.rotation.splice(this.cursor, 1);
       } else {
@@ -100,14 +135,20 @@ export class PoolQueue {
   }
 
   remove(key: (t: QueuedTask) => boolean): QueuedTask | undefined {
-    for (const [ns, q] of this.byNamespace) {
-      const i = q.findIndex(key);
+    for (const [ns, line] of this.byNamespace) {
+      let i = -1;
+      for (let j = line.head; j < line.items.length; j++) {
+        if (key(line.items[j] as QueuedTask)) {
+          i = j;
+          break;
+        }
+      }
       if (i >= 0) {
-        const [t] = q.splice(i, 1);
+        const [t] = line.items.splice(i, 1);
         this.size--;
         this.slots -= (t as QueuedTask).cost;
         this.counted(t as QueuedTask, -1);
-        if (q.length === 0) {
+        if (length(line) === 0) {
           this.byNamespace.delete(ns);
           this.rotation = this.rotation.filter((n) => n !== ns);
         }

@@ -1,3 +1,6 @@
+import type { Claim } from '../state/index.ts';
+import type { TaskSpec } from './types.ts';
+
 /**
  * The life of one task attempt inside the dispatcher, as one state value and
  * one transition function: every change of phase goes through `next`, and a
@@ -80,6 +83,49 @@ export const EVENTS: readonly TaskEventName[] = [
   'takeBack',
   'settle',
 ];
+
+/** One attempt the dispatcher tracks, from queued to settled. */
+export interface TaskEntry {
+  readonly key: string;
+  readonly spec: TaskSpec;
+  attempt: number;
+  readonly cost: number;
+  /** Changed only by move(). */
+  readonly phase: TaskPhase;
+  agentId?: string;
+  claim?: Claim;
+  enqueuedAt: number;
+  timer?: NodeJS.Timeout;
+  /** Known only from an agent's re-registration (after a dispatcher restart): cannot be re-queued. */
+  readonly adopted?: boolean;
+  /** Place in line, fixed at the first enqueue. */
+  seq?: number;
+}
+
+/** A new entry in phase queued (or assigned, for one adopted from a re-registering agent). */
+export function newEntry(
+  key: string,
+  spec: TaskSpec,
+  attempt: number,
+  cost: number,
+  extra: { adopted?: boolean; seq?: number } = {},
+): TaskEntry {
+  return {
+    key,
+    spec,
+    attempt,
+    cost,
+    phase: extra.adopted ? 'assigned' : 'queued',
+    enqueuedAt: performance.now(),
+    ...(extra.adopted && { adopted: true }),
+    ...(extra.seq !== undefined && { seq: extra.seq }),
+  };
+}
+
+/** The one place an entry's phase changes: the transition table refuses what it does not allow. */
+export function move(entry: TaskEntry, event: TaskEventName): void {
+  (entry as { phase: TaskPhase }).phase = nextPhase(entry.key, entry.phase, event);
+}
 
 /** Why the dispatcher refused an agent's message (WireError.code); nothing changed because of it. */
 export type WireErrorCode =

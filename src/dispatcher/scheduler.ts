@@ -1,0 +1,149 @@
+import type { PlacementPolicy } from './placement.ts';
+import { PoolQueue, type QueuedTask } from './task-queue.ts';
+import type { TaskSpec } from './types.ts';
+
+/** What the scheduler sees of a connected agent (AgentConn is one). */
+export interface SlotHolder {
+  readonly agentId: string;
+  readonly capacity: number;
+  /** Slots in use; the scheduler reserves by adding to it. */
+  used: number;
+  /** Slots it may still take (0 while draining or closed). */
+  readonly free: number;
+  readonly handlers: ReadonlySet<string>;
+}
+
+/** One queued attempt as the scheduler holds it. */
+export interface Schedulable {
+  readonly key: string;
+  readonly spec: TaskSpec;
+  readonly attempt: number;
+  readonly cost: number;
+  enqueuedAt: number;
+  /** Place in line, fixed at the first enqueue. */
+  seq?: number;
+}
+
+export interface Pick<T extends Schedulable, A extends SlotHolder> {
+  task: T;
+  agent: A;
+}
+
+const poolKey = (namespace: string, pool: string) => `${namespace}/${pool}`;
+
+/**
+ * The ready queues of every pool and the choice of agent for each task. Knows nothing of etcd or
+ * streams: a dispatch turn asks it for picks (each agent's slots reserved as it goes), and gives back
+ * what could not be claimed.
+ */
+export class Scheduler<T extends Schedulable, A extends SlotHolder> {
+  private readonly queues = new Map<string, PoolQueue>();
+  private readonly queued = new Map<QueuedTask, T>();
+  private readonly byKey = new Map<string, QueuedTask>();
+  private readonly policy: PlacementPolicy;
+  private seq = 0;
+
+  constructor(policy: PlacementPolicy) {
+    this.policy = policy;
+  }
+
+  private queueFor(namespace: string, pool: string): PoolQueue {
+    const k = poolKey(namespace, pool);
+    let q = this.queues.get(k);
+    if (!q) {
+      q = new PoolQueue();
+      this.queues.set(k, q);
+    }
+    return q;
+  }
+
+  /** Puts a task in its pool's line; a task queued again keeps the place it first had. */
+  enqueue(task: T): void {
+    if (this.byKey.has(task.key)) throw new Error(`task ${task.key} is already queued`);
+    task.seq ??= this.seq++;
+    const q: QueuedTask = {
+      spec: task.spec,
+      attempt: task.attempt,
+      cost: task.cost,
+      priority: task.spec.priority ?? 0,
+      // A task queued again (its agent died, its claim was refused) keeps its first place in line,
+      // ahead of work that arrived after it, instead of waiting behind the whole backlog.
+      seq: task.seq,
+      enqueuedAt: task.enqueuedAt,
+    };
+    this.queued.set(q, task);
+    this.byKey.set(task.key, q);
+    this.queueFor(task.spec.ref.namespace, task.spec.pool).push(q);
+  }
+
+  /** Takes a queued task out of line (cancelled, or adopted from its agent); false if it was not queued. */
+  remove(task: T): boolean {
+    const q = this.byKey.get(task.key);
+    if (!q || this.queued.get(q) !== task) return false;
+    this.queueFor(task.spec.ref.namespace, task.spec.pool).remove((t) => t === q);
+    this.queued.delete(q);
+    this.byKey.delete(task.key);
+    return true;
+  }
+
+  isQueued(task: T): boolean {
+    const q = this.byKey.get(task.key);
+    return q !== undefined && this.queued.get(q) === task;
+  }
+
+  /**
+   * Up to `max` picks across pools: for each queued task (priority, then round-robin between
+   * workflows) an agent of its pool that serves its handler and has room, chosen by the policy.
+   * Each pick's cost is added to its agent's `used` at once so the next pick sees it; the caller
+   * gives it back (agent.used -= cost) for any pick it does not go on with.
+   */
+  take(agentsOf: (namespace: string, pool: string) => Iterable<A> | undefined, max: number): Pick<T, A>[] {
+    const out: Pick<T, A>[] = [];
+    for (const [k, queue] of this.queues) {
+      if (out.length >= max) break;
+      if (queue.size === 0) continue;
+      const slash = k.indexOf('/');
+      const agents = agentsOf(k.slice(0, slash), k.slice(slash + 1));
+      if (!agents) continue;
+      const list = [...agents];
+      if (list.length === 0) continue;
+      const chosen = new Map<QueuedTask, A>();
+      const taken = queue.take((t) => {
+        let pick: A | undefined;
+        const cands: { agentId: string; capacity: number; used: number; agent: A }[] = [];
+        for (const a of list) {
+          if (a.free >= t.cost && a.handlers.has(t.spec.handler))
+            cands.push({ agentId: a.agentId, capacity: a.capacity, used: a.used, agent: a });
+        }
+        if (cands.length === 1) pick = cands[0]?.agent;
+        else if (cands.length > 1) pick = (this.policy(cands) as (typeof cands)[number] | undefined)?.agent;
+        if (!pick) return false;
+        pick.used += t.cost; // reserve now: the next pick sees it
+        chosen.set(t, pick);
+        return true;
+      }, max - out.length);
+      for (const t of taken) {
+        const task = this.queued.get(t) as T;
+        this.queued.delete(t);
+        this.byKey.delete(task.key);
+        out.push({ task, agent: chosen.get(t) as A });
+      }
+    }
+    return out;
+  }
+
+  /** Slots wanted by the pool's queued tasks (the autoscaler's signal). */
+  queuedSlots(namespace: string, pool: string): number {
+    return this.queues.get(poolKey(namespace, pool))?.queuedSlots ?? 0;
+  }
+
+  /** Handlers of the pool's queued tasks (sorted). */
+  wantedHandlers(namespace: string, pool: string): string[] {
+    return this.queues.get(poolKey(namespace, pool))?.wantedHandlers() ?? [];
+  }
+
+  /** Tasks queued in all pools. */
+  get size(): number {
+    return this.byKey.size;
+  }
+}
