@@ -13,7 +13,7 @@ import type { WireError__Output } from '../gen/agentflow/v1/WireError.ts';
 import { Backoff } from '../lib/backoff.ts';
 import type { Logger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
-
+import { PROTOCOL_VERSION } from '../lib/wire-batch.ts';
 import type { Held } from '../state/lock.ts';
 import { Attempt, attemptKey } from './attempt.ts';
 import { AttemptLog } from './attempt-log.ts';
@@ -447,6 +447,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         leaseId: this.leaseId,
         inFlight,
         runtimeVersion: RUNTIME_VERSION,
+        protocol: PROTOCOL_VERSION,
       },
     });
     return conn;

@@ -1,7 +1,9 @@
 import { EventEmitter } from 'node:events';
 import { type ClientDuplexStream, status as GrpcStatus, type Metadata, type StatusObject } from '@grpc/grpc-js';
 import type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
+import type { Result } from '../gen/agentflow/v1/Result.ts';
 import type { AgentMessage, DispatcherMessage__Output } from '../lib/proto.ts';
+import { Coalescer, itemBytes, PROTOCOL_VERSION } from '../lib/wire-batch.ts';
 import { Outbox } from './outbox.ts';
 
 /** Messages waiting for 'drain' before the stream is given up as stuck. */
@@ -21,6 +23,13 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
   private readonly call: ClientDuplexStream<AgentMessage, DispatcherMessage__Output>;
   private readonly outbox: Outbox<AgentMessage>;
   private over = false;
+  /** Whether the dispatcher reads ResultBatch (its Registered.protocol >= 2). */
+  private batching = false;
+  /** Results finished in this turn of the event loop, written together at its end. */
+  private readonly results = new Coalescer<'result', Result>((_, items) => {
+    if (items.length === 1) this.write({ result: items[0] as Result });
+    else this.write({ results: { results: items } });
+  }, setImmediate);
 
   constructor(client: DispatcherClient, metadata: Metadata) {
     super();
@@ -31,11 +40,24 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
         if (this.over) return;
         this.over = true;
         this.registered = false;
+        this.results.clear();
         this.outbox.close();
         resolve(err);
       };
       this.call.on('data', (m: DispatcherMessage__Output) => {
-        if (!this.over) this.emit('message', m);
+        if (this.over) return;
+        // A batch is handled as its items one by one, in order: the agent's logic sees single messages.
+        if (m.msg === 'assigns') {
+          for (const assign of m.assigns?.assigns ?? [])
+            if (!this.over) this.emit('message', { msg: 'assign', assign });
+          return;
+        }
+        if (m.msg === 'acks') {
+          for (const ack of m.acks?.acks ?? []) if (!this.over) this.emit('message', { msg: 'ack', ack });
+          return;
+        }
+        if (m.msg === 'registered') this.batching = (m.registered?.protocol ?? 0) >= PROTOCOL_VERSION;
+        this.emit('message', m);
       });
       // The dispatcher finished its side: finish ours so the call completes.
       this.call.on('end', () => {
@@ -68,6 +90,18 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
    */
   send(msg: AgentMessage, bestEffort = false): boolean {
     if (this.over || this.call.writableEnded) return false;
+    if (this.batching) {
+      if (msg.result) {
+        this.results.add('result', msg.result, itemBytes(msg.result.outputJson ?? msg.result.error?.message));
+        return true;
+      }
+      this.results.flush();
+    }
+    return this.write(msg, bestEffort);
+  }
+
+  private write(msg: AgentMessage, bestEffort = false): boolean {
+    if (this.over || this.call.writableEnded) return false;
     const r = this.outbox.send(msg, bestEffort);
     if (r === 'overflow') {
       this.call.cancel();
@@ -79,6 +113,7 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
   /** Half-closes, lets the dispatcher finish for up to `graceMs`, then cancels. */
   async end(graceMs: number): Promise<void> {
     if (this.over) return;
+    this.results.flush();
     if (!this.call.writableEnded) this.call.end();
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<void>((resolve) => {

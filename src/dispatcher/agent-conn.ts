@@ -1,8 +1,11 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
+import type { Ack } from '../gen/agentflow/v1/Ack.ts';
 import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
+import type { Assign } from '../gen/agentflow/v1/Assign.ts';
 import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
 import type { Logger } from '../lib/log.ts';
+import { Coalescer, itemBytes } from '../lib/wire-batch.ts';
 import type { KeptLease } from '../state/index.ts';
 import type { AgentIdentity } from './auth.ts';
 
@@ -50,6 +53,14 @@ export class AgentConn {
   private readonly outbound: { msg: DispatcherMessage; bytes: number }[] = [];
   private outboundBytes = 0;
   private waitingForDrain = false;
+  /** Whether the agent reads AssignBatch and AckBatch (its Register.protocol >= 2). */
+  readonly batching: boolean;
+  /** Assigns and Acks of this turn, written as batches at its end (or before any other message). */
+  private readonly coalescer = new Coalescer<'assign' | 'ack', Assign | Ack>((kind, items) => {
+    if (items.length === 1) this.write(kind === 'assign' ? { assign: items[0] as Assign } : { ack: items[0] as Ack });
+    else if (kind === 'assign') this.write({ assigns: { assigns: items as Assign[] } });
+    else this.write({ acks: { acks: items as Ack[] } });
+  });
 
   constructor(
     reg: {
@@ -59,6 +70,7 @@ export class AgentConn {
       pod: string;
       handlers: string[];
       capacity: number;
+      batching?: boolean;
     },
     lease: KeptLease,
     identity: AgentIdentity,
@@ -71,6 +83,7 @@ export class AgentConn {
     this.pod = reg.pod;
     this.handlers = new Set(reg.handlers);
     this.capacity = reg.capacity;
+    this.batching = reg.batching ?? false;
     this.lease = lease;
     this.identity = identity;
     this.stream = stream;
@@ -86,7 +99,27 @@ export class AgentConn {
     return this.draining || this.closed ? 0 : this.capacity - this.used;
   }
 
+  /**
+   * Queues a message for the agent. To a batching agent, Assigns and Acks wait for the end of the
+   * turn and go out together; any other message first writes what waits, so order is kept.
+   */
   send(msg: DispatcherMessage): void {
+    if (this.closed) return;
+    if (this.batching) {
+      if (msg.assign) {
+        this.coalescer.add('assign', msg.assign, itemBytes(msg.assign.inputJson));
+        return;
+      }
+      if (msg.ack) {
+        this.coalescer.add('ack', msg.ack, itemBytes(msg.ack.message));
+        return;
+      }
+      this.coalescer.flush();
+    }
+    this.write(msg);
+  }
+
+  private write(msg: DispatcherMessage): void {
     if (this.closed) return;
     if (this.waitingForDrain || this.outbound.length > 0) {
       const bytes = approxBytes(msg);
@@ -138,6 +171,7 @@ export class AgentConn {
     this.closing();
     this.outbound.length = 0;
     this.outboundBytes = 0;
+    this.coalescer.clear();
     try {
       this.stream.end();
     } catch {
@@ -152,6 +186,7 @@ export class AgentConn {
     this.closing();
     this.outbound.length = 0;
     this.outboundBytes = 0;
+    this.coalescer.clear();
     this.stream.emit('error', Object.assign(new Error(details), { code: GrpcStatus[code], details }));
   }
 }

@@ -6,6 +6,7 @@ import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
 import type { SpawnTasks__Output } from '../gen/agentflow/v1/SpawnTasks.ts';
 import { type Logger, silentLogger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
+import { PROTOCOL_VERSION } from '../lib/wire-batch.ts';
 import {
   type Claim,
   type ClaimRefusalReason,
@@ -521,7 +522,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const old = this.conns.get(grant.agentId);
     if (old) this.detach(old);
     const conn = new AgentConn(
-      { ...grant, pod: grant.pod ?? '' },
+      { ...grant, pod: grant.pod ?? '', batching: r.protocol >= 2 },
       lease,
       identity,
       stream,
@@ -607,6 +608,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         namespace: grant.namespace,
         pool: grant.pool,
         leaseTtlSeconds: lease.ttlSeconds,
+        protocol: PROTOCOL_VERSION,
       },
     });
     conn.log.info('Agent registered', {
@@ -680,6 +682,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     switch (m.msg) {
       case 'result':
         if (m.result) this.onResult(conn, m.result);
+        return;
+      case 'results':
+        for (const r of m.results?.results ?? []) this.onResult(conn, r);
         return;
       case 'heartbeat':
         if (m.heartbeat?.draining && !conn.draining) {

@@ -3,9 +3,11 @@ import type * as grpc from '@grpc/grpc-js';
 import type { MessageTypeDefinition } from '@grpc/proto-loader';
 
 import type { Ack as _agentflow_v1_Ack, Ack__Output as _agentflow_v1_Ack__Output } from './agentflow/v1/Ack.ts';
+import type { AckBatch as _agentflow_v1_AckBatch, AckBatch__Output as _agentflow_v1_AckBatch__Output } from './agentflow/v1/AckBatch.ts';
 import type { AgentMail as _agentflow_v1_AgentMail, AgentMail__Output as _agentflow_v1_AgentMail__Output } from './agentflow/v1/AgentMail.ts';
 import type { AgentMessage as _agentflow_v1_AgentMessage, AgentMessage__Output as _agentflow_v1_AgentMessage__Output } from './agentflow/v1/AgentMessage.ts';
 import type { Assign as _agentflow_v1_Assign, Assign__Output as _agentflow_v1_Assign__Output } from './agentflow/v1/Assign.ts';
+import type { AssignBatch as _agentflow_v1_AssignBatch, AssignBatch__Output as _agentflow_v1_AssignBatch__Output } from './agentflow/v1/AssignBatch.ts';
 import type { Cancel as _agentflow_v1_Cancel, Cancel__Output as _agentflow_v1_Cancel__Output } from './agentflow/v1/Cancel.ts';
 import type { ChildTask as _agentflow_v1_ChildTask, ChildTask__Output as _agentflow_v1_ChildTask__Output } from './agentflow/v1/ChildTask.ts';
 import type { DispatcherClient as _agentflow_v1_DispatcherClient, DispatcherDefinition as _agentflow_v1_DispatcherDefinition } from './agentflow/v1/Dispatcher.ts';
@@ -23,6 +25,7 @@ import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Re
 import type { Register as _agentflow_v1_Register, Register__Output as _agentflow_v1_Register__Output } from './agentflow/v1/Register.ts';
 import type { Registered as _agentflow_v1_Registered, Registered__Output as _agentflow_v1_Registered__Output } from './agentflow/v1/Registered.ts';
 import type { Result as _agentflow_v1_Result, Result__Output as _agentflow_v1_Result__Output } from './agentflow/v1/Result.ts';
+import type { ResultBatch as _agentflow_v1_ResultBatch, ResultBatch__Output as _agentflow_v1_ResultBatch__Output } from './agentflow/v1/ResultBatch.ts';
 import type { SpawnAck as _agentflow_v1_SpawnAck, SpawnAck__Output as _agentflow_v1_SpawnAck__Output } from './agentflow/v1/SpawnAck.ts';
 import type { SpawnTasks as _agentflow_v1_SpawnTasks, SpawnTasks__Output as _agentflow_v1_SpawnTasks__Output } from './agentflow/v1/SpawnTasks.ts';
 import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output as _agentflow_v1_StateRequest__Output } from './agentflow/v1/StateRequest.ts';
@@ -39,9 +42,11 @@ export interface ProtoGrpcType {
   agentflow: {
     v1: {
       Ack: MessageTypeDefinition<_agentflow_v1_Ack, _agentflow_v1_Ack__Output>
+      AckBatch: MessageTypeDefinition<_agentflow_v1_AckBatch, _agentflow_v1_AckBatch__Output>
       AgentMail: MessageTypeDefinition<_agentflow_v1_AgentMail, _agentflow_v1_AgentMail__Output>
       AgentMessage: MessageTypeDefinition<_agentflow_v1_AgentMessage, _agentflow_v1_AgentMessage__Output>
       Assign: MessageTypeDefinition<_agentflow_v1_Assign, _agentflow_v1_Assign__Output>
+      AssignBatch: MessageTypeDefinition<_agentflow_v1_AssignBatch, _agentflow_v1_AssignBatch__Output>
       Cancel: MessageTypeDefinition<_agentflow_v1_Cancel, _agentflow_v1_Cancel__Output>
       ChildTask: MessageTypeDefinition<_agentflow_v1_ChildTask, _agentflow_v1_ChildTask__Output>
       Dispatcher: SubtypeConstructor<typeof grpc.Client, _agentflow_v1_DispatcherClient> & { service: _agentflow_v1_DispatcherDefinition }
@@ -59,6 +64,7 @@ export interface ProtoGrpcType {
       Register: MessageTypeDefinition<_agentflow_v1_Register, _agentflow_v1_Register__Output>
       Registered: MessageTypeDefinition<_agentflow_v1_Registered, _agentflow_v1_Registered__Output>
       Result: MessageTypeDefinition<_agentflow_v1_Result, _agentflow_v1_Result__Output>
+      ResultBatch: MessageTypeDefinition<_agentflow_v1_ResultBatch, _agentflow_v1_ResultBatch__Output>
       SpawnAck: MessageTypeDefinition<_agentflow_v1_SpawnAck, _agentflow_v1_SpawnAck__Output>
       SpawnTasks: MessageTypeDefinition<_agentflow_v1_SpawnTasks, _agentflow_v1_SpawnTasks__Output>
       StateRequest: MessageTypeDefinition<_agentflow_v1_StateRequest, _agentflow_v1_StateRequest__Output>

@@ -43,7 +43,9 @@ beforeAll(async () => {
   sec = await secureDispatcher(cluster, 'wire');
   await sec.pool('pool-a', { capacity: 4 });
   await sec.pool('pool-b', { capacity: 4 });
-  token = await sec.serviceAccount('agent', { connect: ['pool-a', 'pool-b'] });
+  await sec.pool('pool-v2', { capacity: 4 });
+  await sec.pool('pool-v1', { capacity: 4 });
+  token = await sec.serviceAccount('agent', { connect: ['pool-a', 'pool-b', 'pool-v2', 'pool-v1'] });
   dispatcher = new Dispatcher({ store, auth: sec.auth, credentials: sec.credentials });
   dispatcher.on('task', (e) => events.push(e));
   await dispatcher.start();
@@ -180,5 +182,59 @@ describe('dispatcher wire input', () => {
     a.send(result('wf/t1', { outputJson: '{"ok":true}' }));
     expect(await a.next('ack')).toMatchObject({ taskId: 'wf/t1', status: 'COMMITTED' });
     expect(events.filter((e) => e.type === 'committed')).toHaveLength(1);
+  });
+
+  it('protocol 2: Assigns and Acks arrive batched, a ResultBatch is taken item by item, an old agent gets single messages', async () => {
+    const claims = new TaskClaims(store);
+    const v2 = connect();
+    v2.send({ register: { ...register('batcher', 'pool-v2', 4).register, protocol: 2 } });
+    expect(await v2.next('registered')).toMatchObject({ protocol: 2 });
+    const tasks = ['b1', 'b2', 'b3', 'b4'];
+    for (const t of tasks) dispatcher.submit({ ref: ref(t), pool: 'pool-v2', handler: 'work', input: { t } });
+    // Submitted in one turn: claimed in one transaction and assigned in one message.
+    const batch = await v2.next('assigns');
+    expect(batch.assigns.map((x) => x.taskId)).toEqual(tasks.map((t) => `wf/${t}`));
+    expect(batch.assigns[2]).toMatchObject({ attempt: 1, handler: 'work', inputJson: '{"t":"b3"}', cost: 1 });
+    const [one, two, three, four] = batch.assigns as [(typeof batch.assigns)[0], ...typeof batch.assigns];
+    const r = (a: typeof one, extra: object) => ({ taskId: a.taskId, attempt: a.attempt, token: a.token, ...extra });
+    // One bad item refuses only itself; the rest of the batch commits, and its Acks come back batched.
+    v2.send({
+      results: {
+        results: [
+          r(one, { outputJson: '1' }),
+          r(two, { outputJson: '{oops' }),
+          r(three, { error: { message: 'boom', retryable: false, code: 'X' } }),
+          { ...r(four, { outputJson: '4' }), token: 1 },
+        ],
+      },
+    });
+    expect(await v2.next('error')).toMatchObject({ code: 'INVALID', taskId: 'wf/b2' });
+    const acks: { taskId: string; status: string }[] = [];
+    while (acks.length < 3) {
+      const m = v2.received.find((x) => x.msg === 'acks' || x.msg === 'ack');
+      if (m?.msg === 'ack') acks.push(await v2.next('ack'));
+      else if (m?.msg === 'acks') acks.push(...(await v2.next('acks')).acks);
+      else await v2.next('acks', 5_000).then((b) => acks.push(...b.acks));
+    }
+    expect(acks.map((a) => `${a.taskId} ${a.status}`).sort()).toEqual([
+      'wf/b1 COMMITTED',
+      'wf/b3 COMMITTED',
+      'wf/b4 SUPERSEDED',
+    ]);
+    expect(await claims.result(ref('b1'))).toMatchObject({ ok: true, output: 1 });
+    expect(await claims.result(ref('b3'))).toMatchObject({ ok: false, error: { message: 'boom' } });
+    expect(await claims.result(ref('b2'))).toBeUndefined();
+    expect((await claims.current(ref('b4')))?.token).toBe(four.token);
+
+    // An agent without protocol 2 (any older SDK) never sees a batch.
+    const v1 = connect();
+    v1.send(register('single', 'pool-v1', 4));
+    expect((await v1.next('registered')).protocol).toBe(2);
+    for (const t of ['s1', 's2', 's3']) dispatcher.submit({ ref: ref(t), pool: 'pool-v1', handler: 'work', input: {} });
+    const singles = [await v1.next('assign'), await v1.next('assign'), await v1.next('assign')];
+    expect(singles.map((a) => a.taskId)).toEqual(['wf/s1', 'wf/s2', 'wf/s3']);
+    for (const a of singles) v1.send({ result: r(a, { outputJson: '0' }) });
+    for (let i = 0; i < 3; i++) expect(await v1.next('ack')).toMatchObject({ status: 'COMMITTED' });
+    expect(v1.received.some((m) => m.msg === 'assigns' || m.msg === 'acks')).toBe(false);
   });
 });

@@ -11,6 +11,7 @@ import type { Drained as _agentflow_v1_Drained, Drained__Output as _agentflow_v1
 import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output as _agentflow_v1_StateRequest__Output } from '../../agentflow/v1/StateRequest.ts';
 import type { LockRequest as _agentflow_v1_LockRequest, LockRequest__Output as _agentflow_v1_LockRequest__Output } from '../../agentflow/v1/LockRequest.ts';
 import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Reauth__Output } from '../../agentflow/v1/Reauth.ts';
+import type { ResultBatch as _agentflow_v1_ResultBatch, ResultBatch__Output as _agentflow_v1_ResultBatch__Output } from '../../agentflow/v1/ResultBatch.ts';
 
 export interface AgentMessage {
   'register'?: (_agentflow_v1_Register | null);
@@ -23,7 +24,8 @@ export interface AgentMessage {
   'state'?: (_agentflow_v1_StateRequest | null);
   'lock'?: (_agentflow_v1_LockRequest | null);
   'reauth'?: (_agentflow_v1_Reauth | null);
-  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth";
+  'results'?: (_agentflow_v1_ResultBatch | null);
+  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth"|"results";
 }
 
 export interface AgentMessage__Output {
@@ -37,5 +39,6 @@ export interface AgentMessage__Output {
   'state'?: (_agentflow_v1_StateRequest__Output | null);
   'lock'?: (_agentflow_v1_LockRequest__Output | null);
   'reauth'?: (_agentflow_v1_Reauth__Output | null);
-  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth";
+  'results'?: (_agentflow_v1_ResultBatch__Output | null);
+  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth"|"results";
 }

@@ -12,6 +12,8 @@ import type { StateResponse as _agentflow_v1_StateResponse, StateResponse__Outpu
 import type { WatchEvent as _agentflow_v1_WatchEvent, WatchEvent__Output as _agentflow_v1_WatchEvent__Output } from '../../agentflow/v1/WatchEvent.ts';
 import type { LockResponse as _agentflow_v1_LockResponse, LockResponse__Output as _agentflow_v1_LockResponse__Output } from '../../agentflow/v1/LockResponse.ts';
 import type { SpawnAck as _agentflow_v1_SpawnAck, SpawnAck__Output as _agentflow_v1_SpawnAck__Output } from '../../agentflow/v1/SpawnAck.ts';
+import type { AssignBatch as _agentflow_v1_AssignBatch, AssignBatch__Output as _agentflow_v1_AssignBatch__Output } from '../../agentflow/v1/AssignBatch.ts';
+import type { AckBatch as _agentflow_v1_AckBatch, AckBatch__Output as _agentflow_v1_AckBatch__Output } from '../../agentflow/v1/AckBatch.ts';
 
 export interface DispatcherMessage {
   'registered'?: (_agentflow_v1_Registered | null);
@@ -25,7 +27,9 @@ export interface DispatcherMessage {
   'watchEvent'?: (_agentflow_v1_WatchEvent | null);
   'lock'?: (_agentflow_v1_LockResponse | null);
   'spawnAck'?: (_agentflow_v1_SpawnAck | null);
-  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock"|"spawnAck";
+  'assigns'?: (_agentflow_v1_AssignBatch | null);
+  'acks'?: (_agentflow_v1_AckBatch | null);
+  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock"|"spawnAck"|"assigns"|"acks";
 }
 
 export interface DispatcherMessage__Output {
@@ -40,5 +44,7 @@ export interface DispatcherMessage__Output {
   'watchEvent'?: (_agentflow_v1_WatchEvent__Output | null);
   'lock'?: (_agentflow_v1_LockResponse__Output | null);
   'spawnAck'?: (_agentflow_v1_SpawnAck__Output | null);
-  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock"|"spawnAck";
+  'assigns'?: (_agentflow_v1_AssignBatch__Output | null);
+  'acks'?: (_agentflow_v1_AckBatch__Output | null);
+  'msg'?: "registered"|"assign"|"cancel"|"drain"|"ack"|"mail"|"error"|"state"|"watchEvent"|"lock"|"spawnAck"|"assigns"|"acks";
 }

@@ -13,6 +13,7 @@ export interface Register {
   'leaseId'?: (string);
   'inFlight'?: (_agentflow_v1_InFlight)[];
   'runtimeVersion'?: (string);
+  'protocol'?: (number);
 }
 
 export interface Register__Output {
@@ -25,4 +26,5 @@ export interface Register__Output {
   'leaseId': (string);
   'inFlight': (_agentflow_v1_InFlight__Output)[];
   'runtimeVersion': (string);
+  'protocol': (number);
 }

@@ -10,6 +10,7 @@ export interface Registered {
   'namespace'?: (string);
   'pool'?: (string);
   'leaseTtlSeconds'?: (number);
+  'protocol'?: (number);
 }
 
 export interface Registered__Output {
@@ -19,4 +20,5 @@ export interface Registered__Output {
   'namespace': (string);
   'pool': (string);
   'leaseTtlSeconds': (number);
+  'protocol': (number);
 }
