@@ -87,12 +87,13 @@ export function acceptStream(
   stream.on('data', (m: AgentMessage__Output) => {
     if (h.stopped() || over) return;
     if (!conn) {
+      // What an agent sends while its Register is being handled is ignored (it re-sends after Registered).
+      if (registering) return;
       if (m.msg !== 'register' || !m.register) {
         refuse('NOT_REGISTERED', 'the first message on a stream must be Register');
         stream.end();
         return;
       }
-      if (registering) return;
       registering = true;
       const register = m.register;
       let verified: AgentIdentity | undefined;
@@ -101,6 +102,8 @@ export function acceptStream(
           if (!who || over) return;
           verified = who;
           conn = await h.register(stream, register, who);
+          // The stream went while it registered: nobody else will tell the dispatcher.
+          if (over) h.disconnected(conn);
         })
         .catch((err: unknown) => {
           if (err instanceof AgentAuthError) {

@@ -150,7 +150,10 @@ export class PoolQueue {
         this.counted(t as QueuedTask, -1);
         if (length(line) === 0) {
           this.byNamespace.delete(ns);
-          this.rotation = this.rotation.filter((n) => n !== ns);
+          const at = this.rotation.indexOf(ns);
+          this.rotation.splice(at, 1);
+          // The workflows after it move one place left: so does the cursor, or the next one is skipped.
+          if (at < this.cursor) this.cursor--;
         }
         return t;
       }
