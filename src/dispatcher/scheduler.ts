@@ -42,6 +42,7 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
   private readonly byKey = new Map<string, QueuedTask>();
   private readonly policy: PlacementPolicy;
   private seq = 0;
+  private firstPool = 0;
 
   constructor(policy: PlacementPolicy) {
     this.policy = policy;
@@ -99,7 +100,13 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
    */
   take(agentsOf: (namespace: string, pool: string) => Iterable<A> | undefined, max: number): Pick<T, A>[] {
     const out: Pick<T, A>[] = [];
-    for (const [k, queue] of this.queues) {
+    if (max <= 0) return out;
+    // Each turn starts at the next pool: a pool with a deep backlog and many free slots cannot fill
+    // turn after turn while the pools after it wait.
+    const pools = [...this.queues];
+    const start = pools.length > 0 ? this.firstPool++ % pools.length : 0;
+    for (let i = 0; i < pools.length; i++) {
+      const [k, queue] = pools[(start + i) % pools.length] as [string, PoolQueue];
       if (out.length >= max) break;
       if (queue.size === 0) continue;
       const slash = k.indexOf('/');

@@ -216,8 +216,11 @@ describe('Scheduler', () => {
     const { agentsOf } = pools({ 'ns/pa': [a], 'ns/pb': [b] });
     expect(s.take(agentsOf, 0)).toEqual([]);
     expect(picked(s.take(agentsOf, 3))).toEqual(['a0->a', 'a1->a', 'a2->a']);
-    expect(picked(s.take(agentsOf, 4))).toEqual(['a3->a', 'a4->a', 'b0->b', 'b1->b']);
-    expect([a.used, b.used]).toEqual([5, 2]);
+    // The next turn starts at the next pool.
+    expect(picked(s.take(agentsOf, 7))).toEqual(['b0->b', 'b1->b', 'b2->b', 'b3->b', 'b4->b', 'a3->a', 'a4->a']);
+    expect([a.used, b.used]).toEqual([5, 5]);
+    expect(s.size).toBe(0);
+    for (let i = 5; i < 8; i++) s.enqueue(task(`a${i}`, { pool: 'pa' }));
     expect(s.size).toBe(3);
   });
 
@@ -261,5 +264,18 @@ describe('Scheduler', () => {
       'w1-low->a',
       'w1-next->a',
     ]);
+  });
+
+  it('starts each turn at the next pool, so a deep backlog with many free slots cannot hold the max every turn', () => {
+    const s = new Scheduler<Task, Agent>(leastLoaded);
+    const big = new Agent('big', 100);
+    const small = new Agent('small', 100);
+    for (let i = 0; i < 50; i++) s.enqueue(task(`a${i}`, { pool: 'a' }));
+    for (let i = 0; i < 50; i++) s.enqueue(task(`b${i}`, { pool: 'b' }));
+    const { agentsOf } = pools({ 'ns/a': [big], 'ns/b': [small] });
+    const first = s.take(agentsOf, 10).map((p) => p.task.spec.pool);
+    const second = s.take(agentsOf, 10).map((p) => p.task.spec.pool);
+    expect(first).toEqual(Array(10).fill('a'));
+    expect(second).toEqual(Array(10).fill('b'));
   });
 });
