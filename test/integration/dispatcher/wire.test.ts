@@ -195,8 +195,9 @@ describe('dispatcher wire input', () => {
     const batch = await v2.next('assigns');
     expect(batch.assigns.map((x) => x.taskId)).toEqual(tasks.map((t) => `wf/${t}`));
     expect(batch.assigns[2]).toMatchObject({ attempt: 1, handler: 'work', inputJson: '{"t":"b3"}', cost: 1 });
-    const [one, two, three, four] = batch.assigns as [(typeof batch.assigns)[0], ...typeof batch.assigns];
-    const r = (a: typeof one, extra: object) => ({ taskId: a.taskId, attempt: a.attempt, token: a.token, ...extra });
+    type Assigned = (typeof batch.assigns)[number];
+    const [one, two, three, four] = batch.assigns as [Assigned, Assigned, Assigned, Assigned];
+    const r = (a: Assigned, extra: object) => ({ taskId: a.taskId, attempt: a.attempt, token: a.token, ...extra });
     // One bad item refuses only itself; the rest of the batch commits, and its Acks come back batched.
     v2.send({
       results: {
