@@ -2,7 +2,17 @@ import type { WorkflowSpec } from '../api/workflow.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
 import type { SpawnOutcome } from '../dispatcher/types.ts';
 import type { Logger } from '../lib/log.ts';
-import { AuditLog, type Fence, type RunRecord, type StateStore, TaskClaims, WorkflowRecords } from '../state/index.ts';
+import {
+  AUDIT_BATCH,
+  AuditLog,
+  type Fence,
+  MAX_TXN_OPS,
+  type RunRecord,
+  type StateStore,
+  TaskClaims,
+  type TaskRecord,
+  WorkflowRecords,
+} from '../state/index.ts';
 import { type AuditItem, type RunLimits, type Unserved, WorkflowRun } from './run.ts';
 
 export interface EngineOptions {
@@ -30,6 +40,15 @@ const key = (namespace: string, name: string) => `${namespace}/${name}`;
 
 /** After a failed flush, the next try comes this much later (records stay dirty until one succeeds). */
 const FLUSH_RETRY_MS = 1_000;
+
+/**
+ * Task records per save call in a flush: two full transactions (one op of each goes to the
+ * leadership fence). A flush of a 10,000-task fan-out then holds a few hundred encoded
+ * records at a time, not all of them, and several calls share etcd's fsyncs.
+ */
+const RECORDS_PER_SAVE = 2 * (MAX_TXN_OPS - 1);
+/** Save calls of one run's flush in flight at once. */
+const SAVES_IN_FLIGHT = 4;
 
 /** Answers to spawns, each waiting for a flush of its run to succeed. */
 type SaveWaiter = (outcome: SpawnOutcome) => void;
@@ -354,30 +373,9 @@ export class WorkflowEngine {
         for (const settle of waiting ?? []) settle({ ok: true });
         continue;
       }
-      const names = [...run.dirty];
-      run.dirty.clear();
-      const runDirty = run.runDirty;
-      run.runDirty = false;
-      const specDirty = run.specDirty;
-      run.specDirty = false;
-      const events = run.audit.splice(0);
       try {
-        const tasks = names.map((n) => run.record(n)).filter((r) => r !== undefined);
-        await this.records.save(
-          run.namespace,
-          run.name,
-          runDirty ? run.runRecord() : undefined,
-          tasks,
-          fences,
-          specDirty ? run.spec : undefined,
-        );
-        if (events.length > 0) await this.audit(run.namespace, run.name).append(events, fences);
+        await this.flushRun(run, fences);
       } catch (err) {
-        // Keep them for the next flush.
-        for (const n of names) run.dirty.add(n);
-        run.runDirty ||= runDirty;
-        run.specDirty ||= specDirty;
-        run.audit.unshift(...events);
         if (waiting) this.saveWaiters.set(run, [...waiting, ...(this.saveWaiters.get(run) ?? [])]);
         failed ??= err as Error;
         continue;
@@ -387,6 +385,84 @@ export class WorkflowEngine {
       if (run.finished) this.o.onChange(run.namespace, run.name);
     }
     if (failed) throw failed;
+  }
+
+  /**
+   * Saves what one run marked dirty and appends its audit entries. Everything is taken from the
+   * run at once, before the first write (the run moves on meanwhile; what changes is dirty again
+   * for the next flush). Task records go in chunks, a few at once, and the audit chain alongside:
+   * they are different keys, and etcd commits concurrent transactions with one fsync. The run
+   * record (and the spec, on the first flush) comes last, once every task record is saved: a run
+   * record that counts a fan-out's instances must never be in etcd without them. What fails is
+   * kept for the next flush: its records dirty again, its audit entries not yet appended.
+   */
+  private async flushRun(run: WorkflowRun, fences: Fence[]): Promise<void> {
+    const names = [...run.dirty];
+    run.dirty.clear();
+    const runDirty = run.runDirty;
+    run.runDirty = false;
+    const specDirty = run.specDirty;
+    run.specDirty = false;
+    const events = run.audit.splice(0);
+    const tasks = names.map((n) => run.record(n)).filter((r) => r !== undefined);
+    const runRecord = runDirty ? run.runRecord() : undefined;
+    const [saved, appended] = await Promise.allSettled([
+      this.saveRecords(run, tasks, runRecord, specDirty ? run.spec : undefined, fences),
+      this.appendAudit(run, events, fences),
+    ]);
+    let failed: unknown;
+    if (saved.status === 'rejected') {
+      failed = saved.reason;
+      for (const n of names) run.dirty.add(n);
+      run.runDirty ||= runDirty;
+      run.specDirty ||= specDirty;
+    }
+    if (appended.status === 'rejected') failed ??= appended.reason;
+    if (failed !== undefined) throw failed;
+  }
+
+  private async saveRecords(
+    run: WorkflowRun,
+    tasks: TaskRecord[],
+    runRecord: RunRecord | undefined,
+    spec: unknown,
+    fences: Fence[],
+  ): Promise<void> {
+    let next = 0;
+    const saveChunks = async (): Promise<void> => {
+      while (next < tasks.length) {
+        const chunk = tasks.slice(next, next + RECORDS_PER_SAVE);
+        next += chunk.length;
+        await this.records.save(run.namespace, run.name, undefined, chunk, fences);
+      }
+    };
+    const lanes = Math.min(SAVES_IN_FLIGHT, Math.ceil(tasks.length / RECORDS_PER_SAVE));
+    // Every lane runs to its end (or its first failure) before this settles: no write is left in flight.
+    const outcomes = await Promise.allSettled(Array.from({ length: lanes }, saveChunks));
+    const refused = outcomes.find((o) => o.status === 'rejected');
+    if (refused) throw refused.reason;
+    if (runRecord || spec !== undefined) await this.records.save(run.namespace, run.name, runRecord, [], fences, spec);
+  }
+
+  /**
+   * Appends a transaction's worth (AUDIT_BATCH) per call: when one fails, the events of the calls
+   * that returned are in the chain and only the rest are put back, so a flush that is tried again
+   * does not record them twice.
+   */
+  private async appendAudit(run: WorkflowRun, events: AuditItem[], fences: Fence[]): Promise<void> {
+    const log = this.audit(run.namespace, run.name);
+    for (let k = 0; k < events.length; k += AUDIT_BATCH) {
+      try {
+        await log.append(events.slice(k, k + AUDIT_BATCH), fences);
+      } catch (err) {
+        // Back in front of what came meanwhile, in order (a loop: a spread of a big fan-out's events
+        // would exceed the engine's argument limit).
+        const later = run.audit.splice(0);
+        for (let j = k; j < events.length; j++) run.audit.push(events[j] as AuditItem);
+        for (const e of later) run.audit.push(e);
+        throw err;
+      }
+    }
   }
 
   async stop(): Promise<void> {

@@ -15,16 +15,10 @@ import type { SpawnedChild, SpawnOutcome, SpawnRequest, TaskEvent, TaskSpec } fr
 import { rfc3339 } from '../lib/time.ts';
 import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
 import { CostBudget, type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
+import { ACTIVE, type TaskPhase, TERMINAL } from './phases.ts';
+import { RunIndex } from './run-index.ts';
 
-export type TaskPhase =
-  | 'Pending'
-  | 'Queued'
-  | 'Running'
-  | 'Retrying'
-  | 'Succeeded'
-  | 'Failed'
-  | 'Skipped'
-  | 'Cancelled';
+export type { TaskPhase } from './phases.ts';
 export type RunPhase = 'Pending' | 'Running' | 'Succeeded' | 'Failed' | 'Cancelled' | 'Suspended';
 
 /**
@@ -134,13 +128,21 @@ interface Instance extends TaskRecord {
   ownDone?: boolean;
 }
 
-const TERMINAL = new Set<TaskPhase>(['Succeeded', 'Failed', 'Skipped', 'Cancelled']);
-const ACTIVE = new Set<TaskPhase>(['Queued', 'Running']);
 /** status.outputs is capped so the object stays small; bigger outputs stay in etcd. */
 export const MAX_STATUS_OUTPUT_BYTES = 16 * 1024;
 const MAX_MESSAGE = 1024;
 
-const iso = rfc3339;
+/** rfc3339 of a time in ms, remembered for its second: a burst of events formats it once, not per task. */
+let isoSecond = Number.NaN;
+let isoText = '';
+function iso(ms: number): string {
+  const second = Math.floor(ms / 1000);
+  if (second !== isoSecond) {
+    isoSecond = second;
+    isoText = rfc3339(ms);
+  }
+  return isoText;
+}
 /** JSON with object keys sorted: the same value whatever order its keys were built in. */
 function canonicalJson(v: unknown): string {
   return JSON.stringify(v ?? null, (_k, x: unknown) =>
@@ -177,6 +179,8 @@ export class WorkflowRun {
   private readonly templates = new Map<string, WorkflowTask>();
   private readonly order: string[];
   private readonly instances = new Map<string, Instance>();
+  /** Counts, ready and retry queues kept on every change (touch), so an event costs O(log n), not a scan. */
+  private readonly index = new RunIndex();
   /** forEach templates already expanded, with their item counts; and templates decided (when / expansion). */
   private readonly expanded = new Map<string, number>();
   private readonly skipped = new Set<string>();
@@ -275,6 +279,7 @@ export class WorkflowRun {
       }
       if (inst.phase === 'Pending' && inst.input !== undefined) inst.ready = true;
       this.instances.set(inst.name, inst);
+      this.index.update(inst);
       if (inst.parent) {
         const root = rootOf(inst.name);
         this.spawnedUnder.set(root, (this.spawnedUnder.get(root) ?? 0) + 1);
@@ -307,9 +312,11 @@ export class WorkflowRun {
     this.touch(i);
   }
 
+  /** After every change to an instance: it is saved with the next flush, and the index follows it. */
   private touch(i: Instance): void {
     this.dirty.add(i.name);
     this.version++;
+    this.index.update(i);
   }
 
   private setPhase(phase: RunPhase, message = '', reason?: RunFailureReason): void {
@@ -403,10 +410,9 @@ export class WorkflowRun {
     const t = this.templates.get(name);
     if (!t) return false;
     if (t.forEach) {
+      // Its items are `name.0` .. `name.<n-1>`: done when n of them succeeded.
       const n = this.expanded.get(name);
-      if (n === undefined) return false;
-      for (let k = 0; k < n; k++) if (this.instances.get(`${name}.${k}`)?.phase !== 'Succeeded') return false;
-      return true;
+      return n !== undefined && (this.index.tally(name)?.itemsSucceeded ?? 0) === n;
     }
     return this.instances.get(name)?.phase === 'Succeeded';
   }
@@ -528,14 +534,11 @@ export class WorkflowRun {
 
   private dispatch(now: number): void {
     const limit = this.spec.parallelism ?? Number.POSITIVE_INFINITY;
-    let active = 0;
-    for (const i of this.instances.values()) if (ACTIVE.has(i.phase)) active++;
-    for (const i of this.instances.values()) {
-      if (active >= limit) break;
-      const due = (i.phase === 'Pending' && i.ready) || (i.phase === 'Retrying' && (i.retryAt ?? 0) <= now);
-      if (!due) continue;
-      this.submit(i);
-      active++;
+    // What is due (Pending and ready, or Retrying past its back-off) goes in the run's instance order.
+    for (let active = this.index.active; active < limit; active++) {
+      const name = this.index.takeEligible(now);
+      if (name === undefined) break;
+      this.submit(this.instances.get(name) as Instance);
     }
   }
 
@@ -567,10 +570,7 @@ export class WorkflowRun {
   /** The next time tick() has something to do (ms), if any. */
   nextWake(): number | undefined {
     if (this.activationDeferred && !this.finished) return this.host.now();
-    let at: number | undefined;
-    for (const i of this.instances.values()) {
-      if (i.phase === 'Retrying' && i.retryAt !== undefined) at = Math.min(at ?? i.retryAt, i.retryAt);
-    }
+    let at = this.index.nextRetryAt();
     if (this.spec.timeoutSeconds && !this.finished) {
       const deadline = this.deadlineFrom + this.spec.timeoutSeconds * 1000 + 1;
       at = Math.min(at ?? deadline, deadline);
@@ -887,15 +887,7 @@ export class WorkflowRun {
 
   /** Pool and handler of every queued instance, with counts (the engine checks them against connected agents). */
   queuedNeeds(): { pool: string; handler: string; tasks: number }[] {
-    const needs = new Map<string, { pool: string; handler: string; tasks: number }>();
-    for (const i of this.instances.values()) {
-      if (i.phase !== 'Queued') continue;
-      const k = `${i.pool}\0${i.handler}`;
-      const n = needs.get(k);
-      if (n) n.tasks++;
-      else needs.set(k, { pool: i.pool, handler: i.handler, tasks: 1 });
-    }
-    return [...needs.values()];
+    return this.index.queuedNeeds();
   }
 
   /** What of the queued work no connected agent can take now (empty: all of it can be taken). */
@@ -922,14 +914,14 @@ export class WorkflowRun {
   // ---- status ----
 
   counts(): { total: number; succeeded: number; failed: number; running: number; queued: number } {
-    const c = { total: 0, succeeded: 0, failed: 0, running: 0, queued: 0 };
-    for (const i of this.instances.values()) {
-      c.total++;
-      if (i.phase === 'Succeeded' || i.phase === 'Skipped') c.succeeded++;
-      else if (i.phase === 'Failed') c.failed++;
-      else if (i.phase === 'Running') c.running++;
-      else if (i.phase === 'Queued') c.queued++;
-    }
+    const p = this.index.phases;
+    const c = {
+      total: this.index.size,
+      succeeded: p.Succeeded + p.Skipped,
+      failed: p.Failed,
+      running: p.Running,
+      queued: p.Queued,
+    };
     // Templates not expanded yet count once each, so the total only grows by fan-outs.
     for (const name of this.order) {
       const t = this.templates.get(name);
@@ -941,13 +933,7 @@ export class WorkflowRun {
   /** The status the Workflow shows: small whatever the number of tasks (one summary per spec task). */
   status(): Omit<WorkflowStatus, 'conditions' | 'observedGeneration'> {
     const c = this.counts();
-    const byTemplate = new Map<string, Instance[]>();
-    for (const i of this.instances.values()) {
-      const list = byTemplate.get(i.template);
-      if (list) list.push(i);
-      else byTemplate.set(i.template, [i]);
-    }
-    const tasks = this.order.map((name) => this.templateSummary(name, byTemplate.get(name) ?? []));
+    const tasks = this.order.map((name) => this.templateSummary(name));
     return {
       phase: this.phase,
       progress: c,
@@ -959,17 +945,21 @@ export class WorkflowRun {
     };
   }
 
-  private templateSummary(name: string, own: Instance[]): NonNullable<WorkflowStatus['tasks']>[number] {
+  private templateSummary(name: string): NonNullable<WorkflowStatus['tasks']>[number] {
     const t = this.templates.get(name);
     if (this.skipped.has(name)) return { name, phase: 'Skipped' };
     const failure = this.templateFailures.get(name);
-    if (own.length === 0 && failure) return { name, phase: 'Failed', message: failure };
-    if (own.length === 0) return { name, phase: this.finished ? 'Cancelled' : 'Pending' };
-    const by = (p: TaskPhase) => own.filter((i) => i.phase === p).length;
-    const attempts = Math.max(...own.map((i) => i.attempt));
+    const tally = this.index.tally(name);
+    const count = tally?.count ?? 0;
+    if (!tally || count === 0) {
+      if (failure) return { name, phase: 'Failed', message: failure };
+      return { name, phase: this.finished ? 'Cancelled' : 'Pending' };
+    }
+    const by = (p: TaskPhase) => tally.phases[p];
+    const attempts = tally.maxAttempt;
     const phase: TaskPhase = by('Failed')
       ? 'Failed'
-      : own.every((i) => i.phase === 'Succeeded') && (!t?.forEach || this.expanded.has(name))
+      : by('Succeeded') === count && (!t?.forEach || this.expanded.has(name))
         ? 'Succeeded'
         : by('Running')
           ? 'Running'
@@ -980,14 +970,19 @@ export class WorkflowRun {
               : by('Cancelled')
                 ? 'Cancelled'
                 : 'Pending';
-    const failed = own.find((i) => i.phase === 'Failed' || i.phase === 'Retrying');
+    const failedName = this.index.firstFailing(name);
+    const failed = failedName === undefined ? undefined : this.instances.get(failedName);
     let message: string | undefined;
-    if (own.length > 1) {
-      message = `${by('Succeeded')}/${own.length} succeeded, ${by('Running')} running, ${by('Queued')} queued, ${by('Failed')} failed`;
+    if (count > 1) {
+      message = `${by('Succeeded')}/${count} succeeded, ${by('Running')} running, ${by('Queued')} queued, ${by('Failed')} failed`;
       if (failed?.message) message += `; ${failed.name}: ${failed.message}`;
-      const moving = own.find((i) => i.phase === 'Running' && i.progress);
+      const movingName = this.index.firstRunning(name, (n) => Boolean(this.instances.get(n)?.progress));
+      const moving = movingName === undefined ? undefined : this.instances.get(movingName);
       if (moving) message += `; ${moving.name}: ${moving.progress}`;
-    } else message = own[0]?.message ?? own[0]?.progress;
+    } else {
+      const only = tally.first === undefined ? undefined : this.instances.get(tally.first);
+      message = only?.message ?? only?.progress;
+    }
     return { name, phase, attempts, ...(message && { message: message.slice(0, MAX_MESSAGE) }) };
   }
 
