@@ -3,13 +3,13 @@
 // restarts it as a fresh candidate), 2 for bad flags.
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { KubeConfig } from '@kubernetes/client-node';
 import { DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_SPAWNED_CHILDREN } from '../api/workflow.ts';
 import { ETCD_FLAG_OPTIONS, ETCD_FLAGS_USAGE, etcdConnection, flag, UsageError } from '../lib/etcd-flags.ts';
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger, type Level } from '../lib/log.ts';
 import { Registry } from '../lib/metrics.ts';
 import { VERSION_LINE } from '../lib/version.ts';
+import { type KubeCredentials, KubeconfigError, resolveKubeCredentials } from './kube/credentials.ts';
 import { Operator, type OperatorConfig } from './operator.ts';
 import { DEFAULT_WAITING_TIMEOUT_SECONDS } from './workflow/controller.ts';
 
@@ -64,7 +64,14 @@ function int(name: string, v: string, min: number, max: number): number {
   return n;
 }
 
-type Config = Omit<OperatorConfig, 'logger' | 'registry'> & { logLevel: Level };
+/**
+ * The flags, checked. The kubeconfig is only named here (`kubeconfigPath`): main() resolves it into
+ * credentials, which takes a short-lived child process (kube/credentials.ts).
+ */
+type Config = Omit<OperatorConfig, 'logger' | 'registry' | 'kubeConfig'> & {
+  logLevel: Level;
+  kubeconfigPath: string | undefined;
+};
 
 /** The flags as given; an unknown flag or a missing value is a UsageError. */
 function readFlags(argv: string[]): Record<string, unknown> {
@@ -105,6 +112,21 @@ function readFlags(argv: string[]): Record<string, unknown> {
 
 export function parse(argv: string[]): Config | 'help' {
   return configFrom(readFlags(argv));
+}
+
+/** The credentials the kubeconfig resolves to; a UsageError names the file and what is wrong with it. */
+async function credentials(kubeconfigPath: string | undefined): Promise<KubeCredentials> {
+  try {
+    return await resolveKubeCredentials({ kubeconfig: kubeconfigPath });
+  } catch (err) {
+    if (!(err instanceof KubeconfigError)) throw err;
+    const where = kubeconfigPath ?? 'the default kubeconfig';
+    throw new UsageError(
+      err.problem === 'load'
+        ? `--kubeconfig: cannot load ${where}: ${err.message}`
+        : `--kubeconfig: no cluster in ${where}: ${err.message}`,
+    );
+  }
 }
 
 function configFrom(values: Record<string, unknown>): Config | 'help' {
@@ -149,23 +171,10 @@ function configFrom(values: Record<string, unknown>): Config | 'help' {
   const audience = flag(values, 'token-audience', 'AGENTFLOW_TOKEN_AUDIENCE') ?? 'agentflow';
   if (!/^\S{1,253}$/.test(audience))
     throw new UsageError(`--token-audience: must be 1-253 characters, got "${audience}"`);
-  const kubeConfig = new KubeConfig();
-  const kubeconfigPath = flag(values, 'kubeconfig', 'AGENTFLOW_KUBECONFIG');
-  try {
-    if (kubeconfigPath) kubeConfig.loadFromFile(kubeconfigPath);
-    else kubeConfig.loadFromDefault();
-  } catch (err) {
-    throw new UsageError(
-      `--kubeconfig: cannot load ${kubeconfigPath ?? 'the default kubeconfig'}: ${(err as Error).message}`,
-    );
-  }
-  if (!kubeConfig.getCurrentCluster()) {
-    throw new UsageError('--kubeconfig: no cluster found (not in a pod, and no kubeconfig); pass --kubeconfig');
-  }
   const podName = process.env.POD_NAME;
   const podNamespace = process.env.POD_NAMESPACE;
   return {
-    kubeConfig,
+    kubeconfigPath: flag(values, 'kubeconfig', 'AGENTFLOW_KUBECONFIG'),
     ...etcdConn,
     ...(watchNamespaces && { watchNamespaces }),
     opsAddress: hostPort('ops-address', flag(values, 'ops-address', 'AGENTFLOW_OPS_ADDRESS') ?? '0.0.0.0:8080'),
@@ -226,6 +235,7 @@ function configFrom(values: Record<string, unknown>): Config | 'help' {
 /** Runs the command; resolves with the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   let cfg: ReturnType<typeof parse>;
+  let kubeConfig: KubeCredentials;
   try {
     const values = readFlags(argv);
     // Before the config checks: --version needs no etcd, kubeconfig or dispatcher to answer.
@@ -234,18 +244,20 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     cfg = configFrom(values);
+    if (cfg === 'help') {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    kubeConfig = await credentials(cfg.kubeconfigPath);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`agentflow-operator: ${err.message}\n\n${USAGE}`);
     return 2;
   }
-  if (cfg === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
   const logger = createLogger({ component: 'operator', identity: cfg.identity }, { level: cfg.logLevel });
   installFatalHandlers(logger);
-  const operator = new Operator({ ...cfg, logger, registry: new Registry() });
+  const { kubeconfigPath: _path, ...flags } = cfg;
+  const operator = new Operator({ ...flags, kubeConfig, logger, registry: new Registry() });
   let signals = 0;
   const onSignal = () => {
     signals++;

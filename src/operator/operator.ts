@@ -1,4 +1,4 @@
-import type { KubeConfig, V1Node, V1Pod } from '@kubernetes/client-node';
+import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../api/agentpool.ts';
 import type { Workflow } from '../api/workflow.ts';
 import { BackupStatus } from '../backup/status.ts';
@@ -15,6 +15,7 @@ import {
   AGENTPOOLS,
   type KObject,
   KubeClient,
+  type KubeSource,
   NODES,
   PODS,
   type ResourceType,
@@ -30,7 +31,8 @@ import type { AgentEndpoints } from './pool/pods.ts';
 import { WorkflowController } from './workflow/controller.ts';
 
 export interface OperatorConfig {
-  kubeConfig: KubeConfig;
+  /** From resolveKubeCredentials (kube/credentials.ts), or a KubeConfig the caller loaded. */
+  kubeConfig: KubeSource;
   etcd: string[];
   etcdPrefix: string;
   etcdTls?: { ca: Buffer; cert?: Buffer; key?: Buffer };

@@ -1,13 +1,14 @@
-// The operator's Kubernetes transport. @kubernetes/client-node loads the
-// kubeconfig (file, in-cluster service account, exec plugins) and supplies
-// TLS material and auth headers; requests and watch streams go over node:https
+// The operator's Kubernetes transport. Credentials (credentials.ts) supply the
+// server, TLS material and auth headers, resolved by @kubernetes/client-node
+// from the kubeconfig; requests and watch streams go over node:https
 // here, so that watches have timeouts and stall detection we control (the
 // client's own Watch can hang forever on a half-dead TCP connection:
 // kubernetes-client/javascript#596, #364) and so that every resource, status
 // subresource and patch type is reachable the same way.
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent, type AgentOptions, request as httpsRequest } from 'node:https';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { isKubeCredentials, type KubeCredentials, kubeConfigCredentials } from './credentials.ts';
 
 export interface ResourceType {
   group: string;
@@ -115,30 +116,21 @@ export interface RequestOptions {
 const AUTH_REFRESH_MS = 30_000;
 const DEFAULT_TIMEOUT_MS = 30_000;
 
+/** What a KubeClient is built from: resolved credentials, or a KubeConfig the caller loaded itself. */
+export type KubeSource = KubeConfig | KubeCredentials;
+
 export class KubeClient {
   readonly server: URL;
-  private readonly kc: KubeConfig;
+  private readonly credentials: KubeCredentials;
   private readonly userAgent: string;
   private agent: Agent | HttpAgent | undefined;
   /** http: servers (a local proxy, tests) get plain HTTP; everything else TLS. */
   private readonly send: typeof httpsRequest;
   private auth: { headers: Record<string, string>; at: number } | undefined;
 
-  constructor(kc: KubeConfig, opts: { userAgent?: string } = {}) {
-    const cluster = kc.getCurrentCluster();
-    if (!cluster) throw new Error('the kubeconfig has no current cluster');
-    this.server = new URL(cluster.server);
-    if (this.server.protocol === 'http:' && !cluster.skipTLSVerify) {
-      // client-node refuses http: unless TLS verification is off; over plain HTTP it means nothing.
-      const copy = new KubeConfig();
-      copy.loadFromOptions({
-        clusters: kc.clusters.map((c) => (c.name === cluster.name ? { ...c, skipTLSVerify: true } : c)),
-        users: kc.users,
-        contexts: kc.contexts,
-        currentContext: kc.currentContext,
-      });
-      this.kc = copy;
-    } else this.kc = kc;
+  constructor(source: KubeSource, opts: { userAgent?: string } = {}) {
+    this.credentials = isKubeCredentials(source) ? source : kubeConfigCredentials(source);
+    this.server = this.credentials.server;
     this.userAgent = opts.userAgent ?? 'agentflow-operator';
     this.send = (this.server.protocol === 'http:' ? httpRequest : httpsRequest) as typeof httpsRequest;
   }
@@ -151,28 +143,13 @@ export class KubeClient {
   /** TLS material once, auth headers refreshed every 30 s (rotated service-account tokens, exec plugins). */
   private async prepare(): Promise<{ agent: Agent | HttpAgent; headers: Record<string, string> }> {
     if (!this.agent || !this.auth || Date.now() - this.auth.at > AUTH_REFRESH_MS) {
-      const opts: {
-        headers?: Record<string, string>;
-        ca?: Buffer;
-        cert?: Buffer;
-        key?: Buffer;
-        rejectUnauthorized?: boolean;
-        servername?: string;
-        auth?: string;
-      } = {};
-      await this.kc.applyToHTTPSOptions(opts as never);
-      const headers: Record<string, string> = { ...(opts.headers ?? {}) };
-      if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString('base64')}`;
+      const { tls, headers } = await this.credentials.authenticate();
       this.auth = { headers, at: Date.now() };
       if (!this.agent) {
-        const agentOpts: AgentOptions = { keepAlive: true, maxSockets: 64 };
-        if (opts.ca) agentOpts.ca = opts.ca;
-        if (opts.cert) agentOpts.cert = opts.cert;
-        if (opts.key) agentOpts.key = opts.key;
-        if (opts.rejectUnauthorized !== undefined) agentOpts.rejectUnauthorized = opts.rejectUnauthorized;
-        if (opts.servername) agentOpts.servername = opts.servername;
         this.agent =
-          this.server.protocol === 'http:' ? new HttpAgent({ keepAlive: true, maxSockets: 64 }) : new Agent(agentOpts);
+          this.server.protocol === 'http:'
+            ? new HttpAgent({ keepAlive: true, maxSockets: 64 })
+            : new Agent({ keepAlive: true, maxSockets: 64, ...tls } satisfies AgentOptions);
       }
     }
     return { agent: this.agent, headers: this.auth.headers };
