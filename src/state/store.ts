@@ -1,7 +1,13 @@
 import { EventEmitter } from 'node:events';
 import { type ComparatorBuilder, Etcd3, type IKeyValue, type Lease } from 'etcd3';
 import { DEFAULT_TXN_BYTES } from './batch.ts';
-import { EtcdUnavailableError, LeaseLostError, OutcomeUnknownError, StateDecodeError } from './errors.ts';
+import {
+  EtcdUnavailableError,
+  LeaseLostError,
+  OutcomeUnknownError,
+  RequestTooLargeError,
+  StateDecodeError,
+} from './errors.ts';
 import { fenceError } from './fence.ts';
 import { guardCalls, KEEPALIVE_OPTIONS, noFaultHandling } from './transport.ts';
 
@@ -137,18 +143,31 @@ export class StateStore {
   }
 
   /**
-   * Every key under `prefix` in key order, read at one revision `limit` keys
-   * per request, so that no answer nears the client's receive limit.
+   * Every key under `prefix` in key order, read at one revision, up to `limit`
+   * keys per request. A page whose answer would pass the client's receive limit
+   * (large values) is asked for again in halves, so `limit` can suit the common
+   * small values: etcd visits every remaining key of the range to count them on
+   * each page, so small pages make a large listing quadratic.
    */
   async listPaged(prefix: string, limit: number): Promise<Entry[]> {
     const end = `${prefix.slice(0, -1)}${String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)}`;
     const out: Entry[] = [];
     let start = prefix;
     let revision: string | undefined;
+    let page = limit;
     for (;;) {
-      let q = this.client.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(limit);
+      let q = this.client.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(page);
       if (revision) q = q.revision(revision);
-      const res = await q.exec();
+      let res: Awaited<ReturnType<typeof q.exec>>;
+      try {
+        res = await q.exec();
+      } catch (err) {
+        if (page > 1 && err instanceof RequestTooLargeError) {
+          page = Math.max(1, Math.floor(page / 2));
+          continue;
+        }
+        throw err;
+      }
       revision ??= res.header.revision;
       for (const kv of res.kvs) out.push(toEntry(kv));
       const last = res.kvs[res.kvs.length - 1];

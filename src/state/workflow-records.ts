@@ -71,8 +71,11 @@ const isRunRecord = (v: unknown): v is RunRecord =>
 
 /** A record's input or output over this many bytes of JSON is kept as a blob (a record stays small). */
 const RECORD_FIELD_INLINE = 64 * 1024;
-/** Records per range read when loading a run: 16 × at most ~200 KiB stays well under the receive limit. */
-const LOAD_PAGE = 16;
+/**
+ * Records per range read when loading a run. Most records are small; a page of large ones (up to
+ * ~200 KiB each) that passes the receive limit is read again in halves (StateStore.listPaged).
+ */
+const LOAD_PAGE = 1024;
 
 /** The engine's etcd records: one key per task instance plus one for the run. */
 export class WorkflowRecords {

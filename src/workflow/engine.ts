@@ -72,6 +72,8 @@ export class WorkflowEngine {
   private stopped = false;
   /** Per run: spawns to answer once a flush that began after them has saved the run. */
   private readonly saveWaiters = new Map<WorkflowRun, SaveWaiter[]>();
+  /** Runs whose records a flush has taken and is writing. */
+  private readonly saving = new Set<WorkflowRun>();
   private readonly onTask = (e: TaskEvent) => this.onTaskEvent(e);
 
   constructor(o: EngineOptions) {
@@ -193,6 +195,9 @@ export class WorkflowEngine {
     if (!run?.finished) return false;
     if (run.dirty.size > 0 || run.runDirty || run.specDirty || run.audit.length > 0) return false;
     if ((this.saveWaiters.get(run)?.length ?? 0) > 0) return false;
+    // A flush took its records and is writing them: they look clean, but if that flush fails they
+    // come back dirty on this run, which must still be here for the next flush to retry them.
+    if (this.saving.has(run)) return false;
     this.runs.delete(k);
     this.audits.delete(k);
     this.saveWaiters.delete(run);
@@ -397,6 +402,15 @@ export class WorkflowEngine {
    * kept for the next flush: its records dirty again, its audit entries not yet appended.
    */
   private async flushRun(run: WorkflowRun, fences: Fence[]): Promise<void> {
+    this.saving.add(run);
+    try {
+      await this.flushTaken(run, fences);
+    } finally {
+      this.saving.delete(run);
+    }
+  }
+
+  private async flushTaken(run: WorkflowRun, fences: Fence[]): Promise<void> {
     const names = [...run.dirty];
     run.dirty.clear();
     const runDirty = run.runDirty;

@@ -126,11 +126,12 @@ describe('large payloads and bad items', () => {
     expect(other).toMatchObject({ ok: false, reason: 'AlreadyCommitted' });
   });
 
-  it('run records over 4 MiB in total save in bounded transactions and load page by page', async () => {
+  it('run records over the 16 MiB receive limit in total save in bounded transactions and load page by page', async () => {
     const store = open();
     const records = new WorkflowRecords(store);
-    // 90 records of 60 KB inline (5.4 MB: one range read used to exceed the 4 MiB receive limit) and two of 900 KB.
-    const tasks: TaskRecord[] = Array.from({ length: 92 }, (_, i) => ({
+    // 300 records of 60 KB inline (18 MB: a page of them is over the client's 16 MiB receive limit, so
+    // it is read again in halves) and two of 900 KB (blobs).
+    const tasks: TaskRecord[] = Array.from({ length: 302 }, (_, i) => ({
       name: `t${i}`,
       template: 't',
       phase: 'Succeeded',
@@ -139,13 +140,15 @@ describe('large payloads and bad items', () => {
       pool: 'p',
       cost: 1,
       input: { i },
-      output: { text: answer(i < 90 ? 60 : 900, `r${i}`) },
+      output: {
+        text: i < 300 ? `r${i} lorem ipsum dolor sit amet `.repeat(2400).slice(0, 60 * 1024) : answer(900, `r${i}`),
+      },
     }));
     const run = { uid: 'u1', startedAt: new Date().toISOString(), phase: 'Running', expanded: {} };
     await records.save('ns', 'records', run, tasks);
     const loaded = await records.load('ns', 'records');
     expect(loaded.run).toEqual(run);
-    expect(loaded.tasks).toHaveLength(92);
+    expect(loaded.tasks).toHaveLength(302);
     const byName = new Map(loaded.tasks.map((t) => [t.name, t]));
     for (const t of tasks) expect(byName.get(t.name)).toEqual(t);
     await records.deleteAll('ns', 'records');
