@@ -3,6 +3,7 @@
 //   npm run bench                      quick set (a few minutes)
 //   npm run bench -- --full            full set (50k tasks, failover, 1,000 agents)
 //   npm run bench -- --only chain,failover [--workers 4] [--capacity 16]
+//   npm run bench -- --only workflow   a 10,000-task fan-out + fan-in (100,000 too with --full)
 // Each scenario prints a table and writes bench/results/<scenario>.json + .svg;
 // the profile writes bench/results/profile.md.
 import { existsSync, readFileSync } from 'node:fs';
@@ -20,8 +21,9 @@ import { profile } from './scenarios/profile.ts';
 import { scale } from './scenarios/scale.ts';
 import { writeSecurityReport } from './scenarios/security-report.ts';
 import { throughput } from './scenarios/throughput.ts';
+import { workflow } from './scenarios/workflow.ts';
 
-const SCENARIOS = ['throughput', 'latency', 'chain', 'failover', 'scale', 'profile'] as const;
+const SCENARIOS = ['throughput', 'latency', 'chain', 'workflow', 'failover', 'scale', 'profile'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const { values } = parseArgs({
@@ -29,7 +31,8 @@ const { values } = parseArgs({
     full: { type: 'boolean', default: false },
     only: { type: 'string' },
     workers: { type: 'string', default: '4' },
-    capacity: { type: 'string', default: '16' },
+    // Default 16 (the workflow scenario: 32, issue 16's 4 agents x 32 slots); a value given applies to all.
+    capacity: { type: 'string' },
   },
 });
 const positive = (name: string, v: string | undefined) => {
@@ -37,7 +40,8 @@ const positive = (name: string, v: string | undefined) => {
   if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: expected a positive integer, got "${v}"`);
   return n;
 };
-const cfg = benchConfig(values.full, positive('workers', values.workers), positive('capacity', values.capacity));
+const capacity = values.capacity === undefined ? undefined : positive('capacity', values.capacity);
+const cfg = benchConfig(values.full, positive('workers', values.workers), capacity ?? 16, capacity);
 const defaults: Scenario[] = values.full ? [...SCENARIOS] : SCENARIOS.filter((s) => s !== 'scale');
 const only = values.only?.split(',').map((s) => s.trim()) ?? defaults;
 for (const s of only) {
@@ -64,6 +68,7 @@ if (run('throughput')) peak = (await throughput(cfg)).peak;
 // The high-load latency point is a fraction of each system's peak: from this run, else from the last one.
 if (run('latency')) await latency(cfg, peak ?? lastPeaks());
 if (run('chain')) await chain(cfg);
+if (run('workflow')) await workflow(cfg);
 if (run('failover')) await failover(cfg);
 if (run('scale')) await scale(cfg);
 if (run('profile')) await profile(cfg);

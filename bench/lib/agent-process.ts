@@ -9,7 +9,7 @@ import { childConfig, tell } from './children.ts';
 import { now } from './clock.ts';
 import { type CpuProfile, startProfiler } from './cpu-profile.ts';
 import type { AgentCredentials } from './security.ts';
-import { type HandlerOptions, runTask } from './task.ts';
+import { type HandlerOptions, runItems, runTask } from './task.ts';
 
 export interface AgentProcessConfig extends HandlerOptions, AgentCredentials {
   name: string;
@@ -41,7 +41,11 @@ async function startOne(i: number): Promise<void> {
     pod: cfg.name,
     heartbeatMs: cfg.heartbeatMs,
     logger: silentLogger,
-    handlers: { task: (ctx) => runTask(ctx.input, agentId, ctx.attempt, cfg, ctx.signal) },
+    handlers: {
+      task: (ctx) => runTask(ctx.input, agentId, ctx.attempt, cfg, ctx.signal),
+      // The workflow scenario's first task: the list its forEach fans out over.
+      items: (ctx) => runItems(ctx.input, agentId),
+    },
   });
   agents.push(agent);
   const connected = new Promise<void>((resolve) => agent.once('connected', () => resolve()));

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Dispatcher, type TaskEvent } from '../../src/dispatcher/index.ts';
 import { silentLogger } from '../../src/lib/log.ts';
-import { StateStore } from '../../src/state/index.ts';
+import { LeaderElector, type Leadership } from '../../src/operator/leader.ts';
+import { type Fence, StateStore } from '../../src/state/index.ts';
 import { EtcdServer } from '../../test/cluster/etcd.ts';
 import type { AgentProcessConfig } from './agent-process.ts';
 import { Child } from './children.ts';
@@ -19,7 +20,7 @@ export const ETCD_PREFIX = '/bench';
 export const NAMESPACE = 'bench';
 export const POOL = 'bench';
 /** What the bench's agents may register as: the AgentPool spec.agent KubeAgentAuth would read. */
-const POOL_GRANT: PoolGrant = { namespace: NAMESPACE, pool: POOL, maxCapacity: 1024, handlers: ['task'] };
+const POOL_GRANT: PoolGrant = { namespace: NAMESPACE, pool: POOL, maxCapacity: 1024, handlers: ['task', 'items'] };
 
 export const AGENTFLOW_PERSISTENCE: Persistence = {
   persists:
@@ -46,6 +47,11 @@ export interface AgentflowStartOptions extends AgentflowOptions {
   security?: SecurityPosture;
   /** The dispatcher's agentLeaseTtlSeconds: how long a dead agent keeps its tasks (default 10). */
   leaseTtlSeconds?: number;
+  /**
+   * Win the operator's leader election (src/operator/leader.ts) first: every etcd write of the
+   * dispatcher, and of whatever else uses `fences()`, then carries the leadership fence, as in the operator.
+   */
+  leaderElection?: boolean;
 }
 
 /** etcd (fsync on) + a Dispatcher in this process + agent processes running createAgent. */
@@ -63,6 +69,10 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
   private readonly dir: string;
   private readonly sec: BenchSecurity;
   private readonly children = new Map<string, Child>();
+  private elector: LeaderElector | undefined;
+  private leadership: Leadership | undefined;
+  /** The leadership fence every etcd write carries (none without leaderElection). */
+  readonly fences = (): Fence[] => (this.leadership ? [this.leadership.fence] : []);
 
   private constructor(dir: string, etcd: EtcdServer, store: StateStore, dispatcher: Dispatcher, sec: BenchSecurity) {
     super();
@@ -83,14 +93,20 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
     const etcd = new EtcdServer({ dir, name: 'etcd' }); // fsync on: durable commits, as in production
     await etcd.start();
     const store = new StateStore({ endpoints: [etcd.endpoint], prefix: ETCD_PREFIX });
+    let sys: AgentflowSystem | undefined;
     const dispatcher = new Dispatcher({
       store,
+      fences: () => sys?.fences() ?? [],
       auth: sec.auth,
       credentials: sec.credentials,
       agentLeaseTtlSeconds: opts.leaseTtlSeconds ?? 10,
       logger: silentLogger,
     });
-    const sys = new AgentflowSystem(dir, etcd, store, dispatcher, sec);
+    sys = new AgentflowSystem(dir, etcd, store, dispatcher, sec);
+    if (opts.leaderElection) {
+      sys.elector = new LeaderElector({ store, name: 'bench-operator', identity: 'bench', logger: silentLogger });
+      sys.leadership = await sys.elector.campaign();
+    }
     await dispatcher.start();
     await sys.addAgents(opts);
     return sys;
@@ -195,6 +211,7 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
   async stop(): Promise<void> {
     await Promise.all([...this.children.values()].map((c) => c.stop()));
     await this.dispatcher.stop(1_000);
+    await this.elector?.resign();
     this.store.close();
     await this.etcd.stop();
     rmSync(this.dir, { recursive: true, force: true });

@@ -12,7 +12,7 @@ import { type AppendFsync, RedisServer } from './redis-server.ts';
 import { type Persistence, SYSTEM_LABELS, type System, type SystemEvents } from './system.ts';
 import { type HandlerOptions, isTaskOutput } from './task.ts';
 
-const QUEUE = 'bench';
+export const QUEUE = 'bench';
 /** Jobs per addBulk call (one MULTI of addStandardJob scripts). */
 const ADD_BULK_CHUNK = 1_000;
 

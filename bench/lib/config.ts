@@ -15,9 +15,19 @@ export interface BenchConfig {
   failover: { tasks: number; holdMs: number; ttlSeconds: number[] };
   scale: { agents: number; tasks: number };
   profile: { tasks: number };
+  /** Fan-out + fan-in workflows: one size after another, `rounds` interleaved rounds each; W x `capacity`. */
+  workflow: { sizes: { tasks: number; rounds: number }[]; warmupTasks: number; capacity: number };
 }
 
-export function benchConfig(full: boolean, workers: number, capacity: number): BenchConfig {
+/** Slots per worker in the workflow scenario unless --capacity is given: issue 16's 4 agents x 32 slots. */
+export const WORKFLOW_CAPACITY = 32;
+
+export function benchConfig(
+  full: boolean,
+  workers: number,
+  capacity: number,
+  workflowCapacity = WORKFLOW_CAPACITY,
+): BenchConfig {
   return {
     mode: full ? 'full' : 'quick',
     workers,
@@ -28,6 +38,16 @@ export function benchConfig(full: boolean, workers: number, capacity: number): B
     failover: { tasks: full ? 1_000 : 200, holdMs: 500, ttlSeconds: [2, 5] },
     scale: { agents: 1_000, tasks: full ? 20_000 : 5_000 },
     profile: { tasks: full ? 20_000 : 10_000 },
+    workflow: {
+      sizes: full
+        ? [
+            { tasks: 10_000, rounds: 3 },
+            { tasks: 100_000, rounds: 1 },
+          ]
+        : [{ tasks: 10_000, rounds: 3 }],
+      warmupTasks: 1_000,
+      capacity: workflowCapacity,
+    },
   };
 }
 

@@ -49,3 +49,14 @@ export function runTask(
   const out: TaskOutput = { id: input.id, sentAt: input.sentAt, startedAt, worker };
   return opts.holdMs > 0 ? sleep(opts.holdMs, signal).then(() => out) : out;
 }
+
+/**
+ * The list a fan-out runs over (the workflow scenario's first task, as a planner's output would be):
+ * the bench task's result plus `items`, 0..count-1.
+ */
+export function runItems(input: unknown, worker: string): TaskOutput & { items: number[] } {
+  const out = runTask(input, worker, 1, { holdMs: 0, reportStarts: false }) as TaskOutput;
+  const count = (input as { count?: unknown }).count;
+  if (!Number.isInteger(count) || (count as number) < 0) throw new Error(`items: input.count must be an integer >= 0`);
+  return { ...out, items: Array.from({ length: count as number }, (_, i) => i) };
+}
