@@ -189,7 +189,12 @@ if (args['dispatcher-only']) {
   let left = tasks + 1;
   const all = new Promise<void>((resolve) =>
     sys.dispatcher.on('task', (e) => {
-      if (e.type === 'committed' && --left === 0) resolve();
+      if (e.type !== 'committed') return;
+      --left;
+      const snap = process.env.PROBE_HEAP_SNAPSHOT;
+      if (snap && left === Math.floor((tasks + 1) * (1 - Number(process.env.PROBE_HEAP_AT ?? 0.5))))
+        writeHeapSnapshot(snap);
+      if (left === 0) resolve();
     }),
   );
   for (let k = 0; k <= tasks; k++) {

@@ -8,7 +8,6 @@
 // of that cost is counted; HTTP, the API server's own work and etcd writes
 // behind it are not.
 import { randomUUID } from 'node:crypto';
-import { KubeConfig } from '@kubernetes/client-node';
 import {
   type KObject,
   KubeApiError,
@@ -16,6 +15,7 @@ import {
   type RequestOptions,
   type ResourceType,
 } from '../../src/operator/kube/client.ts';
+import { staticCredentials } from '../../src/operator/kube/credentials.ts';
 import type { InformerHandlers, InformerView } from '../../src/operator/kube/informer.ts';
 
 type Json = Record<string, unknown>;
@@ -41,15 +41,12 @@ export function mergePatch(target: unknown, patch: unknown): unknown {
   return out;
 }
 
-function kubeConfig(): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'memory', server: 'http://127.0.0.1:1', skipTLSVerify: true }],
-    users: [{ name: 'bench' }],
-    contexts: [{ name: 'memory', cluster: 'memory', user: 'bench' }],
-    currentContext: 'memory',
-  });
-  return kc;
+/**
+ * Static credentials, as the operator resolves them (src/operator/kube/credentials.ts): no
+ * @kubernetes/client-node in the leader's memory, as in a real operator.
+ */
+function credentials() {
+  return staticCredentials({ kind: 'static', server: 'http://127.0.0.1:1', skipTLSVerify: true, tls: {}, headers: {} });
 }
 
 /** A KubeClient whose requests are answered from memory (namespaced resources only). */
@@ -63,7 +60,7 @@ export class MemoryKube extends KubeClient {
   private readonly writeListeners = new Set<(plural: string, o: KObject) => void>();
 
   constructor() {
-    super(kubeConfig(), { userAgent: 'agentflow-bench' });
+    super(credentials(), { userAgent: 'agentflow-bench' });
   }
 
   /** The cache a controller reads `rt` from, kept up to date by this server's writes. */
