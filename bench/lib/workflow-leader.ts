@@ -5,6 +5,7 @@
 // stdin; the answers come back as JSON lines on stdout.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { OPERATOR_NODE_OPTIONS } from '../../src/lib/operator-node-options.ts';
 import type { WorkflowTimes } from './agentflow-workflow.ts';
 import type { ProfileSummary } from './cpu-profile.ts';
 import type { Role } from './proc.ts';
@@ -50,9 +51,15 @@ export class LeaderProcess {
 
   private constructor(cfg: LeaderConfig) {
     // --expose-gc: each run starts from a collected heap.
-    this.proc = spawn(process.execPath, ['--expose-gc', 'bench/lib/workflow-leader-process.ts', JSON.stringify(cfg)], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
+    // The operator's NODE_OPTIONS as the chart sets them; BENCH_LEADER_NODE_OPTIONS replaces them (A/B runs).
+    const flags = (process.env.BENCH_LEADER_NODE_OPTIONS ?? OPERATOR_NODE_OPTIONS).split(' ').filter(Boolean);
+    this.proc = spawn(
+      process.execPath,
+      ['--expose-gc', ...flags, 'bench/lib/workflow-leader-process.ts', JSON.stringify(cfg)],
+      {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      },
+    );
     if (this.proc.pid === undefined) throw new Error('could not start the workflow leader process');
     this.pid = this.proc.pid;
     this.exited = new Promise((resolve) => this.proc.once('exit', () => resolve()));

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { OPERATOR_NODE_OPTIONS } from '../../../src/lib/operator-node-options.ts';
 import { StateStore } from '../../../src/state/index.ts';
 import { binaryPath, pinnedVersions } from '../../cluster/binaries.ts';
 import type { ClusterHandle, CommandResult } from '../../cluster/cluster-handle.ts';
@@ -1235,6 +1236,15 @@ describe('chart', () => {
     expect(flag(op.args, 'watch-namespace')).toBe('research');
     expect(flag(op.args, 'waiting-timeout')).toBe('90');
     expect(flag(operatorContainer(await render()).args, 'waiting-timeout')).toBe('600');
+    // NODE_OPTIONS: the operator's (src/lib/operator-node-options.ts) by default, the value's, or none.
+    const nodeOptions = (c: Container) => c.env?.find((e) => e.name === 'NODE_OPTIONS')?.value;
+    expect(nodeOptions(op)).toBe(OPERATOR_NODE_OPTIONS);
+    expect(
+      nodeOptions(operatorContainer(await render({ set: ['operator.nodeOptions=--max-old-space-size=300'] }))),
+    ).toBe('--max-old-space-size=300');
+    expect(operatorContainer(await render({ set: ['operator.nodeOptions='] })).env?.map((e) => e.name)).not.toContain(
+      'NODE_OPTIONS',
+    );
     expect(op.ports).toEqual([
       { name: 'dispatcher', containerPort: 7171, protocol: 'TCP' },
       { name: 'ops', containerPort: 9090, protocol: 'TCP' },
