@@ -2,6 +2,9 @@
 // instances: each its own etcd lease, membership key and gRPC stream) on one
 // dispatcher: connect time, memory, idle cost, throughput. Peer: 1,000 BullMQ
 // Workers of concurrency 1 in one process on one redis.
+
+import { AGENT_NODE_OPTIONS } from '../../src/lib/agent-node-options.ts';
+import { type AgentRssRun, DEFAULT_SETTLE_MS, IN_FLIGHT, measureAgentRss } from '../lib/agent-rss.ts';
 import { AgentflowSystem } from '../lib/agentflow.ts';
 import { BullmqSystem } from '../lib/bullmq.ts';
 import { now, sleep } from '../lib/clock.ts';
@@ -31,7 +34,12 @@ interface ScaleRun {
     coordinatorHeapDelta: number;
     storeBefore: number;
     storeAfter: number;
+    /** The process hosting every worker: connected and idle, and the most it held while the tasks ran. */
     workerHost: number;
+    workerHostBusy: number;
+    /** The host's RSS divided by the workers it hosts. */
+    perWorkerIdle: number;
+    perWorkerBusy: number;
   };
   /** CPU % (of one core) with every worker connected and no work, over IDLE_SECONDS. */
   idleCpuPercent: Record<string, number>;
@@ -72,6 +80,17 @@ export async function scale(cfg: BenchConfig): Promise<void> {
     await bq.stop();
   }
 
+  // What one agent pod's process holds (issue 16: <= 64 MiB idle, <= 96 MiB with 16 tasks in flight): one
+  // `agentflow agent` process on its own dispatcher, as the image runs it and as a checkout runs it.
+  console.log('scale: one agent process per pod, idle and busy (bench/lib/agent-rss.ts)');
+  const agentProcess = await measureAgentRss({
+    entries: ['image', 'source'],
+    nodeOptions: AGENT_NODE_OPTIONS,
+    nodeArgs: [],
+    burstTasks: tasks,
+    settleMs: DEFAULT_SETTLE_MS,
+  });
+
   const json = writeJson(
     'scale',
     {
@@ -80,23 +99,35 @@ export async function scale(cfg: BenchConfig): Promise<void> {
       tasks,
       hosts: 'one child process hosts every agent / Worker',
       idleSeconds: IDLE_SECONDS,
+      agentProcess: { capacity: IN_FLIGHT, burstTasks: tasks, nodeOptions: AGENT_NODE_OPTIONS },
     },
     {
       note:
         'agentflow: each agent has its own etcd lease, membership key and Connect stream (grpc-js multiplexes the streams ' +
-        'of one process over shared HTTP/2 connections). BullMQ: each Worker has its own 2 redis connections.',
+        'of one process over shared HTTP/2 connections). BullMQ: each Worker has its own 2 redis connections. ' +
+        'agentProcess: one `agentflow agent` process (capacity 16) per entry: VmRSS idle, at most while ' +
+        'burstTasks no-op tasks ran, with 16 sleeping tasks right after, and idle again after a quiet spell',
       runs,
+      agentProcess,
     },
   );
   printTable(
     `Scale: ${agents.toLocaleString('en-US')} workers of capacity 1 in one process`,
-    ['system', 'connect s', 'coordinator heap +MiB', 'store RSS MiB', 'host RSS MiB', 'idle CPU %', 'tasks/s'],
+    [
+      'system',
+      'connect s',
+      'coordinator heap +MiB',
+      'store RSS MiB',
+      'host RSS MiB idle / busy',
+      'idle CPU %',
+      'tasks/s',
+    ],
     runs.map((r) => [
       r.label,
       round(r.connectMs / 1000, 2),
       r.memoryMiB.coordinatorHeapDelta,
       `${round(r.memoryMiB.storeBefore, 0)} -> ${round(r.memoryMiB.storeAfter, 0)}`,
-      round(r.memoryMiB.workerHost, 0),
+      `${round(r.memoryMiB.workerHost, 0)} / ${round(r.memoryMiB.workerHostBusy, 0)}`,
       round(
         Object.values(r.idleCpuPercent).reduce((a, b) => a + b, 0),
         1,
@@ -148,7 +179,23 @@ export async function scale(cfg: BenchConfig): Promise<void> {
       ),
     ],
   );
+  printAgentProcess(agentProcess);
   console.log(`\nwrote ${json} and ${writeSvg('scale', svg)}`);
+}
+
+function printAgentProcess(runs: AgentRssRun[]): void {
+  printTable(
+    `One agent process (capacity ${IN_FLIGHT}): VmRSS MiB; goals idle <= 64, ${IN_FLIGHT} in flight <= 96`,
+    ['entry', 'idle', 'busy', `${IN_FLIGHT} in flight`, 'idle again', 'agent CPU ms/task'],
+    runs.map((r) => [
+      r.entry,
+      r.idle.median,
+      r.busyMiB ?? 'n/a',
+      r.inFlight.median,
+      r.settled.median,
+      r.agentCpuMsPerTask ?? 'n/a',
+    ]),
+  );
 }
 
 /** A full GC when node runs with --expose-gc (bench/run.sh does), so heap figures are live objects only. */
@@ -171,6 +218,7 @@ async function measure(
   const t0 = now();
   await connect();
   const connectMs = now() - t0;
+  const hostPid = s.roles()[1]?.pids[0] ?? 0;
   await sleep(1_000);
   const idle = new CpuMeter(() => s.roles());
   idle.begin();
@@ -183,16 +231,26 @@ async function measure(
     coordinatorHeapDelta: round((process.memoryUsage().heapUsed - heapBefore) / 2 ** 20, 1),
     storeBefore: round(storeBefore, 1),
     storeAfter: round(storeRss(), 1),
-    workerHost: round(rssMiB(s.roles()[1]?.pids[0] ?? 0), 1),
+    workerHost: round(rssMiB(hostPid), 1),
+    workerHostBusy: 0,
+    perWorkerIdle: 0,
+    perWorkerBusy: 0,
   };
   console.log(`scale: ${s.label}: connected in ${Math.round(connectMs)} ms; ${tasks} tasks`);
   await runBatch(s, 'warmup', Math.min(tasks, 2_000), 120_000);
   const cpu = new CpuMeter(() => s.roles());
   cpu.begin();
   const t1 = now();
-  const done = await runBatch(s, 'scale', tasks, 120_000 + tasks * 20);
+  let busy = 0;
+  const sampler = setInterval(() => {
+    busy = Math.max(busy, rssMiB(hostPid));
+  }, 200);
+  const done = await runBatch(s, 'scale', tasks, 120_000 + tasks * 20).finally(() => clearInterval(sampler));
   const t2 = done.reduce((m, d) => Math.max(m, d.observedAt), 0);
   const used = cpu.end();
+  memoryMiB.workerHostBusy = round(Math.max(busy, rssMiB(hostPid)), 1);
+  memoryMiB.perWorkerIdle = round(memoryMiB.workerHost / workers, 3);
+  memoryMiB.perWorkerBusy = round(memoryMiB.workerHostBusy / workers, 3);
   return {
     key: s.key,
     label: s.label,

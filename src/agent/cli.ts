@@ -1,6 +1,7 @@
 // agentflow-agent: what agent pods run. Exit codes: 0 after a drain (SIGTERM or
 // SIGINT; after the dispatcher's Drain it waits for SIGTERM), 1 when the agent cannot start, 2 for bad
 // configuration or usage.
+import { flushCompileCache } from 'node:module';
 import { parseArgs } from 'node:util';
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger } from '../lib/log.ts';
@@ -78,6 +79,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch {
     return 1; // the agent logged why
   }
+  // The agent's modules and the handlers' are loaded by now: write the compile cache bin/from-source.mjs enables
+  // (a no-op without it) rather than only at exit, which a killed pod never reaches.
+  flushCompileCache();
   let signalled = false;
   const onSignal = () => {
     signalled = true;

@@ -4,7 +4,6 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parse as parseYaml } from 'yaml';
 import { validateSpec } from './builtin/index.ts';
 import { describe, isRecord, onlyKeys } from './check.ts';
 import { AgentConfigError } from './errors.ts';
@@ -130,6 +129,8 @@ async function readConfigFile(path: string): Promise<Partial<Record<FileKey, unk
     throw new AgentConfigError('--config', `cannot read ${path}: ${(err as Error).message}`);
   }
   let doc: unknown;
+  // Loaded only for a config file: agent pods are configured by the environment, and the parser is ~1.5 MiB of RSS.
+  const { parse: parseYaml } = await import('yaml');
   try {
     // YAML is a superset of JSON, so one parser reads both.
     doc = parseYaml(text);

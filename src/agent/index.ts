@@ -1,7 +1,9 @@
 // agentflow/agent: the SDK agent pods run (see also main.ts, the agentflow-agent command).
+import { IdleMemoryRelease } from '../lib/idle-memory.ts';
 import { Agent } from './agent.ts';
 import type { AgentOptions } from './options.ts';
 
+export { IDLE_RELEASE_AFTER_MS, IDLE_RELEASE_MAX_HEAP_BYTES } from '../lib/idle-memory.ts';
 export { ConflictError, FencedError } from '../state/errors.ts';
 export { Agent, type AgentEvents, type AgentState, RUNTIME_VERSION, type TaskSummary } from './agent.ts';
 export {
@@ -79,5 +81,22 @@ export type {
  * ```
  */
 export function createAgent(opts: AgentOptions): Agent {
-  return new Agent(opts);
+  const agent = new Agent(opts);
+  if (opts.releaseMemoryWhenIdle !== false) releaseMemoryWhenIdle(agent);
+  return agent;
+}
+
+// One per process, fed by every agent in it: a host of 1,000 agents (the bench's scale scenario) pays one GC per
+// quiet spell, not one per agent.
+let processRelease: IdleMemoryRelease | undefined;
+
+/**
+ * Task starts and ends are the agent's work, and connecting is start-up's (loading modules, the proto, TLS): a
+ * quiet spell after either gives back the heap they grew.
+ */
+function releaseMemoryWhenIdle(agent: Agent): void {
+  processRelease ??= new IdleMemoryRelease();
+  agent.on('connected', processRelease.activity);
+  agent.on('taskStarted', processRelease.activity);
+  agent.on('taskFinished', processRelease.activity);
 }

@@ -58,6 +58,12 @@ export interface AgentOptions {
   reconnect?: { initialMs: number; maxMs: number };
   /** SIGTERM and SIGINT drain the agent (default false). */
   installSignalHandlers?: boolean;
+  /**
+   * After IDLE_RELEASE_AFTER_MS without a task starting or finishing, run one memory-reducing GC so the heap a
+   * burst of tasks grew goes back to the OS (default true; see src/lib/idle-memory.ts). Off for a process whose
+   * other work should never see that pause (~25 ms; skipped above IDLE_RELEASE_MAX_HEAP_BYTES of live heap).
+   */
+  releaseMemoryWhenIdle?: boolean;
   logger?: Logger;
 }
 
@@ -103,6 +109,7 @@ const KNOWN = [
   'drainTimeoutMs',
   'reconnect',
   'installSignalHandlers',
+  'releaseMemoryWhenIdle',
   'logger',
 ];
 
@@ -169,6 +176,12 @@ export function resolveOptions(opts: AgentOptions): ResolvedOptions {
     throw new AgentConfigError(
       `${F}.installSignalHandlers`,
       `must be a boolean, got ${describe(opts.installSignalHandlers)}`,
+    );
+  }
+  if (opts.releaseMemoryWhenIdle !== undefined && typeof opts.releaseMemoryWhenIdle !== 'boolean') {
+    throw new AgentConfigError(
+      `${F}.releaseMemoryWhenIdle`,
+      `must be a boolean, got ${describe(opts.releaseMemoryWhenIdle)}`,
     );
   }
   return {
