@@ -3,12 +3,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Dispatcher, type TaskEvent } from '../../src/dispatcher/index.ts';
+import { AGENT_NODE_OPTIONS } from '../../src/lib/agent-node-options.ts';
 import { silentLogger } from '../../src/lib/log.ts';
 import { LeaderElector, type Leadership } from '../../src/operator/leader.ts';
 import { type Fence, StateStore } from '../../src/state/index.ts';
 import { EtcdServer } from '../../test/cluster/etcd.ts';
 import type { AgentProcessConfig } from './agent-process.ts';
 import { Child } from './children.ts';
+
+/** Agent processes run with the NODE_OPTIONS the operator gives agent pods (src/operator/pool/pods.ts). */
+const AGENT_FLAGS = AGENT_NODE_OPTIONS.split(' ').filter(Boolean);
+
 import { now } from './clock.ts';
 import type { Role } from './proc.ts';
 import { type BenchSecurity, benchSecurity, SECURITY_NOTES, type SecurityPosture } from './security.ts';
@@ -132,9 +137,15 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
         startConcurrency: 32,
         ...(i === 0 && opts.cpuProfileFile && { cpuProfileFile: opts.cpuProfileFile }),
       };
-      const child = new Child(name, 'bench/lib/agent-process.ts', cfg, (m, from) => {
-        if (m.type === 'start') this.emit('start', m, from.name);
-      });
+      const child = new Child(
+        name,
+        'bench/lib/agent-process.ts',
+        cfg,
+        (m, from) => {
+          if (m.type === 'start') this.emit('start', m, from.name);
+        },
+        AGENT_FLAGS,
+      );
       this.children.set(name, child);
       this.workerNames.push(name);
     }

@@ -24,9 +24,11 @@ export class Child {
     script: string,
     config: unknown,
     onMessage: (m: ChildMessage, from: Child) => void = () => {},
+    /** Node flags for the child (e.g. what the operator gives agent pods in NODE_OPTIONS). */
+    nodeFlags: string[] = [],
   ) {
     this.name = name;
-    this.proc = spawn(process.execPath, [script, JSON.stringify(config)], {
+    this.proc = spawn(process.execPath, [...nodeFlags, script, JSON.stringify(config)], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     if (this.proc.pid === undefined) throw new Error(`could not start ${script}`);

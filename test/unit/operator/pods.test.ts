@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentPool } from '../../../src/api/agentpool.ts';
+import { AGENT_NODE_OPTIONS } from '../../../src/lib/agent-node-options.ts';
 import { type AgentEndpoints, buildPod, CREDENTIALS_DIR, templateHash } from '../../../src/operator/pool/pods.ts';
 
 const endpoints: AgentEndpoints = {
@@ -40,6 +41,19 @@ describe('agent pods', () => {
       AGENTFLOW_CAPACITY: '3',
     });
     expect(Object.keys(env).filter((k) => k.includes('ETCD'))).toEqual([]);
+  });
+
+  it("run Node with the agent's NODE_OPTIONS unless the template sets its own", () => {
+    const nodeOptions = (p: ReturnType<typeof buildPod>) =>
+      (p.spec?.containers[0]?.env ?? []).filter((e) => e.name === 'NODE_OPTIONS').map((e) => e.value);
+    expect(nodeOptions(buildPod(pool(), 0, endpoints, 'h'))).toEqual([AGENT_NODE_OPTIONS]);
+    const own = pool({
+      containers: [
+        { name: 'agent', image: 'agent:1', env: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=512' }] },
+      ],
+    });
+    // Both are listed; Kubernetes takes the last of a repeated name: the template's.
+    expect(nodeOptions(buildPod(own, 0, endpoints, 'h')).at(-1)).toBe('--max-old-space-size=512');
   });
 
   it('are restricted by default (Pod Security "restricted"), but a template that sets its own context keeps it', () => {
