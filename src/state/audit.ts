@@ -1,8 +1,9 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Range } from 'etcd3';
 import { ConflictError, OutcomeUnknownError, StateDecodeError, StateError } from './errors.ts';
 import { fenceError } from './fence.ts';
+import { type PutOp, putOp } from './put-op.ts';
 import { type Entry, type Fence, type StateStore, toEntry } from './store.ts';
 
 /** Something that happened to a workflow's task, as the audit log records it. */
@@ -39,17 +40,18 @@ export const AUDIT_APPEND_TRIES = 20;
 const PAGE = 1000;
 const SEQ_DIGITS = 12;
 
-interface Head {
+/** The newest entry of a log, as its head key records it. */
+interface AuditHead {
   seq: number;
   hash: string;
 }
 
-const isHead = (v: unknown): v is Head =>
+const isHead = (v: unknown): v is AuditHead =>
   typeof v === 'object' &&
   v !== null &&
-  Number.isSafeInteger((v as Head).seq) &&
-  (v as Head).seq >= 0 &&
-  typeof (v as Head).hash === 'string';
+  Number.isSafeInteger((v as AuditHead).seq) &&
+  (v as AuditHead).seq >= 0 &&
+  typeof (v as AuditHead).hash === 'string';
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
@@ -111,22 +113,50 @@ function canon(value: unknown, seen: Set<object>): string | undefined {
   return out;
 }
 
-/** The canonical JSON an entry's hash is taken over: fixed key order, absent fields left out, no `hash`. */
-function entryBody(e: Omit<AuditEntry, 'hash'>): string {
-  const parts = [`"seq":${JSON.stringify(e.seq)}`, `"at":${JSON.stringify(e.at)}`, `"type":${JSON.stringify(e.type)}`];
-  if (e.task !== undefined) parts.push(`"task":${JSON.stringify(e.task)}`);
-  if (e.attempt !== undefined) parts.push(`"attempt":${JSON.stringify(e.attempt)}`);
-  if (e.agentId !== undefined) parts.push(`"agentId":${JSON.stringify(e.agentId)}`);
-  if (e.detail !== undefined) parts.push(`"detail":${canonicalJson(e.detail)}`);
-  parts.push(`"prev":${JSON.stringify(e.prev)}`);
-  return `{${parts.join(',')}}`;
+/**
+ * The canonical JSON an entry's hash is taken over: fixed key order, absent fields left out, no `hash`.
+ * Built by concatenation: it runs for every entry appended, and for every one verify() reads.
+ * `atJson` is the JSON of `at` and `detailJson` the canonical JSON of the detail, so that an
+ * append computes them once per transaction and per event.
+ */
+function entryBody(
+  seq: number,
+  atJson: string,
+  e: Pick<AuditEvent, 'type' | 'task' | 'attempt' | 'agentId'>,
+  detailJson: string | undefined,
+  prev: string,
+): string {
+  let s = `{"seq":${seq},"at":${atJson},"type":${JSON.stringify(e.type)}`;
+  if (e.task !== undefined) s += `,"task":${JSON.stringify(e.task)}`;
+  if (e.attempt !== undefined) s += `,"attempt":${e.attempt}`;
+  if (e.agentId !== undefined) s += `,"agentId":${JSON.stringify(e.agentId)}`;
+  if (detailJson !== undefined) s += `,"detail":${detailJson}`;
+  return `${s},"prev":${JSON.stringify(prev)}}`;
 }
 
-const sha256 = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
+/** One call, no Hash object: it runs once per entry. */
+const sha256 = (text: string): string => hash('sha256', text);
+
+/** `,"hash":"` + 64 hex digits + `"}`: what the stored JSON has after the hashed body's last field. */
+const HASH_SUFFIX_BYTES = 9 + 64 + 2;
+
+/**
+ * The stored JSON of an entry and its hash, from its hashed body: the body's bytes with the
+ * hash as its last field, written into one buffer that is hashed in place (no second string).
+ */
+function encodeEntry(body: string): { value: Buffer; hash: string } {
+  const n = Buffer.byteLength(body);
+  const value = Buffer.allocUnsafe(n - 1 + HASH_SUFFIX_BYTES);
+  value.write(body, 0, 'utf8');
+  const h = hash('sha256', value.subarray(0, n));
+  value.write(`,"hash":"${h}"}`, n - 1, 'latin1');
+  return { value, hash: h };
+}
 
 /** The hash an entry must carry: sha256 hex of its canonical JSON without `hash`. */
 export function auditHash(e: Omit<AuditEntry, 'hash'>): string {
-  return sha256(entryBody(e));
+  const detail = e.detail === undefined ? undefined : canonicalJson(e.detail);
+  return sha256(entryBody(e.seq, JSON.stringify(e.at), e, detail, e.prev));
 }
 
 function checkEvent(e: AuditEvent, i: number): void {
@@ -141,19 +171,45 @@ function checkEvent(e: AuditEvent, i: number): void {
     throw new TypeError(`${where}: "detail" must be a plain object`);
 }
 
-/** The event as it will be stored: detail round-tripped through its canonical JSON. */
-function normalise(e: AuditEvent): { event: AuditEvent; bytes: number } {
-  const event: AuditEvent = { type: e.type };
-  if (e.task !== undefined) event.task = e.task;
-  if (e.attempt !== undefined) event.attempt = e.attempt;
-  if (e.agentId !== undefined) event.agentId = e.agentId;
-  let bytes = 300 + Buffer.byteLength(e.type) + Buffer.byteLength(e.task ?? '') + Buffer.byteLength(e.agentId ?? '');
+/**
+ * An event checked and ready to append: a copy of its fields (the caller may reuse its
+ * objects once append returns), its detail as the canonical JSON that is hashed and stored,
+ * and the bytes it adds to a transaction.
+ */
+interface Prepared {
+  type: string;
+  task?: string;
+  attempt?: number;
+  agentId?: string;
+  detailJson?: string;
+  bytes: number;
+}
+
+function prepare(e: AuditEvent): Prepared {
+  const p: Prepared = {
+    type: e.type,
+    bytes: 300 + Buffer.byteLength(e.type) + Buffer.byteLength(e.task ?? '') + Buffer.byteLength(e.agentId ?? ''),
+  };
+  if (e.task !== undefined) p.task = e.task;
+  if (e.attempt !== undefined) p.attempt = e.attempt;
+  if (e.agentId !== undefined) p.agentId = e.agentId;
   if (e.detail !== undefined) {
-    const text = canonicalJson(e.detail);
-    event.detail = JSON.parse(text) as Record<string, unknown>;
-    bytes += Buffer.byteLength(text);
+    p.detailJson = canonicalJson(e.detail);
+    p.bytes += Buffer.byteLength(p.detailJson);
   }
-  return { event, bytes };
+  return p;
+}
+
+/** The entry as append returns it (and list() reads it back): the fields in the order they are stored. */
+function entryOf(seq: number, at: string, p: Prepared, prev: string, h: string): AuditEntry {
+  const entry: AuditEntry = { seq, at, type: p.type } as AuditEntry;
+  if (p.task !== undefined) entry.task = p.task;
+  if (p.attempt !== undefined) entry.attempt = p.attempt;
+  if (p.agentId !== undefined) entry.agentId = p.agentId;
+  if (p.detailJson !== undefined) entry.detail = JSON.parse(p.detailJson) as Record<string, unknown>;
+  entry.prev = prev;
+  entry.hash = h;
+  return entry;
 }
 
 /**
@@ -170,6 +226,12 @@ export class AuditLog {
   /** The log's key prefix, without the trailing "/". */
   readonly base: string;
   readonly headKey: string;
+  /**
+   * The head as this log's last append left it (or a read found it): the next append starts from
+   * it instead of reading it again. Its transaction still compares the head, so a head moved by
+   * another appender (or a delete) meanwhile fails it, and the append reads the head and retries.
+   */
+  private known: { head: AuditHead | undefined; modRevision: number } | undefined;
 
   constructor(store: StateStore, namespace: string, workflow: string) {
     this.store = store;
@@ -193,75 +255,98 @@ export class AuditLog {
    * a FencedError. Larger calls are split into consecutive transactions: each
    * is atomic, but another appender's entries may land between them, and a
    * failure after the first leaves the earlier ones written.
+   *
+   * `returnEntries: false` returns an empty list instead, and makes no entry objects: for a
+   * caller that writes many entries and reads none back (the workflow engine).
    */
-  async append(events: AuditEvent[], fences: Fence[] = []): Promise<AuditEntry[]> {
-    if (fences.length > 126) throw new RangeError('AuditLog.append: at most 126 fences');
-    events.forEach(checkEvent);
-    const normalised = events.map(normalise);
+  async append(
+    events: AuditEvent[],
+    fences: Fence[] = [],
+    { returnEntries = true }: { returnEntries?: boolean } = {},
+  ): Promise<AuditEntry[]> {
     const out: AuditEntry[] = [];
-    let chunk: AuditEvent[] = [];
-    let bytes = 0;
-    for (const { event, bytes: b } of normalised) {
-      if (chunk.length > 0 && (chunk.length >= AUDIT_BATCH || bytes + b > BATCH_BYTES)) {
-        out.push(...(await this.appendChunk(chunk, fences)));
-        chunk = [];
-        bytes = 0;
-      }
-      chunk.push(event);
-      bytes += b;
-    }
-    if (chunk.length > 0) out.push(...(await this.appendChunk(chunk, fences)));
+    await this.appendAll(events, fences, returnEntries ? out : undefined);
     return out;
   }
 
-  private async appendChunk(events: AuditEvent[], fences: Fence[]): Promise<AuditEntry[]> {
+  private async appendAll(events: AuditEvent[], fences: Fence[], out: AuditEntry[] | undefined): Promise<void> {
+    if (fences.length > 126) throw new RangeError('AuditLog.append: at most 126 fences');
+    events.forEach(checkEvent);
+    const prepared = events.map(prepare);
+    let chunk: Prepared[] = [];
+    let bytes = 0;
+    for (const p of prepared) {
+      if (chunk.length > 0 && (chunk.length >= AUDIT_BATCH || bytes + p.bytes > BATCH_BYTES)) {
+        await this.appendChunk(chunk, fences, out);
+        chunk = [];
+        bytes = 0;
+      }
+      chunk.push(p);
+      bytes += p.bytes;
+    }
+    if (chunk.length > 0) await this.appendChunk(chunk, fences, out);
+  }
+
+  /** One transaction's worth; its entries go to `out` (if given) once it applied. */
+  private async appendChunk(events: Prepared[], fences: Fence[], out: AuditEntry[] | undefined): Promise<void> {
     let expected = 0;
     let found = 0;
     // Appends whose answer was lost (OutcomeUnknown), by the hash of their last entry: if the head
     // later shows one of them, it applied, and appending again would record the events twice.
-    const unknown = new Map<string, AuditEntry[]>();
+    const unknown = new Map<string, AuditEntry[] | undefined>();
     for (let attempt = 1; attempt <= AUDIT_APPEND_TRIES; attempt++) {
-      const { head, modRevision } = await this.readHead();
-      const landed = head && unknown.get(head.hash);
-      if (landed) return landed;
+      // Taken: it is known again only after this append succeeds or a read shows the head.
+      const known = this.known ?? (await this.readHead());
+      this.known = undefined;
+      const { head, modRevision } = known;
+      if (head && unknown.has(head.hash)) {
+        this.known = known;
+        for (const e of unknown.get(head.hash) ?? []) out?.push(e);
+        return;
+      }
       const at = new Date().toISOString();
+      const atJson = JSON.stringify(at);
+      const firstSeq = (head?.seq ?? 0) + 1;
       let prev = head?.hash ?? '';
-      let seq = head?.seq ?? 0;
-      const entries: AuditEntry[] = events.map((e) => {
+      let seq = firstSeq - 1;
+      const entries: AuditEntry[] | undefined = out && [];
+      const puts: PutOp[] = [];
+      for (const p of events) {
         seq += 1;
-        const body = { seq, at, ...e, prev };
-        const entry: AuditEntry = { ...body, hash: auditHash(body) };
-        prev = entry.hash;
-        return entry;
-      });
-      const first = entries[0] as AuditEntry;
-      const last = entries[entries.length - 1] as AuditEntry;
-      const c = this.store.client;
+        const { value, hash: h } = encodeEntry(entryBody(seq, atJson, p, p.detailJson, prev));
+        entries?.push(entryOf(seq, at, p, prev, h));
+        puts.push(putOp(this.entryKey(seq), value));
+        prev = h;
+      }
+      const last: AuditHead = { seq, hash: prev };
       let res: Awaited<ReturnType<ReturnType<ReturnType<StateStore['txn']>['then']>['commit']>>;
       try {
         res = await this.store
           .txn(fences)
           .and(this.headKey, 'Mod', '==', modRevision)
-          .and(this.entryKey(first.seq), 'Create', '==', 0)
-          .then(
-            ...entries.map((e) => c.put(this.entryKey(e.seq)).value(this.encode(e))),
-            c.put(this.headKey).value(JSON.stringify({ seq: last.seq, hash: last.hash })),
-          )
+          .and(this.entryKey(firstSeq), 'Create', '==', 0)
+          .then(...puts, putOp(this.headKey, JSON.stringify(last)))
           .commit();
       } catch (err) {
         if (!(err instanceof OutcomeUnknownError) || attempt === AUDIT_APPEND_TRIES) throw err;
         unknown.set(last.hash, entries);
         continue; // the compare on the head lets at most one of these appends apply
       }
-      if (res.succeeded) return entries;
+      if (res.succeeded) {
+        // Every key of a transaction gets its revision: the head's mod revision is the txn's.
+        this.known = { head: last, modRevision: Number(res.header.revision) };
+        for (const e of entries ?? []) out?.push(e);
+        return;
+      }
       const fenced = await fenceError(this.store, fences);
       if (fenced) throw fenced;
       const now = await this.readHead();
       if (now.modRevision === modRevision) {
         throw new StateError(
-          `${this.entryKey(first.seq)}: an entry already exists after the head (seq ${head?.seq ?? 0}); the audit log is damaged, see AuditLog.verify()`,
+          `${this.entryKey(firstSeq)}: an entry already exists after the head (seq ${head?.seq ?? 0}); the audit log is damaged, see AuditLog.verify()`,
         );
       }
+      this.known = now;
       expected = modRevision;
       found = now.modRevision;
       // Jittered backoff so that concurrent appenders stop colliding.
@@ -270,12 +355,7 @@ export class AuditLog {
     throw new ConflictError(this.headKey, expected, found);
   }
 
-  private encode(e: AuditEntry): string {
-    const { hash, ...body } = e;
-    return `${entryBody(body).slice(0, -1)},"hash":${JSON.stringify(hash)}}`;
-  }
-
-  private async readHead(): Promise<{ head: Head | undefined; modRevision: number }> {
+  private async readHead(): Promise<{ head: AuditHead | undefined; modRevision: number }> {
     const entry = await this.store.get(this.headKey);
     if (!entry) return { head: undefined, modRevision: 0 };
     let parsed: unknown;

@@ -135,6 +135,26 @@ export async function spill<T extends object>(
   return (out ?? record) as T;
 }
 
+/**
+ * `record` as the JSON it is stored as: `spill`ed, then serialised. A record whose whole JSON is
+ * within `threshold` has no field over it, so it is serialised once and nothing more is measured
+ * (the common case: one JSON.stringify per record, not one per field and one for the record).
+ */
+export async function spillJson<T extends object>(
+  blobs: Blobs,
+  namespace: string,
+  workflow: string,
+  record: T,
+  fields: readonly (keyof T & string)[],
+  fences: Fence[],
+  threshold = INLINE_BYTES,
+): Promise<string> {
+  const json = JSON.stringify(record);
+  // UTF-8 takes at most 3 bytes per UTF-16 unit: a short string needs no byte count.
+  if (json.length * 3 <= threshold || Buffer.byteLength(json) <= threshold) return json;
+  return JSON.stringify(await spill(blobs, namespace, workflow, record, fields, fences, threshold));
+}
+
 /** The inverse of `spill`: reads back every `<field>Blob` of `record` into `<field>`. */
 export async function fill<T extends object>(
   blobs: Blobs,

@@ -1,7 +1,8 @@
 import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
-import { Blobs, fill, spill } from './blobs.ts';
+import { Blobs, fill, spillJson } from './blobs.ts';
 import { StateError } from './errors.ts';
 import { fenceError } from './fence.ts';
+import { type PutOp, putBytes, putOp } from './put-op.ts';
 import { decodeJson, type Fence, type StateStore } from './store.ts';
 
 /**
@@ -104,18 +105,19 @@ export class WorkflowRecords {
   ): Promise<void> {
     const base = this.base(namespace, workflow);
     const blobs = new Blobs(this.store);
-    const puts: [string, string][] = [];
+    // Encoded at once: a record's JSON text dies here, and only its bytes wait for the transaction.
+    const puts: { key: string; op: PutOp }[] = [];
+    const put = (key: string, json: string) => puts.push({ key, op: putOp(key, json) });
     if (spec !== undefined) {
       // The spec the run started with, once: a new leader resumes with it, whatever the Workflow says now.
-      const small = await spill(blobs, namespace, workflow, { spec }, ['spec'], fences, RECORD_FIELD_INLINE);
-      puts.push([`${base}/spec`, JSON.stringify(small)]);
+      put(`${base}/spec`, await spillJson(blobs, namespace, workflow, { spec }, ['spec'], fences, RECORD_FIELD_INLINE));
     }
     for (const t of tasks) {
-      const small = await spill(blobs, namespace, workflow, t, ['input', 'output'], fences, RECORD_FIELD_INLINE);
-      puts.push([`${base}/tasks/${t.name}`, JSON.stringify(small)]);
+      const json = await spillJson(blobs, namespace, workflow, t, ['input', 'output'], fences, RECORD_FIELD_INLINE);
+      put(`${base}/tasks/${t.name}`, json);
     }
-    if (run) puts.push([`${base}/run`, JSON.stringify(run)]);
-    const groups = pack(puts, ([k, v]) => ({ ops: 1, bytes: k.length + v.length }), {
+    if (run) put(`${base}/run`, JSON.stringify(run));
+    const groups = pack(puts, (p) => ({ ops: 1, bytes: putBytes(p.op) }), {
       ops: MAX_TXN_OPS - Math.max(1, fences.length),
       bytes: this.store.maxTxnBytes,
     });
@@ -125,13 +127,13 @@ export class WorkflowRecords {
         async (g) => {
           const res = await this.store
             .txn(fences)
-            .then(...g.map(([k, v]) => this.store.client.put(k).value(v)))
+            .then(...g.map((p) => p.op))
             .commit();
           if (!res.succeeded)
             throw (await fenceError(this.store, fences)) ?? new StateError('saving run records failed');
           return g.map(() => true);
         },
-        ([k]) => `run record ${k}`,
+        (p) => `run record ${p.key}`,
       );
       const refused = outcomes.find((o) => o instanceof ItemRefusedError);
       if (refused) throw refused;

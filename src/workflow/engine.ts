@@ -467,7 +467,7 @@ export class WorkflowEngine {
     const log = this.audit(run.namespace, run.name);
     for (let k = 0; k < events.length; k += AUDIT_BATCH) {
       try {
-        await log.append(events.slice(k, k + AUDIT_BATCH), fences);
+        await log.append(events.slice(k, k + AUDIT_BATCH), fences, { returnEntries: false });
       } catch (err) {
         // Back in front of what came meanwhile, in order (a loop: a spread of a big fan-out's events
         // would exceed the engine's argument limit).

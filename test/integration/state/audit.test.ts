@@ -185,9 +185,11 @@ describe('audit log', () => {
 
   it('an append that races a delete() starts a new chain at seq 1 instead of continuing the deleted one', async () => {
     const store = open();
-    const log = freshLog(store);
-    await log.append(events(10, 'old'));
-    const other = new AuditLog(open(), 'ns', log.base.slice(log.base.lastIndexOf('/') + 1));
+    const wf = nextWorkflow();
+    await new AuditLog(store, 'ns', wf).append(events(10, 'old'));
+    // An appender that has not appended yet (a new leader, say) reads the head first.
+    const log = new AuditLog(store, 'ns', wf);
+    const other = new AuditLog(open(), 'ns', wf);
     // Right after the appender reads the head, someone else deletes the log.
     const get = store.get.bind(store);
     let raced = false;
@@ -206,6 +208,36 @@ describe('audit log', () => {
       [2, 'new.1'],
     ]);
     expect(appended[0]?.prev).toBe('');
+    expect(await log.verify()).toMatchObject({ ok: true, entries: 2 });
+  });
+
+  it('returnEntries: false writes the same entries and returns none', async () => {
+    const store = open();
+    const log = freshLog(store);
+    expect(await log.append(events(130, 'quiet'), [], { returnEntries: false })).toEqual([]);
+    const listed = await log.list();
+    expect(listed.map((e) => [e.seq, e.task, e.detail])).toEqual(
+      Array.from({ length: 130 }, (_, i) => [i + 1, `quiet.${i}`, { i, tag: 'quiet' }]),
+    );
+    const next = await log.append(events(1, 'loud'));
+    expect(next).toEqual([(await log.list())[130]]);
+    expect(await log.verify()).toMatchObject({ ok: true, entries: 131 });
+  });
+
+  it('an appender that remembers the head it wrote notices appends and a delete by others since', async () => {
+    const store = open();
+    const wf = nextWorkflow();
+    const log = new AuditLog(store, 'ns', wf);
+    const other = new AuditLog(open(), 'ns', wf);
+    await log.append(events(3, 'mine'));
+    await other.append(events(2, 'theirs'));
+    expect((await log.append(events(1, 'after'))).map((e) => e.seq)).toEqual([6]);
+    await other.delete();
+    const appended = await log.append(events(2, 'new'));
+    expect(appended.map((e) => [e.seq, e.prev])).toEqual([
+      [1, ''],
+      [2, appended[0]?.hash],
+    ]);
     expect(await log.verify()).toMatchObject({ ok: true, entries: 2 });
   });
 
