@@ -1,24 +1,9 @@
-/** The phases of one task instance. */
-export type TaskPhase =
-  | 'Pending'
-  | 'Queued'
-  | 'Running'
-  | 'Retrying'
-  | 'Succeeded'
-  | 'Failed'
-  | 'Skipped'
-  | 'Cancelled';
+import { TaskPhases } from '../api/workflow.ts';
 
-export const TASK_PHASES: readonly TaskPhase[] = [
-  'Pending',
-  'Queued',
-  'Running',
-  'Retrying',
-  'Succeeded',
-  'Failed',
-  'Skipped',
-  'Cancelled',
-];
+/** The phases of one task instance (the CRD's status enum: one list for both). */
+export type TaskPhase = (typeof TaskPhases)[number];
+
+export const TASK_PHASES: readonly TaskPhase[] = TaskPhases;
 
 export const TERMINAL: ReadonlySet<TaskPhase> = new Set<TaskPhase>(['Succeeded', 'Failed', 'Skipped', 'Cancelled']);
 /** Handed to the dispatcher: what counts against parallelism. */
