@@ -150,15 +150,13 @@ whatever etcd does. agentflow's own logic (dispatcher + state layer) is only ${s
 rest is moving bytes: gRPC in JS ${share(d.grpc)}, native code outside JS ${share(d.native)} (Node's C++ HTTP/2 and
 socket writes, for the agent streams and the etcd channel alike), protobuf ${share(d.proto)}, etcd3 ${share(d.etcd3)},
 GC ${share(d.gc)}. So the wins are in sending fewer, larger messages, not in the placement code. In order of
-expected gain (src/ is untouched by this work; these are proposals):
+expected gain, what is left (the first proposals of this report, batching the agent stream and an O(1) queue
+take, are in: protocol 2 in docs/protocol.md, PoolQueue's head index):
 
-1. **Batch the agent stream messages.** Per task the dispatcher writes ${assigns} Assign and ${acks} Ack and reads one
-   Result, each its own protobuf encode, HTTP/2 DATA frame and socket write. Stacks through the grpc-js server side
-   or AgentConn take ${share(hp.agentStreams.ms)} of busy time, before the unattributed native share. A dispatch turn
-   claims ${perTurn} tasks on average, spread over the connected agents: a \`repeated Assign\`
-   (and \`repeated Ack\` per commit batch) in DispatcherMessage, and agents sending the Results that finish in the same
-   tick as one message, would cut frames and writes several-fold. New repeated fields keep old agents working. A
-   cheaper interim step: cork the stream's socket for the length of a dispatch turn / commit batch.
+1. **The agent streams, batched.** Each agent gets a claim transaction's Assigns (${perTurn} tasks per transaction
+   here, spread over the agents) and a commit's Acks in one message, and sends one turn's Results in one; the
+   ${assigns} Assign and ${acks} Ack per task counted here are items, not frames. Stacks through the grpc-js server side or AgentConn still take
+   ${share(hp.agentStreams.ms)} of busy time: TLS, HTTP/2 and the per-item protobuf work, which only fewer bytes would cut.
 2. **Stop reading our own claims back.** The claims watch (withPrevKV) delivers ${events} events per task: the
    claim's put and the delete of our own commit. etcd3's watch handling alone is ${share(hp.claimsWatch.ms)} of busy
    time, plus a part of the etcd-message protobuf decoding (${share(cat(f.dispatcher, 'protobuf: etcd'))}) and
@@ -171,10 +169,8 @@ expected gain (src/ is untouched by this work; these are proposals):
    plus the watch. The txn path builds a comparator object per compare and decodes every ResponseOp and header into
    objects with string revisions; the two hot txns (claim group, commit group) could be encoded once per batch with
    a small hand-written builder and only \`succeeded\` + \`header.revision\` read back.
-4. **Make PoolQueue.take O(1) per task.** \`take\` (${self('take', 'task-queue')} ms self, ${hp.queueTake.ms} ms inclusive
-   here) removes each task with \`splice(i, 1)\` from the head of its workflow's array, moving the whole backlog every
-   time: quadratic in a flood (50,000 queued tasks mean ~1.25e9 element moves). A head index or ring buffer (splice
-   only when a head-of-line task is skipped) removes it.
+4. **The queue take is O(1) per task now** (a head index instead of \`splice\` from the front): \`take\` ${self('take', 'task-queue')} ms
+   self, ${hp.queueTake.ms} ms inclusive here.
 5. **Parse each output once.** \`onResult\` (${hp.onResult.ms} ms inclusive, ${share(hp.onResult.ms)}) JSON.parses every
    output (V8 bills JSON.parse to its caller) and \`commitMany\` stringifies it again into the result value. Check the
    agent's \`outputJson\` text and splice it into the stored result as is; parse lazily for the 'committed' event.
