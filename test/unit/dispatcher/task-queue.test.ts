@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { PoolQueue, type QueuedTask } from '../../../src/dispatcher/task-queue.ts';
+import { mulberry32 } from '../seeded-random.ts';
 
 // One pool's ready line: priority desc then FIFO by seq within a workflow, workflows served
 // round-robin one task per visit, a bounded scan past tasks nobody can take, counters that always
@@ -238,17 +239,6 @@ describe('PoolQueue head index', () => {
 });
 
 // ---- random sequences against a reference model: plain sorted arrays, linear insertion ----
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const before = (x: QueuedTask, y: QueuedTask) =>
   x.priority > y.priority || (x.priority === y.priority && x.seq < y.seq);

@@ -2,6 +2,9 @@ import type { WorkflowSpec } from '../../../src/api/workflow.ts';
 import type { TaskSpec } from '../../../src/dispatcher/types.ts';
 import type { TaskRecord, TaskRef } from '../../../src/state/index.ts';
 import type { RunHost, WorkflowRun } from '../../../src/workflow/run.ts';
+import { mulberry32 } from '../seeded-random.ts';
+
+export { mulberry32 };
 
 // Random but plausible lives of a WorkflowRun, for property tests: what the
 // dispatcher and the controller could send it (starts, results, failures,
@@ -11,18 +14,6 @@ import type { RunHost, WorkflowRun } from '../../../src/workflow/run.ts';
 
 export const NS = 'team-a';
 export const WF = 'fanout';
-
-/** A small seeded PRNG (mulberry32). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The dispatcher and the clock, recorded. */
 export class RecordingHost implements RunHost {

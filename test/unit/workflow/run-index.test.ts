@@ -2,23 +2,12 @@ import { describe, expect, it } from 'vitest';
 import { MinHeap } from '../../../src/workflow/min-heap.ts';
 import { TASK_PHASES, type TaskPhase } from '../../../src/workflow/phases.ts';
 import { type IndexedInstance, RunIndex } from '../../../src/workflow/run-index.ts';
+import { mulberry32 } from '../seeded-random.ts';
 
 // The run's bookkeeping, checked against what a scan of every instance in
 // their order says: after any sequence of changes the index must answer
 // exactly as the scans it replaces (counts, what dispatch takes next and in
 // which order, the next retry, queued work per pool and handler).
-
-/** A small seeded PRNG: every failure can be replayed from its seed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('MinHeap', () => {
   it('pops in ascending order whatever the order of pushes, duplicates included', () => {
