@@ -2,9 +2,6 @@ import type { WorkflowSpec } from '../../../src/api/workflow.ts';
 import type { TaskSpec } from '../../../src/dispatcher/types.ts';
 import type { TaskRecord, TaskRef } from '../../../src/state/index.ts';
 import type { RunHost, WorkflowRun } from '../../../src/workflow/run.ts';
-import { mulberry32 } from '../seeded-random.ts';
-
-export { mulberry32 };
 
 // Random but plausible lives of a WorkflowRun, for property tests: what the
 // dispatcher and the controller could send it (starts, results, failures,

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import type { WorkflowSpec } from '../../../src/api/workflow.ts';
 import type { TaskRecord } from '../../../src/state/index.ts';
 import { type TaskPhase, WorkflowRun } from '../../../src/workflow/run.ts';
-import { type Driver, mulberry32, NS, RecordingHost, randomAction, randomSpec, WF } from './random-run.ts';
+import { mulberry32 } from '../seeded-random.ts';
+import { type Driver, NS, RecordingHost, randomAction, randomSpec, WF } from './random-run.ts';
 
 // WorkflowRun keeps its counts, ready queue, retry queue and status summary
 // up to date on every change instead of scanning its instances. These tests
