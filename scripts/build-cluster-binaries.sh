@@ -2,7 +2,8 @@
 # Builds the real control-plane binaries the test harness runs: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl and etcd (from the wrapper
 # module in test/cluster/gomod, pinned to one Kubernetes release), helm, and the
-# lincheck linearizability checker (tools/lincheck, keyed by its content hash)
+# lincheck linearizability checker (tools/lincheck, keyed by its content hash),
+# the promlint exposition-format linter (tools/promlint, keyed the same way)
 # and etcdutl (tools/etcdutl pins it), which `agentflow restore` runs.
 # Results are cached outside git in ~/.cache/agentflow/bin/<component>-<version>/
 # so later runs skip the build entirely; each binary is written to a temporary
@@ -66,6 +67,18 @@ build_lincheck() {
   echo "built lincheck in $((SECONDS - t0))s" >&2
 }
 
+build_promlint() {
+  local dir
+  dir="$CACHE/bin/promlint-$(promlint_version "$ROOT")"
+  [[ -x "$dir/promlint" ]] && return 0
+  mkdir -p "$dir"
+  local t0=$SECONDS
+  # -mod=readonly: the committed go.sum pins client_golang and everything it is built from.
+  (cd "$ROOT/tools/promlint" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -o "$dir/promlint.tmp.$$" .)
+  mv "$dir/promlint.tmp.$$" "$dir/promlint"
+  echo "built promlint in $((SECONDS - t0))s" >&2
+}
+
 build_etcdutl() {
   local dir="$CACHE/bin/etcdutl-$ETCDUTL_VERSION"
   [[ -x "$dir/etcdutl" ]] && return 0
@@ -80,4 +93,5 @@ build_etcdutl() {
 build_kube
 build_helm
 build_lincheck
+build_promlint
 build_etcdutl

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything agentflow needs that a fresh machine lacks, into ~/.cache/agentflow
 # (outside the work tree): Node >= 22, the npm dependencies, and the Go-built control-plane
-# binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, lincheck).
+# binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, lincheck, promlint).
 # Idempotent and quick when everything is already there. Source it to also get
 # the PATH it sets up, or run it.
 set -euo pipefail
@@ -67,18 +67,19 @@ ensure_npm_deps() {
 
 ensure_go_binaries() {
   local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
-  local lincheck
+  local lincheck promlint
   lincheck="$AGENTFLOW_CACHE/bin/lincheck-$(lincheck_version "$AGENTFLOW_ROOT")"
+  promlint="$AGENTFLOW_CACHE/bin/promlint-$(promlint_version "$AGENTFLOW_ROOT")"
   if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
     command -v go >/dev/null || { log "Go >= 1.24 is needed to build the control-plane binaries; none found on PATH"; exit 1; }
     log "building control-plane binaries (first run only; ~10 min on 2 cores)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
-  elif [[ ! -x "$lincheck/lincheck" ]]; then
-    command -v go >/dev/null || { log "Go >= 1.24 is needed to build tools/lincheck; none found on PATH"; exit 1; }
-    log "building lincheck (tools/lincheck changed or first run; seconds)"
+  elif [[ ! -x "$lincheck/lincheck" || ! -x "$promlint/promlint" ]]; then
+    command -v go >/dev/null || { log "Go >= 1.24 is needed to build tools/lincheck and tools/promlint; none found on PATH"; exit 1; }
+    log "building lincheck and promlint (tools/ changed or first run; seconds)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
   fi
-  export PATH="$kube:$helm:$lincheck:$PATH"
+  export PATH="$kube:$helm:$lincheck:$promlint:$PATH"
 }
 
 ensure_apt_packages

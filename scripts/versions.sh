@@ -15,3 +15,8 @@ NODE_MIN_MINOR=18
 lincheck_version() {
   (cd "$1/tools/lincheck" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)
 }
+# tools/promlint (the exposition-format linter the metrics tests run) is versioned the same
+# way, into bin/promlint-<this>/; test/cluster/promlint.ts computes the same hash.
+promlint_version() {
+  (cd "$1/tools/promlint" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)
+}

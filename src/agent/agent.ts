@@ -20,6 +20,7 @@ import { AttemptLog } from './attempt-log.ts';
 import { Connection } from './connection.ts';
 import { AgentConfigError } from './errors.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
+import { LogShipper, logText } from './log-shipper.ts';
 import { type AgentOptions, type ResolvedOptions, resolveOptions } from './options.ts';
 import type { Outcome } from './outcome.ts';
 import { LockTimeoutError, RemoteState } from './remote-state.ts';
@@ -123,6 +124,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Spawns awaiting their SpawnAck; they go out on whichever stream is registered. */
   private readonly spawns = new SpawnRequests((msg) => {
     if (this.conn?.registered) this.conn.send({ spawn: msg });
+  });
+  /** What attempts log, on its way to the dispatcher's task logs (dropped without a stream that reads them). */
+  private readonly shipper = new LogShipper((log) => {
+    if (this.conn?.registered && this.conn.taskLogs) this.conn.send({ log }, true);
   });
   private readonly mailboxes = new Map<string, Set<MailListener>>();
   private readonly streamBackoff: Backoff;
@@ -305,6 +310,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     for (const w of this.registeredWaiters) w();
     this.spawns.rejectAll(new Error('the agent is stopping'));
+    this.shipper.clear();
     await this.conn?.end(END_GRACE_MS);
     await this.loop;
     this.client?.close();
@@ -680,7 +686,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     const attempt = new Attempt(a);
     this.running.set(key, attempt);
-    const output = new AttemptLog(log);
+    const output = new AttemptLog(log, (level, msg, fields) => this.shipper.line(attempt, logText(level, msg, fields)));
     const ctx = createTaskContext(attempt, input, this.taskHost, output);
     this.emit('taskStarted', summary);
     log.info('Attempt started', {
@@ -716,6 +722,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     const durationMs = Math.round(performance.now() - attempt.startedAt);
     const error = outcome && 'error' in outcome ? outcome.error : undefined;
+    // The log's last lines and its end go before the result: once the task is over, its log is whole.
+    this.shipper.end(attempt, output.shipped > 0);
     if (this.current !== 'stopped' && outcome) {
       this.report({ taskId: attempt.taskId, attempt: attempt.attempt, token: attempt.token, ...outcome }, attempt.cost);
     }

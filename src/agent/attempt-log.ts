@@ -97,9 +97,14 @@ export class AttemptLog {
   droppedLines = 0;
   droppedBytes = 0;
 
-  /** `log` already carries the attempt's fields. */
-  constructor(log: Logger) {
+  private readonly sink: ((level: Level, msg: string, fields?: Record<string, unknown>) => void) | undefined;
+  /** Lines that went to the sink. */
+  shipped = 0;
+
+  /** `log` already carries the attempt's fields; `sink` also gets every line (the task log the dispatcher keeps). */
+  constructor(log: Logger, sink?: (level: Level, msg: string, fields?: Record<string, unknown>) => void) {
     this.log = log;
+    this.sink = sink;
   }
 
   /** The attempt is over: console output from code it left running goes to the console again. */
@@ -159,6 +164,10 @@ export class AttemptLog {
   }
 
   private emit(level: Level, msg: string, kv?: Record<string, unknown>): void {
+    if (this.sink) {
+      this.shipped++;
+      this.sink(level, msg, kv);
+    }
     writing = true;
     try {
       this.log[level](msg, kv);

@@ -3,7 +3,7 @@ import { type ClientDuplexStream, status as GrpcStatus, type Metadata, type Stat
 import type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
 import type { Result } from '../gen/agentflow/v1/Result.ts';
 import type { AgentMessage, DispatcherMessage__Output } from '../lib/proto.ts';
-import { Coalescer, itemBytes, PROTOCOL_VERSION } from '../lib/wire-batch.ts';
+import { Coalescer, itemBytes, PROTOCOL_BATCHING, PROTOCOL_TASK_LOGS } from '../lib/wire-batch.ts';
 import { Outbox } from './outbox.ts';
 
 /** Messages waiting for 'drain' before the stream is given up as stuck. */
@@ -25,6 +25,8 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
   private over = false;
   /** Whether the dispatcher reads ResultBatch (its Registered.protocol >= 2). */
   private batching = false;
+  /** Whether the dispatcher reads TaskLog (its Registered.protocol >= 3). */
+  taskLogs = false;
   /** Results finished in this turn of the event loop, written together at its end. */
   private readonly results = new Coalescer<'result', Result>((_, items) => {
     if (items.length === 1) this.write({ result: items[0] as Result });
@@ -56,7 +58,11 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
           for (const ack of m.acks?.acks ?? []) if (!this.over) this.emit('message', { msg: 'ack', ack });
           return;
         }
-        if (m.msg === 'registered') this.batching = (m.registered?.protocol ?? 0) >= PROTOCOL_VERSION;
+        if (m.msg === 'registered') {
+          const protocol = m.registered?.protocol ?? 0;
+          this.batching = protocol >= PROTOCOL_BATCHING;
+          this.taskLogs = protocol >= PROTOCOL_TASK_LOGS;
+        }
         this.emit('message', m);
       });
       // The dispatcher finished its side: finish ours so the call completes.

@@ -1,5 +1,5 @@
 import type { Logger } from '../lib/log.ts';
-import type { Registry } from '../lib/metrics.ts';
+import { Gauge, type Registry } from '../lib/metrics.ts';
 import type { StateStore } from '../state/index.ts';
 import { FAILURE_KEY, LATEST_KEY, type SnapshotInfo } from './snapshot.ts';
 
@@ -23,26 +23,25 @@ export class BackupStatus {
     this.store = store;
     this.log = log;
     const seconds = (iso: string | undefined) => (iso ? Date.parse(iso) / 1000 : 0);
-    registry.gauge({
-      name: 'agentflow_backup_last_success_timestamp_seconds',
-      help: 'When the latest etcd snapshot was taken (0: none recorded).',
-      collect: (m) => m.set(seconds(this.latest?.takenAt)),
-    });
-    registry.gauge({
-      name: 'agentflow_backup_last_revision',
-      help: 'etcd revision of the latest snapshot.',
-      collect: (m) => m.set(this.latest?.revision ?? 0),
-    });
-    registry.gauge({
-      name: 'agentflow_backup_last_size_bytes',
-      help: 'Size of the latest snapshot.',
-      collect: (m) => m.set(this.latest?.size ?? 0),
-    });
-    registry.gauge({
-      name: 'agentflow_backup_last_failure_timestamp_seconds',
-      help: 'When a snapshot last failed (0: none recorded).',
-      collect: (m) => m.set(seconds(this.failure?.at)),
-    });
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [registry],
+        collect() {
+          this.set(read());
+        },
+      });
+    gauge(
+      'agentflow_backup_last_success_timestamp_seconds',
+      'When the latest etcd snapshot was taken (0: none recorded).',
+      () => seconds(this.latest?.takenAt),
+    );
+    gauge('agentflow_backup_last_revision', 'etcd revision of the latest snapshot.', () => this.latest?.revision ?? 0);
+    gauge('agentflow_backup_last_size_bytes', 'Size of the latest snapshot.', () => this.latest?.size ?? 0);
+    gauge('agentflow_backup_last_failure_timestamp_seconds', 'When a snapshot last failed (0: none recorded).', () =>
+      seconds(this.failure?.at),
+    );
   }
 
   start(): void {

@@ -6,7 +6,7 @@ import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
 import type { SpawnTasks__Output } from '../gen/agentflow/v1/SpawnTasks.ts';
 import { type Logger, silentLogger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
-import { PROTOCOL_VERSION } from '../lib/wire-batch.ts';
+import { PROTOCOL_BATCHING, PROTOCOL_VERSION } from '../lib/wire-batch.ts';
 import {
   type Claim,
   type ClaimRefusalReason,
@@ -22,11 +22,13 @@ import {
   type TaskRef,
   type TaskResult,
 } from '../state/index.ts';
+import { TaskLogWriter } from '../state/task-logs.ts';
 import { AgentConn } from './agent-conn.ts';
 import type { AgentAuth, AgentIdentity, Grant } from './auth.ts';
 import { StreamCredentials } from './credentials.ts';
 import { GroupCommitter } from './group-committer.ts';
 import { relayMail } from './mail.ts';
+import type { DispatcherMetrics, PoolAgents, RequeueReason } from './metrics.ts';
 import { OrphanResults } from './orphans.ts';
 import { type PlacementPolicy, POLICIES, type PolicyName } from './placement.ts';
 import { confirmInFlight, judgeUntracked } from './recovery.ts';
@@ -39,6 +41,7 @@ import {
   checkRegister,
   claimOf,
   isRefusal,
+  logLines,
   parseResult,
   type ResultOutcome,
   refOf,
@@ -67,6 +70,8 @@ export interface DispatcherOptions {
   orphanTimeoutMs?: number;
   /** Most claims or commits in one etcd round trip (default 512; split into txns of 63). */
   maxBatch?: number;
+  /** Task and agent metrics (the operator's); none when absent. */
+  metrics?: DispatcherMetrics;
 }
 
 type Entry = TaskEntry;
@@ -101,8 +106,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private readonly leases: LeaseKeeper;
   private readonly membership: Membership;
   private readonly stateService: StateService;
+  private readonly taskLogs: TaskLogWriter;
   private sweeper: NodeJS.Timeout | undefined;
   private readonly log: Logger;
+  private readonly metrics: DispatcherMetrics | undefined;
   private readonly fences: () => Fence[];
   private readonly orphanTimeoutMs: number;
   private readonly maxBatch: number;
@@ -149,6 +156,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const p = opts.policy ?? 'least-loaded';
     this.scheduler = new Scheduler(typeof p === 'function' ? p : POLICIES[p]());
     this.fences = opts.fences ?? (() => []);
+    this.metrics = opts.metrics;
     this.orphanTimeoutMs = opts.orphanTimeoutMs ?? 30_000;
     this.maxBatch = opts.maxBatch ?? 512;
     this.address = opts.address ?? '127.0.0.1:0';
@@ -165,6 +173,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     });
     this.membership = new Membership(opts.store);
     this.stateService = new StateService(opts.store, this.fences, this.log);
+    this.taskLogs = new TaskLogWriter(opts.store, this.fences, this.log.with({ part: 'task-logs' }));
     this.committer = new GroupCommitter<PendingCommit, CommitOutcome>({
       commit: async (batch) => {
         const out = await this.claims.commitMany(
@@ -230,6 +239,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     );
     this.server = server;
     this.leases.start();
+    this.metrics?.attach(this);
     // An agent is alive while it is heard from: keep its lease only then.
     this.sweeper = setInterval(() => this.sweepLeases(), Math.max(200, (this.leases.ttlSeconds * 1000) / 4));
     this.sweeper.unref();
@@ -240,8 +250,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   /** Stop taking work, end the streams, shut the server down (force after graceMs). */
   async stop(graceMs = 5_000): Promise<void> {
     this.stopped = true;
+    this.metrics?.detach(this);
     this.orphans.close();
     this.committer.stop();
+    await this.taskLogs
+      .stop()
+      .catch((err: Error) => this.log.warn('Could not write the last task logs', { error: err }));
     if (this.sweeper) clearInterval(this.sweeper);
     for (const t of this.orphanTimers.values()) clearTimeout(t);
     for (const e of this.entries.values()) if (e.timer) clearTimeout(e.timer);
@@ -295,9 +309,19 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (entry.phase === 'queued') {
       this.scheduler.remove(entry);
       this.entries.delete(entry.key);
+      this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'cancelled');
       return;
     }
-    if (entry.phase === 'assigned') await this.takeBack(entry, reason);
+    if (entry.phase === 'assigned') {
+      this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'cancelled');
+      await this.takeBack(entry, reason);
+    }
+  }
+
+  /** The agent running a task's current attempt, if one is. */
+  assignedAgent(ref: TaskRef): string | undefined {
+    const e = this.entries.get(taskKey(ref));
+    return e && e.phase !== 'queued' ? e.agentId : undefined;
   }
 
   /** Tells an agent to finish its work and take no more. */
@@ -322,6 +346,19 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     };
   }
 
+  /** Agents and free slots of every pool with an agent connected (read by the metrics at scrape). */
+  *poolAgents(): Generator<PoolAgents> {
+    for (const set of this.byPool.values()) {
+      let free = 0;
+      let first: AgentConn | undefined;
+      for (const a of set) {
+        first ??= a;
+        if (!a.draining) free += Math.max(0, a.capacity - a.used);
+      }
+      if (first) yield { namespace: first.namespace, pool: first.pool, agents: set.size, free };
+    }
+  }
+
   agents(): {
     agentId: string;
     pod: string;
@@ -330,8 +367,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     capacity: number;
     used: number;
     draining: boolean;
+    handlers: string[];
   }[] {
     return [...this.conns.values()].map((c) => ({
+      handlers: [...c.handlers].sort(),
       agentId: c.agentId,
       pod: c.pod,
       namespace: c.namespace,
@@ -372,6 +411,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       do {
         this.dispatchAgain = false;
         const batch: { entry: Entry; conn: AgentConn }[] = [];
+        const placedAt = performance.now();
         for (const { task: entry, agent: conn } of this.scheduler.take(
           (ns, pool) => this.byPool.get(`${ns}/${pool}`),
           this.maxBatch,
@@ -384,7 +424,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           entry.agentId = conn.agentId;
           batch.push({ entry, conn });
         }
-        if (batch.length > 0) await this.claimBatch(batch);
+        if (batch.length > 0) await this.claimBatch(batch, placedAt);
       } while (this.dispatchAgain && !this.stopped);
     } catch (err) {
       this.log.error('Dispatch failed; retrying', { err });
@@ -395,7 +435,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     }
   }
 
-  private async claimBatch(batch: { entry: Entry; conn: AgentConn }[]): Promise<void> {
+  /** `placedAt`: when the turn placed these tasks on agents with free slots. */
+  private async claimBatch(batch: { entry: Entry; conn: AgentConn }[], placedAt: number): Promise<void> {
     let outcomes: Awaited<ReturnType<TaskClaims['claimMany']>>;
     try {
       outcomes = await this.claims.claimMany(
@@ -413,6 +454,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         conn.used -= entry.cost;
         if (entry.phase === 'claiming') {
           move(entry, 'claimRefused');
+          this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'claim_failed');
           this.enqueue(entry);
         }
       }
@@ -442,11 +484,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         conn.used -= entry.cost;
         void this.claims.release(o.claim, this.fences()).catch(() => undefined);
         move(entry, 'claimRefused');
-        if (this.entries.get(entry.key) === entry) this.enqueue(entry);
+        if (this.entries.get(entry.key) === entry) {
+          this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'agent_disconnected');
+          this.enqueue(entry);
+        }
         return;
       }
       move(entry, 'claimed');
       entry.claim = o.claim;
+      entry.assignedAt = now;
       conn.assigned.add(entry.key);
       const timeout = entry.spec.timeoutSeconds;
       const deadline = timeout ? Date.now() + timeout * 1000 : 0;
@@ -465,6 +511,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       });
       this.counters.assigned++;
       this.recordLatency(now - entry.enqueuedAt);
+      this.metrics?.assigned(entry.spec.ref.namespace, entry.spec.pool, now - entry.enqueuedAt, now - placedAt);
       this.emit('task', { type: 'started', ref: entry.spec.ref, attempt: entry.attempt, agentId: conn.agentId });
       if (timeout) entry.timer = setTimeout(() => void this.onDeadline(entry), timeout * 1000 + 1_000);
     });
@@ -493,6 +540,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       reason: refusal.reason,
       why: refusal.error?.message ?? refusal.message,
     });
+    this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'claim_refused');
     setTimeout(() => {
       if (this.entries.get(entry.key) === entry && entry.phase === 'queued' && !this.scheduler.isQueued(entry))
         this.enqueue(entry);
@@ -521,8 +569,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     );
     const old = this.conns.get(grant.agentId);
     if (old) this.detach(old);
+    this.metrics?.agentRegistered(lease, grant.namespace, grant.pool);
     const conn = new AgentConn(
-      { ...grant, pod: grant.pod ?? '', batching: r.protocol >= 2 },
+      { ...grant, pod: grant.pod ?? '', batching: r.protocol >= PROTOCOL_BATCHING },
       lease,
       identity,
       stream,
@@ -587,7 +636,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     // Attempts we assigned that the agent does not know (the Assign was lost with the old stream).
     for (const entry of this.entries.values()) {
       if (entry.agentId === grant.agentId && entry.phase === 'assigned' && !reported.has(entry.key) && entry.claim) {
-        this.requeueLost(entry, 'the agent reconnected without it').catch((err: Error) =>
+        this.requeueLost(entry, 'the agent reconnected without it', 'agent_reconnected').catch((err: Error) =>
           this.log.error('Re-queueing failed', { task: entry.key, err }),
         );
       }
@@ -658,6 +707,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.detach(conn);
     // Not heard from any more: the lease runs out after its TTL unless the agent comes back.
     this.leases.pause(conn.lease);
+    this.metrics?.agentLeft(conn.lease, conn.draining);
     this.stateService.closeStream(conn).catch((err: Error) => conn.log.warn('Closing watches failed', { err }));
     conn.log.info('Agent stream closed', { assigned: conn.assigned.size });
     if (conn.assigned.size === 0 || this.stopped) return;
@@ -670,7 +720,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         for (const key of conn.assigned) {
           const entry = this.entries.get(key);
           if (entry && entry.agentId === conn.agentId && entry.phase === 'assigned')
-            this.requeueLost(entry, 'the agent stayed disconnected').catch((err: Error) =>
+            this.requeueLost(entry, 'the agent stayed disconnected', 'agent_disconnected').catch((err: Error) =>
               this.log.error('Re-queueing failed', { task: entry.key, err }),
             );
         }
@@ -707,6 +757,19 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           fraction: p.fraction,
           message: p.message.slice(0, 1024),
         });
+        return;
+      }
+      case 'log': {
+        const l = m.log;
+        if (!l) return;
+        const entry = this.ownEntry(conn, l.taskId, l.attempt, Number(l.token));
+        if (isRefusal(entry)) {
+          // A late end after the result (or a stale attempt) is not worth an error: the log is best effort.
+          if (entry.code !== 'UNKNOWN_TASK' && entry.code !== 'STALE_ATTEMPT') this.wireError(conn, entry, l.taskId);
+          else conn.log.debug('Task log lines dropped', { taskId: l.taskId, attempt: l.attempt, why: entry.message });
+          return;
+        }
+        this.taskLogs.append({ ...entry.spec.ref, attempt: entry.attempt }, logLines(l.lines), l.end);
         return;
       }
       case 'spawn':
@@ -859,7 +922,20 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         return;
       }
       move(entry, 'resultReceived');
-      this.committer.add({ ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId });
+      if (entry.assignedAt !== undefined)
+        this.metrics?.ran(ref.namespace, entry.spec.pool, performance.now() - entry.assignedAt);
+      const commit = { ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId };
+      // Its log's last lines are written first: once the task is over, `logs` shows all of it.
+      const logged = this.taskLogs.flushFor({ ...ref, attempt: entry.attempt });
+      if (!logged) this.committer.add(commit);
+      else
+        logged.then(
+          () => this.committer.add(commit),
+          (err: Error) => {
+            this.log.warn('Could not write a task log before its result', { task: r.taskId, error: err });
+            this.committer.add(commit);
+          },
+        );
       return;
     }
     // Not ours in memory (e.g. we restarted): the claim in etcd decides.
@@ -912,9 +988,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     move(entry, 'reserve');
     entry.agentId = conn.agentId;
     const ref = entry.spec.ref;
-    const back = () => {
+    const back = (why: RequeueReason) => {
       if (this.entries.get(entry.key) !== entry || entry.phase !== 'claiming') return;
       move(entry, 'claimRefused');
+      this.metrics?.requeued(ref.namespace, entry.spec.pool, why);
       this.enqueue(entry);
     };
     this.claims
@@ -925,7 +1002,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           return;
         }
         if (!out?.ok) {
-          back();
+          back('claim_refused');
           if (out?.reason === 'Fenced') this.depose(out.error.message);
           else this.refuseOrphan(o);
           return;
@@ -950,7 +1027,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       })
       .catch((err: Error) => {
         // etcd did not answer: the task goes back to the queue; the agent keeps the result and re-sends it.
-        back();
+        back('claim_failed');
         conn.log.warn('Could not claim an orphaned result; its task is queued again', { taskId: r.taskId, err });
       });
     return true;
@@ -977,6 +1054,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const entry = this.entries.get(taskKey(c.ref));
     if (o?.ok) {
       this.counters.committed++;
+      this.metrics?.ended(c.ref.namespace, c.conn.pool, (o.stored ?? c.result).ok ? 'succeeded' : 'failed');
       this.ack(c.conn, { taskId: c.wireTaskId, attempt: c.wireAttempt }, 'COMMITTED', '');
       if (entry) this.settle(entry, c.conn);
       const result: TaskResult = {
@@ -1041,6 +1119,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (!entry) return;
     if (entry.phase !== 'assigned' || entry.claim?.token !== createRevision) return;
     const agentId = entry.agentId ?? '';
+    this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'retried');
+    this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'lease_expired');
     if (entry.adopted) {
       this.settle(entry);
       this.emit('task', { type: 'orphanLost', ref: entry.spec.ref, attempt: entry.attempt, agentId });
@@ -1061,6 +1141,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     move(entry, 'lost');
     entry.attempt++;
     entry.enqueuedAt = performance.now();
+    entry.assignedAt = undefined;
     this.enqueue(entry);
   }
 
@@ -1084,9 +1165,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   /** Takes an attempt away from a live-but-unreachable agent and queues the next attempt. */
-  private async requeueLost(entry: Entry, reason: string): Promise<void> {
+  private async requeueLost(entry: Entry, reason: string, why: RequeueReason): Promise<void> {
     const agentId = entry.agentId ?? '';
     const attempt = entry.attempt;
+    this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'retried');
+    this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, why);
     await this.takeBack(entry, reason);
     if (entry.adopted) {
       this.emit('task', { type: 'orphanLost', ref: entry.spec.ref, attempt, agentId });
@@ -1106,6 +1189,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private async onDeadline(entry: Entry): Promise<void> {
     if (entry.phase !== 'assigned' || this.entries.get(entry.key) !== entry) return;
     this.counters.timedOut++;
+    this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'failed');
     const agentId = entry.agentId ?? '';
     await this.takeBack(entry, `deadline of ${entry.spec.timeoutSeconds}s exceeded`);
     this.emit('task', { type: 'timedOut', ref: entry.spec.ref, attempt: entry.attempt, agentId });

@@ -95,6 +95,8 @@ export interface TaskEntry {
   agentId?: string;
   claim?: Claim;
   enqueuedAt: number;
+  /** When this attempt's Assign was written (performance.now()); unknown for an adopted one. */
+  assignedAt?: number;
   timer?: NodeJS.Timeout;
   /** Known only from an agent's re-registration (after a dispatcher restart): cannot be re-queued. */
   readonly adopted?: boolean;

@@ -1,4 +1,6 @@
+import { LOG_CUT_MARKER, LOG_MAX_LINE_CHARS, LOG_MAX_LINES_PER_MESSAGE } from '../api/data-api.ts';
 import { DNS_LABEL } from '../api/schema-helpers.ts';
+import type { LogLine__Output } from '../gen/agentflow/v1/LogLine.ts';
 import type { Register__Output } from '../gen/agentflow/v1/Register.ts';
 import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
 import type { SpawnTasks__Output } from '../gen/agentflow/v1/SpawnTasks.ts';
@@ -108,4 +110,20 @@ export function checkMailPayload(payloadJson: string): WireRefusal | undefined {
 
 export function isRefusal(v: unknown): v is WireRefusal {
   return typeof v === 'object' && v !== null && 'code' in v && 'message' in v && !('spec' in v);
+}
+
+/**
+ * The lines of a TaskLog as the dispatcher keeps them: at most
+ * LOG_MAX_LINES_PER_MESSAGE, each cut at LOG_MAX_LINE_CHARS, times an agent
+ * cannot know (before 2000, more than a day ahead) replaced by now.
+ */
+export function logLines(lines: readonly LogLine__Output[], now = Date.now()): { timeMs: number; text: string }[] {
+  return lines.slice(0, LOG_MAX_LINES_PER_MESSAGE).map((l) => {
+    const t = Number(l.timeMs);
+    const text = String(l.text ?? '');
+    return {
+      timeMs: Number.isFinite(t) && t > 946_684_800_000 && t < now + 86_400_000 ? t : now,
+      text: text.length > LOG_MAX_LINE_CHARS ? `${text.slice(0, LOG_MAX_LINE_CHARS)}${LOG_CUT_MARKER}` : text,
+    };
+  });
 }

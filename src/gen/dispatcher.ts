@@ -20,6 +20,7 @@ import type { InFlight as _agentflow_v1_InFlight, InFlight__Output as _agentflow
 import type { KeyValue as _agentflow_v1_KeyValue, KeyValue__Output as _agentflow_v1_KeyValue__Output } from './agentflow/v1/KeyValue.ts';
 import type { LockRequest as _agentflow_v1_LockRequest, LockRequest__Output as _agentflow_v1_LockRequest__Output } from './agentflow/v1/LockRequest.ts';
 import type { LockResponse as _agentflow_v1_LockResponse, LockResponse__Output as _agentflow_v1_LockResponse__Output } from './agentflow/v1/LockResponse.ts';
+import type { LogLine as _agentflow_v1_LogLine, LogLine__Output as _agentflow_v1_LogLine__Output } from './agentflow/v1/LogLine.ts';
 import type { Progress as _agentflow_v1_Progress, Progress__Output as _agentflow_v1_Progress__Output } from './agentflow/v1/Progress.ts';
 import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Reauth__Output } from './agentflow/v1/Reauth.ts';
 import type { Register as _agentflow_v1_Register, Register__Output as _agentflow_v1_Register__Output } from './agentflow/v1/Register.ts';
@@ -31,6 +32,7 @@ import type { SpawnTasks as _agentflow_v1_SpawnTasks, SpawnTasks__Output as _age
 import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output as _agentflow_v1_StateRequest__Output } from './agentflow/v1/StateRequest.ts';
 import type { StateResponse as _agentflow_v1_StateResponse, StateResponse__Output as _agentflow_v1_StateResponse__Output } from './agentflow/v1/StateResponse.ts';
 import type { TaskError as _agentflow_v1_TaskError, TaskError__Output as _agentflow_v1_TaskError__Output } from './agentflow/v1/TaskError.ts';
+import type { TaskLog as _agentflow_v1_TaskLog, TaskLog__Output as _agentflow_v1_TaskLog__Output } from './agentflow/v1/TaskLog.ts';
 import type { WatchEvent as _agentflow_v1_WatchEvent, WatchEvent__Output as _agentflow_v1_WatchEvent__Output } from './agentflow/v1/WatchEvent.ts';
 import type { WireError as _agentflow_v1_WireError, WireError__Output as _agentflow_v1_WireError__Output } from './agentflow/v1/WireError.ts';
 
@@ -59,6 +61,7 @@ export interface ProtoGrpcType {
       KeyValue: MessageTypeDefinition<_agentflow_v1_KeyValue, _agentflow_v1_KeyValue__Output>
       LockRequest: MessageTypeDefinition<_agentflow_v1_LockRequest, _agentflow_v1_LockRequest__Output>
       LockResponse: MessageTypeDefinition<_agentflow_v1_LockResponse, _agentflow_v1_LockResponse__Output>
+      LogLine: MessageTypeDefinition<_agentflow_v1_LogLine, _agentflow_v1_LogLine__Output>
       Progress: MessageTypeDefinition<_agentflow_v1_Progress, _agentflow_v1_Progress__Output>
       Reauth: MessageTypeDefinition<_agentflow_v1_Reauth, _agentflow_v1_Reauth__Output>
       Register: MessageTypeDefinition<_agentflow_v1_Register, _agentflow_v1_Register__Output>
@@ -70,6 +73,7 @@ export interface ProtoGrpcType {
       StateRequest: MessageTypeDefinition<_agentflow_v1_StateRequest, _agentflow_v1_StateRequest__Output>
       StateResponse: MessageTypeDefinition<_agentflow_v1_StateResponse, _agentflow_v1_StateResponse__Output>
       TaskError: MessageTypeDefinition<_agentflow_v1_TaskError, _agentflow_v1_TaskError__Output>
+      TaskLog: MessageTypeDefinition<_agentflow_v1_TaskLog, _agentflow_v1_TaskLog__Output>
       WatchEvent: MessageTypeDefinition<_agentflow_v1_WatchEvent, _agentflow_v1_WatchEvent__Output>
       WireError: MessageTypeDefinition<_agentflow_v1_WireError, _agentflow_v1_WireError__Output>
     }

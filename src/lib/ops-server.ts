@@ -102,7 +102,7 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
     if (route === 'metrics') {
       let body: string;
       try {
-        body = opts.registry.render();
+        body = await opts.registry.metrics();
       } catch (err) {
         log.error('Rendering metrics failed', { err });
         return send(res, 500, `rendering metrics failed: ${oneLine(err)}\n`);

@@ -2,8 +2,12 @@
 // Assigns, Acks or Results. Each message costs protobuf framing, an HTTP/2 DATA frame and a turn of
 // grpc-js's write path on both ends; under load that, not the payload, is most of the dispatcher's CPU.
 
-/** The protocol revision this code speaks: 2 = AssignBatch, AckBatch and ResultBatch. */
-export const PROTOCOL_VERSION = 2;
+/** The protocol revision this code speaks: 2 = AssignBatch, AckBatch and ResultBatch; 3 = TaskLog. */
+export const PROTOCOL_VERSION = 3;
+/** The first revision that reads AssignBatch, AckBatch and ResultBatch. */
+export const PROTOCOL_BATCHING = 2;
+/** The first revision whose dispatcher reads TaskLog messages. */
+export const PROTOCOL_TASK_LOGS = 3;
 /** Most items in one batch message. */
 export const BATCH_MAX_ITEMS = 1024;
 /**

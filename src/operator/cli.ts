@@ -3,6 +3,7 @@
 // restarts it as a fresh candidate), 2 for bad flags.
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
+import { DEFAULT_DATA_API_PORT, DEFAULT_DATA_API_SERVICE } from '../api/data-api.ts';
 import { DEFAULT_MAX_FOREACH_ITEMS, DEFAULT_MAX_SPAWNED_CHILDREN } from '../api/workflow.ts';
 import { ETCD_FLAG_OPTIONS, ETCD_FLAGS_USAGE, etcdConnection, flag, UsageError } from '../lib/etcd-flags.ts';
 import { installFatalHandlers } from '../lib/fatal.ts';
@@ -33,6 +34,10 @@ ${ETCD_FLAGS_USAGE}
   --dispatcher-tls-sans LIST      more DNS names / IPs for the certificate, comma-separated [AGENTFLOW_DISPATCHER_TLS_SANS]
   --dispatcher-ca-configmap NAME  ConfigMap with the CA bundle published in every pool namespace (agentflow-dispatcher-ca)
                                                                                  [AGENTFLOW_DISPATCHER_CA_CONFIGMAP]
+  --data-api-address HOST:PORT    where the leader serves the data API (data.agentflow.io, reached through the API
+                                  server's APIService; 0.0.0.0:8443; "off" serves none) [AGENTFLOW_DATA_API_ADDRESS]
+  --data-api-service NAME         the Service the APIService points at; its DNS names go into the certificate
+                                  (agentflow-api)                               [AGENTFLOW_DATA_API_SERVICE]
   --token-audience AUD            audience of agents' ServiceAccount tokens (agentflow) [AGENTFLOW_TOKEN_AUDIENCE]
   --agent-lease-ttl SECONDS       how long a silent agent keeps its tasks (10)  [AGENTFLOW_AGENT_LEASE_TTL]
   --election NAME                 leader election name (agentflow-operator)   [AGENTFLOW_ELECTION]
@@ -91,6 +96,8 @@ function readFlags(argv: string[]): Record<string, unknown> {
         'dispatcher-tls-secret': { type: 'string' },
         'dispatcher-service': { type: 'string' },
         'dispatcher-tls-sans': { type: 'string' },
+        'data-api-address': { type: 'string' },
+        'data-api-service': { type: 'string' },
         'dispatcher-ca-configmap': { type: 'string' },
         'token-audience': { type: 'string' },
         'agent-lease-ttl': { type: 'string' },
@@ -160,6 +167,9 @@ function configFrom(values: Record<string, unknown>): Config | 'help' {
     throw new UsageError(`--dispatcher-tls-mode: must be managed or secret, got "${tlsMode}"`);
   }
   const service = dnsName('dispatcher-service', 'AGENTFLOW_DISPATCHER_SERVICE', 'agentflow-dispatcher');
+  const dataApiService = dnsName('data-api-service', 'AGENTFLOW_DATA_API_SERVICE', DEFAULT_DATA_API_SERVICE);
+  const dataApiAddress =
+    flag(values, 'data-api-address', 'AGENTFLOW_DATA_API_ADDRESS') ?? `0.0.0.0:${DEFAULT_DATA_API_PORT}`;
   const extraSans = (flag(values, 'dispatcher-tls-sans', 'AGENTFLOW_DISPATCHER_TLS_SANS') ?? '')
     .split(',')
     .map((x) => x.trim())
@@ -192,9 +202,16 @@ function configFrom(values: Record<string, unknown>): Config | 'help' {
         `${service}.${ownNamespace}`,
         `${service}.${ownNamespace}.svc`,
         `${service}.${ownNamespace}.svc.cluster.local`,
+        // The API server dials the data API as <service>.<namespace>.svc and checks that name.
+        ...(dataApiAddress === 'off'
+          ? []
+          : [`${dataApiService}.${ownNamespace}.svc`, `${dataApiService}.${ownNamespace}.svc.cluster.local`]),
         ...extraSans,
       ],
     },
+    ...(dataApiAddress !== 'off' && {
+      dataApi: { listen: hostPort('data-api-address', dataApiAddress), service: dataApiService },
+    }),
     caConfigMap: dnsName('dispatcher-ca-configmap', 'AGENTFLOW_DISPATCHER_CA_CONFIGMAP', 'agentflow-dispatcher-ca'),
     tokenAudience: audience,
     agentLeaseTtlSeconds: int(

@@ -93,6 +93,7 @@ export class DispatcherTls {
   private readonly events: EventRecorder | undefined;
   private readonly provider = new PushIdentityProvider();
   private readonly caListeners = new Set<(pem: string) => void>();
+  private readonly identityListeners = new Set<(certPem: string, keyPem: string) => void>();
 
   private state: State = 'idle';
   private current: { material: TlsMaterial; object: SecretObject } | undefined;
@@ -200,6 +201,18 @@ export class DispatcherTls {
     if (result !== 'unchanged') {
       this.log.info('Published the dispatcher CA bundle', { namespace, configMap: this.caConfigMapName, result });
     }
+  }
+
+  /** The serving certificate chain and its key (what the leader's data API serves too). */
+  identity(): { certPem: string; keyPem: string } {
+    if (!this.current) throw new Error('DispatcherTls: no certificate loaded yet; await start() first');
+    const { chainPem, keyPem } = this.current.material.serving;
+    return { certPem: chainPem, keyPem };
+  }
+
+  /** Called with the new certificate and key whenever the serving identity changes (rotation, a new Secret). */
+  onIdentityChange(listener: (certPem: string, keyPem: string) => void): void {
+    this.identityListeners.add(listener);
   }
 
   /** Called with the new bundle whenever caBundle() changes, so every published ConfigMap can follow. */
@@ -348,6 +361,15 @@ export class DispatcherTls {
     const { serving } = material;
     if (!before || before.chainPem !== serving.chainPem || before.keyPem !== serving.keyPem) {
       this.provider.update(serving.chainPem, serving.keyPem);
+      if (before) {
+        for (const listener of this.identityListeners) {
+          try {
+            listener(serving.chainPem, serving.keyPem);
+          } catch (err) {
+            this.log.warn('A serving identity listener failed', { error: err as Error });
+          }
+        }
+      }
       this.log.info('Serving the dispatcher certificate', {
         serial: serving.leaf.serialNumber,
         notAfter: serving.leaf.validTo,

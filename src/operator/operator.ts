@@ -1,15 +1,17 @@
 import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../api/agentpool.ts';
-import type { Workflow } from '../api/workflow.ts';
+import { type Workflow, WorkflowPhases } from '../api/workflow.ts';
 import { BackupStatus } from '../backup/status.ts';
 import { Dispatcher } from '../dispatcher/index.ts';
+import { DispatcherMetrics } from '../dispatcher/metrics.ts';
 import type { Logger } from '../lib/log.ts';
-import { type Registry, registerProcessMetrics } from '../lib/metrics.ts';
+import { Counter, Gauge, Histogram, LATENCY_BUCKETS, type Registry, registerProcessMetrics } from '../lib/metrics.ts';
 import { startOpsServer } from '../lib/ops-server.ts';
 import { type Fence, StateStore } from '../state/index.ts';
 import { WorkflowEngine } from '../workflow/engine.ts';
 import type { RunLimits } from '../workflow/run.ts';
 import { KubeAgentAuth } from './agent-auth.ts';
+import { type DataApiHandle, LeaderDataSource, startDataApi } from './data-api/index.ts';
 import { DispatcherTls, TlsMaterialError } from './dispatcher-tls.ts';
 import {
   AGENTPOOLS,
@@ -49,6 +51,8 @@ export interface OperatorConfig {
   /** The operator's own namespace: where the dispatcher's TLS Secret lives. */
   namespace: string;
   dispatcherTls: { mode: 'managed' | 'secret'; secretName: string; sans: string[]; certValiditySeconds?: number };
+  /** Where the leader serves the data API (data.agentflow.io); absent: not served. */
+  dataApi?: { listen: string; service: string };
   /** ConfigMap with the dispatcher's CA bundle, published into every pool namespace. */
   caConfigMap: string;
   /** Audience of agents' ServiceAccount tokens. */
@@ -93,8 +97,12 @@ export class Operator {
   private readonly backups: BackupStatus;
   private dispatcher: Dispatcher | undefined;
   private tls: DispatcherTls | undefined;
+  private dataApi: DataApiHandle | undefined;
   private ops: { port: number; close(): Promise<void> } | undefined;
   private observer!: ControllerObserver;
+  private readonly leader: Gauge;
+  /** Task and agent metrics, handed to each term's dispatcher. */
+  private readonly dispatcherMetrics: DispatcherMetrics;
   /** Terms this process has led (a metric and the tests' view of re-election). */
   private terms = 0;
   private stopping: Promise<void> | undefined;
@@ -123,43 +131,81 @@ export class Operator {
       this.resolveDone = r;
     });
     this.backups = new BackupStatus(this.store, c.registry, c.logger.with({ component: 'backup-status' }));
-    const leader = c.registry.gauge({ name: 'agentflow_leader', help: '1 while this replica is the leader.' });
-    leader.set(0);
-    c.registry.gauge({
+    const registers = [c.registry];
+    this.leader = new Gauge({ name: 'agentflow_leader', help: '1 while this replica is the leader.', registers });
+    const runs: Gauge = new Gauge({
       name: 'agentflow_workflow_runs_in_memory',
       help: 'Workflow runs the leader holds in memory (finished ones leave once their final status is written).',
-      collect: (m) => m.set(this.engine?.size ?? 0),
+      registers,
+      collect: () => runs.set(this.engine?.size ?? 0),
     });
-    c.registry.counter({
+    const terms: Counter = new Counter({
       name: 'agentflow_leader_terms_total',
       help: 'Times this replica became the leader (more than 1: it stepped down and was elected again).',
-      collect: (m) => m.inc(this.terms - m.get()),
+      registers,
+      collect: () => {
+        terms.reset();
+        terms.inc(this.terms);
+      },
     });
-    const metrics = this.c.registry;
-    const reconciles = metrics.counter({
+    const reconciles = new Counter({
       name: 'agentflow_reconcile_total',
       help: 'Reconciles by controller and result (success, requeue, error).',
       labelNames: ['controller', 'result'],
+      registers,
     });
-    const durations = metrics.histogram({
+    const durations = new Histogram({
       name: 'agentflow_reconcile_duration_seconds',
       help: 'Time per reconcile.',
       labelNames: ['controller'],
+      buckets: [...LATENCY_BUCKETS],
+      registers,
     });
-    const objects = metrics.gauge({
+    const objects: Gauge<'resource'> = new Gauge({
       name: 'agentflow_informer_objects',
       help: 'Objects in each informer cache.',
       labelNames: ['resource'],
+      registers,
+      collect: () => {
+        for (const i of this.informers) objects.set({ resource: i.rt.plural }, i.size);
+      },
     });
-    const queueDepth = metrics.gauge({
+    const queueDepth: Gauge<'controller'> = new Gauge({
       name: 'agentflow_workqueue_depth',
       help: 'Keys waiting in each controller work queue.',
       labelNames: ['controller'],
+      registers,
       collect: () => {
         if (this.pools) queueDepth.set({ controller: 'agentpool' }, this.pools.controller.queue.length);
         if (this.workflows) queueDepth.set({ controller: 'workflow' }, this.workflows.controller.queue.length);
-        for (const i of this.informers) objects.set({ resource: i.rt.plural }, i.size);
       },
+    });
+    // What the leader's informer caches hold (a standby shows none).
+    const cached = <T extends KObject>(rt: ResourceType) =>
+      (this.informers.find((i) => i.rt === rt) as InformerView<T> | undefined)?.list();
+    const byPhase: Gauge<'phase'> = new Gauge({
+      name: 'agentflow_workflows',
+      help: 'Workflows by status.phase (one not yet reconciled counts as Pending), from the leader.',
+      labelNames: ['phase'],
+      registers,
+      collect: () => {
+        byPhase.reset();
+        const list = cached<Workflow>(WORKFLOWS);
+        if (!list) return;
+        const counts = new Map<string, number>(WorkflowPhases.map((p) => [p, 0]));
+        for (const w of list) {
+          const phase = w.status?.phase ?? 'Pending';
+          counts.set(phase, (counts.get(phase) ?? 0) + 1);
+        }
+        for (const [phase, n] of counts) byPhase.set({ phase }, n);
+      },
+    });
+    this.dispatcherMetrics = new DispatcherMetrics(c.registry, {
+      pools: () =>
+        (cached<AgentPool>(AGENTPOOLS) ?? []).map((p) => ({
+          namespace: p.metadata?.namespace ?? '',
+          pool: p.metadata?.name ?? '',
+        })),
     });
     this.observer = {
       reconciled: (controller, result, seconds) => {
@@ -171,6 +217,10 @@ export class Operator {
 
   get opsPort(): number | undefined {
     return this.ops?.port;
+  }
+
+  get dataApiPort(): number | undefined {
+    return this.dataApi?.port;
   }
 
   get dispatcherPort(): number | undefined {
@@ -225,15 +275,17 @@ export class Operator {
 
   /** Stops the controllers, engine, dispatcher, TLS and informers of the current term and forgets them. */
   private async endTerm(): Promise<void> {
-    (this.c.registry.get('agentflow_leader') as { set(v: number): void }).set(0);
+    this.leader.set(0);
     const term = {
       pools: this.pools,
       workflows: this.workflows,
       engine: this.engine,
       dispatcher: this.dispatcher,
       tls: this.tls,
+      dataApi: this.dataApi,
       informers: this.informers,
     };
+    this.dataApi = undefined;
     this.pools = undefined;
     this.workflows = undefined;
     this.engine = undefined;
@@ -242,6 +294,7 @@ export class Operator {
     this.informers = [];
     await term.pools?.stop();
     await term.workflows?.stop();
+    await term.dataApi?.stop();
     await term.engine?.stop();
     await term.dispatcher?.stop(2_000);
     term.tls?.stop();
@@ -272,7 +325,7 @@ export class Operator {
   }
 
   private async lead(leadership: Leadership): Promise<void> {
-    (this.c.registry.get('agentflow_leader') as { set(v: number): void }).set(1);
+    this.leader.set(1);
     const fences = (): Fence[] => [leadership.fence];
     const log = this.log;
 
@@ -339,6 +392,7 @@ export class Operator {
       credentials: tls.credentials,
       agentLeaseTtlSeconds: this.c.agentLeaseTtlSeconds,
       logger: log.with({ component: 'dispatcher' }),
+      metrics: this.dispatcherMetrics,
     });
     await this.dispatcher.start();
     const dispatcher = this.dispatcher;
@@ -413,8 +467,25 @@ export class Operator {
     await Promise.all(this.informers.map((i) => i.waitForSync(leadership.signal)));
     this.pools.start();
     this.workflows.start();
+    if (this.c.dataApi) {
+      const engine = this.engine;
+      this.dataApi = await startDataApi({
+        client: this.client,
+        listen: this.c.dataApi.listen,
+        source: new LeaderDataSource({ store: this.store, engine, dispatcher, workflows, pools, pods }),
+        identity: () => tls.identity(),
+        onIdentityChange: (l) => tls.onIdentityChange(l),
+        caBundle: () => tls.caBundle(),
+        onCaChange: (l) => tls.onCaChange(l),
+        logger: log,
+      });
+    }
     await this.labelSelf();
-    log.info('Operator is leading', { token: leadership.token, dispatcherPort: this.dispatcher.port });
+    log.info('Operator is leading', {
+      token: leadership.token,
+      dispatcherPort: this.dispatcher.port,
+      ...(this.dataApi && { dataApiPort: this.dataApi.port }),
+    });
   }
 
   /**

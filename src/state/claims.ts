@@ -2,7 +2,7 @@ import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
 import { type BlobRef, Blobs, fill, spill } from './blobs.ts';
 import { FencedError } from './errors.ts';
 import { fenceError } from './fence.ts';
-import { decodeJson, type Fence, type Session, type StateStore, toEntry } from './store.ts';
+import { decodeJson, type Entry, type Fence, type Session, type StateStore, toEntry } from './store.ts';
 
 export interface TaskRef {
   namespace: string;
@@ -302,6 +302,43 @@ export class TaskClaims {
       throw fenced ?? new FencedError(prefix, 'a failed result changed while it was being moved aside for a retry');
     }
     return failures.length;
+  }
+
+  /**
+   * Every ended attempt of a workflow's tasks, by task instance, oldest first: the
+   * retryable failures kept under attempts/ and the committed result (outputs left out).
+   */
+  async history(namespace: string, workflow: string, task?: string): Promise<Map<string, TaskResult[]>> {
+    const out = new Map<string, TaskResult[]>();
+    const add = (t: string, e: Entry) => {
+      let r: TaskResult;
+      try {
+        r = decodeJson(e, isResult, 'a task result');
+      } catch {
+        return; // a record this reader cannot judge is not history worth failing a listing for
+      }
+      const { output: _o, outputBlob: _b, ...rest } = r;
+      const list = out.get(t) ?? [];
+      list.push(rest);
+      out.set(t, list);
+    };
+    const results = this.store.key('results', namespace, workflow);
+    const attempts = this.store.key('attempts', namespace, workflow);
+    const [rs, as] = await Promise.all(
+      task === undefined
+        ? [this.store.listPaged(`${results}/`, 1024), this.store.listPaged(`${attempts}/`, 1024)]
+        : [
+            this.store.get(`${results}/${task}`).then((e) => (e ? [e] : [])),
+            this.store.listPaged(`${attempts}/${task}/`, 1024),
+          ],
+    );
+    for (const e of as) {
+      const [t] = e.key.slice(attempts.length + 1).split('/');
+      if (t) add(t, e);
+    }
+    for (const e of rs) add(e.key.slice(results.length + 1), e);
+    for (const list of out.values()) list.sort((a, b) => a.attempt - b.attempt);
+    return out;
   }
 
   /** The committed result, its output read back from its blob if it has one. */

@@ -166,9 +166,9 @@ export class WorkflowRecords {
     return entry ? decodeJson(entry, isRunRecord, 'a run record') : undefined;
   }
 
-  /** Removes everything agentflow keeps for a workflow: run records, claims, results, attempts, audit, blobs, shared state. */
+  /** Removes everything agentflow keeps for a workflow: run records, claims, results, attempts, task logs, audit, blobs, shared state. */
   async deleteAll(namespace: string, workflow: string, fences: Fence[] = []): Promise<void> {
-    const prefixes = ['runs', 'claims', 'results', 'attempts', 'audit', 'blobs'].map(
+    const prefixes = ['runs', 'claims', 'results', 'attempts', 'logs', 'audit', 'blobs'].map(
       (k) => `${this.store.key(k, namespace, workflow)}/`,
     );
     prefixes.push(`${this.store.key('state', 'workflow', namespace, workflow)}/`);

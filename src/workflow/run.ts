@@ -364,6 +364,11 @@ export class WorkflowRun {
     return rec;
   }
 
+  /** Every instance's record with its latest progress report (the data API's task table). */
+  views(): (TaskRecord & { progress?: string })[] {
+    return [...this.instances.values()].map(({ ready: _r, ownDone: _o, ...rec }) => rec);
+  }
+
   // ---- control ----
 
   setSuspended(suspend: boolean): void {

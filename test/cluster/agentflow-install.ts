@@ -21,17 +21,19 @@ export const ETCD_CLIENT_SECRET = 'agentflow-etcd-client';
  * cluster DNS, so a bundled etcd Service name would not resolve), reached as
  * users reach theirs: TLS with a Secret holding the operator's client
  * certificate, whose CN is its etcd user; and the dispatcher on a free port
- * that agent pods dial on loopback (no Services). Everything else is the
+ * that agent pods dial on loopback (no Services), and the data API's APIService
+ * pointed at the host by an ExternalName Service. Everything else is the
  * chart as users get it.
  */
 export async function installAgentflow(
   cluster: ClusterHandle,
   o: InstallOptions = {},
-): Promise<{ release: string; namespace: string; dispatcherPort: number }> {
+): Promise<{ release: string; namespace: string; dispatcherPort: number; dataApiPort: number }> {
   const release = o.release ?? 'agentflow';
   const namespace = o.namespace ?? 'agentflow-system';
   await adoptCrds(cluster, release, namespace);
   const port = cluster.info.external ? 7070 : await freePort();
+  const apiPort = cluster.info.external ? 8443 : await freePort();
   // On a real cluster (kind): the chart as is, with its bundled etcd and the image loaded into the nodes.
   const local = cluster.info.external
     ? ['image.pullPolicy=Never']
@@ -42,6 +44,9 @@ export async function installAgentflow(
         `etcd.external.tls.secretName=${ETCD_CLIENT_SECRET}`,
         `dispatcher.port=${port}`,
         `agents.dispatcherAddress=127.0.0.1:${port}`,
+        // No service network: the API server dials the data API on the host (pods share its network).
+        'dataApi.externalName=127.0.0.1',
+        `dataApi.port=${apiPort}`,
       ];
   if (!cluster.info.external) await applyEtcdClientSecret(cluster, namespace);
   // Backups stay on, as by default: their claim never binds here (no storage provisioner; kind's class
@@ -61,7 +66,7 @@ export async function installAgentflow(
     ...[...local, ...(o.set ?? [])].flatMap((s) => ['--set', s]),
   ]);
   if (r.code !== 0) throw new Error(`helm install failed: ${r.stderr || r.stdout}`);
-  return { release, namespace, dispatcherPort: port };
+  return { release, namespace, dispatcherPort: port, dataApiPort: apiPort };
 }
 
 /**

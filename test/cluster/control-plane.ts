@@ -110,6 +110,12 @@ export class ControlPlane {
       'system:masters',
     ]);
     this.pki.kubeletTls();
+    // The front proxy's own CA, as kubeadm makes it: a certificate it signs names the API server to
+    // aggregated API servers (agentflow's data API), never a user to the API server.
+    const frontProxyPki = new Pki(join(this.pki.dir, 'front-proxy'));
+    mkdirSync(frontProxyPki.dir, { recursive: true });
+    frontProxyPki.init();
+    const frontProxy = frontProxyPki.client('front-proxy-client', 'front-proxy-client');
     writeKubeconfig(this.kubeconfigPath, this.server, this.pki.caCert, adminCert);
     const componentKubeconfig = (name: string, user: string) => {
       const c = this.pki.client(name, user);
@@ -141,6 +147,15 @@ export class ControlPlane {
         `--kubelet-client-certificate=${kubeletClient.cert}`,
         `--kubelet-client-key=${kubeletClient.key}`,
         '--kubelet-preferred-address-types=InternalIP',
+        // Aggregated APIs (kubeadm's settings): the API server proxies to them with this client
+        // certificate and names the user in these headers.
+        `--requestheader-client-ca-file=${frontProxyPki.caCert}`,
+        '--requestheader-allowed-names=front-proxy-client',
+        '--requestheader-username-headers=X-Remote-User',
+        '--requestheader-group-headers=X-Remote-Group',
+        '--requestheader-extra-headers-prefix=X-Remote-Extra-',
+        `--proxy-client-cert-file=${frontProxy.cert}`,
+        `--proxy-client-key-file=${frontProxy.key}`,
         '--profiling=false',
         '--v=1',
       ],

@@ -168,6 +168,30 @@ export class RestClient {
    * or an error occurs. Resolves when the stream ends; the caller re-lists and
    * re-watches (the harness never assumes a watch lasts).
    */
+  /**
+   * A GET whose body is read as it comes (a followed log): `onText` gets each chunk; resolves with the
+   * status when the server ends the answer (a non-2xx answer: its whole body is the one chunk).
+   */
+  stream(path: string, onText: (text: string) => void, signal?: AbortSignal): Promise<number> {
+    const url = new URL(path, this.creds.server);
+    return new Promise<number>((resolve, reject) => {
+      const req = request(url, {
+        method: 'GET',
+        agent: this.agent,
+        headers: this.creds.token ? { Authorization: `Bearer ${this.creds.token}` } : {},
+        ...(signal ? { signal } : {}),
+      });
+      req.on('response', (res) => {
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => onText(chunk));
+        res.on('end', () => resolve(res.statusCode ?? 0));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
   watch<T>(path: string, onEvent: (e: WatchEvent<T>) => void, signal?: AbortSignal): Promise<void> {
     const url = new URL(path, this.creds.server);
     url.searchParams.set('watch', 'true');

@@ -50,6 +50,7 @@ beforeAll(async () => {
   // free port that agent pods reach directly (the process kubelet has no Services or cluster DNS).
   await applyEtcdClientSecret(cluster, 'agentflow-system');
   const port = await freePort();
+  const apiPort = await freePort();
   const docs = ['namespace.yaml', 'rbac.yaml', 'deployment.yaml', 'service.yaml'].flatMap((f) =>
     parseAllDocuments(readFileSync(`deploy/operator/${f}`, 'utf8')).map((d) => d.toJS() as Json),
   );
@@ -62,7 +63,9 @@ beforeAll(async () => {
         ? `--agent-dispatcher=127.0.0.1:${port}`
         : a.startsWith('--dispatcher-address=')
           ? `--dispatcher-address=0.0.0.0:${port}`
-          : a,
+          : a.startsWith('--data-api-address=')
+            ? `--data-api-address=0.0.0.0:${apiPort}`
+            : a,
   );
   // Agents verify the name they dial: the loopback address joins the certificate's names.
   container.args.push('--dispatcher-tls-sans=127.0.0.1');

@@ -243,6 +243,11 @@ once auth is on), else the operator's own way to the external etcd.
 {{- include "agentflow.fullname" . }}-dispatcher
 {{- end }}
 
+{{/* The data API's Service: the APIService points at it, and its DNS names are in the serving certificate. */}}
+{{- define "agentflow.dataApiServiceName" -}}
+{{- include "agentflow.fullname" . }}-api
+{{- end }}
+
 {{/* What agent pods dial for the dispatcher. */}}
 {{- define "agentflow.agentDispatcher" -}}
 {{- if .Values.agents.dispatcherAddress }}

@@ -442,7 +442,10 @@ describe('chart', () => {
     const role = find(objs, 'Role', `${fullname}-operator`);
     expect(role.metadata.namespace).toBe(ns);
     expect(role.rules).toEqual(roleRules);
-    expect(objs.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role')).toHaveLength(2);
+    // The third: the data API's (every authenticated user may ask; the leader checks the Workflow's RBAC).
+    expect(
+      objs.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role').map((d) => `${d.kind}/${d.metadata.name}`),
+    ).toEqual([`ClusterRole/${fullname}-data-api`, `ClusterRole/${fullname}-operator`, `Role/${fullname}-operator`]);
     const subjects = [{ kind: 'ServiceAccount', name: `${fullname}-operator`, namespace: ns }];
     const binding = find(objs, 'ClusterRoleBinding', `${fullname}-operator`);
     expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: `${fullname}-operator` });
@@ -464,6 +467,8 @@ describe('chart', () => {
     ['operator.watchNamespace=Team_A', "'/operator/watchNamespace'"],
     ['operator.leaseTtlSeconds=1', "'/operator/leaseTtlSeconds'"],
     ['operator.waitingTimeoutSeconds=0', "'/operator/waitingTimeoutSeconds'"],
+    ['dataApi.port=0', "'/dataApi/port'"],
+    ['dataApi.externalName=Not_A_Host', "'/dataApi/externalName'"],
     ['dispatcher.service.type=ExternalName', "'/dispatcher/service/type'"],
     ['dispatcher.tls.mode=strict', "'/dispatcher/tls/mode'"],
     ['dispatcher.tls.extraSANs={not a name}', "'/dispatcher/tls/extraSANs/0'"],
@@ -574,6 +579,9 @@ describe('chart', () => {
       `${svc}.${ns}`,
       `${svc}.${ns}.svc`,
       `${svc}.${ns}.svc.cluster.local`,
+      // The data API's Service: the API server dials it by this name and checks it.
+      `${fullname}-api.${ns}.svc`,
+      `${fullname}-api.${ns}.svc.cluster.local`,
       'agentflow-dispatcher.example.com',
     ]);
     expect(cert.spec?.ipAddresses).toEqual(['192.0.2.10']);
@@ -1156,8 +1164,13 @@ describe('chart', () => {
     const operator = find(objs, 'NetworkPolicy', `${fullname}-operator`);
     expect(operator.spec?.podSelector).toEqual(selectorOf('operator'));
     expect(operator.spec?.policyTypes).toEqual(['Ingress']);
-    // Default: the dispatcher rule only; nobody may reach the metrics port.
-    expect(operator.spec?.ingress).toEqual([{ ports: [{ protocol: 'TCP', port: 7070 }], from: [agentPeer] }]);
+    // Default: the dispatcher rule and the data API (from anywhere: the API server is no pod a selector
+    // names; only its front-proxy certificate gets past the TLS); nobody may reach the metrics port.
+    const dataApiRule = { ports: [{ protocol: 'TCP', port: 8443 }] };
+    expect(operator.spec?.ingress).toEqual([
+      { ports: [{ protocol: 'TCP', port: 7070 }], from: [agentPeer] },
+      dataApiRule,
+    ]);
     const podLabels = find(objs, 'Deployment', `${fullname}-operator`).spec?.template?.metadata.labels ?? {};
     expect(podLabels).toMatchObject(selectorOf('operator').matchLabels);
 
@@ -1192,11 +1205,13 @@ describe('chart', () => {
     };
     expect(find(ha, 'NetworkPolicy', `${fullname}-operator`).spec?.ingress).toEqual([
       { ports: [{ protocol: 'TCP', port: 7171 }], from: [agentPeer] },
+      dataApiRule,
       { ports: [{ protocol: 'TCP', port: 9090 }], from: [prometheus] },
     ]);
     const cm = await render({ values: valuesFile('cert-manager'), extra: apiVersionsOf('cert-manager') });
     expect(find(cm, 'NetworkPolicy', `${fullname}-operator`).spec?.ingress).toEqual([
       { ports: [{ protocol: 'TCP', port: 7070 }], from: [agentPeer, { ipBlock: { cidr: '10.20.0.0/16' } }] },
+      dataApiRule,
     ]);
 
     const external = await render({ values: valuesFile('external-etcd') });
@@ -1206,6 +1221,63 @@ describe('chart', () => {
     expect((await render({ set: ['networkPolicy.enabled=false'] })).filter((d) => d.kind === 'NetworkPolicy')).toEqual(
       [],
     );
+  });
+
+  it('registers the data API: an APIService to the leader, its port and flags, names in the certificate, off when disabled', async () => {
+    const objs = await render();
+    const apiService = find(objs, 'APIService', 'v1alpha1.data.agentflow.io');
+    expect(apiService.spec).toMatchObject({
+      group: 'data.agentflow.io',
+      version: 'v1alpha1',
+      service: { name: `${fullname}-api`, namespace: ns, port: 443 },
+    });
+    // The operator fills in caBundle: the chart leaves it out, so an upgrade does not wipe it.
+    expect(apiService.spec).not.toHaveProperty('caBundle');
+    const svc = find(objs, 'Service', `${fullname}-api`);
+    expect(svc.spec).toMatchObject({
+      type: 'ClusterIP',
+      selector: { ...selectorOf('operator').matchLabels, 'agentflow.io/role': 'leader' },
+      ports: [{ name: 'https', port: 443, targetPort: 'data-api', protocol: 'TCP' }],
+    });
+    const c = operatorContainer(objs);
+    expect(flag(c.args, 'data-api-address')).toBe('0.0.0.0:8443');
+    expect(flag(c.args, 'data-api-service')).toBe(`${fullname}-api`);
+    expect(c.ports).toContainEqual({ name: 'data-api', containerPort: 8443, protocol: 'TCP' });
+    expect(find(objs, 'ClusterRole', `${fullname}-data-api`).rules).toEqual([
+      {
+        apiGroups: ['data.agentflow.io'],
+        resources: ['workflows/tasks', 'workflows/log', 'agentpools/agents'],
+        verbs: ['get'],
+      },
+    ]);
+    expect(find(objs, 'ClusterRoleBinding', `${fullname}-data-api`).subjects).toEqual([
+      { apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:authenticated' },
+    ]);
+    // The operator may patch that one APIService only.
+    expect(find(objs, 'ClusterRole', `${fullname}-operator`).rules).toContainEqual({
+      apiGroups: ['apiregistration.k8s.io'],
+      resources: ['apiservices'],
+      resourceNames: ['v1alpha1.data.agentflow.io'],
+      verbs: ['get', 'patch'],
+    });
+    // cert-manager's certificate carries the API Service's names the API server checks.
+    const cm = await render({ values: valuesFile('cert-manager'), extra: apiVersionsOf('cert-manager') });
+    expect(find(cm, 'Certificate', `${fullname}-dispatcher`).spec?.dnsNames).toEqual(
+      expect.arrayContaining([`${fullname}-api.${ns}.svc`, `${fullname}-api.${ns}.svc.cluster.local`]),
+    );
+
+    const external = await render({ set: ['dataApi.externalName=127.0.0.1', 'dataApi.port=9443'] });
+    expect(find(external, 'Service', `${fullname}-api`).spec).toEqual({
+      type: 'ExternalName',
+      externalName: '127.0.0.1',
+    });
+    expect(find(external, 'APIService', 'v1alpha1.data.agentflow.io').spec).toMatchObject({ service: { port: 9443 } });
+    expect(flag(operatorContainer(external).args, 'data-api-address')).toBe('0.0.0.0:9443');
+
+    const off = await render({ set: ['dataApi.enabled=false'] });
+    expect(off.filter((d) => d.kind === 'APIService' || d.metadata.name === `${fullname}-api`)).toEqual([]);
+    expect(flag(operatorContainer(off).args, 'data-api-address')).toBe('off');
+    expect(find(off, 'NetworkPolicy', `${fullname}-operator`).spec?.ingress).toHaveLength(1);
   });
 
   it('runs the operator with its pod identity, its ops port probes and its flags from values', async () => {
@@ -1248,6 +1320,7 @@ describe('chart', () => {
     expect(op.ports).toEqual([
       { name: 'dispatcher', containerPort: 7171, protocol: 'TCP' },
       { name: 'ops', containerPort: 9090, protocol: 'TCP' },
+      { name: 'data-api', containerPort: 8443, protocol: 'TCP' },
     ]);
     expect(op.readinessProbe?.httpGet).toEqual({ path: '/readyz', port: 'ops' });
     expect(op.livenessProbe?.httpGet).toEqual({ path: '/healthz', port: 'ops' });

@@ -1,7 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LOG_CUT_MARKER, LOG_MAX_LINE_CHARS, LOG_MAX_LINES_PER_MESSAGE } from '../../../src/api/data-api.ts';
 import { Dispatcher, type TaskEvent } from '../../../src/dispatcher/index.ts';
 import { MAX_PAYLOAD_BYTES } from '../../../src/lib/proto.ts';
+import { PROTOCOL_VERSION } from '../../../src/lib/wire-batch.ts';
 import { type StateStore, TaskClaims } from '../../../src/state/index.ts';
+import { readLog } from '../../../src/state/task-logs.ts';
 import { testCluster } from '../../cluster/testing.ts';
 import { testStore } from '../state/helpers.ts';
 import { RawAgent } from './raw-agent.ts';
@@ -45,7 +48,8 @@ beforeAll(async () => {
   await sec.pool('pool-b', { capacity: 4 });
   await sec.pool('pool-v2', { capacity: 4 });
   await sec.pool('pool-v1', { capacity: 4 });
-  token = await sec.serviceAccount('agent', { connect: ['pool-a', 'pool-b', 'pool-v2', 'pool-v1'] });
+  await sec.pool('pool-log', { capacity: 4 });
+  token = await sec.serviceAccount('agent', { connect: ['pool-a', 'pool-b', 'pool-v2', 'pool-v1', 'pool-log'] });
   dispatcher = new Dispatcher({ store, auth: sec.auth, credentials: sec.credentials });
   dispatcher.on('task', (e) => events.push(e));
   await dispatcher.start();
@@ -188,7 +192,7 @@ describe('dispatcher wire input', () => {
     const claims = new TaskClaims(store);
     const v2 = connect();
     v2.send({ register: { ...register('batcher', 'pool-v2', 4).register, protocol: 2 } });
-    expect(await v2.next('registered')).toMatchObject({ protocol: 2 });
+    expect(await v2.next('registered')).toMatchObject({ protocol: PROTOCOL_VERSION });
     const tasks = ['b1', 'b2', 'b3', 'b4'];
     for (const t of tasks) dispatcher.submit({ ref: ref(t), pool: 'pool-v2', handler: 'work', input: { t } });
     // Submitted in one turn: claimed in one transaction and assigned in one message.
@@ -230,12 +234,50 @@ describe('dispatcher wire input', () => {
     // An agent without protocol 2 (any older SDK) never sees a batch.
     const v1 = connect();
     v1.send(register('single', 'pool-v1', 4));
-    expect((await v1.next('registered')).protocol).toBe(2);
+    expect((await v1.next('registered')).protocol).toBe(PROTOCOL_VERSION);
     for (const t of ['s1', 's2', 's3']) dispatcher.submit({ ref: ref(t), pool: 'pool-v1', handler: 'work', input: {} });
     const singles = [await v1.next('assign'), await v1.next('assign'), await v1.next('assign')];
     expect(singles.map((a) => a.taskId)).toEqual(['wf/s1', 'wf/s2', 'wf/s3']);
     for (const a of singles) v1.send({ result: r(a, { outputJson: '0' }) });
     for (let i = 0; i < 3; i++) expect(await v1.next('ack')).toMatchObject({ status: 'COMMITTED' });
     expect(v1.received.some((m) => m.msg === 'assigns' || m.msg === 'acks')).toBe(false);
+  });
+
+  it('protocol 3: keeps an attempt’s TaskLog lines bounded, written before its result; ignores lines for work the agent does not hold', async () => {
+    const a = connect();
+    a.send({ register: { ...register('logger', 'pool-log', 2).register, protocol: PROTOCOL_VERSION } });
+    await a.next('registered');
+    dispatcher.submit({ ref: ref('l1'), pool: 'pool-log', handler: 'work', input: {} });
+    const assign = await a.next('assign');
+    const at = { taskId: assign.taskId, attempt: assign.attempt, token: assign.token };
+    const now = Date.now();
+    // A hostile agent: more lines than one message may carry, one enormous line, times from nowhere.
+    const lines = Array.from({ length: LOG_MAX_LINES_PER_MESSAGE + 500 }, (_, i) => ({
+      timeMs: now,
+      text: `line ${i}`,
+    }));
+    lines[1] = { timeMs: now, text: 'y'.repeat(LOG_MAX_LINE_CHARS * 4) };
+    lines[2] = { timeMs: 42, text: 'from 1970' };
+    a.send({ log: { ...at, lines, end: false } });
+    // Lines for a task it holds no claim on, and for a stale attempt: dropped, no error, nothing kept.
+    a.send({ log: { taskId: 'wf/not-mine', attempt: 1, token: 1, lines: [{ timeMs: now, text: 'x' }], end: true } });
+    a.send({ log: { ...at, attempt: 7, lines: [{ timeMs: now, text: 'stale' }], end: true } });
+    a.send({ log: { ...at, lines: [{ timeMs: now, text: 'last words' }], end: true } });
+    // The result straight after: by the time it is acknowledged, the whole log is in etcd.
+    a.send({ result: { ...at, outputJson: '{}' } });
+    expect(await a.next('ack')).toMatchObject({ taskId: assign.taskId, status: 'COMMITTED' });
+    const stored = await readLog(store, { ...ref('l1'), attempt: assign.attempt });
+    expect(stored.ended).toBe(true);
+    const kept = stored.text.trimEnd().split('\n');
+    expect(kept).toHaveLength(LOG_MAX_LINES_PER_MESSAGE + 1);
+    expect(kept[0]).toMatch(/^\S+Z line 0$/);
+    expect(kept[1]?.endsWith(LOG_CUT_MARKER)).toBe(true);
+    expect(kept[1]?.length).toBeLessThan(LOG_MAX_LINE_CHARS + 64);
+    expect(kept[2]?.startsWith('1970')).toBe(false);
+    expect(kept.at(-2)).toMatch(/ line 1023$/);
+    expect(kept.at(-1)).toMatch(/ last words$/);
+    expect(stored.text).not.toContain('stale');
+    expect((await readLog(store, { ...ref('not-mine'), attempt: 1 })).text).toBe('');
+    expect(a.count('error')).toBe(0);
   });
 });

@@ -41,6 +41,8 @@ export class OperatorProcess {
       etcdEndpoints?: string[];
       /** --waiting-timeout (seconds): how long a workflow waits for a missing pool or handler. */
       waitingTimeout?: number;
+      /** Serve the data API on 127.0.0.1 at this port (default: not served, so operators in parallel files do not collide). */
+      dataApiPort?: number;
     },
   ) {
     this.name = o.name;
@@ -75,6 +77,8 @@ export class OperatorProcess {
       '--log-level',
       'debug',
       ...(o.waitingTimeout !== undefined ? ['--waiting-timeout', String(o.waitingTimeout)] : []),
+      '--data-api-address',
+      o.dataApiPort ? `127.0.0.1:${o.dataApiPort}` : 'off',
     ];
     this.child = spawn(process.execPath, args, {
       stdio: ['ignore', 'inherit', 'pipe'],

@@ -123,7 +123,7 @@ describe('etcd snapshots', () => {
     await status.refresh();
     const latest = JSON.parse((await operator.get(operator.key('backups', 'latest')))?.value ?? '{}');
     const failure = JSON.parse((await operator.get(operator.key('backups', 'lastFailure')))?.value ?? '{}');
-    const text = registry.render();
+    const text = await registry.metrics();
     expect(text).toContain(`agentflow_backup_last_revision ${latest.revision}`);
     expect(text).toContain(`agentflow_backup_last_size_bytes ${latest.size}`);
     expect(text).toContain(`agentflow_backup_last_success_timestamp_seconds ${Date.parse(latest.takenAt) / 1000}`);

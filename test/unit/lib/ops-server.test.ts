@@ -1,7 +1,7 @@
 import { Agent, request as httpRequest } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../src/lib/log.ts';
-import { Registry } from '../../../src/lib/metrics.ts';
+import { Counter, Gauge, Registry } from '../../../src/lib/metrics.ts';
 import { type HealthCheck, type OpsServer, startOpsServer } from '../../../src/lib/ops-server.ts';
 
 const servers: OpsServer[] = [];
@@ -117,7 +117,10 @@ describe('startOpsServer health endpoints', () => {
 describe('startOpsServer /metrics and routing', () => {
   it('serves the registry with the exposition content type', async () => {
     const registry = new Registry();
-    registry.counter({ name: 'agentflow_tasks_total', help: 'Tasks.', labelNames: ['pool'] }).inc({ pool: 'a' }, 3);
+    new Counter({ name: 'agentflow_tasks_total', help: 'Tasks.', labelNames: ['pool'], registers: [registry] }).inc(
+      { pool: 'a' },
+      3,
+    );
     const { get } = await start({}, { registry });
     const res = await get('/metrics');
     expect(res.status).toBe(200);
@@ -127,11 +130,12 @@ describe('startOpsServer /metrics and routing', () => {
     );
   });
 
-  it('answers 500 naming the metric when a collect callback throws', async () => {
+  it('answers 500 with the reason when a collect callback throws', async () => {
     const registry = new Registry();
-    registry.gauge({
+    new Gauge({
       name: 'depth',
       help: 'D.',
+      registers: [registry],
       collect: () => {
         throw new Error('queue closed');
       },
@@ -139,7 +143,7 @@ describe('startOpsServer /metrics and routing', () => {
     const { get } = await start({}, { registry });
     expect(await get('/metrics')).toMatchObject({
       status: 500,
-      body: 'rendering metrics failed: Metric depth: collect failed: queue closed\n',
+      body: 'rendering metrics failed: queue closed\n',
     });
   });
 

@@ -12,6 +12,7 @@ import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output a
 import type { LockRequest as _agentflow_v1_LockRequest, LockRequest__Output as _agentflow_v1_LockRequest__Output } from '../../agentflow/v1/LockRequest.ts';
 import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Reauth__Output } from '../../agentflow/v1/Reauth.ts';
 import type { ResultBatch as _agentflow_v1_ResultBatch, ResultBatch__Output as _agentflow_v1_ResultBatch__Output } from '../../agentflow/v1/ResultBatch.ts';
+import type { TaskLog as _agentflow_v1_TaskLog, TaskLog__Output as _agentflow_v1_TaskLog__Output } from '../../agentflow/v1/TaskLog.ts';
 
 export interface AgentMessage {
   'register'?: (_agentflow_v1_Register | null);
@@ -25,7 +26,8 @@ export interface AgentMessage {
   'lock'?: (_agentflow_v1_LockRequest | null);
   'reauth'?: (_agentflow_v1_Reauth | null);
   'results'?: (_agentflow_v1_ResultBatch | null);
-  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth"|"results";
+  'log'?: (_agentflow_v1_TaskLog | null);
+  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth"|"results"|"log";
 }
 
 export interface AgentMessage__Output {
@@ -40,5 +42,6 @@ export interface AgentMessage__Output {
   'lock'?: (_agentflow_v1_LockRequest__Output | null);
   'reauth'?: (_agentflow_v1_Reauth__Output | null);
   'results'?: (_agentflow_v1_ResultBatch__Output | null);
-  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth"|"results";
+  'log'?: (_agentflow_v1_TaskLog__Output | null);
+  'msg'?: "register"|"heartbeat"|"progress"|"result"|"spawn"|"mail"|"drained"|"state"|"lock"|"reauth"|"results"|"log";
 }

@@ -1,0 +1,149 @@
+// The per-task data API: what the operator's leader serves as the Kubernetes
+// aggregated API `data.agentflow.io/v1alpha1` (registered by an APIService), and
+// what the CLI and the web UI read. Per-task records live in etcd, which users
+// never reach: this API is their only way to them, authorised against the
+// Workflow's own RBAC (docs/api.md). One home for its paths, kinds and limits.
+
+/** The aggregated API group and version. */
+export const DATA_GROUP = 'data.agentflow.io';
+export const DATA_VERSION = 'v1alpha1';
+export const DATA_API_VERSION = `${DATA_GROUP}/${DATA_VERSION}`;
+/** The APIService's name (`<version>.<group>`, as Kubernetes requires). */
+export const DATA_APISERVICE = `${DATA_VERSION}.${DATA_GROUP}`;
+/** Default name of the Service in the operator's namespace that the APIService points at. */
+export const DEFAULT_DATA_API_SERVICE = 'agentflow-api';
+/** Default port the leader serves the API on. */
+export const DEFAULT_DATA_API_PORT = 8443;
+
+/** Subresources the API serves, with the Kubernetes resource whose RBAC decides who may read them. */
+export const DATA_SUBRESOURCES = {
+  /** `workflows/<name>/tasks`: the per-task table; `?task=<instance>` one task with input and output. */
+  tasks: { resource: 'workflows', path: 'tasks', kind: 'WorkflowTaskList' },
+  /**
+   * `workflows/<name>/log?task=<instance>[&attempt=N][&follow=true]`: a task attempt's log, text. The path
+   * segment is `log`, as pods/log: the API server then treats it as long-running (no 60 s request timeout).
+   */
+  logs: { resource: 'workflows', path: 'log', kind: 'Log' },
+  /** `agentpools/<name>/agents`: the pool's connected agents, slots and work in flight. */
+  agents: { resource: 'agentpools', path: 'agents', kind: 'AgentList' },
+} as const;
+export type DataSubresource = keyof typeof DATA_SUBRESOURCES;
+
+/** Path of a subresource, relative to the API server. */
+export function dataPath(namespace: string, sub: DataSubresource, name: string): string {
+  const { resource, path } = DATA_SUBRESOURCES[sub];
+  return `/apis/${DATA_GROUP}/${DATA_VERSION}/namespaces/${encodeURIComponent(namespace)}/${resource}/${encodeURIComponent(name)}/${path}`;
+}
+
+/** One ended attempt of a task, as etcd keeps its result. */
+export interface AttemptView {
+  attempt: number;
+  /** The agent that ran it (its pod name when it runs in a pod). */
+  agent: string;
+  ok: boolean;
+  error?: { message: string; retryable: boolean };
+  /** When the result was committed (RFC 3339). */
+  finishedAt: string;
+}
+
+/** One task instance of a workflow run. */
+export interface TaskView {
+  /** Instance name: `task`, `task.<index>` for a forEach item, `parent~child` for a spawned child. */
+  name: string;
+  template: string;
+  index?: number;
+  parent?: string;
+  phase: string;
+  /** Latest attempt handed out (0: never ran). */
+  attempt: number;
+  handler: string;
+  pool: string;
+  startedAt?: string;
+  finishedAt?: string;
+  /** finishedAt − startedAt, or now − startedAt while it runs. */
+  durationMs?: number;
+  message?: string;
+  /** The running attempt's latest progress report. */
+  progress?: string;
+  /** The agent running the current attempt (while it runs), else the one that ran the last attempt. */
+  agent?: string;
+  /** The node of that agent's pod, when known. */
+  node?: string;
+  attempts: AttemptView[];
+  /** Only with `?task=`: the rendered input and the output. */
+  input?: unknown;
+  output?: unknown;
+  dependsOn?: string[];
+}
+
+export interface WorkflowTaskList {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'WorkflowTaskList';
+  metadata: { namespace: string; name: string; phase: string; startedAt?: string; finishedAt?: string };
+  items: TaskView[];
+}
+
+export interface AgentView {
+  /** The agent's id (its pod's name). */
+  name: string;
+  node?: string;
+  capacity: number;
+  inFlight: number;
+  free: number;
+  draining: boolean;
+  handlers: string[];
+}
+
+export interface AgentList {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'AgentList';
+  metadata: { namespace: string; pool: string };
+  items: AgentView[];
+}
+
+/** A Kubernetes-style Status for errors (what `kubectl get --raw` prints). */
+export interface DataStatus {
+  apiVersion: 'v1';
+  kind: 'Status';
+  status: 'Failure';
+  code: number;
+  reason: 'Unauthorized' | 'Forbidden' | 'NotFound' | 'BadRequest' | 'InternalError' | 'ServiceUnavailable';
+  message: string;
+}
+
+/**
+ * The log of one attempt kept for `logs`: its last LOG_RING_BYTES of lines (older
+ * chunks dropped, the answer then starts with LOG_DROPPED_LINE), written to etcd
+ * in chunks of at most LOG_CHUNK_BYTES, one write per attempt per LOG_FLUSH_MS at most.
+ */
+export const LOG_RING_BYTES = 256 * 1024;
+export const LOG_CHUNK_BYTES = 16 * 1024;
+export const LOG_FLUSH_MS = 250;
+export const LOG_DROPPED_LINE =
+  '[agentflow: earlier lines of this attempt were dropped: the log keeps its last 256 KiB]';
+
+/**
+ * `logs` answers text/plain, one line per log line: `<text>`, or with
+ * `timestamps=true` `<RFC 3339 time> <text>` (as `kubectl logs --timestamps`).
+ * A line from an exec handler's stderr is its text as written; a handler's
+ * log call reads `<level> <message> <fields as JSON>`. Query parameters:
+ */
+export interface LogQuery {
+  /** Task instance (required). */
+  task: string;
+  /** Attempt number; default the latest. */
+  attempt?: number;
+  /**
+   * Keep the response open and send lines as they come, until the attempt ends. The response's
+   * head comes at once; a clean end of the body means the attempt is over (a cut connection is an
+   * error, never a clean end).
+   */
+  follow?: boolean;
+  timestamps?: boolean;
+}
+
+/** Lines the dispatcher takes from one TaskLog message (the rest are dropped). */
+export const LOG_MAX_LINES_PER_MESSAGE = 1024;
+/** A line longer than this (UTF-16 units) is cut where it arrives, marked with LOG_CUT_MARKER. */
+export const LOG_MAX_LINE_CHARS = 16 * 1024;
+export const LOG_CUT_MARKER = '… [cut]';

@@ -1,0 +1,314 @@
+// The leader's aggregated API server (data.agentflow.io/v1alpha1): per-task
+// tables, task logs and a pool's agents, for the CLI and the web UI. Reached
+// only through the Kubernetes API server (an APIService points at the
+// agentflow-api Service, which selects the leader): the API server
+// authenticates the user, we believe the identity it forwards only on its
+// front-proxy client certificate, and every request is authorised with a
+// SubjectAccessReview against the Workflow or AgentPool it reads (docs/api.md).
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import {
+  type AgentList,
+  DATA_API_VERSION,
+  DATA_GROUP,
+  DATA_SUBRESOURCES,
+  DATA_VERSION,
+  type DataStatus,
+  type DataSubresource,
+  type LogQuery,
+  type WorkflowTaskList,
+} from '../../api/data-api.ts';
+import type { Logger } from '../../lib/log.ts';
+import type { AccessReviewer } from './access.ts';
+import { AuthenticationError, authenticate, type RequestHeaderConfig, type UserInfo } from './request-header.ts';
+
+/** Where the API's answers come from (the leader's engine, dispatcher and etcd). */
+export interface DataSource {
+  /** undefined: no such Workflow. With `task`, that one task (input and output included) or undefined items. */
+  tasks(namespace: string, workflow: string, task?: string): Promise<WorkflowTaskList | undefined>;
+  /** undefined: no such AgentPool. */
+  agents(namespace: string, pool: string): AgentList | undefined;
+  /**
+   * Writes an attempt's log lines to `write`; with `follow`, keeps writing until the attempt ends or the
+   * signal aborts. Resolves 'no-workflow' / 'no-task' when there is nothing to read.
+   */
+  logs(
+    namespace: string,
+    workflow: string,
+    query: LogQuery,
+    write: (text: string) => void,
+    signal: AbortSignal,
+  ): Promise<'ok' | 'no-workflow' | 'no-task'>;
+}
+
+export interface DataApiOptions {
+  host?: string;
+  port: number;
+  /** The serving certificate (chain) and key; setIdentity() swaps them in place. */
+  certPem: string;
+  keyPem: string;
+  requestHeader: RequestHeaderConfig;
+  access: AccessReviewer;
+  source: DataSource;
+  logger: Logger;
+}
+
+const NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+const TASK = /^[a-zA-Z0-9][a-zA-Z0-9._~-]{0,252}$/;
+const PREFIX = `/apis/${DATA_GROUP}/${DATA_VERSION}`;
+
+/** A request refused with a Status (the message names the problem). */
+class RequestError extends Error {
+  readonly code: number;
+  readonly reason: DataStatus['reason'];
+  constructor(code: number, reason: DataStatus['reason'], message: string) {
+    super(message);
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+const bad = (message: string) => new RequestError(400, 'BadRequest', message);
+
+function resourceList() {
+  return {
+    kind: 'APIResourceList',
+    apiVersion: 'v1',
+    groupVersion: DATA_API_VERSION,
+    resources: Object.entries(DATA_SUBRESOURCES).map(([, s]) => ({
+      name: `${s.resource}/${s.path}`,
+      singularName: '',
+      namespaced: true,
+      kind: s.kind,
+      verbs: ['get'],
+    })),
+  };
+}
+
+function groupInfo() {
+  const v = { groupVersion: DATA_API_VERSION, version: DATA_VERSION };
+  return { kind: 'APIGroup', apiVersion: 'v1', name: DATA_GROUP, versions: [v], preferredVersion: v };
+}
+
+function parseBool(q: URLSearchParams, key: string): boolean {
+  const v = q.get(key);
+  if (v === null || v === 'false' || v === '0') return false;
+  if (v === '' || v === 'true' || v === '1') return true;
+  throw bad(`query parameter ${key}: must be true or false, not ${JSON.stringify(v)}`);
+}
+
+export class DataApiServer {
+  private readonly o: DataApiOptions;
+  private readonly server: Server;
+  private readonly log: Logger;
+  private requestHeader: RequestHeaderConfig;
+  private readonly streams = new Set<AbortController>();
+  private identity: { certPem: string; keyPem: string };
+
+  constructor(o: DataApiOptions) {
+    this.o = o;
+    this.log = o.logger;
+    this.requestHeader = o.requestHeader;
+    this.identity = { certPem: o.certPem, keyPem: o.keyPem };
+    this.server = createServer(
+      { ...this.context(), requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
+      (req, res) => {
+        this.handle(req, res).catch((err: Error) => {
+          this.log.error('Data API request failed', { error: err, path: req.url });
+          this.fail(res, new RequestError(500, 'InternalError', 'internal error'));
+        });
+      },
+    );
+  }
+
+  private context() {
+    return { cert: this.identity.certPem, key: this.identity.keyPem, ca: this.requestHeader.clientCa };
+  }
+
+  /** Serves a new certificate (rotation) for new connections. */
+  setIdentity(certPem: string, keyPem: string): void {
+    this.identity = { certPem, keyPem };
+    this.server.setSecureContext(this.context());
+  }
+
+  /** Trusts a new request-header configuration (the API server's ConfigMap changed). */
+  setRequestHeader(cfg: RequestHeaderConfig): void {
+    this.requestHeader = cfg;
+    this.server.setSecureContext(this.context());
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  start(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.o.port, this.o.host, () => {
+        this.server.off('error', reject);
+        resolve(this.port);
+      });
+    });
+  }
+
+  /** Stops listening, ends followed logs and every connection. */
+  async stop(): Promise<void> {
+    for (const s of this.streams) s.abort();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private send(res: ServerResponse, code: number, body: unknown): void {
+    if (res.headersSent) {
+      res.end();
+      return;
+    }
+    const text = JSON.stringify(body);
+    res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+
+  private fail(res: ServerResponse, err: RequestError): void {
+    const status: DataStatus = {
+      apiVersion: 'v1',
+      kind: 'Status',
+      status: 'Failure',
+      code: err.code,
+      reason: err.reason,
+      message: err.message,
+    };
+    this.send(res, err.code, { ...status, metadata: {} });
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let user: UserInfo;
+    try {
+      user = authenticate(req, this.requestHeader);
+    } catch (err) {
+      if (!(err instanceof AuthenticationError)) throw err;
+      this.fail(res, new RequestError(401, 'Unauthorized', err.message));
+      return;
+    }
+    try {
+      await this.route(req, res, user);
+    } catch (err) {
+      if (!(err instanceof RequestError)) throw err;
+      this.fail(res, err);
+    }
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse, user: UserInfo): Promise<void> {
+    const url = new URL(req.url ?? '/', 'https://data-api');
+    const path = url.pathname.replace(/\/+$/, '');
+    if (req.method !== 'GET') throw new RequestError(405 as number, 'BadRequest', `method ${req.method} is not served`);
+    if (path === '/healthz' || path === '/readyz' || path === '/livez') {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      res.end('ok');
+      return;
+    }
+    if (path === '/apis') {
+      this.send(res, 200, { kind: 'APIGroupList', apiVersion: 'v1', groups: [groupInfo()] });
+      return;
+    }
+    if (path === `/apis/${DATA_GROUP}`) return this.send(res, 200, groupInfo());
+    if (path === PREFIX) return this.send(res, 200, resourceList());
+    if (!path.startsWith(`${PREFIX}/namespaces/`)) throw new RequestError(404, 'NotFound', `no such path: ${path}`);
+    const parts = path
+      .slice(PREFIX.length + '/namespaces/'.length)
+      .split('/')
+      .map(decodeURIComponent);
+    const [namespace, resource, name, segment, ...rest] = parts;
+    const sub = (Object.keys(DATA_SUBRESOURCES) as DataSubresource[]).find(
+      (k) => DATA_SUBRESOURCES[k].resource === resource && DATA_SUBRESOURCES[k].path === segment,
+    );
+    if (!namespace || !name || !sub || rest.length > 0) {
+      throw new RequestError(
+        404,
+        'NotFound',
+        `no such path: ${path} (served: ${Object.values(DATA_SUBRESOURCES)
+          .map((s) => `namespaces/<ns>/${s.resource}/<name>/${s.path}`)
+          .join(', ')})`,
+      );
+    }
+    if (!NAME.test(namespace)) throw bad(`namespace: ${JSON.stringify(namespace)} is not a valid namespace name`);
+    if (!NAME.test(name) || name.length > 253) throw bad(`name: ${JSON.stringify(name)} is not a valid object name`);
+    const kind = DATA_SUBRESOURCES[sub].resource;
+    const decision = await this.o.access.review(user, { namespace, verb: 'get', resource: kind, name });
+    if (!decision.allowed) throw new RequestError(403, 'Forbidden', decision.reason);
+    const q = url.searchParams;
+    switch (sub) {
+      case 'tasks': {
+        const task = q.get('task') ?? undefined;
+        if (task !== undefined && !TASK.test(task))
+          throw bad(`query parameter task: ${JSON.stringify(task)} is not a task name`);
+        const list = await this.o.source.tasks(namespace, name, task);
+        if (!list) throw new RequestError(404, 'NotFound', `workflows.agentflow.io "${name}" not found`);
+        if (task !== undefined && list.items.length === 0) {
+          throw new RequestError(404, 'NotFound', `workflow "${name}" has no task "${task}"`);
+        }
+        return this.send(res, 200, list);
+      }
+      case 'agents': {
+        const list = this.o.source.agents(namespace, name);
+        if (!list) throw new RequestError(404, 'NotFound', `agentpools.agentflow.io "${name}" not found`);
+        return this.send(res, 200, list);
+      }
+      case 'logs':
+        return this.logs(res, namespace, name, q);
+    }
+  }
+
+  private async logs(res: ServerResponse, namespace: string, workflow: string, q: URLSearchParams): Promise<void> {
+    const task = q.get('task');
+    if (!task) throw bad('query parameter task: required (which task instance to read the log of)');
+    if (!TASK.test(task)) throw bad(`query parameter task: ${JSON.stringify(task)} is not a task name`);
+    const rawAttempt = q.get('attempt');
+    let attempt: number | undefined;
+    if (rawAttempt !== null) {
+      attempt = Number(rawAttempt);
+      if (!Number.isInteger(attempt) || attempt < 1) {
+        throw bad(`query parameter attempt: must be a whole number ≥ 1, not ${JSON.stringify(rawAttempt)}`);
+      }
+    }
+    const query: LogQuery = {
+      task,
+      ...(attempt !== undefined && { attempt }),
+      follow: parseBool(q, 'follow'),
+      timestamps: parseBool(q, 'timestamps'),
+    };
+    const abort = new AbortController();
+    this.streams.add(abort);
+    res.on('close', () => abort.abort());
+    try {
+      const write = (text: string) => {
+        if (!res.headersSent) {
+          res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'X-Content-Type-Options': 'nosniff' });
+          // A follower learns at once that it is following (an attempt that has logged nothing yet).
+          res.flushHeaders();
+        }
+        if (text) res.write(text);
+      };
+      const outcome = await this.o.source.logs(namespace, workflow, query, write, abort.signal);
+      if (outcome === 'no-workflow')
+        throw new RequestError(404, 'NotFound', `workflows.agentflow.io "${workflow}" not found`);
+      if (outcome === 'no-task') {
+        throw new RequestError(
+          404,
+          'NotFound',
+          `workflow "${workflow}" has no task "${task}"${attempt ? ` with an attempt ${attempt}` : ' that has started'}`,
+        );
+      }
+      if (!res.headersSent) write('');
+      // A followed answer ends cleanly only when the attempt is over; one cut short (the leader stops,
+      // the client left) is cut, not ended, so a client never mistakes it for the end of the log.
+      if (abort.signal.aborted) res.destroy();
+      else res.end();
+    } finally {
+      this.streams.delete(abort);
+    }
+  }
+}

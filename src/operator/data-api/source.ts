@@ -1,0 +1,230 @@
+// What the data API answers from, in the leader: the engine's runs in memory
+// (live phases and progress), etcd's records for runs it does not hold (a
+// finished run, after a failover), the dispatcher's connected agents and the
+// informers' Workflows, AgentPools and Pods.
+
+import type { V1Pod } from '@kubernetes/client-node';
+import type { AgentPool } from '../../api/agentpool.ts';
+import {
+  type AgentList,
+  type AttemptView,
+  DATA_API_VERSION,
+  LOG_DROPPED_LINE,
+  LOG_FLUSH_MS,
+  type LogQuery,
+  type TaskView,
+  type WorkflowTaskList,
+} from '../../api/data-api.ts';
+import type { Workflow } from '../../api/workflow.ts';
+import type { Dispatcher } from '../../dispatcher/index.ts';
+import { type StateStore, TaskClaims, type TaskRecord, type TaskResult, WorkflowRecords } from '../../state/index.ts';
+import { followLog, readLog } from '../../state/task-logs.ts';
+import type { WorkflowEngine } from '../../workflow/engine.ts';
+import type { InformerView } from '../kube/informer.ts';
+import type { DataSource } from './server.ts';
+
+const FINAL = new Set(['Succeeded', 'Failed', 'Skipped', 'Cancelled']);
+/** How often a follower checks whether the attempt it follows is still running (it may end without an end mark). */
+const FOLLOW_CHECK_MS = 1_000;
+
+export interface LeaderViews {
+  store: StateStore;
+  engine: WorkflowEngine;
+  dispatcher: Dispatcher;
+  workflows: InformerView<Workflow>;
+  pools: InformerView<AgentPool>;
+  pods: InformerView<V1Pod>;
+}
+
+function attemptView(r: TaskResult): AttemptView {
+  return {
+    attempt: r.attempt,
+    agent: r.agentId,
+    ok: r.ok,
+    ...(r.error && { error: r.error }),
+    finishedAt: r.committedAt,
+  };
+}
+
+export class LeaderDataSource implements DataSource {
+  private readonly v: LeaderViews;
+  private readonly records: WorkflowRecords;
+  private readonly claims: TaskClaims;
+
+  constructor(v: LeaderViews) {
+    this.v = v;
+    this.records = new WorkflowRecords(v.store);
+    this.claims = new TaskClaims(v.store);
+  }
+
+  private nodeOf(namespace: string, pod: string | undefined): string | undefined {
+    if (!pod) return undefined;
+    return this.v.pods.get(`${namespace}/${pod}`)?.spec?.nodeName;
+  }
+
+  private podOf(agentId: string): { pod: string; namespace: string } | undefined {
+    const a = this.v.dispatcher.agents().find((x) => x.agentId === agentId);
+    return a ? { pod: a.pod, namespace: a.namespace } : undefined;
+  }
+
+  private async records_(namespace: string, workflow: string, task?: string) {
+    const run = this.v.engine.get(namespace, workflow);
+    if (run) {
+      const views = run.views();
+      return {
+        phase: run.phase as string,
+        startedAt: new Date(run.startedAt).toISOString(),
+        ...(run.finishedAt !== undefined && { finishedAt: new Date(run.finishedAt).toISOString() }),
+        tasks: task === undefined ? views : views.filter((t) => t.name === task),
+        spec: run.spec,
+      };
+    }
+    const wf = this.v.workflows.get(`${namespace}/${workflow}`);
+    if (!wf) return undefined;
+    const loaded = await this.records.load(namespace, workflow);
+    return {
+      phase: loaded.run?.phase ?? wf.status?.phase ?? 'Pending',
+      ...(loaded.run?.startedAt && { startedAt: loaded.run.startedAt }),
+      ...(loaded.run?.finishedAt && { finishedAt: loaded.run.finishedAt }),
+      tasks: (task === undefined ? loaded.tasks : loaded.tasks.filter((t) => t.name === task)) as (TaskRecord & {
+        progress?: string;
+      })[],
+      spec: (loaded.spec ?? wf.spec) as Workflow['spec'],
+    };
+  }
+
+  async tasks(namespace: string, workflow: string, task?: string): Promise<WorkflowTaskList | undefined> {
+    if (!this.v.workflows.get(`${namespace}/${workflow}`) && !this.v.engine.get(namespace, workflow)) return undefined;
+    const r = await this.records_(namespace, workflow, task);
+    if (!r) return undefined;
+    const history = await this.claims.history(namespace, workflow, task);
+    const deps = new Map((r.spec?.tasks ?? []).map((t) => [t.name, t.dependsOn ?? []]));
+    const now = Date.now();
+    const items = r.tasks.map((t): TaskView => {
+      const attempts = (history.get(t.name) ?? []).map(attemptView);
+      const running = this.v.dispatcher.assignedAgent({ namespace, workflow, task: t.name });
+      const agent = running ?? attempts[attempts.length - 1]?.agent;
+      const placed = agent ? this.podOf(agent) : undefined;
+      const started = t.startedAt ? Date.parse(t.startedAt) : undefined;
+      const ended = t.finishedAt ? Date.parse(t.finishedAt) : FINAL.has(t.phase) ? undefined : now;
+      const node = this.nodeOf(placed?.namespace ?? namespace, placed?.pod ?? agent);
+      return {
+        name: t.name,
+        template: t.template,
+        ...(t.index !== undefined && { index: t.index }),
+        ...(t.parent && { parent: t.parent }),
+        phase: t.phase,
+        attempt: t.attempt,
+        handler: t.handler,
+        pool: t.pool,
+        ...(t.startedAt && { startedAt: t.startedAt }),
+        ...(t.finishedAt && { finishedAt: t.finishedAt }),
+        ...(started !== undefined && ended !== undefined && { durationMs: Math.max(0, ended - started) }),
+        ...(t.message && { message: t.message }),
+        ...(t.progress && { progress: t.progress }),
+        ...(agent && { agent }),
+        ...(node && { node }),
+        attempts,
+        ...(!t.parent && { dependsOn: deps.get(t.template) ?? [] }),
+        ...(task !== undefined && { input: t.input ?? null, output: t.output ?? null }),
+      };
+    });
+    return {
+      apiVersion: DATA_API_VERSION,
+      kind: 'WorkflowTaskList',
+      metadata: {
+        namespace,
+        name: workflow,
+        phase: r.phase,
+        ...(r.startedAt && { startedAt: r.startedAt }),
+        ...(r.finishedAt && { finishedAt: r.finishedAt }),
+      },
+      items,
+    };
+  }
+
+  agents(namespace: string, pool: string): AgentList | undefined {
+    if (!this.v.pools.get(`${namespace}/${pool}`)) return undefined;
+    const items = this.v.dispatcher
+      .agents()
+      .filter((a) => a.namespace === namespace && a.pool === pool)
+      .map((a) => {
+        const node = this.nodeOf(a.namespace, a.pod);
+        return {
+          name: a.pod || a.agentId,
+          ...(node && { node }),
+          capacity: a.capacity,
+          inFlight: a.used,
+          free: a.draining ? 0 : Math.max(0, a.capacity - a.used),
+          draining: a.draining,
+          handlers: a.handlers,
+        };
+      })
+      .sort((x, y) => x.name.localeCompare(y.name));
+    return { apiVersion: DATA_API_VERSION, kind: 'AgentList', metadata: { namespace, pool }, items };
+  }
+
+  /** The task's attempt and whether it is over, from the engine or etcd. */
+  private async attemptState(
+    namespace: string,
+    workflow: string,
+    task: string,
+  ): Promise<{ attempt: number; final: boolean } | undefined> {
+    const r = await this.records_(namespace, workflow, task);
+    const t = r?.tasks[0];
+    if (!t) return undefined;
+    return { attempt: t.attempt, final: FINAL.has(t.phase) || r.finishedAt !== undefined };
+  }
+
+  async logs(
+    namespace: string,
+    workflow: string,
+    q: LogQuery,
+    write: (text: string) => void,
+    signal: AbortSignal,
+  ): Promise<'ok' | 'no-workflow' | 'no-task'> {
+    if (!this.v.workflows.get(`${namespace}/${workflow}`) && !this.v.engine.get(namespace, workflow)) {
+      return 'no-workflow';
+    }
+    const state = await this.attemptState(namespace, workflow, q.task);
+    if (!state || state.attempt === 0) return 'no-task';
+    const attempt = q.attempt ?? state.attempt;
+    if (attempt > state.attempt) return 'no-task';
+    const ref = { namespace, workflow, task: q.task, attempt };
+    write(''); // found: the answer starts now
+    const emit = (text: string) => {
+      if (!text) return;
+      write(q.timestamps ? text : text.replace(/^\S+ /gm, ''));
+    };
+    const stored = await readLog(this.v.store, ref);
+    if (stored.dropped) write(`${LOG_DROPPED_LINE}\n`);
+    emit(stored.text);
+    if (!q.follow || stored.ended) return 'ok';
+    // Over already (an attempt that logged nothing, or whose end mark never came): nothing more will.
+    const over = () => state.final || attempt < state.attempt;
+    if (over()) return 'ok';
+    let timer: NodeJS.Timeout | undefined;
+    const ended = new Promise<void>((resolve) => {
+      const check = async () => {
+        try {
+          const now = await this.attemptState(namespace, workflow, q.task);
+          if (!now || now.final || now.attempt > attempt) {
+            // Lines flushed just before the end are on their way: give them one flush interval.
+            timer = setTimeout(resolve, 2 * LOG_FLUSH_MS);
+            return;
+          }
+        } catch {
+          // etcd busy: look again next time
+        }
+        if (!signal.aborted) timer = setTimeout(() => void check(), FOLLOW_CHECK_MS);
+      };
+      timer = setTimeout(() => void check(), FOLLOW_CHECK_MS);
+    });
+    try {
+      await followLog(this.v.store, ref, stored, emit, ended, signal);
+    } finally {
+      clearTimeout(timer);
+    }
+    return 'ok';
+  }
+}
