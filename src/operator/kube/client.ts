@@ -227,6 +227,51 @@ export class KubeClient {
   }
 
   /**
+   * A GET whose body the caller reads as it arrives (a followed log, text): resolves with the
+   * response once the server answers 2xx, rejects with a KubeApiError otherwise. No timeout once
+   * it has answered; the caller reads it to its end, or aborts the signal to stop.
+   */
+  async stream(
+    path: string,
+    opts: { query?: Query; accept?: string; signal?: AbortSignal; timeoutMs?: number } = {},
+  ): Promise<IncomingMessage> {
+    const { agent, headers } = await this.prepare();
+    const url = this.url(path, opts.query);
+    const what = `GET ${url.pathname}`;
+    return new Promise<IncomingMessage>((resolve, reject) => {
+      const req = this.send(url, {
+        method: 'GET',
+        agent: agent as Agent,
+        headers: { ...headers, Accept: opts.accept ?? '*/*', 'User-Agent': this.userAgent },
+        ...(opts.signal && { signal: opts.signal }),
+      });
+      const timer =
+        opts.timeoutMs === undefined || opts.timeoutMs <= 0
+          ? undefined
+          : setTimeout(() => req.destroy(new Error(`${what}: no answer within ${opts.timeoutMs} ms`)), opts.timeoutMs);
+      req.on('response', (res) => {
+        clearTimeout(timer);
+        const status = res.statusCode ?? 0;
+        if (status >= 200 && status < 300) return resolve(res);
+        readAll(res)
+          .then((text) => {
+            let parsed: unknown = text;
+            try {
+              parsed = JSON.parse(text);
+            } catch {}
+            reject(apiError(what, status, parsed, text));
+          })
+          .catch(reject);
+      });
+      req.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err.name === 'AbortError' ? err : new Error(`${what}: ${err.message}`));
+      });
+      req.end();
+    });
+  }
+
+  /**
    * Streams a watch until the server ends it (resolves), the signal aborts
    * (resolves), it fails (rejects), or nothing at all arrives for `stallMs`
    * (rejects with WatchStalledError). An ERROR event is handed to `onEvent`.

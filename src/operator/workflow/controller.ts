@@ -3,6 +3,12 @@ import type { AgentPool } from '../../api/agentpool.ts';
 import { API_VERSION } from '../../api/crds.ts';
 import { formatProblem, type PoolInfo, type Problem, validateWorkflowSpec } from '../../api/validate.ts';
 import type { Workflow, WorkflowStatus } from '../../api/workflow.ts';
+import {
+  CANCEL_ANNOTATION,
+  RERUN_ANNOTATION,
+  RERUN_OF_ANNOTATION,
+  RETRY_ANNOTATION,
+} from '../../api/workflow-control.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { WorkflowEngine } from '../../workflow/engine.ts';
 import { specHash, type WorkflowRun } from '../../workflow/run.ts';
@@ -14,21 +20,7 @@ import { type InformerView, objectKey } from '../kube/informer.ts';
 import { trueSince, type WaitReason, type WorkflowOutcome, workflowConditions } from './conditions.ts';
 
 export const WORKFLOW_FINALIZER = 'agentflow.io/workflow-cleanup';
-/** Present: the run is cancelled (phase Cancelled, condition Failed reason Cancelled). */
-export const CANCEL_ANNOTATION = 'agentflow.io/cancel';
-/**
- * A new value (any string, e.g. a timestamp) asks a Failed or Cancelled run to
- * run its failed and cancelled tasks again, keeping what succeeded. The value
- * answered is status.lastRetry.token.
- */
-export const RETRY_ANNOTATION = 'agentflow.io/retry';
-/**
- * A new value asks for a copy of the workflow under a new name that runs from
- * scratch with the current spec (status.lastRerun names it; the copy carries
- * RERUN_OF_ANNOTATION).
- */
-export const RERUN_ANNOTATION = 'agentflow.io/rerun';
-export const RERUN_OF_ANNOTATION = 'agentflow.io/rerun-of';
+export { CANCEL_ANNOTATION, RERUN_ANNOTATION, RERUN_OF_ANNOTATION, RETRY_ANNOTATION };
 /** Default of the operator's --waiting-timeout: how long a workflow may wait for what it needs before it fails. */
 export const DEFAULT_WAITING_TIMEOUT_SECONDS = 600;
 
