@@ -75,21 +75,16 @@ async function main(): Promise<number> {
   ]);
   process.stdout.write(await kubectl('apply', '-n', NAMESPACE, '-f', 'deploy/examples/'));
 
-  step('Watching the workflow');
-  const deadline = Date.now() + 300_000;
-  let last = '';
-  let phase = '';
-  while (Date.now() < deadline) {
-    const out = await cluster.kubectl(['get', 'workflow', 'research-report', '-n', NAMESPACE, '--no-headers']);
-    const line = out.stdout.trim();
-    if (line && line !== last) {
-      process.stdout.write(`  ${line}\n`);
-      last = line;
-    }
-    phase = line.split(/\s+/)[1] ?? '';
-    if (phase === 'Succeeded' || phase === 'Failed') break;
-    await new Promise((r) => setTimeout(r, 500));
-  }
+  step(`Watching it with the agentflow CLI: npx agentflow watch research-report -n ${NAMESPACE}`);
+  // The CLI as a user runs it, with the kubeconfig only: a live task tree on a terminal, a line per change otherwise.
+  spawnSync(process.execPath, [join(repoRoot, 'bin/agentflow.mjs'), 'watch', 'research-report', '-n', NAMESPACE], {
+    stdio: 'inherit',
+    env: { ...process.env, KUBECONFIG: info.kubeconfig },
+    timeout: 300_000,
+  });
+  const phase = (
+    await kubectl('get', 'workflow', 'research-report', '-n', NAMESPACE, '-o', 'jsonpath={.status.phase}')
+  ).trim();
   await new Promise((r) => setTimeout(r, 2_500)); // one pool status refresh, so AGENTS and SLOTS are current
   process.stdout.write(await kubectl('get', 'agentpools', '-n', NAMESPACE));
   if (phase !== 'Succeeded') {
@@ -116,6 +111,11 @@ Explore it (the control plane keeps running):
 
   export KUBECONFIG=${info.kubeconfig}
   alias kubectl=${k}
+  npx agentflow describe research-report -n ${NAMESPACE}     # every task: attempts, agent, node, duration
+  npx agentflow logs research-report -n ${NAMESPACE}         # what each task logged ([task] prefixed)
+  npx agentflow output research-report write -n ${NAMESPACE} # a task's output
+  npx agentflow agents -n ${NAMESPACE}                       # agents, slots, in flight
+  npx agentflow resubmit research-report -n ${NAMESPACE} --watch   # run it again as a new copy
   kubectl get agentflow -n ${NAMESPACE}                     # pools and workflows
   kubectl describe workflow research-report -n ${NAMESPACE}  # conditions and Events
   kubectl get workflow research-report -n ${NAMESPACE} -o jsonpath='{.status.outputs}'

@@ -17,8 +17,9 @@ log() { echo "setup: $*" >&2; }
 # The node version as MAJOR*1000+MINOR (22.18 -> 22018), 0 when there is none.
 node_version() { "${1:-node}" -p 'const [a, b] = process.versions.node.split(".").map(Number); a * 1000 + b' 2>/dev/null || echo 0; }
 
-# Debian packages the harness shells out to, as "command:package".
-APT_NEEDS=(openssl:openssl)
+# Debian packages the harness shells out to, as "command:package" (tmux: the CLI's terminal view;
+# zsh and fish: the CLI's completion scripts run in each shell).
+APT_NEEDS=(openssl:openssl tmux:tmux zsh:zsh fish:fish)
 
 ensure_apt_packages() {
   local missing=()

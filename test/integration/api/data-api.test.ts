@@ -257,7 +257,7 @@ describe('the data API through the API server', () => {
     expect(list.kind).toBe('AgentList');
     expect(list.items).toHaveLength(1);
     expect(list.items[0]).toMatchObject({ capacity: 8, inFlight: 0, free: 8, draining: false });
-    expect(list.items[0]?.handlers).toEqual(['flaky', 'flood', 'say', 'ticker']);
+    expect(list.items[0]?.handlers).toEqual(['flaky', 'flood', 'gate', 'once', 'say', 'ticker']);
   });
 
   it('refuses a user without RBAC on the workflow with 403 naming the user and the resource', async () => {

@@ -1,0 +1,328 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DATA_APISERVICE } from '../../src/api/data-api.ts';
+import { installAgentflow } from '../cluster/agentflow-install.ts';
+import { binaryPath } from '../cluster/binaries.ts';
+import type { ClusterHandle } from '../cluster/cluster-handle.ts';
+import { localImages } from '../cluster/images.ts';
+import { testCluster, uniqueName } from '../cluster/testing.ts';
+import { apply, nodes, pool, startNodes, until } from '../integration/operator/helpers.ts';
+import { fixturePool, type Json, readHandlerLog } from '../integration/workflow/helpers.ts';
+
+// The agentflow CLI, the real binary (bin/agentflow.mjs, also as `kubectl agentflow`), against the
+// chart installed with helm on the local control plane: the operator's data API registered with the
+// API server, users with their own kubeconfigs and RBAC. What a user sees: exit codes, live output,
+// logs while a task runs, a retry that keeps what succeeded, 403 for every command without RBAC, and
+// the live view through a real terminal (tmux).
+
+let cluster: ClusterHandle;
+let ns: string;
+let carol: string; // may use workflows in ns
+let dave: string; // may not
+let handlerLog: string;
+let work: string;
+const group = uniqueName('cli');
+/** The release's namespace. */
+const release = uniqueName('agentflow-cli');
+const fixture = resolve('test/fixtures/agent/data-api-handlers.mjs');
+const agentflowBin = resolve('bin/agentflow.mjs');
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI as a user would, with that user's kubeconfig only. */
+function cli(
+  kubeconfig: string,
+  args: string[],
+  o: { onStdout?: (all: string) => void; timeoutMs?: number; env?: Record<string, string> } = {},
+): Promise<Run> {
+  return new Promise((res, reject) => {
+    const child = spawn(process.execPath, [agentflowBin, ...args], {
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', KUBECONFIG: kubeconfig, ...o.env },
+    });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`agentflow ${args.join(' ')} did not finish; stdout:\n${stdout}\nstderr:\n${stderr}`));
+    }, o.timeoutMs ?? 120_000);
+    child.stdout.on('data', (b: Buffer) => {
+      stdout += b.toString();
+      o.onStdout?.(stdout);
+    });
+    child.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString();
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      res({ code, stdout, stderr });
+    });
+  });
+}
+
+const wfFile = (name: string, spec: Json): string => {
+  const path = join(work, `${name}.yaml`);
+  writeFileSync(
+    path,
+    JSON.stringify({ apiVersion: 'agentflow.io/v1alpha1', kind: 'Workflow', metadata: { name }, spec }),
+  );
+  return path;
+};
+const getWf = (name: string) =>
+  cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/${name}`);
+
+beforeAll(async () => {
+  cluster = testCluster();
+  await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]), { images: localImages() });
+  await installAgentflow(cluster, { release: 'cli', namespace: release });
+  await until(
+    'the data API is Available',
+    () => cluster.client.get<Json>(`/apis/apiregistration.k8s.io/v1/apiservices/${DATA_APISERVICE}`),
+    (s) => s.status?.conditions?.some((c: Json) => c.type === 'Available' && c.status === 'True'),
+    90_000,
+  );
+  ns = uniqueName('cli');
+  await cluster.client.post('/api/v1/namespaces', { metadata: { name: ns } });
+  work = join(cluster.info.dir, `cli-${ns}`);
+  mkdirSync(work, { recursive: true });
+  handlerLog = join(work, 'handlers.jsonl');
+  // The README's pool, and a pool of fixture agents whose handlers the tests steer.
+  const examplePool = readFileSync('deploy/examples/agentpool.yaml', 'utf8');
+  const r = await cluster.kubectl(['apply', '-n', ns, '-f', '-'], { input: examplePool });
+  expect(r.code, r.stderr).toBe(0);
+  const steer = fixturePool(ns, 'steer', { group, replicas: 1, handlersModule: fixture, handlerLog });
+  await apply(cluster, steer);
+  await until(
+    'agents connected',
+    () => pool(cluster, ns, 'steer'),
+    (p) => p.status?.connectedAgents === 1,
+    90_000,
+  );
+  await until(
+    'researchers up',
+    () => pool(cluster, ns, 'researchers'),
+    (p) => p.status?.connectedAgents >= 1,
+    90_000,
+  );
+
+  carol = cluster.userKubeconfig('carol');
+  dave = cluster.userKubeconfig('dave');
+  for (const kc of [carol, dave]) {
+    // Both users' kubeconfigs default to the test namespace, as `kubectl config set-context --namespace` does.
+    execFileSync(binaryPath('kubectl'), ['config', 'set-context', '--current', `--namespace=${ns}`], {
+      env: { KUBECONFIG: kc },
+    });
+  }
+  await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles`, {
+    metadata: { name: 'workflow-user' },
+    rules: [
+      {
+        apiGroups: ['agentflow.io'],
+        resources: ['workflows'],
+        verbs: ['get', 'list', 'watch', 'create', 'update', 'patch'],
+      },
+      { apiGroups: ['agentflow.io'], resources: ['agentpools'], verbs: ['get', 'list', 'watch'] },
+    ],
+  });
+  await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+    metadata: { name: 'carol' },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'workflow-user' },
+    subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'carol' }],
+  });
+}, 300_000);
+
+afterAll(async () => {
+  // Pools and workflows first (their finalizers need the operator), then the release: its APIService is
+  // cluster-wide, and the next e2e file installs the chart again.
+  await cluster.kubectl(['delete', 'workflows,agentpools', '--all', '-n', ns, '--wait=true', '--timeout=60s']);
+  await cluster.helm(['uninstall', 'cli', '--namespace', release, '--wait', '--timeout', '120s']);
+  await cluster.kubectl(['delete', 'namespace', ns, '--wait=false']);
+  await cluster.close();
+});
+
+describe('agentflow CLI against the chart on the local control plane', () => {
+  it('submit --watch of the example exits 0, its output showing every task reaching Succeeded', async () => {
+    const r = await cli(carol, ['submit', '-f', 'deploy/examples/workflow-research.yaml', '--watch']);
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toContain('workflow.agentflow.io/research-report created');
+    for (const task of ['plan', 'research.0', 'research.1', 'research.2', 'write']) {
+      expect(r.stdout, task).toMatch(new RegExp(`^\\S+ ${task.replace('.', '\\.')} Succeeded\\b`, 'm'));
+    }
+    expect(r.stdout).toMatch(/workflow\/research-report Succeeded/);
+    // The per-task table of what ran: agents and nodes from the data API.
+    const d = await cli(carol, ['describe', 'research-report']);
+    expect(d.code, d.stderr).toBe(0);
+    expect(d.stdout).toMatch(/TASK\s+PHASE\s+ATTEMPTS\s+AGENT\s+NODE/);
+    expect(d.stdout).toMatch(/research\.2\s+Succeeded\s+1\s+researchers-\S+\s+\S+/);
+    const out = await cli(carol, ['output', 'research-report', 'write', '-o', 'json']);
+    expect(out.code, out.stderr).toBe(0);
+    expect(JSON.parse(out.stdout).title).toBe('Report: warm agent pools');
+    // And as a kubectl plugin: kubectl finds kubectl-agentflow on PATH.
+    const plugins = join(work, 'plugins');
+    mkdirSync(plugins, { recursive: true });
+    if (!existsSync(join(plugins, 'kubectl-agentflow'))) symlinkSync(agentflowBin, join(plugins, 'kubectl-agentflow'));
+    const k = await new Promise<Run>((res) => {
+      const child = spawn(binaryPath('kubectl'), ['agentflow', 'get', 'research-report', '-o', 'name'], {
+        env: {
+          PATH: `${plugins}:${dirname(process.execPath)}:${process.env.PATH ?? ''}`,
+          KUBECONFIG: carol,
+          HOME: work,
+        },
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (b: Buffer) => (stdout += b));
+      child.stderr.on('data', (b: Buffer) => (stderr += b));
+      child.on('exit', (code) => res({ code, stdout, stderr }));
+    });
+    expect(k.code, k.stderr).toBe(0);
+    expect(k.stdout.trim()).toBe('workflow.agentflow.io/research-report');
+  });
+
+  it('a failing workflow exits 1 naming the task and its error', async () => {
+    const file = wfFile('doomed', {
+      pool: 'steer',
+      tasks: [{ name: 'shut', handler: 'gate', input: { openFile: join(work, 'never') } }],
+    });
+    const r = await cli(carol, ['submit', '-f', file, '--watch']);
+    expect(r.code).toBe(1);
+    const all = `${r.stdout}\n${r.stderr}`;
+    expect(all).toContain('shut');
+    expect(all).toContain(`gate closed: ${join(work, 'never')} is missing`);
+  });
+
+  it('logs -f shows a task’s lines while it runs, and ends when the task does', async () => {
+    const stopFile = join(work, 'stop-tail');
+    const file = wfFile('tail', { pool: 'steer', tasks: [{ name: 't', handler: 'ticker', input: { stopFile } }] });
+    expect((await cli(carol, ['submit', '-f', file])).code).toBe(0);
+    await until(
+      't runs',
+      () => getWf('tail'),
+      (w) => w.status?.phase === 'Running',
+      60_000,
+    );
+    let stopped = false;
+    const followed = cli(carol, ['logs', 'tail', 't', '-f'], {
+      onStdout: (all) => {
+        // Lines are on screen while the task still runs: only then is it told to stop.
+        if (!stopped && (all.match(/^tick \d+$/gm) ?? []).length >= 5) {
+          stopped = true;
+          writeFileSync(stopFile, '');
+        }
+      },
+    });
+    const r = await followed;
+    expect(stopped, 'tick lines arrived while the task ran').toBe(true);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trimEnd().split('\n').at(-1)).toBe('ticker done');
+    expect((await getWf('tail')).status.phase).toBe('Succeeded');
+  });
+
+  it('retry completes a Failed run without re-running its succeeded tasks', async () => {
+    const openFile = join(work, 'open');
+    const file = wfFile('again', {
+      pool: 'steer',
+      tasks: [
+        { name: 'first', handler: 'once' },
+        { name: 'side', handler: 'once' },
+        { name: 'door', handler: 'gate', dependsOn: ['first'], input: { openFile } },
+        { name: 'after', handler: 'once', dependsOn: ['door'] },
+      ],
+    });
+    const failed = await cli(carol, ['submit', '-f', file, '--watch']);
+    expect(failed.code).toBe(1);
+    writeFileSync(openFile, '');
+    const r = await cli(carol, ['retry', 'again', '--watch']);
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect((await getWf('again')).status.phase).toBe('Succeeded');
+    const runs = (task: string) => readHandlerLog(handlerLog).filter((l) => l.task === `again/${task}`);
+    expect(runs('first')).toHaveLength(1);
+    expect(runs('side')).toHaveLength(1);
+    expect(runs('door').map((l) => l.attempt)).toEqual([1, 2]);
+    expect(runs('after')).toHaveLength(1);
+  });
+
+  it('gives a user without RBAC on the namespace a clear 403 for every command', async () => {
+    const file = wfFile('nope', { pool: 'steer', tasks: [{ name: 'x', handler: 'once' }] });
+    const commands: string[][] = [
+      ['submit', '-f', file],
+      ['watch', 'research-report'],
+      ['list'],
+      ['get', 'research-report'],
+      ['describe', 'research-report'],
+      ['output', 'research-report', 'write'],
+      ['logs', 'research-report', 'plan'],
+      ['cancel', 'research-report'],
+      ['suspend', 'research-report'],
+      ['resume', 'research-report'],
+      ['retry', 'research-report'],
+      ['resubmit', 'research-report'],
+      ['agents', 'steer'],
+      ['agents'],
+    ];
+    const results = await Promise.all(commands.map((c) => cli(dave, c)));
+    commands.forEach((c, i) => {
+      const r = results[i] as Run;
+      expect(r.code, c.join(' ')).toBe(1);
+      expect(r.stderr, c.join(' ')).toContain('Error from server (Forbidden)');
+      expect(r.stderr, c.join(' ')).toContain('User "dave" cannot');
+    });
+    // Nothing changed on the user's behalf.
+    expect((await getWf('research-report')).metadata.annotations ?? {}).not.toHaveProperty('agentflow.io/cancel');
+  });
+
+  it('watch on a terminal redraws a task tree in place (tmux)', async () => {
+    const stopFile = join(work, 'stop-tty');
+    const file = wfFile('tty', {
+      pool: 'steer',
+      tasks: [
+        { name: 'start', handler: 'once' },
+        { name: 'long', handler: 'ticker', dependsOn: ['start'], input: { stopFile } },
+        { name: 'fan', handler: 'once', dependsOn: ['start'], forEach: '[1, 2, 3]' },
+        { name: 'end', handler: 'once', dependsOn: ['long', 'fan'] },
+      ],
+    });
+    expect((await cli(carol, ['submit', '-f', file])).code).toBe(0);
+    const socket = `agentflow-${ns}`;
+    const tmux = (...args: string[]) =>
+      execFileSync('tmux', ['-L', socket, ...args], {
+        encoding: 'utf8',
+        env: { PATH: process.env.PATH ?? '', TERM: 'xterm-256color' },
+      });
+    const command = `${process.execPath} ${agentflowBin} watch tty; echo "EXIT=$?"; sleep 60`;
+    tmux('new-session', '-d', '-s', 'w', '-x', '110', '-y', '30', '-e', `KUBECONFIG=${carol}`, command);
+    try {
+      const screen = () => tmux('capture-pane', '-p', '-t', 'w');
+      const running = await until(
+        'the tree with long Running',
+        async () => screen(),
+        (s) => /long\s.*Running/.test(s),
+        60_000,
+      );
+      expect(running).toMatch(/tty\s.*Running/);
+      expect(running).toMatch(/start\s.*Succeeded/);
+      // The fan-out is one group under its parent, its instances inside.
+      expect(running).toMatch(/fan/);
+      writeFileSync(stopFile, '');
+      const done = await until(
+        'EXIT=0',
+        async () => screen(),
+        (s) => s.includes('EXIT='),
+        60_000,
+      );
+      expect(done).toContain('EXIT=0');
+      expect(done).toMatch(/end\s.*Succeeded/);
+      // Redrawn in place: the whole history (scrollback and screen) holds one frame's header, not one
+      // per refresh, though the view was redrawn many times (ticks, phases) meanwhile.
+      const history = tmux('capture-pane', '-p', '-S', '-2000', '-t', 'w');
+      expect(history.split('\n').filter((l) => /^Name:\s+tty\s*$/.test(l))).toHaveLength(1);
+    } finally {
+      tmux('kill-server');
+    }
+  });
+});
