@@ -9,7 +9,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+# The web UI (ui/dist), bundled by esbuild from ui/src; the operator serves it.
+COPY ui ./ui
 RUN npx tsc -p tsconfig.build.json \
+ && node ui/build.ts \
  && npm prune --omit=dev --ignore-scripts
 
 FROM node:24-bookworm-slim
@@ -17,6 +20,7 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+COPY --from=build /src/ui/dist ./ui/dist
 COPY package.json ./
 # The sources too: package.json's bin and exports ("agentflow/agent", for handler
 # modules) point at them, and Node 24 runs TypeScript as it is.

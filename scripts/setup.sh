@@ -17,9 +17,9 @@ log() { echo "setup: $*" >&2; }
 # The node version as MAJOR*1000+MINOR (22.18 -> 22018), 0 when there is none.
 node_version() { "${1:-node}" -p 'const [a, b] = process.versions.node.split(".").map(Number); a * 1000 + b' 2>/dev/null || echo 0; }
 
-# Debian packages the harness shells out to, as "command:package" (tmux: the CLI's terminal view;
-# zsh and fish: the CLI's completion scripts run in each shell).
-APT_NEEDS=(openssl:openssl tmux:tmux zsh:zsh fish:fish)
+# Debian packages the harness shells out to, as "command:package" (chromium: the web UI's browser test;
+# tmux: the CLI's terminal view; zsh and fish: the CLI's completion scripts run in each shell).
+APT_NEEDS=(openssl:openssl chromium:chromium tmux:tmux zsh:zsh fish:fish)
 
 ensure_apt_packages() {
   local missing=()
@@ -66,6 +66,20 @@ ensure_npm_deps() {
   echo "$want" >"$stamp"
 }
 
+# The web UI's bundle (ui/dist, served by the operator): built when missing or older than its sources.
+ensure_ui() {
+  local index="$AGENTFLOW_ROOT/ui/dist/index.html" newer
+  # `npm run build:ui` builds it itself.
+  [[ -n "${AGENTFLOW_BUILDING_UI:-}" || ! -f "$AGENTFLOW_ROOT/ui/build.ts" ]] && return
+  if [[ -f "$index" ]]; then
+    newer="$(find "$AGENTFLOW_ROOT/ui/src" "$AGENTFLOW_ROOT/ui/index.html" "$AGENTFLOW_ROOT/ui/build.ts" \
+      "$AGENTFLOW_ROOT/src/api/data-api.ts" "$AGENTFLOW_ROOT/package-lock.json" -newer "$index" -print -quit)"
+    [[ -z "$newer" ]] && return
+  fi
+  log "building the web UI into ui/dist"
+  (cd "$AGENTFLOW_ROOT" && node ui/build.ts >&2)
+}
+
 ensure_go_binaries() {
   local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
   local lincheck promlint
@@ -86,5 +100,6 @@ ensure_go_binaries() {
 ensure_apt_packages
 ensure_node
 ensure_npm_deps
+ensure_ui
 ensure_go_binaries
 export AGENTFLOW_ROOT AGENTFLOW_CACHE

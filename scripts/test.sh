@@ -5,6 +5,7 @@
 set -euo pipefail
 echo "== typecheck"
 tsc -p tsconfig.json --noEmit
+tsc -p ui/tsconfig.json --noEmit # the web UI (DOM types; bundled by ui/build.ts)
 echo "== lint"
 biome check --reporter=summary .
 echo "== vitest"

@@ -26,6 +26,12 @@ export const DATA_SUBRESOURCES = {
   logs: { resource: 'workflows', path: 'log', kind: 'Log' },
   /** `agentpools/<name>/agents`: the pool's connected agents, slots and work in flight. */
   agents: { resource: 'agentpools', path: 'agents', kind: 'AgentList' },
+  /** `workflows/<name>/audit`: the workflow's hash-chained audit log, verified. */
+  audit: { resource: 'workflows', path: 'audit', kind: 'AuditVerification' },
+  /** `workflows/<name>/state`: the workflow's shared state (see StateQuery); PUT and DELETE write it. */
+  workflowState: { resource: 'workflows', path: 'state', kind: 'StateList' },
+  /** `agentpools/<name>/state`: the pool's shared state. */
+  poolState: { resource: 'agentpools', path: 'state', kind: 'StateList' },
 } as const;
 export type DataSubresource = keyof typeof DATA_SUBRESOURCES;
 
@@ -33,6 +39,62 @@ export type DataSubresource = keyof typeof DATA_SUBRESOURCES;
 export function dataPath(namespace: string, sub: DataSubresource, name: string): string {
   const { resource, path } = DATA_SUBRESOURCES[sub];
   return `/apis/${DATA_GROUP}/${DATA_VERSION}/namespaces/${encodeURIComponent(namespace)}/${resource}/${encodeURIComponent(name)}/${path}`;
+}
+
+/**
+ * The namespace's shared state (every pool's agents in it share it): `namespaces/<ns>/state`.
+ * Reading it takes `get agentpools` in the namespace, writing it `update agentpools`.
+ */
+export function dataNamespaceStatePath(namespace: string): string {
+  return `/apis/${DATA_GROUP}/${DATA_VERSION}/namespaces/${encodeURIComponent(namespace)}/state`;
+}
+
+/**
+ * Shared state through the data API, the same keys agents read and write (`ctx.state`):
+ * GET lists (`prefix=`), or returns one key (`key=`, 404 when absent), or with `watch=true`
+ * streams changes as JSON lines (StateEvent) from `resourceVersion=` (the list's revision) on;
+ * PUT `key=` with a JSON body writes it (`expectedRevision=N`: only if its modRevision is still N,
+ * 0 = absent; 409 otherwise); DELETE `key=` removes it (also with `expectedRevision`).
+ * Reads take `get` on the Workflow or AgentPool, writes `update`.
+ */
+export interface StateQuery {
+  key?: string;
+  prefix?: string;
+  watch?: boolean;
+  resourceVersion?: number;
+  expectedRevision?: number;
+}
+
+export interface StateItem {
+  key: string;
+  value: unknown;
+  modRevision: number;
+  version: number;
+}
+
+export interface StateList {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'StateList';
+  metadata: { scope: 'workflow' | 'pool' | 'namespace'; namespace: string; name?: string; revision: number };
+  items: StateItem[];
+}
+
+export interface StateEvent {
+  type: 'PUT' | 'DELETE';
+  key: string;
+  value?: unknown;
+  modRevision: number;
+}
+
+export interface AuditVerification {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'AuditVerification';
+  metadata: { namespace: string; name: string };
+  ok: boolean;
+  entries: number;
+  head?: string;
+  /** Every altered, missing or re-hashed entry, by sequence number. */
+  problems: { seq: number; problem: string }[];
 }
 
 /** One ended attempt of a task, as etcd keeps its result. */
@@ -107,7 +169,16 @@ export interface DataStatus {
   kind: 'Status';
   status: 'Failure';
   code: number;
-  reason: 'Unauthorized' | 'Forbidden' | 'NotFound' | 'BadRequest' | 'InternalError' | 'ServiceUnavailable';
+  reason:
+    | 'Unauthorized'
+    | 'Forbidden'
+    | 'NotFound'
+    | 'BadRequest'
+    | 'Conflict'
+    | 'MethodNotAllowed'
+    | 'RequestEntityTooLarge'
+    | 'InternalError'
+    | 'ServiceUnavailable';
   message: string;
 }
 

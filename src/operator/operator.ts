@@ -472,7 +472,7 @@ export class Operator {
       this.dataApi = await startDataApi({
         client: this.client,
         listen: this.c.dataApi.listen,
-        source: new LeaderDataSource({ store: this.store, engine, dispatcher, workflows, pools, pods }),
+        source: new LeaderDataSource({ store: this.store, fences, engine, dispatcher, workflows, pools, pods }),
         identity: () => tls.identity(),
         onIdentityChange: (l) => tls.onIdentityChange(l),
         caBundle: () => tls.caBundle(),

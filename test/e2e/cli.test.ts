@@ -264,6 +264,10 @@ describe('agentflow CLI against the chart on the local control plane', () => {
       ['resubmit', 'research-report'],
       ['agents', 'steer'],
       ['agents'],
+      ['state', 'list', '--workflow', 'research-report'],
+      ['state', 'put', '--workflow', 'research-report', 'k', '1'],
+      ['state', 'get', '--pool', 'steer', 'k'],
+      ['audit', 'verify', 'research-report'],
     ];
     const results = await Promise.all(commands.map((c) => cli(dave, c)));
     commands.forEach((c, i) => {
@@ -274,6 +278,96 @@ describe('agentflow CLI against the chart on the local control plane', () => {
     });
     // Nothing changed on the user's behalf.
     expect((await getWf('research-report')).metadata.annotations ?? {}).not.toHaveProperty('agentflow.io/cancel');
+  });
+
+  it('reads, writes and watches shared state with the Workflow’s RBAC, and verifies the audit chain', async () => {
+    const changes: string[] = [];
+    let sawFirst: () => void = () => undefined;
+    const first = new Promise<void>((r) => {
+      sawFirst = r;
+    });
+    const child = spawn(process.execPath, [agentflowBin, 'state', 'watch', '--workflow', 'research-report'], {
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', KUBECONFIG: carol },
+    });
+    child.stdout.on('data', (b: Buffer) => {
+      changes.push(...b.toString().split('\n').filter(Boolean));
+      if (changes.length > 0) sawFirst();
+    });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    // The watch is open before the first write (it answers its head at once, then waits).
+    await new Promise((r) => setTimeout(r, 1_500));
+    const put = await cli(carol, ['state', 'put', '--workflow', 'research-report', 'notes/summary', '{"words":120}']);
+    expect(put.code, put.stderr).toBe(0);
+    expect(put.stdout).toMatch(/^state "notes\/summary" written \(revision \d+, version 1\)$/m);
+    const got = await cli(carol, ['state', 'get', '--workflow', 'research-report', 'notes/summary']);
+    expect(JSON.parse(got.stdout)).toEqual({ words: 120 });
+    const list = await cli(carol, ['state', 'list', '--workflow', 'research-report']);
+    expect(list.stdout).toMatch(/^KEY\s+REVISION\s+VERSION\s+VALUE$/m);
+    expect(list.stdout).toMatch(/^notes\/summary\s+\d+\s+1\s+\{"words":120\}$/m);
+    // A stale compare-and-swap is refused, saying so.
+    const stale = await cli(carol, [
+      'state',
+      'put',
+      '--workflow',
+      'research-report',
+      'notes/summary',
+      '1',
+      '--expected-revision',
+      '1',
+    ]);
+    expect(stale.code).toBe(1);
+    expect(stale.stderr).toContain('Conflict');
+    await first;
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    expect(changes[0]).toBe('PUT notes/summary {"words":120}');
+    // The namespace's state needs update on agentpools, which carol lacks: reading works, writing is refused.
+    expect((await cli(carol, ['state', 'list'])).code).toBe(0);
+    const ns403 = await cli(carol, ['state', 'put', 'shared', 'x']);
+    expect(ns403.code).toBe(1);
+    expect(ns403.stderr).toContain('cannot update resource "agentpools"');
+    // Usage errors name the flags.
+    const both = await cli(carol, ['state', 'list', '--workflow', 'a', '--pool', 'b']);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('--workflow and --pool');
+
+    const audit = await cli(carol, ['audit', 'verify', 'research-report']);
+    expect(audit.code, audit.stderr).toBe(0);
+    expect(audit.stdout).toMatch(/audit log of workflow research-report: \d+ entries, chain intact/);
+  });
+
+  it('agentflow ui serves the UI on loopback, only to the holder of its token', async () => {
+    const child = spawn(process.execPath, [agentflowBin, 'ui', '--port', '0'], {
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', KUBECONFIG: carol },
+    });
+    let out = '';
+    const url = await new Promise<string>((resolveUrl, reject) => {
+      const t = setTimeout(() => reject(new Error(`no URL printed: ${out}`)), 30_000);
+      child.stdout.on('data', (b: Buffer) => {
+        out += b.toString();
+        const m = /http:\/\/127\.0\.0\.1:\d+\/\?token=\S+/.exec(out);
+        if (m) {
+          clearTimeout(t);
+          resolveUrl(m[0]);
+        }
+      });
+    });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    const u = new URL(url);
+    expect((await fetch(`${u.origin}/`, { redirect: 'manual' })).status).toBe(401);
+    const granted = await fetch(url, { redirect: 'manual' });
+    expect(granted.status).toBe(303);
+    const cookie = (granted.headers.get('set-cookie') ?? '').split(';')[0] ?? '';
+    const page = await fetch(`${u.origin}/`, { headers: { cookie } });
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('<div id="app"></div>');
+    const wfs = await fetch(`${u.origin}/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows`, {
+      headers: { cookie },
+    });
+    expect(wfs.status).toBe(200);
+    expect(((await wfs.json()) as Json).items.map((w: Json) => w.metadata.name)).toContain('research-report');
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
   });
 
   it('watch on a terminal redraws a task tree in place (tmux)', async () => {

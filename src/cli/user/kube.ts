@@ -8,9 +8,13 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import type { AgentPool } from '../../api/agentpool.ts';
 import {
   type AgentList,
+  type AuditVerification,
   DATA_API_VERSION,
+  dataNamespaceStatePath,
   dataPath,
   type LogQuery,
+  type StateItem,
+  type StateList,
   type WorkflowTaskList,
 } from '../../api/data-api.ts';
 import type { Workflow } from '../../api/workflow.ts';
@@ -27,6 +31,9 @@ import {
 import { CliError } from './errors.ts';
 
 /** The flags every command takes (program-level options). */
+/** Whose shared state: a workflow's, a pool's, or the namespace's. */
+export type CliStateScope = { kind: 'workflow' | 'pool'; name: string } | { kind: 'namespace' };
+
 export interface ConnectionOptions {
   namespace?: string;
   context?: string;
@@ -176,6 +183,62 @@ export class Cluster {
   /** The per-task table, or with `task` that one task with its input and output. */
   tasks(workflow: string, task?: string): Promise<WorkflowTaskList> {
     return this.data<WorkflowTaskList>(dataPath(this.namespace, 'tasks', workflow), { task });
+  }
+
+  /** A workflow's audit chain, verified by the operator. */
+  audit(workflow: string): Promise<AuditVerification> {
+    return this.data<AuditVerification>(dataPath(this.namespace, 'audit', workflow), {});
+  }
+
+  /** Where a scope's shared state is served. */
+  statePath(scope: CliStateScope): string {
+    if (scope.kind === 'workflow') return dataPath(this.namespace, 'workflowState', scope.name);
+    if (scope.kind === 'pool') return dataPath(this.namespace, 'poolState', scope.name);
+    return dataNamespaceStatePath(this.namespace);
+  }
+
+  stateList(scope: CliStateScope, prefix?: string): Promise<StateList> {
+    return this.data<StateList>(this.statePath(scope), { prefix });
+  }
+
+  stateGet(scope: CliStateScope, key: string): Promise<StateItem> {
+    return this.data<StateItem>(this.statePath(scope), { key });
+  }
+
+  async statePut(scope: CliStateScope, key: string, value: unknown, expectedRevision?: number): Promise<StateItem> {
+    try {
+      return await this.request<StateItem>('PUT', this.statePath(scope), {
+        query: { key, expectedRevision },
+        body: value,
+      });
+    } catch (err) {
+      throw dataApiError(err);
+    }
+  }
+
+  async stateDelete(scope: CliStateScope, key: string, expectedRevision?: number): Promise<void> {
+    try {
+      await this.request('DELETE', this.statePath(scope), { query: { key, expectedRevision } });
+    } catch (err) {
+      throw dataApiError(err);
+    }
+  }
+
+  /** State changes as JSON lines (StateEvent), until the signal aborts. */
+  async stateWatch(
+    scope: CliStateScope,
+    q: { key?: string; prefix?: string },
+    signal?: AbortSignal,
+  ): Promise<IncomingMessage> {
+    try {
+      return await this.client.stream(this.statePath(scope), {
+        query: { watch: true, key: q.key, prefix: q.prefix },
+        accept: 'application/json',
+        ...(signal && { signal }),
+      });
+    } catch (err) {
+      throw dataApiError(err);
+    }
   }
 
   agents(pool: string): Promise<AgentList> {

@@ -4,7 +4,7 @@
 // agentflow's own processes (operator, agent, backup, restore), which it runs
 // itself: they are listed in the help, not parsed here.
 import { basename } from 'node:path';
-import { Argument, Command, CommanderError, Option } from 'commander';
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { VERSION_LINE } from '../../lib/version.ts';
 import { collectParam, parseDuration, positiveInt } from './args.ts';
 import { describeFailure, EXIT_OK, EXIT_USAGE, UsageError } from './errors.ts';
@@ -29,6 +29,11 @@ const outputOption = (choices: readonly string[], what = 'output format') =>
 /** The program name as the user typed it: `kubectl agentflow` when kubectl ran the plugin. */
 export function programName(argv1 = process.argv[1] ?? ''): string {
   return basename(argv1).startsWith('kubectl-') ? 'kubectl agentflow' : 'agentflow';
+}
+
+interface ScopeOpts {
+  workflow?: string;
+  pool?: string;
 }
 
 interface Run {
@@ -253,6 +258,124 @@ export function buildProgram(io: Io, run: Run, name = programName()): Command {
       const o = this.opts<{ output?: 'json' | 'yaml' | 'wide' }>();
       const { agents } = await import('./commands/agents.ts');
       await withCluster(this, (c) => agents(c, io, pool, o));
+    });
+
+  const revisionOption = () =>
+    new Option('--expected-revision <n>', 'only if the key is still at this revision (0: only if absent)').argParser(
+      (v: string) => {
+        if (!/^\d+$/.test(v)) throw new InvalidArgumentError('a whole number ≥ 0');
+        return Number(v);
+      },
+    );
+  const scoped = (cmd: Command) =>
+    cmd
+      .option('--workflow <name>', "the Workflow's state (default: the namespace's)")
+      .option('--pool <name>', "the AgentPool's state (default: the namespace's)");
+  /** SIGINT ends a command that runs until interrupted (a watch, the UI proxy) with exit 0. */
+  const untilInterrupted = () => {
+    const abort = new AbortController();
+    const stop = () => abort.abort();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    return abort.signal;
+  };
+  const state = sub(
+    'state',
+    'shared state of a workflow, a pool or the namespace',
+    "The shared state agents read and write (ctx.state): a Workflow's (--workflow), an AgentPool's (--pool) or the namespace's.",
+  );
+  scoped(state.command('get').description('print the value of a key'))
+    .argument('<key>', 'the key')
+    .addOption(outputOption(['json', 'yaml']))
+    .action(async function (this: Command, key: string) {
+      const o = this.opts<ScopeOpts & { output?: 'json' | 'yaml' }>();
+      const m = await import('./commands/state.ts');
+      await withCluster(this, (c) => m.stateGet(c, io, m.scopeOf(o), key, o));
+    });
+  scoped(state.command('put').description('write a key (VALUE as JSON, else as a string)'))
+    .argument('<key>', 'the key')
+    .argument('<value>', 'the value: JSON (42, true, {"a":1}) or any text')
+    .addOption(revisionOption())
+    .action(async function (this: Command, key: string, value: string) {
+      const o = this.opts<ScopeOpts & { expectedRevision?: number }>();
+      const m = await import('./commands/state.ts');
+      await withCluster(this, (c) => m.statePut(c, io, m.scopeOf(o), key, value, o));
+    });
+  scoped(state.command('delete').description('delete a key'))
+    .argument('<key>', 'the key')
+    .addOption(revisionOption())
+    .action(async function (this: Command, key: string) {
+      const o = this.opts<ScopeOpts & { expectedRevision?: number }>();
+      const m = await import('./commands/state.ts');
+      await withCluster(this, (c) => m.stateDelete(c, io, m.scopeOf(o), key, o));
+    });
+  scoped(state.command('list').description('every key (under --prefix): KEY REVISION VERSION VALUE'))
+    .option('--prefix <prefix>', 'only keys under this prefix')
+    .addOption(outputOption(['json', 'yaml']))
+    .action(async function (this: Command) {
+      const o = this.opts<ScopeOpts & { prefix?: string; output?: 'json' | 'yaml' }>();
+      const m = await import('./commands/state.ts');
+      await withCluster(this, (c) => m.stateList(c, io, m.scopeOf(o), o));
+    });
+  scoped(state.command('watch').description('print each change as it happens, until interrupted'))
+    .argument('[key]', 'only this key')
+    .option('--prefix <prefix>', 'only keys under this prefix')
+    .addOption(outputOption(['json']))
+    .action(async function (this: Command, key: string | undefined) {
+      const o = this.opts<ScopeOpts & { prefix?: string; output?: 'json' }>();
+      const m = await import('./commands/state.ts');
+      const signal = untilInterrupted();
+      await withCluster(this, (c) =>
+        m.stateWatch(
+          c,
+          io,
+          m.scopeOf(o),
+          { ...(key && { key }), ...(o.prefix && { prefix: o.prefix }), ...(o.output && { output: o.output }) },
+          signal,
+        ),
+      );
+    });
+
+  sub('audit', "a workflow's audit log", "A Workflow's hash-chained audit log.")
+    .command('verify')
+    .description('check the chain: every entry present, unaltered, linked to the one before (exit 1 if not)')
+    .argument('<name>', 'the Workflow')
+    .addOption(outputOption(['json', 'yaml']))
+    .action(async function (this: Command, wf: string) {
+      const o = this.opts<{ output?: 'json' | 'yaml' }>();
+      const { auditVerify } = await import('./commands/state.ts');
+      await withCluster(this, (c) => auditVerify(c, io, wf, o));
+    });
+
+  sub(
+    'ui',
+    'open the web UI with your credentials',
+    "Serve the web UI on 127.0.0.1 through a local proxy that adds your kubeconfig's credentials; open the URL it prints (only the browser holding its token gets in).",
+  )
+    .option('--port <port>', 'the local port (default: a free one)', (v: string) => {
+      if (!/^\d+$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError('a port number, 0-65535');
+      return Number(v);
+    })
+    .option('--open', 'open the URL in your browser (xdg-open)')
+    .action(async function (this: Command) {
+      const o = this.optsWithGlobals<GlobalOpts & { port?: number; open?: boolean }>();
+      const { runUiProxy } = await import('../ui-proxy.ts');
+      const signal = untilInterrupted();
+      const proxy = await runUiProxy({
+        ...(o.kubeconfig !== undefined && { kubeconfig: o.kubeconfig }),
+        ...(o.context !== undefined && { context: o.context }),
+        ...(o.namespace !== undefined && { namespace: o.namespace }),
+        ...(o.port !== undefined && { port: o.port }),
+        ...(o.open && { open: true }),
+        out: (line) => io.out(`${line}\n`),
+        signal,
+      });
+      await new Promise<void>((resolve) => {
+        if (signal.aborted) resolve();
+        signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      await proxy.close();
+      run.code = EXIT_OK;
     });
 
   sub('completion', 'print a shell completion script', 'Print a completion script for bash, zsh or fish.')

@@ -11,6 +11,7 @@ import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import {
   type AgentList,
+  type AuditVerification,
   DATA_API_VERSION,
   DATA_GROUP,
   DATA_SUBRESOURCES,
@@ -21,8 +22,11 @@ import {
   type WorkflowTaskList,
 } from '../../api/data-api.ts';
 import type { Logger } from '../../lib/log.ts';
+import type { Fence, SharedState } from '../../state/index.ts';
 import type { AccessReviewer } from './access.ts';
 import { AuthenticationError, authenticate, type RequestHeaderConfig, type UserInfo } from './request-header.ts';
+import { StateRequestError, type StateScope, serveState, writes } from './state-routes.ts';
+import { UI_PATH, UiAssets } from './ui-assets.ts';
 
 /** Where the API's answers come from (the leader's engine, dispatcher and etcd). */
 export interface DataSource {
@@ -30,6 +34,12 @@ export interface DataSource {
   tasks(namespace: string, workflow: string, task?: string): Promise<WorkflowTaskList | undefined>;
   /** undefined: no such AgentPool. */
   agents(namespace: string, pool: string): AgentList | undefined;
+  /** undefined: no such Workflow. */
+  audit(namespace: string, workflow: string): Promise<AuditVerification | undefined>;
+  /** The scope's shared state; undefined when its Workflow or AgentPool does not exist. */
+  sharedState(scope: StateScope): SharedState | undefined;
+  /** What every write the API makes on a user's behalf is fenced by (the leadership). */
+  fences(): Fence[];
   /**
    * Writes an attempt's log lines to `write`; with `follow`, keeps writing until the attempt ends or the
    * signal aborts. Resolves 'no-workflow' / 'no-task' when there is nothing to read.
@@ -77,13 +87,22 @@ function resourceList() {
     kind: 'APIResourceList',
     apiVersion: 'v1',
     groupVersion: DATA_API_VERSION,
-    resources: Object.entries(DATA_SUBRESOURCES).map(([, s]) => ({
-      name: `${s.resource}/${s.path}`,
-      singularName: '',
-      namespaced: true,
-      kind: s.kind,
-      verbs: ['get'],
-    })),
+    resources: [
+      ...Object.values(DATA_SUBRESOURCES).map((s) => ({
+        name: `${s.resource}/${s.path}`,
+        singularName: '',
+        namespaced: true,
+        kind: s.kind,
+        verbs: s.path === 'state' ? ['get', 'update', 'delete', 'watch'] : ['get'],
+      })),
+      {
+        name: 'state',
+        singularName: '',
+        namespaced: true,
+        kind: 'StateList',
+        verbs: ['list', 'update', 'delete', 'watch'],
+      },
+    ],
   };
 }
 
@@ -106,6 +125,8 @@ export class DataApiServer {
   private requestHeader: RequestHeaderConfig;
   private readonly streams = new Set<AbortController>();
   private identity: { certPem: string; keyPem: string };
+  /** The web UI's files (ui/dist), read once at start. */
+  private readonly ui = new UiAssets();
 
   constructor(o: DataApiOptions) {
     this.o = o;
@@ -204,7 +225,9 @@ export class DataApiServer {
   private async route(req: IncomingMessage, res: ServerResponse, user: UserInfo): Promise<void> {
     const url = new URL(req.url ?? '/', 'https://data-api');
     const path = url.pathname.replace(/\/+$/, '');
-    if (req.method !== 'GET') throw new RequestError(405 as number, 'BadRequest', `method ${req.method} is not served`);
+    if (req.method !== 'GET' && !writes(req.method)) {
+      throw new RequestError(405, 'MethodNotAllowed', `method ${req.method} is not served`);
+    }
     if (path === '/healthz' || path === '/readyz' || path === '/livez') {
       res.writeHead(200, { 'Content-Type': 'text/plain' });
       res.end('ok');
@@ -216,11 +239,22 @@ export class DataApiServer {
     }
     if (path === `/apis/${DATA_GROUP}`) return this.send(res, 200, groupInfo());
     if (path === PREFIX) return this.send(res, 200, resourceList());
+    // The web UI (cluster-scoped: the API server authorises get/list on resource `ui` before it proxies).
+    if (url.pathname === UI_PATH || url.pathname.startsWith(`${UI_PATH}/`))
+      return this.ui.serve(req, res, url.pathname);
     if (!path.startsWith(`${PREFIX}/namespaces/`)) throw new RequestError(404, 'NotFound', `no such path: ${path}`);
     const parts = path
       .slice(PREFIX.length + '/namespaces/'.length)
       .split('/')
       .map(decodeURIComponent);
+    if (parts.length === 2 && parts[1] === 'state' && parts[0]) {
+      const namespace = parts[0];
+      if (!NAME.test(namespace)) throw bad(`namespace: ${JSON.stringify(namespace)} is not a valid namespace name`);
+      const verb = writes(req.method) ? 'update' : 'get';
+      const decision = await this.o.access.review(user, { namespace, verb, resource: 'agentpools' });
+      if (!decision.allowed) throw new RequestError(403, 'Forbidden', decision.reason);
+      return this.state(req, res, { kind: 'namespace', namespace });
+    }
     const [namespace, resource, name, segment, ...rest] = parts;
     const sub = (Object.keys(DATA_SUBRESOURCES) as DataSubresource[]).find(
       (k) => DATA_SUBRESOURCES[k].resource === resource && DATA_SUBRESOURCES[k].path === segment,
@@ -237,7 +271,12 @@ export class DataApiServer {
     if (!NAME.test(namespace)) throw bad(`namespace: ${JSON.stringify(namespace)} is not a valid namespace name`);
     if (!NAME.test(name) || name.length > 253) throw bad(`name: ${JSON.stringify(name)} is not a valid object name`);
     const kind = DATA_SUBRESOURCES[sub].resource;
-    const decision = await this.o.access.review(user, { namespace, verb: 'get', resource: kind, name });
+    const isState = sub === 'workflowState' || sub === 'poolState';
+    if (writes(req.method) && !isState) {
+      throw new RequestError(405, 'MethodNotAllowed', `method ${req.method} is not served on ${kind}/${segment}`);
+    }
+    const verb = writes(req.method) ? 'update' : 'get';
+    const decision = await this.o.access.review(user, { namespace, verb, resource: kind, name });
     if (!decision.allowed) throw new RequestError(403, 'Forbidden', decision.reason);
     const q = url.searchParams;
     switch (sub) {
@@ -259,6 +298,47 @@ export class DataApiServer {
       }
       case 'logs':
         return this.logs(res, namespace, name, q);
+      case 'audit': {
+        const v = await this.o.source.audit(namespace, name);
+        if (!v) throw new RequestError(404, 'NotFound', `workflows.agentflow.io "${name}" not found`);
+        return this.send(res, 200, v);
+      }
+      case 'workflowState':
+        return this.state(req, res, { kind: 'workflow', namespace, workflow: name });
+      case 'poolState':
+        return this.state(req, res, { kind: 'pool', namespace, pool: name });
+    }
+  }
+
+  private async state(req: IncomingMessage, res: ServerResponse, scope: StateScope): Promise<void> {
+    const state = this.o.source.sharedState(scope);
+    if (!state) {
+      const what =
+        scope.kind === 'workflow'
+          ? `workflows.agentflow.io "${scope.workflow}"`
+          : scope.kind === 'pool'
+            ? `agentpools.agentflow.io "${scope.pool}"`
+            : `namespace "${scope.namespace}"`;
+      throw new RequestError(404, 'NotFound', `${what} not found`);
+    }
+    const abort = new AbortController();
+    this.streams.add(abort);
+    res.on('close', () => abort.abort());
+    try {
+      await serveState(
+        req,
+        res,
+        scope,
+        state,
+        () => this.o.source.fences(),
+        (code, body) => this.send(res, code, body),
+        abort.signal,
+      );
+    } catch (err) {
+      if (err instanceof StateRequestError) throw new RequestError(err.code, err.reason, err.message);
+      throw err;
+    } finally {
+      this.streams.delete(abort);
     }
   }
 

@@ -8,6 +8,7 @@ import type { AgentPool } from '../../api/agentpool.ts';
 import {
   type AgentList,
   type AttemptView,
+  type AuditVerification,
   DATA_API_VERSION,
   LOG_DROPPED_LINE,
   LOG_FLUSH_MS,
@@ -17,11 +18,21 @@ import {
 } from '../../api/data-api.ts';
 import type { Workflow } from '../../api/workflow.ts';
 import type { Dispatcher } from '../../dispatcher/index.ts';
-import { type StateStore, TaskClaims, type TaskRecord, type TaskResult, WorkflowRecords } from '../../state/index.ts';
+import {
+  AuditLog,
+  type Fence,
+  SharedState,
+  type StateStore,
+  TaskClaims,
+  type TaskRecord,
+  type TaskResult,
+  WorkflowRecords,
+} from '../../state/index.ts';
 import { followLog, readLog } from '../../state/task-logs.ts';
 import type { WorkflowEngine } from '../../workflow/engine.ts';
 import type { InformerView } from '../kube/informer.ts';
 import type { DataSource } from './server.ts';
+import type { StateScope } from './state-routes.ts';
 
 const FINAL = new Set(['Succeeded', 'Failed', 'Skipped', 'Cancelled']);
 /** How often a follower checks whether the attempt it follows is still running (it may end without an end mark). */
@@ -29,6 +40,8 @@ const FOLLOW_CHECK_MS = 1_000;
 
 export interface LeaderViews {
   store: StateStore;
+  /** The leadership fence every write on a user's behalf carries. */
+  fences: () => Fence[];
   engine: WorkflowEngine;
   dispatcher: Dispatcher;
   workflows: InformerView<Workflow>;
@@ -162,6 +175,30 @@ export class LeaderDataSource implements DataSource {
       })
       .sort((x, y) => x.name.localeCompare(y.name));
     return { apiVersion: DATA_API_VERSION, kind: 'AgentList', metadata: { namespace, pool }, items };
+  }
+
+  fences(): Fence[] {
+    return this.v.fences();
+  }
+
+  sharedState(scope: StateScope): SharedState | undefined {
+    if (scope.kind === 'workflow' && !this.v.workflows.get(`${scope.namespace}/${scope.workflow}`)) return undefined;
+    if (scope.kind === 'pool' && !this.v.pools.get(`${scope.namespace}/${scope.pool}`)) return undefined;
+    return new SharedState(this.v.store, scope);
+  }
+
+  async audit(namespace: string, workflow: string): Promise<AuditVerification | undefined> {
+    if (!this.v.workflows.get(`${namespace}/${workflow}`) && !this.v.engine.get(namespace, workflow)) return undefined;
+    const r = await new AuditLog(this.v.store, namespace, workflow).verify();
+    return {
+      apiVersion: DATA_API_VERSION,
+      kind: 'AuditVerification',
+      metadata: { namespace, name: workflow },
+      ok: r.ok,
+      entries: r.entries,
+      ...(r.ok && { head: r.head }),
+      problems: r.ok ? [] : r.problems,
+    };
   }
 
   /** The task's attempt and whether it is over, from the engine or etcd. */

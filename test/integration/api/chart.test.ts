@@ -1243,13 +1243,16 @@ describe('chart', () => {
     expect(flag(c.args, 'data-api-address')).toBe('0.0.0.0:8443');
     expect(flag(c.args, 'data-api-service')).toBe(`${fullname}-api`);
     expect(c.ports).toContainEqual({ name: 'data-api', containerPort: 8443, protocol: 'TCP' });
-    expect(find(objs, 'ClusterRole', `${fullname}-data-api`).rules).toEqual([
-      {
-        apiGroups: ['data.agentflow.io'],
-        resources: ['workflows/tasks', 'workflows/log', 'agentpools/agents'],
-        verbs: ['get'],
-      },
-    ]);
+    // The same rules as deploy/operator/data-api.yaml.
+    const shippedDataApi = parseAllDocuments(readFileSync('deploy/operator/data-api.yaml', 'utf8'))
+      .map((d) => d.toJS() as Obj)
+      .find((d) => d.kind === 'ClusterRole')?.rules;
+    expect(find(objs, 'ClusterRole', `${fullname}-data-api`).rules).toEqual(shippedDataApi);
+    expect(shippedDataApi?.[0]).toEqual({
+      apiGroups: ['data.agentflow.io'],
+      resources: ['workflows/tasks', 'workflows/log', 'workflows/audit', 'agentpools/agents'],
+      verbs: ['get'],
+    });
     expect(find(objs, 'ClusterRoleBinding', `${fullname}-data-api`).subjects).toEqual([
       { apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:authenticated' },
     ]);

@@ -1,14 +1,22 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join, resolve } from 'node:path';
+import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import {
   type AgentList,
+  type AuditVerification,
   DATA_APISERVICE,
+  dataNamespaceStatePath,
   dataPath,
   LOG_DROPPED_LINE,
+  type StateItem,
+  type StateList,
   type WorkflowTaskList,
 } from '../../../src/api/data-api.ts';
+import { runUiProxy, type UiProxy } from '../../../src/cli/ui-proxy.ts';
+import { UI_PATH } from '../../../src/operator/data-api/ui-assets.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
 import { RestClient } from '../../cluster/rest.ts';
@@ -26,7 +34,7 @@ import {
 } from '../operator/helpers.ts';
 import { fixturePool, getWorkflow, type Json, phaseIs, workflowManifest } from '../workflow/helpers.ts';
 
-// The data API end to end: a real operator leader serves data.agentflow.io, a real kube-apiserver
+// The data API and the web UI end to end (one file: both need the one APIService a cluster can have): a real operator leader serves data.agentflow.io, a real kube-apiserver
 // proxies to it through the shipped APIService (its caBundle filled in by the operator), users reach
 // it with their own credentials, and the Workflow's RBAC decides what each sees. Task tables come
 // from the engine and etcd, logs from what real agents logged.
@@ -42,6 +50,11 @@ let aliceKubeconfig: string;
 let bobKubeconfig: string;
 const group = uniqueName('g');
 const fixture = resolve('test/fixtures/agent/data-api-handlers.mjs');
+// The web UI's part: a pool named as the example's, whose plan and write wait for the test to open their gate.
+const uiFixture = resolve('test/fixtures/agent/ui-handlers.mjs');
+let browser: Browser;
+let gates: string;
+const proxies: UiProxy[] = [];
 
 const shipped = () =>
   readFileSync('deploy/operator/data-api.yaml', 'utf8')
@@ -57,6 +70,38 @@ async function applyOrThrow(obj: Json): Promise<void> {
 const tasksOf = (c: RestClient, wf: string, task?: string) =>
   c.get<WorkflowTaskList>(`${dataPath(ns, 'tasks', wf)}${task ? `?task=${task}` : ''}`);
 const logOf = (c: RestClient, wf: string, q: string) => c.get<string>(`${dataPath(ns, 'logs', wf)}?${q}`);
+
+const example = parseYaml(readFileSync('deploy/examples/workflow-research.yaml', 'utf8')) as Json;
+const WF = example.metadata.name as string;
+const SCREENSHOT = 'test-results/ui-workflow.png';
+/** How long the page may take to show a change (the watch, or the task table read every second). */
+const SHOWN_MS = 15_000;
+
+const phaseOf = async (wf: string, task: string) =>
+  (await tasksOf(alice, wf)).items.find((t) => t.name === task)?.phase;
+
+async function proxyFor(kubeconfig: string): Promise<UiProxy> {
+  const p = await runUiProxy({ kubeconfig, namespace: ns, out: () => undefined });
+  proxies.push(p);
+  return p;
+}
+
+async function newPage(): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 1500, height: 860 } });
+  return context.newPage();
+}
+
+/** A DAG node (or a group's instance) in a given phase, once the page shows it. */
+const node = (page: Page, task: string, phase: string) =>
+  page.locator(`[data-testid="dag-node"][data-task="${task}"][data-phase="${phase}"]`);
+
+/** The agent pod of a pool (two pools share the namespace). */
+const podOf = async (poolName: string): Promise<Json> =>
+  (
+    await cluster.client.get<{ items: Json[] }>(
+      `/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent(`agentflow.io/pool=${poolName}`)}`,
+    )
+  ).items[0] as Json;
 
 async function runToEnd(name: string, spec: Json): Promise<Json> {
   await apply(cluster, workflowManifest(ns, name, spec));
@@ -103,6 +148,22 @@ beforeAll(async () => {
     (p) => p.status?.connectedAgents === 1,
     60_000,
   );
+  gates = join(cluster.info.dir, `ui-gates-${ns}`);
+  mkdirSync(gates, { recursive: true });
+  const researchers = fixturePool(ns, example.spec.pool, {
+    group,
+    replicas: 1,
+    handlersModule: uiFixture,
+    handlerLog: '',
+  });
+  researchers.spec.template.spec.containers[0].env.push({ name: 'UI_GATES', value: gates });
+  await apply(cluster, researchers);
+  await until(
+    'a researcher connected',
+    () => pool(cluster, ns, example.spec.pool),
+    (p) => p.status?.connectedAgents === 1,
+    60_000,
+  );
   await until(
     'the APIService is Available',
     () => cluster.client.get<Json>(`/apis/apiregistration.k8s.io/v1/apiservices/${DATA_APISERVICE}`),
@@ -123,9 +184,13 @@ beforeAll(async () => {
     roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'workflow-reader' },
     subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'alice' }],
   });
+  mkdirSync('test-results', { recursive: true });
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
 }, 180_000);
 
 afterAll(async () => {
+  await browser?.close();
+  await Promise.all(proxies.map((p) => p.close()));
   alice?.close();
   bob?.close();
   operator?.kill('SIGTERM');
@@ -152,6 +217,10 @@ describe('the data API through the API server', () => {
       'workflows/tasks',
       'workflows/log',
       'agentpools/agents',
+      'workflows/audit',
+      'workflows/state',
+      'agentpools/state',
+      'state',
     ]);
   });
 
@@ -173,7 +242,7 @@ describe('the data API through the API server', () => {
     });
     const byName = new Map(list.items.map((t) => [t.name, t]));
     expect([...byName.keys()].sort()).toEqual(['again', 'each.0', 'each.1', 'each.2', 'first']);
-    const agentPod = (await cluster.client.get<Json>(`/api/v1/namespaces/${ns}/pods`)).items[0];
+    const agentPod = await podOf('agents');
     for (const t of list.items) {
       expect(t.phase, t.name).toBe('Succeeded');
       expect(t.agent, t.name).toBe(agentPod.metadata.name);
@@ -260,6 +329,92 @@ describe('the data API through the API server', () => {
     expect(list.items[0]?.handlers).toEqual(['flaky', 'flood', 'gate', 'once', 'say', 'ticker']);
   });
 
+  it('verifies a workflow’s audit chain', async () => {
+    const v = await alice.get<AuditVerification>(dataPath(ns, 'audit', 'fan'));
+    expect(v).toMatchObject({ kind: 'AuditVerification', ok: true, problems: [] });
+    expect(v.entries).toBeGreaterThan(5);
+  });
+
+  it('reads shared state with get, writes it with update on the Workflow; CAS, watch, bad keys', async () => {
+    const state = dataPath(ns, 'workflowState', 'fan');
+    expect(await alice.get<StateList>(state)).toMatchObject({ kind: 'StateList', items: [] });
+    // alice may only read: a write is refused before anything is written.
+    const refused = await alice.put(`${state}?key=plan`, { a: 1 }).then(
+      () => undefined,
+      (e: { status: number; message: string }) => e,
+    );
+    expect(refused?.status).toBe(403);
+    expect(refused?.message).toContain('cannot update resource "workflows"');
+    // erin may update workflows.
+    const erin = RestClient.fromKubeconfig(cluster.userKubeconfig('erin'));
+    try {
+      await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles`, {
+        metadata: { name: 'workflow-writer' },
+        rules: [{ apiGroups: ['agentflow.io'], resources: ['workflows', 'agentpools'], verbs: ['get', 'update'] }],
+      });
+      await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+        metadata: { name: 'erin-writes' },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'workflow-writer' },
+        subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'erin' }],
+      });
+      // A watcher sees the writes as they happen.
+      const events: string[] = [];
+      const abort = new AbortController();
+      const watching = alice
+        .stream(`${state}?watch=true&prefix=plan`, (t) => events.push(t), abort.signal)
+        .catch(() => 0);
+      const put = await erin.put<StateItem>(`${state}?key=plan`, { steps: ['a', 'b'] });
+      expect(put).toMatchObject({ key: 'plan', value: { steps: ['a', 'b'] }, version: 1 });
+      expect(await alice.get<StateItem>(`${state}?key=plan`)).toMatchObject({ value: { steps: ['a', 'b'] } });
+      // Compare-and-swap: a stale revision is a 409 that says what it found.
+      const stale = await erin.put(`${state}?key=plan&expectedRevision=1`, { steps: [] }).then(
+        () => undefined,
+        (e: { status: number; message: string }) => e,
+      );
+      expect(stale?.status).toBe(409);
+      const cas = await erin.put<StateItem>(`${state}?key=plan&expectedRevision=${put.modRevision}`, { steps: ['c'] });
+      expect(cas.version).toBe(2);
+      await until(
+        'the watcher saw both writes',
+        async () => events.join(''),
+        (t) => t.split('\n').filter(Boolean).length >= 2,
+        10_000,
+      );
+      const seen = events
+        .join('')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Json);
+      expect(seen.map((e) => [e.type, e.key, e.value])).toEqual([
+        ['PUT', 'plan', { steps: ['a', 'b'] }],
+        ['PUT', 'plan', { steps: ['c'] }],
+      ]);
+      abort.abort();
+      await watching;
+      // Keys that read like a way out of the scope, and bodies that are no JSON, are refused by name.
+      const badKey = await erin.put(`${state}?key=../other`, 1).then(
+        () => undefined,
+        (e: { status: number; message: string }) => e,
+      );
+      expect(badKey?.status).toBe(400);
+      expect(badKey?.message).toContain('invalid state key "../other"');
+      expect(await erin.delete(`${state}?key=plan`)).toMatchObject({ deleted: true });
+      expect((await alice.get<StateList>(state)).items).toEqual([]);
+      // The namespace's state: pool RBAC decides.
+      await erin.put(`${dataNamespaceStatePath(ns)}?key=shared`, 'hello');
+      expect((await alice.get<StateList>(dataNamespaceStatePath(ns))).items.map((i) => [i.key, i.value])).toEqual([
+        ['shared', 'hello'],
+      ]);
+      const bobReads = await bob.get(dataNamespaceStatePath(ns)).then(
+        () => undefined,
+        (e: { status: number }) => e,
+      );
+      expect(bobReads?.status).toBe(403);
+    } finally {
+      erin.close();
+    }
+  });
+
   it('refuses a user without RBAC on the workflow with 403 naming the user and the resource', async () => {
     const r = await cluster.kubectl(['get', '--raw', dataPath(ns, 'tasks', 'fan')], { kubeconfig: bobKubeconfig });
     expect(r.code).not.toBe(0);
@@ -320,5 +475,221 @@ describe('the data API through the API server', () => {
       req.end();
     });
     expect(code).toBe(401);
+  });
+});
+
+// The web UI in a real headless Chromium (Debian's package, driven by playwright-core): the leader
+// serves its files behind the same APIService, `agentflow ui`'s proxy (runUiProxy) adds a user's
+// kubeconfig credentials. The example workflow runs on agents whose plan and write tasks wait for
+// the test to open their gate, so the page is watched while tasks change phase.
+describe('the web UI', () => {
+  it('is served by the operator through the API server to any authenticated user', async () => {
+    const page = await cluster.kubectl(['get', '--raw', `${UI_PATH}/`], { kubeconfig: bobKubeconfig });
+    expect(page.code, page.stderr).toBe(0);
+    expect(page.stdout).toContain('<div id="app"></div>');
+    const script = /src="([^"]+\.js)"/.exec(page.stdout)?.[1] ?? '';
+    // Relative, so the API server's proxy leaves it alone (it rewrites absolute links in HTML to its own address).
+    expect(script).toMatch(/^main-[A-Z0-9]{8}\.js$/);
+    const js = await cluster.kubectl(['get', '--raw', `${UI_PATH}/${script}`], { kubeconfig: bobKubeconfig });
+    expect(js.code, js.stderr).toBe(0);
+    expect(js.stdout.length).toBeGreaterThan(10_000);
+  });
+
+  it('refuses a request to the proxy without its token with 401', async () => {
+    const proxy = await proxyFor(aliceKubeconfig);
+    const { port } = proxy;
+    const get = (path: string, headers: Record<string, string> = {}) =>
+      new Promise<{ status: number; cookie: string | undefined }>((ok, fail) => {
+        const req = request({ host: '127.0.0.1', port, path, headers }, (res) => {
+          res.resume();
+          ok({ status: res.statusCode ?? 0, cookie: res.headers['set-cookie']?.[0] });
+        });
+        req.on('error', fail);
+        req.end();
+      });
+    expect((await get('/')).status).toBe(401);
+    expect((await get(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows`)).status).toBe(401);
+    expect((await get('/?token=guessed')).status).toBe(401);
+    const granted = await get(new URL(proxy.url).pathname + new URL(proxy.url).search);
+    expect(granted.status).toBe(303);
+    const cookie = granted.cookie?.split(';')[0] ?? '';
+    expect((await get(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows`, { Cookie: cookie })).status).toBe(200);
+  });
+
+  it('shows the example workflow live: the DAG changes phase, a task shows its output and log', async () => {
+    const t0 = Date.now();
+    await apply(cluster, { ...example, metadata: { ...example.metadata, namespace: ns } });
+    await until(
+      'plan runs',
+      () => phaseOf(WF, 'plan'),
+      (p) => p === 'Running',
+      30_000,
+    );
+
+    const proxy = await proxyFor(aliceKubeconfig);
+    const page = await newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(proxy.url);
+    // The list, with the running workflow.
+    const row = page.locator(`[data-testid="workflow-row"][data-workflow="${WF}"]`);
+    await row.waitFor({ timeout: SHOWN_MS });
+    expect(await row.getAttribute('data-phase')).toBe('Running');
+    expect(new URL(page.url()).search, 'the token left the address bar').toBe('');
+    await page.screenshot({ path: 'test-results/ui-list.png' });
+    await page.evaluate(() => {
+      (globalThis as unknown as { sameDocument: boolean }).sameDocument = true;
+    });
+
+    // The DAG: plan runs, research is a group not expanded yet, write waits.
+    await row.locator('[data-testid="workflow-link"]').click();
+    await node(page, 'plan', 'Running').waitFor({ timeout: SHOWN_MS });
+    await node(page, 'write', 'Pending').waitFor({ timeout: SHOWN_MS });
+    const research = page.locator('[data-testid="dag-node"][data-task="research"]');
+    expect(await research.getAttribute('data-group')).toBe('true');
+    expect(await page.locator('[data-edge="plan->research"]').count()).toBe(1);
+    expect(await page.locator('[data-edge="research->write"]').count()).toBe(1);
+
+    // plan's pane: its log followed live.
+    await page.locator('[data-testid="dag-node"][data-task="plan"]').click();
+    const pane = page.locator('[data-testid="task-pane"][data-task="plan"]');
+    const log = pane.locator('[data-testid="task-log"]');
+    await log.filter({ hasText: 'plan: waiting for the gate' }).waitFor({ timeout: SHOWN_MS });
+    await pane.locator('[data-testid="log-following"]').waitFor({ timeout: SHOWN_MS });
+    expect(await pane.locator('[data-testid="task-input"]').textContent()).toContain('warm agent pools');
+
+    // Open plan's gate: without a reload, plan turns Succeeded, research fans out and succeeds, write runs.
+    writeFileSync(join(gates, `${WF}.plan`), '');
+    const opened = Date.now();
+    await node(page, 'plan', 'Succeeded').waitFor({ timeout: SHOWN_MS });
+    const shownAfterMs = Date.now() - opened;
+    await log.filter({ hasText: 'plan: gate opened' }).waitFor({ timeout: SHOWN_MS });
+    expect(await log.textContent()).toContain('INFO planned {"questions":3}');
+    await pane
+      .locator('[data-testid="task-output"]')
+      .filter({ hasText: 'warm agent pools: why it matters' })
+      .waitFor({ timeout: SHOWN_MS });
+    const attempt = pane.locator('[data-testid="attempt-row"][data-attempt="1"]');
+    await attempt.waitFor({ timeout: SHOWN_MS });
+    expect(await attempt.getAttribute('data-ok')).toBe('true');
+    const agentPod = await podOf(example.spec.pool);
+    expect(await pane.locator('[data-testid="task-agent"]').textContent()).toBe(agentPod.metadata.name);
+    expect(await pane.locator('[data-testid="task-node"]').textContent()).toBe(agentPod.spec.nodeName);
+    expect(await attempt.textContent()).toContain(agentPod.metadata.name);
+
+    await node(page, 'research', 'Succeeded').waitFor({ timeout: SHOWN_MS });
+    expect(await research.getAttribute('data-count')).toBe('3');
+    expect(await research.locator('[data-testid="group-counts"]').textContent()).toBe('3 Succeeded');
+    await node(page, 'write', 'Running').waitFor({ timeout: SHOWN_MS });
+
+    // One instance of the group: its own output and log.
+    await research.locator('[data-testid="instance"][data-task="research.1"]').click();
+    const one = page.locator('[data-testid="task-pane"][data-task="research.1"]');
+    await one
+      .locator('[data-testid="task-output"]')
+      .filter({ hasText: '"question": "warm agent pools: why it matters"' })
+      .waitFor({ timeout: SHOWN_MS });
+    await one
+      .locator('[data-testid="task-log"]')
+      .filter({ hasText: 'researching: warm agent pools: why it matters' })
+      .waitFor({ timeout: SHOWN_MS });
+
+    // write runs, its log followed.
+    await page.locator('[data-testid="dag-node"][data-task="write"]').click();
+    const writePane = page.locator('[data-testid="task-pane"][data-task="write"]');
+    await writePane.locator('[data-testid="task-log"]').filter({ hasText: 'write: waiting for the gate' }).waitFor({
+      timeout: SHOWN_MS,
+    });
+    await writePane.locator('[data-testid="log-following"]').waitFor({ timeout: SHOWN_MS });
+    // The screenshot: write running, plan's pane with its output, attempt and log.
+    await page.locator('[data-testid="dag-node"][data-task="plan"]').click();
+    await log.filter({ hasText: 'plan: gate opened' }).waitFor({ timeout: SHOWN_MS });
+    await attempt.waitFor({ timeout: SHOWN_MS });
+    await page.screenshot({ path: SCREENSHOT });
+
+    writeFileSync(join(gates, `${WF}.write`), '');
+    await node(page, 'write', 'Succeeded').waitFor({ timeout: SHOWN_MS });
+    await page.locator('[data-testid="dag-node"][data-task="write"]').click();
+    await page.locator('[data-testid="workflow-header"][data-phase="Succeeded"]').waitFor({ timeout: SHOWN_MS });
+    await writePane.locator('[data-testid="task-log"]').filter({ hasText: 'write: gate opened' }).waitFor({
+      timeout: SHOWN_MS,
+    });
+    await writePane.locator('[data-testid="task-output"]').filter({ hasText: 'Report: warm agent pools' }).waitFor({
+      timeout: SHOWN_MS,
+    });
+    expect(await page.evaluate(() => (globalThis as unknown as { sameDocument?: boolean }).sameDocument)).toBe(true);
+
+    // Back on the list, the workflow has Succeeded there too.
+    await page.locator('[data-testid="nav-workflows"]').click();
+    await page
+      .locator(`[data-testid="workflow-row"][data-workflow="${WF}"][data-phase="Succeeded"]`)
+      .waitFor({ timeout: SHOWN_MS });
+    expect(errors).toEqual([]);
+    console.log(
+      `ui: plan's Succeeded shown ${shownAfterMs} ms after its gate opened; the run took ${Date.now() - t0} ms`,
+    );
+    await page.context().close();
+  }, 120_000);
+
+  it('shows a pool with its agents, slots and work in flight', async () => {
+    // A second run of the example, held in plan: one slot of the agent is in use.
+    const held = `${WF}-held`;
+    await apply(cluster, { ...example, metadata: { name: held, namespace: ns } });
+    await until(
+      'plan runs',
+      () => phaseOf(held, 'plan'),
+      (p) => p === 'Running',
+      30_000,
+    );
+    const proxy = await proxyFor(aliceKubeconfig);
+    const page = await newPage();
+    await page.goto(proxy.url);
+    await page.locator('[data-testid="nav-pools"]').click();
+    const card = page.locator(`[data-testid="pool"][data-pool="${example.spec.pool}"]`);
+    const busy = card.locator('[data-testid="agent-row"][data-inflight="1"]');
+    await busy.waitFor({ timeout: SHOWN_MS });
+    expect(await card.locator('[data-testid="pool-in-use"]').textContent()).toBe('1');
+    expect((await busy.locator('td').allTextContents()).slice(2, 5)).toEqual(['8', '1', '7']);
+    // The run ends: the slot is free again, without a reload.
+    writeFileSync(join(gates, `${held}.plan`), '');
+    writeFileSync(join(gates, `${held}.write`), '');
+    const agent = card.locator('[data-testid="agent-row"][data-inflight="0"]');
+    await agent.waitFor({ timeout: SHOWN_MS });
+    expect(await agent.count()).toBe(1);
+    const agentPod = await podOf(example.spec.pool);
+    expect(await agent.getAttribute('data-agent')).toBe(agentPod.metadata.name);
+    expect(await agent.getAttribute('data-draining')).toBe('false');
+    const cells = await agent.locator('td').allTextContents();
+    // Agent, node, slots, in flight, free, draining, handlers.
+    expect(cells).toEqual([
+      agentPod.metadata.name,
+      agentPod.spec.nodeName,
+      '8',
+      '0',
+      '8',
+      'no',
+      'plan, research, write',
+    ]);
+    await page.screenshot({ path: 'test-results/ui-pools.png' });
+    await page.context().close();
+  });
+
+  it('shows a user without RBAC no workflow, and says why', async () => {
+    const proxy = await proxyFor(bobKubeconfig);
+    const page = await newPage();
+    await page.goto(proxy.url);
+    const error = page.locator('[data-testid="error"]');
+    await error.waitFor({ timeout: SHOWN_MS });
+    expect(await error.getAttribute('data-status')).toBe('403');
+    expect(await error.textContent()).toContain(`You cannot read workflows in namespace ${ns}.`);
+    expect(await error.textContent()).toContain('User "bob" cannot list resource "workflows"');
+    expect(await page.locator('[data-testid="workflow-row"]').count()).toBe(0);
+    await page.screenshot({ path: 'test-results/ui-forbidden.png' });
+    // Nor by its address: no DAG, the same refusal.
+    await page.goto(`${new URL(proxy.url).origin}/#/ns/${ns}/workflows/${WF}`);
+    await page.locator('[data-testid="error"][data-status="403"]').waitFor({ timeout: SHOWN_MS });
+    expect(await page.locator('[data-testid="dag-node"]').count()).toBe(0);
+    expect(await page.locator('[data-testid="workflow-header"]').count()).toBe(0);
+    await page.context().close();
   });
 });
