@@ -654,7 +654,9 @@ export class WorkflowRun {
         // Shown in the task's status summary (the controller writes status at most every few
         // seconds); not saved to etcd: progress is a hint, not state to resume from.
         if (e.attempt !== i.attempt || !ACTIVE.has(i.phase)) return;
-        const pct = Number.isFinite(e.fraction) ? `${Math.round(Math.min(1, Math.max(0, e.fraction)) * 100)}%` : '';
+        // A negative fraction means "unknown" (docs/protocol.md): the message alone, not "0%".
+        const pct =
+          Number.isFinite(e.fraction) && e.fraction >= 0 ? `${Math.round(Math.min(1, e.fraction) * 100)}%` : '';
         const text = [pct, e.message].filter(Boolean).join(' ').slice(0, 256);
         if (text === i.progress) return;
         i.progress = text;

@@ -275,6 +275,16 @@ describe('WorkflowRun: a linear DAG', () => {
     run.onEvent({ type: 'progress', ref: ref('a'), attempt: 1, fraction: 0.5, message: 'halfway' });
     expect(run.version).toBe(v + 1); // the same report again changes nothing
   });
+
+  it('shows a progress of unknown fraction (negative, as the protocol says) as its message alone', () => {
+    const { run } = newRun(spec);
+    run.step();
+    started(run, 'a');
+    run.onEvent({ type: 'progress', ref: ref('a'), attempt: 1, fraction: -1, message: 'waiting for the model' });
+    expect(run.views().find((t) => t.name === 'a')?.progress).toBe('waiting for the model');
+    run.onEvent({ type: 'progress', ref: ref('a'), attempt: 1, fraction: 1.5, message: 'done' });
+    expect(run.views().find((t) => t.name === 'a')?.progress).toBe('100% done');
+  });
 });
 
 describe('WorkflowRun: forEach', () => {
