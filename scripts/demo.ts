@@ -2,13 +2,15 @@
 // agentflow chart installed with helm, and the README's example — a pool of
 // research agents and a plan -> research -> write workflow — watched until it
 // succeeds. Prints how to explore the result with kubectl.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { installAgentflow } from '../test/cluster/agentflow-install.ts';
 import { binaryPath, repoRoot } from '../test/cluster/binaries.ts';
 import { ClusterHandle } from '../test/cluster/cluster-handle.ts';
 import { ControlPlane } from '../test/cluster/control-plane.ts';
+import { stopUiProxy, UI_PID_FILE } from '../test/cluster/ui-pid.ts';
 
 const NAMESPACE = 'demo';
 const dir = process.env.AGENTFLOW_CLUSTER_DIR ?? join(repoRoot, '.cluster');
@@ -105,6 +107,12 @@ async function main(): Promise<number> {
   step('The report');
   process.stdout.write(`  ${report}\n`);
 
+  // The web UI: `agentflow ui` left running (a loopback proxy with the kubeconfig's credentials), stopped by
+  // npm run cluster:down.
+  const ui = await startUi(info.kubeconfig).catch((err: Error) => {
+    process.stderr.write(`(the web UI proxy did not start: ${err.message})\n`);
+    return undefined;
+  });
   const k = binaryPath('kubectl');
   process.stdout.write(`
 Explore it (the control plane keeps running):
@@ -126,10 +134,32 @@ Explore it (the control plane keeps running):
   kubectl logs -n ${NAMESPACE} -l agentflow.io/pool=researchers   # agent logs, one line per task start and end
   kubectl logs -n agentflow-system -l agentflow.io/role=leader
 
-Stop it with: npm run cluster:down
+${ui ? `Web UI (open it in a browser; it shows the workflow's DAG, every task's output and log, the pools):\n\n  ${ui}\n\n` : ''}Stop it with: npm run cluster:down
 `);
   await cluster.close();
   return 0;
+}
+
+/** Starts `agentflow ui -n demo` detached (its pid in the cluster directory) and returns the URL it prints. */
+async function startUi(kubeconfig: string): Promise<string> {
+  stopUiProxy(dir);
+  const log = join(dir, 'ui.log');
+  const out = openSync(log, 'w');
+  const child = spawn(process.execPath, [join(repoRoot, 'bin/agentflow.mjs'), 'ui', '-n', NAMESPACE], {
+    detached: true,
+    stdio: ['ignore', out, out],
+    env: { ...process.env, KUBECONFIG: kubeconfig },
+  });
+  child.unref();
+  writeFileSync(join(dir, UI_PID_FILE), String(child.pid));
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const m = /http:\/\/127\.0\.0\.1:\d+\/\?token=\S+/.exec(readFileSync(log, 'utf8'));
+    if (m) return m[0];
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`no URL within 20 s; see ${log}`);
 }
 
 process.exit(usageExit() ?? (await main()));

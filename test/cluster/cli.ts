@@ -10,6 +10,7 @@ import { type ClusterInfo, ControlPlane } from './control-plane.ts';
 import { localImages } from './images.ts';
 import { waitFor } from './managed-process.ts';
 import { RestClient } from './rest.ts';
+import { stopUiProxy } from './ui-pid.ts';
 
 const dir = process.env.AGENTFLOW_CLUSTER_DIR ?? join(repoRoot, '.cluster');
 
@@ -120,6 +121,7 @@ async function serve(): Promise<void> {
 }
 
 async function down(): Promise<void> {
+  stopUiProxy(dir);
   const info = running();
   if (!info) {
     console.log('No local control plane is running.');
