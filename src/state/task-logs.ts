@@ -73,6 +73,8 @@ export class TaskLogWriter {
   private readonly log: Logger;
   private readonly attempts = new Map<string, AttemptState>();
   private readonly dirty = new Set<AttemptState>();
+  /** Attempts (by key prefix) whose lines the flush under way is writing. */
+  private readonly writing = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
   private stopped = false;
@@ -126,11 +128,18 @@ export class TaskLogWriter {
    * promise says when. undefined when nothing of it waits (no cost on the path of attempts that log nothing).
    */
   flushFor(ref: LogRef): Promise<void> | undefined {
-    const a = this.attempts.get(logBase(this.store, ref));
-    if (!a || !this.dirty.has(a)) return undefined;
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    return this.flush();
+    // The common case on the result path: nothing waits or is being written, and no key is built.
+    if (this.dirty.size === 0 && this.writing.size === 0) return undefined;
+    const base = logBase(this.store, ref);
+    const a = this.attempts.get(base);
+    if (a && this.dirty.has(a)) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      return this.flush();
+    }
+    // Its last lines are in the transaction under way (the attempt may be forgotten already: it ended).
+    if (this.writing.has(base)) return this.flushing;
+    return undefined;
   }
 
   /** Writes everything queued now (and waits for a flush under way). */
@@ -157,6 +166,15 @@ export class TaskLogWriter {
   private async write(): Promise<void> {
     const batch = [...this.dirty];
     this.dirty.clear();
+    for (const a of batch) this.writing.add(a.base);
+    try {
+      await this.writeBatch(batch);
+    } finally {
+      this.writing.clear();
+    }
+  }
+
+  private async writeBatch(batch: AttemptState[]): Promise<void> {
     await Promise.all(batch.filter((a) => !a.loaded).map((a) => this.load(a)));
     const ops: RawOp[] = [];
     for (const a of batch) {

@@ -75,12 +75,7 @@ export class LeaderDataSource implements DataSource {
     return this.v.pods.get(`${namespace}/${pod}`)?.spec?.nodeName;
   }
 
-  private podOf(agentId: string): { pod: string; namespace: string } | undefined {
-    const a = this.v.dispatcher.agents().find((x) => x.agentId === agentId);
-    return a ? { pod: a.pod, namespace: a.namespace } : undefined;
-  }
-
-  private async records_(namespace: string, workflow: string, task?: string) {
+  private async runView(namespace: string, workflow: string, task?: string) {
     const run = this.v.engine.get(namespace, workflow);
     if (run) {
       const views = run.views();
@@ -108,16 +103,18 @@ export class LeaderDataSource implements DataSource {
 
   async tasks(namespace: string, workflow: string, task?: string): Promise<WorkflowTaskList | undefined> {
     if (!this.v.workflows.get(`${namespace}/${workflow}`) && !this.v.engine.get(namespace, workflow)) return undefined;
-    const r = await this.records_(namespace, workflow, task);
+    const r = await this.runView(namespace, workflow, task);
     if (!r) return undefined;
     const history = await this.claims.history(namespace, workflow, task);
     const deps = new Map((r.spec?.tasks ?? []).map((t) => [t.name, t.dependsOn ?? []]));
     const now = Date.now();
+    // Connected agents by id, once per answer (not per row: a table can have 10,000 rows).
+    const connected = new Map(this.v.dispatcher.agents().map((a) => [a.agentId, a]));
     const items = r.tasks.map((t): TaskView => {
       const attempts = (history.get(t.name) ?? []).map(attemptView);
       const running = this.v.dispatcher.assignedAgent({ namespace, workflow, task: t.name });
       const agent = running ?? attempts[attempts.length - 1]?.agent;
-      const placed = agent ? this.podOf(agent) : undefined;
+      const placed = agent ? connected.get(agent) : undefined;
       const started = t.startedAt ? Date.parse(t.startedAt) : undefined;
       const ended = t.finishedAt ? Date.parse(t.finishedAt) : FINAL.has(t.phase) ? undefined : now;
       const node = this.nodeOf(placed?.namespace ?? namespace, placed?.pod ?? agent);
@@ -207,7 +204,7 @@ export class LeaderDataSource implements DataSource {
     workflow: string,
     task: string,
   ): Promise<{ attempt: number; final: boolean } | undefined> {
-    const r = await this.records_(namespace, workflow, task);
+    const r = await this.runView(namespace, workflow, task);
     const t = r?.tasks[0];
     if (!t) return undefined;
     return { attempt: t.attempt, final: FINAL.has(t.phase) || r.finishedAt !== undefined };

@@ -68,6 +68,20 @@ describe('task logs in etcd', () => {
     expect((await readLog(store, ref('big'))).lastSeq).toBe(two.lastSeq);
   });
 
+  it('flushFor waits for an attempt’s lines, also when the flush carrying them is already under way', async () => {
+    const store = open();
+    const w = new TaskLogWriter(store, () => [], silentLogger);
+    expect(w.flushFor(ref('none'))).toBeUndefined();
+    w.append(ref('racing'), lines(0, 3, 5), true);
+    const underWay = w.flush(); // the timer's flush, started just before the result arrives
+    const waiting = w.flushFor(ref('racing'));
+    expect(waiting, 'the result must wait for the transaction under way').toBeDefined();
+    await waiting;
+    expect((await readLog(store, ref('racing'))).text.trimEnd().split('\n')).toHaveLength(3);
+    await underWay;
+    expect(w.flushFor(ref('racing'))).toBeUndefined();
+  });
+
   it('refuses a deposed leader’s writes (FencedError) and writes nothing', async () => {
     const store = open();
     const fenceKey = store.key('fences', 'leader');
