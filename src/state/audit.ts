@@ -349,8 +349,10 @@ export class AuditLog {
       this.known = now;
       expected = modRevision;
       found = now.modRevision;
-      // Jittered backoff so that concurrent appenders stop colliding.
-      await sleep(Math.random() * Math.min(50, 2 ** attempt));
+      // Full-jitter backoff so that concurrent appenders stop colliding. Capped at 1 s, not 50 ms: on a
+      // loaded machine one read-and-commit takes longer than 50 ms, and four appenders backing off less
+      // than that kept colliding until all 20 tries were spent (seen in CI under load).
+      await sleep(Math.random() * Math.min(1_000, 2 ** attempt));
     }
     throw new ConflictError(this.headKey, expected, found);
   }

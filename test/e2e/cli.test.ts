@@ -281,21 +281,35 @@ describe('agentflow CLI against the chart on the local control plane', () => {
   });
 
   it('reads, writes and watches shared state with the Workflow’s RBAC, and verifies the audit chain', async () => {
+    const seed = await cli(carol, ['state', 'put', '--workflow', 'research-report', 'notes/seed', 'planted']);
+    expect(seed.code, seed.stderr).toBe(0);
     const changes: string[] = [];
     let sawFirst: () => void = () => undefined;
     const first = new Promise<void>((r) => {
       sawFirst = r;
     });
-    const child = spawn(process.execPath, [agentflowBin, 'state', 'watch', '--workflow', 'research-report'], {
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', KUBECONFIG: carol },
-    });
+    const child = spawn(
+      process.execPath,
+      [agentflowBin, 'state', 'watch', '--workflow', 'research-report', '--prefix', 'notes/'],
+      {
+        env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', KUBECONFIG: carol },
+      },
+    );
     child.stdout.on('data', (b: Buffer) => {
       changes.push(...b.toString().split('\n').filter(Boolean));
       if (changes.length > 0) sawFirst();
     });
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    // The watch is open before the first write (it answers its head at once, then waits).
-    await new Promise((r) => setTimeout(r, 1_500));
+    // It prints what is there first, then follows from that listing's revision: once the seed shows,
+    // no later write can be missed.
+    await first;
+    await until(
+      'the seed listed',
+      async () => changes,
+      (c) => c.length >= 1,
+      15_000,
+    );
+    expect(changes).toEqual(['PUT notes/seed planted']);
     const put = await cli(carol, ['state', 'put', '--workflow', 'research-report', 'notes/summary', '{"words":120}']);
     expect(put.code, put.stderr).toBe(0);
     expect(put.stdout).toMatch(/^state "notes\/summary" written \(revision \d+, version 1\)$/m);
@@ -304,6 +318,7 @@ describe('agentflow CLI against the chart on the local control plane', () => {
     const list = await cli(carol, ['state', 'list', '--workflow', 'research-report']);
     expect(list.stdout).toMatch(/^KEY\s+REVISION\s+VERSION\s+VALUE$/m);
     expect(list.stdout).toMatch(/^notes\/summary\s+\d+\s+1\s+\{"words":120\}$/m);
+    expect(list.stdout).toMatch(/^notes\/seed\s+\d+\s+1\s+planted$/m);
     // A stale compare-and-swap is refused, saying so.
     const stale = await cli(carol, [
       'state',
@@ -317,10 +332,15 @@ describe('agentflow CLI against the chart on the local control plane', () => {
     ]);
     expect(stale.code).toBe(1);
     expect(stale.stderr).toContain('Conflict');
-    await first;
+    await until(
+      'the watch printed the write',
+      async () => changes,
+      (c) => c.length >= 2,
+      15_000,
+    );
     child.kill('SIGINT');
     expect(await exited).toBe(0);
-    expect(changes[0]).toBe('PUT notes/summary {"words":120}');
+    expect(changes).toEqual(['PUT notes/seed planted', 'PUT notes/summary {"words":120}']);
     // The namespace's state needs update on agentpools, which carol lacks: reading works, writing is refused.
     expect((await cli(carol, ['state', 'list'])).code).toBe(0);
     const ns403 = await cli(carol, ['state', 'put', 'shared', 'x']);

@@ -227,12 +227,12 @@ export class Cluster {
   /** State changes as JSON lines (StateEvent), until the signal aborts. */
   async stateWatch(
     scope: CliStateScope,
-    q: { key?: string; prefix?: string },
+    q: { key?: string; prefix?: string; resourceVersion?: number },
     signal?: AbortSignal,
   ): Promise<IncomingMessage> {
     try {
       return await this.client.stream(this.statePath(scope), {
-        query: { watch: true, key: q.key, prefix: q.prefix },
+        query: { watch: true, key: q.key, prefix: q.prefix, resourceVersion: q.resourceVersion },
         accept: 'application/json',
         ...(signal && { signal }),
       });

@@ -357,11 +357,17 @@ describe('the data API through the API server', () => {
         roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'workflow-writer' },
         subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'erin' }],
       });
-      // A watcher sees the writes as they happen.
+      // A watcher sees the writes as they happen: from the revision of its listing on (as a Kubernetes
+      // watch from a list's resourceVersion), so a write made before its request arrives is not missed.
+      const listed = await alice.get<StateList>(state);
       const events: string[] = [];
       const abort = new AbortController();
       const watching = alice
-        .stream(`${state}?watch=true&prefix=plan`, (t) => events.push(t), abort.signal)
+        .stream(
+          `${state}?watch=true&prefix=plan&resourceVersion=${listed.metadata.revision}`,
+          (t) => events.push(t),
+          abort.signal,
+        )
         .catch(() => 0);
       const put = await erin.put<StateItem>(`${state}?key=plan`, { steps: ['a', 'b'] });
       expect(put).toMatchObject({ key: 'plan', value: { steps: ['a', 'b'] }, version: 1 });

@@ -78,7 +78,11 @@ export async function stateList(c: Cluster, io: Io, scope: CliStateScope, o: { p
   return 0;
 }
 
-/** Prints each change as it happens (`PUT key value` / `DELETE key`, or -o json lines) until interrupted. */
+/**
+ * Prints what is there now, then each change as it happens (`PUT key value` / `DELETE key`, or -o json
+ * lines) until interrupted: as `kubectl get -w`, the changes follow from the revision the listing read,
+ * so none falls between the two.
+ */
 export async function stateWatch(
   c: Cluster,
   io: Io,
@@ -86,15 +90,25 @@ export async function stateWatch(
   q: { key?: string; prefix?: string; output?: 'json' },
   signal?: AbortSignal,
 ) {
-  const res = await c.stateWatch(scope, q, signal);
+  const print = (e: StateEvent) =>
+    io.out(
+      q.output === 'json'
+        ? `${JSON.stringify(e)}\n`
+        : e.type === 'PUT'
+          ? `PUT ${e.key} ${show(e.value)}\n`
+          : `DELETE ${e.key}\n`,
+    );
+  const now = await c.stateList(scope, q.key ?? q.prefix);
+  for (const i of now.items) {
+    if (q.key === undefined || i.key === q.key)
+      print({ type: 'PUT', key: i.key, value: i.value, modRevision: i.modRevision });
+  }
+  const res = await c.stateWatch(scope, { ...q, resourceVersion: now.metadata.revision }, signal);
   const lines = createInterface({ input: res, crlfDelay: Number.POSITIVE_INFINITY });
   try {
     for await (const line of lines) {
       if (!line.trim()) continue;
-      const e = JSON.parse(line) as StateEvent;
-      io.out(
-        q.output === 'json' ? `${line}\n` : e.type === 'PUT' ? `PUT ${e.key} ${show(e.value)}\n` : `DELETE ${e.key}\n`,
-      );
+      print(JSON.parse(line) as StateEvent);
     }
   } catch (err) {
     if (!signal?.aborted) throw err;
