@@ -3,13 +3,10 @@
 // binaries, in <cache>/bin/lincheck-<content hash>/, so an edited checker is
 // rebuilt; scripts/setup.sh builds it, and this module builds it on first use
 // when it is missing (go build takes seconds).
-import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { cacheDir, repoRoot } from './binaries.ts';
+import { join } from 'node:path';
+import { GoTool, runCommand } from './go-tool.ts';
 
 /**
  * One operation of a history, as tools/lincheck reads it (see its README).
@@ -75,90 +72,16 @@ export class LincheckInputError extends LincheckError {
   override name = 'LincheckInputError';
 }
 
-const sourceDir = join(repoRoot, 'tools/lincheck');
+const tool = new GoTool('lincheck', (message) => new LincheckUnavailableError(message));
 
 /** Where the checker for the current tools/lincheck sources lives (same hash as lincheck_version in scripts/versions.sh). */
 export function lincheckPath(): string {
-  const hash = createHash('sha256');
-  for (const f of ['go.mod', 'go.sum', 'main.go']) hash.update(readFileSync(join(sourceDir, f)));
-  return join(cacheDir(), 'bin', `lincheck-${hash.digest('hex').slice(0, 16)}`, 'lincheck');
+  return tool.path();
 }
-
-interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-function run(command: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }) {
-  return new Promise<RunResult>((resolve, reject) => {
-    const child = spawn(command, args, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    const timer = opts.timeoutMs
-      ? setTimeout(() => {
-          timedOut = true;
-          child.kill('SIGKILL');
-        }, opts.timeoutMs)
-      : undefined;
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, timedOut });
-    });
-  });
-}
-
-async function build(path: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  // A unique temporary name, renamed into place: concurrent test workers may build at once.
-  const tmp = `${path}.tmp.${process.pid}.${Math.random().toString(36).slice(2)}`;
-  let result: RunResult;
-  try {
-    result = await run('go', ['build', '-o', tmp, '.'], {
-      cwd: sourceDir,
-      env: { ...process.env, GOFLAGS: '-mod=readonly -trimpath -buildvcs=false' },
-    });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new LincheckUnavailableError(
-        `lincheck is not built at ${path} and Go is not on PATH to build it: install Go >= 1.24 or run \`npm run setup\``,
-      );
-    }
-    throw err;
-  }
-  if (result.code !== 0) {
-    await rm(tmp, { force: true });
-    throw new LincheckUnavailableError(`go build of tools/lincheck failed:\n${result.stderr.trim()}`);
-  }
-  await rename(tmp, path);
-}
-
-const building = new Map<string, Promise<void>>();
 
 /** The checker's path, building it into the cache first if it is missing. */
-export async function ensureLincheck(): Promise<string> {
-  const path = lincheckPath();
-  if (existsSync(path)) return path;
-  let pending = building.get(path);
-  if (!pending) {
-    pending = build(path);
-    building.set(path, pending);
-    pending.catch(() => building.delete(path));
-  }
-  await pending;
-  return path;
+export function ensureLincheck(): Promise<string> {
+  return tool.ensure();
 }
 
 /**
@@ -177,7 +100,7 @@ export async function checkLinearizable(
     await writeFile(file, JSON.stringify(history));
     const args = [...(opts.viz ? ['--viz', opts.viz] : []), file];
     const timeoutMs = opts.timeoutMs ?? LINCHECK_TIMEOUT_MS;
-    const r = await run(bin, args, { timeoutMs });
+    const r = await runCommand(bin, args, { timeoutMs });
     const output = `${r.stdout}${r.stderr}`.trim();
     if (r.timedOut)
       throw new LincheckError(`lincheck did not decide within ${timeoutMs} ms (${history.length} operations)`);

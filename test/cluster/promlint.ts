@@ -3,84 +3,23 @@
 // against unit-less histograms). Cached like tools/lincheck, in
 // <cache>/bin/promlint-<content hash>/; scripts/setup.sh builds it, and this
 // module builds it on first use when it is missing (go build takes seconds).
-import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { cacheDir, repoRoot } from './binaries.ts';
+import { GoTool, runCommand } from './go-tool.ts';
 
 /** Go is missing, the linter did not build, or the input did not parse. */
 export class PromlintError extends Error {
   override name = 'PromlintError';
 }
 
-const sourceDir = join(repoRoot, 'tools/promlint');
+const tool = new GoTool('promlint', (message) => new PromlintError(message));
 
 /** Where the linter for the current tools/promlint sources lives (same hash as promlint_version in scripts/versions.sh). */
 export function promlintPath(): string {
-  const hash = createHash('sha256');
-  for (const f of ['go.mod', 'go.sum', 'main.go']) hash.update(readFileSync(join(sourceDir, f)));
-  return join(cacheDir(), 'bin', `promlint-${hash.digest('hex').slice(0, 16)}`, 'promlint');
+  return tool.path();
 }
-
-function run(
-  command: string,
-  args: string[],
-  opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string },
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd: opts.cwd, env: opts.env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(opts.input ?? '');
-  });
-}
-
-async function build(path: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  // A unique temporary name, renamed into place: concurrent test workers may build at once.
-  const tmp = `${path}.tmp.${process.pid}.${Math.random().toString(36).slice(2)}`;
-  let result: Awaited<ReturnType<typeof run>>;
-  try {
-    result = await run('go', ['build', '-o', tmp, '.'], {
-      cwd: sourceDir,
-      env: { ...process.env, GOFLAGS: '-mod=readonly -trimpath -buildvcs=false' },
-    });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new PromlintError(
-        `promlint is not built at ${path} and Go is not on PATH to build it: install Go >= 1.24 or run \`npm run setup\``,
-      );
-    }
-    throw err;
-  }
-  if (result.code !== 0) {
-    await rm(tmp, { force: true });
-    throw new PromlintError(`go build of tools/promlint failed:\n${result.stderr.trim()}`);
-  }
-  await rename(tmp, path);
-}
-
-let building: Promise<void> | undefined;
 
 /** The linter's path, building it into the cache first if it is missing. */
-export async function ensurePromlint(): Promise<string> {
-  const path = promlintPath();
-  if (existsSync(path)) return path;
-  building ??= build(path).finally(() => {
-    building = undefined;
-  });
-  await building;
-  return path;
+export function ensurePromlint(): Promise<string> {
+  return tool.ensure();
 }
 
 /**
@@ -88,7 +27,7 @@ export async function ensurePromlint(): Promise<string> {
  * `metric: problem` string each (empty: clean); rejects with PromlintError when it does not parse.
  */
 export async function lintExposition(exposition: string): Promise<string[]> {
-  const r = await run(await ensurePromlint(), [], { input: exposition });
+  const r = await runCommand(await ensurePromlint(), [], { input: exposition });
   if (r.code === 0 || r.code === 1) return r.stdout.split('\n').filter(Boolean);
   throw new PromlintError(`promlint (exit ${r.code}): ${r.stderr.trim()}`);
 }
