@@ -3,6 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Dispatcher, type TaskEvent } from '../../src/dispatcher/index.ts';
+import { DispatcherMetrics } from '../../src/dispatcher/metrics.ts';
+import { Registry } from '../../src/lib/metrics.ts';
 import { AGENT_NODE_OPTIONS } from '../../src/lib/agent-node-options.ts';
 import { silentLogger } from '../../src/lib/log.ts';
 import { LeaderElector, type Leadership } from '../../src/operator/leader.ts';
@@ -106,6 +108,9 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
       credentials: sec.credentials,
       agentLeaseTtlSeconds: opts.leaseTtlSeconds ?? 10,
       logger: silentLogger,
+      // The task metrics the operator's dispatcher keeps (prom-client), as shipped; BENCH_DISPATCHER_METRICS=0
+      // leaves them out, to measure what they cost.
+      ...(process.env.BENCH_DISPATCHER_METRICS !== '0' && { metrics: new DispatcherMetrics(new Registry()) }),
     });
     sys = new AgentflowSystem(dir, etcd, store, dispatcher, sec);
     if (opts.leaderElection) {
