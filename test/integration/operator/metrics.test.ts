@@ -134,7 +134,14 @@ describe('operator /metrics', () => {
       expect(w.status.phase).toBe('Succeeded');
     }
     const attempts = 1 + 6 + 2;
-    const s = await scrape();
+    // agentflow_workflows is read from the leader's informer cache, which learns of the status the
+    // leader wrote one watch event after the API server has it: wait for that event, not a fixed time.
+    const s = await until(
+      'the gauge sees both workflows Succeeded',
+      () => scrape(),
+      (x) => sumOf(x, 'agentflow_workflows', { phase: 'Succeeded' }) === 2,
+      15_000,
+    );
     expect(outcomes(s)).toEqual({ succeeded: 8, failed: 1, retried: 0, cancelled: 0 });
     const grew = (name: string, labels: Record<string, string> = {}) =>
       sumOf(s, name, labels) - sumOf(before, name, labels);
@@ -175,9 +182,11 @@ describe('operator /metrics', () => {
     expect(annotated.code).toBe(0);
     await until('doomed Cancelled', () => getWorkflow(cluster, ns, 'doomed'), phaseIs('Cancelled'), 30_000);
     const idle = await until(
-      'every slot free again',
+      'every slot free again, and the gauge sees the Cancelled phase (one informer event after the API)',
       () => scrape(),
-      (s) => sumOf(s, 'agentflow_agent_slots_free', ofPool()) === AGENTS * CAPACITY,
+      (s) =>
+        sumOf(s, 'agentflow_agent_slots_free', ofPool()) === AGENTS * CAPACITY &&
+        sumOf(s, 'agentflow_workflows', { phase: 'Cancelled' }) === 1,
       30_000,
     );
     expect(outcomes(idle)).toEqual({ succeeded: 8, failed: 1, retried: 0, cancelled: 1 });
