@@ -55,28 +55,17 @@ build_helm() {
   echo "built helm in $((SECONDS - t0))s" >&2
 }
 
-build_lincheck() {
-  local dir
-  dir="$CACHE/bin/lincheck-$(lincheck_version "$ROOT")"
-  [[ -x "$dir/lincheck" ]] && return 0
+# One of tools/<name> (lincheck, promlint), into bin/<name>-<content hash>/. -mod=readonly: the
+# committed go.sum must already cover what it is built from (porcupine, client_golang).
+build_go_tool() {
+  local name=$1 dir
+  dir="$CACHE/bin/$name-$(go_tool_version "$ROOT" "$name")"
+  [[ -x "$dir/$name" ]] && return 0
   mkdir -p "$dir"
   local t0=$SECONDS
-  # -mod=readonly: the committed go.sum must already cover porcupine.
-  (cd "$ROOT/tools/lincheck" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -o "$dir/lincheck.tmp.$$" .)
-  mv "$dir/lincheck.tmp.$$" "$dir/lincheck"
-  echo "built lincheck in $((SECONDS - t0))s" >&2
-}
-
-build_promlint() {
-  local dir
-  dir="$CACHE/bin/promlint-$(promlint_version "$ROOT")"
-  [[ -x "$dir/promlint" ]] && return 0
-  mkdir -p "$dir"
-  local t0=$SECONDS
-  # -mod=readonly: the committed go.sum pins client_golang and everything it is built from.
-  (cd "$ROOT/tools/promlint" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -o "$dir/promlint.tmp.$$" .)
-  mv "$dir/promlint.tmp.$$" "$dir/promlint"
-  echo "built promlint in $((SECONDS - t0))s" >&2
+  (cd "$ROOT/tools/$name" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -o "$dir/$name.tmp.$$" .)
+  mv "$dir/$name.tmp.$$" "$dir/$name"
+  echo "built $name in $((SECONDS - t0))s" >&2
 }
 
 build_etcdutl() {
@@ -92,6 +81,6 @@ build_etcdutl() {
 
 build_kube
 build_helm
-build_lincheck
-build_promlint
+build_go_tool lincheck
+build_go_tool promlint
 build_etcdutl

@@ -83,8 +83,8 @@ ensure_ui() {
 ensure_go_binaries() {
   local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
   local lincheck promlint
-  lincheck="$AGENTFLOW_CACHE/bin/lincheck-$(lincheck_version "$AGENTFLOW_ROOT")"
-  promlint="$AGENTFLOW_CACHE/bin/promlint-$(promlint_version "$AGENTFLOW_ROOT")"
+  lincheck="$AGENTFLOW_CACHE/bin/lincheck-$(go_tool_version "$AGENTFLOW_ROOT" lincheck)"
+  promlint="$AGENTFLOW_CACHE/bin/promlint-$(go_tool_version "$AGENTFLOW_ROOT" promlint)"
   if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
     command -v go >/dev/null || { log "Go >= 1.24 is needed to build the control-plane binaries; none found on PATH"; exit 1; }
     log "building control-plane binaries (first run only; ~10 min on 2 cores)"

@@ -9,14 +9,10 @@ ETCDUTL_VERSION=v3.6.4
 NODE_MIN_MAJOR=22
 NODE_MIN_MINOR=18
 
-# tools/lincheck is not pinned but versioned by its content: a changed checker
-# lands in a new cache directory, bin/lincheck-<this>/. test/cluster/lincheck.ts
-# computes the same hash (sha256 of go.mod, go.sum, main.go, first 16 hex digits).
-lincheck_version() {
-  (cd "$1/tools/lincheck" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)
-}
-# tools/promlint (the exposition-format linter the metrics tests run) is versioned the same
-# way, into bin/promlint-<this>/; test/cluster/promlint.ts computes the same hash.
-promlint_version() {
-  (cd "$1/tools/promlint" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)
+# The Go tools the tests run (tools/<name>: lincheck, the linearizability checker; promlint, the
+# exposition-format linter) are not pinned but versioned by their content: a changed tool lands in
+# a new cache directory, bin/<name>-<this>/. test/cluster/go-tool.ts computes the same hash
+# (sha256 of go.mod, go.sum, main.go, first 16 hex digits). Usage: go_tool_version ROOT NAME.
+go_tool_version() {
+  (cd "$1/tools/$2" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)
 }

@@ -1,6 +1,6 @@
 // A small Go program of tools/<name> that tests shell out to (lincheck, promlint), cached like the
 // control-plane binaries in <cache>/bin/<name>-<content hash>/<name>, so an edited tool is rebuilt.
-// scripts/setup.sh builds them (the hash is <name>_version in scripts/versions.sh); a test builds
+// scripts/setup.sh builds them (the hash is go_tool_version in scripts/versions.sh); a test builds
 // one on first use when it is missing (go build takes seconds).
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';

@@ -74,7 +74,7 @@ export class LincheckInputError extends LincheckError {
 
 const tool = new GoTool('lincheck', (message) => new LincheckUnavailableError(message));
 
-/** Where the checker for the current tools/lincheck sources lives (same hash as lincheck_version in scripts/versions.sh). */
+/** Where the checker for the current tools/lincheck sources lives (same hash as go_tool_version in scripts/versions.sh). */
 export function lincheckPath(): string {
   return tool.path();
 }

@@ -12,7 +12,7 @@ export class PromlintError extends Error {
 
 const tool = new GoTool('promlint', (message) => new PromlintError(message));
 
-/** Where the linter for the current tools/promlint sources lives (same hash as promlint_version in scripts/versions.sh). */
+/** Where the linter for the current tools/promlint sources lives (same hash as go_tool_version in scripts/versions.sh). */
 export function promlintPath(): string {
   return tool.path();
 }
