@@ -4,6 +4,7 @@
 //   npm run bench -- --full            full set (50k tasks, failover, 1,000 agents)
 //   npm run bench -- --only chain,failover [--workers 4] [--capacity 16]
 //   npm run bench -- --only workflow   a 10,000-task fan-out + fan-in (100,000 too with --full)
+//   npm run bench -- --only limits     the cost of concurrency keys and rate limits on throughput
 // Each scenario prints a table and writes bench/results/<scenario>.json + .svg;
 // the profile writes bench/results/profile.md.
 import { existsSync, readFileSync } from 'node:fs';
@@ -17,13 +18,14 @@ import type { SystemKey } from './lib/system.ts';
 import { chain } from './scenarios/chain.ts';
 import { failover } from './scenarios/failover.ts';
 import { latency } from './scenarios/latency.ts';
+import { limits } from './scenarios/limits.ts';
 import { profile } from './scenarios/profile.ts';
 import { scale } from './scenarios/scale.ts';
 import { writeSecurityReport } from './scenarios/security-report.ts';
 import { throughput } from './scenarios/throughput.ts';
 import { workflow } from './scenarios/workflow.ts';
 
-const SCENARIOS = ['throughput', 'latency', 'chain', 'workflow', 'failover', 'scale', 'profile'] as const;
+const SCENARIOS = ['throughput', 'latency', 'chain', 'workflow', 'failover', 'limits', 'scale', 'profile'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const { values } = parseArgs({
@@ -70,6 +72,7 @@ if (run('latency')) await latency(cfg, peak ?? lastPeaks());
 if (run('chain')) await chain(cfg);
 if (run('workflow')) await workflow(cfg);
 if (run('failover')) await failover(cfg);
+if (run('limits')) await limits(cfg);
 if (run('scale')) await scale(cfg);
 if (run('profile')) await profile(cfg);
 if (['throughput', 'latency', 'chain', 'failover'].some((s) => run(s as Scenario))) {

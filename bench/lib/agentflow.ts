@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Dispatcher, type TaskEvent } from '../../src/dispatcher/index.ts';
+import { Dispatcher, type TaskEvent, type TaskSpec } from '../../src/dispatcher/index.ts';
 import { DispatcherMetrics } from '../../src/dispatcher/metrics.ts';
 import { AGENT_NODE_OPTIONS } from '../../src/lib/agent-node-options.ts';
 import { silentLogger } from '../../src/lib/log.ts';
@@ -168,16 +168,20 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
     }
   }
 
+  /** Concurrency key and rate limits of the n-th task of a batch (the limits scenario); none by default. */
+  limitsOf: ((n: number) => Pick<TaskSpec, 'concurrency' | 'rateLimits'>) | undefined;
+
   send(tasks: { id: string }[]): void {
-    for (const { id } of tasks) {
+    tasks.forEach(({ id }, n) => {
       const slash = id.indexOf('/');
       this.dispatcher.submit({
         ref: { namespace: NAMESPACE, workflow: id.slice(0, slash), task: id.slice(slash + 1) },
         pool: POOL,
         handler: 'task',
         input: { id, sentAt: now() },
+        ...this.limitsOf?.(n),
       });
-    }
+    });
   }
 
   roles(): Role[] {

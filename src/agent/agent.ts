@@ -125,9 +125,18 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly spawns = new SpawnRequests((msg) => {
     if (this.conn?.registered) this.conn.send({ spawn: msg });
   });
-  /** What attempts log, on its way to the dispatcher's task logs (dropped without a stream that reads them). */
+  /**
+   * What attempts log and stream, on its way to the dispatcher's task logs (dropped without a stream
+   * that reads them; streamed chunks dropped too by a dispatcher older than protocol 4).
+   */
   private readonly shipper = new LogShipper((log) => {
-    if (this.conn?.registered && this.conn.taskLogs) this.conn.send({ log }, true);
+    if (!this.conn?.registered || !this.conn.taskLogs) return;
+    if (log.chunks && !this.conn.streams) {
+      const { chunks: _, ...lines } = log;
+      if (lines.lines.length > 0 || lines.end) this.conn.send({ log: lines }, true);
+      return;
+    }
+    this.conn.send({ log }, true);
   });
   private readonly mailboxes = new Map<string, Set<MailListener>>();
   private readonly streamBackoff: Backoff;
@@ -686,7 +695,11 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     const attempt = new Attempt(a);
     this.running.set(key, attempt);
-    const output = new AttemptLog(log, (level, msg, fields) => this.shipper.line(attempt, logText(level, msg, fields)));
+    const output = new AttemptLog(
+      log,
+      (level, msg, fields) => this.shipper.line(attempt, logText(level, msg, fields)),
+      (text) => this.shipper.chunk(attempt, text),
+    );
     const ctx = createTaskContext(attempt, input, this.taskHost, output);
     this.emit('taskStarted', summary);
     log.info('Attempt started', {
@@ -805,6 +818,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
     },
     sendRegistered: (msg, signal) => this.sendRegistered(msg, signal),
+    approvalsSupported: () => this.conn?.approvals ?? false,
     spawn: (attempt, children) => this.spawns.request(attempt, children),
     state: (attempt) => this.remote.forAttempt(attempt),
     lock: (attempt, name, opts) => this.lock(attempt, name, opts),

@@ -98,13 +98,24 @@ export class AttemptLog {
   droppedBytes = 0;
 
   private readonly sink: ((level: Level, msg: string, fields?: Record<string, unknown>) => void) | undefined;
-  /** Lines that went to the sink. */
+  private readonly streamSink: ((text: string) => void) | undefined;
+  /** Lines and streamed chunks that went to the sinks. */
   shipped = 0;
+  /** Bytes (UTF-16 units) of streamed output that went to the stream sink. */
+  streamed = 0;
 
-  /** `log` already carries the attempt's fields; `sink` also gets every line (the task log the dispatcher keeps). */
-  constructor(log: Logger, sink?: (level: Level, msg: string, fields?: Record<string, unknown>) => void) {
+  /**
+   * `log` already carries the attempt's fields; `sink` also gets every line (the task log the
+   * dispatcher keeps), `streamSink` every piece of streamed output (ctx.stream).
+   */
+  constructor(
+    log: Logger,
+    sink?: (level: Level, msg: string, fields?: Record<string, unknown>) => void,
+    streamSink?: (text: string) => void,
+  ) {
     this.log = log;
     this.sink = sink;
+    this.streamSink = streamSink;
   }
 
   /** The attempt is over: console output from code it left running goes to the console again. */
@@ -138,6 +149,17 @@ export class AttemptLog {
     }
     this.used += bytes;
     this.emit(level, line, extra?.fields);
+  }
+
+  /**
+   * A piece of the attempt's streamed output (checked by ctx.stream): to the dispatcher as it is, never
+   * to the agent's own log. Once the attempt is over it is dropped (a late token callback is harmless).
+   */
+  stream(text: string): void {
+    if (this.ended || !this.streamSink || text === '') return;
+    this.shipped++;
+    this.streamed += text.length;
+    this.streamSink(text);
   }
 
   /** Runs `fn` (the handler) so that console output in it, and in what it awaits, is this attempt's. */

@@ -1,4 +1,6 @@
+import type { ApprovalAsk, ApprovalVerdict } from '../api/approvals.ts';
 import type { Assign__Output } from '../gen/agentflow/v1/Assign.ts';
+import { toUsd, UsageTally } from '../lib/usage.ts';
 import type { AttemptLog } from './attempt-log.ts';
 import { type AbortCode, AttemptAbortedError } from './errors.ts';
 import { errorOutcome, type Outcome, outputOutcome } from './outcome.ts';
@@ -33,6 +35,12 @@ export class Attempt {
   private deadlineTimer: NodeJS.Timeout | undefined;
   private over = false;
   private claimGone = false;
+  /** What the handler reported with ctx.usage, summed per model; it goes out with the Result. */
+  readonly usage = new UsageTally();
+  /** Decisions on the task's earlier ctx.waitForApproval calls (Assign.approvals), by ordinal. */
+  readonly approvals: ReadonlyMap<number, ApprovalVerdict>;
+  /** The wait that ended this attempt (ctx.waitForApproval with no decision yet). */
+  private parked: ApprovalAsk | undefined;
 
   get token(): number {
     return this.currentToken;
@@ -46,6 +54,19 @@ export class Attempt {
   constructor(a: Assign__Output) {
     this.taskId = a.taskId;
     this.attempt = a.attempt;
+    this.approvals = new Map(
+      (a.approvals ?? []).map((d) => [
+        d.ordinal,
+        {
+          ordinal: d.ordinal,
+          approved: d.approved,
+          ...(d.user && { user: d.user }),
+          ...(d.message && { message: d.message }),
+          decidedAt: new Date(Number(d.decidedAtUnixMs)).toISOString(),
+          ...(d.timedOut && { timedOut: true }),
+        },
+      ]),
+    );
     this.currentToken = a.token;
     this.cost = a.cost > 0 ? a.cost : 1;
     this.handler = a.handler;
@@ -82,6 +103,20 @@ export class Attempt {
     if (!this.signal.aborted) this.controller.abort(reason);
   }
 
+  /**
+   * Ends the attempt to wait for a person (ctx.waitForApproval with no decision yet): the handler's
+   * signal aborts, and whatever it does next, the Result says what it waits for.
+   */
+  park(ask: ApprovalAsk): AttemptAbortedError {
+    if (!this.over && !this.signal.aborted) {
+      this.parked = ask;
+      this.controller.abort(
+        new AttemptAbortedError('AWAITING_APPROVAL', `waiting for approval ${ask.ordinal}: the attempt ends here`),
+      );
+    }
+    return this.signal.reason as AttemptAbortedError;
+  }
+
   /** Runs `fn` when the attempt ends (before its Result goes out). */
   onFinish(fn: () => unknown): void {
     this.cleanups.push(fn);
@@ -106,11 +141,38 @@ export class Attempt {
     await Promise.allSettled(this.cleanups.map(async (fn) => fn()));
     if (this.claimGone) return undefined;
     // Whatever the handler made of it, an aborted attempt reports why it was aborted (retryable).
+    if (this.parked) {
+      const p = this.parked;
+      return {
+        awaitApproval: {
+          ordinal: p.ordinal,
+          message: p.message,
+          timeoutSeconds: p.timeoutSeconds ?? 0,
+          onTimeout: p.onTimeout ?? '',
+          users: p.approvers?.users ?? [],
+          groups: p.approvers?.groups ?? [],
+        },
+        ...this.wireUsage(),
+      };
+    }
     if (this.signal.aborted) {
       const r = this.signal.reason as AttemptAbortedError;
-      return { error: { code: r.code, message: r.message, retryable: true } };
+      return { error: { code: r.code, message: r.message, retryable: true }, ...this.wireUsage() };
     }
-    return outcome;
+    return outcome && { ...outcome, ...this.wireUsage() };
+  }
+
+  /** The usage for the Result (a failed attempt's too): per model, cost in dollars. */
+  private wireUsage(): Pick<Outcome, 'usage'> {
+    if (this.usage.size === 0) return {};
+    return {
+      usage: this.usage.list().map((m) => ({
+        model: m.model,
+        inputTokens: m.inputTokens,
+        outputTokens: m.outputTokens,
+        costUsd: toUsd(m.costNanos),
+      })),
+    };
   }
 
   private armDeadline(): void {

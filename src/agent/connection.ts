@@ -3,7 +3,14 @@ import { type ClientDuplexStream, status as GrpcStatus, type Metadata, type Stat
 import type { DispatcherClient } from '../gen/agentflow/v1/Dispatcher.ts';
 import type { Result } from '../gen/agentflow/v1/Result.ts';
 import type { AgentMessage, DispatcherMessage__Output } from '../lib/proto.ts';
-import { Coalescer, itemBytes, PROTOCOL_BATCHING, PROTOCOL_TASK_LOGS } from '../lib/wire-batch.ts';
+import {
+  Coalescer,
+  itemBytes,
+  PROTOCOL_APPROVALS,
+  PROTOCOL_BATCHING,
+  PROTOCOL_STREAM,
+  PROTOCOL_TASK_LOGS,
+} from '../lib/wire-batch.ts';
 import { Outbox } from './outbox.ts';
 
 /** Messages waiting for 'drain' before the stream is given up as stuck. */
@@ -27,6 +34,10 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
   private batching = false;
   /** Whether the dispatcher reads TaskLog (its Registered.protocol >= 3). */
   taskLogs = false;
+  /** Whether the dispatcher keeps TaskLog.chunks, streamed output (its Registered.protocol >= 4). */
+  streams = false;
+  /** Whether the dispatcher takes Result.await_approval, ctx.waitForApproval (its Registered.protocol >= 5). */
+  approvals = false;
   /** Results finished in this turn of the event loop, written together at its end. */
   private readonly results = new Coalescer<'result', Result>((_, items) => {
     if (items.length === 1) this.write({ result: items[0] as Result });
@@ -62,6 +73,8 @@ export class Connection extends EventEmitter<{ message: [DispatcherMessage__Outp
           const protocol = m.registered?.protocol ?? 0;
           this.batching = protocol >= PROTOCOL_BATCHING;
           this.taskLogs = protocol >= PROTOCOL_TASK_LOGS;
+          this.streams = protocol >= PROTOCOL_STREAM;
+          this.approvals = protocol >= PROTOCOL_APPROVALS;
         }
         this.emit('message', m);
       });

@@ -55,7 +55,24 @@ export class AttemptAbortedError extends Error {
   }
 }
 
-export type AbortCode = 'CANCELLED' | 'DEADLINE_EXCEEDED' | 'DRAIN_TIMEOUT' | 'NOT_YOURS';
+export type AbortCode = 'CANCELLED' | 'DEADLINE_EXCEEDED' | 'DRAIN_TIMEOUT' | 'NOT_YOURS' | 'AWAITING_APPROVAL';
+
+/**
+ * A person rejected the handler's ctx.waitForApproval (or its timeout did, with onTimeout Reject).
+ * Not retryable: left uncaught, it fails the task with the reviewer's words.
+ */
+export class ApprovalRejectedError extends Error {
+  override name = 'ApprovalRejectedError';
+  readonly retryable = false;
+  readonly code = 'APPROVAL_REJECTED';
+  readonly user: string | undefined;
+  readonly timedOut: boolean;
+  constructor(message: string, user: string | undefined, timedOut: boolean) {
+    super(message);
+    this.user = user;
+    this.timedOut = timedOut;
+  }
+}
 
 /**
  * Why the dispatcher refused a spawn (SpawnAck.error_code):

@@ -3,6 +3,7 @@ import { IdleMemoryRelease } from '../lib/idle-memory.ts';
 import { Agent } from './agent.ts';
 import type { AgentOptions } from './options.ts';
 
+export type { ApprovalVerdict } from '../api/approvals.ts';
 export { IDLE_RELEASE_AFTER_MS, IDLE_RELEASE_MAX_HEAP_BYTES } from '../lib/idle-memory.ts';
 export { ConflictError, FencedError } from '../state/errors.ts';
 export { Agent, type AgentEvents, type AgentState, RUNTIME_VERSION, type TaskSummary } from './agent.ts';
@@ -16,6 +17,7 @@ export { execHandler } from './builtin/exec.ts';
 export { httpHandler } from './builtin/http.ts';
 export {
   AgentConfigError,
+  ApprovalRejectedError,
   AttemptAbortedError,
   RetryableError,
   type SpawnRefusalCode,
@@ -30,6 +32,7 @@ export {
   StateUnavailableError,
   type WorkflowState,
 } from './remote-state.ts';
+export { type Signal, SignalTimeoutError } from './signals.ts';
 export type {
   ChildSpec,
   ExecHandlerSpec,

@@ -4,7 +4,10 @@
 // attempt; the attempt's end flushes them with end=true before its result is
 // sent, so a reader sees the whole log once the task is over. Best effort: a
 // full stream or no stream drops lines here, never the agent's own log of them.
+// Streamed output (ctx.stream, protocol 4) rides in the same messages as
+// TaskLog.chunks, kept apart from the lines, and waits at most STREAM_SHIP_MS.
 
+import { STREAM_MAX_CHUNKS_PER_MESSAGE } from '../api/data-api.ts';
 import type { Level } from '../lib/log.ts';
 
 /** How long a line waits to be batched with others. */
@@ -13,6 +16,11 @@ export const SHIP_MS = 100;
 export const SHIP_BYTES = 64 * 1024;
 /** Lines in one message at most. */
 export const SHIP_MAX_LINES = 1024;
+/**
+ * How long a streamed chunk waits to be batched with others: the dispatcher writes streamed output
+ * within STREAM_FLUSH_MS more, so a reader sees a chunk about 100 ms after the handler streamed it.
+ */
+export const STREAM_SHIP_MS = 50;
 
 export interface ShippedAttempt {
   taskId: string;
@@ -26,6 +34,8 @@ export interface TaskLogMessage {
   token: number;
   lines: { timeMs: number; text: string }[];
   end: boolean;
+  /** Streamed output, in order (absent: none waited). */
+  chunks?: { timeMs: number; text: string }[];
 }
 
 /** The text a log call becomes in the task's log: stderr and console lines as written, others with their level and fields. */
@@ -40,6 +50,7 @@ export function logText(level: Level, msg: string, fields?: Record<string, unkno
 interface Pending {
   a: ShippedAttempt;
   lines: { timeMs: number; text: string }[];
+  chunks: { timeMs: number; text: string }[];
   bytes: number;
 }
 
@@ -47,6 +58,8 @@ export class LogShipper {
   private readonly send: (m: TaskLogMessage) => void;
   private readonly pending = new Map<string, Pending>();
   private timer: NodeJS.Timeout | undefined;
+  /** When the timer fires (Date.now() time; Infinity: no timer). */
+  private due = Number.POSITIVE_INFINITY;
 
   /** `send` writes one message if a stream that reads TaskLog is up, else drops it. */
   constructor(send: (m: TaskLogMessage) => void) {
@@ -54,23 +67,46 @@ export class LogShipper {
   }
 
   line(a: ShippedAttempt, text: string): void {
-    const key = `${a.taskId}#${a.attempt}`;
-    let p = this.pending.get(key);
-    if (!p) {
-      p = { a, lines: [], bytes: 0 };
-      this.pending.set(key, p);
-    }
-    p.a = a; // a reclaim changes the token
+    const [key, p] = this.pendingOf(a);
     p.lines.push({ timeMs: Date.now(), text });
     p.bytes += text.length;
     if (p.bytes >= SHIP_BYTES || p.lines.length >= SHIP_MAX_LINES) this.ship(key, p, false);
-    else this.timer ??= setTimeout(() => this.flushAll(), SHIP_MS);
+    else this.schedule(SHIP_MS);
   }
 
-  /** The attempt is over: what waits goes now, marked as its end (sent even with no lines when it logged any before). */
+  /** A piece of the attempt's streamed output: goes within STREAM_SHIP_MS, in order with the others. */
+  chunk(a: ShippedAttempt, text: string): void {
+    const [key, p] = this.pendingOf(a);
+    p.chunks.push({ timeMs: Date.now(), text });
+    p.bytes += text.length;
+    if (p.bytes >= SHIP_BYTES || p.chunks.length >= STREAM_MAX_CHUNKS_PER_MESSAGE) this.ship(key, p, false);
+    else this.schedule(STREAM_SHIP_MS);
+  }
+
+  private pendingOf(a: ShippedAttempt): [string, Pending] {
+    const key = `${a.taskId}#${a.attempt}`;
+    let p = this.pending.get(key);
+    if (!p) {
+      p = { a, lines: [], chunks: [], bytes: 0 };
+      this.pending.set(key, p);
+    }
+    p.a = a; // a reclaim changes the token
+    return [key, p];
+  }
+
+  /** The timer fires within `ms`: set, or brought forward. */
+  private schedule(ms: number): void {
+    const at = Date.now() + ms;
+    if (this.timer && this.due <= at) return;
+    clearTimeout(this.timer);
+    this.due = at;
+    this.timer = setTimeout(() => this.flushAll(), ms);
+  }
+
+  /** The attempt is over: what waits goes now, marked as its end (sent even with nothing waiting when it logged or streamed before). */
   end(a: ShippedAttempt, logged: boolean): void {
     const key = `${a.taskId}#${a.attempt}`;
-    const p = this.pending.get(key) ?? (logged ? { a, lines: [], bytes: 0 } : undefined);
+    const p = this.pending.get(key) ?? (logged ? { a, lines: [], chunks: [], bytes: 0 } : undefined);
     if (p) this.ship(key, { ...p, a }, true);
     else this.pending.delete(key);
   }
@@ -78,11 +114,19 @@ export class LogShipper {
   private ship(key: string, p: Pending, end: boolean): void {
     this.pending.delete(key);
     // Read now: the token is a getter of the attempt and may have changed since the first line.
-    this.send({ taskId: p.a.taskId, attempt: p.a.attempt, token: p.a.token, lines: p.lines, end });
+    this.send({
+      taskId: p.a.taskId,
+      attempt: p.a.attempt,
+      token: p.a.token,
+      lines: p.lines,
+      end,
+      ...(p.chunks.length > 0 && { chunks: p.chunks }),
+    });
   }
 
   private flushAll(): void {
     this.timer = undefined;
+    this.due = Number.POSITIVE_INFINITY;
     for (const [key, p] of [...this.pending]) this.ship(key, p, false);
   }
 
@@ -90,6 +134,7 @@ export class LogShipper {
   clear(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.due = Number.POSITIVE_INFINITY;
     this.pending.clear();
   }
 }

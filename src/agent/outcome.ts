@@ -1,9 +1,13 @@
+import type { ApprovalWait } from '../gen/agentflow/v1/ApprovalWait.ts';
+import type { ModelUsage } from '../gen/agentflow/v1/ModelUsage.ts';
 import type { TaskError } from '../gen/agentflow/v1/TaskError.ts';
 import { MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
 import { UnrecoverableError } from './errors.ts';
 
-/** What a settled attempt reports: its output as JSON text, or an error. */
-export type Outcome = { outputJson: string } | { error: Required<TaskError> };
+/** What a settled attempt reports: its output as JSON text, or an error; and the usage it reported. */
+export type Outcome = ({ outputJson: string } | { error: Required<TaskError> } | { awaitApproval: ApprovalWait }) & {
+  usage?: ModelUsage[];
+};
 
 const MAX_ERROR_MESSAGE = 4096;
 

@@ -1,13 +1,18 @@
+import { type ApprovalAsk, approvalAskProblem } from '../api/approvals.ts';
+import { STREAM_MAX_CHUNK_BYTES } from '../api/data-api.ts';
 import type { AgentMessage } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { ChildTask } from '../gen/agentflow/v1/ChildTask.ts';
 import { MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
+import { toNanos, usageProblem } from '../lib/usage.ts';
 import type { Held } from '../state/lock.ts';
 import type { Attempt } from './attempt.ts';
 import type { AttemptLog } from './attempt-log.ts';
 import { describe, isRecord } from './check.ts';
+import { ApprovalRejectedError } from './errors.ts';
 import { MAX_CAPACITY } from './options.ts';
 import { ProgressThrottle } from './progress.ts';
 import type { WorkflowState } from './remote-state.ts';
+import { type Signal, SignalReader } from './signals.ts';
 import type { ChildSpec, MailMeta, TaskContext } from './types.ts';
 
 export type MailListener = (payload: unknown, meta: MailMeta) => void;
@@ -22,6 +27,8 @@ export interface TaskHost {
   state(attempt: Attempt): WorkflowState;
   lock(attempt: Attempt, name: string, opts: { timeoutMs?: number; signal: AbortSignal }): Promise<Held>;
   subscribe(workflow: string, topic: string, cb: MailListener): () => void;
+  /** Whether the connected dispatcher takes a parked attempt (protocol >= 5): ctx.waitForApproval needs it. */
+  approvalsSupported(): boolean;
 }
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -84,6 +91,16 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
   attempt.onFinish(() => Promise.allSettled([...held].map((h) => h.release())));
   let state: WorkflowState | undefined;
   const { taskId, namespace, workflow } = attempt;
+  let approvalWaits = 0;
+  const signals = new SignalReader({
+    task: taskId.slice(taskId.indexOf('/') + 1),
+    attempt: attempt.attempt,
+    signal: attempt.signal,
+    state: () => {
+      state ??= host.state(attempt);
+      return state;
+    },
+  });
 
   return {
     taskId,
@@ -95,6 +112,14 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
     ...(attempt.deadline && { deadline: attempt.deadline }),
     signal: attempt.signal,
     log: output.taskLog(),
+    stream(chunk) {
+      if (typeof chunk !== 'string') throw new TypeError(`stream: chunk must be a string, got ${describe(chunk)}`);
+      // Bytes <= 3 per UTF-16 unit: only a long chunk needs the exact count.
+      const bytes = chunk.length * 3 > STREAM_MAX_CHUNK_BYTES ? Buffer.byteLength(chunk) : 0;
+      if (bytes > STREAM_MAX_CHUNK_BYTES)
+        throw new RangeError(`stream: chunk is ${bytes} bytes (UTF-8); the limit is ${STREAM_MAX_CHUNK_BYTES}`);
+      output.stream(chunk);
+    },
     get state(): WorkflowState {
       state ??= host.state(attempt);
       return state;
@@ -106,6 +131,24 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
         );
       }
       throttle.report(Math.min(fraction, 1), String(message).slice(0, MAX_PROGRESS_MESSAGE));
+    },
+    usage(report) {
+      if (!isRecord(report))
+        throw new TypeError(`usage: must be {model, inputTokens?, outputTokens?, costUsd?}, got ${describe(report)}`);
+      if (attempt.finished) throw new Error(`usage: attempt ${attempt.key} has ended`);
+      const problem = usageProblem('usage', report);
+      // "usage.inputTokens: ..." reads as "usage: inputTokens: ..." in the SDK's messages.
+      if (problem) {
+        const message = problem.message.replace(/^usage\./, 'usage: ');
+        throw problem.kind === 'type' ? new TypeError(message) : new RangeError(message);
+      }
+      const added = attempt.usage.add({
+        model: report.model as string,
+        inputTokens: (report.inputTokens as number | undefined) ?? 0,
+        outputTokens: (report.outputTokens as number | undefined) ?? 0,
+        costNanos: toNanos((report.costUsd as number | undefined) ?? 0),
+      });
+      if (!added.ok) throw new RangeError(`usage: ${added.message}`);
     },
     async lock(name, opts = {}) {
       if (typeof name !== 'string' || name === '')
@@ -145,6 +188,49 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
         throw new TypeError(`send: topic must be a non-empty string, got ${describe(topic)}`);
       const payloadJsonText = payloadJson('send: payload', payload);
       await host.sendRegistered({ mail: { workflow, toAgent, topic, payloadJson: payloadJsonText } }, attempt.signal);
+    },
+    waitForApproval(opts = {}) {
+      if (!isRecord(opts)) throw new TypeError(`waitForApproval: options must be an object, got ${describe(opts)}`);
+      const ordinal = approvalWaits++;
+      const ask: ApprovalAsk = {
+        ordinal,
+        message: opts.message === undefined ? '' : String(opts.message),
+        ...(opts.timeoutSeconds !== undefined && { timeoutSeconds: opts.timeoutSeconds }),
+        ...(opts.onTimeout !== undefined && { onTimeout: opts.onTimeout }),
+        ...(opts.approvers !== undefined && { approvers: opts.approvers }),
+      };
+      const problem = approvalAskProblem('waitForApproval', ask);
+      if (problem) return Promise.reject(new RangeError(problem));
+      const known = attempt.approvals.get(ordinal);
+      if (known) {
+        if (known.approved) return Promise.resolve(known);
+        const who = known.timedOut ? 'on timeout' : `by ${known.user ?? 'someone'}`;
+        return Promise.reject(
+          new ApprovalRejectedError(
+            `rejected ${who}${known.message ? `: ${known.message}` : ''}`,
+            known.user,
+            known.timedOut === true,
+          ),
+        );
+      }
+      if (!host.approvalsSupported()) {
+        return Promise.reject(
+          new Error('waitForApproval: the dispatcher is older than protocol 5 and cannot hold a task for approval'),
+        );
+      }
+      // No decision yet: the attempt ends here (its slot is free); the task runs again once decided.
+      return Promise.reject(attempt.park(ask));
+    },
+    waitForSignal(name, opts) {
+      return signals.wait(name, opts) as never;
+    },
+    onSignal(name, cb) {
+      return signals.on(name, cb as (s: Signal) => unknown, (err) =>
+        output.write('warn', 'onSignal: a signal could not be taken or its callback threw', {
+          signal: name,
+          error: err.message,
+        }),
+      );
     },
     onMessage(topic, cb) {
       if (typeof cb !== 'function') throw new TypeError('onMessage: the callback must be a function');

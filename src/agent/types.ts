@@ -1,6 +1,8 @@
+import type { ApprovalVerdict } from '../api/approvals.ts';
 import type { Held } from '../state/lock.ts';
 import type { TaskLog } from './attempt-log.ts';
 import type { WorkflowState } from './remote-state.ts';
+import type { Signal } from './signals.ts';
 
 /** A child task for the workflow engine, spawned by a running attempt. */
 export interface ChildSpec {
@@ -10,6 +12,17 @@ export interface ChildSpec {
   input: unknown;
   /** Slots the child occupies on its agent (default 1). */
   cost?: number;
+}
+
+/** Model usage one call (or batch of calls) of a handler incurred, for ctx.usage. */
+export interface UsageReport {
+  /** The model, 1-128 characters (e.g. "gpt-4o-mini"). */
+  model: string;
+  /** Non-negative safe integers; default 0. */
+  inputTokens?: number;
+  outputTokens?: number;
+  /** US dollars, finite and >= 0; default 0. */
+  costUsd?: number;
 }
 
 export interface MailMeta {
@@ -44,6 +57,15 @@ export interface TaskContext {
    */
   readonly log: TaskLog;
   /**
+   * Streams a piece of output (e.g. model tokens) to whoever follows the task:
+   * `agentflow logs --stream NAME TASK -f`, the web UI's task pane and the data
+   * API (`log?stream=true`) show it exactly as streamed, within about 100 ms,
+   * kept apart from the log lines (the last 1 MiB per attempt). The handler's
+   * return value stays the task's output. At most STREAM_MAX_CHUNK_BYTES
+   * (64 KiB) per call (RangeError past it); once the attempt is over, dropped.
+   */
+  stream(chunk: string): void;
+  /**
    * Shared state of the task's workflow, kept in etcd by the dispatcher
    * (optimistic concurrency via cas on modRevision). A StateUnavailableError
    * means the outcome of a write is unknown: read before writing again.
@@ -54,6 +76,15 @@ export interface TaskContext {
    * throttled to about ten messages a second; the latest value always goes out.
    */
   progress(fraction: number, message?: string): void;
+  /**
+   * Records model usage: summed per model for the attempt (at most 64 models) and sent with its
+   * Result, failed or not; the workflow's status.usage, the Prometheus counters and spec.budget
+   * count it once the result is committed. Usage of an attempt that ends without a result (its
+   * agent died, or it was cancelled or superseded) is not counted. Throws a TypeError or
+   * RangeError naming the field (`usage: inputTokens: ...`) for a malformed report, and an Error
+   * once the attempt has ended.
+   */
+  usage(report: UsageReport): void;
   /**
    * A lock scoped to the task's workflow, held with the agent's lease. Pass
    * `held.fence` to fenced writes. Released when the attempt ends at the latest.
@@ -77,6 +108,29 @@ export interface TaskContext {
   send(toAgent: string, topic: string, payload: unknown): Promise<void>;
   /** Receives mail on `topic` for this workflow until the attempt ends; returns an unsubscribe function. */
   onMessage(topic: string, cb: (payload: unknown, meta: MailMeta) => void): () => void;
+  /**
+   * The next signal `name` sent to the workflow (`agentflow signal WORKFLOW NAME --data JSON`) for this
+   * task: one sent before the wait is there when it comes, each signal is taken by one task only,
+   * and a retry of this task that waits again in the same order gets the same signals back first.
+   * Rejects with SignalTimeoutError after `timeoutMs`, and with the attempt's abort reason when it ends.
+   */
+  waitForSignal<T = unknown>(name: string, opts?: { timeoutMs?: number }): Promise<Signal<T>>;
+  /**
+   * Asks a person (`agentflow approve|reject WORKFLOW TASK`, or the UI) and holds no slot while
+   * waiting: with no decision yet the attempt ends here, its signal aborting (do not swallow the
+   * rejection), and the task runs again from the start once decided; then this call, the same in
+   * the order of the handler's waits, resolves with the decision at once. So code before it runs
+   * again: keep it idempotent (ctx.state helps). Rejects with ApprovalRejectedError (not retryable)
+   * on a reject, or a timeout with onTimeout Reject (the default).
+   */
+  waitForApproval(opts?: {
+    message?: string;
+    timeoutSeconds?: number;
+    onTimeout?: 'Reject' | 'Approve';
+    approvers?: { users?: string[]; groups?: string[] };
+  }): Promise<ApprovalVerdict>;
+  /** Calls `cb` with each signal `name` this task takes until the attempt ends; returns a function that stops it. */
+  onSignal<T = unknown>(name: string, cb: (signal: Signal<T>) => unknown): () => void;
 }
 
 /**

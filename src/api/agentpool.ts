@@ -56,6 +56,40 @@ const PodTemplate = Type.Unsafe<V1PodTemplateSpec>({
   },
 });
 
+/** Rate limits one AgentPool may declare. */
+export const MAX_POOL_RATE_LIMITS = 32;
+
+const RateLimit = Type.Object(
+  {
+    name: DnsLabel('Name tasks use in rateLimits[].name.'),
+    perSecond: Type.Optional(
+      Type.Number({ exclusiveMinimum: 0, maximum: 100_000, description: 'Tokens added per second.' }),
+    ),
+    perMinute: Type.Optional(
+      Type.Number({ exclusiveMinimum: 0, maximum: 6_000_000, description: 'Tokens added per minute.' }),
+    ),
+    burst: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 100_000,
+        description:
+          'Most tokens a bucket holds: attempts that may start at once after a quiet spell. Default: 1 (starts evenly spaced).',
+      }),
+    ),
+  },
+  {
+    description:
+      'A token bucket per key: each attempt of a task naming the limit takes one token before it starts. Exactly one of perSecond and perMinute.',
+    'x-kubernetes-validations': [
+      {
+        rule: 'has(self.perSecond) != has(self.perMinute)',
+        message: 'a rate limit needs exactly one of perSecond and perMinute',
+        fieldPath: '.perSecond',
+      },
+    ],
+  },
+);
+
 export const AgentPoolSpec = Type.Object(
   {
     replicas: Type.Optional(
@@ -172,6 +206,15 @@ export const AgentPoolSpec = Type.Object(
         },
         { description: 'Shared state in etcd.' },
       ),
+    ),
+    rateLimits: Type.Optional(
+      Type.Array(RateLimit, {
+        maxItems: MAX_POOL_RATE_LIMITS,
+        'x-kubernetes-list-type': 'map',
+        'x-kubernetes-list-map-keys': ['name'],
+        description:
+          "Named rate limits the pool's tasks take tokens of (a task's rateLimits[].name), each a token bucket per (limit, key), enforced by the dispatcher: e.g. {name: openai-calls, perSecond: 10}.",
+      }),
     ),
   },
   { description: 'Desired state of the AgentPool.' },

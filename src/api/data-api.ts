@@ -4,6 +4,8 @@
 // never reach: this API is their only way to them, authorised against the
 // Workflow's own RBAC (docs/api.md). One home for its paths, kinds and limits.
 
+import type { ApprovalDecision, ApprovalTimeoutAction } from './workflow.ts';
+
 /** The aggregated API group and version. */
 export const DATA_GROUP = 'data.agentflow.io';
 export const DATA_VERSION = 'v1alpha1';
@@ -20,8 +22,9 @@ export const DATA_SUBRESOURCES = {
   /** `workflows/<name>/tasks`: the per-task table; `?task=<instance>` one task with input and output. */
   tasks: { resource: 'workflows', path: 'tasks', kind: 'WorkflowTaskList' },
   /**
-   * `workflows/<name>/log?task=<instance>[&attempt=N][&follow=true]`: a task attempt's log, text. The path
-   * segment is `log`, as pods/log: the API server then treats it as long-running (no 60 s request timeout).
+   * `workflows/<name>/log?task=<instance>[&attempt=N][&follow=true][&stream=true]`: a task attempt's log, text
+   * (with `stream=true` its streamed output instead, see STREAM_RING_BYTES). The path segment is `log`, as
+   * pods/log: the API server then treats it as long-running (no 60 s request timeout).
    */
   logs: { resource: 'workflows', path: 'log', kind: 'Log' },
   /** `agentpools/<name>/agents`: the pool's connected agents, slots and work in flight. */
@@ -32,6 +35,17 @@ export const DATA_SUBRESOURCES = {
   workflowState: { resource: 'workflows', path: 'state', kind: 'StateList' },
   /** `agentpools/<name>/state`: the pool's shared state. */
   poolState: { resource: 'agentpools', path: 'state', kind: 'StateList' },
+  /**
+   * `workflows/<name>/approval`: GET lists the approval tasks waiting for a decision; POST an
+   * ApprovalRequest decides one. Deciding takes `update` on workflows/approval (as
+   * certificatesigningrequests/approval), and the task's approval.approvers when it lists any.
+   */
+  approval: { resource: 'workflows', path: 'approval', kind: 'ApprovalList' },
+  /**
+   * `workflows/<name>/signal`: GET lists the workflow's signals (taken or not); POST a SignalRequest
+   * sends one. Sending takes `update` on workflows/signal.
+   */
+  signal: { resource: 'workflows', path: 'signal', kind: 'SignalList' },
 } as const;
 export type DataSubresource = keyof typeof DATA_SUBRESOURCES;
 
@@ -132,6 +146,8 @@ export interface TaskView {
   /** The node of that agent's pod, when known. */
   node?: string;
   attempts: AttemptView[];
+  /** An approval task: what it asks, and until when it waits (RFC 3339), if it does. */
+  approval?: { message: string; deadline?: string };
   /** Only with `?task=`: the rendered input and the output. */
   input?: unknown;
   output?: unknown;
@@ -178,7 +194,8 @@ export interface DataStatus {
     | 'MethodNotAllowed'
     | 'RequestEntityTooLarge'
     | 'InternalError'
-    | 'ServiceUnavailable';
+    | 'ServiceUnavailable'
+    | 'TooManyRequests';
   message: string;
 }
 
@@ -210,7 +227,14 @@ export interface LogQuery {
    * error, never a clean end).
    */
   follow?: boolean;
+  /** Not with `stream` (streamed output has no line times: 400). */
   timestamps?: boolean;
+  /**
+   * The attempt's streamed output (`ctx.stream`) instead of its log lines: the text exactly as the
+   * handler streamed it (no newline added, no times), its last STREAM_RING_BYTES; with `follow`, each
+   * piece within about 100 ms of the handler streaming it.
+   */
+  stream?: boolean;
 }
 
 /** Lines the dispatcher takes from one TaskLog message (the rest are dropped). */
@@ -218,3 +242,90 @@ export const LOG_MAX_LINES_PER_MESSAGE = 1024;
 /** A line longer than this (UTF-16 units) is cut where it arrives, marked with LOG_CUT_MARKER. */
 export const LOG_MAX_LINE_CHARS = 16 * 1024;
 export const LOG_CUT_MARKER = '… [cut]';
+
+/**
+ * Streamed output (`ctx.stream`) kept per attempt apart from its log lines: its last STREAM_RING_BYTES
+ * (older chunks dropped, the answer then starts with STREAM_DROPPED_LINE), in etcd chunks of at most
+ * LOG_CHUNK_BYTES, written within STREAM_FLUSH_MS of arriving (log lines: LOG_FLUSH_MS).
+ */
+export const STREAM_RING_BYTES = 1024 * 1024;
+export const STREAM_FLUSH_MS = 50;
+export const STREAM_DROPPED_LINE =
+  '[agentflow: earlier output of this attempt was dropped: the stream keeps its last 1 MiB]\n';
+/** Longest piece `ctx.stream` takes (UTF-8 bytes; RangeError past it). */
+export const STREAM_MAX_CHUNK_BYTES = 64 * 1024;
+/** Chunks the dispatcher takes from one TaskLog message (the rest are dropped). */
+export const STREAM_MAX_CHUNKS_PER_MESSAGE = 1024;
+/** A chunk longer than this (UTF-16 units) is cut where it arrives, marked with LOG_CUT_MARKER. */
+export const STREAM_MAX_CHUNK_CHARS = STREAM_MAX_CHUNK_BYTES;
+
+/** POST body of `workflows/<name>/approval`. */
+export interface ApprovalRequest {
+  /** The approval task (its name in spec.tasks). */
+  task: string;
+  decision: ApprovalDecision;
+  /** Why, in the reviewer's words (kept in the task's status, its output and the audit chain). */
+  message?: string;
+}
+
+/** An approval task waiting for a decision. */
+export interface PendingApproval {
+  task: string;
+  /** What the people who may approve are asked (approval.message, rendered). */
+  message: string;
+  /** When it stops waiting (approval.timeoutSeconds), and what it does then. */
+  deadline?: string;
+  onTimeout?: ApprovalTimeoutAction;
+  /** approval.approvers, when set (RBAC applies in any case). */
+  approvers?: { users?: string[]; groups?: string[] };
+}
+
+export interface ApprovalList {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'ApprovalList';
+  metadata: { namespace: string; name: string };
+  items: PendingApproval[];
+}
+
+/** The answer to a decision. */
+export interface ApprovalResult {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'ApprovalResult';
+  metadata: { namespace: string; name: string };
+  task: string;
+  decision: ApprovalDecision;
+  user: string;
+  message: string;
+}
+
+/** POST body of `workflows/<name>/signal`. */
+export interface SignalRequest {
+  /** What handlers wait for (ctx.waitForSignal(name)); see SIGNAL_NAME in src/api/signals.ts. */
+  name: string;
+  /** Any JSON value, at most MAX_SIGNAL_DATA_BYTES; default null. */
+  data?: unknown;
+}
+
+export interface SignalView {
+  name: string;
+  id: string;
+  sentBy: string;
+  sentAt: string;
+  /** The task that took it, if one did. */
+  takenBy?: string;
+  data: unknown;
+}
+
+export interface SignalList {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'SignalList';
+  metadata: { namespace: string; name: string; revision: number };
+  items: SignalView[];
+}
+
+/**
+ * The header the web UI sets on its one write (an approval decision) and the UI proxy requires
+ * (src/cli/ui-proxy.ts): a cross-site page cannot send it without a CORS preflight.
+ */
+export const UI_WRITE_HEADER = 'x-agentflow-ui';
+export const UI_WRITE_VALUE = 'decide';

@@ -70,6 +70,23 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
     }
   });
   tasks.forEach((t, i) => {
+    const f = `spec.tasks[${i}]`;
+    if ((t.handler === undefined) === (t.approval === undefined)) {
+      add(
+        `${f}.handler`,
+        'InvalidSpec',
+        'a task needs exactly one of handler (an agent runs it) and approval (a person decides)',
+      );
+    }
+    if (t.approval && (t.forEach !== undefined || t.input !== undefined || t.retryPolicy || t.timeoutSeconds)) {
+      add(
+        `${f}.approval`,
+        'InvalidSpec',
+        'an approval task takes no forEach, input, retryPolicy or timeoutSeconds (use approval.timeoutSeconds)',
+      );
+    }
+  });
+  tasks.forEach((t, i) => {
     (t.dependsOn ?? []).forEach((d, j) => {
       if (d === t.name) add(`spec.tasks[${i}].dependsOn[${j}]`, 'InvalidSpec', 'a task cannot depend on itself');
       else if (!index.has(d)) add(`spec.tasks[${i}].dependsOn[${j}]`, 'InvalidSpec', `no task named "${d}"`);
@@ -87,6 +104,7 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
 
   if (opts.pools) {
     tasks.forEach((t, i) => {
+      if (t.approval) return; // no agent runs it
       const pool = t.pool ?? spec.pool;
       const field = t.pool ? `spec.tasks[${i}].pool` : 'spec.pool';
       if (!pool) {
@@ -101,7 +119,7 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
         }
         return;
       }
-      if (info.handlers?.length && !info.handlers.includes(t.handler)) {
+      if (t.handler !== undefined && info.handlers?.length && !info.handlers.includes(t.handler)) {
         add(
           `spec.tasks[${i}].handler`,
           'HandlerNotServed',
@@ -163,6 +181,7 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
       }
     };
     walk(t.input ?? {}, `${f}.input`);
+    if (t.approval?.message !== undefined) walk(t.approval.message, `${f}.approval.message`);
   });
   return problems;
 }

@@ -113,6 +113,68 @@ const RetryPolicy = Type.Object(
   },
 );
 
+/** What an approval task does when no decision came within its timeoutSeconds. */
+export const APPROVAL_TIMEOUT_ACTIONS = ['Reject', 'Approve'] as const;
+export type ApprovalTimeoutAction = (typeof APPROVAL_TIMEOUT_ACTIONS)[number];
+export const DEFAULT_APPROVAL_ON_TIMEOUT: ApprovalTimeoutAction = 'Reject';
+/** A person's decision on an approval task (`agentflow approve|reject`). */
+export const APPROVAL_DECISIONS = ['Approve', 'Reject'] as const;
+export type ApprovalDecision = (typeof APPROVAL_DECISIONS)[number];
+/** Longest approval message and decision message (the status shows them). */
+export const MAX_APPROVAL_MESSAGE = 1024;
+/** Most users and most groups an approval's approvers may list. */
+export const MAX_APPROVERS = 64;
+
+const Approvers = (what: string) =>
+  Type.Unsafe<string[]>({
+    type: 'array',
+    maxItems: MAX_APPROVERS,
+    'x-kubernetes-list-type': 'set',
+    items: { type: 'string', minLength: 1, maxLength: 253 },
+    description: what,
+  });
+
+const Approval = Type.Object(
+  {
+    message: Type.Optional(
+      Type.String({
+        maxLength: MAX_APPROVAL_MESSAGE,
+        description:
+          'What the people who may approve are asked, shown by `agentflow get`, `describe` and the UI. ${{ CEL }} expressions see inputs and tasks.<dependency>.output.',
+      }),
+    ),
+    timeoutSeconds: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 2_592_000,
+        description: 'How long to wait for a decision, in seconds. Default: no limit.',
+      }),
+    ),
+    onTimeout: Type.Optional(
+      StringEnum(APPROVAL_TIMEOUT_ACTIONS, {
+        default: DEFAULT_APPROVAL_ON_TIMEOUT,
+        description: `What happens when timeoutSeconds pass without a decision: Reject fails the task, Approve lets the workflow go on. Default: ${DEFAULT_APPROVAL_ON_TIMEOUT}.`,
+      }),
+    ),
+    approvers: Type.Optional(
+      Type.Object(
+        {
+          users: Type.Optional(Approvers('User names that may decide.')),
+          groups: Type.Optional(Approvers('Groups whose members may decide.')),
+        },
+        {
+          description:
+            'Who may decide, on top of RBAC (`update` on the workflows/approval subresource of data.agentflow.io): when set, the user must be listed or be in a listed group.',
+        },
+      ),
+    ),
+  },
+  {
+    description:
+      "Makes the task a human approval step instead of a handler: it waits, holding no agent slot, until someone runs `agentflow approve|reject` (or the UI), and succeeds with output {approved, user, message, decidedAt} or fails with the reviewer's message.",
+  },
+);
+
 const Expression = (description: string) =>
   Type.String({
     minLength: 1,
@@ -120,15 +182,56 @@ const Expression = (description: string) =>
     description: `${description} One evaluation may cost at most ${MAX_EXPRESSION_COST} CEL cost units.`,
   });
 
+/** Longest value a concurrency or rate-limit key may evaluate to. */
+export const MAX_LIMIT_KEY_LENGTH = 253;
+/** Most attempts one concurrency key may let run at once. */
+export const MAX_CONCURRENCY = 10_000;
+/** Most rate limits one task may take a token of. */
+export const MAX_TASK_RATE_LIMITS = 8;
+
+const KEY_VARIABLES = `It sees inputs, tasks.<dependency>.output, input (the task's rendered input) and index (of a forEach item), and must yield a string of 1 to ${MAX_LIMIT_KEY_LENGTH} characters, else the task fails.`;
+
+const Concurrency = Type.Object(
+  {
+    key: Expression(
+      `CEL expression yielding the concurrency key, e.g. "'customer-' + inputs.customer". ${KEY_VARIABLES}`,
+    ),
+    max: Type.Integer({
+      minimum: 1,
+      maximum: MAX_CONCURRENCY,
+      description: 'Most attempts of tasks with this key that run at once.',
+    }),
+  },
+  {
+    description:
+      'Caps the attempts that run at once for one key across every workflow of the namespace (e.g. one run per customer at a time): an attempt over it waits in the dispatcher, holding no slot, and its status message says so ("waiting on concurrency key customer-acme (2 of 2 running)").',
+  },
+);
+
+const TaskRateLimit = Type.Object(
+  {
+    name: DnsLabel("Name of a rate limit the task's AgentPool declares in spec.rateLimits."),
+    key: Type.Optional(
+      Expression(
+        `CEL expression yielding the key the limit is counted per (e.g. "inputs.tenant": model calls per tenant); without it, one bucket for the pool. ${KEY_VARIABLES}`,
+      ),
+    ),
+  },
+  { description: 'One rate limit each attempt takes a token of before it starts.' },
+);
+
 export const WorkflowTask = Type.Object(
   {
     name: DnsLabel('Task name, unique in the workflow.'),
-    handler: Type.String({
-      minLength: 1,
-      maxLength: 253,
-      pattern: '^[A-Za-z0-9][A-Za-z0-9_.:/-]*$',
-      description: 'Handler an agent of the pool runs for this task.',
-    }),
+    handler: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 253,
+        pattern: '^[A-Za-z0-9][A-Za-z0-9_.:/-]*$',
+        description: 'Handler an agent of the pool runs for this task (required unless the task is an approval).',
+      }),
+    ),
+    approval: Type.Optional(Approval),
     pool: Type.Optional(DnsLabel('AgentPool that runs the task (default: spec.pool).')),
     dependsOn: Type.Optional(
       Type.Unsafe<string[]>({
@@ -167,6 +270,16 @@ export const WorkflowTask = Type.Object(
         description: `Task slots an attempt occupies. Default: ${DEFAULT_TASK_COST}.`,
       }),
     ),
+    concurrency: Type.Optional(Concurrency),
+    rateLimits: Type.Optional(
+      Type.Array(TaskRateLimit, {
+        maxItems: MAX_TASK_RATE_LIMITS,
+        'x-kubernetes-list-type': 'map',
+        'x-kubernetes-list-map-keys': ['name'],
+        description:
+          'Rate limits of the AgentPool each attempt takes a token of before it starts; an attempt without one waits, holding no slot, and its status message says for how long ("waiting on rate limit openai-calls (key acme): next slot in 3.2 s"). A limit the pool does not declare holds the task until it does.',
+      }),
+    ),
   },
   {
     'x-kubernetes-validations': [
@@ -174,6 +287,18 @@ export const WorkflowTask = Type.Object(
         rule: '!has(self.dependsOn) || !(self.name in self.dependsOn)',
         message: 'a task cannot depend on itself',
         fieldPath: '.dependsOn',
+      },
+      {
+        rule: 'has(self.handler) != has(self.approval)',
+        message: 'a task needs exactly one of handler (an agent runs it) and approval (a person decides)',
+        fieldPath: '.handler',
+        reason: 'FieldValueRequired',
+      },
+      {
+        // input too, but CEL cannot see a field of free values: the controller's validation refuses it.
+        rule: '!has(self.approval) || !(has(self.forEach) || has(self.retryPolicy) || has(self.timeoutSeconds))',
+        message: 'an approval task takes no forEach, retryPolicy or timeoutSeconds (use approval.timeoutSeconds)',
+        fieldPath: '.approval',
       },
     ],
   },
@@ -231,6 +356,57 @@ function dependsOnRules(): CelRule[] {
   return rules;
 }
 
+/** What spec.budget does once the workflow's usage passes it. */
+export const BUDGET_ACTIONS = ['Fail', 'Suspend'] as const;
+export type BudgetAction = (typeof BUDGET_ACTIONS)[number];
+export const DEFAULT_BUDGET_ACTION: BudgetAction = 'Fail';
+/** Models status.usage.byModel lists (the costliest; the rest are in the totals). */
+export const MAX_STATUS_USAGE_MODELS = 16;
+
+const Budget = Type.Object(
+  {
+    maxTokens: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: Number.MAX_SAFE_INTEGER,
+        description:
+          'Most tokens (input plus output, every model) the workflow may use, as its handlers report them with ctx.usage.',
+      }),
+    ),
+    maxCostUsd: Type.Optional(
+      Type.Number({
+        exclusiveMinimum: 0,
+        maximum: 1_000_000_000,
+        description: 'Most cost in US dollars the workflow may incur, as its handlers report it with ctx.usage.',
+      }),
+    ),
+    action: Type.Optional(
+      StringEnum(BUDGET_ACTIONS, {
+        default: DEFAULT_BUDGET_ACTION,
+        description: `What happens once a committed result takes the usage over a limit: Fail ends the run (reason BudgetExceeded); Suspend starts no new task (running ones finish) until the budget is raised or removed. Default: ${DEFAULT_BUDGET_ACTION}.`,
+      }),
+    ),
+  },
+  {
+    description:
+      "Limits on the model usage the workflow's handlers report (ctx.usage), summed over every committed attempt, failed ones included. Applies to a started run too: raise it to resume a run it suspended.",
+    'x-kubernetes-validations': [
+      {
+        rule: 'has(self.maxTokens) || has(self.maxCostUsd)',
+        message: 'spec.budget needs maxTokens or maxCostUsd (or both)',
+        fieldPath: '.maxTokens',
+        reason: 'FieldValueRequired',
+      },
+    ],
+  },
+);
+
+const UsageFigures = {
+  inputTokens: Type.Integer({ minimum: 0 }),
+  outputTokens: Type.Integer({ minimum: 0 }),
+  costUsd: Type.Number({ minimum: 0 }),
+};
+
 export const WorkflowSpec = Type.Object(
   {
     pool: Type.Optional(DnsLabel('Default AgentPool for tasks that name none.')),
@@ -269,6 +445,7 @@ export const WorkflowSpec = Type.Object(
     suspend: Type.Optional(
       Type.Boolean({ default: false, description: 'Stop dispatching new tasks while true. Default: false.' }),
     ),
+    budget: Type.Optional(Budget),
     tasks: Type.Unsafe<Static<typeof WorkflowTask>[]>({
       type: 'array',
       minItems: 1,
@@ -283,8 +460,8 @@ export const WorkflowSpec = Type.Object(
     description: 'Desired state of the Workflow.',
     'x-kubernetes-validations': [
       {
-        rule: 'has(self.pool) || self.tasks.all(t, has(t.pool))',
-        message: 'spec.pool is required unless every task sets pool',
+        rule: 'has(self.pool) || self.tasks.all(t, has(t.pool) || has(t.approval))',
+        message: 'spec.pool is required unless every task sets pool (approval tasks need none)',
         fieldPath: '.pool',
         reason: 'FieldValueRequired',
       },
@@ -302,6 +479,8 @@ export const TaskPhases = [
   'Queued',
   'Running',
   'Retrying',
+  // An approval task waiting for a person's decision (it holds no agent slot).
+  'Waiting',
   'Succeeded',
   'Failed',
   'Skipped',
@@ -359,6 +538,23 @@ export const WorkflowStatus = Type.Object(
     startedAt: Type.Optional(Type.String({ format: 'date-time' })),
     finishedAt: Type.Optional(Type.String({ format: 'date-time' })),
     outputs: Type.Optional(FreeObject('Outputs of the tasks no other task depends on (size-bounded).')),
+    usage: Type.Optional(
+      Type.Object(
+        {
+          ...UsageFigures,
+          byModel: Type.Optional(
+            Type.Array(Type.Object({ model: Type.String({ maxLength: 128 }), ...UsageFigures }), {
+              maxItems: MAX_STATUS_USAGE_MODELS,
+              description: `Per model, the ${MAX_STATUS_USAGE_MODELS} costliest (the totals count every model).`,
+            }),
+          ),
+        },
+        {
+          description:
+            'Model usage the handlers reported (ctx.usage), summed over every committed attempt, failed ones included.',
+        },
+      ),
+    ),
     tasks: Type.Optional(
       Type.Array(
         Type.Object({
@@ -366,6 +562,7 @@ export const WorkflowStatus = Type.Object(
           phase: StringEnum(TaskPhases, { description: 'Phase of the task (the latest attempt).' }),
           attempts: Type.Optional(Type.Integer({ minimum: 0 })),
           message: Type.Optional(Type.String({ maxLength: 1024 })),
+          usage: Type.Optional(Type.Object(UsageFigures, { description: "Model usage of the task's attempts." })),
         }),
         { maxItems: 1000, description: 'Per-task summary, bounded; full records are in etcd.' },
       ),
@@ -387,6 +584,8 @@ export const WorkflowSchema = Type.Object(
 );
 
 export type WorkflowTask = Static<typeof WorkflowTask>;
+export type Approval = Static<typeof Approval>;
 export type WorkflowSpec = Static<typeof WorkflowSpec>;
+export type Budget = Static<typeof Budget>;
 export type WorkflowStatus = Static<typeof WorkflowStatus>;
 export type Workflow = Static<typeof WorkflowSchema>;

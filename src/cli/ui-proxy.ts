@@ -9,10 +9,14 @@
 // only requests that carry its per-session secret: the printed URL holds it as
 // ?token=, the first request with it gets it back as an HttpOnly SameSite=Strict
 // cookie (and a redirect that drops it from the address bar), every other
-// request without that cookie gets 401. It forwards only GETs, and only of the
-// paths the UI reads (ALLOWED below), so a page that somehow ran in it could
-// still not write anything or read Secrets. A Host header other than the
-// loopback address it listens on is refused (DNS rebinding).
+// request without that cookie gets 401. It forwards GETs of the paths the UI
+// reads (ALLOWED below) and one write: a POST of an approval decision
+// (DECISION_PATH), JSON of at most MAX_DECISION_BYTES, carrying the header
+// UI_WRITE_HEADER (a cross-site page cannot send it without a CORS preflight,
+// which the proxy never grants). So a page that somehow ran in it could decide
+// an approval the user may decide, and nothing else: not write a Workflow, not
+// read Secrets. A Host header other than the loopback address it listens on is
+// refused (DNS rebinding).
 
 import { spawn } from 'node:child_process';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
@@ -28,7 +32,7 @@ import {
 } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { DATA_GROUP } from '../api/data-api.ts';
+import { DATA_GROUP, UI_WRITE_HEADER, UI_WRITE_VALUE } from '../api/data-api.ts';
 import { VERSION } from '../lib/version.ts';
 import { UI_PATH } from '../operator/data-api/ui-assets.ts';
 import { type KubeCredentials, kubeConfigCredentials } from '../operator/kube/credentials.ts';
@@ -78,6 +82,17 @@ const ALLOWED: readonly RegExp[] = [
   new RegExp(`^/apis/${DATA_GROUP.replace(/\./g, '\\.')}/`),
   /^\/api\/v1\/namespaces$/,
 ];
+
+/** The one path the proxy forwards a POST to: a decision on an approval task. */
+const DECISION_PATH = new RegExp(
+  `^/apis/${DATA_GROUP.replace(/\./g, '\\.')}/v1alpha1/namespaces/[^/]+/workflows/[^/]+/approval$`,
+);
+const MAX_DECISION_BYTES = 8 * 1024;
+
+/** Whether the proxy forwards a POST of this path. */
+export function isDecision(pathname: string): boolean {
+  return DECISION_PATH.test(pathname);
+}
 
 /** Response headers that belong to one connection, or that the browser must not get from the API server. */
 const DROPPED_RESPONSE_HEADERS = new Set([
@@ -219,12 +234,13 @@ export async function runUiProxy(opts: UiProxyOptions): Promise<UiProxy> {
       return;
     }
     if (!sameSecret(cookieValue(req.headers.cookie, cookieName), secretBytes)) return unauthorized(res);
+    if (req.method === 'POST') return decision(req, res, url);
     if (req.method !== 'GET') {
       return status(
         res,
         405,
         'MethodNotAllowed',
-        `the agentflow UI proxy forwards GET requests only, not ${req.method}`,
+        `the agentflow UI proxy forwards GET requests, and POSTs of approval decisions, not ${req.method}`,
       );
     }
     if (url.pathname === UI_CONFIG_PATH) {
@@ -245,16 +261,48 @@ export async function runUiProxy(opts: UiProxyOptions): Promise<UiProxy> {
     await forward(req, res, `${path}${url.search}`);
   }
 
-  async function forward(req: IncomingMessage, res: ServerResponse, pathAndQuery: string): Promise<void> {
+  /** The proxy's one write: an approval decision, checked before it goes anywhere. */
+  async function decision(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    if (!isDecision(url.pathname) || url.search !== '') {
+      return status(res, 403, 'Forbidden', `the agentflow UI proxy forwards no POST to ${url.pathname}`);
+    }
+    if (req.headers[UI_WRITE_HEADER] !== UI_WRITE_VALUE) {
+      return status(res, 403, 'Forbidden', `a decision must carry the header ${UI_WRITE_HEADER}: ${UI_WRITE_VALUE}`);
+    }
+    if (!String(req.headers['content-type'] ?? '').startsWith('application/json')) {
+      return status(res, 415, 'UnsupportedMediaType', 'a decision is JSON (Content-Type: application/json)');
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of req) {
+      size += (c as Buffer).length;
+      if (size > MAX_DECISION_BYTES) {
+        return status(res, 413, 'RequestEntityTooLarge', `a decision is at most ${MAX_DECISION_BYTES} bytes`);
+      }
+      chunks.push(c as Buffer);
+    }
+    await forward(req, res, url.pathname, { method: 'POST', body: Buffer.concat(chunks) });
+  }
+
+  async function forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    pathAndQuery: string,
+    write?: { method: 'POST'; body: Buffer },
+  ): Promise<void> {
     const { agent, headers: auth } = await upstream.prepare();
     const headers: Record<string, string> = { ...auth, 'User-Agent': `agentflow-ui/${VERSION}` };
+    if (write) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = String(write.body.length);
+    }
     for (const h of FORWARDED_REQUEST_HEADERS) {
       const v = req.headers[h];
       if (typeof v === 'string') headers[h] = v;
     }
     const target = new URL(pathAndQuery, upstream.server);
     const send = upstream.server.protocol === 'http:' ? httpRequest : httpsRequest;
-    const up = send(target, { method: 'GET', agent, headers });
+    const up = send(target, { method: write?.method ?? 'GET', agent, headers });
     inFlight.add(up);
     // The browser went away (a closed pane ends a followed log): end the upstream request too.
     res.on('close', () => {
@@ -279,7 +327,7 @@ export async function runUiProxy(opts: UiProxyOptions): Promise<UiProxy> {
         `cannot reach the Kubernetes API server ${upstream.server.origin}: ${err.message}`,
       );
     });
-    up.end();
+    up.end(write?.body);
   }
 
   await new Promise<void>((resolve, reject) => {

@@ -27,6 +27,7 @@ import { AgentConn } from './agent-conn.ts';
 import type { AgentAuth, AgentIdentity, Grant } from './auth.ts';
 import { StreamCredentials } from './credentials.ts';
 import { GroupCommitter } from './group-committer.ts';
+import type { RateLimitDef } from './limits.ts';
 import { relayMail } from './mail.ts';
 import type { DispatcherMetrics, PoolAgents, RequeueReason } from './metrics.ts';
 import { OrphanResults } from './orphans.ts';
@@ -46,6 +47,7 @@ import {
   type ResultOutcome,
   refOf,
   spawnedChildren,
+  streamText,
 } from './wire-checks.ts';
 
 export interface DispatcherOptions {
@@ -154,7 +156,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.claims = new TaskClaims(opts.store);
     this.log = (opts.logger ?? silentLogger).with({ component: 'dispatcher' });
     const p = opts.policy ?? 'least-loaded';
-    this.scheduler = new Scheduler(typeof p === 'function' ? p : POLICIES[p]());
+    this.scheduler = new Scheduler<Entry, AgentConn>(typeof p === 'function' ? p : POLICIES[p](), {
+      // After the current turn: the engine hears of it as of any other event, never inside its own submit.
+      held: (e, message) =>
+        queueMicrotask(() => {
+          if (this.entries.get(e.key) === e && e.phase === 'queued')
+            this.emit('task', { type: 'held', ref: e.spec.ref, attempt: e.attempt, message });
+        }),
+      woken: () => this.kick(),
+    });
     this.fences = opts.fences ?? (() => []);
     this.metrics = opts.metrics;
     this.orphanTimeoutMs = opts.orphanTimeoutMs ?? 30_000;
@@ -257,6 +267,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       .stop()
       .catch((err: Error) => this.log.warn('Could not write the last task logs', { error: err }));
     if (this.sweeper) clearInterval(this.sweeper);
+    this.scheduler.close();
     for (const t of this.orphanTimers.values()) clearTimeout(t);
     for (const e of this.entries.values()) if (e.timer) clearTimeout(e.timer);
     for (const c of this.conns.values()) {
@@ -316,6 +327,31 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'cancelled');
       await this.takeBack(entry, reason);
     }
+  }
+
+  /**
+   * Why a queued task waits for a concurrency key or rate limit (e.g. "waiting on rate limit
+   * openai-calls (key acme): next slot in 3.2 s"), as of now; undefined if none holds it.
+   */
+  heldReason(ref: TaskRef): string | undefined {
+    const entry = this.entries.get(taskKey(ref));
+    return entry?.phase === 'queued' ? this.scheduler.heldReason(entry) : undefined;
+  }
+
+  /**
+   * After a failover, the concurrency key of an attempt adopted from its agent before the engine
+   * resumed its run (an adopted attempt is known only by its claim): from now on it counts.
+   */
+  adoptedLimits(spec: TaskSpec): void {
+    const entry = this.entries.get(taskKey(spec.ref));
+    if (!entry?.adopted || !spec.concurrency || entry.spec.concurrency) return;
+    (entry.spec as TaskSpec).concurrency = spec.concurrency;
+    this.scheduler.adopted(entry);
+  }
+
+  /** The rate limits an AgentPool declares (spec.rateLimits; undefined once it is deleted). */
+  setRateLimits(namespace: string, pool: string, limits: readonly RateLimitDef[] | undefined): void {
+    this.scheduler.setRateLimits(namespace, pool, limits);
   }
 
   /** The agent running a task's current attempt, if one is. */
@@ -418,6 +454,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         )) {
           if (this.entries.get(entry.key) !== entry || entry.phase !== 'queued') {
             conn.used -= entry.cost;
+            this.scheduler.release(entry, true);
             continue;
           }
           move(entry, 'reserve');
@@ -453,6 +490,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       for (const { entry, conn } of batch) {
         conn.used -= entry.cost;
         if (entry.phase === 'claiming') {
+          this.scheduler.release(entry, true);
           move(entry, 'claimRefused');
           this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'claim_failed');
           this.enqueue(entry);
@@ -471,6 +509,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       }
       if (!o?.ok) {
         conn.used -= entry.cost;
+        this.scheduler.release(entry, true);
         if (o?.reason === 'LeaseNotFound') {
           // Only this agent's claims fail (the rest of the batch committed): it must re-register for a live lease.
           conn.log.warn('Dropping an agent whose lease etcd does not have', { why: o.error.message });
@@ -482,6 +521,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       if (conn.closed || this.entries.get(entry.key) !== entry) {
         // The agent went away while we claimed: give the claim back and queue again.
         conn.used -= entry.cost;
+        this.scheduler.release(entry, true);
         void this.claims.release(o.claim, this.fences()).catch(() => undefined);
         move(entry, 'claimRefused');
         if (this.entries.get(entry.key) === entry) {
@@ -507,6 +547,16 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           deadlineUnixMs: deadline,
           token: o.claim.token,
           cost: entry.cost,
+          ...(entry.spec.approvals?.length && {
+            approvals: entry.spec.approvals.map((d) => ({
+              ordinal: d.ordinal,
+              approved: d.approved,
+              user: d.user ?? '',
+              message: d.message ?? '',
+              decidedAtUnixMs: Date.parse(d.decidedAt),
+              timedOut: d.timedOut ?? false,
+            })),
+          }),
         },
       });
       this.counters.assigned++;
@@ -617,6 +667,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       entry.claim = claim;
       conn.used += cost;
       conn.assigned.add(key);
+      this.scheduler.adopted(entry); // it runs: it counts against its concurrency key
     }
     const stillYours = held.map((h) => h.inf);
     // Claims on the agent's adopted lease for attempts it no longer has (neither running nor holding
@@ -769,7 +820,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           else conn.log.debug('Task log lines dropped', { taskId: l.taskId, attempt: l.attempt, why: entry.message });
           return;
         }
-        this.taskLogs.append({ ...entry.spec.ref, attempt: entry.attempt }, logLines(l.lines), l.end);
+        this.taskLogs.append(
+          { ...entry.spec.ref, attempt: entry.attempt },
+          logLines(l.lines),
+          l.end,
+          streamText(l.chunks),
+        );
         return;
       }
       case 'spawn':
@@ -1055,6 +1111,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (o?.ok) {
       this.counters.committed++;
       this.metrics?.ended(c.ref.namespace, c.conn.pool, (o.stored ?? c.result).ok ? 'succeeded' : 'failed');
+      this.metrics?.usage(c.ref.namespace, c.conn.pool, (o.stored ?? c.result).usage);
       this.ack(c.conn, { taskId: c.wireTaskId, attempt: c.wireAttempt }, 'COMMITTED', '');
       if (entry) this.settle(entry, c.conn);
       const result: TaskResult = {
@@ -1085,6 +1142,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       return;
     }
     if (entry.timer) clearTimeout(entry.timer);
+    this.scheduler.release(entry);
     const agent = conn ?? (entry.agentId ? this.conns.get(entry.agentId) : undefined);
     if (agent?.assigned.delete(entry.key)) agent.used -= entry.cost;
     if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
@@ -1131,6 +1189,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const agent = this.conns.get(agentId);
     if (agent?.assigned.delete(key)) agent.used -= entry.cost;
     if (entry.timer) clearTimeout(entry.timer);
+    this.scheduler.release(entry);
     this.emit('task', {
       type: 'lost',
       ref: entry.spec.ref,
@@ -1154,6 +1213,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const claim = entry.claim;
     const agent = entry.agentId ? this.conns.get(entry.agentId) : undefined;
     if (entry.timer) clearTimeout(entry.timer);
+    // Its key's slot is free once the claim goes (below): a late result of it can no longer commit.
+    this.scheduler.release(entry);
     if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
     move(entry, 'takeBack');
     if (agent?.assigned.delete(entry.key)) {

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, LATENCY_BUCKETS, type Registry } from '../lib/metrics.ts';
+import { type ModelUsage, toUsd } from '../lib/usage.ts';
 import type { KeptLease } from '../state/index.ts';
 
 /**
@@ -34,6 +35,15 @@ export const TASK_BUCKETS: readonly number[] = Object.freeze([
   0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
 ]);
 
+/**
+ * Model names the usage counters keep apart per pool (the first seen); usage of any further
+ * model is counted under model="other", so an agent reporting arbitrary names cannot grow the
+ * series without bound.
+ */
+export const MAX_USAGE_MODEL_SERIES = 20;
+/** The model label of usage past MAX_USAGE_MODEL_SERIES. */
+export const OTHER_MODEL_LABEL = 'other';
+
 /** One pool's agents as the agent gauges show them. */
 export interface PoolAgents {
   namespace: string;
@@ -64,6 +74,8 @@ interface PoolSeries {
   leaseExpiries: Inc;
   attempt: Observe;
   queueWait: Observe;
+  /** Usage series by model label (at most MAX_USAGE_MODEL_SERIES + "other"). */
+  usage: Map<string, { input: Inc; output: Inc; cost: Inc }>;
 }
 
 interface LeaseWatch {
@@ -86,6 +98,8 @@ export class DispatcherMetrics {
   private readonly attemptSeconds: Histogram<'pool'>;
   private readonly queueWaitSeconds: Histogram<'pool'>;
   private readonly dispatchSeconds: Histogram;
+  private readonly usageTokens: Counter<'namespace' | 'pool' | 'model' | 'kind'>;
+  private readonly usageCost: Counter<'namespace' | 'pool' | 'model'>;
   private readonly pools = new Map<string, Map<string, PoolSeries>>();
   private readonly leases = new WeakMap<KeptLease, LeaseWatch>();
   /** Pool names whose histogram series exist. */
@@ -128,6 +142,18 @@ export class DispatcherMetrics {
       name: 'agentflow_agent_lease_expiries_total',
       help: "Agents' leases that ran out: the agent went away without draining and did not come back within the lease TTL.",
       labelNames: ['namespace', 'pool'],
+      registers,
+    });
+    this.usageTokens = new Counter({
+      name: 'agentflow_usage_tokens_total',
+      help: `Tokens the handlers reported (ctx.usage) in committed results, failed attempts' included, by model (the first ${MAX_USAGE_MODEL_SERIES} per pool; the rest as "${OTHER_MODEL_LABEL}") and kind (input, output).`,
+      labelNames: ['namespace', 'pool', 'model', 'kind'],
+      registers,
+    });
+    this.usageCost = new Counter({
+      name: 'agentflow_usage_cost_usd_total',
+      help: `Cost in US dollars the handlers reported (ctx.usage) in committed results, failed attempts' included, by model (the first ${MAX_USAGE_MODEL_SERIES} per pool; the rest as "${OTHER_MODEL_LABEL}").`,
+      labelNames: ['namespace', 'pool', 'model'],
       registers,
     });
     this.requeues = new Counter({
@@ -186,6 +212,27 @@ export class DispatcherMetrics {
     this.pool(namespace, pool).outcomes[outcome].inc();
   }
 
+  /** A result was committed with this usage (once per committed result, on the leader). */
+  usage(namespace: string, pool: string, models: readonly ModelUsage[] | undefined): void {
+    if (!models || models.length === 0) return;
+    const series = this.pool(namespace, pool).usage;
+    for (const m of models) {
+      const label = series.has(m.model) || series.size < MAX_USAGE_MODEL_SERIES ? m.model : OTHER_MODEL_LABEL;
+      let s = series.get(label);
+      if (!s) {
+        s = {
+          input: this.usageTokens.labels({ namespace, pool, model: label, kind: 'input' }),
+          output: this.usageTokens.labels({ namespace, pool, model: label, kind: 'output' }),
+          cost: this.usageCost.labels({ namespace, pool, model: label }),
+        };
+        series.set(label, s);
+      }
+      s.input.inc(m.inputTokens);
+      s.output.inc(m.outputTokens);
+      s.cost.inc(toUsd(m.costNanos));
+    }
+  }
+
   requeued(namespace: string, pool: string, reason: RequeueReason): void {
     this.pool(namespace, pool).requeues[reason].inc();
   }
@@ -242,6 +289,7 @@ export class DispatcherMetrics {
       leaseExpiries,
       attempt: this.attemptSeconds.labels({ pool }),
       queueWait: this.queueWaitSeconds.labels({ pool }),
+      usage: new Map(),
     };
     byName.set(pool, s);
     return s;

@@ -1,3 +1,4 @@
+import { type Clock, Limits, type RateLimitDef } from './limits.ts';
 import type { PlacementPolicy } from './placement.ts';
 import { PoolQueue, type QueuedTask } from './task-queue.ts';
 import type { TaskSpec } from './types.ts';
@@ -31,6 +32,14 @@ export interface Pick<T extends Schedulable, A extends SlotHolder> {
 
 const poolKey = (namespace: string, pool: string) => `${namespace}/${pool}`;
 
+export interface SchedulerOptions<T> {
+  /** A concurrency key or rate limit holds a queued task, and why (see Limits). */
+  held?(task: T, message: string): void;
+  /** Held tasks went back to a ready line on their own (a refill timer, new pool limits): dispatch. */
+  woken?(): void;
+  clock?: Clock;
+}
+
 /**
  * The ready queues of every pool and the choice of agent for each task. Knows nothing of etcd or
  * streams: a dispatch turn asks it for picks (each agent's slots reserved as it goes), and gives back
@@ -43,9 +52,20 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
   private readonly policy: PlacementPolicy;
   private seq = 0;
   private firstPool = 0;
+  /** Concurrency keys and rate limits: tasks they hold wait there, out of the ready lines. */
+  private readonly limits: Limits<T>;
 
-  constructor(policy: PlacementPolicy) {
+  constructor(policy: PlacementPolicy, opts: SchedulerOptions<T> = {}) {
     this.policy = policy;
+    this.limits = new Limits<T>({
+      ready: (task) => {
+        const q = this.byKey.get(task.key);
+        if (q && this.queued.get(q) === task) this.queueFor(task.spec.ref.namespace, task.spec.pool).push(q);
+      },
+      ...(opts.held && { held: opts.held }),
+      ...(opts.woken && { woken: opts.woken }),
+      ...(opts.clock && { clock: opts.clock }),
+    });
   }
 
   private queueFor(namespace: string, pool: string): PoolQueue {
@@ -74,6 +94,8 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
     };
     this.queued.set(q, task);
     this.byKey.set(task.key, q);
+    // A task a limit holds waits in that limit's queue, not in the line.
+    if (Limits.limited(task.spec) && !this.limits.admit(task)) return;
     this.queueFor(task.spec.ref.namespace, task.spec.pool).push(q);
   }
 
@@ -81,10 +103,47 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
   remove(task: T): boolean {
     const q = this.byKey.get(task.key);
     if (!q || this.queued.get(q) !== task) return false;
-    this.queueFor(task.spec.ref.namespace, task.spec.pool).remove((t) => t === q);
     this.queued.delete(q);
     this.byKey.delete(task.key);
+    if (Limits.limited(task.spec)) {
+      // Out of the line first: what its removal wakes must not find it there.
+      this.queues.get(poolKey(task.spec.ref.namespace, task.spec.pool))?.remove((t) => t === q);
+      this.limits.remove(task);
+    } else this.queueFor(task.spec.ref.namespace, task.spec.pool).remove((t) => t === q);
     return true;
+  }
+
+  /**
+   * The attempt of a picked (or adopted) task is over, or its pick was given back before it ran: its
+   * concurrency key's slot is free again, and with `refund` (it never ran) the rate-limit tokens its
+   * pick took go back. Idempotent; nothing for a task without limits.
+   */
+  release(task: T, refund = false): void {
+    if (Limits.limited(task.spec)) this.limits.release(task, refund);
+  }
+
+  /** An attempt adopted from a re-registering agent runs: it counts against its concurrency key. */
+  adopted(task: T): void {
+    if (Limits.limited(task.spec)) this.limits.adopted(task);
+  }
+
+  /** The rate limits a pool declares (its spec.rateLimits; undefined once the pool is gone). */
+  setRateLimits(namespace: string, pool: string, defs: readonly RateLimitDef[] | undefined): void {
+    this.limits.setRateLimits(namespace, pool, defs);
+  }
+
+  /** Why a queued task is held by a limit now, or undefined. */
+  heldReason(task: T): string | undefined {
+    return this.isQueued(task) && Limits.limited(task.spec) ? this.limits.reason(task) : undefined;
+  }
+
+  /** Attempts of a namespace's concurrency key holding a slot now. */
+  runningOf(namespace: string, key: string): number {
+    return this.limits.runningOf(namespace, key);
+  }
+
+  close(): void {
+    this.limits.close();
   }
 
   isQueued(task: T): boolean {
@@ -115,20 +174,35 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
       const list = [...agents];
       if (list.length === 0) continue;
       const chosen = new Map<QueuedTask, A>();
-      const taken = queue.take((t) => {
-        let pick: A | undefined;
-        const cands: { agentId: string; capacity: number; used: number; agent: A }[] = [];
-        for (const a of list) {
-          if (a.free >= t.cost && a.handlers.has(t.spec.handler))
-            cands.push({ agentId: a.agentId, capacity: a.capacity, used: a.used, agent: a });
-        }
-        if (cands.length === 1) pick = cands[0]?.agent;
-        else if (cands.length > 1) pick = (this.policy(cands) as (typeof cands)[number] | undefined)?.agent;
-        if (!pick) return false;
-        pick.used += t.cost; // reserve now: the next pick sees it
-        chosen.set(t, pick);
-        return true;
-      }, max - out.length);
+      const held: QueuedTask[] = [];
+      const taken = queue.take(
+        (t) => {
+          const limited = Limits.limited(t.spec);
+          if (limited && this.limits.check(this.queued.get(t) as T)) return 'hold';
+          let pick: A | undefined;
+          const cands: { agentId: string; capacity: number; used: number; agent: A }[] = [];
+          for (const a of list) {
+            if (a.free >= t.cost && a.handlers.has(t.spec.handler))
+              cands.push({ agentId: a.agentId, capacity: a.capacity, used: a.used, agent: a });
+          }
+          if (cands.length === 1) pick = cands[0]?.agent;
+          else if (cands.length > 1) pick = (this.policy(cands) as (typeof cands)[number] | undefined)?.agent;
+          if (!pick) return false;
+          pick.used += t.cost; // reserve now: the next pick sees it
+          chosen.set(t, pick);
+          if (limited) this.limits.picked(this.queued.get(t) as T);
+          return true;
+        },
+        max - out.length,
+        undefined,
+        held,
+      );
+      for (const t of held) {
+        const task = this.queued.get(t) as T;
+        const gate = this.limits.check(task);
+        if (gate) this.limits.holdAtPick(task, gate);
+        else queue.push(t); // (cannot happen: nothing changed since the check)
+      }
       for (const t of taken) {
         const task = this.queued.get(t) as T;
         this.queued.delete(t);
@@ -136,6 +210,7 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
         out.push({ task, agent: chosen.get(t) as A });
       }
     }
+    this.limits.flush();
     return out;
   }
 

@@ -1,3 +1,4 @@
+import { agentMayWrite, RESERVED_STATE_PREFIX } from '../api/signals.ts';
 import type { DispatcherMessage } from '../gen/agentflow/v1/DispatcherMessage.ts';
 import type { KeyValue } from '../gen/agentflow/v1/KeyValue.ts';
 import type { LockRequest__Output } from '../gen/agentflow/v1/LockRequest.ts';
@@ -132,6 +133,15 @@ export class StateService {
     req: StateRequest__Output,
   ): Promise<Omit<StateResponse, 'id'>> {
     const s = this.scoped(ref);
+    if (
+      (req.op === 'PUT' || req.op === 'CAS' || req.op === 'DELETE') &&
+      !agentMayWrite(req.key, req.op, req.op === 'CAS' ? Number(req.expectedRevision) : -1)
+    ) {
+      throw new Refusal(
+        'PERMISSION_DENIED',
+        `StateRequest.key: "${req.key.slice(0, 128)}" is under ${RESERVED_STATE_PREFIX}, which only agentflow writes (signals come from \`agentflow signal\`)`,
+      );
+    }
     switch (req.op) {
       case 'GET': {
         const v = await s.get(req.key);

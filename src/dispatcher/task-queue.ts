@@ -96,9 +96,10 @@ export class PoolQueue {
   /**
    * Takes tasks that `fits` accepts, visiting tenants round-robin, one task
    * per visit, looking at most `scan` tasks deep into each tenant so a
-   * head-of-line task no agent can take does not block the rest.
+   * head-of-line task no agent can take does not block the rest. A task `fits`
+   * answers 'hold' for leaves the line too, into `held` (not counted as taken).
    */
-  take(fits: (t: QueuedTask) => boolean, max: number, scan = 64): QueuedTask[] {
+  take(fits: (t: QueuedTask) => boolean | 'hold', max: number, scan = 64, held?: QueuedTask[]): QueuedTask[] {
     const out: QueuedTask[] = [];
     let idle = 0;
     while (out.length < max && this.rotation.length > 0 && idle < this.rotation.length) {
@@ -106,22 +107,33 @@ export class PoolQueue {
       const ns = this.rotation[this.cursor] as string;
       const line = this.byNamespace.get(ns) as Line;
       let taken = false;
-      const end = Math.min(line.items.length, line.head + scan);
-      for (let i = line.head; i < end; i++) {
+      let looked = 0;
+      let i = line.head;
+      while (i < line.items.length && looked < scan) {
         const t = line.items[i] as QueuedTask;
-        if (fits(t)) {
-          if (i === line.head) {
-            line.items[i] = undefined as unknown as QueuedTask; // let it be collected
-            line.head++;
-            compact(line);
-          } else line.items.splice(i, 1);
-          this.size--;
-          this.slots -= t.cost;
-          this.counted(t, -1);
-          out.push(t);
-          taken = true;
-          break;
+        looked++;
+        const verdict = fits(t);
+        if (verdict === false) {
+          i++;
+          continue;
         }
+        // Taken, or held by a limit ('hold': it leaves the line for its limit's own queue, given to `held`).
+        if (i === line.head) {
+          line.items[i] = undefined as unknown as QueuedTask; // let it be collected
+          line.head++;
+          compact(line);
+          i = line.head;
+        } else line.items.splice(i, 1);
+        this.size--;
+        this.slots -= t.cost;
+        this.counted(t, -1);
+        if (verdict === 'hold') {
+          held?.push(t);
+          continue;
+        }
+        out.push(t);
+        taken = true;
+        break;
       }
       if (length(line) === 0) {
         this.byNamespace.delete(ns);

@@ -1,3 +1,4 @@
+import type { ApprovalVerdict } from '../api/approvals.ts';
 import type { TaskRef, TaskResult } from '../state/index.ts';
 import type { WireErrorCode } from './task-state.ts';
 
@@ -16,6 +17,15 @@ export interface TaskSpec {
   priority?: number;
   /** Deadline of one attempt, in seconds. */
   timeoutSeconds?: number;
+  /** Decisions on the task's earlier ctx.waitForApproval calls (sent in Assign.approvals). */
+  approvals?: readonly ApprovalVerdict[];
+  /**
+   * Its concurrency key, evaluated: at most `max` attempts of tasks with this key (in the task's
+   * namespace, any workflow, any pool) hold a slot at once.
+   */
+  concurrency?: { key: string; max: number };
+  /** Rate limits of its pool (spec.rateLimits) each attempt takes a token of; `key` evaluated (absent: one bucket). */
+  rateLimits?: readonly { name: string; key?: string }[];
 }
 
 /** A child task an agent asked for (SpawnTasks), checked by the dispatcher. */
@@ -57,7 +67,9 @@ export type TaskEvent =
        */
       settle(outcome: SpawnOutcome): void;
     })
-  | { type: 'orphanLost'; ref: TaskRef; attempt: number; agentId: string };
+  | { type: 'orphanLost'; ref: TaskRef; attempt: number; agentId: string }
+  /** A concurrency key or rate limit holds the queued attempt; `message` says which and for how long. */
+  | { type: 'held'; ref: TaskRef; attempt: number; message: string };
 
 export interface PoolStats {
   connectedAgents: number;

@@ -1,10 +1,20 @@
-import { LOG_CUT_MARKER, LOG_MAX_LINE_CHARS, LOG_MAX_LINES_PER_MESSAGE } from '../api/data-api.ts';
+import { type ApprovalAsk, approvalAskProblem } from '../api/approvals.ts';
+import {
+  LOG_CUT_MARKER,
+  LOG_MAX_LINE_CHARS,
+  LOG_MAX_LINES_PER_MESSAGE,
+  STREAM_MAX_CHUNK_CHARS,
+  STREAM_MAX_CHUNKS_PER_MESSAGE,
+} from '../api/data-api.ts';
 import { DNS_LABEL } from '../api/schema-helpers.ts';
+import { APPROVAL_TIMEOUT_ACTIONS, type ApprovalTimeoutAction } from '../api/workflow.ts';
 import type { LogLine__Output } from '../gen/agentflow/v1/LogLine.ts';
 import type { Register__Output } from '../gen/agentflow/v1/Register.ts';
 import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
 import type { SpawnTasks__Output } from '../gen/agentflow/v1/SpawnTasks.ts';
+import type { StreamChunk__Output } from '../gen/agentflow/v1/StreamChunk.ts';
 import { MAX_PAYLOAD_BYTES } from '../lib/proto.ts';
+import { MAX_USAGE_MODELS, type ModelUsage, toNanos, UsageTally, usageProblem } from '../lib/usage.ts';
 import type { TaskRef } from '../state/index.ts';
 import type { RegisterClaim } from './auth.ts';
 import type { WireRefusal } from './task-state.ts';
@@ -49,15 +59,54 @@ export function claimOf(r: Register__Output): RegisterClaim {
 }
 
 /** The outcome a Result carries, as the commit stores it. */
-export type ResultOutcome = { ok: boolean; output?: unknown; error?: { message: string; retryable: boolean } };
+export type ResultOutcome = {
+  ok: boolean;
+  output?: unknown;
+  error?: { message: string; retryable: boolean };
+  /** The attempt ended in ctx.waitForApproval: what it asks (the engine holds the task for a person). */
+  park?: ApprovalAsk;
+  /** Model usage of the attempt, per model (absent: none reported). */
+  usage?: ModelUsage[];
+};
 
 /** The task a wire id names in the agent's namespace, or the refusal. */
 export function refOf(namespace: string, taskId: string): TaskRef | WireRefusal {
   return parseWireTaskId(namespace, taskId) ?? { code: 'INVALID', message: `task id "${taskId}" is not workflow/task` };
 }
 
-/** A Result's outcome (output parsed, error bounded), or why it cannot be taken. */
+/** A Result's usage (bounded, each figure checked, a model named twice summed), or why it cannot be taken. */
+function resultUsage(r: Result__Output): { usage?: ModelUsage[] } | WireRefusal {
+  const list = r.usage ?? [];
+  if (list.length === 0) return {};
+  if (list.length > MAX_USAGE_MODELS)
+    return {
+      code: 'INVALID',
+      message: `Result.usage of ${r.taskId}: at most ${MAX_USAGE_MODELS} models, got ${list.length}`,
+    };
+  const tally = new UsageTally();
+  for (const [i, u] of list.entries()) {
+    const problem = usageProblem(`Result.usage[${i}]`, u);
+    if (problem) return { code: 'INVALID', message: `${problem.message} (task ${r.taskId})` };
+    const added = tally.add({
+      model: u.model,
+      inputTokens: u.inputTokens,
+      outputTokens: u.outputTokens,
+      costNanos: toNanos(u.costUsd),
+    });
+    if (!added.ok) return { code: 'INVALID', message: `Result.usage[${i}].${added.message} (task ${r.taskId})` };
+  }
+  return { usage: tally.list() };
+}
+
+/** A Result's outcome (output parsed, error bounded, usage checked), or why it cannot be taken. */
 export function parseResult(r: Result__Output): ResultOutcome | WireRefusal {
+  const usage = resultUsage(r);
+  if (isRefusal(usage)) return usage;
+  const outcome = parseOutcome(r);
+  return isRefusal(outcome) ? outcome : { ...outcome, ...usage };
+}
+
+function parseOutcome(r: Result__Output): ResultOutcome | WireRefusal {
   if (r.outcome === 'outputJson') {
     const json = r.outputJson ?? '';
     // Bytes >= UTF-16 length: only a long string needs the exact count.
@@ -71,6 +120,28 @@ export function parseResult(r: Result__Output): ResultOutcome | WireRefusal {
   }
   if (r.outcome === 'error' && r.error)
     return { ok: false, error: { message: r.error.message.slice(0, MAX_ERROR_MESSAGE), retryable: r.error.retryable } };
+  if (r.outcome === 'awaitApproval' && r.awaitApproval) {
+    const w = r.awaitApproval;
+    if (w.onTimeout !== '' && !APPROVAL_TIMEOUT_ACTIONS.includes(w.onTimeout as ApprovalTimeoutAction)) {
+      return {
+        code: 'INVALID',
+        message: `Result.awaitApproval.onTimeout of ${r.taskId}: must be one of ${APPROVAL_TIMEOUT_ACTIONS.join(', ')}, got ${JSON.stringify(w.onTimeout.slice(0, 32))}`,
+      };
+    }
+    const park: ApprovalAsk = {
+      ordinal: w.ordinal,
+      message: w.message,
+      ...(w.timeoutSeconds > 0 && { timeoutSeconds: w.timeoutSeconds }),
+      ...(w.onTimeout !== '' && { onTimeout: w.onTimeout as ApprovalTimeoutAction }),
+      ...((w.users.length > 0 || w.groups.length > 0) && {
+        approvers: { ...(w.users.length > 0 && { users: w.users }), ...(w.groups.length > 0 && { groups: w.groups }) },
+      }),
+    };
+    const problem = approvalAskProblem('Result.awaitApproval', park);
+    if (problem) return { code: 'INVALID', message: `${problem} (task ${r.taskId})` };
+    // History, not the task's result (as a retryable failure): the task runs again once decided.
+    return { ok: false, error: { message: `waiting for approval ${park.ordinal}`, retryable: true }, park };
+  }
   return { code: 'INVALID', message: `Result for ${r.taskId} has neither outputJson nor error` };
 }
 
@@ -126,4 +197,19 @@ export function logLines(lines: readonly LogLine__Output[], now = Date.now()): {
       text: text.length > LOG_MAX_LINE_CHARS ? `${text.slice(0, LOG_MAX_LINE_CHARS)}${LOG_CUT_MARKER}` : text,
     };
   });
+}
+
+/**
+ * The streamed output of a TaskLog as the dispatcher keeps it: the text of at most
+ * STREAM_MAX_CHUNKS_PER_MESSAGE chunks, in order, each cut at STREAM_MAX_CHUNK_CHARS (marked with
+ * LOG_CUT_MARKER: the SDK never sends a longer one); '' when there is none.
+ */
+export function streamText(chunks: readonly StreamChunk__Output[] | undefined): string {
+  if (!chunks || chunks.length === 0) return '';
+  let out = '';
+  for (const c of chunks.slice(0, STREAM_MAX_CHUNKS_PER_MESSAGE)) {
+    const text = String(c.text ?? '');
+    out += text.length > STREAM_MAX_CHUNK_CHARS ? `${text.slice(0, STREAM_MAX_CHUNK_CHARS)}${LOG_CUT_MARKER}` : text;
+  }
+  return out;
 }

@@ -6,6 +6,8 @@ import type { Ack as _agentflow_v1_Ack, Ack__Output as _agentflow_v1_Ack__Output
 import type { AckBatch as _agentflow_v1_AckBatch, AckBatch__Output as _agentflow_v1_AckBatch__Output } from './agentflow/v1/AckBatch.ts';
 import type { AgentMail as _agentflow_v1_AgentMail, AgentMail__Output as _agentflow_v1_AgentMail__Output } from './agentflow/v1/AgentMail.ts';
 import type { AgentMessage as _agentflow_v1_AgentMessage, AgentMessage__Output as _agentflow_v1_AgentMessage__Output } from './agentflow/v1/AgentMessage.ts';
+import type { ApprovalDecision as _agentflow_v1_ApprovalDecision, ApprovalDecision__Output as _agentflow_v1_ApprovalDecision__Output } from './agentflow/v1/ApprovalDecision.ts';
+import type { ApprovalWait as _agentflow_v1_ApprovalWait, ApprovalWait__Output as _agentflow_v1_ApprovalWait__Output } from './agentflow/v1/ApprovalWait.ts';
 import type { Assign as _agentflow_v1_Assign, Assign__Output as _agentflow_v1_Assign__Output } from './agentflow/v1/Assign.ts';
 import type { AssignBatch as _agentflow_v1_AssignBatch, AssignBatch__Output as _agentflow_v1_AssignBatch__Output } from './agentflow/v1/AssignBatch.ts';
 import type { Cancel as _agentflow_v1_Cancel, Cancel__Output as _agentflow_v1_Cancel__Output } from './agentflow/v1/Cancel.ts';
@@ -21,6 +23,7 @@ import type { KeyValue as _agentflow_v1_KeyValue, KeyValue__Output as _agentflow
 import type { LockRequest as _agentflow_v1_LockRequest, LockRequest__Output as _agentflow_v1_LockRequest__Output } from './agentflow/v1/LockRequest.ts';
 import type { LockResponse as _agentflow_v1_LockResponse, LockResponse__Output as _agentflow_v1_LockResponse__Output } from './agentflow/v1/LockResponse.ts';
 import type { LogLine as _agentflow_v1_LogLine, LogLine__Output as _agentflow_v1_LogLine__Output } from './agentflow/v1/LogLine.ts';
+import type { ModelUsage as _agentflow_v1_ModelUsage, ModelUsage__Output as _agentflow_v1_ModelUsage__Output } from './agentflow/v1/ModelUsage.ts';
 import type { Progress as _agentflow_v1_Progress, Progress__Output as _agentflow_v1_Progress__Output } from './agentflow/v1/Progress.ts';
 import type { Reauth as _agentflow_v1_Reauth, Reauth__Output as _agentflow_v1_Reauth__Output } from './agentflow/v1/Reauth.ts';
 import type { Register as _agentflow_v1_Register, Register__Output as _agentflow_v1_Register__Output } from './agentflow/v1/Register.ts';
@@ -31,6 +34,7 @@ import type { SpawnAck as _agentflow_v1_SpawnAck, SpawnAck__Output as _agentflow
 import type { SpawnTasks as _agentflow_v1_SpawnTasks, SpawnTasks__Output as _agentflow_v1_SpawnTasks__Output } from './agentflow/v1/SpawnTasks.ts';
 import type { StateRequest as _agentflow_v1_StateRequest, StateRequest__Output as _agentflow_v1_StateRequest__Output } from './agentflow/v1/StateRequest.ts';
 import type { StateResponse as _agentflow_v1_StateResponse, StateResponse__Output as _agentflow_v1_StateResponse__Output } from './agentflow/v1/StateResponse.ts';
+import type { StreamChunk as _agentflow_v1_StreamChunk, StreamChunk__Output as _agentflow_v1_StreamChunk__Output } from './agentflow/v1/StreamChunk.ts';
 import type { TaskError as _agentflow_v1_TaskError, TaskError__Output as _agentflow_v1_TaskError__Output } from './agentflow/v1/TaskError.ts';
 import type { TaskLog as _agentflow_v1_TaskLog, TaskLog__Output as _agentflow_v1_TaskLog__Output } from './agentflow/v1/TaskLog.ts';
 import type { WatchEvent as _agentflow_v1_WatchEvent, WatchEvent__Output as _agentflow_v1_WatchEvent__Output } from './agentflow/v1/WatchEvent.ts';
@@ -47,6 +51,8 @@ export interface ProtoGrpcType {
       AckBatch: MessageTypeDefinition<_agentflow_v1_AckBatch, _agentflow_v1_AckBatch__Output>
       AgentMail: MessageTypeDefinition<_agentflow_v1_AgentMail, _agentflow_v1_AgentMail__Output>
       AgentMessage: MessageTypeDefinition<_agentflow_v1_AgentMessage, _agentflow_v1_AgentMessage__Output>
+      ApprovalDecision: MessageTypeDefinition<_agentflow_v1_ApprovalDecision, _agentflow_v1_ApprovalDecision__Output>
+      ApprovalWait: MessageTypeDefinition<_agentflow_v1_ApprovalWait, _agentflow_v1_ApprovalWait__Output>
       Assign: MessageTypeDefinition<_agentflow_v1_Assign, _agentflow_v1_Assign__Output>
       AssignBatch: MessageTypeDefinition<_agentflow_v1_AssignBatch, _agentflow_v1_AssignBatch__Output>
       Cancel: MessageTypeDefinition<_agentflow_v1_Cancel, _agentflow_v1_Cancel__Output>
@@ -62,6 +68,7 @@ export interface ProtoGrpcType {
       LockRequest: MessageTypeDefinition<_agentflow_v1_LockRequest, _agentflow_v1_LockRequest__Output>
       LockResponse: MessageTypeDefinition<_agentflow_v1_LockResponse, _agentflow_v1_LockResponse__Output>
       LogLine: MessageTypeDefinition<_agentflow_v1_LogLine, _agentflow_v1_LogLine__Output>
+      ModelUsage: MessageTypeDefinition<_agentflow_v1_ModelUsage, _agentflow_v1_ModelUsage__Output>
       Progress: MessageTypeDefinition<_agentflow_v1_Progress, _agentflow_v1_Progress__Output>
       Reauth: MessageTypeDefinition<_agentflow_v1_Reauth, _agentflow_v1_Reauth__Output>
       Register: MessageTypeDefinition<_agentflow_v1_Register, _agentflow_v1_Register__Output>
@@ -72,6 +79,7 @@ export interface ProtoGrpcType {
       SpawnTasks: MessageTypeDefinition<_agentflow_v1_SpawnTasks, _agentflow_v1_SpawnTasks__Output>
       StateRequest: MessageTypeDefinition<_agentflow_v1_StateRequest, _agentflow_v1_StateRequest__Output>
       StateResponse: MessageTypeDefinition<_agentflow_v1_StateResponse, _agentflow_v1_StateResponse__Output>
+      StreamChunk: MessageTypeDefinition<_agentflow_v1_StreamChunk, _agentflow_v1_StreamChunk__Output>
       TaskError: MessageTypeDefinition<_agentflow_v1_TaskError, _agentflow_v1_TaskError__Output>
       TaskLog: MessageTypeDefinition<_agentflow_v1_TaskLog, _agentflow_v1_TaskLog__Output>
       WatchEvent: MessageTypeDefinition<_agentflow_v1_WatchEvent, _agentflow_v1_WatchEvent__Output>

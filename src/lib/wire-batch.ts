@@ -2,12 +2,19 @@
 // Assigns, Acks or Results. Each message costs protobuf framing, an HTTP/2 DATA frame and a turn of
 // grpc-js's write path on both ends; under load that, not the payload, is most of the dispatcher's CPU.
 
-/** The protocol revision this code speaks: 2 = AssignBatch, AckBatch and ResultBatch; 3 = TaskLog. */
-export const PROTOCOL_VERSION = 3;
+/**
+ * The protocol revision this code speaks: 2 = AssignBatch, AckBatch and ResultBatch; 3 = TaskLog;
+ * 4 = TaskLog.chunks; 5 = Result.await_approval and Assign.approvals.
+ */
+export const PROTOCOL_VERSION = 5;
 /** The first revision that reads AssignBatch, AckBatch and ResultBatch. */
 export const PROTOCOL_BATCHING = 2;
 /** The first revision whose dispatcher reads TaskLog messages. */
 export const PROTOCOL_TASK_LOGS = 3;
+/** The first revision whose dispatcher keeps TaskLog.chunks (streamed output, `ctx.stream`). */
+export const PROTOCOL_STREAM = 4;
+/** The first revision whose dispatcher takes Result.await_approval (ctx.waitForApproval) and sends Assign.approvals. */
+export const PROTOCOL_APPROVALS = 5;
 /** Most items in one batch message. */
 export const BATCH_MAX_ITEMS = 1024;
 /**

@@ -396,6 +396,10 @@ export class Operator {
     });
     await this.dispatcher.start();
     const dispatcher = this.dispatcher;
+    // The rate limits each AgentPool declares (spec.rateLimits), as the dispatcher enforces them.
+    const rateLimits = (p: AgentPool, gone?: boolean) =>
+      dispatcher.setRateLimits(p.metadata.namespace ?? '', p.metadata.name ?? '', gone ? undefined : p.spec.rateLimits);
+    pools.on({ add: (p) => rateLimits(p), update: (_, p) => rateLimits(p), delete: (p) => rateLimits(p, true) });
     const agents: AgentDirectory = {
       drainPod: (namespace, pool, pod, timeoutSeconds) => {
         let any = false;

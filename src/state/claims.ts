@@ -1,3 +1,5 @@
+import type { ApprovalAsk } from '../api/approvals.ts';
+import type { ModelUsage } from '../lib/usage.ts';
 import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
 import { type BlobRef, Blobs, fill, spill } from './blobs.ts';
 import { FencedError } from './errors.ts';
@@ -34,6 +36,13 @@ export interface TaskResult {
   /** Where an output over INLINE_BYTES is kept (then `output` is absent in etcd; readers fill it in). */
   outputBlob?: BlobRef;
   error?: { message: string; retryable: boolean };
+  /**
+   * Model usage the attempt reported (ctx.usage), per model. Committed in the same fenced
+   * transaction as the result: counted once, and never for a superseded attempt.
+   */
+  usage?: ModelUsage[];
+  /** The attempt ended in ctx.waitForApproval (a retryable-failure record): what it asks a person. */
+  park?: ApprovalAsk;
   committedAt: string;
 }
 
@@ -424,6 +433,8 @@ export class TaskClaims {
         const stored: ResultBody = {
           ok: false,
           error: { message: `the result could not be stored: ${o.message}`, retryable: false },
+          // What the attempt used was used all the same.
+          ...(p.result.usage && { usage: p.result.usage }),
         };
         const [again] = await this.commitMany([{ claim: p.claim, result: stored }], fences);
         out.push(again?.ok ? { ...again, stored } : (again as CommitOutcome));

@@ -7,8 +7,14 @@
 //   c/<seq>   a chunk of lines, `<RFC 3339 time> <text>\n` each, seq zero-padded
 //   dropped   present once older chunks were dropped to keep the ring's bound
 //   end       the agent said the attempt ended: a follower stops here
+// What the attempt streamed (ctx.stream) is a ring of its own, the same keys
+// under logs/<namespace>/<workflow>/<task>/<attempt>-stream/: its text exactly as
+// streamed, its last STREAM_RING_BYTES, written within STREAM_FLUSH_MS (so a
+// follower sees a piece about 100 ms after the handler streamed it). Apart from
+// the lines so that neither crowds the other out of its bound, and a follower
+// of one never reads the other.
 
-import { LOG_CHUNK_BYTES, LOG_FLUSH_MS, LOG_RING_BYTES } from '../api/data-api.ts';
+import { LOG_CHUNK_BYTES, LOG_FLUSH_MS, LOG_RING_BYTES, STREAM_FLUSH_MS, STREAM_RING_BYTES } from '../api/data-api.ts';
 import type { Logger } from '../lib/log.ts';
 import { MAX_TXN_OPS, pack } from './batch.ts';
 import { fenceError } from './fence.ts';
@@ -28,6 +34,12 @@ export interface LogLineIn {
   text: string;
 }
 
+/** An attempt's log lines, or its streamed output. */
+export type LogKind = 'lines' | 'stream';
+
+const RING_BYTES: Record<LogKind, number> = { lines: LOG_RING_BYTES, stream: STREAM_RING_BYTES };
+const FLUSH_MS: Record<LogKind, number> = { lines: LOG_FLUSH_MS, stream: STREAM_FLUSH_MS };
+
 const SEQ_DIGITS = 10;
 const seqKey = (seq: number) => `c/${String(seq).padStart(SEQ_DIGITS, '0')}`;
 /** An attempt nobody wrote to for this long is forgotten by the writer (its agent died without an end). */
@@ -35,8 +47,38 @@ const IDLE_FORGET_MS = 10 * 60_000;
 
 type RawOp = { request_put: { key: Buffer; value: Buffer } } | { request_delete_range: { key: Buffer } };
 
-export function logBase(store: StateStore, r: LogRef): string {
-  return store.key('logs', r.namespace, r.workflow, r.task, String(r.attempt));
+export function logBase(store: StateStore, r: LogRef, kind: LogKind = 'lines'): string {
+  return store.key(
+    'logs',
+    r.namespace,
+    r.workflow,
+    r.task,
+    kind === 'lines' ? String(r.attempt) : `${r.attempt}-stream`,
+  );
+}
+
+/**
+ * Where to cut `text` so the first part has at most `max` UTF-8 bytes: after the last newline in
+ * reach when `atLine` (and there is one), else on a character boundary. text.length when it fits.
+ */
+function cutAt(text: string, max: number, atLine: boolean): number {
+  if (text.length * 3 <= max) return text.length;
+  // Only the first `max` units can be in the first part (each is a byte at least): no more is encoded.
+  const buf = Buffer.from(text.length > max ? text.slice(0, max) : text, 'utf8');
+  if (buf.length <= max && text.length <= max) return text.length;
+  let end = max;
+  while (end > 0 && ((buf[end] as number) & 0xc0) === 0x80) end--;
+  const head = buf.subarray(0, end).toString('utf8');
+  const nl = atLine ? head.lastIndexOf('\n') + 1 : 0;
+  return nl > 0 ? nl : head.length;
+}
+
+/** The last `max` (UTF-16 units, about) of `text`, never starting inside a surrogate pair. */
+function lastPart(text: string, max: number): string {
+  let from = text.length - max;
+  const c = text.charCodeAt(from);
+  if (c >= 0xdc00 && c <= 0xdfff) from++;
+  return text.slice(from);
 }
 
 /** One line as stored: newlines inside a message become separate lines with the same time. */
@@ -50,6 +92,7 @@ export function formatLines(lines: readonly LogLineIn[]): string {
 }
 
 interface AttemptState {
+  kind: LogKind;
   base: string;
   loaded: boolean;
   nextSeq: number;
@@ -76,6 +119,8 @@ export class TaskLogWriter {
   /** Attempts (by key prefix) whose lines the flush under way is writing. */
   private readonly writing = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
+  /** When the timer fires (Date.now() time; Infinity: no timer). */
+  private due = Number.POSITIVE_INFINITY;
   private flushing: Promise<void> | undefined;
   private stopped = false;
 
@@ -85,13 +130,24 @@ export class TaskLogWriter {
     this.log = log;
   }
 
-  /** Queues lines of an attempt (and its end); written within LOG_FLUSH_MS. */
-  append(ref: LogRef, lines: readonly LogLineIn[], end: boolean): void {
+  /**
+   * Queues lines of an attempt (and its end), written within LOG_FLUSH_MS, and what it streamed
+   * (`stream`, its text in order), written within STREAM_FLUSH_MS.
+   */
+  append(ref: LogRef, lines: readonly LogLineIn[], end: boolean, stream = ''): void {
     if (this.stopped) return;
-    const base = logBase(this.store, ref);
+    if (lines.length > 0 || end) this.queue(ref, 'lines', formatLines(lines), end);
+    // The end of an attempt that streamed ends its stream too (a follower of it stops there).
+    const s = end ? this.attempts.get(logBase(this.store, ref, 'stream')) : undefined;
+    if (stream !== '' || s) this.queue(ref, 'stream', stream, end);
+  }
+
+  private queue(ref: LogRef, kind: LogKind, text: string, end: boolean): void {
+    const base = logBase(this.store, ref, kind);
     let a = this.attempts.get(base);
     if (!a) {
       a = {
+        kind,
         base,
         loaded: false,
         nextSeq: 0,
@@ -107,20 +163,33 @@ export class TaskLogWriter {
       this.attempts.set(base, a);
     }
     if (a.end) return; // nothing follows an end
-    a.pending += formatLines(lines);
+    a.pending += text;
     // What waits is bounded like what is kept: an agent that floods loses its oldest lines here.
-    if (a.pending.length > LOG_RING_BYTES) {
-      const cut = a.pending.indexOf('\n', a.pending.length - LOG_RING_BYTES);
-      a.pending = a.pending.slice(cut + 1);
+    const ring = RING_BYTES[kind];
+    if (a.pending.length > ring) {
+      if (kind === 'lines') {
+        const cut = a.pending.indexOf('\n', a.pending.length - ring);
+        a.pending = a.pending.slice(cut + 1);
+      } else a.pending = lastPart(a.pending, ring);
       a.dropped = true;
     }
     a.end ||= end;
     a.lastWrite = Date.now();
     this.dirty.add(a);
-    this.timer ??= setTimeout(() => {
+    this.schedule(FLUSH_MS[kind]);
+  }
+
+  /** The next flush within `ms`: scheduled, or brought forward. */
+  private schedule(ms: number): void {
+    const at = Date.now() + ms;
+    if (this.timer && this.due <= at) return;
+    clearTimeout(this.timer);
+    this.due = at;
+    this.timer = setTimeout(() => {
       this.timer = undefined;
+      this.due = Number.POSITIVE_INFINITY;
       this.flush().catch((err: Error) => this.log.warn('Could not write task logs', { error: err }));
-    }, LOG_FLUSH_MS);
+    }, ms);
   }
 
   /**
@@ -130,15 +199,18 @@ export class TaskLogWriter {
   flushFor(ref: LogRef): Promise<void> | undefined {
     // The common case on the result path: nothing waits or is being written, and no key is built.
     if (this.dirty.size === 0 && this.writing.size === 0) return undefined;
-    const base = logBase(this.store, ref);
-    const a = this.attempts.get(base);
-    if (a && this.dirty.has(a)) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-      return this.flush();
+    const bases = [logBase(this.store, ref), logBase(this.store, ref, 'stream')];
+    for (const base of bases) {
+      const a = this.attempts.get(base);
+      if (a && this.dirty.has(a)) {
+        clearTimeout(this.timer);
+        this.timer = undefined;
+        this.due = Number.POSITIVE_INFINITY;
+        return this.flush();
+      }
     }
     // Its last lines are in the transaction under way (the attempt may be forgotten already: it ended).
-    if (this.writing.has(base)) return this.flushing;
+    if (bases.some((b) => this.writing.has(b))) return this.flushing;
     return undefined;
   }
 
@@ -156,6 +228,7 @@ export class TaskLogWriter {
   async stop(): Promise<void> {
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.due = Number.POSITIVE_INFINITY;
     try {
       await this.flush();
     } finally {
@@ -188,11 +261,7 @@ export class TaskLogWriter {
       // transaction that puts and deletes one key).
       const puts = new Map<number, RawOp>();
       while (text.length > 0) {
-        let cut = text.length;
-        if (Buffer.byteLength(text) > LOG_CHUNK_BYTES) {
-          cut = text.lastIndexOf('\n', LOG_CHUNK_BYTES - 1) + 1;
-          if (cut <= 0) cut = Math.min(text.length, LOG_CHUNK_BYTES);
-        }
+        const cut = cutAt(text, LOG_CHUNK_BYTES, a.kind === 'lines');
         const chunk = text.slice(0, cut);
         text = text.slice(cut);
         const seq = a.nextSeq++;
@@ -201,7 +270,7 @@ export class TaskLogWriter {
         a.chunks.push({ seq, bytes });
         a.stored += bytes;
       }
-      while (a.stored > LOG_RING_BYTES && a.chunks.length > 1) {
+      while (a.stored > RING_BYTES[a.kind] && a.chunks.length > 1) {
         const old = a.chunks.shift() as { seq: number; bytes: number };
         a.stored -= old.bytes;
         if (!puts.delete(old.seq)) {
@@ -271,9 +340,9 @@ export interface StoredLog {
   lastSeq: number;
 }
 
-/** Reads an attempt's stored log. */
-export async function readLog(store: StateStore, ref: LogRef): Promise<StoredLog> {
-  const base = logBase(store, ref);
+/** Reads an attempt's stored log (or its streamed output). */
+export async function readLog(store: StateStore, ref: LogRef, kind: LogKind = 'lines'): Promise<StoredLog> {
+  const base = logBase(store, ref, kind);
   const { entries, revision } = await store.list(`${base}/`);
   const out: StoredLog = { dropped: false, ended: false, text: '', revision, lastSeq: -1 };
   for (const e of entries) {
@@ -289,8 +358,8 @@ export async function readLog(store: StateStore, ref: LogRef): Promise<StoredLog
 }
 
 /**
- * Follows an attempt's log from `after`: `onText` gets each new chunk in order;
- * resolves when the end marker arrives, `stop` resolves, or the signal aborts.
+ * Follows an attempt's log (or its streamed output) from `after`: `onText` gets each new chunk in
+ * order; resolves when the end marker arrives, `stop` resolves, or the signal aborts.
  */
 export async function followLog(
   store: StateStore,
@@ -299,8 +368,9 @@ export async function followLog(
   onText: (text: string) => void,
   stop: Promise<unknown>,
   signal: AbortSignal,
+  kind: LogKind = 'lines',
 ): Promise<void> {
-  const base = logBase(store, ref);
+  const base = logBase(store, ref, kind);
   let lastSeq = after.lastSeq;
   let finish: () => void = () => undefined;
   const done = new Promise<void>((r) => {

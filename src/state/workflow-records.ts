@@ -1,3 +1,6 @@
+import type { ApprovalVerdict } from '../api/approvals.ts';
+import type { ApprovalTimeoutAction } from '../api/workflow.ts';
+import type { ModelUsage } from '../lib/usage.ts';
 import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
 import { Blobs, fill, spillJson } from './blobs.ts';
 import { StateError } from './errors.ts';
@@ -34,6 +37,28 @@ export interface TaskRecord {
   children?: string[];
   /** Attempts made before the workflow's latest retry (the retry policy counts from here). */
   attemptBase?: number;
+  /**
+   * Model usage of the instance's committed results (failed attempts' included), summed per
+   * model, and the attempts already counted: a result reported again (after a failover) counts once.
+   */
+  usage?: { attempts: number[]; models: ModelUsage[] };
+  /**
+   * An approval task, or a task whose handler waits in ctx.waitForApproval: what it asks (rendered),
+   * and when it stops waiting (Unix ms), if it does. A handler's wait also keeps its number, its
+   * timeout, onTimeout and approvers (a spec's are in the spec).
+   */
+  approval?: {
+    message: string;
+    deadline?: number;
+    ordinal?: number;
+    timeoutSeconds?: number;
+    onTimeout?: ApprovalTimeoutAction;
+    approvers?: { users?: string[]; groups?: string[] };
+  };
+  /** Decisions on the handler's ctx.waitForApproval calls so far (each attempt gets them). */
+  verdicts?: ApprovalVerdict[];
+  /** Attempts that ended waiting for approval (the retry policy does not count them). */
+  parked?: number;
 }
 
 /** Per-workflow run state: the uid guards against a re-created workflow of the same name. */

@@ -13,7 +13,7 @@ import {
   type TaskRecord,
   WorkflowRecords,
 } from '../state/index.ts';
-import { type AuditItem, type RunLimits, type Unserved, WorkflowRun } from './run.ts';
+import { type ApprovalOutcome, type AuditItem, type RunLimits, type Unserved, WorkflowRun } from './run.ts';
 
 export interface EngineOptions {
   store: StateStore;
@@ -110,7 +110,8 @@ export class WorkflowEngine {
     const resumed = loaded.run?.uid === wf.uid;
     const spec = resumed && loaded.spec !== undefined ? (loaded.spec as WorkflowSpec) : wf.spec;
     const run = new WorkflowRun(
-      { ...wf, spec },
+      // spec.budget applies live (like suspend): the Workflow's budget now, not the saved spec's.
+      { ...wf, spec, budget: wf.spec.budget },
       {
         submit: (spec) => {
           try {
@@ -122,6 +123,7 @@ export class WorkflowEngine {
         },
         cancel: (ref, reason) => void dispatcher.cancel(ref, reason),
         tracked: (ref) => dispatcher.isTracked(ref),
+        adopted: (spec) => dispatcher.adoptedLimits(spec),
         now: () => Date.now(),
         poolCapacity: (pool) => this.o.poolCapacity?.(wf.namespace, pool),
       },
@@ -180,6 +182,41 @@ export class WorkflowEngine {
     this.log.info('Retrying a workflow run', { workflow: key(run.namespace, run.name), tasks: names.length });
     this.changed(run);
     return { started: true, tasks: names.length };
+  }
+
+  /**
+   * A person's decision on an approval task, answered once it is durable (the flush that saved the
+   * task's record and its audit entry succeeded). NotLoaded: this leader has no run for the
+   * workflow in memory (not loaded yet after a failover, or the workflow is unknown or finished).
+   */
+  async decide(
+    namespace: string,
+    name: string,
+    task: string,
+    d: Parameters<WorkflowRun['decide']>[1],
+  ): Promise<ApprovalOutcome | { ok: false; code: 'NotLoaded'; message: string }> {
+    const run = this.runs.get(key(namespace, name));
+    if (!run || run.finished) {
+      return {
+        ok: false,
+        code: 'NotLoaded',
+        message: run
+          ? `workflow ${namespace}/${name} is ${run.phase}: it waits for no decision`
+          : `the run of workflow ${namespace}/${name} is not loaded (it may be finished, or a new leader is loading it)`,
+      };
+    }
+    const before = run.version;
+    const outcome = run.decide(task, d);
+    if (!outcome.ok) return outcome;
+    if (run.version !== before) this.changed(run);
+    const saved = await new Promise<SpawnOutcome>((resolve) => {
+      const waiting = this.saveWaiters.get(run);
+      if (waiting) waiting.push(resolve);
+      else this.saveWaiters.set(run, [resolve]);
+      this.scheduleFlush(this.o.flushMs ?? 50);
+    });
+    if (!saved.ok) return { ok: false, code: 'NotLoaded', message: saved.message };
+    return { ok: true };
   }
 
   /**

@@ -58,6 +58,8 @@ export interface EvalContext {
   item?: unknown;
   /** index of the forEach item */
   index?: number;
+  /** The task's rendered input (concurrency and rate-limit keys only). */
+  input?: unknown;
   /**
    * A budget shared by several evaluations (those that start one task); each
    * evaluation also has its own, MAX_EXPRESSION_COST.
@@ -502,6 +504,9 @@ class ContextBindings {
   get index(): CelInput | undefined {
     return this.#ctx.index === undefined ? undefined : BigInt(this.#ctx.index);
   }
+  get input(): CelInput | undefined {
+    return this.#ctx.input === undefined ? undefined : toCel(this.#ctx.input);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -654,6 +659,25 @@ export function evalCondition(expr: string, ctx: EvalContext, field: string): bo
     const value = evaluate(expr, ctx, field);
     if (typeof value !== 'boolean') {
       throw new EvaluationError(field, expr, `must yield a bool, not ${typeName(value)}`, ctx.index);
+    }
+    return value;
+  });
+}
+
+/** A concurrency or rate-limit key: must yield a string of 1 to maxLength characters. */
+export function evalKey(expr: string, ctx: EvalContext, field: string, maxLength: number): string {
+  return withMeter(expr, ctx, field, () => {
+    const value = evaluate(expr, ctx, field);
+    if (typeof value !== 'string') {
+      throw new EvaluationError(field, expr, `must yield a string, not ${typeName(value)}`, ctx.index);
+    }
+    if (value.length === 0 || value.length > maxLength) {
+      throw new EvaluationError(
+        field,
+        expr,
+        `must yield a string of 1 to ${maxLength} characters, not one of ${value.length}`,
+        ctx.index,
+      );
     }
     return value;
   });

@@ -1,22 +1,32 @@
 import { createHash } from 'node:crypto';
+import type { ApprovalAsk, ApprovalVerdict } from '../api/approvals.ts';
 import {
+  type Approval,
+  type ApprovalDecision,
+  type ApprovalTimeoutAction,
+  type Budget,
+  DEFAULT_APPROVAL_ON_TIMEOUT,
   DEFAULT_MAX_FOREACH_ITEMS,
   DEFAULT_MAX_SPAWNED_CHILDREN,
   DEFAULT_PRIORITY,
   DEFAULT_RETRY,
   DEFAULT_TASK_COST,
+  MAX_APPROVAL_MESSAGE,
   MAX_EXPRESSION_COST,
+  MAX_LIMIT_KEY_LENGTH,
   MAX_TASK_EXPRESSION_COST,
   type WorkflowSpec,
   type WorkflowStatus,
   type WorkflowTask,
 } from '../api/workflow.ts';
+import { isHeldMessage } from '../dispatcher/limits.ts';
 import type { SpawnedChild, SpawnOutcome, SpawnRequest, TaskEvent, TaskSpec } from '../dispatcher/types.ts';
 import { rfc3339 } from '../lib/time.ts';
 import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
-import { CostBudget, type EvalContext, evalCondition, evalList, renderInput } from './expressions.ts';
+import { CostBudget, type EvalContext, evalCondition, evalKey, evalList, renderInput } from './expressions.ts';
 import { ACTIVE, type TaskPhase, TERMINAL } from './phases.ts';
 import { RunIndex } from './run-index.ts';
+import { budgetAction, budgetExceeded, countAttempt, RunUsage } from './usage.ts';
 
 export type { TaskPhase } from './phases.ts';
 export type RunPhase = 'Pending' | 'Running' | 'Succeeded' | 'Failed' | 'Cancelled' | 'Suspended';
@@ -43,7 +53,31 @@ export type RunFailureReason =
   /** No agent of the pool connected within the waiting deadline. */
   | 'NoAgentConnected'
   /** The workflow is being deleted. */
-  | 'Deleted';
+  | 'Deleted'
+  /** A person rejected an approval task. */
+  | 'ApprovalRejected'
+  /** An approval task's timeoutSeconds passed with onTimeout Reject. */
+  | 'ApprovalTimeout'
+  /** The usage the handlers reported passed spec.budget (action Fail). */
+  | 'BudgetExceeded';
+
+/** Who decided an approval (the user the API server authenticated). */
+export interface UserRef {
+  username: string;
+  groups: readonly string[];
+}
+
+/** Why a decision on an approval task was refused (the data API maps each to an HTTP status). */
+export type ApprovalRefusal = 'UnknownTask' | 'NotApproval' | 'NotWaiting' | 'NotApprover';
+export type ApprovalOutcome = { ok: true } | { ok: false; code: ApprovalRefusal; message: string };
+
+function waitingMessage(message: string, a: Pick<Approval, 'timeoutSeconds' | 'onTimeout'>): string {
+  const limit =
+    a.timeoutSeconds === undefined
+      ? ''
+      : ` (${a.onTimeout ?? DEFAULT_APPROVAL_ON_TIMEOUT} after ${a.timeoutSeconds}s without a decision)`;
+  return `waiting for approval${message ? `: ${message}` : ''}${limit}`.slice(0, MAX_MESSAGE);
+}
 
 /**
  * Queued work no connected agent can take: its pool has no agent, or none of
@@ -86,6 +120,11 @@ export interface RunHost {
   cancel(ref: TaskRef, reason: string): void;
   /** Whether the dispatcher already tracks the task (adopted after a failover). */
   tracked(ref: TaskRef): boolean;
+  /**
+   * The dispatcher adopted the task's running attempt from its agent before this run resumed: here
+   * are its concurrency key and rate limits, so the attempt counts against its key.
+   */
+  adopted?(spec: TaskSpec): void;
   now(): number;
   /**
    * The task slots of one agent of a pool (its spec.agent.capacity), if the pool
@@ -158,7 +197,7 @@ function canonicalJson(v: unknown): string {
  * a run that has started, and a retry under a changed spec is refused.
  */
 export function specHash(spec: WorkflowSpec): string {
-  const { suspend: _s, ttlSecondsAfterFinished: _t, ...fixed } = spec;
+  const { suspend: _s, ttlSecondsAfterFinished: _t, budget: _b, ...fixed } = spec;
   return createHash('sha256').update(canonicalJson(fixed)).digest('hex').slice(0, 16);
 }
 
@@ -190,8 +229,16 @@ export class WorkflowRun {
   private readonly spawnedUnder = new Map<string, number>();
   /** Activation stopped for this step because its expressions had cost enough (see activate). */
   private activationDeferred = false;
+  /** Approval tasks waiting for a decision (phase Waiting). */
+  private readonly awaiting = new Set<string>();
   private readonly limits: RunLimits;
   private suspended = false;
+  /** Model usage of the committed results, per spec task and in all (status.usage). */
+  private readonly usage = new RunUsage();
+  /** spec.budget as it is now (applied live, like suspend). */
+  private budget: Budget | undefined;
+  /** Why the run holds new tasks back (spec.budget with action Suspend exceeded), if it does. */
+  budgetHold: string | undefined;
   phase: RunPhase = 'Pending';
   message = '';
   /** Why it failed (phase Failed or Cancelled). */
@@ -218,7 +265,7 @@ export class WorkflowRun {
   version = 0;
 
   constructor(
-    wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec; rerunOf?: string },
+    wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec; rerunOf?: string; budget?: Budget },
     host: RunHost,
     loaded?: { run?: RunRecord; tasks: TaskRecord[]; specSaved?: boolean },
     limits: Partial<RunLimits> = {},
@@ -229,6 +276,7 @@ export class WorkflowRun {
     this.uid = wf.uid;
     this.spec = wf.spec;
     this.host = host;
+    this.budget = 'budget' in wf ? wf.budget : wf.spec.budget;
     for (const t of wf.spec.tasks) this.templates.set(t.name, t);
     this.order = wf.spec.tasks.map((t) => t.name);
     this.startedAt = host.now();
@@ -280,12 +328,27 @@ export class WorkflowRun {
       if (inst.phase === 'Pending' && inst.input !== undefined) inst.ready = true;
       this.instances.set(inst.name, inst);
       this.index.update(inst);
+      if (inst.usage) this.usage.add(inst.template, inst.usage.models);
+      if (inst.phase === 'Waiting') this.awaiting.add(inst.name);
       if (inst.parent) {
         const root = rootOf(inst.name);
         this.spawnedUnder.set(root, (this.spawnedUnder.get(root) ?? 0) + 1);
       }
     }
+    // Attempts the dispatcher adopted before this run resumed hold a slot of their concurrency key.
+    let ctx: EvalContext | undefined;
+    for (const i of this.instances.values()) {
+      if (!ACTIVE.has(i.phase) || !this.host.adopted || !this.host.tracked(this.ref(i.name))) continue;
+      try {
+        const limits = this.limitsOf(i, () => (ctx ??= this.context()));
+        if (limits.concurrency) this.host.adopted({ ...this.specOf(i), ...limits });
+      } catch {
+        // Its key does not evaluate: the attempt was submitted without one, and runs so.
+      }
+    }
     this.audit.push({ type: 'RunResumed', detail: { tasks: tasks.length } });
+    // Suspended by its budget, not by spec.suspend: step() holds it again (see applyBudget).
+    if (this.suspended && budgetExceeded(this.usage.totals, this.budget)) this.suspended = false;
   }
 
   // ---- bookkeeping ----
@@ -300,8 +363,9 @@ export class WorkflowRun {
       template: t.name,
       phase: 'Pending',
       attempt: 0,
-      handler: t.handler,
-      pool: (t.pool ?? this.spec.pool) as string,
+      // An approval task has neither: no agent runs it.
+      handler: t.handler ?? '',
+      pool: t.approval ? '' : ((t.pool ?? this.spec.pool) as string),
       cost: t.cost ?? DEFAULT_TASK_COST,
       ...extra,
     };
@@ -391,12 +455,73 @@ export class WorkflowRun {
     }
   }
 
+  /** Whether the usage so far is over spec.budget as it is now, and by what figure. */
+  budgetOver(): ReturnType<typeof budgetExceeded> {
+    return budgetExceeded(this.usage.totals, this.budget);
+  }
+
+  /** Whether the run has a spec.budget now. */
+  get hasBudget(): boolean {
+    return this.budget !== undefined;
+  }
+
+  /** Applies spec.budget as it is now: raising (or removing) it resumes a run it held back. */
+  setBudget(budget: Budget | undefined): void {
+    if (canonicalJson(budget) === canonicalJson(this.budget)) return;
+    this.budget = budget;
+    this.step();
+  }
+
+  /**
+   * Compares the usage so far with spec.budget: over it with action Fail, the run fails; with
+   * Suspend, queued tasks go back to waiting and none starts (running ones finish) while it is over.
+   */
+  private applyBudget(): void {
+    const over = budgetExceeded(this.usage.totals, this.budget);
+    if (over && budgetAction(this.budget) === 'Fail') {
+      this.budgetHold = undefined;
+      this.fail(`the workflow exceeded its budget: ${over.message}`, 'BudgetExceeded');
+      return;
+    }
+    const hold = over ? `budget exceeded: ${over.message}; raise or remove spec.budget to resume` : undefined;
+    if (hold !== this.budgetHold) {
+      this.budgetHold = hold;
+      this.version++;
+      this.audit.push(
+        over
+          ? { type: 'BudgetExceeded', detail: { limit: over.limit, message: over.message } }
+          : { type: 'BudgetResumed' },
+      );
+      if (hold) {
+        for (const i of this.instances.values()) {
+          if (i.phase !== 'Queued') continue;
+          this.host.cancel(this.ref(i.name), 'workflow over its budget');
+          i.phase = 'Pending';
+          i.ready = true;
+          this.touch(i);
+        }
+      }
+    }
+    if (this.suspended) return;
+    if (hold && (this.phase !== 'Suspended' || this.message !== hold)) this.setPhase('Suspended', hold);
+    else if (!hold && this.phase === 'Suspended') this.setPhase('Running');
+  }
+
+  /** Counts a committed result's usage (once per attempt, also after the run finished). */
+  private countUsage(i: Instance, r: { attempt: number; usage?: Parameters<typeof countAttempt>[2] }): void {
+    const added = countAttempt(i, r.attempt, r.usage);
+    if (added.length === 0) return;
+    this.usage.add(i.template, added);
+    this.touch(i);
+  }
+
   /** Cancels every queued or running attempt; the run ends Cancelled (or Failed, with `as`), for `why`. */
   stop(reason: string, as: 'Cancelled' | 'Failed' = 'Cancelled', why: RunFailureReason = 'Cancelled'): void {
     if (this.finished) return;
     for (const i of this.instances.values()) {
       if (TERMINAL.has(i.phase)) continue;
       if (ACTIVE.has(i.phase)) this.host.cancel(this.ref(i.name), reason);
+      this.awaiting.delete(i.name);
       i.phase = 'Cancelled';
       i.finishedAt = iso(this.host.now());
       this.touch(i);
@@ -452,6 +577,8 @@ export class WorkflowRun {
   step(): void {
     if (this.finished) return;
     if (this.phase === 'Pending') this.setPhase(this.suspended ? 'Suspended' : 'Running');
+    this.applyBudget();
+    if (this.finished) return;
     const now = this.host.now();
     if (this.spec.timeoutSeconds && now - this.deadlineFrom > this.spec.timeoutSeconds * 1000) {
       this.fail(
@@ -462,7 +589,7 @@ export class WorkflowRun {
     }
     this.activate();
     if (this.finished) return;
-    if (!this.suspended) this.dispatch(now);
+    if (!this.suspended && !this.budgetHold) this.dispatch(now);
     if (this.order.every((n) => this.templateDone(n))) {
       this.setPhase('Succeeded');
     }
@@ -517,6 +644,8 @@ export class WorkflowRun {
           this.expanded.set(name, items.length);
           this.runDirty = true;
           this.audit.push({ type: 'TaskExpanded', task: name, detail: { items: items.length } });
+        } else if (single && t.approval) {
+          this.openApproval(single, t.approval, ctx, `${field}.approval`);
         } else if (single) {
           single.input = renderInput(t.input ?? {}, ctx, `${field}.input`);
           single.ready = true;
@@ -540,21 +669,72 @@ export class WorkflowRun {
   private dispatch(now: number): void {
     const limit = this.spec.parallelism ?? Number.POSITIVE_INFINITY;
     // What is due (Pending and ready, or Retrying past its back-off) goes in the run's instance order.
+    let ctx: EvalContext | undefined;
+    const context = () => (ctx ??= this.context());
     for (let active = this.index.active; active < limit; active++) {
       const name = this.index.takeEligible(now);
       if (name === undefined) break;
-      this.submit(this.instances.get(name) as Instance);
+      this.submit(this.instances.get(name) as Instance, context);
+      if (this.finished) break;
     }
   }
 
-  private submit(i: Instance): void {
+  /**
+   * The task's concurrency key and rate-limit keys, evaluated (spec task's own instances; spawned
+   * children run without). Throws an EvaluationError naming the field.
+   */
+  private limitsOf(i: Instance, context: () => EvalContext): Pick<TaskSpec, 'concurrency' | 'rateLimits'> {
     const t = this.templates.get(i.template);
+    if (!t || i.parent || (!t.concurrency && !t.rateLimits?.length)) return {};
+    const field = `spec.tasks[${this.order.indexOf(i.template)}]`;
+    const ctx: EvalContext = {
+      ...context(),
+      input: i.input ?? {},
+      ...(i.index !== undefined && { index: i.index }),
+      budget: new CostBudget(MAX_TASK_EXPRESSION_COST),
+    };
+    return {
+      ...(t.concurrency && {
+        concurrency: {
+          key: evalKey(t.concurrency.key, ctx, `${field}.concurrency.key`, MAX_LIMIT_KEY_LENGTH),
+          max: t.concurrency.max,
+        },
+      }),
+      ...(t.rateLimits?.length && {
+        rateLimits: t.rateLimits.map((r, k) => ({
+          name: r.name,
+          ...(r.key !== undefined && {
+            key: evalKey(r.key, ctx, `${field}.rateLimits[${k}].key`, MAX_LIMIT_KEY_LENGTH),
+          }),
+        })),
+      }),
+    };
+  }
+
+  private submit(i: Instance, context: () => EvalContext): void {
+    let limits: Pick<TaskSpec, 'concurrency' | 'rateLimits'>;
+    try {
+      limits = this.limitsOf(i, context);
+    } catch (err) {
+      const message = (err as Error).message;
+      i.phase = 'Failed';
+      i.message = message.slice(0, MAX_MESSAGE);
+      this.touch(i);
+      this.audit.push({ type: 'TaskFailed', task: i.name, detail: { message } });
+      this.fail(`task ${i.name}: ${message}`, 'ExpressionFailed');
+      return;
+    }
     i.attempt++;
     i.phase = 'Queued';
     delete i.retryAt;
     this.touch(i);
-    const timeout = t?.timeoutSeconds;
-    this.host.submit({
+    this.host.submit({ ...this.specOf(i), ...limits });
+    this.audit.push({ type: 'TaskQueued', task: i.name, attempt: i.attempt });
+  }
+
+  private specOf(i: Instance): TaskSpec {
+    const timeout = this.templates.get(i.template)?.timeoutSeconds;
+    return {
       ref: this.ref(i.name),
       pool: i.pool,
       handler: i.handler,
@@ -563,19 +743,25 @@ export class WorkflowRun {
       cost: i.cost,
       priority: this.spec.priority ?? DEFAULT_PRIORITY,
       ...(timeout !== undefined && { timeoutSeconds: timeout }),
-    });
-    this.audit.push({ type: 'TaskQueued', task: i.name, attempt: i.attempt });
+      ...(i.verdicts?.length && { approvals: i.verdicts }),
+    };
   }
 
   /** Retries whose back-off is over, and the workflow deadline. */
   tick(): void {
-    if (!this.finished) this.step();
+    if (this.finished) return;
+    this.expireApprovals();
+    this.step();
   }
 
   /** The next time tick() has something to do (ms), if any. */
   nextWake(): number | undefined {
     if (this.activationDeferred && !this.finished) return this.host.now();
     let at = this.index.nextRetryAt();
+    for (const name of this.awaiting) {
+      const due = this.instances.get(name)?.approval?.deadline;
+      if (due !== undefined && !this.finished) at = Math.min(at ?? due, due);
+    }
     if (this.spec.timeoutSeconds && !this.finished) {
       const deadline = this.deadlineFrom + this.spec.timeoutSeconds * 1000 + 1;
       at = Math.min(at ?? deadline, deadline);
@@ -591,12 +777,14 @@ export class WorkflowRun {
       return;
     }
     const i = this.instances.get(e.ref.task);
+    if (i && e.type === 'committed') this.countUsage(i, e.result);
     if (!i || this.finished) return;
     switch (e.type) {
       case 'started':
         if (i.phase !== 'Queued' || e.attempt !== i.attempt) return;
         i.phase = 'Running';
         delete i.progress;
+        if (isHeldMessage(i.message)) delete i.message;
         i.startedAt ??= iso(this.host.now());
         this.touch(i);
         this.audit.push({ type: 'TaskStarted', task: i.name, attempt: e.attempt, agentId: e.agentId });
@@ -613,6 +801,12 @@ export class WorkflowRun {
           agentId: e.agentId,
           detail: { reason: e.reason },
         });
+        return;
+      case 'held':
+        // A concurrency key or rate limit holds the queued attempt: its message says which (saved, shown in status).
+        if (i.phase !== 'Queued' || e.attempt !== i.attempt || i.message === e.message) return;
+        i.message = e.message.slice(0, MAX_MESSAGE);
+        this.touch(i);
         return;
       case 'orphanLost':
         this.audit.push({ type: 'TaskLost', task: i.name, attempt: e.attempt, agentId: e.agentId });
@@ -645,6 +839,11 @@ export class WorkflowRun {
           } else this.succeed(i);
         } else {
           if (r.error?.retryable && r.attempt < i.attempt) return; // a stale retryable failure
+          if (r.park) {
+            this.parkForApproval(i, r.attempt, r.park, r.agentId);
+            this.step();
+            return;
+          }
           this.failedAttempt(i, r.attempt, r.error?.message ?? 'failed', r.error?.retryable ?? false, r.agentId);
         }
         this.step();
@@ -691,7 +890,8 @@ export class WorkflowRun {
     const policy = t?.retryPolicy ?? this.spec.retryPolicy;
     const max = policy?.maxAttempts ?? DEFAULT_RETRY.maxAttempts;
     // Attempts count from the latest retry of the workflow: a retried task gets its full policy again.
-    const made = attempt - (i.attemptBase ?? 0);
+    // Attempts that ended waiting for approval were not failures: they do not count either.
+    const made = attempt - (i.attemptBase ?? 0) - (i.parked ?? 0);
     if (retryable && made < max) {
       const b = policy?.backoff;
       const delay = Math.min(
@@ -918,6 +1118,207 @@ export class WorkflowRun {
     return this.host.now() - this.unservedSince >= UNSERVED_GRACE_MS ? this.unserved : [];
   }
 
+  // ---- approvals ----
+
+  /** An approval task's dependencies are done: it waits for a person (holding no agent slot). */
+  private openApproval(i: Instance, a: Approval, ctx: EvalContext, field: string): void {
+    const message = a.message === undefined ? '' : String(renderInput(a.message, ctx, `${field}.message`));
+    const now = this.host.now();
+    i.phase = 'Waiting';
+    i.startedAt ??= iso(now);
+    i.approval = {
+      message: message.slice(0, MAX_APPROVAL_MESSAGE),
+      ...(a.timeoutSeconds !== undefined && { deadline: now + a.timeoutSeconds * 1000 }),
+    };
+    i.message = waitingMessage(i.approval.message, a);
+    this.awaiting.add(i.name);
+    this.touch(i);
+    this.audit.push({
+      type: 'ApprovalRequested',
+      task: i.name,
+      detail: {
+        message: i.approval.message,
+        ...(a.timeoutSeconds !== undefined && { timeoutSeconds: a.timeoutSeconds }),
+      },
+    });
+  }
+
+  /**
+   * A person's decision on an approval task (the data API checked RBAC; this checks the spec's
+   * approvers and that the task is waiting). Approve: the task succeeds with the decision as its
+   * output. Reject: it fails with the reviewer's message, and so does the run.
+   */
+  decide(task: string, d: { decision: ApprovalDecision; user: UserRef; message?: string }): ApprovalOutcome {
+    const i = this.instances.get(task);
+    const t = i ? this.templates.get(i.template) : this.templates.get(task);
+    // A handler's ctx.waitForApproval makes any task an approval while it waits.
+    const asked = i?.phase === 'Waiting' && i.approval?.ordinal !== undefined;
+    if (!t?.approval && !asked) {
+      return i || t
+        ? { ok: false, code: 'NotApproval', message: `task "${task}" of workflow ${this.name} is not an approval task` }
+        : { ok: false, code: 'UnknownTask', message: `workflow ${this.name} has no task "${task}"` };
+    }
+    if (!i || i.phase !== 'Waiting') {
+      const phase = i?.phase ?? 'Pending';
+      const why =
+        phase === 'Pending'
+          ? 'its dependencies have not finished'
+          : `it is ${phase}${i?.message ? ` (${i.message})` : ''}`;
+      return { ok: false, code: 'NotWaiting', message: `task "${task}" is not waiting for a decision: ${why}` };
+    }
+    const who = asked ? i.approval?.approvers : t?.approval?.approvers;
+    if (who && !(who.users ?? []).includes(d.user.username) && !d.user.groups.some((g) => who.groups?.includes(g))) {
+      const listed = [
+        ...(who.users?.length ? [`users ${who.users.join(', ')}`] : []),
+        ...(who.groups?.length ? [`groups ${who.groups.join(', ')}`] : []),
+      ].join('; ');
+      return {
+        ok: false,
+        code: 'NotApprover',
+        message: `user "${d.user.username}" is not among the approvers of task "${task}" (${listed || 'none listed'})`,
+      };
+    }
+    this.settleApproval(i, d.decision === 'Approve', d.user.username, d.message ?? '', false);
+    this.step();
+    return { ok: true };
+  }
+
+  /** Approval tasks whose timeoutSeconds passed: decided by their onTimeout. */
+  private expireApprovals(): void {
+    const now = this.host.now();
+    for (const name of [...this.awaiting]) {
+      const i = this.instances.get(name) as Instance;
+      const deadline = i.approval?.deadline;
+      if (deadline === undefined || now < deadline || this.finished) continue;
+      const a = i.approval?.ordinal !== undefined ? i.approval : this.templates.get(i.template)?.approval;
+      const approve = (a?.onTimeout ?? DEFAULT_APPROVAL_ON_TIMEOUT) === 'Approve';
+      this.settleApproval(i, approve, '', `no decision within ${a?.timeoutSeconds}s`, true);
+    }
+  }
+
+  private settleApproval(i: Instance, approved: boolean, user: string, message: string, timedOut: boolean): void {
+    const now = this.host.now();
+    this.awaiting.delete(i.name);
+    const text = message.slice(0, MAX_APPROVAL_MESSAGE);
+    const ordinal = i.approval?.ordinal;
+    if (ordinal !== undefined) {
+      // A handler asked: it runs again, and its wait number `ordinal` returns this decision.
+      const verdict: ApprovalVerdict = {
+        ordinal,
+        approved,
+        ...(user && { user }),
+        ...(text && { message: text }),
+        decidedAt: new Date(now).toISOString(),
+        ...(timedOut && { timedOut: true }),
+      };
+      i.verdicts = [...(i.verdicts ?? []).filter((v) => v.ordinal !== ordinal), verdict];
+      delete i.approval;
+      i.phase = 'Pending';
+      i.ready = true;
+      const how = timedOut ? 'on timeout' : `by ${user}`;
+      i.message = `${approved ? 'approved' : 'rejected'} ${how}${text ? `: ${text}` : ''}; running again`.slice(
+        0,
+        MAX_MESSAGE,
+      );
+      this.touch(i);
+      this.audit.push({
+        type: approved ? 'TaskApproved' : 'TaskRejected',
+        task: i.name,
+        detail: { ordinal, ...(user ? { user } : { timedOut: true }), ...(text && { message: text }) },
+      });
+      return;
+    }
+    i.output = {
+      approved,
+      ...(user && { user }),
+      ...(text && { message: text }),
+      decidedAt: new Date(now).toISOString(),
+      ...(timedOut && { timedOut: true }),
+    };
+    i.attempt = 1;
+    this.audit.push({
+      type: approved ? 'TaskApproved' : 'TaskRejected',
+      task: i.name,
+      detail: { ...(user ? { user } : { timedOut: true }), ...(text && { message: text }) },
+    });
+    if (approved) {
+      this.succeed(i);
+      i.message = (timedOut ? `approved on timeout: ${text}` : `approved by ${user}${text ? `: ${text}` : ''}`).slice(
+        0,
+        MAX_MESSAGE,
+      );
+      this.touch(i);
+      return;
+    }
+    i.phase = 'Failed';
+    i.finishedAt = iso(now);
+    i.message = (timedOut ? `rejected on timeout: ${text}` : `rejected by ${user}${text ? `: ${text}` : ''}`).slice(
+      0,
+      MAX_MESSAGE,
+    );
+    this.touch(i);
+    this.fail(`task ${i.name} was ${i.message}`, timedOut ? 'ApprovalTimeout' : 'ApprovalRejected');
+  }
+
+  /**
+   * A handler's ctx.waitForApproval with no decision yet ended its attempt: the task waits for a
+   * person as an approval task does, holding no slot, and runs again once decided.
+   */
+  private parkForApproval(i: Instance, attempt: number, ask: ApprovalAsk, agentId: string): void {
+    if (attempt !== i.attempt || !ACTIVE.has(i.phase)) return;
+    const now = this.host.now();
+    i.phase = 'Waiting';
+    i.parked = (i.parked ?? 0) + 1;
+    i.approval = {
+      message: ask.message,
+      ordinal: ask.ordinal,
+      ...(ask.timeoutSeconds !== undefined && {
+        deadline: now + ask.timeoutSeconds * 1000,
+        timeoutSeconds: ask.timeoutSeconds,
+      }),
+      ...(ask.onTimeout && { onTimeout: ask.onTimeout }),
+      ...(ask.approvers && { approvers: ask.approvers }),
+    };
+    i.message = waitingMessage(ask.message, ask);
+    this.awaiting.add(i.name);
+    this.touch(i);
+    this.audit.push({
+      type: 'ApprovalRequested',
+      task: i.name,
+      attempt,
+      agentId,
+      detail: {
+        message: ask.message,
+        ordinal: ask.ordinal,
+        ...(ask.timeoutSeconds !== undefined && { timeoutSeconds: ask.timeoutSeconds }),
+      },
+    });
+  }
+
+  /** Approval tasks waiting now, with what they ask (the CLI and UI list them). */
+  approvals(): {
+    task: string;
+    message: string;
+    deadline?: number;
+    onTimeout?: ApprovalTimeoutAction;
+    approvers?: { users?: string[]; groups?: string[] };
+  }[] {
+    return [...this.awaiting].map((name) => {
+      const i = this.instances.get(name);
+      const a = i?.approval;
+      const spec = i?.approval?.ordinal !== undefined ? a : this.templates.get(i?.template ?? '')?.approval;
+      return {
+        task: name,
+        message: a?.message ?? '',
+        ...(a?.deadline !== undefined && {
+          deadline: a.deadline,
+          onTimeout: spec?.onTimeout ?? DEFAULT_APPROVAL_ON_TIMEOUT,
+        }),
+        ...(spec?.approvers && { approvers: spec.approvers }),
+      };
+    });
+  }
+
   // ---- status ----
 
   counts(): { total: number; succeeded: number; failed: number; running: number; queued: number } {
@@ -948,6 +1349,7 @@ export class WorkflowRun {
       startedAt: iso(this.startedAt),
       ...(this.finishedAt !== undefined && { finishedAt: iso(this.finishedAt) }),
       ...(this.phase === 'Succeeded' && { outputs: this.leafOutputs() as NonNullable<WorkflowStatus['outputs']> }),
+      ...(!this.usage.empty && { usage: this.usage.status() }),
       tasks,
     };
   }
@@ -970,13 +1372,15 @@ export class WorkflowRun {
         ? 'Succeeded'
         : by('Running')
           ? 'Running'
-          : by('Retrying')
-            ? 'Retrying'
-            : by('Queued')
-              ? 'Queued'
-              : by('Cancelled')
-                ? 'Cancelled'
-                : 'Pending';
+          : by('Waiting')
+            ? 'Waiting'
+            : by('Retrying')
+              ? 'Retrying'
+              : by('Queued')
+                ? 'Queued'
+                : by('Cancelled')
+                  ? 'Cancelled'
+                  : 'Pending';
     const failedName = this.index.firstFailing(name);
     const failed = failedName === undefined ? undefined : this.instances.get(failedName);
     let message: string | undefined;
@@ -990,7 +1394,14 @@ export class WorkflowRun {
       const only = tally.first === undefined ? undefined : this.instances.get(tally.first);
       message = only?.message ?? only?.progress;
     }
-    return { name, phase, attempts, ...(message && { message: message.slice(0, MAX_MESSAGE) }) };
+    const usage = this.usage.ofTemplate(name);
+    return {
+      name,
+      phase,
+      attempts,
+      ...(message && { message: message.slice(0, MAX_MESSAGE) }),
+      ...(usage && { usage }),
+    };
   }
 
   /** Outputs of the tasks nothing depends on, as long as they fit the status budget. */

@@ -184,6 +184,56 @@ describe('agentflow CLI against the chart on the local control plane', () => {
     expect(k.stdout.trim()).toBe('workflow.agentflow.io/research-report');
   });
 
+  it('the agent example: streams its draft, records usage, waits for `approve`, then publishes', async () => {
+    // carol may decide approvals in her namespace through the chart's ClusterRole.
+    await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+      metadata: { name: 'carol-approves' },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cli-agentflow-approver' },
+      subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'carol' }],
+    });
+    const sub = await cli(carol, ['submit', '-f', 'deploy/examples/workflow-review.yaml']);
+    expect(sub.code, sub.stderr).toBe(0);
+    await until(
+      'draft runs',
+      () => getWf('review-notes'),
+      (w) => w.status?.tasks?.some((t: Json) => t.name === 'draft' && t.phase !== 'Pending'),
+      60_000,
+    );
+    // The draft's tokens, followed as they stream, exactly as streamed.
+    const streamed = await cli(carol, ['logs', 'review-notes', 'draft', '--stream', '-f']);
+    expect(streamed.code, streamed.stderr).toBe(0);
+    expect(streamed.stdout).toMatch(
+      /^warm agent pools stay warm so tasks start in milliseconds and no result is lost agents .*\.\n$/,
+    );
+    expect(streamed.stdout.split(' ')).toHaveLength(42); // "warm agent pools" and 39 more words
+    // Waiting for a person: listed, and the slot is free.
+    const waiting = await until(
+      'review waits',
+      () => cli(carol, ['approvals', 'review-notes']),
+      (r) => r.stdout.includes('review'),
+      60_000,
+    );
+    expect(waiting.stdout).toMatch(/^TASK\s+DEADLINE\s+ON-TIMEOUT\s+MESSAGE/);
+    expect(waiting.stdout).toContain('Publish "Notes on warm agent pools" (40 words)?');
+    // The status (written at most every 2 s) catches up with the usage the draft's result carried.
+    const described = await until(
+      'describe shows the usage',
+      () => cli(carol, ['describe', 'review-notes']),
+      (r) => r.stdout.includes('Usage:'),
+      30_000,
+    );
+    expect(described.stdout).toMatch(/Usage:\s+68 tokens \(28 in, 40 out\), \$0\.000136/);
+    expect(described.stdout).toMatch(/review\s+Waiting/);
+    const approved = await cli(carol, ['approve', 'review-notes', 'review', '-m', 'ship it']);
+    expect(approved.stdout).toBe('task review of workflow review-notes approved by carol\n');
+    const watched = await cli(carol, ['watch', 'review-notes']);
+    expect(watched.code, `${watched.stdout}\n${watched.stderr}`).toBe(0);
+    const out = await cli(carol, ['output', 'review-notes', 'publish']);
+    expect(JSON.parse(out.stdout)).toMatchObject({ published: 'Notes on warm agent pools', approvedBy: 'carol' });
+    const review = await cli(carol, ['output', 'review-notes', 'review']);
+    expect(JSON.parse(review.stdout)).toMatchObject({ approved: true, user: 'carol', message: 'ship it' });
+  });
+
   it('a failing workflow exits 1 naming the task and its error', async () => {
     const file = wfFile('doomed', {
       pool: 'steer',

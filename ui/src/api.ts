@@ -5,7 +5,7 @@
 
 import type { AgentPool } from '../../src/api/agentpool.ts';
 import type { AgentList, WorkflowTaskList } from '../../src/api/data-api.ts';
-import { dataPath } from '../../src/api/data-api.ts';
+import { dataPath, UI_WRITE_HEADER, UI_WRITE_VALUE } from '../../src/api/data-api.ts';
 import type { Workflow } from '../../src/api/workflow.ts';
 import type { UiConfig } from '../../src/cli/ui-proxy.ts';
 
@@ -179,11 +179,17 @@ export const tasksOf = (ns: string, wf: string, signal?: AbortSignal) =>
   getJson<WorkflowTaskList>(dataPath(ns, 'tasks', wf), signal);
 export const taskOf = (ns: string, wf: string, task: string, signal?: AbortSignal) =>
   getJson<WorkflowTaskList>(`${dataPath(ns, 'tasks', wf)}?${new URLSearchParams({ task })}`, signal);
-export const logPath = (ns: string, wf: string, task: string, o: { attempt?: number; follow?: boolean }) =>
+export const logPath = (
+  ns: string,
+  wf: string,
+  task: string,
+  o: { attempt?: number; follow?: boolean; stream?: boolean },
+) =>
   `${dataPath(ns, 'logs', wf)}?${new URLSearchParams({
     task,
     ...(o.attempt !== undefined && { attempt: String(o.attempt) }),
     ...(o.follow && { follow: 'true' }),
+    ...(o.stream && { stream: 'true' }),
   })}`;
 export const agentsOf = (ns: string, pool: string, signal?: AbortSignal) =>
   getJson<AgentList>(dataPath(ns, 'agents', pool), signal);
@@ -215,4 +221,25 @@ export function explain(err: ApiError, what: { verb: string; resource: string; n
     default:
       return `Request failed (${err.status} ${err.reason}): ${err.message}`;
   }
+}
+
+/** Decides an approval task (the proxy forwards this one POST; RBAC decides whether it is allowed). */
+export async function decide(
+  ns: string,
+  workflow: string,
+  body: { task: string; decision: 'Approve' | 'Reject'; message?: string },
+): Promise<void> {
+  const path = dataPath(ns, 'approval', workflow);
+  let res: Response;
+  try {
+    res = await fetch(path, {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { Accept: 'application/json', 'Content-Type': 'application/json', [UI_WRITE_HEADER]: UI_WRITE_VALUE },
+      body: JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new ApiError(0, 'Unreachable', `the UI proxy does not answer (${(err as Error).message})`, path);
+  }
+  if (!res.ok) throw await errorOf(res, path);
 }

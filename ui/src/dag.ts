@@ -52,7 +52,7 @@ function fromStatus(t: StatusTask, spec: SpecTask): TaskView {
     template: spec.name,
     phase: t.phase,
     attempt: t.attempts ?? 0,
-    handler: spec.handler,
+    handler: spec.handler ?? (spec.approval ? 'approval' : ''),
     pool: spec.pool ?? '',
     attempts: [],
     ...(t.message && { message: t.message }),
@@ -134,7 +134,7 @@ export function buildDag(wf: Workflow, tasks: readonly TaskView[] | undefined, l
     if (group) phase = summary?.phase ?? (instances.length ? groupPhase(instances) : 'Pending');
     return {
       id: s.name,
-      handler: s.handler,
+      handler: s.handler ?? (s.approval ? 'approval' : ''),
       group,
       instances,
       spawned: spawned.get(s.name) ?? [],

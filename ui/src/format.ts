@@ -8,7 +8,17 @@ export const isFinal = (phase: string | undefined) => phase !== undefined && FIN
 export const isRunning = (phase: string | undefined) => phase === 'Running';
 
 /** The order phases are counted in ("28 Succeeded, 2 Running"). */
-const PHASE_ORDER = ['Succeeded', 'Running', 'Retrying', 'Queued', 'Pending', 'Failed', 'Cancelled', 'Skipped'];
+const PHASE_ORDER = [
+  'Succeeded',
+  'Running',
+  'Waiting',
+  'Retrying',
+  'Queued',
+  'Pending',
+  'Failed',
+  'Cancelled',
+  'Skipped',
+];
 
 export function phaseCounts(tasks: readonly TaskView[]): [string, number][] {
   const counts = new Map<string, number>();
@@ -28,6 +38,7 @@ export function groupPhase(tasks: readonly TaskView[]): string {
   const has = (p: string) => tasks.some((t) => t.phase === p);
   if (has('Failed')) return 'Failed';
   if (has('Running')) return 'Running';
+  if (has('Waiting')) return 'Waiting';
   if (has('Retrying')) return 'Retrying';
   if (tasks.every((t) => isFinal(t.phase))) {
     if (has('Succeeded')) return 'Succeeded';

@@ -46,3 +46,50 @@ export async function write(ctx) {
     answered: answered?.value ?? 0,
   };
 }
+
+// The review example (deploy/examples/workflow-review.yaml): draft -> review (a person) -> publish.
+
+/**
+ * "Writes" a short text on a topic, streaming it word by word as a model streams tokens, and
+ * reports what the stand-in model would have cost.
+ */
+export async function draft(ctx) {
+  const { topic, words } = ctx.input ?? {};
+  if (typeof topic !== 'string' || topic === '') throw new TypeError('input.topic must be a non-empty string');
+  const n = Number.isInteger(words) && words > 0 ? Math.min(words, 500) : 40;
+  const vocabulary = [
+    'agents',
+    'stay',
+    'warm',
+    'so',
+    'tasks',
+    'start',
+    'in',
+    'milliseconds',
+    'and',
+    'no',
+    'result',
+    'is',
+    'lost',
+  ];
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const word = i === 0 ? topic : vocabulary[i % vocabulary.length];
+    out.push(word);
+    ctx.stream(`${i === 0 ? '' : ' '}${word}`);
+    await new Promise((r) => setTimeout(r, 15));
+  }
+  const text = `${out.join(' ')}.`;
+  ctx.stream('.\n');
+  const inputTokens = 12 + topic.length;
+  ctx.usage({ model: 'stand-in-small', inputTokens, outputTokens: n, costUsd: (inputTokens + n) * 0.000002 });
+  return { title: `Notes on ${topic}`, text, words: n };
+}
+
+/** "Publishes" the approved text. */
+export async function publish(ctx) {
+  const { title, text, approvedBy } = ctx.input ?? {};
+  if (typeof text !== 'string') throw new TypeError('input.text must be a string');
+  ctx.log('publishing', { title, approvedBy });
+  return { published: title, approvedBy, characters: text.length };
+}

@@ -8,11 +8,16 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import type { AgentPool } from '../../api/agentpool.ts';
 import {
   type AgentList,
+  type ApprovalList,
+  type ApprovalRequest,
+  type ApprovalResult,
   type AuditVerification,
   DATA_API_VERSION,
   dataNamespaceStatePath,
   dataPath,
   type LogQuery,
+  type SignalList,
+  type SignalRequest,
   type StateItem,
   type StateList,
   type WorkflowTaskList,
@@ -190,6 +195,39 @@ export class Cluster {
     return this.data<AuditVerification>(dataPath(this.namespace, 'audit', workflow), {});
   }
 
+  /** Approval tasks of a workflow waiting for a decision. */
+  approvals(workflow: string): Promise<ApprovalList> {
+    return this.data<ApprovalList>(dataPath(this.namespace, 'approval', workflow), {});
+  }
+
+  /** Decides an approval task (answered once the decision is durable). */
+  async decide(workflow: string, body: ApprovalRequest): Promise<ApprovalResult> {
+    try {
+      return await this.request<ApprovalResult>('POST', dataPath(this.namespace, 'approval', workflow), { body });
+    } catch (err) {
+      throw dataApiError(err);
+    }
+  }
+
+  /** Sends a signal (answered once it is durable). */
+  async signal(workflow: string, body: SignalRequest): Promise<{ id: string; revision: number }> {
+    try {
+      return await this.request<{ id: string; revision: number }>(
+        'POST',
+        dataPath(this.namespace, 'signal', workflow),
+        {
+          body,
+        },
+      );
+    } catch (err) {
+      throw dataApiError(err);
+    }
+  }
+
+  signals(workflow: string): Promise<SignalList> {
+    return this.data<SignalList>(dataPath(this.namespace, 'signal', workflow), {});
+  }
+
   /** Where a scope's shared state is served. */
   statePath(scope: CliStateScope): string {
     if (scope.kind === 'workflow') return dataPath(this.namespace, 'workflowState', scope.name);
@@ -252,6 +290,7 @@ export class Cluster {
       attempt: q.attempt,
       follow: q.follow || undefined,
       timestamps: q.timestamps || undefined,
+      stream: q.stream || undefined,
     };
     try {
       return await this.client.stream(dataPath(this.namespace, 'logs', workflow), {

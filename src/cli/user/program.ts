@@ -175,12 +175,19 @@ export function buildProgram(io: Io, run: Run, name = programName()): Command {
     .option('-f, --follow', 'stream new lines as they come, until the task (or the workflow) finishes')
     .option('--attempt <n>', 'the attempt to read (default: the latest)', positiveInt)
     .option('--timestamps', 'begin each line with its time (RFC 3339)')
-    .addHelpText('after', `\nExamples:\n  ${name} logs hello greet -f\n  ${name} logs hello`)
+    .option('--stream', "the task's streamed output (ctx.stream) exactly as streamed, instead of its log lines")
+    .addHelpText(
+      'after',
+      `\nExamples:\n  ${name} logs hello greet -f\n  ${name} logs hello\n  ${name} logs --stream hello greet -f`,
+    )
     .action(async function (this: Command, wf: string, task: string | undefined) {
-      const o = this.opts<{ follow?: boolean; attempt?: number; timestamps?: boolean }>();
+      const o = this.opts<{ follow?: boolean; attempt?: number; timestamps?: boolean; stream?: boolean }>();
       if (o.attempt !== undefined && task === undefined) {
         throw new UsageError('--attempt needs a TASK: attempts are numbered per task');
       }
+      if (o.stream && task === undefined) throw new UsageError("--stream needs a TASK: it prints one task's output");
+      if (o.stream && o.timestamps)
+        throw new UsageError('--stream and --timestamps: streamed output has no line times');
       const { logs } = await import('./commands/logs.ts');
       await withCluster(this, (c) => logs(c, io, wf, task, o));
     });
@@ -245,6 +252,70 @@ export function buildProgram(io: Io, run: Run, name = programName()): Command {
       const o = this.opts<{ watch?: boolean; timeout: number }>();
       const { resubmit } = await import('./commands/control.ts');
       await withCluster(this, (c) => resubmit(c, io, wf, { ...(o.watch && { watch: true }), timeoutMs: o.timeout }));
+    });
+
+  for (const [verb, decision, done] of [
+    ['approve', 'Approve', 'the workflow goes on past it'],
+    ['reject', 'Reject', 'the task fails with your message, and so does the run'],
+  ] as const) {
+    sub(
+      `${verb}`,
+      `${verb} a task waiting for approval`,
+      `${verb[0]?.toUpperCase()}${verb.slice(1)} an approval task of a Workflow: ${done}. Takes update on workflows/approval (data.agentflow.io) and, when the task lists approvers, being one.`,
+    )
+      .argument('<name>', 'the Workflow')
+      .argument('<task>', 'the approval task')
+      .option('-m, --message <text>', 'why (kept in the status, the output and the audit chain)')
+      .addHelpText(
+        'after',
+        `\nExample:\n  ${name} ${verb} release publish -m "${verb === 'approve' ? 'LGTM' : 'not this week'}"`,
+      )
+      .action(async function (this: Command, wf: string, task: string) {
+        const o = this.opts<{ message?: string }>();
+        const { decide } = await import('./commands/approvals.ts');
+        await withCluster(this, (c) => decide(c, io, wf, task, decision, o));
+      });
+  }
+
+  sub(
+    'approvals',
+    'the tasks of a Workflow waiting for approval',
+    'The approval tasks of a Workflow waiting for a decision: TASK DEADLINE ON-TIMEOUT MESSAGE.',
+  )
+    .argument('<name>', 'the Workflow')
+    .addOption(outputOption(['json', 'yaml']))
+    .action(async function (this: Command, wf: string) {
+      const o = this.opts<{ output?: 'json' | 'yaml' }>();
+      const { approvals } = await import('./commands/approvals.ts');
+      await withCluster(this, (c) => approvals(c, io, wf, o));
+    });
+
+  sub(
+    'signal',
+    'send a signal to a running Workflow',
+    'Send a signal to a running Workflow: the next ctx.waitForSignal(SIGNAL) of one of its tasks takes it (it waits in etcd until one does). Takes update on workflows/signal.',
+  )
+    .argument('<name>', 'the Workflow')
+    .argument('<signal>', 'the signal name')
+    .option('-d, --data <json>', 'the data (JSON, else the text as a string; default null)')
+    .addHelpText('after', `\nExample:\n  ${name} signal research feedback --data '{"more": "sources"}'`)
+    .action(async function (this: Command, wf: string, sig: string) {
+      const o = this.opts<{ data?: string }>();
+      const { signal } = await import('./commands/approvals.ts');
+      await withCluster(this, (c) => signal(c, io, wf, sig, o));
+    });
+
+  sub(
+    'signals',
+    'the signals sent to a Workflow',
+    'The signals sent to a Workflow: SIGNAL ID SENT-BY SENT TAKEN-BY DATA.',
+  )
+    .argument('<name>', 'the Workflow')
+    .addOption(outputOption(['json', 'yaml']))
+    .action(async function (this: Command, wf: string) {
+      const o = this.opts<{ output?: 'json' | 'yaml' }>();
+      const { signals } = await import('./commands/approvals.ts');
+      await withCluster(this, (c) => signals(c, io, wf, o));
     });
 
   sub(

@@ -2,7 +2,8 @@
 // a tree in DAG order, and the line-per-change log for output that is not a
 // terminal. Pure functions of a snapshot and the time: the tests call them.
 import type { TaskView } from '../../api/data-api.ts';
-import { DEFAULT_RETRY, type Workflow, type WorkflowTask } from '../../api/workflow.ts';
+import { DEFAULT_BUDGET_ACTION, DEFAULT_RETRY, type Workflow, type WorkflowTask } from '../../api/workflow.ts';
+import { formatCount, formatUsd, toNanos } from '../../lib/usage.ts';
 import { clockTime, elapsedMs, formatDuration, oneLine } from './format.ts';
 
 /** One look at a workflow: the object and its task instances. */
@@ -16,10 +17,21 @@ export interface Snapshot {
 export const FINAL_WORKFLOW_PHASES: ReadonlySet<string> = new Set(['Succeeded', 'Failed', 'Cancelled']);
 export const FINAL_TASK_PHASES: ReadonlySet<string> = new Set(['Succeeded', 'Failed', 'Skipped', 'Cancelled']);
 /** Task phases in the order their counts are listed. */
-const PHASE_ORDER = ['Running', 'Retrying', 'Queued', 'Pending', 'Succeeded', 'Failed', 'Cancelled', 'Skipped'];
+const PHASE_ORDER = [
+  'Running',
+  'Waiting',
+  'Retrying',
+  'Queued',
+  'Pending',
+  'Succeeded',
+  'Failed',
+  'Cancelled',
+  'Skipped',
+];
 /** Which instances of a large group are worth a row: trouble first, then what runs, then the rest. */
 const SHOW_FIRST: Record<string, number> = {
   Failed: 0,
+  Waiting: 1,
   Retrying: 1,
   Running: 2,
   Queued: 3,
@@ -46,6 +58,7 @@ const PHASE_STYLE: Record<string, Style> = {
   Failed: 'red',
   Running: 'cyan',
   Retrying: 'yellow',
+  Waiting: 'yellow',
   Suspended: 'yellow',
   Cancelled: 'magenta',
   Queued: 'dim',
@@ -146,7 +159,17 @@ export function phaseCounts(tasks: readonly TaskView[]): string {
 /** A group's phase: the most active one while any instance is not done, else the worst outcome. */
 function groupPhase(tasks: readonly TaskView[]): string {
   const phases = new Set(tasks.map((t) => t.phase));
-  for (const p of ['Running', 'Retrying', 'Queued', 'Pending', 'Failed', 'Cancelled', 'Succeeded', 'Skipped']) {
+  for (const p of [
+    'Running',
+    'Waiting',
+    'Retrying',
+    'Queued',
+    'Pending',
+    'Failed',
+    'Cancelled',
+    'Succeeded',
+    'Skipped',
+  ]) {
     if (phases.has(p)) return p;
   }
   return tasks[0]?.phase ?? 'Pending';
@@ -360,6 +383,33 @@ export function progressText(wf: Workflow): string {
   return `${p.succeeded}/${p.total}${more.length ? ` (${more.join(', ')})` : ''}`;
 }
 
+/** `12,345 tokens (10,000 in, 2,345 out), $1.25; gpt-4o 12,000 tokens $1.20, ...` (the three costliest models). */
+export function usageText(wf: Workflow): string {
+  const u = wf.status?.usage;
+  if (!u) return '';
+  const tokens = (i: number, o: number) => `${formatCount(i + o)} tokens`;
+  const head = `${tokens(u.inputTokens, u.outputTokens)} (${formatCount(u.inputTokens)} in, ${formatCount(u.outputTokens)} out), ${formatUsd(toNanos(u.costUsd))}`;
+  const models = (u.byModel ?? [])
+    .slice(0, 3)
+    .map((m) => `${m.model} ${tokens(m.inputTokens, m.outputTokens)} ${formatUsd(toNanos(m.costUsd))}`);
+  const rest = (u.byModel?.length ?? 0) > 3 ? ', ...' : '';
+  return models.length > 0 ? `${head}; ${models.join(', ')}${rest}` : head;
+}
+
+/** `max 10,000 tokens, max $5.00 (Suspend)`, and what passed it while it is exceeded. */
+function budgetText(wf: Workflow): Seg[] | undefined {
+  const b = wf.spec?.budget;
+  if (!b) return undefined;
+  const limits = [
+    b.maxTokens !== undefined && `max ${formatCount(b.maxTokens)} tokens`,
+    b.maxCostUsd !== undefined && `max ${formatUsd(toNanos(b.maxCostUsd))}`,
+  ].filter(Boolean);
+  const segs: Seg[] = [{ t: `${limits.join(', ')} (${b.action ?? DEFAULT_BUDGET_ACTION})` }];
+  const over = wf.status?.conditions?.find((c) => c.type === 'BudgetExceeded' && c.status === 'True');
+  if (over) segs.push({ t: ` exceeded: ${over.message}`, s: 'red' });
+  return segs;
+}
+
 /** The workflow's summary, `Key: value` lines (get, describe and the head of watch). */
 export function summaryLines(wf: Workflow, opts: RenderOptions): string[] {
   const s = wf.status ?? {};
@@ -375,6 +425,10 @@ export function summaryLines(wf: Workflow, opts: RenderOptions): string[] {
   if (s.message) kv.push(['Message', [{ t: oneLine(s.message) }]]);
   if (s.lastRetry) kv.push(['Last retry', [{ t: `${s.lastRetry.at}: ${oneLine(s.lastRetry.message)}` }]]);
   if (s.lastRerun) kv.push(['Re-run as', [{ t: s.lastRerun.name }]]);
+  const usage = usageText(wf);
+  if (usage) kv.push(['Usage', [{ t: usage }]]);
+  const budget = budgetText(wf);
+  if (budget) kv.push(['Budget', budget]);
   return kv.map(([k, v]) => paint([{ t: `${k}:`.padEnd(12), s: 'bold' }, ...v], opts.color ?? false, opts.width));
 }
 

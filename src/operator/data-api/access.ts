@@ -12,6 +12,8 @@ export interface Access {
   namespace: string;
   verb: 'get' | 'list' | 'watch' | 'update';
   resource: 'workflows' | 'agentpools';
+  /** A subresource with RBAC of its own (workflows/approval, workflows/signal). */
+  subresource?: 'approval' | 'signal';
   name?: string;
 }
 
@@ -56,17 +58,19 @@ export class AccessReviewer {
           resource: access.resource,
           namespace: access.namespace,
           verb: access.verb,
+          ...(access.subresource && { subresource: access.subresource }),
           ...(access.name && { name: access.name }),
         },
       },
     });
     const allowed = res.status?.allowed === true;
+    const resource = access.subresource ? `${access.resource}/${access.subresource}` : access.resource;
     const what = `${access.resource}.${GROUP}${access.name ? ` "${access.name}"` : ''}`;
     const decision: Decision = {
       allowed,
       reason: allowed
         ? ''
-        : `${what} is forbidden: User "${user.username}" cannot ${access.verb} resource "${access.resource}" in API group "${GROUP}" in the namespace "${access.namespace}"${res.status?.reason ? `: ${res.status.reason}` : ''}`,
+        : `${what} is forbidden: User "${user.username}" cannot ${access.verb} resource "${resource}" in API group "${GROUP}" in the namespace "${access.namespace}"${res.status?.reason ? `: ${res.status.reason}` : ''}`,
     };
     if (this.cache.size >= MAX_ENTRIES) this.cache.clear();
     this.cache.set(key, { decision, until: now + TTL_MS });

@@ -11,6 +11,9 @@ import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import {
   type AgentList,
+  type ApprovalList,
+  type ApprovalRequest,
+  type ApprovalResult,
   type AuditVerification,
   DATA_API_VERSION,
   DATA_GROUP,
@@ -19,11 +22,14 @@ import {
   type DataStatus,
   type DataSubresource,
   type LogQuery,
+  type SignalList,
   type WorkflowTaskList,
 } from '../../api/data-api.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { Fence, SharedState } from '../../state/index.ts';
-import type { AccessReviewer } from './access.ts';
+import type { ApprovalRefusal } from '../../workflow/run.ts';
+import type { Access, AccessReviewer } from './access.ts';
+import { BodyError, readApproval, readSignal } from './control-routes.ts';
 import { AuthenticationError, authenticate, type RequestHeaderConfig, type UserInfo } from './request-header.ts';
 import { StateRequestError, type StateScope, serveState, writes } from './state-routes.ts';
 import { UI_PATH, UiAssets } from './ui-assets.ts';
@@ -51,7 +57,39 @@ export interface DataSource {
     write: (text: string) => void,
     signal: AbortSignal,
   ): Promise<'ok' | 'no-workflow' | 'no-task'>;
+  /** Approval tasks waiting for a decision; undefined: no such Workflow. */
+  approvals(namespace: string, workflow: string): ApprovalList | undefined;
+  /** A decision, answered once it is durable. */
+  decide(namespace: string, workflow: string, req: ApprovalRequest, user: UserInfo): Promise<DecideOutcome>;
+  /** Sends a signal, answered once it is durable. */
+  sendSignal(
+    namespace: string,
+    workflow: string,
+    sig: { name: string; data: unknown },
+    user: UserInfo,
+  ): Promise<SignalOutcome>;
+  /** The workflow's signals; undefined: no such Workflow. */
+  signals(namespace: string, workflow: string): Promise<SignalList | undefined>;
 }
+
+export type DecideOutcome =
+  | { ok: true }
+  | { ok: false; code: ApprovalRefusal | 'NotLoaded' | 'NoWorkflow'; message: string };
+export type SignalOutcome =
+  | { ok: true; id: string; revision: number }
+  | { ok: false; code: 'NoWorkflow' | 'Finished' | 'TooMany'; message: string };
+
+/** How each refused decision or signal answers. */
+const REFUSALS: Record<Exclude<DecideOutcome | SignalOutcome, { ok: true }>['code'], [number, DataStatus['reason']]> = {
+  NoWorkflow: [404, 'NotFound'],
+  UnknownTask: [404, 'NotFound'],
+  NotApproval: [400, 'BadRequest'],
+  NotWaiting: [409, 'Conflict'],
+  NotApprover: [403, 'Forbidden'],
+  NotLoaded: [503, 'ServiceUnavailable'],
+  Finished: [409, 'Conflict'],
+  TooMany: [429, 'TooManyRequests'],
+};
 
 export interface DataApiOptions {
   host?: string;
@@ -93,7 +131,12 @@ function resourceList() {
         singularName: '',
         namespaced: true,
         kind: s.kind,
-        verbs: s.path === 'state' ? ['get', 'update', 'delete', 'watch'] : ['get'],
+        verbs:
+          s.path === 'state'
+            ? ['get', 'update', 'delete', 'watch']
+            : s.path === 'approval' || s.path === 'signal'
+              ? ['get', 'create']
+              : ['get'],
       })),
       {
         name: 'state',
@@ -104,6 +147,15 @@ function resourceList() {
       },
     ],
   };
+}
+
+/** A decision's or a signal's outcome, or its refusal as a Status. */
+function refused<T extends DecideOutcome | SignalOutcome>(out: T): Extract<T, { ok: true }> {
+  if (!out.ok) {
+    const [code, reason] = REFUSALS[out.code];
+    throw new RequestError(code, reason, out.message);
+  }
+  return out as Extract<T, { ok: true }>;
 }
 
 function groupInfo() {
@@ -225,7 +277,7 @@ export class DataApiServer {
   private async route(req: IncomingMessage, res: ServerResponse, user: UserInfo): Promise<void> {
     const url = new URL(req.url ?? '/', 'https://data-api');
     const path = url.pathname.replace(/\/+$/, '');
-    if (req.method !== 'GET' && !writes(req.method)) {
+    if (req.method !== 'GET' && req.method !== 'POST' && !writes(req.method)) {
       throw new RequestError(405, 'MethodNotAllowed', `method ${req.method} is not served`);
     }
     if (path === '/healthz' || path === '/readyz' || path === '/livez') {
@@ -272,11 +324,16 @@ export class DataApiServer {
     if (!NAME.test(name) || name.length > 253) throw bad(`name: ${JSON.stringify(name)} is not a valid object name`);
     const kind = DATA_SUBRESOURCES[sub].resource;
     const isState = sub === 'workflowState' || sub === 'poolState';
-    if (writes(req.method) && !isState) {
+    const isControl = sub === 'approval' || sub === 'signal';
+    if ((writes(req.method) && !isState) || (req.method === 'POST' && !isControl)) {
       throw new RequestError(405, 'MethodNotAllowed', `method ${req.method} is not served on ${kind}/${segment}`);
     }
-    const verb = writes(req.method) ? 'update' : 'get';
-    const decision = await this.o.access.review(user, { namespace, verb, resource: kind, name });
+    // Deciding and signalling are writes of their own subresource (as certificatesigningrequests/approval).
+    const access: Access =
+      req.method === 'POST'
+        ? { namespace, verb: 'update', resource: kind, subresource: segment as 'approval' | 'signal', name }
+        : { namespace, verb: writes(req.method) ? 'update' : 'get', resource: kind, name };
+    const decision = await this.o.access.review(user, access);
     if (!decision.allowed) throw new RequestError(403, 'Forbidden', decision.reason);
     const q = url.searchParams;
     switch (sub) {
@@ -307,6 +364,75 @@ export class DataApiServer {
         return this.state(req, res, { kind: 'workflow', namespace, workflow: name });
       case 'poolState':
         return this.state(req, res, { kind: 'pool', namespace, pool: name });
+      case 'approval':
+        return this.approval(req, res, namespace, name, user);
+      case 'signal':
+        return this.signal(req, res, namespace, name, user);
+    }
+  }
+
+  private async approval(
+    req: IncomingMessage,
+    res: ServerResponse,
+    namespace: string,
+    name: string,
+    user: UserInfo,
+  ): Promise<void> {
+    if (req.method === 'GET') return this.sendList(res, name, this.o.source.approvals(namespace, name));
+    const body = await this.body(() => readApproval(req));
+    refused(await this.o.source.decide(namespace, name, body, user));
+    this.log.info('Approval decided', {
+      namespace,
+      workflow: name,
+      task: body.task,
+      decision: body.decision,
+      user: user.username,
+    });
+    const result: ApprovalResult = {
+      apiVersion: DATA_API_VERSION,
+      kind: 'ApprovalResult',
+      metadata: { namespace, name },
+      task: body.task,
+      decision: body.decision,
+      user: user.username,
+      message: body.message ?? '',
+    };
+    return this.send(res, 200, result);
+  }
+
+  private async signal(
+    req: IncomingMessage,
+    res: ServerResponse,
+    namespace: string,
+    name: string,
+    user: UserInfo,
+  ): Promise<void> {
+    if (req.method === 'GET') return this.sendList(res, name, await this.o.source.signals(namespace, name));
+    const body = await this.body(() => readSignal(req));
+    const out = refused(await this.o.source.sendSignal(namespace, name, body, user));
+    return this.send(res, 201, {
+      apiVersion: DATA_API_VERSION,
+      kind: 'Signal',
+      metadata: { namespace, name },
+      signal: body.name,
+      id: out.id,
+      revision: out.revision,
+    });
+  }
+
+  /** A workflow's list, or 404 when there is no such workflow. */
+  private sendList(res: ServerResponse, workflow: string, list: object | undefined): void {
+    if (!list) throw new RequestError(404, 'NotFound', `workflows.agentflow.io "${workflow}" not found`);
+    this.send(res, 200, list);
+  }
+
+  /** A request body read by `read`, its refusals turned into Statuses. */
+  private async body<T>(read: () => Promise<T>): Promise<T> {
+    try {
+      return await read();
+    } catch (err) {
+      if (!(err instanceof BodyError)) throw err;
+      throw new RequestError(err.code, err.code === 413 ? 'RequestEntityTooLarge' : 'BadRequest', err.message);
     }
   }
 
@@ -359,7 +485,10 @@ export class DataApiServer {
       ...(attempt !== undefined && { attempt }),
       follow: parseBool(q, 'follow'),
       timestamps: parseBool(q, 'timestamps'),
+      stream: parseBool(q, 'stream'),
     };
+    if (query.stream && query.timestamps)
+      throw bad('query parameter timestamps: not with stream=true (streamed output has no line times)');
     const abort = new AbortController();
     this.streams.add(abort);
     res.on('close', () => abort.abort());

@@ -3,20 +3,35 @@
 // finished run, after a failover), the dispatcher's connected agents and the
 // informers' Workflows, AgentPools and Pods.
 
+import { randomBytes } from 'node:crypto';
 import type { V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../../api/agentpool.ts';
 import {
   type AgentList,
+  type ApprovalList,
+  type ApprovalRequest,
   type AttemptView,
   type AuditVerification,
   DATA_API_VERSION,
   LOG_DROPPED_LINE,
   LOG_FLUSH_MS,
   type LogQuery,
+  type PendingApproval,
+  type SignalList,
+  type SignalView,
+  STREAM_DROPPED_LINE,
   type TaskView,
   type WorkflowTaskList,
 } from '../../api/data-api.ts';
-import type { Workflow } from '../../api/workflow.ts';
+import {
+  CONSUMED_PREFIX,
+  type ConsumedValue,
+  MAX_SIGNALS_PER_WORKFLOW,
+  SIGNAL_PREFIX,
+  type SignalValue,
+  signalKey,
+} from '../../api/signals.ts';
+import { DEFAULT_APPROVAL_ON_TIMEOUT, type Workflow } from '../../api/workflow.ts';
 import type { Dispatcher } from '../../dispatcher/index.ts';
 import {
   AuditLog,
@@ -28,12 +43,15 @@ import {
   type TaskResult,
   WorkflowRecords,
 } from '../../state/index.ts';
+import type { JsonValue } from '../../state/shared-state.ts';
 import { followLog, readLog } from '../../state/task-logs.ts';
 import type { WorkflowEngine } from '../../workflow/engine.ts';
 import type { InformerView } from '../kube/informer.ts';
-import type { DataSource } from './server.ts';
+import type { UserInfo } from './request-header.ts';
+import type { DataSource, DecideOutcome, SignalOutcome } from './server.ts';
 import type { StateScope } from './state-routes.ts';
 
+const FINISHED_RUN = new Set(['Succeeded', 'Failed', 'Cancelled']);
 const FINAL = new Set(['Succeeded', 'Failed', 'Skipped', 'Cancelled']);
 /** How often a follower checks whether the attempt it follows is still running (it may end without an end mark). */
 const FOLLOW_CHECK_MS = 1_000;
@@ -132,6 +150,12 @@ export class LeaderDataSource implements DataSource {
         ...(started !== undefined && ended !== undefined && { durationMs: Math.max(0, ended - started) }),
         ...(t.message && { message: t.message }),
         ...(t.progress && { progress: t.progress }),
+        ...(t.approval && {
+          approval: {
+            message: t.approval.message,
+            ...(t.approval.deadline !== undefined && { deadline: new Date(t.approval.deadline).toISOString() }),
+          },
+        }),
         ...(agent && { agent }),
         ...(node && { node }),
         attempts,
@@ -176,6 +200,102 @@ export class LeaderDataSource implements DataSource {
 
   fences(): Fence[] {
     return this.v.fences();
+  }
+
+  approvals(namespace: string, workflow: string): ApprovalList | undefined {
+    if (!this.v.workflows.get(`${namespace}/${workflow}`)) return undefined;
+    const run = this.v.engine.get(namespace, workflow);
+    const items = (run?.approvals() ?? []).map(
+      (a): PendingApproval => ({
+        task: a.task,
+        message: a.message,
+        ...(a.deadline !== undefined && {
+          deadline: new Date(a.deadline).toISOString(),
+          onTimeout: a.onTimeout ?? DEFAULT_APPROVAL_ON_TIMEOUT,
+        }),
+        ...(a.approvers && { approvers: a.approvers }),
+      }),
+    );
+    return { apiVersion: DATA_API_VERSION, kind: 'ApprovalList', metadata: { namespace, name: workflow }, items };
+  }
+
+  async decide(namespace: string, workflow: string, req: ApprovalRequest, user: UserInfo): Promise<DecideOutcome> {
+    const wf = this.v.workflows.get(`${namespace}/${workflow}`);
+    if (!wf) return { ok: false, code: 'NoWorkflow', message: `workflows.agentflow.io "${workflow}" not found` };
+    const phase = wf.status?.phase;
+    if (!this.v.engine.get(namespace, workflow) && FINISHED_RUN.has(phase ?? '')) {
+      return { ok: false, code: 'NotWaiting', message: `workflow ${workflow} is ${phase}: it waits for no decision` };
+    }
+    return this.v.engine.decide(namespace, workflow, req.task, {
+      decision: req.decision,
+      user: { username: user.username, groups: user.groups },
+      ...(req.message !== undefined && { message: req.message }),
+    });
+  }
+
+  async sendSignal(
+    namespace: string,
+    workflow: string,
+    sig: { name: string; data: unknown },
+    user: UserInfo,
+  ): Promise<SignalOutcome> {
+    const wf = this.v.workflows.get(`${namespace}/${workflow}`);
+    if (!wf) return { ok: false, code: 'NoWorkflow', message: `workflows.agentflow.io "${workflow}" not found` };
+    const run = this.v.engine.get(namespace, workflow);
+    const phase = run?.phase ?? wf.status?.phase;
+    if (run?.finished || (!run && FINISHED_RUN.has(phase ?? ''))) {
+      return { ok: false, code: 'Finished', message: `workflow ${workflow} is ${phase}: no handler can take a signal` };
+    }
+    const state = new SharedState(this.v.store, { kind: 'workflow', namespace, workflow });
+    const { items } = await state.list(SIGNAL_PREFIX);
+    if (items.length >= MAX_SIGNALS_PER_WORKFLOW) {
+      return {
+        ok: false,
+        code: 'TooMany',
+        message: `workflow ${workflow} holds ${items.length} signals, the most one workflow may (${MAX_SIGNALS_PER_WORKFLOW})`,
+      };
+    }
+    const id = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+    const value: SignalValue = { data: sig.data as JsonValue, sentBy: user.username, sentAt: new Date().toISOString() };
+    const revision = await state.put(signalKey(sig.name, id), value as unknown as JsonValue, {
+      fences: this.v.fences(),
+    });
+    await this.v.engine.note(namespace, workflow, {
+      type: 'SignalSent',
+      detail: { name: sig.name, id, user: user.username },
+    });
+    return { ok: true, id, revision };
+  }
+
+  async signals(namespace: string, workflow: string): Promise<SignalList | undefined> {
+    if (!this.v.workflows.get(`${namespace}/${workflow}`)) return undefined;
+    const state = new SharedState(this.v.store, { kind: 'workflow', namespace, workflow });
+    const [sent, taken] = await Promise.all([state.list(SIGNAL_PREFIX), state.list(CONSUMED_PREFIX)]);
+    const takenBy = new Map(
+      taken.items.map((c) => [c.key.slice(CONSUMED_PREFIX.length), (c.value as unknown as ConsumedValue).task]),
+    );
+    const items = sent.items
+      .sort((a, b) => a.createRevision - b.createRevision)
+      .map((kv): SignalView => {
+        const rest = kv.key.slice(SIGNAL_PREFIX.length);
+        const slash = rest.lastIndexOf('/');
+        const v = kv.value as unknown as SignalValue;
+        const by = takenBy.get(rest);
+        return {
+          name: rest.slice(0, slash),
+          id: rest.slice(slash + 1),
+          sentBy: v.sentBy,
+          sentAt: v.sentAt,
+          ...(by && { takenBy: by }),
+          data: v.data,
+        };
+      });
+    return {
+      apiVersion: DATA_API_VERSION,
+      kind: 'SignalList',
+      metadata: { namespace, name: workflow, revision: Math.max(sent.revision, taken.revision) },
+      items,
+    };
   }
 
   sharedState(scope: StateScope): SharedState | undefined {
@@ -225,13 +345,15 @@ export class LeaderDataSource implements DataSource {
     const attempt = q.attempt ?? state.attempt;
     if (attempt > state.attempt) return 'no-task';
     const ref = { namespace, workflow, task: q.task, attempt };
+    const kind = q.stream ? 'stream' : 'lines';
     write(''); // found: the answer starts now
     const emit = (text: string) => {
       if (!text) return;
-      write(q.timestamps ? text : text.replace(/^\S+ /gm, ''));
+      // Streamed output is the text as streamed: no line times to strip.
+      write(q.timestamps || q.stream ? text : text.replace(/^\S+ /gm, ''));
     };
-    const stored = await readLog(this.v.store, ref);
-    if (stored.dropped) write(`${LOG_DROPPED_LINE}\n`);
+    const stored = await readLog(this.v.store, ref, kind);
+    if (stored.dropped) write(q.stream ? STREAM_DROPPED_LINE : `${LOG_DROPPED_LINE}\n`);
     emit(stored.text);
     if (!q.follow || stored.ended) return 'ok';
     // Over already (an attempt that logged nothing, or whose end mark never came): nothing more will.
@@ -255,7 +377,7 @@ export class LeaderDataSource implements DataSource {
       timer = setTimeout(() => void check(), FOLLOW_CHECK_MS);
     });
     try {
-      await followLog(this.v.store, ref, stored, emit, ended, signal);
+      await followLog(this.v.store, ref, stored, emit, ended, signal, kind);
     } finally {
       clearTimeout(timer);
     }

@@ -6,6 +6,7 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { DATA_API_VERSION, type StateEvent, type StateItem, type StateList } from '../../api/data-api.ts';
+import { RESERVED_STATE_PREFIX } from '../../api/signals.ts';
 import { ConflictError, type Fence, type SharedState } from '../../state/index.ts';
 import { MAX_VALUE_BYTES } from '../../state/values.ts';
 
@@ -63,6 +64,15 @@ async function readBody(req: IncomingMessage): Promise<unknown> {
     return JSON.parse(text);
   } catch (err) {
     throw bad(`body: not JSON: ${(err as Error).message}`);
+  }
+}
+
+/** Keys under agentflow: are agentflow's own (signals): `agentflow signal` writes them, not `state put`. */
+function reservedRefused(key: string): void {
+  if (key.startsWith(RESERVED_STATE_PREFIX)) {
+    throw bad(
+      `query parameter key: "${key.slice(0, 128)}" is under ${RESERVED_STATE_PREFIX}, which only agentflow writes (send a signal with \`agentflow signal\`)`,
+    );
   }
 }
 
@@ -147,6 +157,7 @@ export async function serveState(
     }
     case 'PUT': {
       if (key === undefined) throw bad('query parameter key: required (the key to put)');
+      reservedRefused(key);
       const expected = revisionParam(q, 'expectedRevision');
       const value = (await readBody(req)) as never;
       const modRevision = await checked(() =>
@@ -159,6 +170,7 @@ export async function serveState(
     }
     case 'DELETE': {
       if (key === undefined) throw bad('query parameter key: required (the key to delete)');
+      reservedRefused(key);
       const expected = revisionParam(q, 'expectedRevision');
       const deleted = await checked(() => state.delete(key, expected, { fences: fences() }));
       if (!deleted) throw new StateRequestError(404, 'NotFound', `no state key "${key}" in this ${scope.kind}'s state`);

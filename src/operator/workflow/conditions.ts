@@ -14,8 +14,18 @@ import { type Condition, removeCondition, setCondition } from '../kube/condition
 //               HandlerNotServed, NoAgentConnected, CostOverCapacity. It fails with that
 //               reason once it has waited the operator's --waiting-timeout
 //   SpecApplied False when the spec was edited after the run started (not applied)
+//   BudgetExceeded  True while the usage the handlers reported is over spec.budget; reason: MaxTokens,
+//               MaxCostUsd (the limit passed), message: the figure. Present once a workflow has a budget
 
-export const CONDITION_TYPES = ['Running', 'Succeeded', 'Failed', 'Suspended', 'Waiting', 'SpecApplied'] as const;
+export const CONDITION_TYPES = [
+  'Running',
+  'Succeeded',
+  'Failed',
+  'Suspended',
+  'Waiting',
+  'SpecApplied',
+  'BudgetExceeded',
+] as const;
 
 /** Why a workflow waits: each names what is missing. */
 export type WaitReason = 'PoolNotFound' | 'HandlerNotServed' | 'NoAgentConnected' | 'CostOverCapacity';
@@ -31,7 +41,13 @@ export interface ConditionInput {
   /** Undefined: leave SpecApplied as it is. */
   specApplied?: { ok: true; message: string } | { ok: false; reason: string; message: string };
   generation?: number;
+  /** Undefined: leave BudgetExceeded as it is (a workflow that never had a budget has none). */
+  budget?: { over: { limit: 'maxTokens' | 'maxCostUsd'; message: string } | undefined; hasBudget: boolean };
 }
+
+/** The BudgetExceeded condition's reason for the limit passed. */
+export const budgetReason = (limit: 'maxTokens' | 'maxCostUsd'): string =>
+  limit === 'maxTokens' ? 'MaxTokens' : 'MaxCostUsd';
 
 /** The conditions of a workflow, from its previous list (transition times kept where status did not change). */
 export function workflowConditions(
@@ -77,6 +93,17 @@ export function workflowConditions(
   if (c.specApplied) {
     const s = c.specApplied;
     set('SpecApplied', s.ok, s.ok ? 'Applied' : s.reason, s.message);
+  }
+  if (c.budget) {
+    const { over, hasBudget } = c.budget;
+    if (over) set('BudgetExceeded', true, budgetReason(over.limit), over.message);
+    else
+      set(
+        'BudgetExceeded',
+        false,
+        hasBudget ? 'WithinBudget' : 'NoBudget',
+        hasBudget ? 'the usage is within spec.budget' : 'spec.budget is not set',
+      );
   }
   return list;
 }

@@ -67,6 +67,8 @@ export class WorkflowController {
   private readonly announced = new Map<string, string>();
   /** The last Waiting reason an Event was recorded for, per workflow. */
   private readonly announcedWaiting = new Map<string, string>();
+  /** Approval tasks announced (ApprovalRequested Event) per workflow. */
+  private readonly announcedApprovals = new Map<string, Set<string>>();
   /** Finished workflows whose run record was read this term (see recordsBehind). */
   private readonly recordsChecked = new Set<string>();
   /** The last rerun failure an Event was recorded for, per workflow. */
@@ -117,6 +119,7 @@ export class WorkflowController {
       this.written.delete(key);
       this.announced.delete(key);
       this.announcedWaiting.delete(key);
+      this.announcedApprovals.delete(key);
       this.announcedRerunFailure.delete(key);
       return undefined;
     }
@@ -194,6 +197,8 @@ export class WorkflowController {
     }
     if (!run.finished) {
       const before = run.version;
+      // The budget first: resuming from spec.suspend must not start tasks a budget holds back.
+      run.setBudget(wf.spec.budget);
       run.setSuspended(wf.spec.suspend === true);
       if (run.version !== before) this.o.engine.changed(run);
     }
@@ -477,6 +482,9 @@ export class WorkflowController {
             message: specEditedMessage(generation, run.finished),
           },
       ...(generation !== undefined && { generation }),
+      ...((run.hasBudget || getCondition(prev, 'BudgetExceeded')) && {
+        budget: { over: run.budgetOver(), hasBudget: run.hasBudget },
+      }),
     });
     await this.writeStatus(wf, {
       ...s,
@@ -492,6 +500,12 @@ export class WorkflowController {
       const failed = phase === 'Failed' || phase === 'Cancelled';
       this.o.events.record(wf, failed ? 'Warning' : 'Normal', phase, run.message || `Workflow is ${phase}`);
       log.info('Workflow phase changed', { from: prevPhase, to: phase, reason: run.reason, message: run.message });
+    }
+    this.announceApprovals(wf, run);
+    const budget = getCondition(conditions, 'BudgetExceeded');
+    if (budget?.status === 'True' && getCondition(prev, 'BudgetExceeded')?.status !== 'True') {
+      log.info('Workflow over its budget', { reason: budget.reason, message: budget.message });
+      this.o.events.record(wf, 'Warning', 'BudgetExceeded', budget.message);
     }
     const wasWaiting = getCondition(prev, 'Waiting');
     const announcedWaiting = this.announcedWaiting.get(key);
@@ -510,6 +524,32 @@ export class WorkflowController {
       this.o.events.record(wf, 'Warning', 'SpecChangeIgnored', getCondition(conditions, 'SpecApplied')?.message ?? '');
     }
     return undefined;
+  }
+
+  /**
+   * An Event for each approval task that starts waiting (kubectl describe and `kubectl get events`
+   * show who is asked what), once per task on this leader.
+   */
+  private announceApprovals(wf: Workflow, run: WorkflowRun): void {
+    const key = `${wf.metadata.namespace}/${wf.metadata.name}`;
+    const seen = this.announcedApprovals.get(key) ?? new Set<string>();
+    const now = new Set<string>();
+    for (const a of run.approvals()) {
+      now.add(a.task);
+      if (seen.has(a.task)) continue;
+      const by = a.deadline === undefined ? '' : ` (decide by ${new Date(a.deadline).toISOString()})`;
+      this.o.events.record(
+        wf,
+        'Normal',
+        'ApprovalRequested',
+        `task ${a.task} waits for approval${a.message ? `: ${a.message}` : ''}${by}; agentflow approve|reject ${wf.metadata.name} ${a.task}`.slice(
+          0,
+          1024,
+        ),
+      );
+    }
+    if (now.size > 0) this.announcedApprovals.set(key, now);
+    else this.announcedApprovals.delete(key);
   }
 
   /** The pool a run waits on hears of it too: its users may not watch the workflow. */
@@ -585,7 +625,7 @@ export class WorkflowController {
 function specEditedMessage(generation: number | undefined, finished: boolean): string {
   const when = finished
     ? 'after the run finished: a finished run does not change'
-    : 'after the run started: only suspend and ttlSecondsAfterFinished apply to a started run';
+    : 'after the run started: only suspend, budget and ttlSecondsAfterFinished apply to a started run';
   return `spec was edited (generation ${generation}) ${when}. Re-run it from scratch under a new name with the new spec (annotate ${RERUN_ANNOTATION}); a retry (${RETRY_ANNOTATION}) runs only the spec the run started with, so revert the edit to retry`;
 }
 
@@ -630,8 +670,14 @@ function statusMessage(
       return (run.message || run.phase).slice(0, 1024);
     case 'Suspended':
       return `${run.message}; ${counts}`.slice(0, 1024);
-    default:
-      return (waiting ? `${waiting.message}; ${counts}` : counts).slice(0, 1024);
+    default: {
+      const approvals = run.approvals();
+      const first = approvals[0];
+      const asked = first
+        ? `task ${first.task} waits for approval${first.message ? `: ${first.message}` : ''}${approvals.length > 1 ? ` (and ${approvals.length - 1} more)` : ''}; `
+        : '';
+      return `${asked}${waiting ? `${waiting.message}; ${counts}` : counts}`.slice(0, 1024);
+    }
   }
 }
 

@@ -58,6 +58,37 @@ const poolCases: [string, Mutate, string][] = [
     'spec.agent.capacity: Invalid value: 0: spec.agent.capacity in body should be greater than or equal to 1',
   ],
   [
+    'a rate limit with both perSecond and perMinute',
+    (o) => {
+      o.spec.rateLimits = [{ name: 'calls', perSecond: 10, perMinute: 600 }];
+    },
+    'spec.rateLimits[0].perSecond: Invalid value: "object": a rate limit needs exactly one of perSecond and perMinute',
+  ],
+  [
+    'a rate limit with neither perSecond nor perMinute',
+    (o) => {
+      o.spec.rateLimits = [{ name: 'calls', burst: 5 }];
+    },
+    'spec.rateLimits[0].perSecond: Invalid value: "object": a rate limit needs exactly one of perSecond and perMinute',
+  ],
+  [
+    'a rate limit of 0 per second',
+    (o) => {
+      o.spec.rateLimits = [{ name: 'calls', perSecond: 0 }];
+    },
+    'spec.rateLimits[0].perSecond: Invalid value: 0: spec.rateLimits[0].perSecond in body should be greater than 0',
+  ],
+  [
+    'two rate limits of one name',
+    (o) => {
+      o.spec.rateLimits = [
+        { name: 'calls', perSecond: 1 },
+        { name: 'calls', perMinute: 1 },
+      ];
+    },
+    'spec.rateLimits[1]: Duplicate value: {"name":"calls"}',
+  ],
+  [
     'minReplicas above maxReplicas',
     (o) => {
       o.spec.autoscaling = { minReplicas: 4, maxReplicas: 2 };
@@ -367,6 +398,107 @@ const workflowCases: [string, Mutate, string][] = [
     },
     'spec.suspend: Invalid value: "string": spec.suspend in body must be of type boolean',
   ],
+  [
+    'a budget with neither maxTokens nor maxCostUsd',
+    (o) => {
+      o.spec.budget = { action: 'Suspend' };
+    },
+    'spec.budget.maxTokens: Required value: spec.budget needs maxTokens or maxCostUsd (or both)',
+  ],
+  [
+    'a budget of 0 tokens',
+    (o) => {
+      o.spec.budget = { maxTokens: 0 };
+    },
+    'spec.budget.maxTokens: Invalid value: 0: spec.budget.maxTokens in body should be greater than or equal to 1',
+  ],
+  [
+    'a budget of a fraction of a token',
+    (o) => {
+      o.spec.budget = { maxTokens: 1.5 };
+    },
+    'spec.budget.maxTokens: Invalid value: "number": spec.budget.maxTokens in body must be of type integer',
+  ],
+  [
+    'a budget of $0',
+    (o) => {
+      o.spec.budget = { maxCostUsd: 0 };
+    },
+    'spec.budget.maxCostUsd: Invalid value: 0: spec.budget.maxCostUsd in body should be greater than 0',
+  ],
+  [
+    'a budget action that is not Fail or Suspend',
+    (o) => {
+      o.spec.budget = { maxTokens: 10, action: 'Warn' };
+    },
+    'spec.budget.action: Unsupported value: "Warn": supported values: "Fail", "Suspend"',
+  ],
+  [
+    'a task with neither handler nor approval',
+    (o) => {
+      tasksOf(o)[0] = { name: tasksOf(o)[0]?.name };
+    },
+    'spec.tasks[0].handler: Required value: a task needs exactly one of handler (an agent runs it) and approval (a person decides)',
+  ],
+  [
+    'a task with both handler and approval',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], approval: { message: 'ok?' } };
+    },
+    'a task needs exactly one of handler (an agent runs it) and approval (a person decides)',
+  ],
+  [
+    'an approval task with a forEach',
+    (o) => {
+      tasksOf(o)[0] = { name: tasksOf(o)[0]?.name, approval: {}, forEach: '[1, 2]' };
+    },
+    'spec.tasks[0].approval: Invalid value: "object": an approval task takes no forEach, retryPolicy or timeoutSeconds',
+  ],
+  [
+    'an approval onTimeout that is not Reject or Approve',
+    (o) => {
+      tasksOf(o)[0] = { name: tasksOf(o)[0]?.name, approval: { timeoutSeconds: 60, onTimeout: 'Escalate' } };
+    },
+    'spec.tasks[0].approval.onTimeout: Unsupported value: "Escalate": supported values: "Reject", "Approve"',
+  ],
+  [
+    'an approval message over 1024 characters',
+    (o) => {
+      tasksOf(o)[0] = { name: tasksOf(o)[0]?.name, approval: { message: 'm'.repeat(1025) } };
+    },
+    'spec.tasks[0].approval.message: Too long: may not be more than 1024 bytes',
+  ],
+  [
+    'a concurrency max of 0',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], concurrency: { key: "'k'", max: 0 } };
+    },
+    'spec.tasks[0].concurrency.max: Invalid value: 0: spec.tasks[0].concurrency.max in body should be greater than or equal to 1',
+  ],
+  [
+    'a concurrency without a key',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], concurrency: { max: 1 } };
+    },
+    'spec.tasks[0].concurrency.key: Required value',
+  ],
+  [
+    'a rate limit named with capitals',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], rateLimits: [{ name: 'OpenAI' }] };
+    },
+    'spec.tasks[0].rateLimits[0].name: Invalid value: "OpenAI"',
+  ],
+  [
+    'more than 8 rate limits on a task',
+    (o) => {
+      tasksOf(o)[0] = {
+        ...tasksOf(o)[0],
+        rateLimits: Array.from({ length: 9 }, (_, i) => ({ name: `l${i}` })),
+      };
+    },
+    'spec.tasks[0].rateLimits: Too many: 9: must have at most 8 items',
+  ],
 ];
 
 describe('kubectl refuses invalid AgentPools, naming the field', () => {
@@ -440,6 +572,7 @@ describe('valid manifests', () => {
     expect(all.stdout.trim().split('\n').sort()).toEqual([
       'agentpool.agentflow.io/researchers',
       'workflow.agentflow.io/research-report',
+      'workflow.agentflow.io/review-notes',
     ]);
   });
 

@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join, resolve } from 'node:path';
@@ -17,6 +18,7 @@ import {
 } from '../../../src/api/data-api.ts';
 import { runUiProxy, type UiProxy } from '../../../src/cli/ui-proxy.ts';
 import { UI_PATH } from '../../../src/operator/data-api/ui-assets.ts';
+import { AuditLog, type StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
 import { RestClient } from '../../cluster/rest.ts';
@@ -32,6 +34,7 @@ import {
   startNodes,
   until,
 } from '../operator/helpers.ts';
+import { testStore } from '../state/helpers.ts';
 import { fixturePool, getWorkflow, type Json, phaseIs, workflowManifest } from '../workflow/helpers.ts';
 
 // The data API and the web UI end to end (one file: both need the one APIService a cluster can have): a real operator leader serves data.agentflow.io, a real kube-apiserver
@@ -42,7 +45,11 @@ import { fixturePool, getWorkflow, type Json, phaseIs, workflowManifest } from '
 let cluster: ClusterHandle;
 let ns: string;
 let operator: OperatorProcess;
+/** How the operator was started: a test restarts it (a leader change) with the same. */
+let operatorOptions: ConstructorParameters<typeof OperatorProcess>[1];
 let apiPort: number;
+const prefix = `/${uniqueName('dapi')}`;
+let store: StateStore;
 /** A user who may read workflows in ns, one who may not, and one who may read them elsewhere only. */
 let alice: RestClient;
 let bob: RestClient;
@@ -131,15 +138,16 @@ beforeAll(async () => {
       });
     } else await applyOrThrow(doc);
   }
-  operator = new OperatorProcess(cluster, {
+  operatorOptions = {
     name: 'op-dapi',
     namespace: ns,
-    prefix: `/${uniqueName('dapi')}`,
+    prefix,
     election: uniqueName('dapi'),
     dispatcherPort: await freePort(),
     dataApiPort: apiPort,
     kubeconfig: await operatorKubeconfig(cluster, ns),
-  });
+  };
+  operator = new OperatorProcess(cluster, operatorOptions);
   await operator.waitFor('Operator is leading');
   await apply(cluster, fixturePool(ns, 'agents', { group, replicas: 1, handlersModule: fixture, handlerLog: '' }));
   await until(
@@ -184,12 +192,14 @@ beforeAll(async () => {
     roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'workflow-reader' },
     subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'alice' }],
   });
+  store = testStore(prefix);
   mkdirSync('test-results', { recursive: true });
   browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
 }, 180_000);
 
 afterAll(async () => {
   await browser?.close();
+  store?.close();
   await Promise.all(proxies.map((p) => p.close()));
   alice?.close();
   bob?.close();
@@ -220,6 +230,8 @@ describe('the data API through the API server', () => {
       'workflows/audit',
       'workflows/state',
       'agentpools/state',
+      'workflows/approval',
+      'workflows/signal',
       'state',
     ]);
   });
@@ -326,7 +338,18 @@ describe('the data API through the API server', () => {
     expect(list.kind).toBe('AgentList');
     expect(list.items).toHaveLength(1);
     expect(list.items[0]).toMatchObject({ capacity: 8, inFlight: 0, free: 8, draining: false });
-    expect(list.items[0]?.handlers).toEqual(['flaky', 'flood', 'gate', 'once', 'say', 'ticker']);
+    expect(list.items[0]?.handlers).toEqual([
+      'flaky',
+      'flood',
+      'forge',
+      'gate',
+      'listen',
+      'once',
+      'publish',
+      'say',
+      'streamer',
+      'ticker',
+    ]);
   });
 
   it('verifies a workflow’s audit chain', async () => {
@@ -488,6 +511,560 @@ describe('the data API through the API server', () => {
 // serves its files behind the same APIService, `agentflow ui`'s proxy (runUiProxy) adds a user's
 // kubeconfig credentials. The example workflow runs on agents whose plan and write tasks wait for
 // the test to open their gate, so the page is watched while tasks change phase.
+describe('approvals and signals', () => {
+  /** alice may approve and signal in ns; carol may too, but is in no task's approvers list. */
+  let carol: RestClient;
+  let carolKubeconfig: string;
+  beforeAll(async () => {
+    carolKubeconfig = cluster.userKubeconfig('carol');
+    carol = RestClient.fromKubeconfig(carolKubeconfig);
+    for (const [user, role] of [
+      ['alice', 'agentflow-approver'],
+      ['alice', 'agentflow-signaler'],
+      ['carol', 'agentflow-approver'],
+    ] as const) {
+      await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+        metadata: { name: `${user}-${role}` },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role },
+        subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: user }],
+      });
+    }
+  });
+  afterAll(() => carol?.close());
+
+  const approvalPath = (wf: string) => dataPath(ns, 'approval', wf);
+  const decide = (c: RestClient, wf: string, body: Json) => c.post<Json>(approvalPath(wf), body);
+  const signal = (c: RestClient, wf: string, name: string, data: unknown) =>
+    c.post<Json>(dataPath(ns, 'signal', wf), { name, data });
+  const refusal = (p: Promise<unknown>) =>
+    p.then(
+      () => ({ status: 200, message: '' }),
+      (e: { status: number; message: string }) => e,
+    );
+  /** One task's row; undefined until the run has the task (the API answers 404 until then). */
+  const taskOf = async (wf: string, task: string) =>
+    (
+      await tasksOf(alice, wf, task).catch((e: { status?: number }) => {
+        if (e.status === 404) return { items: [] };
+        throw e;
+      })
+    ).items[0];
+  const eventsOf = async (wf: string) =>
+    (
+      await cluster.client.get<{ items: Json[] }>(
+        `/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${wf}`)}`,
+      )
+    ).items;
+  const cliRun = (kubeconfig: string, args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((res) => {
+      execFile(
+        process.execPath,
+        [resolve('bin/agentflow.mjs'), '-n', ns, ...args],
+        { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', KUBECONFIG: kubeconfig } },
+        (err, stdout, stderr) => res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+
+  it('holds the workflow at an approval task, holding no agent slot, until `agentflow approve`; then runs on', async () => {
+    const wf = 'release';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        tasks: [
+          { name: 'draft', handler: 'say', input: { num: 21 } },
+          {
+            name: 'review',
+            dependsOn: ['draft'],
+            approval: { message: 'publish ${{ tasks.draft.output.doubled }} copies?' },
+          },
+          { name: 'publish', handler: 'once', dependsOn: ['review'] },
+        ],
+      }),
+    );
+    await until(
+      'review waits',
+      () => taskOf(wf, 'review'),
+      (t) => t?.phase === 'Waiting',
+      30_000,
+    );
+    const pending = await alice.get<Json>(approvalPath(wf));
+    expect(pending.items).toEqual([{ task: 'review', message: 'publish 42 copies?' }]);
+    // Waiting holds nothing: no slot of the pool's agent is taken, and the next task has not started.
+    const agents = await alice.get<AgentList>(dataPath(ns, 'agents', 'agents'));
+    expect(agents.items.map((a) => a.inFlight)).toEqual([0]);
+    expect((await taskOf(wf, 'publish'))?.phase).toBe('Pending');
+    const held = await until(
+      'the status says what it waits for',
+      () => getWorkflow(cluster, ns, wf),
+      (w) => String(w.status?.message).includes('task review waits for approval: publish 42 copies?'),
+      15_000,
+    );
+    expect(held.status.phase).toBe('Running');
+    await until(
+      'an ApprovalRequested Event',
+      () => eventsOf(wf),
+      (list) => list.some((e) => e.reason === 'ApprovalRequested' && String(e.message).includes('agentflow approve')),
+      15_000,
+    );
+
+    const approved = await cliRun(aliceKubeconfig, ['approve', wf, 'review', '-m', 'LGTM']);
+    expect(approved.stderr).toBe('');
+    expect(approved.stdout).toBe(`task review of workflow ${wf} approved by alice\n`);
+    expect(approved.code).toBe(0);
+    const done = await until(`${wf} ends`, () => getWorkflow(cluster, ns, wf), phaseIs('Succeeded', 'Failed'), 30_000);
+    expect(done.status.phase).toBe('Succeeded');
+    const review = await taskOf(wf, 'review');
+    expect(review).toMatchObject({ phase: 'Succeeded', message: 'approved by alice: LGTM' });
+    expect(review?.output).toMatchObject({ approved: true, user: 'alice', message: 'LGTM' });
+    const verified = await alice.get<AuditVerification>(dataPath(ns, 'audit', wf));
+    expect(verified.ok).toBe(true);
+    const entries = await until(
+      'the audit log flushed',
+      () => new AuditLog(store, ns, wf).list(),
+      (l) => l.some((e) => e.type === 'WorkflowSucceeded'),
+    );
+    const types = entries.map((e) => e.type);
+    expect(types).toContain('ApprovalRequested');
+    const entry = entries.find((e) => e.type === 'TaskApproved');
+    expect(entry).toMatchObject({ task: 'review', detail: { user: 'alice', message: 'LGTM' } });
+    // The decision came before the next task was queued.
+    expect(types.indexOf('TaskApproved')).toBeLessThan(
+      entries.findIndex((e) => e.type === 'TaskQueued' && e.task === 'publish'),
+    );
+    // Decided once: a second decision is refused, naming the task's phase.
+    const again = await refusal(decide(alice, wf, { task: 'review', decision: 'Reject' }));
+    expect(again.status).toBe(409);
+  });
+
+  it('fails the task and the run with the reviewer’s message on reject', async () => {
+    const wf = 'rejected';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        tasks: [
+          { name: 'review', approval: { message: 'ship it?' } },
+          { name: 'ship', handler: 'once', dependsOn: ['review'] },
+        ],
+      }),
+    );
+    await until(
+      'review waits',
+      () => taskOf(wf, 'review'),
+      (t) => t?.phase === 'Waiting',
+      30_000,
+    );
+    const r = await decide(alice, wf, { task: 'review', decision: 'Reject', message: 'too risky this week' });
+    expect(r).toMatchObject({ kind: 'ApprovalResult', decision: 'Reject', user: 'alice' });
+    const done = await until(`${wf} ends`, () => getWorkflow(cluster, ns, wf), phaseIs('Succeeded', 'Failed'), 30_000);
+    expect(done.status.phase).toBe('Failed');
+    const failed = done.status.conditions.find((c: Json) => c.type === 'Failed');
+    expect(failed).toMatchObject({ status: 'True', reason: 'ApprovalRejected' });
+    expect(failed.message).toContain('rejected by alice: too risky this week');
+    expect(await taskOf(wf, 'review')).toMatchObject({
+      phase: 'Failed',
+      message: 'rejected by alice: too risky this week',
+    });
+    expect((await taskOf(wf, 'ship'))?.phase).toBe('Cancelled');
+  });
+
+  it('decides on timeout as the spec says: Reject fails the run, Approve lets it go on', async () => {
+    for (const [wf, onTimeout] of [
+      ['timeout-reject', 'Reject'],
+      ['timeout-approve', 'Approve'],
+    ] as const) {
+      await apply(
+        cluster,
+        workflowManifest(ns, wf, {
+          pool: 'agents',
+          tasks: [
+            { name: 'review', approval: { message: 'anyone?', timeoutSeconds: 2, onTimeout } },
+            { name: 'after', handler: 'once', dependsOn: ['review'] },
+          ],
+        }),
+      );
+    }
+    const rejected = await until(
+      'timeout-reject ends',
+      () => getWorkflow(cluster, ns, 'timeout-reject'),
+      phaseIs('Succeeded', 'Failed'),
+      30_000,
+    );
+    expect(rejected.status.phase).toBe('Failed');
+    expect(rejected.status.conditions.find((c: Json) => c.type === 'Failed')).toMatchObject({
+      reason: 'ApprovalTimeout',
+    });
+    expect((await taskOf('timeout-reject', 'review'))?.message).toBe('rejected on timeout: no decision within 2s');
+    const approved = await until(
+      'timeout-approve ends',
+      () => getWorkflow(cluster, ns, 'timeout-approve'),
+      phaseIs('Succeeded', 'Failed'),
+      30_000,
+    );
+    expect(approved.status.phase).toBe('Succeeded');
+    const review = await taskOf('timeout-approve', 'review');
+    expect(review?.output).toMatchObject({ approved: true, timedOut: true });
+    // It waited its 2 s, not less.
+    const started = Date.parse(String(review?.startedAt));
+    const finished = Date.parse(String(review?.finishedAt));
+    expect(finished - started).toBeGreaterThanOrEqual(1_000);
+  });
+
+  it('lets only users with update on workflows/approval, and in the approvers list, decide', async () => {
+    const wf = 'guarded';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        tasks: [{ name: 'review', approval: { approvers: { users: ['alice'], groups: ['release-managers'] } } }],
+      }),
+    );
+    await until(
+      'review waits',
+      () => taskOf(wf, 'review'),
+      (t) => t?.phase === 'Waiting',
+      30_000,
+    );
+    const noRbac = await refusal(decide(bob, wf, { task: 'review', decision: 'Approve' }));
+    expect(noRbac.status).toBe(403);
+    expect(noRbac.message).toContain(
+      'User "bob" cannot update resource "workflows/approval" in API group "agentflow.io"',
+    );
+    const notListed = await refusal(decide(carol, wf, { task: 'review', decision: 'Approve' }));
+    expect(notListed.status).toBe(403);
+    expect(notListed.message).toContain(
+      'user "carol" is not among the approvers of task "review" (users alice; groups release-managers)',
+    );
+    const byCli = await cliRun(bobKubeconfig, ['approve', wf, 'review']);
+    expect(byCli.code).toBe(1);
+    expect(byCli.stderr).toContain('cannot update resource "workflows/approval"');
+    // Bad bodies name the field; unknown tasks and tasks that are not approvals are told apart.
+    const badDecision = await refusal(decide(alice, wf, { task: 'review', decision: 'Maybe' }));
+    expect(badDecision).toMatchObject({ status: 400 });
+    expect(badDecision.message).toContain('body.decision: must be one of Approve, Reject, got "Maybe"');
+    const extra = await refusal(decide(alice, wf, { task: 'review', decision: 'Approve', by: 'root' }));
+    expect(extra.message).toContain('body: unknown field(s) by');
+    const ghost = await refusal(decide(alice, wf, { task: 'ghost', decision: 'Approve' }));
+    expect(ghost).toMatchObject({ status: 404 });
+    const notApproval = await refusal(decide(alice, 'release', { task: 'draft', decision: 'Approve' }));
+    expect(notApproval.status).toBe(409); // release has finished: it waits for no decision
+    expect((await taskOf(wf, 'review'))?.phase).toBe('Waiting');
+    await decide(alice, wf, { task: 'review', decision: 'Approve' });
+    const done = await until(`${wf} ends`, () => getWorkflow(cluster, ns, wf), phaseIs('Succeeded', 'Failed'), 30_000);
+    expect(done.status.phase).toBe('Succeeded');
+  });
+
+  it('decides in the web UI: the pane of a waiting task asks, approves, and a user without RBAC is told why', async () => {
+    const wf = 'ui-review';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        tasks: [
+          { name: 'review', approval: { message: 'deploy to production?' } },
+          { name: 'deploy', handler: 'once', dependsOn: ['review'] },
+        ],
+      }),
+    );
+    await until(
+      'review waits',
+      () => taskOf(wf, 'review'),
+      (t) => t?.phase === 'Waiting',
+      30_000,
+    );
+    const openPane = async (kubeconfig: string) => {
+      const proxy = await proxyFor(kubeconfig);
+      const page = await newPage();
+      await page.goto(proxy.url);
+      await page.locator(`[data-testid="workflow-row"][data-workflow="${wf}"] [data-testid="workflow-link"]`).click();
+      await node(page, 'review', 'Waiting').waitFor({ timeout: SHOWN_MS });
+      await page.locator('[data-testid="dag-node"][data-task="review"]').click();
+      const box = page.locator('[data-testid="task-pane"][data-task="review"] [data-testid="approval"]');
+      await box.waitFor({ timeout: SHOWN_MS });
+      return { page, box };
+    };
+    // carol may read but is no approver here: bind her the reader role, then watch her refusal.
+    await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+      metadata: { name: 'carol-reads' },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'workflow-reader' },
+      subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'carol' }],
+    });
+    await cluster.client.delete(
+      `/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings/carol-agentflow-approver`,
+    );
+    const asCarol = await openPane(carolKubeconfig);
+    await asCarol.box.locator('[data-testid="approve"]').click();
+    const refused = asCarol.box.locator('[data-testid="error"]');
+    await refused.waitFor({ timeout: SHOWN_MS });
+    expect(await refused.getAttribute('data-status')).toBe('403');
+    expect(await refused.textContent()).toContain('workflows/approval');
+    expect((await taskOf(wf, 'review'))?.phase).toBe('Waiting');
+
+    const asAlice = await openPane(aliceKubeconfig);
+    expect(await asAlice.box.locator('[data-testid="approval-message"]').textContent()).toBe('deploy to production?');
+    await asAlice.box.locator('[data-testid="approval-why"]').fill('checked the canary');
+    await asAlice.box.locator('[data-testid="approve"]').click();
+    // The box goes once the task moves on (it may go before the answer shows): the decision stays in its message.
+    await asAlice.page
+      .locator('[data-testid="task-pane"][data-task="review"] [data-testid="task-message"]')
+      .filter({ hasText: 'approved by alice: checked the canary' })
+      .waitFor({ timeout: SHOWN_MS });
+    await node(asAlice.page, 'review', 'Succeeded').waitFor({ timeout: SHOWN_MS });
+    await node(asAlice.page, 'deploy', 'Succeeded').waitFor({ timeout: SHOWN_MS });
+    expect(await taskOf(wf, 'review')).toMatchObject({ message: 'approved by alice: checked the canary' });
+    await asAlice.page.screenshot({ path: 'test-results/ui-approval.png' });
+    // The proxy forwards that one write and no other.
+    const other = await asAlice.page.evaluate(
+      async (path) => {
+        const r = await fetch(path, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', 'X-Agentflow-UI': 'decide' },
+          body: '{}',
+        });
+        return r.status;
+      },
+      dataPath(ns, 'signal', wf),
+    );
+    expect(other).toBe(403);
+    const noHeader = await asAlice.page.evaluate(
+      async (path) => {
+        const r = await fetch(path, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: '{"task":"review","decision":"Approve"}',
+        });
+        return r.status;
+      },
+      dataPath(ns, 'approval', wf),
+    );
+    expect(noHeader).toBe(403);
+  });
+
+  it('holds a handler’s ctx.waitForApproval without a slot, then runs it again with the decision', async () => {
+    const wf = 'asks';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        retryPolicy: { maxAttempts: 1 },
+        tasks: [
+          { name: 'accept', handler: 'publish', input: { key: 'accept' } },
+          { name: 'decline', handler: 'publish', input: { key: 'decline' } },
+        ],
+      }),
+    );
+    for (const task of ['accept', 'decline']) {
+      await until(
+        `${task} waits`,
+        () => taskOf(wf, task),
+        (t) => t?.phase === 'Waiting',
+        30_000,
+      );
+    }
+    const pending = await alice.get<Json>(approvalPath(wf));
+    expect(pending.items.map((a: Json) => [a.task, a.message]).sort()).toEqual([
+      ['accept', 'publish accept?'],
+      ['decline', 'publish decline?'],
+    ]);
+    const agents = await alice.get<AgentList>(dataPath(ns, 'agents', 'agents'));
+    expect(
+      agents.items.map((a) => a.inFlight),
+      'a waiting handler holds no slot',
+    ).toEqual([0]);
+    expect((await taskOf(wf, 'accept'))?.attempts.map((a) => a.ok)).toEqual([false]);
+
+    await decide(alice, wf, { task: 'accept', decision: 'Approve', message: 'go' });
+    await until(
+      'accept ran again',
+      () => taskOf(wf, 'accept'),
+      (t) => t?.phase === 'Succeeded',
+      30_000,
+    );
+    // Then the other: a rejected wait fails its task, and so the run.
+    await decide(alice, wf, { task: 'decline', decision: 'Reject', message: 'wrong audience' });
+    const done = await until(`${wf} ends`, () => getWorkflow(cluster, ns, wf), phaseIs('Succeeded', 'Failed'), 30_000);
+    // The approved one ran again (maxAttempts 1: the wait was not counted as a failure) and got the decision.
+    const accepted = await taskOf(wf, 'accept');
+    expect(accepted?.attempt).toBe(2);
+    expect(accepted?.output).toMatchObject({
+      runs: 2,
+      decision: { ordinal: 0, approved: true, user: 'alice', message: 'go' },
+    });
+    // The rejected one ran again too, and its wait threw ApprovalRejectedError: failed, not retried.
+    expect(done.status.phase).toBe('Failed');
+    const declined = await taskOf(wf, 'decline');
+    expect(declined?.phase).toBe('Failed');
+    expect(declined?.message).toContain('rejected by alice: wrong audience');
+    expect(declined?.attempt).toBe(2);
+  });
+
+  it('streams a handler’s ctx.stream output to a follower of log?stream=true while it runs, in order', async () => {
+    const wf = 'tokens';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        tasks: [{ name: 'gen', handler: 'streamer', input: { chunks: 40, gapMs: 25 } }],
+      }),
+    );
+    await until(
+      'gen runs',
+      () => taskOf(wf, 'gen'),
+      (t) => t?.phase === 'Running',
+      30_000,
+    );
+    let text = '';
+    const lags: number[] = [];
+    const followed = alice.stream(`${dataPath(ns, 'logs', wf)}?task=gen&follow=true&stream=true`, (chunk) => {
+      text += chunk;
+      for (const m of chunk.matchAll(/<\d+@(\d+)>/g)) lags.push(Date.now() - Number(m[1]));
+    });
+    await until(
+      'chunks stream in',
+      async () => text,
+      (t) => (t.match(/</g) ?? []).length >= 5,
+      15_000,
+    );
+    expect((await taskOf(wf, 'gen'))?.phase, 'live: the handler still runs').toBe('Running');
+    expect(await followed).toBe(200);
+    const ids = [...text.matchAll(/<(\d+)@/g)].map((m) => Number(m[1]));
+    expect(ids).toEqual(Array.from({ length: 40 }, (_, i) => i));
+    expect(text).toMatch(/^(<\d+@\d+>)+$/); // exactly as streamed: nothing added between chunks
+    const live = lags.slice(ids.length - lags.length).sort((a, b) => a - b);
+    const p50 = live[Math.floor(live.length / 2)] ?? 0;
+    console.log(`stream through the API server: ${lags.length} chunks, lag p50 ${p50} ms, max ${live.at(-1)} ms`);
+  });
+
+  it('keeps a waiting approval (its deadline too) and a sent signal across a leader change', async () => {
+    const wf = 'handover';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        tasks: [
+          { name: 'gate', approval: { message: 'go on?', timeoutSeconds: 600 } },
+          { name: 'listen', handler: 'listen', dependsOn: ['gate'], input: { signal: 'handover', count: 1 } },
+        ],
+      }),
+    );
+    await until(
+      'gate waits',
+      () => taskOf(wf, 'gate'),
+      (t) => t?.phase === 'Waiting',
+      30_000,
+    );
+    const before = (await alice.get<Json>(approvalPath(wf))).items;
+    await signal(alice, wf, 'handover', { sent: 'before the leader changed' });
+    // The leader goes; a new operator process leads and serves the data API from etcd's records.
+    operator.kill('SIGTERM');
+    await operator.exited;
+    operator = new OperatorProcess(cluster, { ...operatorOptions, name: 'op-dapi-2' });
+    await operator.waitFor('Operator is leading', 60_000);
+    const after = await until(
+      'the new leader lists the approval again',
+      () => alice.get<Json>(approvalPath(wf)).catch(() => ({ items: [] })),
+      (l) => l.items.length === 1,
+      60_000,
+    );
+    expect(after.items).toEqual(before);
+    await until(
+      'the new leader takes the decision',
+      () => refusal(decide(alice, wf, { task: 'gate', decision: 'Approve' })),
+      (r) => r.status === 200,
+      60_000,
+    );
+    const done = await until(`${wf} ends`, () => getWorkflow(cluster, ns, wf), phaseIs('Succeeded', 'Failed'), 60_000);
+    expect(done.status.phase).toBe('Succeeded');
+    expect((await taskOf(wf, 'listen'))?.output).toMatchObject({
+      got: [{ data: { sent: 'before the leader changed' }, sentBy: 'alice' }],
+    });
+  });
+
+  it('delivers each signal once, sent before or after the handler waits; a retry gets its signal back', async () => {
+    const wf = 'signals';
+    await apply(
+      cluster,
+      workflowManifest(ns, wf, {
+        pool: 'agents',
+        retryPolicy: { maxAttempts: 2, backoff: { initialSeconds: 0.2 } },
+        tasks: [
+          // The gate holds the listener back so the first signal is surely sent before it waits.
+          { name: 'gate', approval: {} },
+          {
+            name: 'listen',
+            handler: 'listen',
+            dependsOn: ['gate'],
+            input: { signal: 'feedback', count: 2, failFirst: true },
+          },
+          {
+            name: 'late',
+            handler: 'listen',
+            dependsOn: ['listen'],
+            input: { signal: 'feedback', count: 1, timeoutMs: 1500 },
+          },
+          { name: 'forge', handler: 'forge', dependsOn: ['gate'] },
+        ],
+      }),
+    );
+    await until(
+      'gate waits',
+      () => taskOf(wf, 'gate'),
+      (t) => t?.phase === 'Waiting',
+      30_000,
+    );
+    const sent = await cliRun(aliceKubeconfig, ['signal', wf, 'feedback', '--data', '{"n": 1}']);
+    expect(sent.stderr).toBe('');
+    expect(sent.stdout).toMatch(new RegExp(`^signal feedback sent to workflow ${wf} \\(id [0-9a-z-]+\\)\n$`));
+    await decide(alice, wf, { task: 'gate', decision: 'Approve' });
+    // Attempt 1 takes signal 1 and fails; attempt 2 takes it again, then waits for the second.
+    await until(
+      'listen waits for its second signal',
+      () => taskOf(wf, 'listen'),
+      (t) => t?.attempt === 2 && String(t?.progress).includes('waiting for signal 1'),
+      30_000,
+    );
+    await signal(alice, wf, 'feedback', { n: 2 });
+    const done = await until(`${wf} ends`, () => getWorkflow(cluster, ns, wf), phaseIs('Succeeded', 'Failed'), 30_000);
+    expect(done.status.phase).toBe('Succeeded');
+    const listen = (await taskOf(wf, 'listen'))?.output as Json;
+    expect(listen.attempt).toBe(2);
+    expect(listen.got.map((g: Json) => g.data)).toEqual([{ n: 1 }, { n: 2 }]);
+    expect(listen.got.map((g: Json) => g.sentBy)).toEqual(['alice', 'alice']);
+    // Each signal went to one task only: the later listener found none left.
+    expect((await taskOf(wf, 'late'))?.output).toEqual({ attempt: 1, got: ['timeout'] });
+    // An agent cannot write a signal itself.
+    const forge = (await taskOf(wf, 'forge'))?.output as Json;
+    expect(forge.refused).toBe('StatePermissionError');
+    expect(forge.message).toContain('only agentflow writes');
+    const list = await alice.get<Json>(dataPath(ns, 'signal', wf));
+    expect(list.items.map((x: Json) => [x.name, x.data, x.takenBy])).toEqual([
+      ['feedback', { n: 1 }, 'listen'],
+      ['feedback', { n: 2 }, 'listen'],
+    ]);
+    const entries = await until(
+      'the audit log flushed',
+      () => new AuditLog(store, ns, wf).list(),
+      (l) => l.some((e) => e.type === 'WorkflowSucceeded'),
+    );
+    expect(entries.filter((e) => e.type === 'SignalSent').map((e) => e.detail?.user)).toEqual(['alice', 'alice']);
+    // Users (here one who may update the workflow) cannot forge one through the state API either,
+    // nor signal a finished workflow.
+    const put = await refusal(
+      cluster.client.request('PUT', `${dataPath(ns, 'workflowState', wf)}?key=agentflow:signal/feedback/x`, 1),
+    );
+    expect(put.status).toBe(400);
+    expect(put.message).toContain('only agentflow writes');
+    const finished = await refusal(signal(alice, wf, 'feedback', null));
+    expect(finished.status).toBe(409);
+    const badName = await refusal(signal(alice, 'release', 'no spaces', null));
+    expect(badName.status).toBe(400);
+    expect(badName.message).toContain('body.name: "no spaces" is not a signal name');
+    const noRbac = await refusal(signal(bob, wf, 'feedback', null));
+    expect(noRbac.message).toContain('cannot update resource "workflows/signal"');
+  });
+});
+
 describe('the web UI', () => {
   it('is served by the operator through the API server to any authenticated user', async () => {
     const page = await cluster.kubectl(['get', '--raw', `${UI_PATH}/`], { kubeconfig: bobKubeconfig });

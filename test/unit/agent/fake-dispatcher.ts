@@ -55,6 +55,8 @@ export interface AcceptOptions {
   agentId?: string;
   /** The lease TTL Registered announces (default 10). */
   leaseTtlSeconds?: number;
+  /** The protocol revision Registered announces (default none: 0). */
+  protocol?: number;
 }
 
 export class FakeStream implements Sink {
@@ -164,6 +166,7 @@ export class FakeStream implements Sink {
         namespace: reg.namespace || this.fake.namespace,
         pool: reg.pool || this.fake.pool,
         leaseTtlSeconds: opts.leaseTtlSeconds ?? 10,
+        ...(opts.protocol !== undefined && { protocol: opts.protocol }),
       },
     });
     return reg;

@@ -24,9 +24,14 @@ export function stubContext(
       return unused();
     },
     progress: () => undefined,
+    stream: () => undefined,
+    usage: () => undefined,
     lock: unused,
     spawn: unused,
     send: unused,
     onMessage: unused,
+    waitForSignal: unused,
+    waitForApproval: unused,
+    onSignal: unused,
   };
 }

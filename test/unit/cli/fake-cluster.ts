@@ -185,12 +185,14 @@ export class FakeCluster {
       }
       const view = tasks.find((t) => t.name === task);
       const attempt = Number(url.searchParams.get('attempt') ?? view?.attempt ?? 0);
-      const log = s.logs.get(`${ns}/${name}/${task}/${attempt}`);
+      // Streamed output (stream=true) is kept under `<…>/<attempt>/stream`, its pieces sent as they are.
+      const stream = url.searchParams.get('stream') === 'true';
+      const log = s.logs.get(`${ns}/${name}/${task}/${attempt}${stream ? '/stream' : ''}`);
       if (!view || !log) return this.status(res, 404, 'NotFound', `workflow "${name}" has no task "${task}"`);
       res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' });
       let sent = 0;
       const flush = () => {
-        for (; sent < log.lines.length; sent++) res.write(`${log.lines[sent]}\n`);
+        for (; sent < log.lines.length; sent++) res.write(stream ? log.lines[sent] : `${log.lines[sent]}\n`);
       };
       flush();
       if (url.searchParams.get('follow') !== 'true' || !log.open) return res.end();

@@ -87,7 +87,7 @@ interface Answer {
 function call(
   port: number,
   path: string,
-  o: { method?: string; headers?: Record<string, string>; host?: string } = {},
+  o: { method?: string; headers?: Record<string, string>; host?: string; body?: string } = {},
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = request(
@@ -108,7 +108,7 @@ function call(
       },
     );
     req.on('error', reject);
-    req.end();
+    req.end(o.body);
   });
 }
 
@@ -238,14 +238,37 @@ describe('agentflow ui proxy', () => {
     expect(seen).toEqual([]);
   });
 
-  it('forwards only GETs of what the UI reads', async () => {
+  it('forwards only GETs of what the UI reads, and POSTs of approval decisions', async () => {
     const { proxy, cookie } = await start();
-    const post = await call(proxy.port, '/apis/agentflow.io/v1alpha1/namespaces/ns1/workflows', {
-      method: 'POST',
+    const put = await call(proxy.port, '/apis/agentflow.io/v1alpha1/namespaces/ns1/workflows/wf', {
+      method: 'PUT',
       headers: { Cookie: cookie },
     });
-    expect(post.status).toBe(405);
-    expect(JSON.parse(post.body).message).toContain('GET requests only');
+    expect(put.status).toBe(405);
+    expect(JSON.parse(put.body).message).toContain('GET requests, and POSTs of approval decisions');
+    const json = { Cookie: cookie, 'Content-Type': 'application/json', 'X-Agentflow-UI': 'decide' };
+    const decision = '/apis/data.agentflow.io/v1alpha1/namespaces/ns1/workflows/wf/approval';
+    const refusals: [string, Record<string, string>, number, string][] = [
+      ['/apis/agentflow.io/v1alpha1/namespaces/ns1/workflows', json, 403, 'forwards no POST'],
+      ['/apis/data.agentflow.io/v1alpha1/namespaces/ns1/workflows/wf/signal', json, 403, 'forwards no POST'],
+      [decision, { Cookie: cookie, 'Content-Type': 'application/json' }, 403, 'x-agentflow-ui'],
+      [decision, { ...json, 'Content-Type': 'text/plain' }, 415, 'is JSON'],
+    ];
+    for (const [path, headers, code, says] of refusals) {
+      const r = await call(proxy.port, path, { method: 'POST', headers, body: '{}' });
+      expect(r.status, `${path} ${JSON.stringify(headers)}`).toBe(code);
+      expect(JSON.parse(r.body).message).toContain(says);
+    }
+    const big = await call(proxy.port, decision, { method: 'POST', headers: json, body: 'x'.repeat(9000) });
+    expect(big.status).toBe(413);
+    expect(seen).toEqual([]);
+    // The one write goes through, with its body, and without the browser's cookie.
+    const body = '{"task":"review","decision":"Approve"}';
+    await call(proxy.port, decision, { method: 'POST', headers: json, body });
+    expect(seen.map((x) => [x.method, x.url])).toEqual([['POST', decision]]);
+    expect(seen[0]?.headers.cookie).toBeUndefined();
+    expect(seen[0]?.headers['content-length']).toBe(String(body.length));
+    seen.length = 0;
     for (const path of [
       '/api/v1/namespaces/ns1/secrets',
       '/api/v1/namespaces/ns1/pods/p/exec',

@@ -29,6 +29,8 @@ describe('usage errors exit 2 and name the flag or argument', () => {
     [['output', 'wf', 'task', '-o', 'name'], /option '-o, --output <format>' argument 'name' is invalid/],
     [['logs', 'wf', 'task', '--attempt', '0'], /option '--attempt <n>' argument '0' is invalid/],
     [['logs', 'wf', '--attempt', '2'], /--attempt needs a TASK/],
+    [['logs', 'wf', '--stream'], /--stream needs a TASK/],
+    [['logs', 'wf', 't', '--stream', '--timestamps'], /--stream and --timestamps/],
     [['list', '--request-timeout', 'soon'], /option '--request-timeout <duration>' argument 'soon' is invalid/],
     [['retry', 'wf', '--timeout', '5x'], /option '--timeout <duration>' argument '5x' is invalid/],
     [['get'], /missing required argument 'name'/],

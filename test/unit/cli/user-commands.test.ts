@@ -363,6 +363,28 @@ describe('logs', () => {
     expect([q?.get('attempt'), q?.get('timestamps'), q?.get('follow')]).toEqual(['2', 'true', null]);
   });
 
+  it('--stream prints the streamed output exactly as streamed (no newline added), -f as it comes', async () => {
+    const out = { lines: ['Hel', 'lo, wö'], open: true };
+    fake.state.logs.set(`${NS}/hello/sum/1/stream`, out);
+    fake.onRequest = (r) => {
+      if (!r.path.endsWith('/log')) return;
+      setTimeout(() => {
+        out.lines.push('rld', ' 🙂');
+        out.open = false;
+        const t = fake.state.tasks.get(`${NS}/hello`) ?? [];
+        t[1] = task('sum', 'Succeeded');
+        fake.flushStreams();
+      }, 100);
+    };
+    expect(await run(['logs', 'hello', 'sum', '--stream', '-f'])).toEqual({
+      code: 0,
+      stdout: 'Hello, wörld 🙂',
+      stderr: '',
+    });
+    const q = fake.requests.find((r) => r.path.endsWith('/log'))?.query;
+    expect([q?.get('stream'), q?.get('follow')]).toEqual(['true', 'true']);
+  });
+
   it('-f streams lines as they come and ends when the task has finished', async () => {
     const log = { lines: ['summing'], open: true };
     fake.state.logs.set(`${NS}/hello/sum/1`, log);

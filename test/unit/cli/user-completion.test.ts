@@ -53,11 +53,12 @@ function bash(...words: string[]): string[] {
 
 describe('bash completion', () => {
   it('completes commands, then their flags and the global ones', () => {
-    expect(bash('re')).toEqual(['resume', 'retry', 'resubmit', 'restore']);
+    expect(bash('re')).toEqual(['resume', 'retry', 'resubmit', 'reject', 'restore']);
     expect(bash('logs', '--')).toEqual([
       '--follow',
       '--attempt',
       '--timestamps',
+      '--stream',
       '--help',
       '--namespace',
       '--context',

@@ -112,9 +112,46 @@ describe('checkRegister', () => {
   });
 });
 
-const result = (o: Partial<Result__Output>): Result__Output => ({ taskId: 'wf/t', attempt: 1, token: 9, ...o });
+const result = (o: Partial<Result__Output>): Result__Output => ({
+  taskId: 'wf/t',
+  attempt: 1,
+  token: 9,
+  usage: [],
+  ...o,
+});
 
 describe('parseResult', () => {
+  it('takes a handler’s approval wait as a retryable-failure record carrying the ask, and refuses a bad one naming the field', () => {
+    const wait = { ordinal: 0, message: 'ok?', timeoutSeconds: 60, onTimeout: 'Approve', users: ['alice'], groups: [] };
+    expect(parseResult(result({ outcome: 'awaitApproval', awaitApproval: wait }))).toEqual({
+      ok: false,
+      error: { message: 'waiting for approval 0', retryable: true },
+      park: { ordinal: 0, message: 'ok?', timeoutSeconds: 60, onTimeout: 'Approve', approvers: { users: ['alice'] } },
+    });
+    const bad = (w: Partial<typeof wait>) =>
+      parseResult(result({ outcome: 'awaitApproval', awaitApproval: { ...wait, ...w } }));
+    expect(bad({ onTimeout: 'Escalate' })).toMatchObject({
+      code: 'INVALID',
+      message: expect.stringContaining('Result.awaitApproval.onTimeout'),
+    });
+    expect(bad({ ordinal: 64 })).toMatchObject({
+      code: 'INVALID',
+      message: expect.stringContaining('Result.awaitApproval.ordinal: must be 0-63'),
+    });
+    expect(bad({ message: 'm'.repeat(1025) })).toMatchObject({
+      code: 'INVALID',
+      message: expect.stringContaining('Result.awaitApproval.message'),
+    });
+    expect(bad({ timeoutSeconds: 2_592_001 })).toMatchObject({
+      code: 'INVALID',
+      message: expect.stringContaining('Result.awaitApproval.timeoutSeconds'),
+    });
+    expect(bad({ users: Array.from({ length: 65 }, (_, i) => `u${i}`) })).toMatchObject({
+      code: 'INVALID',
+      message: expect.stringContaining('Result.awaitApproval.approvers.users: at most 64'),
+    });
+  });
+
   it('parses an output, and reads an empty output as null', () => {
     expect(parseResult(result({ outcome: 'outputJson', outputJson: '{"n":[1,2]}' }))).toEqual({
       ok: true,

@@ -1,9 +1,11 @@
 // The pane of a selected task instance (input, output, attempts, agent, timing,
-// and its log, followed live while it runs), or of a forEach group (its instances).
+// its streamed output and its log, both followed live while it runs), or of a
+// forEach group (its instances).
 import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, logPath, streamText, type TaskView, taskOf } from '../api.ts';
 import type { DagNode } from '../dag.ts';
 import { countsText, duration, isRunning, json, phaseCounts, time } from '../format.ts';
+import { ApprovalBox } from './approval.tsx';
 import { ErrorBox, Phase } from './common.tsx';
 
 interface PaneProps {
@@ -131,10 +133,15 @@ function TaskDetail({ ns, workflow, selected, summary }: PaneProps) {
           {t.message && (
             <>
               <dt>Message</dt>
-              <dd class="message">{t.message}</dd>
+              <dd class="message" data-testid="task-message">
+                {t.message}
+              </dd>
             </>
           )}
         </dl>
+      )}
+      {t?.phase === 'Waiting' && (
+        <ApprovalBox ns={ns} workflow={workflow} task={selected} message={detail?.approval?.message} />
       )}
       <h3>Input</h3>
       <pre class="json" data-testid="task-input">
@@ -188,6 +195,18 @@ function TaskDetail({ ns, workflow, selected, summary }: PaneProps) {
           latest={latest ?? 0}
           live={isRunning(phase) && (attempt === undefined || attempt === latest)}
           onLatest={() => setAttempt(undefined)}
+          stream
+        />
+      )}
+      {t && (
+        <LogView
+          ns={ns}
+          workflow={workflow}
+          task={selected}
+          attempt={attempt}
+          latest={latest ?? 0}
+          live={isRunning(phase) && (attempt === undefined || attempt === latest)}
+          onLatest={() => setAttempt(undefined)}
         />
       )}
     </div>
@@ -203,6 +222,8 @@ function LogView(p: {
   latest: number;
   live: boolean;
   onLatest: () => void;
+  /** The attempt's streamed output (ctx.stream) rather than its log lines; shown only once there is some. */
+  stream?: boolean;
 }) {
   const [text, setText] = useState('');
   const [state, setState] = useState<'none' | 'loading' | 'following' | 'done'>('loading');
@@ -227,6 +248,7 @@ function LogView(p: {
     const path = logPath(p.ns, p.workflow, p.task, {
       ...(p.attempt !== undefined && { attempt: p.attempt }),
       follow: p.live,
+      ...(p.stream && { stream: true }),
     });
     streamText(
       path,
@@ -252,22 +274,25 @@ function LogView(p: {
       },
     );
     return () => ac.abort();
-  }, [p.ns, p.workflow, p.task, p.attempt, shown, p.live]);
+  }, [p.ns, p.workflow, p.task, p.attempt, shown, p.live, p.stream]);
   // Keep the newest line in view, unless the reader scrolled up.
   useLayoutEffect(() => {
     const el = pre.current;
     if (el && stick.current) el.scrollTop = el.scrollHeight;
   }, [text]);
+  // Most handlers stream nothing: no empty box for them.
+  if (p.stream && !text && !error) return null;
   return (
-    <div class="log">
+    <div class={p.stream ? 'log stream' : 'log'} data-testid={p.stream ? 'stream-view' : 'log-view'}>
       <h3>
-        Log{shown ? ` · attempt ${shown}` : ''}
+        {p.stream ? 'Streamed output' : 'Log'}
+        {shown ? ` · attempt ${shown}` : ''}
         {state === 'following' && (
-          <span class="live" data-testid="log-following">
+          <span class="live" data-testid={p.stream ? 'stream-following' : 'log-following'}>
             ● following
           </span>
         )}
-        {p.attempt !== undefined && p.attempt !== p.latest && (
+        {!p.stream && p.attempt !== undefined && p.attempt !== p.latest && (
           <button type="button" class="link" onClick={p.onLatest}>
             show the latest attempt
           </button>
@@ -282,7 +307,7 @@ function LogView(p: {
         <pre
           ref={pre}
           class="logtext"
-          data-testid="task-log"
+          data-testid={p.stream ? 'task-stream' : 'task-log'}
           data-state={state}
           onScroll={(e) => {
             const el = e.currentTarget;

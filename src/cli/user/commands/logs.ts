@@ -1,6 +1,7 @@
 // logs: a task attempt's log (the data API's text/plain `logs`), or every task's,
 // each line prefixed `[task]`; -f follows them live, from one attempt to the next,
-// until the task (or, without TASK, the workflow) finishes.
+// until the task (or, without TASK, the workflow) finishes. --stream: a task's
+// streamed output (ctx.stream) instead, printed exactly as streamed.
 import type { IncomingMessage } from 'node:http';
 import type { TaskView } from '../../../api/data-api.ts';
 import { KubeApiError } from '../../../operator/kube/client.ts';
@@ -18,6 +19,34 @@ export interface LogsOptions {
   follow?: boolean;
   attempt?: number;
   timestamps?: boolean;
+  /** The streamed output, not the log lines (needs a task). */
+  stream?: boolean;
+}
+
+/** Reads a stream of text, printed or counted as it arrives. */
+type Reader = (res: IncomingMessage, skip: number) => Promise<number>;
+
+/** Feeds a text stream to `onText` as it arrives, its first `skip` characters left out; resolves with the characters seen. */
+export function readText(res: IncomingMessage, onText: (text: string) => void, skip = 0): Promise<number> {
+  return new Promise((resolve) => {
+    let seen = 0;
+    res.setEncoding('utf8');
+    res.on('data', (chunk: string) => {
+      const from = Math.max(0, skip - seen);
+      seen += chunk.length;
+      if (from < chunk.length) onText(from === 0 ? chunk : chunk.slice(from));
+    });
+    let ended = false;
+    const done = () => {
+      if (ended) return;
+      ended = true;
+      resolve(seen);
+    };
+    res.on('end', done);
+    res.on('error', done);
+    res.on('aborted', done);
+    res.on('close', done);
+  });
 }
 
 /** Feeds a text stream to `onLine` line by line, the first `skip` lines left out; resolves with the lines seen. */
@@ -70,7 +99,7 @@ async function followTask(
   workflow: string,
   task: string,
   o: LogsOptions,
-  onLine: (line: string) => void,
+  read: Reader,
 ): Promise<void> {
   let view = await taskNow(cluster, workflow, task);
   while (view && view.attempt < 1 && !FINAL_TASK_PHASES.has(view.phase)) {
@@ -87,8 +116,9 @@ async function followTask(
         attempt,
         follow: true,
         ...(o.timestamps && { timestamps: true }),
+        ...(o.stream && { stream: true }),
       });
-      printed = await readLines(res, onLine, printed);
+      printed = await read(res, printed);
       view = await taskNow(cluster, workflow, task);
       const stillRunning = view && view.attempt === attempt && view.phase === 'Running';
       if (!stillRunning) break;
@@ -111,15 +141,21 @@ async function printTask(
   workflow: string,
   task: string,
   o: LogsOptions,
-  onLine: (line: string) => void,
+  read: Reader,
 ): Promise<void> {
   const res = await cluster.logs(workflow, {
     task,
     ...(o.attempt !== undefined && { attempt: o.attempt }),
     ...(o.timestamps && { timestamps: true }),
+    ...(o.stream && { stream: true }),
   });
-  await readLines(res, onLine);
+  await read(res, 0);
 }
+
+const lines =
+  (onLine: (line: string) => void): Reader =>
+  (res, skip) =>
+    readLines(res, onLine, skip);
 
 /** A slot for one of MAX_STREAMS streams. */
 class Slots {
@@ -148,9 +184,11 @@ export const prefixed = (task: string, line: string) => `[${task}] ${line}`;
 
 export async function logs(cluster: Cluster, io: Io, workflow: string, task: string | undefined, o: LogsOptions) {
   if (task !== undefined) {
-    const print = (line: string) => io.out(`${line}\n`);
-    if (o.follow) await followTask(cluster, workflow, task, o, print);
-    else await printTask(cluster, workflow, task, o, print);
+    const read: Reader = o.stream
+      ? (res, skip) => readText(res, (text) => io.out(text), skip)
+      : lines((line) => io.out(`${line}\n`));
+    if (o.follow) await followTask(cluster, workflow, task, o, read);
+    else await printTask(cluster, workflow, task, o, read);
     return 0;
   }
   await cluster.getWorkflow(workflow); // a workflow that does not exist says so as kubectl would
@@ -158,7 +196,13 @@ export async function logs(cluster: Cluster, io: Io, workflow: string, task: str
     const tasks = (await cluster.tasks(workflow)).items.filter((t) => t.attempt > 0).sort(byStart);
     for (const t of tasks) {
       try {
-        await printTask(cluster, workflow, t.name, o, (line) => io.out(`${prefixed(t.name, line)}\n`));
+        await printTask(
+          cluster,
+          workflow,
+          t.name,
+          o,
+          lines((line) => io.out(`${prefixed(t.name, line)}\n`)),
+        );
       } catch (err) {
         // A task with no log kept (its records are gone, or it ran before logs were kept): nothing to print.
         if (!(err instanceof KubeApiError && err.status === 404)) throw err;
@@ -183,7 +227,15 @@ export async function logs(cluster: Cluster, io: Io, workflow: string, task: str
     }
     for (const t of tasks.filter((x) => x.attempt > 0 && !followers.has(x.name)).sort(byStart)) {
       const follower = slots
-        .run(() => followTask(cluster, workflow, t.name, o, (line) => io.out(`${prefixed(t.name, line)}\n`)))
+        .run(() =>
+          followTask(
+            cluster,
+            workflow,
+            t.name,
+            o,
+            lines((line) => io.out(`${prefixed(t.name, line)}\n`)),
+          ),
+        )
         .catch((err: unknown) => {
           failure ??= err;
         });

@@ -2,6 +2,8 @@
 // Original file: proto/agentflow/v1/dispatcher.proto
 
 import type { TaskError as _agentflow_v1_TaskError, TaskError__Output as _agentflow_v1_TaskError__Output } from '../../agentflow/v1/TaskError.ts';
+import type { ModelUsage as _agentflow_v1_ModelUsage, ModelUsage__Output as _agentflow_v1_ModelUsage__Output } from '../../agentflow/v1/ModelUsage.ts';
+import type { ApprovalWait as _agentflow_v1_ApprovalWait, ApprovalWait__Output as _agentflow_v1_ApprovalWait__Output } from '../../agentflow/v1/ApprovalWait.ts';
 import type { Long } from '@grpc/proto-loader';
 
 export interface Result {
@@ -10,7 +12,9 @@ export interface Result {
   'token'?: (number | string | Long);
   'outputJson'?: (string);
   'error'?: (_agentflow_v1_TaskError | null);
-  'outcome'?: "outputJson"|"error";
+  'usage'?: (_agentflow_v1_ModelUsage)[];
+  'awaitApproval'?: (_agentflow_v1_ApprovalWait | null);
+  'outcome'?: "outputJson"|"error"|"awaitApproval";
 }
 
 export interface Result__Output {
@@ -19,5 +23,7 @@ export interface Result__Output {
   'token': (number);
   'outputJson'?: (string);
   'error'?: (_agentflow_v1_TaskError__Output | null);
-  'outcome'?: "outputJson"|"error";
+  'usage': (_agentflow_v1_ModelUsage__Output)[];
+  'awaitApproval'?: (_agentflow_v1_ApprovalWait__Output | null);
+  'outcome'?: "outputJson"|"error"|"awaitApproval";
 }

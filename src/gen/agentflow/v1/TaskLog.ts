@@ -2,6 +2,7 @@
 // Original file: proto/agentflow/v1/dispatcher.proto
 
 import type { LogLine as _agentflow_v1_LogLine, LogLine__Output as _agentflow_v1_LogLine__Output } from '../../agentflow/v1/LogLine.ts';
+import type { StreamChunk as _agentflow_v1_StreamChunk, StreamChunk__Output as _agentflow_v1_StreamChunk__Output } from '../../agentflow/v1/StreamChunk.ts';
 import type { Long } from '@grpc/proto-loader';
 
 export interface TaskLog {
@@ -10,6 +11,7 @@ export interface TaskLog {
   'token'?: (number | string | Long);
   'lines'?: (_agentflow_v1_LogLine)[];
   'end'?: (boolean);
+  'chunks'?: (_agentflow_v1_StreamChunk)[];
 }
 
 export interface TaskLog__Output {
@@ -18,4 +20,5 @@ export interface TaskLog__Output {
   'token': (number);
   'lines': (_agentflow_v1_LogLine__Output)[];
   'end': (boolean);
+  'chunks': (_agentflow_v1_StreamChunk__Output)[];
 }
