@@ -49,6 +49,8 @@ export interface Scope {
   inputs?: unknown;
   /** The type of `item`, when the forEach list's is known. */
   itemType?: StaticType;
+  /** `input` (the task's rendered input) and `index` are bound: a concurrency or rate-limit key. */
+  key?: boolean;
 }
 
 export interface AstNode {
@@ -285,12 +287,19 @@ export function analyzeExpression(expr: string, scope: Scope, expect?: 'bool' | 
       case 'identExpr': {
         const name = (value as { name: string }).name;
         if (locals.has(name) || name === 'inputs') return;
+        if ((name === 'input' || name === 'index') && scope.key) return;
         if (name === 'item') {
           if (!scope.item) report('item is only defined in tasks with forEach');
         } else if (name === 'tasks') {
           report('use tasks.<name>.output to read a task output');
         } else {
-          report(`undeclared reference to "${name}" (available: inputs, tasks${scope.item ? ', item' : ''})`);
+          const available = [
+            'inputs',
+            'tasks',
+            ...(scope.item ? ['item'] : []),
+            ...(scope.key ? ['input', 'index'] : []),
+          ];
+          report(`undeclared reference to "${name}" (available: ${available.join(', ')})`);
         }
         return;
       }

@@ -182,6 +182,12 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
     };
     walk(t.input ?? {}, `${f}.input`);
     if (t.approval?.message !== undefined) walk(t.approval.message, `${f}.approval.message`);
+    // Keys are evaluated at submit, with the task's rendered input (and index) bound too.
+    const keyScope: Scope = { ...inner, item: false, key: true };
+    if (t.concurrency) check(`${f}.concurrency.key`, t.concurrency.key, keyScope);
+    (t.rateLimits ?? []).forEach((r, k) => {
+      if (r.key !== undefined) check(`${f}.rateLimits[${k}].key`, r.key, keyScope);
+    });
   });
   return problems;
 }

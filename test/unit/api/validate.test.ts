@@ -199,3 +199,38 @@ describe('parseTemplate', () => {
     expect(() => parseTemplate('${{ }}')).toThrow(ExpressionError);
   });
 });
+
+describe('validateWorkflowSpec: concurrency and rate-limit keys', () => {
+  const spec = (t: Partial<WorkflowTask>): WorkflowSpec => ({
+    pool: 'p',
+    inputs: { customer: 'acme' },
+    tasks: [
+      { name: 'a', handler: 'h' },
+      { name: 'b', handler: 'h', dependsOn: ['a'], ...t },
+    ],
+  });
+  const problems = (t: Partial<WorkflowTask>) => validateWorkflowSpec(spec(t)).map((p) => `${p.field}: ${p.message}`);
+
+  it('accepts keys over inputs, dependency outputs, the task’s input and index', () => {
+    expect(
+      problems({
+        concurrency: { key: "'customer-' + inputs.customer + string(index) + tasks.a.output.x", max: 1 },
+        rateLimits: [{ name: 'calls', key: 'input.tenant' }],
+      }),
+    ).toEqual([]);
+  });
+
+  it('refuses a key that reads what is not in scope, naming the field', () => {
+    const [p] = problems({ concurrency: { key: 'nope.x', max: 1 }, rateLimits: [{ name: 'calls', key: 'item' }] });
+    expect(p).toBe(
+      'spec.tasks[1].concurrency.key: "nope.x": undeclared reference to "nope" (available: inputs, tasks, input, index)',
+    );
+    expect(problems({ rateLimits: [{ name: 'calls', key: 'item' }] })).toEqual([
+      'spec.tasks[1].rateLimits[0].key: "item": item is only defined in tasks with forEach',
+    ]);
+    // Outside a key, input is no variable.
+    expect(problems({ when: 'input.x == 1' })[0]).toContain(
+      'undeclared reference to "input" (available: inputs, tasks)',
+    );
+  });
+});
