@@ -385,6 +385,22 @@ describe('logs', () => {
     expect([q?.get('stream'), q?.get('follow')]).toEqual(['true', 'true']);
   });
 
+  it('-f on a workflow just created waits for its run to have the task (the API answers 404 until then)', async () => {
+    fake.state.tasks.set(`${NS}/hello`, []);
+    fake.state.logs.set(`${NS}/hello/sum/1`, { lines: ['summing'] });
+    let asked = 0;
+    fake.onRequest = (r) => {
+      if (!r.path.endsWith('/tasks')) return;
+      // The run appears after the second look.
+      if (++asked === 2) fake.state.tasks.set(`${NS}/hello`, [task('sum', 'Succeeded')]);
+    };
+    expect(await run(['logs', 'hello', 'sum', '-f'])).toEqual({ code: 0, stdout: 'summing\n', stderr: '' });
+    // A task the spec does not have is the 404 it was, at once.
+    const r = await run(['logs', 'hello', 'typo', '-f']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('has no task "typo"');
+  });
+
   it('-f streams lines as they come and ends when the task has finished', async () => {
     const log = { lines: ['summing'], open: true };
     fake.state.logs.set(`${NS}/hello/sum/1`, log);

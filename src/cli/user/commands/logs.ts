@@ -89,6 +89,26 @@ async function taskNow(cluster: Cluster, workflow: string, task: string): Promis
 }
 
 /**
+ * The task's row, waiting while the run does not have it yet but will: the workflow was just
+ * created (its run is not loaded), or the task is a forEach item or child not made yet. A name
+ * that no task of the spec has, or a workflow that finished without it, is the 404 it was.
+ */
+async function taskOnceThere(cluster: Cluster, workflow: string, task: string): Promise<TaskView | undefined> {
+  for (;;) {
+    try {
+      return await taskNow(cluster, workflow, task);
+    } catch (err) {
+      if (!(err instanceof KubeApiError) || err.status !== 404) throw err;
+      const wf = await cluster.getWorkflow(workflow);
+      const template = task.split(/[.~]/)[0];
+      const known = (wf.spec?.tasks ?? []).some((t) => t.name === template);
+      if (!known || FINAL_WORKFLOW_PHASES.has(wf.status?.phase ?? '')) throw err;
+      await sleep(POLL_MS);
+    }
+  }
+}
+
+/**
  * Follows one task: its latest attempt (or `attempt`) to its end, then each
  * later attempt, until the task is done. A stream that ends while its attempt
  * still runs (the API server cuts long requests) is opened again, the lines
@@ -101,7 +121,7 @@ async function followTask(
   o: LogsOptions,
   read: Reader,
 ): Promise<void> {
-  let view = await taskNow(cluster, workflow, task);
+  let view = await taskOnceThere(cluster, workflow, task);
   while (view && view.attempt < 1 && !FINAL_TASK_PHASES.has(view.phase)) {
     await sleep(POLL_MS);
     view = await taskNow(cluster, workflow, task);
