@@ -135,6 +135,22 @@ describe('helm install', () => {
     expect(wf.status.outputs.write.sections).toHaveLength(3);
   });
 
+  it('runs the README’s agent example as written: streamed draft, usage, approval, publish', async () => {
+    const out: string[] = [];
+    for (const line of readmeCommands('npx agentflow submit -n research -f deploy/examples/workflow-review.yaml')) {
+      const r = await runAsWritten(line);
+      expect(r.code, `${line}\n${r.out}`).toBe(0);
+      out.push(r.out);
+    }
+    const [submitted, streamed, , approvals, described, approved, watched] = out;
+    expect(submitted).toContain('workflow.agentflow.io/review-notes created');
+    expect(streamed).toMatch(/^warm agent pools stay warm so tasks .*\.\n$/);
+    expect(approvals).toContain('Publish "Notes on warm agent pools" (40 words)?');
+    expect(described).toMatch(/Usage:\s+68 tokens \(28 in, 40 out\), \$0\.000136/);
+    expect(approved).toContain('task review of workflow review-notes approved by');
+    expect(watched).toMatch(/workflow\/review-notes Succeeded/);
+  });
+
   it('helm uninstall leaves no agentflow pods behind and keeps the CRDs', async () => {
     // Users delete their pools and workflows first (the operator finalizes them); then uninstall.
     await kubectl(['delete', 'workflows,agentpools', '--all', '-n', examples, '--wait=true', '--timeout=60s']);
