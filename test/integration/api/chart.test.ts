@@ -442,10 +442,29 @@ describe('chart', () => {
     const role = find(objs, 'Role', `${fullname}-operator`);
     expect(role.metadata.namespace).toBe(ns);
     expect(role.rules).toEqual(roleRules);
-    // The third: the data API's (every authenticated user may ask; the leader checks the Workflow's RBAC).
+    // The others: the data API's (every authenticated user may ask; the leader checks the Workflow's
+    // RBAC), and the approver's and signaler's, bound by nobody until a user binds them.
     expect(
       objs.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role').map((d) => `${d.kind}/${d.metadata.name}`),
-    ).toEqual([`ClusterRole/${fullname}-data-api`, `ClusterRole/${fullname}-operator`, `Role/${fullname}-operator`]);
+    ).toEqual([
+      `ClusterRole/${fullname}-data-api`,
+      `ClusterRole/${fullname}-approver`,
+      `ClusterRole/${fullname}-signaler`,
+      `ClusterRole/${fullname}-operator`,
+      `Role/${fullname}-operator`,
+    ]);
+    for (const [who, sub] of [
+      ['approver', 'workflows/approval'],
+      ['signaler', 'workflows/signal'],
+    ]) {
+      expect(find(objs, 'ClusterRole', `${fullname}-${who}`).rules).toEqual([
+        { apiGroups: ['agentflow.io'], resources: ['workflows'], verbs: ['get', 'list', 'watch'] },
+        { apiGroups: ['agentflow.io'], resources: [sub], verbs: ['update'] },
+      ]);
+    }
+    expect(objs.filter((d) => d.kind.endsWith('Binding')).map((d) => d.roleRef?.name)).not.toContain(
+      `${fullname}-approver`,
+    );
     const subjects = [{ kind: 'ServiceAccount', name: `${fullname}-operator`, namespace: ns }];
     const binding = find(objs, 'ClusterRoleBinding', `${fullname}-operator`);
     expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: `${fullname}-operator` });

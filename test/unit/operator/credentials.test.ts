@@ -304,7 +304,9 @@ describe('agentflow-operator with a kubeconfig', () => {
     const r2 = run(['--kubeconfig', none, ...flags]);
     expect(r2.status).toBe(2);
     expect(r2.stderr).toContain(`--kubeconfig: no cluster in ${none}: it sets no current-context`);
-  });
+    // Two operator processes, each resolving its kubeconfig in a child: ~1.7 s each alone, and over
+    // vitest's 5 s default on a loaded 2-core CI machine; the spawns' own timeout bounds it.
+  }, 60_000);
 });
 
 describe('the resolver keeps client-node out of the calling process', () => {

@@ -210,6 +210,12 @@ export function WorkflowPage({ ns, name, task }: { ns: string; name: string; tas
             started {time(st?.startedAt)}
             {started !== undefined && ` · ${duration(Math.max(0, ended - started))}`}
           </span>
+          {st?.usage && (
+            <span class="muted" data-testid="workflow-usage" title="Model usage the handlers reported (ctx.usage)">
+              {(st.usage.inputTokens + st.usage.outputTokens).toLocaleString('en-US')} tokens · $
+              {st.usage.costUsd.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 6 })}
+            </span>
+          )}
           {st?.message && <span class="message">{st.message}</span>}
         </header>
       )}
