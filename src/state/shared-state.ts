@@ -85,6 +85,11 @@ export class SharedState {
     };
   }
 
+  /** How many keys are under `prefix`: a count-only range read (no values cross the wire). */
+  async count(prefix: string): Promise<number> {
+    return this.store.client.getAll().prefix(this.path(prefix, true)).count();
+  }
+
   /** Unconditional write (still fenced if fences are given). Returns the new modRevision. */
   async put(key: string, value: JsonValue, opts: WriteOptions = {}): Promise<number> {
     const path = this.path(key);

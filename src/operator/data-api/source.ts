@@ -247,12 +247,13 @@ export class LeaderDataSource implements DataSource {
       return { ok: false, code: 'Finished', message: `workflow ${workflow} is ${phase}: no handler can take a signal` };
     }
     const state = new SharedState(this.v.store, { kind: 'workflow', namespace, workflow });
-    const { items } = await state.list(SIGNAL_PREFIX);
-    if (items.length >= MAX_SIGNALS_PER_WORKFLOW) {
+    // Counted, not listed: 10,000 signals of 64 KiB would be 640 MB to read per send.
+    const held = await state.count(SIGNAL_PREFIX);
+    if (held >= MAX_SIGNALS_PER_WORKFLOW) {
       return {
         ok: false,
         code: 'TooMany',
-        message: `workflow ${workflow} holds ${items.length} signals, the most one workflow may (${MAX_SIGNALS_PER_WORKFLOW})`,
+        message: `workflow ${workflow} holds ${held} signals, the most one workflow may (${MAX_SIGNALS_PER_WORKFLOW})`,
       };
     }
     const id = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;

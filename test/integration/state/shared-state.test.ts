@@ -80,6 +80,10 @@ describe('shared state', () => {
       ['notes/a', 'A'],
       ['notes/b', 'B'],
     ]);
+    // Counted within the scope and the prefix only ("notes/" is no prefix of "notes-x").
+    await wf.put('notes-x', 'beside');
+    expect([await wf.count('notes/'), await other.count('notes/'), await pool.count('notes/')]).toEqual([2, 1, 1]);
+    await expect(wf.count('../x')).rejects.toThrow(RangeError);
   });
 
   it('returns the history of a key, newest first', async () => {
