@@ -1,6 +1,7 @@
 import type { V1PodTemplateSpec } from '@kubernetes/client-node';
 import { type Static, Type } from '@sinclair/typebox';
 import { Conditions, DnsLabel, ObjectMeta, StringEnum } from './schema-helpers.ts';
+import { Sharing } from './sharing.ts';
 
 // AgentPool: who the agents are, how many, and how many task slots each has.
 
@@ -216,6 +217,7 @@ export const AgentPoolSpec = Type.Object(
           "Named rate limits the pool's tasks take tokens of (a task's rateLimits[].name), each a token bucket per (limit, key), enforced by the dispatcher: e.g. {name: openai-calls, perSecond: 10}.",
       }),
     ),
+    sharing: Type.Optional(Sharing),
   },
   { description: 'Desired state of the AgentPool.' },
 );

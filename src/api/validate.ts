@@ -27,7 +27,10 @@ export interface PoolInfo {
 }
 
 export interface ValidateOptions {
-  /** Pools of the namespace by name; omit to skip the pool and handler checks. */
+  /**
+   * The pools the workflow may use, by reference: those of its namespace by name, those other
+   * namespaces share with it as `namespace/name`. Omit to skip the pool and handler checks.
+   */
   pools?: ReadonlyMap<string, PoolInfo>;
 }
 
@@ -115,7 +118,13 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
       if (!info) {
         // One problem per missing pool, not per task that uses it.
         if (!problems.some((p) => p.reason === 'PoolNotFound' && p.message.startsWith(`AgentPool "${pool}"`))) {
-          add(field, 'PoolNotFound', `AgentPool "${pool}" not found in the workflow's namespace`);
+          add(
+            field,
+            'PoolNotFound',
+            pool.includes('/')
+              ? `AgentPool "${pool}" does not exist or is not shared with the workflow's namespace (the pool's spec.sharing.namespaces)`
+              : `AgentPool "${pool}" not found in the workflow's namespace`,
+          );
         }
         return;
       }

@@ -9,6 +9,7 @@ import {
   StringEnum,
   StringMap,
 } from './schema-helpers.ts';
+import { PoolRef } from './sharing.ts';
 
 // Workflow: a DAG of tasks for the agents of one or more pools. Task inputs
 // are literal JSON; a string of the form `${{ expr }}` is replaced by the value
@@ -232,7 +233,7 @@ export const WorkflowTask = Type.Object(
       }),
     ),
     approval: Type.Optional(Approval),
-    pool: Type.Optional(DnsLabel('AgentPool that runs the task (default: spec.pool).')),
+    pool: Type.Optional(PoolRef('AgentPool that runs the task (default: spec.pool).')),
     dependsOn: Type.Optional(
       Type.Unsafe<string[]>({
         type: 'array',
@@ -409,7 +410,7 @@ const UsageFigures = {
 
 export const WorkflowSpec = Type.Object(
   {
-    pool: Type.Optional(DnsLabel('Default AgentPool for tasks that name none.')),
+    pool: Type.Optional(PoolRef('Default AgentPool for tasks that name none.')),
     inputs: Type.Optional(FreeObject('Workflow inputs, visible to expressions as inputs.', 256)),
     parallelism: Type.Optional(
       Type.Integer({

@@ -193,6 +193,62 @@ const poolCases: [string, Mutate, string][] = [
     },
     'spec.agent.capacity: Invalid value: "string": spec.agent.capacity in body must be of type integer: "string"',
   ],
+  [
+    'a sharing weight of 0',
+    (o) => {
+      o.spec.sharing = { weight: 0 };
+    },
+    'spec.sharing.weight: Invalid value: 0: spec.sharing.weight in body should be greater than or equal to 1',
+  ],
+  [
+    'a sharing weight of 1001',
+    (o) => {
+      o.spec.sharing = { weight: 1001 };
+    },
+    'spec.sharing.weight: Invalid value: 1001: spec.sharing.weight in body should be less than or equal to 1000',
+  ],
+  [
+    'a shared namespace of weight 0',
+    (o) => {
+      o.spec.sharing = { namespaces: [{ name: 'team-a', weight: 0 }] };
+    },
+    'spec.sharing.namespaces[0].weight: Invalid value: 0: spec.sharing.namespaces[0].weight in body should be greater than or equal to 1',
+  ],
+  [
+    'a shared namespace of weight 1001',
+    (o) => {
+      o.spec.sharing = { namespaces: [{ name: 'team-a', weight: 1001 }] };
+    },
+    'spec.sharing.namespaces[0].weight: Invalid value: 1001: spec.sharing.namespaces[0].weight in body should be less than or equal to 1000',
+  ],
+  [
+    'a namespace shared with twice',
+    (o) => {
+      o.spec.sharing = { namespaces: [{ name: 'team-a' }, { name: 'team-a', weight: 2 }] };
+    },
+    'spec.sharing.namespaces[1]: Duplicate value: {"name":"team-a"}',
+  ],
+  [
+    'an invalid shared namespace name',
+    (o) => {
+      o.spec.sharing = { namespaces: [{ name: 'Team_A' }] };
+    },
+    'spec.sharing.namespaces[0].name: Invalid value: "Team_A"',
+  ],
+  [
+    'a shared namespace without a name',
+    (o) => {
+      o.spec.sharing = { namespaces: [{ weight: 2 }] };
+    },
+    'spec.sharing.namespaces[0].name: Required value',
+  ],
+  [
+    'more than 256 shared namespaces',
+    (o) => {
+      o.spec.sharing = { namespaces: Array.from({ length: 257 }, (_, i) => ({ name: `team-${i}` })) };
+    },
+    'spec.sharing.namespaces: Too many: 257: must have at most 256 items',
+  ],
 ];
 
 const tasksOf = (o: Obj) => o.spec.tasks as Record<string, unknown>[];
@@ -347,6 +403,27 @@ const workflowCases: [string, Mutate, string][] = [
       o.spec.pool = 'Research_Pool';
     },
     'spec.pool: Invalid value: "Research_Pool"',
+  ],
+  [
+    'a pool reference of three parts',
+    (o) => {
+      o.spec.pool = 'a/b/c';
+    },
+    'spec.pool: Invalid value: "a/b/c"',
+  ],
+  [
+    'a task pool in an upper-case namespace',
+    (o) => {
+      tasksOf(o)[0] = { ...tasksOf(o)[0], pool: 'A/b' };
+    },
+    'spec.tasks[0].pool: Invalid value: "A/b"',
+  ],
+  [
+    'a pool reference over 127 characters',
+    (o) => {
+      o.spec.pool = `${'n'.repeat(64)}/${'p'.repeat(63)}`;
+    },
+    'spec.pool: Too long: may not be more than 127 bytes',
   ],
   [
     'a task cost of 0',
@@ -543,6 +620,28 @@ describe('valid manifests', () => {
     const r = await dryRun(o);
     expect(r.stderr).toBe('');
     expect(r.stdout).toContain('created (server dry run)');
+  });
+
+  it('accepts a pool shared with other namespaces and workflows naming pools as namespace/name, filling weights', async () => {
+    const pool = clone(examplePool);
+    pool.spec.sharing = { namespaces: [{ name: 'team-a', weight: 3 }, { name: 'team-b' }] };
+    const p = await cluster.kubectl(['apply', '--dry-run=server', '-n', ns, '-o', 'json', '-f', '-'], {
+      input: stringify(pool),
+    });
+    expect(p.stderr).toBe('');
+    expect(JSON.parse(p.stdout).spec.sharing).toEqual({
+      weight: 1,
+      namespaces: [
+        { name: 'team-a', weight: 3 },
+        { name: 'team-b', weight: 1 },
+      ],
+    });
+    const wf = clone(exampleWorkflow);
+    wf.spec.pool = 'shared/researchers';
+    tasksOf(wf)[0] = { ...tasksOf(wf)[0], pool: `${'n'.repeat(63)}/${'p'.repeat(63)}` };
+    const w = await dryRun(wf);
+    expect(w.stderr).toBe('');
+    expect(w.stdout).toContain('created (server dry run)');
   });
 
   it('fills defaults, shows printer columns and answers to short names and the agentflow category', async () => {

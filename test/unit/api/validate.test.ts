@@ -101,6 +101,44 @@ describe('validateWorkflowSpec: pools and handlers', () => {
   });
 });
 
+describe('validateWorkflowSpec: pools other namespaces share', () => {
+  // What the controller passes: the namespace's own pools by name, shared ones as namespace/name.
+  const pools = new Map<string, PoolInfo>([
+    ['p', { handlers: ['h'] }],
+    ['shared/gpu', { handlers: ['h', 'render'], capacity: 2 }],
+  ]);
+  const notShared = (ref: string) =>
+    `AgentPool "${ref}" does not exist or is not shared with the workflow's namespace (the pool's spec.sharing.namespaces)`;
+
+  it('reports a namespace/name pool it was not given once, as missing or not shared, at the field naming it', () => {
+    const s = spec([
+      { name: 'a', pool: 'other/pool' },
+      { name: 'b', pool: 'other/pool' },
+    ]);
+    expect(validateWorkflowSpec(s, { pools })).toEqual([
+      { field: 'spec.tasks[0].pool', reason: 'PoolNotFound', message: notShared('other/pool') },
+    ]);
+    expect(messages(spec([{ name: 'a' }], { pool: 'other/pool' }), pools)).toEqual([
+      `spec.pool: ${notShared('other/pool')}`,
+    ]);
+  });
+
+  it('accepts a shared pool named in full, and checks handlers and cost against it', () => {
+    expect(messages(spec([{ name: 'a', handler: 'render' }], { pool: 'shared/gpu' }), pools)).toEqual([]);
+    expect(messages(spec([{ name: 'a', pool: 'shared/gpu', handler: 'h' }, { name: 'b' }]), pools)).toEqual([]);
+    expect(messages(spec([{ name: 'a', pool: 'shared/gpu', handler: 'translate', cost: 3 }]), pools)).toEqual([
+      'spec.tasks[0].handler: AgentPool "shared/gpu" serves no handler "translate" (it serves: h, render)',
+      'spec.tasks[0].cost: 3 slots is more than an agent of AgentPool "shared/gpu" has (spec.agent.capacity 2): the task could never run',
+    ]);
+  });
+
+  it('does not find a shared pool by its bare name: that names a pool of the workflow’s namespace', () => {
+    expect(messages(spec([{ name: 'a' }], { pool: 'gpu' }), pools)).toEqual([
+      'spec.pool: AgentPool "gpu" not found in the workflow\'s namespace',
+    ]);
+  });
+});
+
 describe('validateWorkflowSpec: expressions', () => {
   it('accepts reads of inputs, transitive dependencies and item in fan-out tasks', () => {
     const s = spec(
