@@ -911,7 +911,7 @@ const mailbox = (workflow: string, topic: string) => `${workflow}\n${topic}`;
 
 /** The fields every line about an attempt carries (the agent's logger adds agentId and pool). */
 function attemptFields(s: TaskSummary): Record<string, unknown> {
-  const slash = s.taskId.indexOf('/');
+  const slash = s.taskId.lastIndexOf('/');
   return {
     workflow: s.workflow,
     namespace: s.namespace,

@@ -93,7 +93,7 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
   const { taskId, namespace, workflow } = attempt;
   let approvalWaits = 0;
   const signals = new SignalReader({
-    task: taskId.slice(taskId.indexOf('/') + 1),
+    task: taskId.slice(taskId.lastIndexOf('/') + 1),
     attempt: attempt.attempt,
     signal: attempt.signal,
     state: () => {

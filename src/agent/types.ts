@@ -33,7 +33,7 @@ export interface MailMeta {
 
 /** Everything a handler gets for one attempt of one task. */
 export interface TaskContext {
-  /** The task's wire id ("workflow/task"). */
+  /** The task's wire id: "workflow/task", or "namespace/workflow/task" for a task of another namespace (on a pool it shares itself with). */
   readonly taskId: string;
   readonly namespace: string;
   readonly workflow: string;

@@ -27,6 +27,8 @@ export function approxBytes(msg: DispatcherMessage): number {
  */
 export class AgentConn {
   readonly agentId: string;
+  /** `namespace/agentId`: agent ids are unique only within a namespace (pods are `<pool>-<n>`). */
+  readonly key: string;
   readonly namespace: string;
   readonly pool: string;
   readonly pod: string;
@@ -78,6 +80,7 @@ export class AgentConn {
     log: Logger,
   ) {
     this.agentId = reg.agentId;
+    this.key = `${reg.namespace}/${reg.agentId}`;
     this.namespace = reg.namespace;
     this.pool = reg.pool;
     this.pod = reg.pod;

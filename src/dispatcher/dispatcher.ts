@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { Server, type ServerCredentials } from '@grpc/grpc-js';
+import { type SharingSpec, shareWeights } from '../api/sharing.ts';
 import type { AgentMessage__Output } from '../gen/agentflow/v1/AgentMessage.ts';
 import type { Register__Output } from '../gen/agentflow/v1/Register.ts';
 import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
@@ -37,7 +38,19 @@ import { Scheduler } from './scheduler.ts';
 import { StateService } from './state-service.ts';
 import { type AgentStream, acceptStream, WireMessageError } from './streams.ts';
 import { allows, move, newEntry, type TaskEntry, type WireRefusal } from './task-state.ts';
-import { type PoolStats, type SpawnOutcome, type TaskEvent, type TaskSpec, taskKey, wireTaskId } from './types.ts';
+import {
+  agentKey,
+  agentKeyOfClaimant,
+  claimantId,
+  type PoolStats,
+  poolLabel,
+  poolNamespaceOf,
+  type SpawnOutcome,
+  type TaskEvent,
+  type TaskSpec,
+  taskKey,
+  wireTaskId,
+} from './types.ts';
 import {
   checkRegister,
   claimOf,
@@ -77,6 +90,17 @@ export interface DispatcherOptions {
 }
 
 type Entry = TaskEntry;
+
+/** Whether the entry's attempt is this agent's (its claim names the agent: see claimantId). */
+const holds = (e: Entry, c: AgentConn) =>
+  e.agentId !== undefined && e.agentId === claimantId(c.namespace, c.agentId, e.spec.ref);
+
+/** Whether the agent is of the task's pool (the pool's namespace is the agent's). */
+const servedBy = (spec: TaskSpec, c: AgentConn) => spec.pool === c.pool && poolNamespaceOf(spec) === c.namespace;
+
+/** The pool label of an agent's pool as the task's metrics show it (see poolLabel). */
+const connPoolLabel = (ref: TaskRef, c: AgentConn) =>
+  ref.namespace === c.namespace ? c.pool : `${c.namespace}/${c.pool}`;
 
 /** A result whose claim went with the agent's lease, kept until its attempt is queued again. */
 interface Orphan {
@@ -320,11 +344,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (entry.phase === 'queued') {
       this.scheduler.remove(entry);
       this.entries.delete(entry.key);
-      this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'cancelled');
+      this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'cancelled');
       return;
     }
     if (entry.phase === 'assigned') {
-      this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'cancelled');
+      this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'cancelled');
       await this.takeBack(entry, reason);
     }
   }
@@ -354,6 +378,14 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.scheduler.setRateLimits(namespace, pool, limits);
   }
 
+  /**
+   * The namespaces an AgentPool serves and their weights, from its spec.sharing (undefined once it
+   * is deleted: its own namespace only).
+   */
+  setSharing(namespace: string, pool: string, sharing: SharingSpec | undefined): void {
+    this.scheduler.setSharing(namespace, pool, sharing ? shareWeights(namespace, sharing) : undefined);
+  }
+
   /** The agent running a task's current attempt, if one is. */
   assignedAgent(ref: TaskRef): string | undefined {
     const e = this.entries.get(taskKey(ref));
@@ -361,8 +393,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   /** Tells an agent to finish its work and take no more. */
-  drainAgent(agentId: string, timeoutSeconds: number): boolean {
-    const conn = this.conns.get(agentId);
+  drainAgent(namespace: string, agentId: string, timeoutSeconds: number): boolean {
+    const conn = this.conns.get(agentKey(namespace, agentId));
     if (!conn) return false;
     conn.draining = true;
     conn.send({ drain: { timeoutSeconds } });
@@ -458,7 +490,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
             continue;
           }
           move(entry, 'reserve');
-          entry.agentId = conn.agentId;
+          entry.agentId = claimantId(conn.namespace, conn.agentId, entry.spec.ref);
           batch.push({ entry, conn });
         }
         if (batch.length > 0) await this.claimBatch(batch, placedAt);
@@ -480,7 +512,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         batch.map(({ entry, conn }) => ({
           ref: entry.spec.ref,
           attempt: entry.attempt,
-          agentId: conn.agentId,
+          agentId: entry.agentId as string,
           leaseId: conn.leaseId,
         })),
         this.fences(),
@@ -492,7 +524,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         if (entry.phase === 'claiming') {
           this.scheduler.release(entry, true);
           move(entry, 'claimRefused');
-          this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'claim_failed');
+          this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'claim_failed');
           this.enqueue(entry);
         }
       }
@@ -525,7 +557,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         void this.claims.release(o.claim, this.fences()).catch(() => undefined);
         move(entry, 'claimRefused');
         if (this.entries.get(entry.key) === entry) {
-          this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'agent_disconnected');
+          this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'agent_disconnected');
           this.enqueue(entry);
         }
         return;
@@ -538,7 +570,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       const deadline = timeout ? Date.now() + timeout * 1000 : 0;
       conn.send({
         assign: {
-          taskId: wireTaskId(entry.spec.ref),
+          taskId: wireTaskId(entry.spec.ref, conn.namespace),
           namespace: entry.spec.ref.namespace,
           workflow: entry.spec.ref.workflow,
           attempt: entry.attempt,
@@ -561,8 +593,13 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       });
       this.counters.assigned++;
       this.recordLatency(now - entry.enqueuedAt);
-      this.metrics?.assigned(entry.spec.ref.namespace, entry.spec.pool, now - entry.enqueuedAt, now - placedAt);
-      this.emit('task', { type: 'started', ref: entry.spec.ref, attempt: entry.attempt, agentId: conn.agentId });
+      this.metrics?.assigned(entry.spec.ref.namespace, poolLabel(entry.spec), now - entry.enqueuedAt, now - placedAt);
+      this.emit('task', {
+        type: 'started',
+        ref: entry.spec.ref,
+        attempt: entry.attempt,
+        agentId: entry.agentId as string,
+      });
       if (timeout) entry.timer = setTimeout(() => void this.onDeadline(entry), timeout * 1000 + 1_000);
     });
   }
@@ -590,7 +627,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       reason: refusal.reason,
       why: refusal.error?.message ?? refusal.message,
     });
-    this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'claim_refused');
+    this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'claim_refused');
     setTimeout(() => {
       if (this.entries.get(entry.key) === entry && entry.phase === 'queued' && !this.scheduler.isQueued(entry))
         this.enqueue(entry);
@@ -609,7 +646,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (malformed) throw new Error(malformed);
     const grant = await this.auth.authorize(identity, claimOf(r));
     const lease = await this.leaseFor(grant, r.leaseId);
-    lease.owner = grant.agentId;
+    const key = agentKey(grant.namespace, grant.agentId);
+    lease.owner = key;
     await this.membership.register(
       lease,
       grant.namespace,
@@ -617,7 +655,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       { agentId: grant.agentId, pod: grant.pod ?? '', handlers: grant.handlers, capacity: grant.capacity },
       this.fences(),
     );
-    const old = this.conns.get(grant.agentId);
+    const old = this.conns.get(key);
     if (old) this.detach(old);
     this.metrics?.agentRegistered(lease, grant.namespace, grant.pool);
     const conn = new AgentConn(
@@ -631,21 +669,21 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     // etcd dropped the lease (it expired while etcd was unreachable, or was revoked): claims for this
     // agent would fail from now on. End the stream; the agent registers again and gets a new lease.
     const onLeaseLost = () => {
-      if (conn.closed || this.conns.get(conn.agentId) !== conn) return;
+      if (conn.closed || this.conns.get(conn.key) !== conn) return;
       conn.log.warn('Agent lease lost while connected; closing the stream so the agent gets a new one');
       conn.closeWith('UNAVAILABLE', "the agent's lease expired; register again");
       this.onDisconnect(conn);
     };
     lease.once('lost', onLeaseLost);
     conn.onClose(() => lease.off('lost', onLeaseLost));
-    const orphan = this.orphanTimers.get(grant.agentId);
+    const orphan = this.orphanTimers.get(key);
     if (orphan) {
       clearTimeout(orphan);
-      this.orphanTimers.delete(grant.agentId);
+      this.orphanTimers.delete(key);
     }
     const { held, reported } = await confirmInFlight(this.claims, grant.namespace, grant.agentId, r.inFlight);
-    for (const { inf, ref, key, claim, cost } of held) {
-      let entry = this.entries.get(key);
+    for (const { inf, ref, key: taskKey, claim, cost } of held) {
+      let entry = this.entries.get(taskKey);
       if (entry && entry.phase === 'queued') {
         // The engine handed the task out again (e.g. after a leader change) before its agent came
         // back: the running attempt wins; take the queued copy out of line.
@@ -655,18 +693,24 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         entry.attempt = inf.attempt; // its claim will be refused; the outcome is ignored below
       }
       if (!entry) {
-        entry = newEntry(key, { ref, pool: grant.pool, handler: '', input: null, cost }, inf.attempt, cost, {
-          adopted: true,
-        });
-        this.entries.set(key, entry);
+        const spec: TaskSpec = {
+          ref,
+          pool: grant.pool,
+          ...(ref.namespace !== grant.namespace && { poolNamespace: grant.namespace }),
+          handler: '',
+          input: null,
+          cost,
+        };
+        entry = newEntry(taskKey, spec, inf.attempt, cost, { adopted: true });
+        this.entries.set(taskKey, entry);
       } else if (entry.phase !== 'committing') {
         // (A commit in flight decides for itself.)
         move(entry, 'adopt');
       }
-      entry.agentId = grant.agentId;
+      entry.agentId = claim.agentId;
       entry.claim = claim;
       conn.used += cost;
-      conn.assigned.add(key);
+      conn.assigned.add(taskKey);
       this.scheduler.adopted(entry); // it runs: it counts against its concurrency key
     }
     const stillYours = held.map((h) => h.inf);
@@ -679,20 +723,20 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         const ref = this.claims.refOfClaimKey(key);
         if (!ref || reported.has(taskKey(ref)) || this.entries.get(taskKey(ref))?.claim) continue;
         const claim = await this.claims.current(ref);
-        if (claim?.agentId !== grant.agentId) continue;
+        if (claim?.agentId !== claimantId(grant.namespace, grant.agentId, ref)) continue;
         if (await this.claims.release(claim, this.fences()))
           conn.log.info('Released a claim the agent no longer holds', { task: taskKey(ref), attempt: claim.attempt });
       }
     }
     // Attempts we assigned that the agent does not know (the Assign was lost with the old stream).
     for (const entry of this.entries.values()) {
-      if (entry.agentId === grant.agentId && entry.phase === 'assigned' && !reported.has(entry.key) && entry.claim) {
+      if (holds(entry, conn) && entry.phase === 'assigned' && !reported.has(entry.key) && entry.claim) {
         this.requeueLost(entry, 'the agent reconnected without it', 'agent_reconnected').catch((err: Error) =>
           this.log.error('Re-queueing failed', { task: entry.key, err }),
         );
       }
     }
-    this.conns.set(conn.agentId, conn);
+    this.conns.set(conn.key, conn);
     const poolKey = `${conn.namespace}/${conn.pool}`;
     let set = this.byPool.get(poolKey);
     if (!set) {
@@ -731,7 +775,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         if (adopted) return adopted;
       }
     }
-    const current = this.conns.get(grant.agentId);
+    const current = this.conns.get(agentKey(grant.namespace, grant.agentId));
     // The same agent identity again (e.g. its container restarted): keep the lease its claims hang on.
     if (current && !current.lease.lost) return current.lease;
     return this.leases.grant();
@@ -750,11 +794,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private detach(conn: AgentConn): void {
     conn.close();
     this.byPool.get(`${conn.namespace}/${conn.pool}`)?.delete(conn);
-    if (this.conns.get(conn.agentId) === conn) this.conns.delete(conn.agentId);
+    if (this.conns.get(conn.key) === conn) this.conns.delete(conn.key);
   }
 
   private onDisconnect(conn: AgentConn): void {
-    if (conn.closed && this.conns.get(conn.agentId) !== conn) return;
+    if (conn.closed && this.conns.get(conn.key) !== conn) return;
     this.detach(conn);
     // Not heard from any more: the lease runs out after its TTL unless the agent comes back.
     this.leases.pause(conn.lease);
@@ -764,13 +808,13 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (conn.assigned.size === 0 || this.stopped) return;
     // The agent may be alive (its lease says so) and reconnect; if it does not, its work goes elsewhere.
     this.orphanTimers.set(
-      conn.agentId,
+      conn.key,
       setTimeout(() => {
-        this.orphanTimers.delete(conn.agentId);
-        if (this.conns.has(conn.agentId)) return;
+        this.orphanTimers.delete(conn.key);
+        if (this.conns.has(conn.key)) return;
         for (const key of conn.assigned) {
           const entry = this.entries.get(key);
-          if (entry && entry.agentId === conn.agentId && entry.phase === 'assigned')
+          if (entry && holds(entry, conn) && entry.phase === 'assigned')
             this.requeueLost(entry, 'the agent stayed disconnected', 'agent_disconnected').catch((err: Error) =>
               this.log.error('Re-queueing failed', { task: entry.key, err }),
             );
@@ -833,7 +877,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         return;
       case 'mail': {
         if (!m.mail) return;
-        const refused = relayMail(conn, m.mail, (id) => this.conns.get(id));
+        const refused = relayMail(conn, m.mail, (id) => this.conns.get(agentKey(conn.namespace, id)));
         if (refused) this.wireError(conn, refused, '');
         return;
       }
@@ -874,7 +918,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
    * deposed or stopping dispatcher answers nothing, so the agent takes the request to the new leader.
    */
   private onSpawn(conn: AgentConn, s: SpawnTasks__Output): void {
-    const { agentId } = conn;
+    const { key } = conn;
     const { requestId, parentTaskId, attempt } = s;
     let answered = false;
     const answer = (o: SpawnOutcome) => {
@@ -883,7 +927,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       if (!o.ok) this.counters.refused++;
       const errorCode = o.ok ? '' : o.code;
       const errorMessage = o.ok ? '' : o.message;
-      this.conns.get(agentId)?.send({ spawnAck: { requestId, parentTaskId, attempt, errorCode, errorMessage } });
+      this.conns.get(key)?.send({ spawnAck: { requestId, parentTaskId, attempt, errorCode, errorMessage } });
     };
     const entry = this.ownEntry(conn, s.parentTaskId, s.attempt, s.token);
     if (isRefusal(entry)) {
@@ -923,10 +967,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const ref = refOf(conn.namespace, taskId);
     if (isRefusal(ref)) return ref;
     const entry = this.entries.get(taskKey(ref));
-    if (!entry || entry.agentId !== conn.agentId || entry.phase === 'queued')
+    if (!entry || !holds(entry, conn) || entry.phase === 'queued')
       return { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${taskId}` };
-    if (entry.spec.pool !== conn.pool)
-      return { code: 'WRONG_POOL', message: `${taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}` };
+    if (!servedBy(entry.spec, conn))
+      return { code: 'WRONG_POOL', message: `${taskId} belongs to pool ${poolLabel(entry.spec)}, not ${conn.pool}` };
     if (entry.attempt !== attempt || entry.claim?.token !== token) {
       return {
         code: 'STALE_ATTEMPT',
@@ -963,15 +1007,16 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     }
     const key = taskKey(ref);
     const entry = this.entries.get(key);
-    if (entry && entry.spec.pool !== conn.pool && !entry.adopted) {
-      this.wireError(
-        conn,
-        { code: 'WRONG_POOL', message: `${r.taskId} belongs to pool ${entry.spec.pool}, not ${conn.pool}` },
-        r.taskId,
-      );
+    if (entry && !servedBy(entry.spec, conn) && !entry.adopted) {
+      // Another namespace's task is as unknown as one that does not exist: no probing across tenants.
+      const refusal: WireRefusal =
+        ref.namespace === conn.namespace
+          ? { code: 'WRONG_POOL', message: `${r.taskId} belongs to pool ${poolLabel(entry.spec)}, not ${conn.pool}` }
+          : { code: 'UNKNOWN_TASK', message: `this agent holds no claim on ${r.taskId}` };
+      this.wireError(conn, refusal, r.taskId);
       return;
     }
-    if (entry && entry.agentId === conn.agentId) {
+    if (entry && holds(entry, conn)) {
       if (entry.phase === 'committing') return; // a re-send while the commit is in flight
       if (entry.attempt !== r.attempt || entry.claim?.token !== r.token || entry.phase !== 'assigned') {
         this.ack(conn, r, 'SUPERSEDED', 'the attempt was cancelled or replaced');
@@ -979,7 +1024,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       }
       move(entry, 'resultReceived');
       if (entry.assignedAt !== undefined)
-        this.metrics?.ran(ref.namespace, entry.spec.pool, performance.now() - entry.assignedAt);
+        this.metrics?.ran(ref.namespace, poolLabel(entry.spec), performance.now() - entry.assignedAt);
       const commit = { ref, claim: entry.claim, result, conn, wireAttempt: r.attempt, wireTaskId: r.taskId };
       // Its log's last lines are written first: once the task is over, `logs` shows all of it.
       const logged = this.taskLogs.flushFor({ ...ref, attempt: entry.attempt });
@@ -995,7 +1040,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       return;
     }
     // Not ours in memory (e.g. we restarted): the claim in etcd decides.
-    judgeUntracked(this.claims, ref, r, conn.agentId)
+    judgeUntracked(this.claims, ref, r, claimantId(conn.namespace, conn.agentId, ref))
       .then((v) => {
         switch (v.kind) {
           case 'commit':
@@ -1038,20 +1083,21 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
    */
   private commitOrphan(entry: Entry, o: Orphan): boolean {
     const { conn, r } = o;
-    if (entry.phase !== 'queued' || entry.attempt !== r.attempt || entry.spec.pool !== conn.pool) return false;
+    if (entry.phase !== 'queued' || entry.attempt !== r.attempt || !servedBy(entry.spec, conn)) return false;
     if (conn.closed || this.deposed || this.stopped) return false;
     this.scheduler.remove(entry);
     move(entry, 'reserve');
-    entry.agentId = conn.agentId;
     const ref = entry.spec.ref;
+    const agentId = claimantId(conn.namespace, conn.agentId, ref);
+    entry.agentId = agentId;
     const back = (why: RequeueReason) => {
       if (this.entries.get(entry.key) !== entry || entry.phase !== 'claiming') return;
       move(entry, 'claimRefused');
-      this.metrics?.requeued(ref.namespace, entry.spec.pool, why);
+      this.metrics?.requeued(ref.namespace, poolLabel(entry.spec), why);
       this.enqueue(entry);
     };
     this.claims
-      .claimMany([{ ref, attempt: r.attempt, agentId: conn.agentId, leaseId: conn.leaseId }], this.fences())
+      .claimMany([{ ref, attempt: r.attempt, agentId, leaseId: conn.leaseId }], this.fences())
       .then(([out]) => {
         if (this.entries.get(entry.key) !== entry || entry.phase !== 'claiming') {
           if (out?.ok) void this.claims.release(out.claim, this.fences()).catch(() => undefined);
@@ -1065,7 +1111,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         }
         move(entry, 'claimed');
         entry.claim = out.claim;
-        this.emit('task', { type: 'started', ref, attempt: r.attempt, agentId: conn.agentId });
+        this.emit('task', { type: 'started', ref, attempt: r.attempt, agentId });
         move(entry, 'resultReceived');
         this.counters.orphansCommitted++;
         conn.log.info('Committing a result whose claim had gone with the lease, instead of running it again', {
@@ -1110,8 +1156,12 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     const entry = this.entries.get(taskKey(c.ref));
     if (o?.ok) {
       this.counters.committed++;
-      this.metrics?.ended(c.ref.namespace, c.conn.pool, (o.stored ?? c.result).ok ? 'succeeded' : 'failed');
-      this.metrics?.usage(c.ref.namespace, c.conn.pool, (o.stored ?? c.result).usage);
+      this.metrics?.ended(
+        c.ref.namespace,
+        connPoolLabel(c.ref, c.conn),
+        (o.stored ?? c.result).ok ? 'succeeded' : 'failed',
+      );
+      this.metrics?.usage(c.ref.namespace, connPoolLabel(c.ref, c.conn), (o.stored ?? c.result).usage);
       this.ack(c.conn, { taskId: c.wireTaskId, attempt: c.wireAttempt }, 'COMMITTED', '');
       if (entry) this.settle(entry, c.conn);
       const result: TaskResult = {
@@ -1121,7 +1171,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         token: c.claim.token,
         committedAt: new Date().toISOString(),
       };
-      this.emit('task', { type: 'committed', ref: c.ref, result, agentId: c.conn.agentId });
+      this.emit('task', { type: 'committed', ref: c.ref, result, agentId: c.claim.agentId });
       return;
     }
     this.ack(
@@ -1143,10 +1193,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     }
     if (entry.timer) clearTimeout(entry.timer);
     this.scheduler.release(entry);
-    const agent = conn ?? (entry.agentId ? this.conns.get(entry.agentId) : undefined);
+    const agent = conn ?? this.agentOf(entry);
     if (agent?.assigned.delete(entry.key)) agent.used -= entry.cost;
     if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
     this.kick();
+  }
+
+  /** The connection of the agent the entry's claim names, if it is connected. */
+  private agentOf(entry: Entry): AgentConn | undefined {
+    return entry.agentId ? this.conns.get(agentKeyOfClaimant(entry.spec.ref, entry.agentId)) : undefined;
   }
 
   // ---- failures ----
@@ -1177,8 +1232,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (!entry) return;
     if (entry.phase !== 'assigned' || entry.claim?.token !== createRevision) return;
     const agentId = entry.agentId ?? '';
-    this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'retried');
-    this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, 'lease_expired');
+    this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'retried');
+    this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'lease_expired');
     if (entry.adopted) {
       this.settle(entry);
       this.emit('task', { type: 'orphanLost', ref: entry.spec.ref, attempt: entry.attempt, agentId });
@@ -1186,7 +1241,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     }
     this.counters.lost++;
     this.log.warn('Attempt lost with its agent lease; re-queueing', { task: key, attempt: entry.attempt, agentId });
-    const agent = this.conns.get(agentId);
+    const agent = this.agentOf(entry);
     if (agent?.assigned.delete(key)) agent.used -= entry.cost;
     if (entry.timer) clearTimeout(entry.timer);
     this.scheduler.release(entry);
@@ -1211,14 +1266,14 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
    */
   private async takeBack(entry: Entry, reason: string): Promise<void> {
     const claim = entry.claim;
-    const agent = entry.agentId ? this.conns.get(entry.agentId) : undefined;
+    const agent = this.agentOf(entry);
     if (entry.timer) clearTimeout(entry.timer);
     // Its key's slot is free once the claim goes (below): a late result of it can no longer commit.
     this.scheduler.release(entry);
     if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
     move(entry, 'takeBack');
     if (agent?.assigned.delete(entry.key)) {
-      const id = wireTaskId(entry.spec.ref);
+      const id = wireTaskId(entry.spec.ref, agent.namespace);
       agent.cancelling.set(`${id}@${entry.attempt}`, entry.cost);
       agent.send({ cancel: { taskId: id, attempt: entry.attempt, reason } });
     }
@@ -1229,8 +1284,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private async requeueLost(entry: Entry, reason: string, why: RequeueReason): Promise<void> {
     const agentId = entry.agentId ?? '';
     const attempt = entry.attempt;
-    this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'retried');
-    this.metrics?.requeued(entry.spec.ref.namespace, entry.spec.pool, why);
+    this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'retried');
+    this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), why);
     await this.takeBack(entry, reason);
     if (entry.adopted) {
       this.emit('task', { type: 'orphanLost', ref: entry.spec.ref, attempt, agentId });
@@ -1250,7 +1305,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private async onDeadline(entry: Entry): Promise<void> {
     if (entry.phase !== 'assigned' || this.entries.get(entry.key) !== entry) return;
     this.counters.timedOut++;
-    this.metrics?.ended(entry.spec.ref.namespace, entry.spec.pool, 'failed');
+    this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'failed');
     const agentId = entry.agentId ?? '';
     await this.takeBack(entry, `deadline of ${entry.spec.timeoutSeconds}s exceeded`);
     this.emit('task', { type: 'timedOut', ref: entry.spec.ref, attempt: entry.attempt, agentId });

@@ -1,5 +1,5 @@
 import { MinHeap } from '../workflow/min-heap.ts';
-import type { TaskSpec } from './types.ts';
+import { poolNamespaceOf, type TaskSpec } from './types.ts';
 
 // Concurrency keys and rate limits (issue 18, part 5), enforced where tasks are picked for agents.
 //
@@ -22,8 +22,10 @@ export interface RateLimitDef {
 /** Tokens a bucket holds unless its limit says otherwise: one, so calls are spaced evenly. */
 export const DEFAULT_BURST = 1;
 
-const HELD_PREFIXES = ['waiting on rate limit ', 'waiting on concurrency key '] as const;
-/** Whether a task's message is one a limit wrote (the run clears it once the task starts). */
+/** Beginning of the message of a task queued for a pool that does not (or no longer) serve its namespace. */
+export const NOT_SHARED_PREFIX = 'waiting on AgentPool ';
+const HELD_PREFIXES = ['waiting on rate limit ', 'waiting on concurrency key ', NOT_SHARED_PREFIX] as const;
+/** Whether a task's message is one a limit (or a pool not shared) wrote: the run clears it once the task starts. */
 export const isHeldMessage = (m: string | undefined): boolean =>
   m !== undefined && HELD_PREFIXES.some((p) => m.startsWith(p));
 
@@ -495,7 +497,8 @@ export class Limits<T extends Limited> {
       const g = this.keyGate(task);
       if (g.running + g.ready >= c.max) return g;
     }
-    const { namespace } = task.spec.ref;
+    // The pool's limits: those of its own namespace, also for a task of a namespace it is shared with.
+    const namespace = poolNamespaceOf(task.spec);
     const { pool } = task.spec;
     const defs = this.defs.get(poolId(namespace, pool));
     const now = this.clock.now();

@@ -1,6 +1,6 @@
 import type { InFlight__Output } from '../gen/agentflow/v1/InFlight.ts';
 import type { Claim, TaskRef, TaskResult } from '../state/index.ts';
-import { parseWireTaskId, taskKey } from './types.ts';
+import { claimantId, parseWireTaskId, taskKey } from './types.ts';
 
 // What the dispatcher believes after a restart, a reconnect or a restore comes from etcd, never from the
 // agent's word alone: these functions ask the claims (narrowed to what they read, so a unit test can
@@ -42,7 +42,12 @@ export async function confirmInFlight(
     const key = taskKey(ref);
     reported.add(key);
     const claim = await claims.current(ref);
-    if (!claim || claim.token !== Number(inf.token) || claim.agentId !== agentId || claim.attempt !== inf.attempt)
+    if (
+      !claim ||
+      claim.token !== Number(inf.token) ||
+      claim.agentId !== claimantId(namespace, agentId, ref) ||
+      claim.attempt !== inf.attempt
+    )
       continue;
     held.push({ inf, ref, key, claim, cost: inf.cost > 0 ? inf.cost : 1 });
   }

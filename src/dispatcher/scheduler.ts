@@ -1,7 +1,7 @@
-import { type Clock, Limits, type RateLimitDef } from './limits.ts';
+import { type Clock, Limits, NOT_SHARED_PREFIX, type RateLimitDef } from './limits.ts';
 import type { PlacementPolicy } from './placement.ts';
 import { PoolQueue, type QueuedTask } from './task-queue.ts';
-import type { TaskSpec } from './types.ts';
+import { poolNamespaceOf, type TaskSpec } from './types.ts';
 
 /** What the scheduler sees of a connected agent (AgentConn is one). */
 export interface SlotHolder {
@@ -54,13 +54,17 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
   private firstPool = 0;
   /** Concurrency keys and rate limits: tasks they hold wait there, out of the ready lines. */
   private readonly limits: Limits<T>;
+  /** The namespaces each shared pool serves and their weights (its spec.sharing), by pool. */
+  private readonly shares = new Map<string, ReadonlyMap<string, number>>();
+  private readonly opts: SchedulerOptions<T>;
 
   constructor(policy: PlacementPolicy, opts: SchedulerOptions<T> = {}) {
     this.policy = policy;
+    this.opts = opts;
     this.limits = new Limits<T>({
       ready: (task) => {
         const q = this.byKey.get(task.key);
-        if (q && this.queued.get(q) === task) this.queueFor(task.spec.ref.namespace, task.spec.pool).push(q);
+        if (q && this.queued.get(q) === task) this.queueFor(poolNamespaceOf(task.spec), task.spec.pool).push(q);
       },
       ...(opts.held && { held: opts.held }),
       ...(opts.woken && { woken: opts.woken }),
@@ -72,10 +76,39 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
     const k = poolKey(namespace, pool);
     let q = this.queues.get(k);
     if (!q) {
-      q = new PoolQueue();
+      q = new PoolQueue(namespace);
+      q.setWeights(this.shares.get(k));
       this.queues.set(k, q);
     }
     return q;
+  }
+
+  /**
+   * The namespaces a pool serves besides its own, with their weights (its spec.sharing; undefined:
+   * its own namespace only). Tasks of a namespace it stops serving stay queued, held, and are told
+   * why; those of a namespace it starts serving are dispatched.
+   */
+  setSharing(namespace: string, pool: string, weights: ReadonlyMap<string, number> | undefined): void {
+    const k = poolKey(namespace, pool);
+    if (weights) this.shares.set(k, weights);
+    else this.shares.delete(k);
+    const q = this.queues.get(k);
+    if (!q) return;
+    q.setWeights(weights);
+    let admitted = false;
+    for (const ns of q.namespaces()) {
+      if (!q.admits(ns)) for (const t of q.queuedOf(ns)) this.tellNotShared(this.queued.get(t));
+      else if (ns !== namespace) admitted = true;
+    }
+    if (admitted) this.opts.woken?.();
+  }
+
+  private tellNotShared(task: T | undefined): void {
+    if (!task) return;
+    this.opts.held?.(
+      task,
+      `${NOT_SHARED_PREFIX}${poolNamespaceOf(task.spec)}/${task.spec.pool}: it is not shared with namespace ${task.spec.ref.namespace} (its spec.sharing.namespaces)`,
+    );
   }
 
   /** Puts a task in its pool's line; a task queued again keeps the place it first had. */
@@ -96,7 +129,9 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
     this.byKey.set(task.key, q);
     // A task a limit holds waits in that limit's queue, not in the line.
     if (Limits.limited(task.spec) && !this.limits.admit(task)) return;
-    this.queueFor(task.spec.ref.namespace, task.spec.pool).push(q);
+    const line = this.queueFor(poolNamespaceOf(task.spec), task.spec.pool);
+    line.push(q);
+    if (!line.admits(task.spec.ref.namespace)) this.tellNotShared(task);
   }
 
   /** Takes a queued task out of line (cancelled, or adopted from its agent); false if it was not queued. */
@@ -107,9 +142,9 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
     this.byKey.delete(task.key);
     if (Limits.limited(task.spec)) {
       // Out of the line first: what its removal wakes must not find it there.
-      this.queues.get(poolKey(task.spec.ref.namespace, task.spec.pool))?.remove((t) => t === q);
+      this.queues.get(poolKey(poolNamespaceOf(task.spec), task.spec.pool))?.remove((t) => t === q);
       this.limits.remove(task);
-    } else this.queueFor(task.spec.ref.namespace, task.spec.pool).remove((t) => t === q);
+    } else this.queueFor(poolNamespaceOf(task.spec), task.spec.pool).remove((t) => t === q);
     return true;
   }
 

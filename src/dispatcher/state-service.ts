@@ -58,6 +58,8 @@ class Refusal extends Error {
 /** The stream a request arrived on: where answers and watch events go. */
 export interface StateClient {
   readonly agentId: string;
+  /** `namespace/agentId`: what the locks it holds are kept under (agent ids repeat across namespaces). */
+  readonly key: string;
   send(msg: DispatcherMessage): void;
 }
 
@@ -108,8 +110,8 @@ export class StateService {
   }
 
   /** The agent is gone for good (its lease is over): forget what it held. */
-  forgetAgent(agentId: string): void {
-    this.held.delete(agentId);
+  forgetAgent(key: string): void {
+    this.held.delete(key);
   }
 
   async state(client: StateClient, ref: TaskRef, req: StateRequest__Output): Promise<void> {
@@ -239,7 +241,7 @@ export class StateService {
     ref: TaskRef,
     req: LockRequest__Output,
   ): Promise<Omit<LockResponse, 'id'>> {
-    const mine = this.heldBy(client.agentId);
+    const mine = this.heldBy(client.key);
     switch (req.op) {
       case 'ACQUIRE': {
         if (!LOCK_NAME.test(req.name)) {

@@ -6,6 +6,11 @@ import type { WireErrorCode } from './task-state.ts';
 export interface TaskSpec {
   ref: TaskRef;
   pool: string;
+  /**
+   * Namespace of the pool when it is not the task's: an AgentPool of another namespace that shares
+   * itself with the task's (its spec.sharing). Absent: the pool is in the task's namespace.
+   */
+  poolNamespace?: string;
   handler: string;
   /** JSON-serialisable input. */
   input: unknown;
@@ -86,14 +91,41 @@ export interface PoolStats {
 }
 
 export const taskKey = (r: TaskRef) => `${r.namespace}/${r.workflow}/${r.task}`;
-/** Wire task id: workflow/task (the agent's namespace is known from its registration). */
-export const wireTaskId = (r: TaskRef) => `${r.workflow}/${r.task}`;
 
+/** The namespace of the pool that runs the task. */
+export const poolNamespaceOf = (s: Pick<TaskSpec, 'ref' | 'poolNamespace'>) => s.poolNamespace ?? s.ref.namespace;
+
+/** The pool as metrics and messages name it: `name`, or `namespace/name` when it is another namespace's. */
+export const poolLabel = (s: Pick<TaskSpec, 'ref' | 'pool' | 'poolNamespace'>) =>
+  s.poolNamespace && s.poolNamespace !== s.ref.namespace ? `${s.poolNamespace}/${s.pool}` : s.pool;
+
+/**
+ * Wire task id, relative to the agent it goes to: `workflow/task` for a task of the agent's own
+ * namespace (known from its registration), `namespace/workflow/task` for one of a namespace its
+ * shared pool serves.
+ */
+export const wireTaskId = (r: TaskRef, agentNamespace: string = r.namespace) =>
+  r.namespace === agentNamespace ? `${r.workflow}/${r.task}` : `${r.namespace}/${r.workflow}/${r.task}`;
+
+/** The task a wire id names, resolved against the agent's namespace; undefined if malformed. */
 export function parseWireTaskId(namespace: string, id: string): TaskRef | undefined {
-  const slash = id.indexOf('/');
-  if (slash <= 0 || slash === id.length - 1) return undefined;
-  const workflow = id.slice(0, slash);
-  const task = id.slice(slash + 1);
-  if (task.includes('/')) return undefined;
-  return { namespace, workflow, task };
+  const parts = id.split('/');
+  if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === '')) return undefined;
+  const [a, b, c] = parts as [string, string, string | undefined];
+  return c === undefined ? { namespace, workflow: a, task: b } : { namespace: a, workflow: b, task: c };
 }
+
+/**
+ * Who a claim names: the agent id for a task of the agent's own namespace (as always), and
+ * `agentNamespace/agentId` for another namespace's task, so that agents of the same name in two
+ * namespaces (pods are `<pool>-<n>`) can never pass for each other on a shared pool's task.
+ */
+export const claimantId = (agentNamespace: string, agentId: string, ref: TaskRef) =>
+  ref.namespace === agentNamespace ? agentId : `${agentNamespace}/${agentId}`;
+
+/** The key of an agent's connection: agent ids are unique only within a namespace. */
+export const agentKey = (namespace: string, agentId: string) => `${namespace}/${agentId}`;
+
+/** The connection key of the agent a claim names (see claimantId). */
+export const agentKeyOfClaimant = (ref: TaskRef, claimant: string) =>
+  claimant.includes('/') ? claimant : agentKey(ref.namespace, claimant);

@@ -71,7 +71,12 @@ export type ResultOutcome = {
 
 /** The task a wire id names in the agent's namespace, or the refusal. */
 export function refOf(namespace: string, taskId: string): TaskRef | WireRefusal {
-  return parseWireTaskId(namespace, taskId) ?? { code: 'INVALID', message: `task id "${taskId}" is not workflow/task` };
+  return (
+    parseWireTaskId(namespace, taskId) ?? {
+      code: 'INVALID',
+      message: `task id "${taskId}" is not workflow/task or namespace/workflow/task`,
+    }
+  );
 }
 
 /** A Result's usage (bounded, each figure checked, a model named twice summed), or why it cannot be taken. */

@@ -248,6 +248,62 @@ describe('what a connected agent may touch', () => {
     expect(await claims.current({ namespace: other.namespace, workflow: 'secret', task: 't' })).toBeUndefined();
   });
 
+  it("another namespace's task only when its pool is shared with it, by a qualified id, in that workflow's scope", async () => {
+    const claims = new TaskClaims(store);
+    const a = connect({ tokenFile: granted });
+    a.send({ register: { ...register().register, agentId: 'sharer' } });
+    const { agentId } = await a.next('registered');
+    const foreign = { namespace: other.namespace, workflow: 'tenant-wf', task: 't' };
+    // Naming the victim's queued task by its full id gets the agent nothing.
+    for (const taskId of [`${other.namespace}/secret/t`, `${other.namespace}/tenant-wf/t`]) {
+      a.send({ state: { id: 900, taskId, attempt: 1, token: 1, op: 'GET', key: 'k' } });
+      expect(await a.next('state')).toMatchObject({ id: 900, errorCode: 'PERMISSION_DENIED' });
+      a.send({ result: { taskId, attempt: 1, token: 1, outputJson: '"forged"' } });
+      expect(await a.next('error')).toMatchObject({ code: 'UNKNOWN_TASK', taskId });
+    }
+    // A task of the other namespace for pool "mine": held until the pool is shared with its namespace.
+    const held: TaskEvent[] = [];
+    const onTask = (e: TaskEvent) => {
+      if (e.type === 'held' && e.ref.workflow === 'tenant-wf') held.push(e);
+    };
+    dispatcher.on('task', onTask);
+    dispatcher.submit({ ref: foreign, pool: 'mine', poolNamespace: sec.namespace, handler: 'work', input: { n: 1 } });
+    await expect(a.next('assign', 500)).rejects.toThrow('no assign');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(held[0]?.type === 'held' && held[0].message).toBe(
+      `waiting on AgentPool ${sec.namespace}/mine: it is not shared with namespace ${other.namespace} (its spec.sharing.namespaces)`,
+    );
+    dispatcher.setSharing(sec.namespace, 'mine', { namespaces: [{ name: other.namespace }] });
+    const assign = await a.next('assign');
+    expect(assign).toMatchObject({ taskId: `${other.namespace}/tenant-wf/t`, namespace: other.namespace });
+    const me = { taskId: assign.taskId, attempt: 1, token: assign.token };
+    // Its state is the tenant's workflow's, not the pool's namespace's.
+    a.send({ state: { id: 901, ...me, op: 'PUT', key: 'k', valueJson: '"tenant"' } });
+    expect(await a.next('state')).toMatchObject({ id: 901, errorCode: '' });
+    expect((await store.get(store.key('state', 'workflow', other.namespace, 'tenant-wf', 'k')))?.value).toBe(
+      '"tenant"',
+    );
+    expect(await store.get(store.key('state', 'workflow', sec.namespace, 'tenant-wf', 'k'))).toBeUndefined();
+    // The claim and the result name the agent with its namespace: the other namespace's "sharer" is not it.
+    expect((await claims.current(foreign))?.agentId).toBe(`${sec.namespace}/${agentId}`);
+    const committed = new Promise<TaskEvent>((resolve) => {
+      const on = (e: TaskEvent) => {
+        if (e.type === 'committed' && e.ref.workflow === 'tenant-wf') {
+          dispatcher.off('task', on);
+          resolve(e);
+        }
+      };
+      dispatcher.on('task', on);
+    });
+    a.send({ result: { ...me, outputJson: '"done"' } });
+    expect(await a.next('ack')).toMatchObject({ taskId: me.taskId, status: 'COMMITTED' });
+    expect(await committed).toMatchObject({ agentId: `${sec.namespace}/${agentId}` });
+    expect((await claims.result(foreign))?.agentId).toBe(`${sec.namespace}/${agentId}`);
+    dispatcher.off('task', onTask);
+    dispatcher.setSharing(sec.namespace, 'mine', undefined);
+    a.close();
+  });
+
   it('a Reauth with a fresh token of the same identity keeps the stream; another identity ends it', async () => {
     const a = connect({ tokenFile: granted });
     a.send(register());

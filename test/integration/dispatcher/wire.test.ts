@@ -153,7 +153,10 @@ describe('dispatcher wire input', () => {
     a.send(result('wf/t1', { outputJson: '{oops' }));
     expect(await a.next('error')).toMatchObject({ code: 'INVALID', message: 'outputJson of wf/t1 is not JSON' });
     a.send(result('bad-id', { outputJson: '1' }));
-    expect(await a.next('error')).toMatchObject({ code: 'INVALID', message: 'task id "bad-id" is not workflow/task' });
+    expect(await a.next('error')).toMatchObject({
+      code: 'INVALID',
+      message: 'task id "bad-id" is not workflow/task or namespace/workflow/task',
+    });
 
     const b = connect();
     b.send(register('agent-b', 'pool-b', 1));

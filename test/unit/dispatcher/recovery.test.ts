@@ -89,7 +89,8 @@ describe('confirmInFlight', () => {
       inf('no-slash', 1, 1),
       inf('wf/', 1, 2),
       inf('/t', 1, 3),
-      inf('a/b/c', 1, 4),
+      inf('a/b/c/d', 1, 4),
+      inf('a//c', 1, 6),
       inf('wf/ok', 1, 5),
     ]);
     expect(got.held).toEqual([]);
@@ -102,6 +103,29 @@ describe('confirmInFlight', () => {
     book.claim({ namespace: 'other', workflow: 'wf', task: 't' }, 1, 'a', 7);
     const got = await confirmInFlight(book, 'ns', 'a', [inf('wf/t', 1, 7)]);
     expect(got.held).toEqual([]);
+  });
+
+  it('holds another namespace’s attempt (namespace/workflow/task) whose claim names agentNamespace/agentId', async () => {
+    // Agent p-0 of the shared pool in pool-ns runs team-a's task.
+    const book = new MemoryClaims();
+    const teamTask: TaskRef = { namespace: 'team-a', workflow: 'wf', task: 't' };
+    const claim = book.claim(teamTask, 1, 'pool-ns/p-0', 7);
+    const got = await confirmInFlight(book, 'pool-ns', 'p-0', [inf('team-a/wf/t', 1, 7)]);
+    expect(got.held).toEqual([{ inf: inf('team-a/wf/t', 1, 7), ref: teamTask, key: 'team-a/wf/t', claim, cost: 1 }]);
+    expect(book.calls).toEqual(['current team-a/wf/t']);
+  });
+
+  it('refuses another namespace’s attempt whose claim names the bare agent id (that namespace’s own agent)', async () => {
+    // team-a has an agent p-0 of its own: its claim on team-a's task is "p-0". The shared pool's p-0
+    // must not pass for it, nor it for the shared pool's.
+    const book = new MemoryClaims();
+    const own = book.claim({ namespace: 'team-a', workflow: 'wf', task: 'mine' }, 1, 'p-0', 8);
+    book.claim({ namespace: 'team-a', workflow: 'wf', task: 'theirs' }, 1, 'pool-ns/p-0', 9);
+    const fromPool = await confirmInFlight(book, 'pool-ns', 'p-0', [inf('team-a/wf/mine', 1, 8)]);
+    expect(fromPool.held).toEqual([]);
+    expect([...fromPool.reported]).toEqual(['team-a/wf/mine']);
+    const fromTeam = await confirmInFlight(book, 'team-a', 'p-0', [inf('wf/theirs', 1, 9), inf('wf/mine', 1, 8)]);
+    expect(fromTeam.held.map((h) => h.claim)).toEqual([own]);
   });
 });
 

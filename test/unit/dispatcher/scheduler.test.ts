@@ -26,7 +26,16 @@ interface Task extends Schedulable {}
 
 function task(
   name: string,
-  o: { ns?: string; pool?: string; wf?: string; handler?: string; cost?: number; priority?: number } = {},
+  o: {
+    ns?: string;
+    pool?: string;
+    /** The pool's namespace, when it is another namespace's shared pool. */
+    poolNs?: string;
+    wf?: string;
+    handler?: string;
+    cost?: number;
+    priority?: number;
+  } = {},
 ): Task {
   const ns = o.ns ?? 'ns';
   const wf = o.wf ?? 'wf';
@@ -35,6 +44,7 @@ function task(
     spec: {
       ref: { namespace: ns, workflow: wf, task: name },
       pool: o.pool ?? 'p',
+      ...(o.poolNs !== undefined && { poolNamespace: o.poolNs }),
       handler: o.handler ?? 'h',
       input: null,
       ...(o.priority !== undefined && { priority: o.priority }),
@@ -277,5 +287,146 @@ describe('Scheduler', () => {
     const second = s.take(agentsOf, 10).map((p) => p.task.spec.pool);
     expect(first).toEqual(Array(10).fill('a'));
     expect(second).toEqual(Array(10).fill('b'));
+  });
+});
+
+describe('Scheduler and shared pools', () => {
+  // AgentPool pool-ns/p; team-a and team-b run tasks on it as pool: pool-ns/p.
+  const shared = (...teams: [string, number][]) => new Map<string, number>([['pool-ns', 1], ...teams]);
+  const notShared = (ns: string) =>
+    `waiting on AgentPool pool-ns/p: it is not shared with namespace ${ns} (its spec.sharing.namespaces)`;
+
+  function watched() {
+    const held: string[] = [];
+    const seen = { woken: 0 };
+    const s = new Scheduler<Task, Agent>(leastLoaded, {
+      held: (t, message) => held.push(`${t.key}: ${message}`),
+      woken: () => {
+        seen.woken++;
+      },
+    });
+    return { s, held, seen };
+  }
+
+  it('queues a task of a shared pool under the pool’s namespace, never the task’s', () => {
+    const { s, held } = watched();
+    s.setSharing('pool-ns', 'p', shared(['team-a', 1]));
+    const poolAgent = new Agent('pool-agent', 10);
+    const teamAgent = new Agent('team-agent', 10);
+    s.enqueue(task('remote', { ns: 'team-a', poolNs: 'pool-ns' }));
+    s.enqueue(task('local', { ns: 'team-a' })); // team-a's own pool p
+    expect(s.queuedSlots('pool-ns', 'p')).toBe(1);
+    expect(s.queuedSlots('team-a', 'p')).toBe(1);
+    const { agentsOf, asked } = pools({ 'pool-ns/p': [poolAgent], 'team-a/p': [teamAgent] });
+    expect(picked(s.take(agentsOf, 10)).sort()).toEqual(['local->team-agent', 'remote->pool-agent']);
+    expect(asked.sort()).toEqual(['pool-ns/p', 'team-a/p']);
+    expect(held).toEqual([]);
+  });
+
+  it('never looks for agents of the task’s namespace for a task of a shared pool', () => {
+    const { s } = watched();
+    s.setSharing('pool-ns', 'p', shared(['team-a', 1]));
+    const t = task('remote', { ns: 'team-a', poolNs: 'pool-ns' });
+    s.enqueue(t);
+    const { agentsOf, asked } = pools({ 'team-a/p': [new Agent('team-agent', 10)] });
+    expect(s.take(agentsOf, 10)).toEqual([]);
+    expect(asked).toEqual(['pool-ns/p']);
+    expect(s.isQueued(t)).toBe(true);
+  });
+
+  it('holds the task of a namespace the pool is not shared with, saying why, and takes it once shared', () => {
+    const { s, held, seen } = watched();
+    const a = new Agent('pool-agent', 10);
+    const { agentsOf } = pools({ 'pool-ns/p': [a] });
+    const t = task('t', { ns: 'team-a', poolNs: 'pool-ns' });
+    s.enqueue(t);
+    s.enqueue(task('own', { ns: 'pool-ns' }));
+    expect(held).toEqual([`team-a/wf/t: ${notShared('team-a')}`]);
+    // The pool's own work is not held up by it.
+    expect(picked(s.take(agentsOf, 10))).toEqual(['own->pool-agent']);
+    expect(s.isQueued(t)).toBe(true);
+    // Sharing with another namespace does not admit it.
+    s.setSharing('pool-ns', 'p', shared(['team-b', 1]));
+    expect(s.take(agentsOf, 10)).toEqual([]);
+    expect(seen.woken).toBe(0);
+    s.setSharing('pool-ns', 'p', shared(['team-a', 1]));
+    expect(seen.woken).toBe(1);
+    expect(picked(s.take(agentsOf, 10))).toEqual(['t->pool-agent']);
+    expect(s.size).toBe(0);
+  });
+
+  it('admits tasks queued after the pool was shared without holding them', () => {
+    const { s, held } = watched();
+    s.setSharing('pool-ns', 'p', shared(['team-a', 2]));
+    s.enqueue(task('t', { ns: 'team-a', poolNs: 'pool-ns' }));
+    expect(held).toEqual([]);
+    expect(picked(s.take(pools({ 'pool-ns/p': [new Agent('a', 1)] }).agentsOf, 10))).toEqual(['t->a']);
+  });
+
+  it('holds the queued tasks of a namespace whose sharing is revoked, telling each, and dispatches them once it is back', () => {
+    const { s, held, seen } = watched();
+    s.setSharing('pool-ns', 'p', shared(['team-a', 1], ['team-b', 1]));
+    s.enqueue(task('a1', { ns: 'team-a', poolNs: 'pool-ns' }));
+    s.enqueue(task('a2', { ns: 'team-a', poolNs: 'pool-ns', wf: 'wf2' }));
+    s.enqueue(task('b1', { ns: 'team-b', poolNs: 'pool-ns' }));
+    s.enqueue(task('own', { ns: 'pool-ns' }));
+    expect(held).toEqual([]);
+    s.setSharing('pool-ns', 'p', shared(['team-b', 1]));
+    expect(held.sort()).toEqual([`team-a/wf/a1: ${notShared('team-a')}`, `team-a/wf2/a2: ${notShared('team-a')}`]);
+    const a = new Agent('pool-agent', 10);
+    const { agentsOf } = pools({ 'pool-ns/p': [a] });
+    expect(picked(s.take(agentsOf, 10)).sort()).toEqual(['b1->pool-agent', 'own->pool-agent']);
+    // The pool stops sharing altogether: nothing foreign is left queued but team-a's.
+    held.length = 0;
+    s.setSharing('pool-ns', 'p', undefined);
+    expect(held.sort()).toEqual([`team-a/wf/a1: ${notShared('team-a')}`, `team-a/wf2/a2: ${notShared('team-a')}`]);
+    expect(s.take(agentsOf, 10)).toEqual([]);
+    const before = seen.woken;
+    s.setSharing('pool-ns', 'p', shared(['team-a', 1]));
+    expect(seen.woken).toBe(before + 1);
+    expect(picked(s.take(agentsOf, 10)).sort()).toEqual(['a1->pool-agent', 'a2->pool-agent']);
+  });
+
+  it('counts the slots and handlers of other namespaces’ tasks for the pool (the autoscaler’s signal)', () => {
+    const { s } = watched();
+    s.setSharing('pool-ns', 'p', shared(['team-a', 1]));
+    s.enqueue(task('remote', { ns: 'team-a', poolNs: 'pool-ns', cost: 3, handler: 'render' }));
+    s.enqueue(task('own', { ns: 'pool-ns', cost: 2 }));
+    expect(s.queuedSlots('pool-ns', 'p')).toBe(5);
+    expect(s.queuedSlots('team-a', 'p')).toBe(0);
+    expect(s.wantedHandlers('pool-ns', 'p')).toEqual(['h', 'render']);
+    expect(s.wantedHandlers('team-a', 'p')).toEqual([]);
+    s.take(pools({ 'pool-ns/p': [new Agent('a', 10, ['h', 'render'])] }).agentsOf, 10);
+    expect(s.queuedSlots('pool-ns', 'p')).toBe(0);
+  });
+
+  it('splits scarce slots 3:1 between two namespaces weighted 3 and 1, and follows a change of weights', () => {
+    const { s } = watched();
+    s.setSharing('pool-ns', 'p', shared(['team-a', 3], ['team-b', 1]));
+    for (let i = 0; i < 100; i++) {
+      s.enqueue(task(`a${i}`, { ns: 'team-a', poolNs: 'pool-ns' }));
+      s.enqueue(task(`b${i}`, { ns: 'team-b', poolNs: 'pool-ns' }));
+    }
+    const agents = [new Agent('x', 1), new Agent('y', 1)];
+    const { agentsOf } = pools({ 'pool-ns/p': agents });
+    /** Rounds of dispatch, each after the previous picks finished: two slots a round. */
+    const rounds = (n: number) => {
+      const got = { 'team-a': 0, 'team-b': 0 } as Record<string, number>;
+      for (let r = 0; r < n; r++) {
+        for (const a of agents) a.used = 0;
+        const ps = s.take(agentsOf, 10);
+        expect(ps).toHaveLength(2);
+        for (const p of ps) got[p.task.spec.ref.namespace] = (got[p.task.spec.ref.namespace] ?? 0) + 1;
+      }
+      return got;
+    };
+    const first = rounds(20); // 40 picks: 30 and 10, give or take what the first visits carry
+    expect(first['team-a']).toBeGreaterThanOrEqual(28);
+    expect(first['team-a']).toBeLessThanOrEqual(32);
+    expect((first['team-a'] ?? 0) + (first['team-b'] ?? 0)).toBe(40);
+    s.setSharing('pool-ns', 'p', shared(['team-a', 1], ['team-b', 3]));
+    const second = rounds(20);
+    expect(second['team-b']).toBeGreaterThanOrEqual(28);
+    expect(second['team-b']).toBeLessThanOrEqual(32);
   });
 });

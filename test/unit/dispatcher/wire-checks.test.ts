@@ -309,8 +309,15 @@ describe('refOf', () => {
     expect(refOf('research', 'wf-1/task.3')).toEqual({ namespace: 'research', workflow: 'wf-1', task: 'task.3' });
   });
 
-  it.each(['', 'wf', 'wf/', '/task', 'a/b/c'])('refuses "%s" as INVALID, quoting it', (id) => {
-    expect(refOf('research', id)).toEqual({ code: 'INVALID', message: `task id "${id}" is not workflow/task` });
+  it('reads namespace/workflow/task as a task of that namespace (a shared pool serving it)', () => {
+    expect(refOf('research', 'team-a/wf-1/task.3')).toEqual({ namespace: 'team-a', workflow: 'wf-1', task: 'task.3' });
+  });
+
+  it.each(['', 'wf', 'wf/', '/task', 'a//c', 'a/b/', 'a/b/c/d'])('refuses "%s" as INVALID, quoting it', (id) => {
+    expect(refOf('research', id)).toEqual({
+      code: 'INVALID',
+      message: `task id "${id}" is not workflow/task or namespace/workflow/task`,
+    });
   });
 });
 
