@@ -1,5 +1,6 @@
 import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../api/agentpool.ts';
+import { parsePoolRef } from '../api/sharing.ts';
 import { type Workflow, WorkflowPhases } from '../api/workflow.ts';
 import { BackupStatus } from '../backup/status.ts';
 import { Dispatcher } from '../dispatcher/index.ts';
@@ -399,13 +400,18 @@ export class Operator {
     // The rate limits each AgentPool declares (spec.rateLimits), as the dispatcher enforces them.
     const rateLimits = (p: AgentPool, gone?: boolean) =>
       dispatcher.setRateLimits(p.metadata.namespace ?? '', p.metadata.name ?? '', gone ? undefined : p.spec.rateLimits);
-    pools.on({ add: (p) => rateLimits(p), update: (_, p) => rateLimits(p), delete: (p) => rateLimits(p, true) });
+    // And the namespaces each shares itself with, by weight (spec.sharing).
+    const poolConfig = (p: AgentPool, gone?: boolean) => {
+      rateLimits(p, gone);
+      dispatcher.setSharing(p.metadata.namespace ?? '', p.metadata.name ?? '', gone ? undefined : p.spec.sharing);
+    };
+    pools.on({ add: (p) => poolConfig(p), update: (_, p) => poolConfig(p), delete: (p) => poolConfig(p, true) });
     const agents: AgentDirectory = {
       drainPod: (namespace, pool, pod, timeoutSeconds) => {
         let any = false;
         for (const a of dispatcher.agents()) {
           if (a.namespace === namespace && a.pool === pool && a.pod === pod) {
-            any = dispatcher.drainAgent(a.agentId, timeoutSeconds) || any;
+            any = dispatcher.drainAgent(a.namespace, a.agentId, timeoutSeconds) || any;
           }
         }
         return any;
@@ -454,7 +460,10 @@ export class Operator {
       logger: log,
       onChange: (namespace, name) => this.workflows?.changed(namespace, name),
       ...(this.c.workflowLimits && { limits: this.c.workflowLimits }),
-      poolCapacity: (namespace, pool) => pools.get(`${namespace}/${pool}`)?.spec.agent.capacity,
+      poolCapacity: (namespace, ref) => {
+        const pool = parsePoolRef(ref, namespace);
+        return pool && pools.get(`${pool.namespace}/${pool.name}`)?.spec.agent.capacity;
+      },
     });
     this.workflows = new WorkflowController({
       client: this.client,

@@ -1,3 +1,4 @@
+import { parsePoolRef } from '../api/sharing.ts';
 import type { WorkflowSpec } from '../api/workflow.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
 import type { SpawnOutcome } from '../dispatcher/types.ts';
@@ -365,7 +366,9 @@ export class WorkflowEngine {
       if (run.finished) continue;
       const unserved: Unserved[] = [];
       for (const need of run.queuedNeeds()) {
-        const stats = this.o.dispatcher.poolStats(run.namespace, need.pool);
+        const pool = parsePoolRef(need.pool, run.namespace);
+        if (!pool) continue; // (the schema admits no other)
+        const stats = this.o.dispatcher.poolStats(pool.namespace, pool.name);
         if (stats.handlers.includes(need.handler)) continue;
         unserved.push({ ...need, agents: stats.connectedAgents, served: stats.handlers });
       }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { ApprovalAsk, ApprovalVerdict } from '../api/approvals.ts';
+import { parsePoolRef } from '../api/sharing.ts';
 import {
   type Approval,
   type ApprovalDecision,
@@ -734,9 +735,11 @@ export class WorkflowRun {
 
   private specOf(i: Instance): TaskSpec {
     const timeout = this.templates.get(i.template)?.timeoutSeconds;
+    const pool = parsePoolRef(i.pool, this.namespace) ?? { namespace: this.namespace, name: i.pool };
     return {
       ref: this.ref(i.name),
-      pool: i.pool,
+      pool: pool.name,
+      ...(pool.namespace !== this.namespace && { poolNamespace: pool.namespace }),
       handler: i.handler,
       input: i.input ?? null,
       attempt: i.attempt,

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { AgentPool } from '../../api/agentpool.ts';
 import { API_VERSION } from '../../api/crds.ts';
+import { parsePoolRef, sharedWith } from '../../api/sharing.ts';
 import { formatProblem, type PoolInfo, type Problem, validateWorkflowSpec } from '../../api/validate.ts';
 import type { Workflow, WorkflowStatus } from '../../api/workflow.ts';
 import {
@@ -87,12 +88,15 @@ export class WorkflowController {
     o.workflows.on({ add: enqueue, update: (_, w) => enqueue(w), delete: enqueue });
     // A pool that appears, changes or goes may be what a workflow of its namespace waits for
     // (one whose run has not started; a running one hears of its agents from the engine).
-    const poolChanged = (p: AgentPool) => {
-      for (const w of o.workflows.list((w) => w.metadata.namespace === p.metadata.namespace)) {
+    // A shared pool matters to the namespaces it lists too (before and after the change).
+    const poolChanged = (p: AgentPool, before?: AgentPool) => {
+      const namespaces = new Set([p.metadata.namespace, ...(p.spec.sharing?.namespaces ?? []).map((n) => n.name)]);
+      for (const n of before?.spec.sharing?.namespaces ?? []) namespaces.add(n.name);
+      for (const w of o.workflows.list((w) => namespaces.has(w.metadata.namespace))) {
         if (w.status?.phase === undefined || w.status.phase === 'Pending') enqueue(w);
       }
     };
-    o.pools.on({ add: poolChanged, update: (_, p) => poolChanged(p), delete: poolChanged });
+    o.pools.on({ add: (p) => poolChanged(p), update: (old, p) => poolChanged(p, old), delete: (p) => poolChanged(p) });
   }
 
   private get waitingTimeoutMs(): number {
@@ -293,13 +297,15 @@ export class WorkflowController {
     const first = list[0];
     if (!first) return undefined;
     const namespace = wf.metadata.namespace as string;
-    const pool = this.o.pools.get(`${namespace}/${first.pool}`);
+    const pool = this.usablePool(namespace, first.pool);
     const tasks = `${first.tasks} queued task(s) of handler "${first.handler}"`;
     let reason: Exclude<WaitReason, 'CostOverCapacity'>;
     let message: string;
     if (!pool) {
       reason = 'PoolNotFound';
-      message = `AgentPool "${first.pool}" does not exist: ${tasks} wait for it`;
+      message = first.pool.includes('/')
+        ? `AgentPool "${first.pool}" does not exist or is not shared with namespace ${namespace}: ${tasks} wait for it`
+        : `AgentPool "${first.pool}" does not exist: ${tasks} wait for it`;
     } else if (first.agents === 0) {
       reason = 'NoAgentConnected';
       const ready = pool.status?.readyReplicas ?? 0;
@@ -439,16 +445,32 @@ export class WorkflowController {
     return undefined;
   }
 
+  /**
+   * The pools a workflow of the namespace may use, by reference: its own by name, and other
+   * namespaces' pools that share themselves with it as `namespace/name`. A pool that does not
+   * share itself is left out, as if it did not exist: no probing across tenants.
+   */
   private poolInfo(namespace: string): Map<string, PoolInfo> {
     const out = new Map<string, PoolInfo>();
-    for (const p of this.o.pools.list((p) => p.metadata.namespace === namespace)) {
+    const info = (p: AgentPool): PoolInfo => {
       const h = p.spec.agent.handlers;
-      out.set(p.metadata.name as string, {
-        ...(h && h.length > 0 && { handlers: h }),
-        capacity: p.spec.agent.capacity,
-      });
+      return { ...(h && h.length > 0 && { handlers: h }), capacity: p.spec.agent.capacity };
+    };
+    for (const p of this.o.pools.list(
+      (p) => p.metadata.namespace === namespace || sharedWith(p.metadata.namespace ?? '', p.spec.sharing, namespace),
+    )) {
+      const own = p.metadata.namespace === namespace;
+      out.set(own ? (p.metadata.name as string) : `${p.metadata.namespace}/${p.metadata.name}`, info(p));
+      if (own) out.set(`${namespace}/${p.metadata.name}`, info(p)); // its own pool, named in full
     }
     return out;
+  }
+
+  /** The pool a reference of the namespace's workflow names, if it exists and serves the namespace. */
+  private usablePool(namespace: string, ref: string): AgentPool | undefined {
+    const id = parsePoolRef(ref, namespace);
+    const pool = id && this.o.pools.get(`${id.namespace}/${id.name}`);
+    return pool && sharedWith(id.namespace, pool.spec.sharing, namespace) ? pool : undefined;
   }
 
   /** Writes the run's status unless one was written too recently; the wait before the next try, if any. */
@@ -556,13 +578,16 @@ export class WorkflowController {
   private tellPool(wf: Workflow, run: WorkflowRun, waiting: { reason: WaitReason; message: string }): void {
     const first = run.waiting()[0];
     if (!first || waiting.reason === 'PoolNotFound') return;
-    const pool = this.o.pools.get(`${wf.metadata.namespace}/${first.pool}`);
+    const pool = this.usablePool(wf.metadata.namespace as string, first.pool);
     if (!pool) return;
     this.o.events.record(
       pool,
       'Warning',
       waiting.reason,
-      `Workflow ${wf.metadata.name} ${waiting.message}`.slice(0, 1024),
+      `Workflow ${pool.metadata.namespace === wf.metadata.namespace ? '' : `${wf.metadata.namespace}/`}${wf.metadata.name} ${waiting.message}`.slice(
+        0,
+        1024,
+      ),
     );
   }
 
