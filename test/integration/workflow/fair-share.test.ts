@@ -188,7 +188,7 @@ describe('shared AgentPools', () => {
 });
 
 describe('fair share between namespaces', () => {
-  it("with tenant A flooding 10,000 tasks, tenant B's 100 get about its share of the slots", async () => {
+  it("with tenant A flooding 10,000 tasks, tenant B's 100 get its weight's share of the slots (1:1, then 1:3)", async () => {
     const TASK_MS = 100;
     const FLOOD_WORKFLOWS = 50;
     const PER_WORKFLOW = 200;
@@ -236,6 +236,29 @@ describe('fair share between namespaces', () => {
     );
     expect(share).toBeGreaterThan(0.4);
     expect(share).toBeLessThan(0.6);
+
+    // The owner gives B three times A's weight: B's next 100 get three quarters of the slots.
+    await apply(cluster, sharedPool([{ name: tenantA }, { name: tenantB, weight: 3 }]));
+    await new Promise((r) => setTimeout(r, 500)); // the informer hands the new weights to the dispatcher
+    const again = Date.now();
+    await apply(cluster, workflowManifest(tenantB, 'weighted', spec('weighted', 100)));
+    const w = await until(
+      "B's weighted 100 done",
+      () => getWorkflow(cluster, tenantB, 'weighted'),
+      phaseIs('Succeeded', 'Failed'),
+      120_000,
+    );
+    expect(w.status.phase).toBe('Succeeded');
+    const log2 = starts();
+    const wStarts = log2.filter((l) => l.key === 'weighted').map((l) => l.at as number);
+    const [w0, w1] = [Math.min(...wStarts), Math.max(...wStarts)];
+    const aDuring2 = log2.filter((l) => l.key === 'flood' && l.at >= w0 && l.at <= w1).length;
+    const share3 = wStarts.length / (wStarts.length + aDuring2);
+    console.log(
+      `fair share, weights 1:3: B's 100 took ${Date.now() - again} ms; B started ${wStarts.length} and A ${aDuring2} in that window: B's share ${(share3 * 100).toFixed(1)} % (weight share 75 %)`,
+    );
+    expect(share3).toBeGreaterThan(0.65);
+    expect(share3).toBeLessThan(0.85);
     // A's flood is cancelled with its workflows (its queue must not outlive the test).
     for (let i = 0; i < FLOOD_WORKFLOWS; i++)
       await cluster.client
