@@ -197,6 +197,7 @@ export function validateWorkflowSpec(spec: WorkflowSpec, opts: ValidateOptions =
     (t.rateLimits ?? []).forEach((r, k) => {
       if (r.key !== undefined) check(`${f}.rateLimits[${k}].key`, r.key, keyScope);
     });
+    if (t.memoize?.key !== undefined) check(`${f}.memoize.key`, t.memoize.key, keyScope);
   });
   return problems;
 }

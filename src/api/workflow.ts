@@ -209,6 +209,32 @@ const Concurrency = Type.Object(
   },
 );
 
+/** Longest value a memoization key may evaluate to. */
+export const MAX_MEMO_KEY_LENGTH = 1024;
+/** The longest maxAgeSeconds of a memoized output (a year). */
+export const MAX_MEMO_AGE_SECONDS = 31_536_000;
+
+const Memoize = Type.Object(
+  {
+    key: Type.Optional(
+      Expression(
+        `CEL expression yielding the cache key, e.g. "'summary-' + inputs.url". Default: the task's handler and its rendered input. It sees inputs, tasks.<dependency>.output, input and index, and must yield a string of 1 to ${MAX_MEMO_KEY_LENGTH} characters, else the task fails.`,
+      ),
+    ),
+    maxAgeSeconds: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: MAX_MEMO_AGE_SECONDS,
+        description: 'Use an output only this many seconds after it was cached. Default: any age.',
+      }),
+    ),
+  },
+  {
+    description:
+      "Reuse an earlier output: a task whose key has an output in the namespace's cache (no older than maxAgeSeconds) is not dispatched; it succeeds at once with that output, marked memoized in its status and the audit log. A successful attempt's output is cached under its key (outputs over 256 KiB are not; the namespace keeps at most 1,000 entries and 16 MiB, the oldest evicted first). `agentflow cache list|clear` shows and clears the cache.",
+  },
+);
+
 const TaskRateLimit = Type.Object(
   {
     name: DnsLabel("Name of a rate limit the task's AgentPool declares in spec.rateLimits."),
@@ -272,6 +298,7 @@ export const WorkflowTask = Type.Object(
       }),
     ),
     concurrency: Type.Optional(Concurrency),
+    memoize: Type.Optional(Memoize),
     rateLimits: Type.Optional(
       Type.Array(TaskRateLimit, {
         maxItems: MAX_TASK_RATE_LIMITS,
@@ -297,8 +324,9 @@ export const WorkflowTask = Type.Object(
       },
       {
         // input too, but CEL cannot see a field of free values: the controller's validation refuses it.
-        rule: '!has(self.approval) || !(has(self.forEach) || has(self.retryPolicy) || has(self.timeoutSeconds))',
-        message: 'an approval task takes no forEach, retryPolicy or timeoutSeconds (use approval.timeoutSeconds)',
+        rule: '!has(self.approval) || !(has(self.forEach) || has(self.retryPolicy) || has(self.timeoutSeconds) || has(self.memoize))',
+        message:
+          'an approval task takes no forEach, retryPolicy, timeoutSeconds or memoize (use approval.timeoutSeconds)',
         fieldPath: '.approval',
       },
     ],
@@ -564,6 +592,12 @@ export const WorkflowStatus = Type.Object(
           attempts: Type.Optional(Type.Integer({ minimum: 0 })),
           message: Type.Optional(Type.String({ maxLength: 1024 })),
           usage: Type.Optional(Type.Object(UsageFigures, { description: "Model usage of the task's attempts." })),
+          memoized: Type.Optional(
+            Type.Integer({
+              minimum: 1,
+              description: 'Instances of the task whose output came from the memoization cache (no agent ran them).',
+            }),
+          ),
         }),
         { maxItems: 1000, description: 'Per-task summary, bounded; full records are in etcd.' },
       ),

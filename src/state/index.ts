@@ -36,6 +36,15 @@ export {
 export { Elections, type Held, type Leader, Locks, LockTimeoutError } from './lock.ts';
 export { type MemberInfo, Membership } from './membership.ts';
 export {
+  MAX_MEMO_BYTES,
+  MAX_MEMO_ENTRIES,
+  MAX_MEMO_OUTPUT_BYTES,
+  MemoCache,
+  type MemoEntry,
+  type MemoSummary,
+  MemoTooLargeError,
+} from './memo-cache.ts';
+export {
   type JsonValue,
   MAX_VALUE_BYTES,
   type Scope,

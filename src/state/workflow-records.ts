@@ -59,6 +59,10 @@ export interface TaskRecord {
   verdicts?: ApprovalVerdict[];
   /** Attempts that ended waiting for approval (the retry policy does not count them). */
   parked?: number;
+  /** Its memoization key, evaluated when it was queued: its output is cached under it once it succeeds. */
+  memoKey?: string;
+  /** Where its output came from when it was memoized (no agent ran it). */
+  memo?: { workflow: string; task: string; attempt: number; createdAt: string };
 }
 
 /** Per-workflow run state: the uid guards against a re-created workflow of the same name. */

@@ -1,13 +1,16 @@
 import { parsePoolRef } from '../api/sharing.ts';
 import type { WorkflowSpec } from '../api/workflow.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
-import type { SpawnOutcome } from '../dispatcher/types.ts';
+import type { SpawnOutcome, TaskSpec } from '../dispatcher/types.ts';
 import type { Logger } from '../lib/log.ts';
 import {
   AUDIT_BATCH,
   AuditLog,
   type Fence,
   MAX_TXN_OPS,
+  MemoCache,
+  type MemoEntry,
+  MemoTooLargeError,
   type RunRecord,
   type StateStore,
   TaskClaims,
@@ -63,6 +66,7 @@ export class WorkflowEngine {
   private readonly o: EngineOptions;
   private readonly records: WorkflowRecords;
   private readonly claims: TaskClaims;
+  private readonly memo: MemoCache;
   private lastUnservedCheck = 0;
   private readonly runs = new Map<string, WorkflowRun>();
   private readonly audits = new Map<string, AuditLog>();
@@ -81,10 +85,16 @@ export class WorkflowEngine {
     this.o = o;
     this.records = new WorkflowRecords(o.store);
     this.claims = new TaskClaims(o.store);
+    this.memo = new MemoCache(o.store);
     this.log = o.logger.with({ component: 'workflow-engine' });
     o.dispatcher.on('task', this.onTask);
     this.tickTimer = setInterval(() => this.tick(), 250);
     this.tickTimer.unref();
+  }
+
+  /** The memoization cache the runs read and write (one per process: it keeps an index for eviction). */
+  get memoCache(): MemoCache {
+    return this.memo;
   }
 
   get(namespace: string, name: string): WorkflowRun | undefined {
@@ -110,18 +120,21 @@ export class WorkflowEngine {
     // spec now, which may have been edited since (the controller reports that as SpecApplied=False).
     const resumed = loaded.run?.uid === wf.uid;
     const spec = resumed && loaded.spec !== undefined ? (loaded.spec as WorkflowSpec) : wf.spec;
-    const run = new WorkflowRun(
+    const submit = (spec: TaskSpec) => {
+      try {
+        dispatcher.submit(spec);
+      } catch (err) {
+        // Already tracked (adopted from a reconnecting agent): its result will come as an event.
+        this.log.debug('Task already with the dispatcher', { task: spec.ref.task, error: err as Error });
+      }
+    };
+    const run: WorkflowRun = new WorkflowRun(
       // spec.budget applies live (like suspend): the Workflow's budget now, not the saved spec's.
       { ...wf, spec, budget: wf.spec.budget },
       {
-        submit: (spec) => {
-          try {
-            dispatcher.submit(spec);
-          } catch (err) {
-            // Already tracked (adopted from a reconnecting agent): its result will come as an event.
-            this.log.debug('Task already with the dispatcher', { task: spec.ref.task, error: err as Error });
-          }
-        },
+        submit,
+        lookupMemo: (spec, memo) => this.lookupMemo(run, spec, memo, submit),
+        rememberMemo: (_key, entry) => this.rememberMemo(run, entry),
         cancel: (ref, reason) => void dispatcher.cancel(ref, reason),
         tracked: (ref) => dispatcher.isTracked(ref),
         adopted: (spec) => dispatcher.adoptedLimits(spec),
@@ -376,6 +389,49 @@ export class WorkflowEngine {
       run.setUnserved(unserved);
       if (run.version !== before) this.o.onChange(run.namespace, run.name);
     }
+  }
+
+  /**
+   * A memoized task is due: a fresh cache entry for its key ends it without dispatch (memoHit); no
+   * entry, or a cache etcd cannot read now, dispatches it as usual. Either way only while the attempt
+   * is still queued in the same run (it may have been cancelled while etcd answered).
+   */
+  private lookupMemo(
+    run: WorkflowRun,
+    spec: TaskSpec,
+    memo: { key: string; maxAgeSeconds?: number },
+    submit: (spec: TaskSpec) => void,
+  ): void {
+    const attempt = spec.attempt ?? 1;
+    const still = () => this.runs.get(key(run.namespace, run.name)) === run && run.awaitsMemo(spec.ref.task, attempt);
+    this.memo.get(run.namespace, memo.key, memo.maxAgeSeconds).then(
+      (entry) => {
+        if (!still()) return;
+        if (!entry) {
+          submit(spec);
+          return;
+        }
+        run.memoHit(spec.ref.task, attempt, entry);
+        this.changed(run);
+      },
+      (err: Error) => {
+        this.log.warn('Reading the memoization cache failed; running the task instead', {
+          workflow: key(run.namespace, run.name),
+          task: spec.ref.task,
+          err,
+        });
+        if (still()) submit(spec);
+      },
+    );
+  }
+
+  /** A memoized task's output goes into its namespace's cache (best effort: the task has succeeded). */
+  private rememberMemo(run: WorkflowRun, entry: MemoEntry): void {
+    this.memo.put(run.namespace, entry, this.o.fences()).catch((err: Error) => {
+      const fields = { workflow: key(run.namespace, run.name), task: entry.task, err };
+      if (err instanceof MemoTooLargeError) this.log.info('Output not memoized', fields);
+      else this.log.warn('Could not memoize an output', fields);
+    });
   }
 
   /** After any change: persist soon, tell the controller. */

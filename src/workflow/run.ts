@@ -15,6 +15,7 @@ import {
   MAX_APPROVAL_MESSAGE,
   MAX_EXPRESSION_COST,
   MAX_LIMIT_KEY_LENGTH,
+  MAX_MEMO_KEY_LENGTH,
   MAX_TASK_EXPRESSION_COST,
   type WorkflowSpec,
   type WorkflowStatus,
@@ -23,7 +24,7 @@ import {
 import { isHeldMessage } from '../dispatcher/limits.ts';
 import type { SpawnedChild, SpawnOutcome, SpawnRequest, TaskEvent, TaskSpec } from '../dispatcher/types.ts';
 import { rfc3339 } from '../lib/time.ts';
-import type { RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
+import type { MemoEntry, RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
 import { CostBudget, type EvalContext, evalCondition, evalKey, evalList, renderInput } from './expressions.ts';
 import { ACTIVE, type TaskPhase, TERMINAL } from './phases.ts';
 import { RunIndex } from './run-index.ts';
@@ -132,6 +133,13 @@ export interface RunHost {
    * is known: a spawned child that costs more could never run.
    */
   poolCapacity?(pool: string): number | undefined;
+  /**
+   * A memoized task is due: the engine looks its key up in the namespace's cache and answers with
+   * memoHit (a fresh entry: the task is not dispatched) or submits `spec` to the dispatcher.
+   */
+  lookupMemo?(spec: TaskSpec, memo: { key: string; maxAgeSeconds?: number }): void;
+  /** A memoized task succeeded: its output goes into the cache under its key. */
+  rememberMemo?(key: string, entry: MemoEntry): void;
 }
 
 /** The operator-wide caps on what one run may grow to (the operator's flags). */
@@ -219,6 +227,8 @@ export class WorkflowRun {
   private readonly templates = new Map<string, WorkflowTask>();
   private readonly order: string[];
   private readonly instances = new Map<string, Instance>();
+  /** Instances per spec task whose output came from the memoization cache (status.tasks[].memoized). */
+  private readonly memoHits = new Map<string, number>();
   /** Counts, ready and retry queues kept on every change (touch), so an event costs O(log n), not a scan. */
   private readonly index = new RunIndex();
   /** forEach templates already expanded, with their item counts; and templates decided (when / expansion). */
@@ -330,6 +340,7 @@ export class WorkflowRun {
       this.instances.set(inst.name, inst);
       this.index.update(inst);
       if (inst.usage) this.usage.add(inst.template, inst.usage.models);
+      if (inst.memo) this.memoHits.set(inst.template, (this.memoHits.get(inst.template) ?? 0) + 1);
       if (inst.phase === 'Waiting') this.awaiting.add(inst.name);
       if (inst.parent) {
         const root = rootOf(inst.name);
@@ -712,10 +723,38 @@ export class WorkflowRun {
     };
   }
 
+  /**
+   * The task's memoization key and age, evaluated (a spec task's own instances; spawned children
+   * are not memoized): its CEL key, or its handler and rendered input. Throws an EvaluationError
+   * naming the field.
+   */
+  private memoOf(i: Instance, context: () => EvalContext): { key: string; maxAgeSeconds?: number } | undefined {
+    const t = this.templates.get(i.template);
+    const m = t?.memoize;
+    if (!m || i.parent || !this.host.lookupMemo) return undefined;
+    let key: string;
+    if (m.key !== undefined) {
+      const ctx: EvalContext = {
+        ...context(),
+        input: i.input ?? {},
+        ...(i.index !== undefined && { index: i.index }),
+        budget: new CostBudget(MAX_TASK_EXPRESSION_COST),
+      };
+      key = evalKey(m.key, ctx, `spec.tasks[${this.order.indexOf(i.template)}].memoize.key`, MAX_MEMO_KEY_LENGTH);
+    } else {
+      key = `${i.handler}:${createHash('sha256')
+        .update(canonicalJson(i.input ?? null))
+        .digest('hex')}`;
+    }
+    return { key, ...(m.maxAgeSeconds !== undefined && { maxAgeSeconds: m.maxAgeSeconds }) };
+  }
+
   private submit(i: Instance, context: () => EvalContext): void {
     let limits: Pick<TaskSpec, 'concurrency' | 'rateLimits'>;
+    let memo: { key: string; maxAgeSeconds?: number } | undefined;
     try {
       limits = this.limitsOf(i, context);
+      memo = this.memoOf(i, context);
     } catch (err) {
       const message = (err as Error).message;
       i.phase = 'Failed';
@@ -728,9 +767,48 @@ export class WorkflowRun {
     i.attempt++;
     i.phase = 'Queued';
     delete i.retryAt;
+    if (memo) i.memoKey = memo.key;
     this.touch(i);
-    this.host.submit({ ...this.specOf(i), ...limits });
+    if (memo && this.host.lookupMemo) this.host.lookupMemo({ ...this.specOf(i), ...limits }, memo);
+    else this.host.submit({ ...this.specOf(i), ...limits });
     this.audit.push({ type: 'TaskQueued', task: i.name, attempt: i.attempt });
+  }
+
+  /** Whether the task's attempt is queued and not yet handed to the dispatcher's agents (a memo lookup may end it). */
+  awaitsMemo(task: string, attempt: number): boolean {
+    const i = this.instances.get(task);
+    return !this.finished && i !== undefined && i.phase === 'Queued' && i.attempt === attempt;
+  }
+
+  /**
+   * The cache had an output for the queued attempt's key: the task succeeds with it, no agent runs
+   * it. Ignored if the attempt is no longer queued (cancelled, the run finished).
+   */
+  memoHit(task: string, attempt: number, entry: MemoEntry): void {
+    const i = this.instances.get(task);
+    if (!i || !this.awaitsMemo(task, attempt)) return;
+    i.output = entry.output ?? null;
+    i.memo = { workflow: entry.workflow, task: entry.task, attempt: entry.attempt, createdAt: entry.createdAt };
+    i.startedAt ??= iso(this.host.now());
+    this.audit.push({
+      type: 'TaskMemoized',
+      task: i.name,
+      attempt,
+      detail: {
+        key: entry.key,
+        from: `${entry.workflow}/${entry.task}`,
+        fromAttempt: entry.attempt,
+        cachedAt: entry.createdAt,
+      },
+    });
+    this.memoHits.set(i.template, (this.memoHits.get(i.template) ?? 0) + 1);
+    this.succeed(i);
+    i.message =
+      `memoized: output of ${entry.workflow}/${entry.task} attempt ${entry.attempt}, cached ${entry.createdAt}`.slice(
+        0,
+        MAX_MESSAGE,
+      );
+    this.step();
   }
 
   private specOf(i: Instance): TaskSpec {
@@ -834,6 +912,16 @@ export class WorkflowRun {
           i.output = r.output ?? null;
           i.attempt = Math.max(i.attempt, r.attempt);
           this.audit.push({ type: 'TaskSucceeded', task: i.name, attempt: r.attempt, agentId: r.agentId });
+          if (i.memoKey !== undefined && !i.memo)
+            this.host.rememberMemo?.(i.memoKey, {
+              key: i.memoKey,
+              output: i.output,
+              createdAt: iso(this.host.now()),
+              workflow: this.name,
+              task: i.name,
+              attempt: r.attempt,
+              ...(r.agentId && { agentId: r.agentId }),
+            });
           const pending = (i.children ?? []).filter((c) => this.instances.get(c)?.phase !== 'Succeeded');
           if (pending.length > 0) {
             i.ownDone = true;
@@ -1398,12 +1486,14 @@ export class WorkflowRun {
       message = only?.message ?? only?.progress;
     }
     const usage = this.usage.ofTemplate(name);
+    const memoized = this.memoHits.get(name);
     return {
       name,
       phase,
       attempts,
       ...(message && { message: message.slice(0, MAX_MESSAGE) }),
       ...(usage && { usage }),
+      ...(memoized && { memoized }),
     };
   }
 

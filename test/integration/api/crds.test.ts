@@ -529,7 +529,7 @@ const workflowCases: [string, Mutate, string][] = [
     (o) => {
       tasksOf(o)[0] = { name: tasksOf(o)[0]?.name, approval: {}, forEach: '[1, 2]' };
     },
-    'spec.tasks[0].approval: Invalid value: "object": an approval task takes no forEach, retryPolicy or timeoutSeconds',
+    'spec.tasks[0].approval: Invalid value: "object": an approval task takes no forEach, retryPolicy, timeoutSeconds or memoize',
   ],
   [
     'an approval onTimeout that is not Reject or Approve',
