@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { fenceError } from './fence.ts';
-import { decodeJson, type Entry, type Fence, type StateStore } from './store.ts';
+import { decodeJson, type Fence, type StateStore } from './store.ts';
 
 // Memoized task outputs, per namespace: a task with `memoize` whose key (CEL; by default its handler
 // and rendered input) has an entry younger than its maxAgeSeconds is not dispatched; its output is
@@ -11,7 +11,7 @@ import { decodeJson, type Entry, type Fence, type StateStore } from './store.ts'
 export const MAX_MEMO_ENTRIES = 1000;
 /** Bytes of entries one namespace keeps at most. */
 export const MAX_MEMO_BYTES = 16 * 1024 * 1024;
-/** The largest output cached: a bigger one is returned as usual but not kept. */
+/** The largest output cached (its JSON): a bigger one is returned as usual but not kept. */
 export const MAX_MEMO_OUTPUT_BYTES = 256 * 1024;
 
 /** One memoized output, with where it came from. */
@@ -90,9 +90,35 @@ export class MemoCache {
    * MAX_MEMO_OUTPUT_BYTES; a FencedError if a fence no longer holds.
    */
   async put(namespace: string, entry: MemoEntry, fences: Fence[] = []): Promise<void> {
+    const outputBytes = Buffer.byteLength(JSON.stringify(entry.output ?? null));
+    if (outputBytes > MAX_MEMO_OUTPUT_BYTES) throw new MemoTooLargeError(entry.key, outputBytes);
+    return this.serial(namespace, () => this.write(namespace, entry, fences));
+  }
+
+  /**
+   * One write or clear of a namespace at a time (in this process, the leader's): the index is read
+   * once, not by each of a burst of first puts (the last read would drop what the others added), and
+   * an eviction cannot delete an entry a put of the same key is writing anew.
+   */
+  private serial<T>(namespace: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.queues.get(namespace) ?? Promise.resolve();
+    const run = before.then(fn, fn);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.queues.set(namespace, tail);
+    void tail.then(() => {
+      if (this.queues.get(namespace) === tail) this.queues.delete(namespace);
+    });
+    return run;
+  }
+
+  private readonly queues = new Map<string, Promise<void>>();
+
+  private async write(namespace: string, entry: MemoEntry, fences: Fence[]): Promise<void> {
     const body = JSON.stringify(entry);
     const bytes = Buffer.byteLength(body);
-    if (bytes > MAX_MEMO_OUTPUT_BYTES) throw new MemoTooLargeError(entry.key, bytes);
     const res = await this.store
       .txn(fences)
       .then(this.store.client.put(this.path(namespace, entry.key)).value(body))
@@ -114,7 +140,11 @@ export class MemoCache {
   }
 
   /** Removes the entry of `key`, or all of the namespace's; how many went. */
-  async clear(namespace: string, key?: string, fences: Fence[] = []): Promise<number> {
+  clear(namespace: string, key?: string, fences: Fence[] = []): Promise<number> {
+    return this.serial(namespace, () => this.remove(namespace, key, fences));
+  }
+
+  private async remove(namespace: string, key: string | undefined, fences: Fence[]): Promise<number> {
     if (key !== undefined) {
       const res = await this.store
         .txn(fences)
