@@ -64,6 +64,58 @@ export function dataNamespaceStatePath(namespace: string): string {
 }
 
 /**
+ * The namespace's memoized task outputs (a task's `memoize`): `namespaces/<ns>/memo`. GET lists them
+ * (MemoList, newest first, outputs left out), `GET ?key=<key>` returns one with its output (MemoEntryView,
+ * 404 when there is none); DELETE clears them all, or `?key=` the one, and answers MemoCleared. A key
+ * is 1 to MAX_MEMO_KEY_LENGTH characters (src/api/workflow.ts), else 400.
+ * Reading takes `list workflows` in the namespace, clearing `delete workflows`: the cache holds what
+ * the namespace's workflows produced (outputs a run reads instead of running the task), so whoever may
+ * see them is who may list workflows, and dropping them is as much as deleting workflows' results.
+ */
+export function dataNamespaceMemoPath(namespace: string): string {
+  return `/apis/${DATA_GROUP}/${DATA_VERSION}/namespaces/${encodeURIComponent(namespace)}/memo`;
+}
+
+/** One memoized output as listed: where it came from and its size, not the output. */
+export interface MemoItem {
+  /** The memoization key as evaluated. */
+  key: string;
+  workflow: string;
+  task: string;
+  attempt: number;
+  agentId?: string;
+  /** RFC 3339: when the attempt that produced it committed. */
+  createdAt: string;
+  /** The stored entry's size in bytes (output and metadata, as JSON). */
+  bytes: number;
+}
+
+export interface MemoList {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'MemoList';
+  metadata: { namespace: string };
+  items: MemoItem[];
+}
+
+/** One entry with its output (`GET ?key=`). */
+export interface MemoEntryView extends Omit<MemoItem, 'bytes'> {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'MemoEntry';
+  metadata: { namespace: string };
+  output: unknown;
+}
+
+/** The answer to a DELETE: how many entries went (0 for a key that had none). */
+export interface MemoCleared {
+  apiVersion: typeof DATA_API_VERSION;
+  kind: 'MemoCleared';
+  metadata: { namespace: string };
+  /** The one key cleared; absent when all were. */
+  key?: string;
+  deleted: number;
+}
+
+/**
  * Shared state through the data API, the same keys agents read and write (`ctx.state`):
  * GET lists (`prefix=`), or returns one key (`key=`, 404 when absent), or with `watch=true`
  * streams changes as JSON lines (StateEvent) from `resourceVersion=` (the list's revision) on;

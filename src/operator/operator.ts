@@ -485,7 +485,16 @@ export class Operator {
       this.dataApi = await startDataApi({
         client: this.client,
         listen: this.c.dataApi.listen,
-        source: new LeaderDataSource({ store: this.store, fences, engine, dispatcher, workflows, pools, pods }),
+        source: new LeaderDataSource({
+          store: this.store,
+          fences,
+          engine,
+          dispatcher,
+          workflows,
+          pools,
+          pods,
+          memo: engine.memoCache,
+        }),
         identity: () => tls.identity(),
         onIdentityChange: (l) => tls.onIdentityChange(l),
         caBundle: () => tls.caBundle(),

@@ -13,9 +13,12 @@ import {
   type ApprovalResult,
   type AuditVerification,
   DATA_API_VERSION,
+  dataNamespaceMemoPath,
   dataNamespaceStatePath,
   dataPath,
   type LogQuery,
+  type MemoCleared,
+  type MemoList,
   type SignalList,
   type SignalRequest,
   type StateItem,
@@ -274,6 +277,20 @@ export class Cluster {
         accept: 'application/json',
         ...(signal && { signal }),
       });
+    } catch (err) {
+      throw dataApiError(err);
+    }
+  }
+
+  /** The namespace's memoized task outputs, newest first. */
+  memoList(): Promise<MemoList> {
+    return this.data<MemoList>(dataNamespaceMemoPath(this.namespace), {});
+  }
+
+  /** Clears the namespace's memoized outputs, or the one of `key`. */
+  async memoClear(key?: string): Promise<MemoCleared> {
+    try {
+      return await this.request<MemoCleared>('DELETE', dataNamespaceMemoPath(this.namespace), { query: { key } });
     } catch (err) {
       throw dataApiError(err);
     }

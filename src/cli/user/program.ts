@@ -407,6 +407,36 @@ export function buildProgram(io: Io, run: Run, name = programName()): Command {
       );
     });
 
+  const cache = sub(
+    'cache',
+    "the namespace's memoized task outputs",
+    "The namespace's memoization cache: the outputs of tasks with memoize, which a later run takes instead of running the task. Listing takes list on workflows, clearing delete on workflows (agentflow.io).",
+  );
+  cache
+    .command('list')
+    .description('every memoized output, newest first: KEY WORKFLOW TASK ATTEMPT AGE SIZE')
+    .addOption(outputOption(['table', 'json', 'yaml']).default('table'))
+    .action(async function (this: Command) {
+      const o = this.opts<{ output?: 'table' | 'json' | 'yaml' }>();
+      const { cacheList } = await import('./commands/cache.ts');
+      await withCluster(this, (c) => cacheList(c, io, o));
+    });
+  cache
+    .command('clear')
+    .description('drop one memoized output (--key) or every one of the namespace (--all): its task runs again')
+    .option('--key <key>', 'the memoization key of the entry to drop (as `cache list -o json` prints it)')
+    .option('--all', 'drop every entry of the namespace')
+    .addHelpText(
+      'after',
+      `\nExamples:\n  ${name} cache clear --key summary-https://example.com\n  ${name} cache clear --all -n research`,
+    )
+    .action(async function (this: Command) {
+      const o = this.opts<{ key?: string; all?: boolean }>();
+      const m = await import('./commands/cache.ts');
+      const target = m.clearTarget(o);
+      await withCluster(this, (c) => m.cacheClear(c, io, target));
+    });
+
   sub('audit', "a workflow's audit log", "A Workflow's hash-chained audit log.")
     .command('verify')
     .description('check the chain: every entry present, unaltered, linked to the one before (exit 1 if not)')

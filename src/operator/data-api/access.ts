@@ -10,7 +10,7 @@ import type { UserInfo } from './request-header.ts';
 
 export interface Access {
   namespace: string;
-  verb: 'get' | 'list' | 'watch' | 'update';
+  verb: 'get' | 'list' | 'watch' | 'update' | 'delete';
   resource: 'workflows' | 'agentpools';
   /** A subresource with RBAC of its own (workflows/approval, workflows/signal). */
   subresource?: 'approval' | 'signal';

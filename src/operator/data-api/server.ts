@@ -22,11 +22,15 @@ import {
   type DataStatus,
   type DataSubresource,
   type LogQuery,
+  type MemoCleared,
+  type MemoEntryView,
+  type MemoList,
   type SignalList,
   type WorkflowTaskList,
 } from '../../api/data-api.ts';
+import { MAX_MEMO_KEY_LENGTH } from '../../api/workflow.ts';
 import type { Logger } from '../../lib/log.ts';
-import type { Fence, SharedState } from '../../state/index.ts';
+import { type Fence, FencedError, type SharedState } from '../../state/index.ts';
 import type { ApprovalRefusal } from '../../workflow/run.ts';
 import type { Access, AccessReviewer } from './access.ts';
 import { BodyError, readApproval, readSignal } from './control-routes.ts';
@@ -70,6 +74,12 @@ export interface DataSource {
   ): Promise<SignalOutcome>;
   /** The workflow's signals; undefined: no such Workflow. */
   signals(namespace: string, workflow: string): Promise<SignalList | undefined>;
+  /** The namespace's memoized outputs, newest first, without the outputs. */
+  memoList(namespace: string): Promise<MemoList>;
+  /** One memoized output, the output included. */
+  memoEntry(namespace: string, key: string): Promise<MemoOutcome>;
+  /** Clears the namespace's memoized outputs (`key`: that one), fenced by the leadership; how many went. */
+  clearMemo(namespace: string, key?: string): Promise<number>;
 }
 
 export type DecideOutcome =
@@ -78,9 +88,12 @@ export type DecideOutcome =
 export type SignalOutcome =
   | { ok: true; id: string; revision: number }
   | { ok: false; code: 'NoWorkflow' | 'Finished' | 'TooMany'; message: string };
+export type MemoOutcome = { ok: true; entry: MemoEntryView } | { ok: false; code: 'NoMemoEntry'; message: string };
 
-/** How each refused decision or signal answers. */
-const REFUSALS: Record<Exclude<DecideOutcome | SignalOutcome, { ok: true }>['code'], [number, DataStatus['reason']]> = {
+type Outcome = DecideOutcome | SignalOutcome | MemoOutcome;
+
+/** How each refused decision, signal or memo read answers. */
+const REFUSALS: Record<Exclude<Outcome, { ok: true }>['code'], [number, DataStatus['reason']]> = {
   NoWorkflow: [404, 'NotFound'],
   UnknownTask: [404, 'NotFound'],
   NotApproval: [400, 'BadRequest'],
@@ -89,6 +102,7 @@ const REFUSALS: Record<Exclude<DecideOutcome | SignalOutcome, { ok: true }>['cod
   NotLoaded: [503, 'ServiceUnavailable'],
   Finished: [409, 'Conflict'],
   TooMany: [429, 'TooManyRequests'],
+  NoMemoEntry: [404, 'NotFound'],
 };
 
 export interface DataApiOptions {
@@ -145,12 +159,14 @@ function resourceList() {
         kind: 'StateList',
         verbs: ['list', 'update', 'delete', 'watch'],
       },
+      // A collection path: the API server names its GET `list` and its DELETE `deletecollection`.
+      { name: 'memo', singularName: '', namespaced: true, kind: 'MemoList', verbs: ['list', 'deletecollection'] },
     ],
   };
 }
 
-/** A decision's or a signal's outcome, or its refusal as a Status. */
-function refused<T extends DecideOutcome | SignalOutcome>(out: T): Extract<T, { ok: true }> {
+/** A decision's, a signal's or a memo read's outcome, or its refusal as a Status. */
+function refused<T extends Outcome>(out: T): Extract<T, { ok: true }> {
   if (!out.ok) {
     const [code, reason] = REFUSALS[out.code];
     throw new RequestError(code, reason, out.message);
@@ -307,6 +323,11 @@ export class DataApiServer {
       if (!decision.allowed) throw new RequestError(403, 'Forbidden', decision.reason);
       return this.state(req, res, { kind: 'namespace', namespace });
     }
+    if (parts.length === 2 && parts[1] === 'memo' && parts[0]) {
+      const namespace = parts[0];
+      if (!NAME.test(namespace)) throw bad(`namespace: ${JSON.stringify(namespace)} is not a valid namespace name`);
+      return this.memo(req, res, namespace, url.searchParams, user);
+    }
     const [namespace, resource, name, segment, ...rest] = parts;
     const sub = (Object.keys(DATA_SUBRESOURCES) as DataSubresource[]).find(
       (k) => DATA_SUBRESOURCES[k].resource === resource && DATA_SUBRESOURCES[k].path === segment,
@@ -418,6 +439,65 @@ export class DataApiServer {
       id: out.id,
       revision: out.revision,
     });
+  }
+
+  /**
+   * The namespace's memoized outputs. Reading takes `list workflows` there, clearing `delete workflows`:
+   * the entries are what the namespace's workflows produced, and a run takes one instead of running
+   * the task, so dropping them is of a weight with deleting workflows (docs/api.md).
+   */
+  private async memo(
+    req: IncomingMessage,
+    res: ServerResponse,
+    namespace: string,
+    q: URLSearchParams,
+    user: UserInfo,
+  ): Promise<void> {
+    if (req.method !== 'GET' && req.method !== 'DELETE') {
+      throw new RequestError(405, 'MethodNotAllowed', `method ${req.method} is not served on memo (GET, DELETE)`);
+    }
+    const clearing = req.method === 'DELETE';
+    const decision = await this.o.access.review(user, {
+      namespace,
+      verb: clearing ? 'delete' : 'list',
+      resource: 'workflows',
+    });
+    if (!decision.allowed) throw new RequestError(403, 'Forbidden', decision.reason);
+    const key = q.get('key') ?? undefined;
+    if (key !== undefined && key.length === 0)
+      throw bad('query parameter key: must not be empty (leave it out for every entry)');
+    if (key !== undefined && key.length > MAX_MEMO_KEY_LENGTH) {
+      throw bad(
+        `query parameter key: ${key.length} characters, more than a memoization key has (${MAX_MEMO_KEY_LENGTH})`,
+      );
+    }
+    if (!clearing) {
+      if (key === undefined) return this.send(res, 200, await this.o.source.memoList(namespace));
+      return this.send(res, 200, refused(await this.o.source.memoEntry(namespace, key)).entry);
+    }
+    let deleted: number;
+    try {
+      deleted = await this.o.source.clearMemo(namespace, key);
+    } catch (err) {
+      // Leadership moved on between the request and the write: the new leader takes it.
+      if (err instanceof FencedError)
+        throw new RequestError(503, 'ServiceUnavailable', `this operator no longer leads: send again (${err.message})`);
+      throw err;
+    }
+    this.log.info('Memoized outputs cleared', {
+      namespace,
+      ...(key !== undefined && { key: key.slice(0, 128) }),
+      deleted,
+      user: user.username,
+    });
+    const cleared: MemoCleared = {
+      apiVersion: DATA_API_VERSION,
+      kind: 'MemoCleared',
+      metadata: { namespace },
+      ...(key !== undefined && { key }),
+      deleted,
+    };
+    return this.send(res, 200, cleared);
   }
 
   /** A workflow's list, or 404 when there is no such workflow. */

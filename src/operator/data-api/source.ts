@@ -16,6 +16,7 @@ import {
   LOG_DROPPED_LINE,
   LOG_FLUSH_MS,
   type LogQuery,
+  type MemoList,
   type PendingApproval,
   type SignalList,
   type SignalView,
@@ -36,6 +37,7 @@ import type { Dispatcher } from '../../dispatcher/index.ts';
 import {
   AuditLog,
   type Fence,
+  MemoCache,
   SharedState,
   type StateStore,
   TaskClaims,
@@ -48,7 +50,7 @@ import { followLog, readLog } from '../../state/task-logs.ts';
 import type { WorkflowEngine } from '../../workflow/engine.ts';
 import type { InformerView } from '../kube/informer.ts';
 import type { UserInfo } from './request-header.ts';
-import type { DataSource, DecideOutcome, SignalOutcome } from './server.ts';
+import type { DataSource, DecideOutcome, MemoOutcome, SignalOutcome } from './server.ts';
 import type { StateScope } from './state-routes.ts';
 
 const FINISHED_RUN = new Set(['Succeeded', 'Failed', 'Cancelled']);
@@ -65,6 +67,11 @@ export interface LeaderViews {
   workflows: InformerView<Workflow>;
   pools: InformerView<AgentPool>;
   pods: InformerView<V1Pod>;
+  /**
+   * The memo cache the engine writes, when it has one: eviction counts entries in an index the
+   * instance keeps of its own writes, so a clear should go through the same instance to keep it true.
+   */
+  memo?: MemoCache;
 }
 
 function attemptView(r: TaskResult): AttemptView {
@@ -81,11 +88,13 @@ export class LeaderDataSource implements DataSource {
   private readonly v: LeaderViews;
   private readonly records: WorkflowRecords;
   private readonly claims: TaskClaims;
+  private readonly memo: MemoCache;
 
   constructor(v: LeaderViews) {
     this.v = v;
     this.records = new WorkflowRecords(v.store);
     this.claims = new TaskClaims(v.store);
+    this.memo = v.memo ?? new MemoCache(v.store);
   }
 
   private nodeOf(namespace: string, pod: string | undefined): string | undefined {
@@ -297,6 +306,50 @@ export class LeaderDataSource implements DataSource {
       metadata: { namespace, name: workflow, revision: Math.max(sent.revision, taken.revision) },
       items,
     };
+  }
+
+  async memoList(namespace: string): Promise<MemoList> {
+    const items = (await this.memo.list(namespace)).map((m) => ({
+      key: m.key,
+      workflow: m.workflow,
+      task: m.task,
+      attempt: m.attempt,
+      ...(m.agentId !== undefined && { agentId: m.agentId }),
+      createdAt: m.createdAt,
+      bytes: m.bytes,
+    }));
+    return { apiVersion: DATA_API_VERSION, kind: 'MemoList', metadata: { namespace }, items };
+  }
+
+  async memoEntry(namespace: string, key: string): Promise<MemoOutcome> {
+    // Any age: what a task with a shorter maxAgeSeconds would no longer take is still there to see.
+    const e = await this.memo.get(namespace, key);
+    if (!e) {
+      return {
+        ok: false,
+        code: 'NoMemoEntry',
+        message: `no memoized output for key ${JSON.stringify(key.slice(0, 128))} in namespace "${namespace}"`,
+      };
+    }
+    return {
+      ok: true,
+      entry: {
+        apiVersion: DATA_API_VERSION,
+        kind: 'MemoEntry',
+        metadata: { namespace },
+        key: e.key,
+        workflow: e.workflow,
+        task: e.task,
+        attempt: e.attempt,
+        ...(e.agentId !== undefined && { agentId: e.agentId }),
+        createdAt: e.createdAt,
+        output: e.output,
+      },
+    };
+  }
+
+  clearMemo(namespace: string, key?: string): Promise<number> {
+    return this.memo.clear(namespace, key, this.v.fences());
   }
 
   sharedState(scope: StateScope): SharedState | undefined {

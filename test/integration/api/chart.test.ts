@@ -1272,6 +1272,12 @@ describe('chart', () => {
       resources: ['workflows/tasks', 'workflows/log', 'workflows/audit', 'agentpools/agents'],
       verbs: ['get'],
     });
+    // The memo cache is a collection path: the API server asks `list` for a GET, `deletecollection` for a DELETE.
+    expect(shippedDataApi).toContainEqual({
+      apiGroups: ['data.agentflow.io'],
+      resources: ['memo'],
+      verbs: ['list', 'deletecollection'],
+    });
     expect(find(objs, 'ClusterRoleBinding', `${fullname}-data-api`).subjects).toEqual([
       { apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:authenticated' },
     ]);

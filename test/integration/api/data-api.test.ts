@@ -9,16 +9,20 @@ import {
   type AgentList,
   type AuditVerification,
   DATA_APISERVICE,
+  dataNamespaceMemoPath,
   dataNamespaceStatePath,
   dataPath,
   LOG_DROPPED_LINE,
+  type MemoCleared,
+  type MemoEntryView,
+  type MemoList,
   type StateItem,
   type StateList,
   type WorkflowTaskList,
 } from '../../../src/api/data-api.ts';
 import { runUiProxy, type UiProxy } from '../../../src/cli/ui-proxy.ts';
 import { UI_PATH } from '../../../src/operator/data-api/ui-assets.ts';
-import { AuditLog, type StateStore } from '../../../src/state/index.ts';
+import { AuditLog, MemoCache, type StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
 import { RestClient } from '../../cluster/rest.ts';
@@ -233,6 +237,7 @@ describe('the data API through the API server', () => {
       'workflows/approval',
       'workflows/signal',
       'state',
+      'memo',
     ]);
   });
 
@@ -1062,6 +1067,116 @@ describe('approvals and signals', () => {
     expect(badName.message).toContain('body.name: "no spaces" is not a signal name');
     const noRbac = await refusal(signal(bob, wf, 'feedback', null));
     expect(noRbac.message).toContain('cannot update resource "workflows/signal"');
+  });
+});
+
+// The namespace's memoization cache through the API server: entries seeded into the operator's etcd
+// prefix as the engine writes them, read with `list workflows`, cleared only with `delete workflows`
+// (the shipped ClusterRole lets the API server pass `list` and `deletecollection` on memo first).
+describe('memo cache', () => {
+  const memoPath = () => dataNamespaceMemoPath(ns);
+  const LONG_KEY = `summarize:${'https://example.com/'.repeat(5)}`;
+  let frank: RestClient;
+  const refusal = (p: Promise<unknown>) =>
+    p.then(
+      () => ({ status: 200, message: '' }),
+      (e: { status: number; message: string }) => e,
+    );
+  const cli = (kubeconfig: string, args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((res) => {
+      execFile(
+        process.execPath,
+        [resolve('bin/agentflow.mjs'), '-n', ns, ...args],
+        { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', KUBECONFIG: kubeconfig } },
+        (err, stdout, stderr) => res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+
+  beforeAll(async () => {
+    // frank may list and delete workflows: what clearing takes.
+    await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles`, {
+      metadata: { name: 'workflow-deleter' },
+      rules: [{ apiGroups: ['agentflow.io'], resources: ['workflows'], verbs: ['get', 'list', 'delete'] }],
+    });
+    await cluster.client.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+      metadata: { name: 'frank-deletes' },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'workflow-deleter' },
+      subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'frank' }],
+    });
+    frank = RestClient.fromKubeconfig(cluster.userKubeconfig('frank'));
+    const memo = new MemoCache(store);
+    const now = Date.now();
+    for (const [i, key] of ['summary-a', 'summary-b', LONG_KEY].entries()) {
+      await memo.put(ns, {
+        key,
+        output: { summary: `text ${i}` },
+        createdAt: new Date(now - (3 - i) * 1000).toISOString(),
+        workflow: 'report',
+        task: 'summarize',
+        attempt: i + 1,
+        agentId: 'agent-0',
+      });
+    }
+  });
+  afterAll(() => frank?.close());
+
+  it('lists the memo entries newest first without outputs, and one by key with its output', async () => {
+    const list = await alice.get<MemoList>(memoPath());
+    expect(list).toMatchObject({ kind: 'MemoList', metadata: { namespace: ns } });
+    expect(list.items.map((i) => [i.key, i.workflow, i.task, i.attempt, i.agentId])).toEqual([
+      [LONG_KEY, 'report', 'summarize', 3, 'agent-0'],
+      ['summary-b', 'report', 'summarize', 2, 'agent-0'],
+      ['summary-a', 'report', 'summarize', 1, 'agent-0'],
+    ]);
+    for (const i of list.items) {
+      expect(i).not.toHaveProperty('output');
+      expect(i.bytes).toBeGreaterThan(50);
+    }
+    const one = await alice.get<MemoEntryView>(`${memoPath()}?key=${encodeURIComponent(LONG_KEY)}`);
+    expect(one).toMatchObject({ kind: 'MemoEntry', key: LONG_KEY, attempt: 3, output: { summary: 'text 2' } });
+    const missing = await refusal(alice.get(`${memoPath()}?key=nothing-here`));
+    expect(missing.status).toBe(404);
+    expect(missing.message).toContain(`no memoized output for key "nothing-here" in namespace "${ns}"`);
+    const tooLong = await refusal(alice.get(`${memoPath()}?key=${'k'.repeat(1025)}`));
+    expect(tooLong.status).toBe(400);
+    expect(tooLong.message).toContain('query parameter key: 1025 characters, more than a memoization key has (1024)');
+    // bob may not list workflows in ns: he sees none of its memo entries.
+    const bobReads = await refusal(bob.get(memoPath()));
+    expect(bobReads.status).toBe(403);
+    expect(bobReads.message).toContain('User "bob" cannot list resource "workflows" in API group "agentflow.io"');
+    // The CLI's table, with the long key cut to 48 characters.
+    const table = await cli(aliceKubeconfig, ['cache', 'list']);
+    expect(table.code, table.stderr).toBe(0);
+    const rows = table.stdout.trimEnd().split('\n');
+    expect(rows[0]?.split(/ +/)).toEqual(['KEY', 'WORKFLOW', 'TASK', 'ATTEMPT', 'AGE', 'SIZE']);
+    expect(rows.slice(1).map((r) => r.split(/ {3,}/).slice(0, 4))).toEqual([
+      [`${LONG_KEY.slice(0, 47)}…`, 'report', 'summarize', '3'],
+      ['summary-b', 'report', 'summarize', '2'],
+      ['summary-a', 'report', 'summarize', '1'],
+    ]);
+  });
+
+  it('refuses clearing memo entries to a user with list only; clears one by key, then all, with delete', async () => {
+    const byAlice = await refusal(alice.delete(`${memoPath()}?key=summary-a`));
+    expect(byAlice.status).toBe(403);
+    expect(byAlice.message).toContain('User "alice" cannot delete resource "workflows" in API group "agentflow.io"');
+    const byCli = await cli(aliceKubeconfig, ['cache', 'clear', '--all']);
+    expect(byCli.code).toBe(1);
+    expect(byCli.stderr).toContain('Error from server (Forbidden)');
+    expect((await alice.get<MemoList>(memoPath())).items).toHaveLength(3);
+
+    expect(await frank.delete(`${memoPath()}?key=summary-a`)).toEqual({
+      apiVersion: 'data.agentflow.io/v1alpha1',
+      kind: 'MemoCleared',
+      metadata: { namespace: ns },
+      key: 'summary-a',
+      deleted: 1,
+    });
+    expect((await alice.get<MemoList>(memoPath())).items.map((i) => i.key)).toEqual([LONG_KEY, 'summary-b']);
+    expect(await new MemoCache(store).get(ns, 'summary-a')).toBeUndefined();
+    expect(await frank.delete<MemoCleared>(memoPath())).toMatchObject({ kind: 'MemoCleared', deleted: 2 });
+    expect((await alice.get<MemoList>(memoPath())).items).toEqual([]);
+    expect(await new MemoCache(store).list(ns)).toEqual([]);
   });
 });
 

@@ -1,14 +1,22 @@
 // A stand-in for the API server, over plain HTTP, for the CLI's unit tests: it
 // serves Workflows and AgentPools (agentflow.io) and the data API's tasks, log
 // and agents paths (src/api/data-api.ts) from the state the test sets, answers
-// a namespace marked forbidden with 403 Status bodies as the API server does,
+// the namespace's memo cache (namespaces/<ns>/memo), a namespace marked forbidden with 403 Status
+// bodies as the API server does,
 // and records the requests it got. The e2e tests drive the CLI against the
 // real control plane; this one makes exit codes and output checkable in milliseconds.
 import { writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { type AgentList, DATA_GROUP, DATA_VERSION, type TaskView } from '../../../src/api/data-api.ts';
+import {
+  type AgentList,
+  DATA_API_VERSION,
+  DATA_GROUP,
+  DATA_VERSION,
+  type MemoItem,
+  type TaskView,
+} from '../../../src/api/data-api.ts';
 import type { Workflow } from '../../../src/api/workflow.ts';
 
 export interface Recorded {
@@ -26,6 +34,7 @@ export interface FakeState {
   /** key ns/name/task/attempt: the lines; `open` ones keep a followed stream open until closed. */
   logs: Map<string, { lines: string[]; open?: boolean }>;
   agents: Map<string, AgentList>; // key ns/pool
+  memo: Map<string, MemoItem[]>; // key ns
   forbidden: Set<string>; // namespaces
   /** The data API answers 503 (APIService not available). */
   dataApiDown: boolean;
@@ -37,6 +46,7 @@ export class FakeCluster {
     tasks: new Map(),
     logs: new Map(),
     agents: new Map(),
+    memo: new Map(),
     forbidden: new Set(),
     dataApiDown: false,
   };
@@ -153,6 +163,39 @@ export class FakeCluster {
         this.onPatch?.(wf);
       }
       return this.send(res, 200, wf);
+    }
+    m = new RegExp(`^/apis/${DATA_GROUP}/${DATA_VERSION}/namespaces/([^/]+)/memo$`).exec(url.pathname);
+    if (m) {
+      const ns = m[1] as string;
+      if (s.dataApiDown) return this.status(res, 503, 'ServiceUnavailable', 'service unavailable');
+      const verb = req.method === 'DELETE' ? 'delete' : 'list';
+      if (s.forbidden.has(ns)) {
+        return this.status(
+          res,
+          403,
+          'Forbidden',
+          `workflows.agentflow.io is forbidden: User "alice" cannot ${verb} resource "workflows" in API group "agentflow.io" in the namespace "${ns}"`,
+        );
+      }
+      const items = s.memo.get(ns) ?? [];
+      const key = url.searchParams.get('key');
+      if (req.method === 'GET') {
+        return this.send(res, 200, {
+          apiVersion: DATA_API_VERSION,
+          kind: 'MemoList',
+          metadata: { namespace: ns },
+          items,
+        });
+      }
+      const kept = items.filter((i) => key !== null && i.key !== key);
+      s.memo.set(ns, kept);
+      return this.send(res, 200, {
+        apiVersion: DATA_API_VERSION,
+        kind: 'MemoCleared',
+        metadata: { namespace: ns },
+        ...(key !== null && { key }),
+        deleted: items.length - kept.length,
+      });
     }
     m = new RegExp(
       `^/apis/${DATA_GROUP}/${DATA_VERSION}/namespaces/([^/]+)/(workflows|agentpools)/([^/]+)/(tasks|log|agents)$`,
