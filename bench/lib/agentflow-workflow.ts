@@ -7,8 +7,9 @@
 // an in-memory stand-in for the API server (no kube-apiserver is started).
 import type { AgentPool } from '../../src/api/agentpool.ts';
 import type { Workflow, WorkflowSpec } from '../../src/api/workflow.ts';
+import type { WorkflowTemplate } from '../../src/api/workflow-template.ts';
 import { createLogger, type Logger } from '../../src/lib/log.ts';
-import { AGENTPOOLS, resourcePath, WORKFLOWS } from '../../src/operator/kube/client.ts';
+import { AGENTPOOLS, resourcePath, WORKFLOW_TEMPLATES, WORKFLOWS } from '../../src/operator/kube/client.ts';
 import { EventRecorder } from '../../src/operator/kube/events.ts';
 import { WorkflowController } from '../../src/operator/workflow/controller.ts';
 import { WorkflowEngine } from '../../src/workflow/engine.ts';
@@ -129,6 +130,7 @@ export class AgentflowWorkflowSystem {
     this.sys = sys;
     const workflows = this.kube.informer<Workflow>(WORKFLOWS);
     const pools = this.kube.informer<AgentPool>(AGENTPOOLS);
+    const templates = this.kube.informer<WorkflowTemplate>(WORKFLOW_TEMPLATES);
     this.events = new EventRecorder(this.kube, {
       component: 'agentflow-operator',
       host: 'bench',
@@ -153,6 +155,7 @@ export class AgentflowWorkflowSystem {
       client: this.kube,
       workflows,
       pools,
+      templates,
       engine: this.engine,
       events: this.events,
       logger: this.log,

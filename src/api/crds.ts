@@ -2,6 +2,7 @@ import type { TSchema } from '@sinclair/typebox';
 import { stringify } from 'yaml';
 import { AgentPoolSchema } from './agentpool.ts';
 import { WorkflowSchema } from './workflow.ts';
+import { WorkflowTemplateSchema } from './workflow-template.ts';
 
 export const GROUP = 'agentflow.io';
 export const VERSION = 'v1alpha1';
@@ -27,6 +28,8 @@ interface CrdSource {
   schema: TSchema;
   columns: PrinterColumn[];
   scale?: { specReplicasPath: string; statusReplicasPath: string; labelSelectorPath: string };
+  /** Whether it has a status subresource (default true). */
+  status?: boolean;
 }
 
 const SOURCES: CrdSource[] = [
@@ -72,6 +75,20 @@ const SOURCES: CrdSource[] = [
         description: 'Why it failed, what it waits for, or how far it got',
         priority: 1,
       },
+    ],
+  },
+  {
+    names: {
+      kind: 'WorkflowTemplate',
+      plural: 'workflowtemplates',
+      singular: 'workflowtemplate',
+      shortNames: ['awft'],
+    },
+    schema: WorkflowTemplateSchema,
+    status: false,
+    columns: [
+      { name: 'Pool', type: 'string', jsonPath: '.spec.pool', description: 'Default AgentPool' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
     ],
   },
 ];
@@ -125,7 +142,7 @@ export function customResourceDefinitions(): Record<string, unknown>[] {
           served: true,
           storage: true,
           schema: { openAPIV3Schema: toStructural(s.schema) },
-          subresources: { status: {}, ...(s.scale ? { scale: s.scale } : {}) },
+          subresources: { ...(s.status !== false && { status: {} }), ...(s.scale ? { scale: s.scale } : {}) },
           additionalPrinterColumns: s.columns,
         },
       ],

@@ -12,6 +12,7 @@ export interface Problem {
     | 'InvalidSpec'
     | 'DependencyCycle'
     | 'PoolNotFound'
+    | 'TemplateNotFound'
     | 'HandlerNotServed'
     | 'CostOverCapacity'
     | 'InvalidExpression';

@@ -436,67 +436,125 @@ const UsageFigures = {
   costUsd: Type.Number({ minimum: 0 }),
 };
 
+/** The fields a Workflow and a WorkflowTemplate share (all but tasks, inputs and suspend). */
+export const SharedSpecFields = {
+  pool: Type.Optional(PoolRef('Default AgentPool for tasks that name none.')),
+  parallelism: Type.Optional(
+    Type.Integer({
+      minimum: 1,
+      maximum: 100_000,
+      description: 'Most task attempts running at once. Default: no limit.',
+    }),
+  ),
+  priority: Type.Optional(
+    Type.Integer({
+      minimum: -1000,
+      maximum: 1000,
+      // No schema default: a Workflow from a template that sets none takes the template's.
+      description: `Higher runs first when agents are scarce. Default: ${DEFAULT_PRIORITY}.`,
+    }),
+  ),
+  timeoutSeconds: Type.Optional(
+    Type.Integer({
+      minimum: 1,
+      maximum: 2_592_000,
+      description: 'Deadline of the whole workflow, in seconds. Default: none (no deadline).',
+    }),
+  ),
+  retryPolicy: Type.Optional(RetryPolicy),
+  ttlSecondsAfterFinished: Type.Optional(
+    Type.Integer({
+      minimum: 0,
+      maximum: 31_536_000,
+      description:
+        'Delete the workflow (and its records) this many seconds after it finishes. Default: none (kept until deleted).',
+    }),
+  ),
+  budget: Type.Optional(Budget),
+};
+
+const Inputs = FreeObject('Workflow inputs, visible to expressions as inputs.', 256);
+const Suspend = Type.Boolean({ default: false, description: 'Stop dispatching new tasks while true. Default: false.' });
+
+/** spec.tasks of a Workflow and of a WorkflowTemplate. */
+export const WorkflowTasks = Type.Unsafe<Static<typeof WorkflowTask>[]>({
+  type: 'array',
+  minItems: 1,
+  maxItems: MAX_TASKS,
+  items: WorkflowTask,
+  'x-kubernetes-list-type': 'map',
+  'x-kubernetes-list-map-keys': ['name'],
+  description: 'The tasks of the DAG.',
+});
+
+/** The rules of a spec that holds tasks (a Workflow's without a template, a WorkflowTemplate's). */
+export function taskRules(opts: { unlessTemplate?: boolean; poolRule?: boolean } = {}): CelRule[] {
+  const guard = (rule: string) => (opts.unlessTemplate ? `!has(self.tasks) || (${rule})` : rule);
+  return [
+    ...(opts.poolRule === false
+      ? []
+      : [
+          {
+            rule: guard('has(self.pool) || self.tasks.all(t, has(t.pool) || has(t.approval))'),
+            message: 'spec.pool is required unless every task sets pool (approval tasks need none)',
+            fieldPath: '.pool',
+            reason: 'FieldValueRequired' as const,
+          },
+        ]),
+    // sets.contains keeps the estimated cost within budget at 200 tasks x 64
+    // dependencies; a nested exists() over tasks is 8.5x over it.
+    ...dependsOnRules().map((r) => ({ ...r, rule: guard(r.rule) })),
+  ];
+}
+
+/** The spec a run runs: a Workflow's own, or the one its WorkflowTemplate resolved to. */
 export const WorkflowSpec = Type.Object(
   {
-    pool: Type.Optional(PoolRef('Default AgentPool for tasks that name none.')),
-    inputs: Type.Optional(FreeObject('Workflow inputs, visible to expressions as inputs.', 256)),
-    parallelism: Type.Optional(
-      Type.Integer({
-        minimum: 1,
-        maximum: 100_000,
-        description: 'Most task attempts running at once. Default: no limit.',
-      }),
+    ...SharedSpecFields,
+    inputs: Type.Optional(Inputs),
+    suspend: Type.Optional(Suspend),
+    tasks: WorkflowTasks,
+  },
+  { description: 'Desired state of the Workflow.', 'x-kubernetes-validations': taskRules() },
+);
+
+/** Longest WorkflowTemplate name a workflowTemplateRef may give. */
+export const MAX_TEMPLATE_NAME = 253;
+
+/** A Workflow's spec as written: its own tasks, or a WorkflowTemplate's. */
+export const WorkflowObjectSpec = Type.Object(
+  {
+    ...SharedSpecFields,
+    workflowTemplateRef: Type.Optional(
+      Type.Object(
+        {
+          name: Type.String({
+            minLength: 1,
+            maxLength: MAX_TEMPLATE_NAME,
+            pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$',
+            description: "Name of a WorkflowTemplate in the workflow's namespace.",
+          }),
+        },
+        {
+          description:
+            "Run the tasks of a WorkflowTemplate instead of tasks of its own: spec.inputs are checked against the template's parameters (defaults filled in), and the other fields set here override the template's. The run keeps the template as it was when the run started (status.workflowTemplate).",
+        },
+      ),
     ),
-    priority: Type.Optional(
-      Type.Integer({
-        minimum: -1000,
-        maximum: 1000,
-        default: DEFAULT_PRIORITY,
-        description: `Higher runs first when agents are scarce. Default: ${DEFAULT_PRIORITY}.`,
-      }),
-    ),
-    timeoutSeconds: Type.Optional(
-      Type.Integer({
-        minimum: 1,
-        maximum: 2_592_000,
-        description: 'Deadline of the whole workflow, in seconds. Default: none (no deadline).',
-      }),
-    ),
-    retryPolicy: Type.Optional(RetryPolicy),
-    ttlSecondsAfterFinished: Type.Optional(
-      Type.Integer({
-        minimum: 0,
-        maximum: 31_536_000,
-        description:
-          'Delete the workflow (and its records) this many seconds after it finishes. Default: none (kept until deleted).',
-      }),
-    ),
-    suspend: Type.Optional(
-      Type.Boolean({ default: false, description: 'Stop dispatching new tasks while true. Default: false.' }),
-    ),
-    budget: Type.Optional(Budget),
-    tasks: Type.Unsafe<Static<typeof WorkflowTask>[]>({
-      type: 'array',
-      minItems: 1,
-      maxItems: MAX_TASKS,
-      items: WorkflowTask,
-      'x-kubernetes-list-type': 'map',
-      'x-kubernetes-list-map-keys': ['name'],
-      description: 'The tasks of the DAG.',
-    }),
+    inputs: Type.Optional(Inputs),
+    suspend: Type.Optional(Suspend),
+    tasks: Type.Optional(WorkflowTasks),
   },
   {
     description: 'Desired state of the Workflow.',
     'x-kubernetes-validations': [
       {
-        rule: 'has(self.pool) || self.tasks.all(t, has(t.pool) || has(t.approval))',
-        message: 'spec.pool is required unless every task sets pool (approval tasks need none)',
-        fieldPath: '.pool',
+        rule: 'has(self.tasks) != has(self.workflowTemplateRef)',
+        message: 'spec needs exactly one of tasks and workflowTemplateRef',
+        fieldPath: '.tasks',
         reason: 'FieldValueRequired',
       },
-      // sets.contains keeps the estimated cost within budget at 200 tasks x 64
-      // dependencies; a nested exists() over tasks is 8.5x over it.
-      ...dependsOnRules(),
+      ...taskRules({ unlessTemplate: true }),
     ],
   },
 );
@@ -602,6 +660,19 @@ export const WorkflowStatus = Type.Object(
         { maxItems: 1000, description: 'Per-task summary, bounded; full records are in etcd.' },
       ),
     ),
+    workflowTemplate: Type.Optional(
+      Type.Object(
+        {
+          name: Type.String({ maxLength: MAX_TEMPLATE_NAME }),
+          uid: Type.String({ maxLength: 128 }),
+          generation: Type.Integer({ minimum: 0, description: 'The generation of the template the run started with.' }),
+          spec: FreeObject(
+            "The spec the run runs: the template's as it was when the run started, with the workflow's inputs and overrides applied.",
+          ),
+        },
+        { description: 'The WorkflowTemplate the run runs (spec.workflowTemplateRef), as it was when it started.' },
+      ),
+    ),
     conditions: Type.Optional(Conditions),
   },
   { description: 'Observed state of the Workflow.' },
@@ -612,7 +683,7 @@ export const WorkflowSchema = Type.Object(
     apiVersion: Type.String(),
     kind: Type.String(),
     metadata: ObjectMeta,
-    spec: WorkflowSpec,
+    spec: WorkflowObjectSpec,
     status: Type.Optional(WorkflowStatus),
   },
   { description: 'A DAG of tasks run by the agents of AgentPools.' },
@@ -621,6 +692,27 @@ export const WorkflowSchema = Type.Object(
 export type WorkflowTask = Static<typeof WorkflowTask>;
 export type Approval = Static<typeof Approval>;
 export type WorkflowSpec = Static<typeof WorkflowSpec>;
+export type WorkflowObjectSpec = Static<typeof WorkflowObjectSpec>;
 export type Budget = Static<typeof Budget>;
 export type WorkflowStatus = Static<typeof WorkflowStatus>;
 export type Workflow = Static<typeof WorkflowSchema>;
+
+/**
+ * The tasks a Workflow runs: its own, or (spec.workflowTemplateRef) those of the
+ * template as its run started with it (status.workflowTemplate); none before then.
+ */
+export function workflowTasks(wf: RunSpecSource): WorkflowTask[] {
+  const tasks = runSpecOf(wf).tasks;
+  return Array.isArray(tasks) ? tasks : [];
+}
+
+type RunSpecSource = {
+  spec?: Partial<WorkflowObjectSpec>;
+  status?: { workflowTemplate?: { spec?: Record<string, unknown> } };
+};
+
+/** The spec a Workflow's run runs as far as the object tells: its own, or its template's as resolved. */
+export function runSpecOf(wf: RunSpecSource): Partial<WorkflowSpec> {
+  if (!wf.spec?.workflowTemplateRef) return (wf.spec ?? {}) as Partial<WorkflowSpec>;
+  return (wf.status?.workflowTemplate?.spec ?? {}) as Partial<WorkflowSpec>;
+}

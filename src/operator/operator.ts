@@ -2,6 +2,7 @@ import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../api/agentpool.ts';
 import { parsePoolRef } from '../api/sharing.ts';
 import { type Workflow, WorkflowPhases } from '../api/workflow.ts';
+import type { WorkflowTemplate } from '../api/workflow-template.ts';
 import { BackupStatus } from '../backup/status.ts';
 import { Dispatcher } from '../dispatcher/index.ts';
 import { DispatcherMetrics } from '../dispatcher/metrics.ts';
@@ -23,6 +24,7 @@ import {
   PODS,
   type ResourceType,
   resourcePath,
+  WORKFLOW_TEMPLATES,
   WORKFLOWS,
 } from './kube/client.ts';
 import type { ControllerObserver } from './kube/controller.ts';
@@ -340,7 +342,8 @@ export class Operator {
     const pods = new Informer<V1Pod>(this.client, PODS, { logger: log });
     const nodes = new Informer<V1Node>(this.client, NODES, { logger: log });
     const workflows = watched<Workflow>(WORKFLOWS);
-    this.informers = [pools, pods, nodes, workflows] as InformerView<never>[];
+    const templates = watched<WorkflowTemplate>(WORKFLOW_TEMPLATES);
+    this.informers = [pools, pods, nodes, workflows, templates] as InformerView<never>[];
     const poolEvents = new EventRecorder(this.client, {
       component: 'agentflow-operator',
       host: this.c.identity,
@@ -469,6 +472,7 @@ export class Operator {
       client: this.client,
       workflows,
       pools,
+      templates,
       engine: this.engine,
       events,
       logger: log,

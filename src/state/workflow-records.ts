@@ -78,6 +78,8 @@ export interface RunRecord {
   reason?: string;
   /** Hash of the spec the run runs (edits after the start are not applied). */
   specHash?: string;
+  /** The WorkflowTemplate the run runs (spec.workflowTemplateRef), as it was when the run started. */
+  template?: { name: string; uid: string; generation: number };
   /** Times it was retried, and when the latest retry began (the workflow deadline counts from it). */
   retries?: number;
   retriedAt?: string;

@@ -1,5 +1,6 @@
 import { parsePoolRef } from '../api/sharing.ts';
-import type { WorkflowSpec } from '../api/workflow.ts';
+import type { WorkflowObjectSpec, WorkflowSpec } from '../api/workflow.ts';
+import type { TemplateOrigin } from '../api/workflow-template.ts';
 import type { Dispatcher, TaskEvent } from '../dispatcher/index.ts';
 import type { SpawnOutcome, TaskSpec } from '../dispatcher/types.ts';
 import type { Logger } from '../lib/log.ts';
@@ -106,7 +107,11 @@ export class WorkflowEngine {
     namespace: string;
     name: string;
     uid: string;
+    /** The spec to run: the Workflow's own, or the one its WorkflowTemplate resolved to. */
     spec: WorkflowSpec;
+    /** The Workflow's spec when spec came from a template (the run's spec hash is of it). */
+    source?: WorkflowObjectSpec;
+    template?: TemplateOrigin;
     rerunOf?: string;
   }): Promise<WorkflowRun> {
     const k = key(wf.namespace, wf.name);
@@ -149,7 +154,7 @@ export class WorkflowEngine {
     this.runs.set(k, run);
     if (loaded.run?.uid === wf.uid)
       this.log.info('Resumed a workflow run from etcd', { workflow: k, phase: run.phase });
-    else this.log.info('Started a workflow run', { workflow: k, tasks: wf.spec.tasks.length });
+    else this.log.info('Started a workflow run', { workflow: k, tasks: spec.tasks.length });
     run.step();
     this.changed(run);
     return run;

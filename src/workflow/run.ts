@@ -17,10 +17,12 @@ import {
   MAX_LIMIT_KEY_LENGTH,
   MAX_MEMO_KEY_LENGTH,
   MAX_TASK_EXPRESSION_COST,
+  type WorkflowObjectSpec,
   type WorkflowSpec,
   type WorkflowStatus,
   type WorkflowTask,
 } from '../api/workflow.ts';
+import type { TemplateOrigin } from '../api/workflow-template.ts';
 import { isHeldMessage } from '../dispatcher/limits.ts';
 import type { SpawnedChild, SpawnOutcome, SpawnRequest, TaskEvent, TaskSpec } from '../dispatcher/types.ts';
 import { rfc3339 } from '../lib/time.ts';
@@ -205,10 +207,17 @@ function canonicalJson(v: unknown): string {
  * (suspend, ttlSecondsAfterFinished). An edit that changes it is not applied to
  * a run that has started, and a retry under a changed spec is refused.
  */
-export function specHash(spec: WorkflowSpec): string {
+export function specHash(spec: WorkflowSpec | WorkflowObjectSpec): string {
   const { suspend: _s, ttlSecondsAfterFinished: _t, budget: _b, ...fixed } = spec;
   return createHash('sha256').update(canonicalJson(fixed)).digest('hex').slice(0, 16);
 }
+
+const isTemplateOrigin = (v: unknown): v is TemplateOrigin =>
+  typeof v === 'object' &&
+  v !== null &&
+  typeof (v as TemplateOrigin).name === 'string' &&
+  typeof (v as TemplateOrigin).uid === 'string' &&
+  Number.isInteger((v as TemplateOrigin).generation);
 
 /** The task of the spec (or forEach item) a spawned child descends from: `a.3~c~d` -> `a.3`. */
 const rootOf = (name: string): string => name.split('~', 1)[0] as string;
@@ -260,6 +269,8 @@ export class WorkflowRun {
   private deadlineFrom: number;
   /** The spec this run runs (see specHash). */
   readonly specHash: string;
+  /** The WorkflowTemplate the spec came from, as it was when the run started. */
+  readonly template?: TemplateOrigin;
   /** Times a retry re-ran it, and what the last retry request did. */
   retries = 0;
   lastRetry: RetryRecord | undefined;
@@ -276,7 +287,17 @@ export class WorkflowRun {
   version = 0;
 
   constructor(
-    wf: { namespace: string; name: string; uid: string; spec: WorkflowSpec; rerunOf?: string; budget?: Budget },
+    wf: {
+      namespace: string;
+      name: string;
+      uid: string;
+      spec: WorkflowSpec;
+      rerunOf?: string;
+      budget?: Budget;
+      /** The spec as the Workflow writes it when it is not spec itself (a template's): what specHash hashes. */
+      source?: WorkflowObjectSpec;
+      template?: TemplateOrigin;
+    },
     host: RunHost,
     loaded?: { run?: RunRecord; tasks: TaskRecord[]; specSaved?: boolean },
     limits: Partial<RunLimits> = {},
@@ -294,7 +315,10 @@ export class WorkflowRun {
     this.deadlineFrom = this.startedAt;
     const run = loaded?.run?.uid === wf.uid ? loaded.run : undefined;
     // Records written before spec hashes were kept run the spec they are given.
-    this.specHash = run?.specHash ?? specHash(wf.spec);
+    this.specHash = run?.specHash ?? specHash(wf.source ?? wf.spec);
+    // What etcd holds is checked, not trusted: a record without a well-formed template has none.
+    const template = run ? (isTemplateOrigin(run.template) ? run.template : undefined) : wf.template;
+    if (template) this.template = template;
     this.specDirty = !(run && loaded?.specSaved);
     if (run && loaded) this.restore(run, loaded.tasks);
     else {
@@ -428,6 +452,7 @@ export class WorkflowRun {
       ...(this.reason && { reason: this.reason }),
       expanded,
       specHash: this.specHash,
+      ...(this.template && { template: this.template }),
       ...(this.retries > 0 && { retries: this.retries, retriedAt: new Date(this.deadlineFrom).toISOString() }),
       ...(this.lastRetry && { lastRetry: this.lastRetry }),
     };

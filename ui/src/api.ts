@@ -7,6 +7,9 @@ import type { AgentPool } from '../../src/api/agentpool.ts';
 import type { AgentList, WorkflowTaskList } from '../../src/api/data-api.ts';
 import { dataPath, UI_WRITE_HEADER, UI_WRITE_VALUE } from '../../src/api/data-api.ts';
 import type { Workflow } from '../../src/api/workflow.ts';
+
+export { workflowTasks } from '../../src/api/workflow.ts';
+
 import type { UiConfig } from '../../src/cli/ui-proxy.ts';
 
 export type { AgentList, AgentView, AttemptView, TaskView, WorkflowTaskList } from '../../src/api/data-api.ts';

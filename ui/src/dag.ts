@@ -3,7 +3,7 @@
 // phase, children a handler spawned counted on their parent's node. Laid out
 // left to right by dagre (@dagrejs/dagre, the maintained fork of dagre).
 import dagre, { type EdgeLabel, type GraphLabel, type NodeLabel } from '@dagrejs/dagre';
-import type { TaskView, Workflow } from './api.ts';
+import { type TaskView, type Workflow, workflowTasks } from './api.ts';
 import { groupPhase } from './format.ts';
 
 export interface DagNode {
@@ -42,7 +42,7 @@ const NODE = { width: 190, height: 64 };
 const GROUP = { width: 250, height: 96 };
 const MARGIN = 16;
 
-type SpecTask = Workflow['spec']['tasks'][number];
+type SpecTask = ReturnType<typeof workflowTasks>[number];
 type StatusTask = NonNullable<NonNullable<Workflow['status']>['tasks']>[number];
 
 /** The instance a summary from status.tasks stands for, while the task table is not there yet. */
@@ -107,7 +107,7 @@ export function layoutSpec(spec: readonly SpecTask[]): Layout {
  * the Workflow's bounded status.tasks, one summary per spec task, a group's counts in its message.
  */
 export function buildDag(wf: Workflow, tasks: readonly TaskView[] | undefined, layout: Layout): Dag {
-  const spec = wf.spec.tasks;
+  const spec = workflowTasks(wf);
   const summaries = new Map((wf.status?.tasks ?? []).map((t) => [t.name, t]));
   const items: readonly TaskView[] =
     tasks ??

@@ -7,21 +7,24 @@ import { parse as parseYaml } from 'yaml';
  * 3, `-p ok=true` a boolean, `-p x=null` null; anything that is no scalar
  * (`a: b`, `[1, 2]`) or not YAML stays the string as typed, and so does an empty value.
  */
-export function parseParam(text: string): [string, unknown] {
+export function parseParam(text: string): Param {
   const eq = text.indexOf('=');
   if (eq <= 0) throw new InvalidArgumentError(`expected key=value, got ${JSON.stringify(text)}`);
   const key = text.slice(0, eq);
   const raw = text.slice(eq + 1);
-  if (raw === '') return [key, ''];
+  if (raw === '') return [key, '', raw];
   let value: unknown;
   try {
     value = parseYaml(raw);
   } catch {
-    return [key, raw];
+    return [key, raw, raw];
   }
   const scalar = value === null || ['string', 'number', 'boolean'].includes(typeof value);
-  return [key, scalar ? value : raw];
+  return [key, scalar ? value : raw, raw];
 }
+
+/** One -p: its key, its value read as a YAML scalar, and the text as typed (a string parameter takes that). */
+export type Param = [key: string, value: unknown, text: string];
 
 /** A Go-style duration as kubectl's --request-timeout takes it: `30s`, `1m30s`, `500ms`, or bare seconds; 0: none. */
 export function parseDuration(text: string): number {
@@ -47,6 +50,6 @@ export function positiveInt(text: string): number {
 }
 
 /** Collects repeated -p flags. */
-export function collectParam(text: string, previous: [string, unknown][] = []): [string, unknown][] {
+export function collectParam(text: string, previous: Param[] = []): Param[] {
   return [...previous, parseParam(text)];
 }

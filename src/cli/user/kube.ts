@@ -26,6 +26,7 @@ import {
   type WorkflowTaskList,
 } from '../../api/data-api.ts';
 import type { Workflow } from '../../api/workflow.ts';
+import type { WorkflowTemplate } from '../../api/workflow-template.ts';
 import { VERSION } from '../../lib/version.ts';
 import {
   AGENTPOOLS,
@@ -34,6 +35,7 @@ import {
   KubeClient,
   type RequestOptions,
   resourcePath,
+  WORKFLOW_TEMPLATES,
   WORKFLOWS,
 } from '../../operator/kube/client.ts';
 import { CliError } from './errors.ts';
@@ -171,6 +173,10 @@ export class Cluster {
   /** undefined namespace: every namespace. */
   listWorkflows(namespace: string | undefined): Promise<List<Workflow>> {
     return this.kube<List<Workflow>>('GET', resourcePath(WORKFLOWS, namespace === undefined ? {} : { namespace }));
+  }
+
+  getTemplate(name: string): Promise<WorkflowTemplate> {
+    return this.kube<WorkflowTemplate>('GET', resourcePath(WORKFLOW_TEMPLATES, { namespace: this.namespace, name }));
   }
 
   createWorkflow(body: unknown): Promise<Workflow> {

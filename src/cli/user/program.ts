@@ -7,6 +7,7 @@ import { basename } from 'node:path';
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { VERSION_LINE } from '../../lib/version.ts';
 import { collectParam, parseDuration, positiveInt } from './args.ts';
+import type { SubmitOptions } from './commands/submit.ts';
 import { describeFailure, EXIT_OK, EXIT_USAGE, UsageError } from './errors.ts';
 import { type Io, processIo } from './io.ts';
 import type { Cluster, ConnectionOptions } from './kube.ts';
@@ -95,21 +96,31 @@ export function buildProgram(io: Io, run: Run, name = programName()): Command {
     return cmd;
   };
 
-  sub('submit', 'create a Workflow from a file', 'Create a Workflow from a YAML or JSON file.')
-    .requiredOption('-f, --filename <file>', 'the Workflow, YAML or JSON ("-": stdin)')
+  sub(
+    'submit',
+    'create a Workflow from a file or a WorkflowTemplate',
+    'Create a Workflow from a YAML or JSON file, or one that runs a WorkflowTemplate (--from).',
+  )
+    .option('-f, --filename <file>', 'the Workflow, YAML or JSON ("-": stdin)')
+    .option(
+      '--from <workflowtemplate/name>',
+      "a Workflow named <name>-<random> that runs the template, its -p inputs checked against the template's parameters",
+    )
     .option(
       '-p, --param <key=value>',
-      'set spec.inputs.<key> (the value read as a YAML scalar); repeatable',
+      "set spec.inputs.<key> (read as a YAML scalar; as typed for a template's string parameter); repeatable",
       collectParam,
     )
     .option('--generate-name', 'create it as metadata.generateName "<name>-" (a new name each time)')
     .option('-w, --watch', 'then follow it as watch does (and exit as watch does)')
     .addHelpText(
       'after',
-      `\nExamples:\n  ${name} submit -f examples/hello.yaml --watch\n  ${name} submit -f wf.yaml -p topic=rust -p count=3 --generate-name`,
+      `\nExamples:\n  ${name} submit -f examples/hello.yaml --watch\n  ${name} submit -f wf.yaml -p topic=rust -p count=3 --generate-name\n  ${name} submit --from workflowtemplate/research -p topic=etcd --watch`,
     )
     .action(async function (this: Command) {
-      const o = this.opts<{ filename: string; param?: [string, unknown][]; generateName?: boolean; watch?: boolean }>();
+      const o = this.opts<SubmitOptions>();
+      if ((o.filename === undefined) === (o.from === undefined))
+        throw new UsageError('submit takes exactly one of -f <file> and --from workflowtemplate/<name>');
       const { submit } = await import('./commands/submit.ts');
       run.code = await submit(connection(this.optsWithGlobals<GlobalOpts>()), io, o);
     });

@@ -2,7 +2,14 @@
 // a tree in DAG order, and the line-per-change log for output that is not a
 // terminal. Pure functions of a snapshot and the time: the tests call them.
 import type { TaskView } from '../../api/data-api.ts';
-import { DEFAULT_BUDGET_ACTION, DEFAULT_RETRY, type Workflow, type WorkflowTask } from '../../api/workflow.ts';
+import {
+  DEFAULT_BUDGET_ACTION,
+  DEFAULT_RETRY,
+  runSpecOf,
+  type Workflow,
+  type WorkflowTask,
+  workflowTasks,
+} from '../../api/workflow.ts';
 import { formatCount, formatUsd, toNanos } from '../../lib/usage.ts';
 import { clockTime, elapsedMs, formatDuration, oneLine } from './format.ts';
 
@@ -100,7 +107,7 @@ export function instanceOf(name: string): Pick<TaskView, 'template' | 'index' | 
 
 /** Task rows from the Workflow's bounded status.tasks, for when the data API cannot be asked. */
 export function tasksFromStatus(wf: Workflow): TaskView[] {
-  const spec = new Map((wf.spec?.tasks ?? []).map((t) => [t.name, t]));
+  const spec = new Map(workflowTasks(wf).map((t) => [t.name, t]));
   return (wf.status?.tasks ?? []).map((s) => {
     const where = instanceOf(s.name);
     const t = spec.get(where.template);
@@ -136,8 +143,9 @@ function taskDuration(t: TaskView, now: number): number | undefined {
 }
 
 function maxAttempts(wf: Workflow, template: string): number {
-  const t = wf.spec?.tasks?.find((x) => x.name === template);
-  return t?.retryPolicy?.maxAttempts ?? wf.spec?.retryPolicy?.maxAttempts ?? DEFAULT_RETRY.maxAttempts;
+  const spec = runSpecOf(wf);
+  const t = workflowTasks(wf).find((x) => x.name === template);
+  return t?.retryPolicy?.maxAttempts ?? spec.retryPolicy?.maxAttempts ?? DEFAULT_RETRY.maxAttempts;
 }
 
 function attemptCell(t: TaskView, max: number): string {
@@ -334,7 +342,7 @@ function emit(L: Layout, node: Node, prefix: string, last: boolean, rows: Row[])
 /** The task tree's rows, before column layout. */
 function treeRows(snap: Snapshot, now: number, limit: number): Row[] {
   const wf = snap.workflow;
-  const templates = [...(wf.spec?.tasks ?? [])];
+  const templates = [...workflowTasks(wf)];
   const byTemplate = new Map<string, TaskView[]>();
   const children = new Map<string, TaskView[]>();
   for (const t of snap.tasks) {

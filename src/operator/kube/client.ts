@@ -36,6 +36,14 @@ export const WORKFLOWS: ResourceType = {
   namespaced: true,
 };
 
+export const WORKFLOW_TEMPLATES: ResourceType = {
+  group: 'agentflow.io',
+  version: 'v1alpha1',
+  plural: 'workflowtemplates',
+  kind: 'WorkflowTemplate',
+  namespaced: true,
+};
+
 /** What every object has, loosely typed: timestamps arrive as strings, whatever the generated types say. */
 export interface KObject {
   apiVersion?: string;

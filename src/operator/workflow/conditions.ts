@@ -10,7 +10,7 @@ import { type Condition, removeCondition, setCondition } from '../kube/condition
 //               Cancelled, ExpressionFailed, SpawnRefused, InvalidSpec, PoolNotFound,
 //               HandlerNotServed, NoAgentConnected, CostOverCapacity
 //   Suspended   True while spec.suspend holds new tasks back
-//   Waiting     True while something the run needs is missing; reason: PoolNotFound,
+//   Waiting     True while something the run needs is missing; reason: PoolNotFound, TemplateNotFound,
 //               HandlerNotServed, NoAgentConnected, CostOverCapacity. It fails with that
 //               reason once it has waited the operator's --waiting-timeout
 //   SpecApplied False when the spec was edited after the run started (not applied)
@@ -28,7 +28,12 @@ export const CONDITION_TYPES = [
 ] as const;
 
 /** Why a workflow waits: each names what is missing. */
-export type WaitReason = 'PoolNotFound' | 'HandlerNotServed' | 'NoAgentConnected' | 'CostOverCapacity';
+export type WaitReason =
+  | 'PoolNotFound'
+  | 'TemplateNotFound'
+  | 'HandlerNotServed'
+  | 'NoAgentConnected'
+  | 'CostOverCapacity';
 
 export type WorkflowOutcome =
   | { phase: 'Pending' | 'Running' | 'Suspended'; message: string }

@@ -1,15 +1,22 @@
 import { createHash } from 'node:crypto';
 import type { AgentPool } from '../../api/agentpool.ts';
 import { API_VERSION } from '../../api/crds.ts';
+import type { JsonObject } from '../../api/schema-helpers.ts';
 import { parsePoolRef, sharedWith } from '../../api/sharing.ts';
 import { formatProblem, type PoolInfo, type Problem, validateWorkflowSpec } from '../../api/validate.ts';
-import type { Workflow, WorkflowStatus } from '../../api/workflow.ts';
+import type { Workflow, WorkflowSpec, WorkflowStatus } from '../../api/workflow.ts';
 import {
   CANCEL_ANNOTATION,
   RERUN_ANNOTATION,
   RERUN_OF_ANNOTATION,
   RETRY_ANNOTATION,
 } from '../../api/workflow-control.ts';
+import {
+  resolveTemplate,
+  type TemplateOrigin,
+  templateField,
+  type WorkflowTemplate,
+} from '../../api/workflow-template.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { WorkflowEngine } from '../../workflow/engine.ts';
 import { specHash, type WorkflowRun } from '../../workflow/run.ts';
@@ -26,7 +33,12 @@ export { CANCEL_ANNOTATION, RERUN_ANNOTATION, RERUN_OF_ANNOTATION, RETRY_ANNOTAT
 export const DEFAULT_WAITING_TIMEOUT_SECONDS = 600;
 
 /** Problems a change elsewhere (a pool created, scaled or edited) can cure: the workflow waits for them. */
-const CURABLE = new Set<Problem['reason']>(['PoolNotFound', 'HandlerNotServed', 'CostOverCapacity']);
+const CURABLE = new Set<Problem['reason']>([
+  'PoolNotFound',
+  'TemplateNotFound',
+  'HandlerNotServed',
+  'CostOverCapacity',
+]);
 /** Annotations a rerun's copy does not take over: control requests and kubectl's bookkeeping. */
 const NOT_COPIED = [CANCEL_ANNOTATION, RETRY_ANNOTATION, RERUN_ANNOTATION, RERUN_OF_ANNOTATION];
 
@@ -34,6 +46,7 @@ export interface WorkflowControllerOptions {
   client: KubeClient;
   workflows: InformerView<Workflow>;
   pools: InformerView<AgentPool>;
+  templates: InformerView<WorkflowTemplate>;
   engine: WorkflowEngine;
   events: EventRecorder;
   logger: Logger;
@@ -43,6 +56,12 @@ export interface WorkflowControllerOptions {
   statusIntervalMs?: number;
   /** How long a workflow waits for a missing pool or an agent serving a handler before it fails (default 600 s). */
   waitingTimeoutMs?: number;
+}
+
+/** The spec a workflow runs, and the template it came from (spec.workflowTemplateRef). */
+interface Resolved {
+  spec: WorkflowSpec;
+  template?: TemplateOrigin;
 }
 
 interface Written {
@@ -97,6 +116,16 @@ export class WorkflowController {
       }
     };
     o.pools.on({ add: (p) => poolChanged(p), update: (old, p) => poolChanged(p, old), delete: (p) => poolChanged(p) });
+    // A template that appears or changes may be what a workflow that has not started waits for.
+    const templateChanged = (t: WorkflowTemplate) => {
+      const ns = t.metadata.namespace;
+      for (const w of o.workflows.list(
+        (w) => w.metadata.namespace === ns && w.spec.workflowTemplateRef?.name === t.metadata.name,
+      )) {
+        if (w.status?.phase === undefined || w.status.phase === 'Pending') enqueue(w);
+      }
+    };
+    o.templates.on({ add: templateChanged, update: (_, t) => templateChanged(t), delete: templateChanged });
   }
 
   private get waitingTimeoutMs(): number {
@@ -156,24 +185,33 @@ export class WorkflowController {
     let run = this.o.engine.get(namespace, name);
     if (!run || run.uid !== wf.metadata.uid) {
       const phase = wf.status?.phase;
+      let resolved: Resolved;
       if (isFinished(phase) && wf.status?.startedAt !== undefined) {
         // A finished run not in memory (evicted, or after a failover) keeps its status, unless asked
         // to retry, or unless its records say it has not finished: etcd restored from a snapshot
         // taken before it finished. Its records are the truth: it resumes from them.
         const behind = await this.recordsBehind(wf, log);
         if (!retryAsked && !behind) return this.finishedIdle(wf, log);
+        const r = this.resolveSpec(wf);
+        if ('problems' in r) {
+          log.info('A finished run has no spec to resume with', { problem: formatProblem(r.problems[0] as Problem) });
+          return this.finishedIdle(wf, log);
+        }
+        resolved = r;
       } else if (isFinished(phase) && wf.status?.observedGeneration === wf.metadata.generation) {
         // It failed before it started (invalid, or waited too long): a new generation brings it back.
         return this.ttl(wf, log);
       } else {
-        const blocked = await this.checkSpec(wf, log);
-        if (blocked) return blocked;
+        const checked = await this.checkSpec(wf, log);
+        if ('blocked' in checked) return checked.blocked;
+        resolved = checked;
       }
       run = await this.o.engine.ensure({
         namespace,
         name,
         uid: wf.metadata.uid as string,
-        spec: wf.spec,
+        spec: resolved.spec,
+        ...(resolved.template && { source: wf.spec, template: resolved.template }),
         ...(annotations[RERUN_OF_ANNOTATION] && { rerunOf: annotations[RERUN_OF_ANNOTATION] }),
       });
     }
@@ -202,7 +240,8 @@ export class WorkflowController {
     if (!run.finished) {
       const before = run.version;
       // The budget first: resuming from spec.suspend must not start tasks a budget holds back.
-      run.setBudget(wf.spec.budget);
+      // A template's run falls back to the budget it started with (the template's, or the workflow's then).
+      run.setBudget(wf.spec.budget ?? (wf.spec.workflowTemplateRef ? run.spec.budget : undefined));
       run.setSuspended(wf.spec.suspend === true);
       if (run.version !== before) this.o.engine.changed(run);
     }
@@ -228,10 +267,67 @@ export class WorkflowController {
    * its namespace changes, and fails with that reason after the waiting
    * deadline. Returns what to do when the run must not start.
    */
-  private async checkSpec(wf: Workflow, log: Logger): Promise<ReconcileResult | undefined> {
+  private async checkSpec(wf: Workflow, log: Logger): Promise<{ blocked: ReconcileResult } | Resolved> {
     const namespace = wf.metadata.namespace as string;
-    const problems = validateWorkflowSpec(wf.spec, { pools: this.poolInfo(namespace) });
-    if (problems.length === 0) return undefined;
+    const resolved = this.resolveSpec(wf);
+    const templateName = wf.spec.workflowTemplateRef?.name;
+    const problems =
+      'problems' in resolved
+        ? resolved.problems
+        : validateWorkflowSpec(resolved.spec, { pools: this.poolInfo(namespace) }).map((p) =>
+            templateName ? templateField(templateName, p) : p,
+          );
+    if (problems.length === 0 && !('problems' in resolved)) return resolved;
+    return { blocked: await this.blocked(wf, problems, log) };
+  }
+
+  /**
+   * The spec a workflow runs: its own, or its WorkflowTemplate's resolved with
+   * its inputs and overrides. A run that has started keeps the template as it
+   * was then (status.workflowTemplate): after a failover or for a retry, the
+   * template may have changed or gone. A missing template is waited for.
+   */
+  private resolveSpec(wf: Workflow): Resolved | { problems: Problem[] } {
+    const ref = wf.spec.workflowTemplateRef;
+    if (!ref) {
+      if (!wf.spec.tasks)
+        return { problems: [{ field: 'spec.tasks', reason: 'InvalidSpec', message: 'at least one task is required' }] };
+      return { spec: wf.spec as WorkflowSpec };
+    }
+    const kept = wf.status?.workflowTemplate;
+    if (kept && wf.status?.startedAt !== undefined) {
+      return {
+        spec: kept.spec as unknown as WorkflowSpec,
+        template: { name: kept.name, uid: kept.uid, generation: kept.generation },
+      };
+    }
+    const namespace = wf.metadata.namespace as string;
+    const template = this.o.templates.get(`${namespace}/${ref.name}`);
+    if (!template) {
+      return {
+        problems: [
+          {
+            field: 'spec.workflowTemplateRef.name',
+            reason: 'TemplateNotFound',
+            message: `WorkflowTemplate "${ref.name}" not found in namespace ${namespace}`,
+          },
+        ],
+      };
+    }
+    const r = resolveTemplate(wf.spec, { name: ref.name, spec: template.spec });
+    if (!r.spec) return { problems: r.problems };
+    return {
+      spec: r.spec,
+      template: {
+        name: ref.name,
+        uid: template.metadata.uid as string,
+        generation: template.metadata.generation ?? 0,
+      },
+    };
+  }
+
+  /** Fails a workflow whose problems are hopeless, or has it wait for what may still come. */
+  private async blocked(wf: Workflow, problems: Problem[], log: Logger): Promise<ReconcileResult> {
     const key = objectKey(wf);
     const hard = problems.filter((p) => !CURABLE.has(p.reason));
     const conditions = (wf.status?.conditions ?? []) as Condition[];
@@ -292,14 +388,14 @@ export class WorkflowController {
   private runWaiting(
     wf: Workflow,
     run: WorkflowRun,
-  ): { reason: Exclude<WaitReason, 'CostOverCapacity'>; message: string } | undefined {
+  ): { reason: Exclude<WaitReason, 'CostOverCapacity' | 'TemplateNotFound'>; message: string } | undefined {
     const list = run.waiting();
     const first = list[0];
     if (!first) return undefined;
     const namespace = wf.metadata.namespace as string;
     const pool = this.usablePool(namespace, first.pool);
     const tasks = `${first.tasks} queued task(s) of handler "${first.handler}"`;
-    let reason: Exclude<WaitReason, 'CostOverCapacity'>;
+    let reason: Exclude<WaitReason, 'CostOverCapacity' | 'TemplateNotFound'>;
     let message: string;
     if (!pool) {
       reason = 'PoolNotFound';
@@ -508,8 +604,14 @@ export class WorkflowController {
         budget: { over: run.budgetOver(), hasBudget: run.hasBudget },
       }),
     });
+    const keptTemplate = wf.status?.workflowTemplate;
+    const template =
+      run.template && (keptTemplate?.uid !== run.template.uid || keptTemplate.generation !== run.template.generation)
+        ? { workflowTemplate: { ...run.template, spec: run.spec as unknown as JsonObject } }
+        : {};
     await this.writeStatus(wf, {
       ...s,
+      ...template,
       message,
       ...(run.retries > 0 && { retries: run.retries }),
       ...(run.lastRetry && { lastRetry: run.lastRetry }),
@@ -605,7 +707,8 @@ export class WorkflowController {
   }
 
   private async ttl(wf: Workflow, log: Logger): Promise<ReconcileResult | undefined> {
-    const ttl = wf.spec.ttlSecondsAfterFinished;
+    const kept = wf.spec.workflowTemplateRef ? wf.status?.workflowTemplate?.spec.ttlSecondsAfterFinished : undefined;
+    const ttl = wf.spec.ttlSecondsAfterFinished ?? (typeof kept === 'number' ? kept : undefined);
     const finishedAt = wf.status?.finishedAt ? Date.parse(wf.status.finishedAt) : undefined;
     if (ttl === undefined || finishedAt === undefined) return undefined;
     const left = finishedAt + ttl * 1000 - Date.now();

@@ -39,9 +39,13 @@ describe('chart CRDs', () => {
     expect(r.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
   });
 
-  it('render both CRDs, kept on uninstall by default', async () => {
+  it('render every CRD, kept on uninstall by default', async () => {
     const crds = (await render()).filter((d) => d.kind === 'CustomResourceDefinition');
-    expect(crds.map((d) => d.metadata.name).sort()).toEqual(['agentpools.agentflow.io', 'workflows.agentflow.io']);
+    expect(crds.map((d) => d.metadata.name).sort()).toEqual([
+      'agentpools.agentflow.io',
+      'workflows.agentflow.io',
+      'workflowtemplates.agentflow.io',
+    ]);
     for (const d of crds) expect(d.metadata.annotations?.['helm.sh/resource-policy']).toBe('keep');
     // Helm's rendering (brace escaping included) gives exactly the CRDs of deploy/crds.
     for (const d of crds) {
@@ -52,7 +56,7 @@ describe('chart CRDs', () => {
 
   it('drop the keep annotation with crds.keep=false and the CRDs with crds.enabled=false', async () => {
     const crds = (await render('crds.keep=false')).filter((d) => d.kind === 'CustomResourceDefinition');
-    expect(crds).toHaveLength(2);
+    expect(crds).toHaveLength(3);
     for (const d of crds) expect(d.metadata.annotations).toBeUndefined();
     expect((await render('crds.enabled=false')).filter((d) => d.kind === 'CustomResourceDefinition')).toEqual([]);
   });
@@ -69,6 +73,9 @@ describe('chart CRDs', () => {
     );
     expect(r.stdout).toContain(
       'customresourcedefinition.apiextensions.k8s.io/workflows.agentflow.io serverside-applied (server dry run)',
+    );
+    expect(r.stdout).toContain(
+      'customresourcedefinition.apiextensions.k8s.io/workflowtemplates.agentflow.io serverside-applied (server dry run)',
     );
   });
 });

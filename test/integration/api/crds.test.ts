@@ -13,6 +13,7 @@ let cluster: ClusterHandle;
 const ns = uniqueName('crds');
 const examplePool = parseYaml(readFileSync('deploy/examples/agentpool.yaml', 'utf8')) as Obj;
 const exampleWorkflow = parseYaml(readFileSync('deploy/examples/workflow-research.yaml', 'utf8')) as Obj;
+const exampleTemplate = parseYaml(readFileSync('deploy/examples/workflowtemplate-research.yaml', 'utf8')) as Obj;
 
 const clone = <T>(o: T): T => structuredClone(o);
 // biome-ignore lint/suspicious/noExplicitAny: test mutations reach into arbitrary manifest paths
@@ -31,6 +32,7 @@ beforeAll(async () => {
     '--for=condition=Established',
     'crd/agentpools.agentflow.io',
     'crd/workflows.agentflow.io',
+    'crd/workflowtemplates.agentflow.io',
     '--timeout=30s',
   ]);
   expect(est.code).toBe(0);
@@ -576,7 +578,91 @@ const workflowCases: [string, Mutate, string][] = [
     },
     'spec.tasks[0].rateLimits: Too many: 9: must have at most 8 items',
   ],
+  [
+    'both tasks and a workflowTemplateRef',
+    (o) => {
+      o.spec.workflowTemplateRef = { name: 'research' };
+    },
+    'spec.tasks: Required value: spec needs exactly one of tasks and workflowTemplateRef',
+  ],
+  [
+    'neither tasks nor a workflowTemplateRef',
+    (o) => {
+      delete o.spec.tasks;
+    },
+    'spec.tasks: Required value: spec needs exactly one of tasks and workflowTemplateRef',
+  ],
+  [
+    'a workflowTemplateRef that is no object name',
+    (o) => {
+      delete o.spec.tasks;
+      o.spec.workflowTemplateRef = { name: 'Research_Report' };
+    },
+    'spec.workflowTemplateRef.name: Invalid value: "Research_Report"',
+  ],
 ];
+
+const templateCases: [string, Mutate, string][] = [
+  [
+    'a parameter name that is no identifier',
+    (o) => {
+      o.spec.parameters[0].name = 'the-topic';
+    },
+    'spec.parameters[0].name: Invalid value: "the-topic"',
+  ],
+  [
+    'a parameter of an unknown type',
+    (o) => {
+      o.spec.parameters[0].type = 'text';
+    },
+    'spec.parameters[0].type: Unsupported value: "text"',
+  ],
+  [
+    'two parameters of one name',
+    (o) => {
+      o.spec.parameters[1].name = 'topic';
+    },
+    'spec.parameters[1]: Duplicate value: {"name":"topic"}',
+  ],
+  [
+    'more than 64 parameters',
+    (o) => {
+      o.spec.parameters = Array.from({ length: 65 }, (_, i) => ({ name: `p${i}` }));
+    },
+    'spec.parameters: Too many: 65: must have at most 64 items',
+  ],
+  [
+    'no tasks',
+    (o) => {
+      delete o.spec.tasks;
+    },
+    'spec.tasks: Required value',
+  ],
+  [
+    'a dependency on no task',
+    (o) => {
+      o.spec.tasks[2].dependsOn = ['nothing'];
+    },
+    'spec.tasks: Invalid value: "object": task "write" depends on "nothing", which is not a task of spec.tasks',
+  ],
+  [
+    'no pool for a task',
+    (o) => {
+      delete o.spec.pool;
+    },
+    'spec.pool: Required value: spec.pool is required unless every task sets pool',
+  ],
+];
+
+describe('kubectl refuses invalid WorkflowTemplates, naming the field', () => {
+  it.each(templateCases)('%s', async (_what, mutate, expected) => {
+    const o = clone(exampleTemplate);
+    mutate(o);
+    const r = await dryRun(o);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(expected);
+  });
+});
 
 describe('kubectl refuses invalid AgentPools, naming the field', () => {
   it.each(poolCases)('%s', async (_what, mutate, expected) => {
@@ -608,6 +694,31 @@ describe('valid manifests', () => {
     expect(r.stderr).toBe('');
     expect(r.stdout).toContain('agentpool.agentflow.io/researchers created (server dry run)');
     expect(r.stdout).toContain('workflow.agentflow.io/research-report created (server dry run)');
+    expect(r.stdout).toContain('workflowtemplate.agentflow.io/research created (server dry run)');
+  });
+
+  it('accepts a Workflow that names a template and sets only inputs and overrides', async () => {
+    const r = await dryRun({
+      apiVersion: 'agentflow.io/v1alpha1',
+      kind: 'Workflow',
+      metadata: { name: 'from-template' },
+      spec: { workflowTemplateRef: { name: 'research' }, inputs: { topic: 'etcd' }, priority: 7 },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('workflow.agentflow.io/from-template created (server dry run)');
+  });
+
+  it('accepts a template with the most tasks and dependencies (its rules stay within their cost budget)', async () => {
+    const o = clone(exampleTemplate);
+    o.spec.parameters = Array.from({ length: 64 }, (_, i) => ({ name: `p${i}`, enum: ['a', 'b'] }));
+    o.spec.tasks = Array.from({ length: MAX_TASKS }, (_, i) => ({
+      name: `t${i}`,
+      handler: 'h',
+      ...(i > 0 && { dependsOn: Array.from({ length: Math.min(i, MAX_DEPENDENCIES) }, (_, j) => `t${i - 1 - j}`) }),
+    }));
+    const r = await dryRun(o);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('created (server dry run)');
   });
 
   it('accepts the most tasks with the most dependencies (the dependsOn rule stays within its cost budget)', async () => {
@@ -651,7 +762,8 @@ describe('valid manifests', () => {
     expect(pool.spec.placement.scheduler).toBe('agentflow');
     expect(pool.spec.state).toBeUndefined();
     const wf = JSON.parse((await cluster.kubectl(['get', 'awf', 'research-report', '-n', ns, '-o', 'json'])).stdout);
-    expect(wf.spec.priority).toBe(0);
+    // spec.priority has no schema default: a Workflow that runs a template takes the template's.
+    expect(wf.spec.priority).toBeUndefined();
     expect(wf.spec.tasks[0].cost).toBe(1);
     expect(wf.spec.retryPolicy.maxAttempts).toBe(3);
 
@@ -672,7 +784,11 @@ describe('valid manifests', () => {
       'agentpool.agentflow.io/researchers',
       'workflow.agentflow.io/research-report',
       'workflow.agentflow.io/review-notes',
+      'workflowtemplate.agentflow.io/research',
     ]);
+    const templates = await cluster.kubectl(['get', 'awft', '-n', ns]);
+    expect(templates.stdout.split('\n')[0]?.split(/\s+/)).toEqual(['NAME', 'POOL', 'AGE']);
+    expect(templates.stdout.split('\n')[1]?.split(/\s+/).slice(0, 2)).toEqual(['research', 'researchers']);
   });
 
   it('scales an AgentPool through the scale subresource (kubectl scale)', async () => {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AgentPoolSchema } from '../../../src/api/agentpool.ts';
 import { WorkflowSchema } from '../../../src/api/workflow.ts';
+import { WorkflowTemplateSchema } from '../../../src/api/workflow-template.ts';
 
 // kubectl explain prints a field's description, not its `default:` (see
 // test/integration/api/explain.test.ts): each default must be said in words.
@@ -18,11 +19,16 @@ describe('every default is in its description', () => {
   const fields = [
     ...defaulted(WorkflowSchema as Node, 'workflow', []),
     ...defaulted(AgentPoolSchema as Node, 'agentpool', []),
+    ...defaulted(WorkflowTemplateSchema as Node, 'workflowtemplate', []),
   ];
 
   it('finds the defaulted fields', () => {
     expect(fields.map(([path]) => path)).toEqual(
-      expect.arrayContaining(['workflow.spec.retryPolicy.maxAttempts', 'agentpool.spec.agent.capacity']),
+      expect.arrayContaining([
+        'workflow.spec.retryPolicy.maxAttempts',
+        'agentpool.spec.agent.capacity',
+        'workflowtemplate.spec.parameters[].type',
+      ]),
     );
   });
 

@@ -30,6 +30,7 @@ export interface Recorded {
 
 export interface FakeState {
   workflows: Map<string, Workflow>; // key ns/name
+  templates: Map<string, unknown>; // key ns/name: WorkflowTemplates
   tasks: Map<string, TaskView[]>; // key ns/name
   /** key ns/name/task/attempt: the lines; `open` ones keep a followed stream open until closed. */
   logs: Map<string, { lines: string[]; open?: boolean }>;
@@ -43,6 +44,7 @@ export interface FakeState {
 export class FakeCluster {
   readonly state: FakeState = {
     workflows: new Map(),
+    templates: new Map(),
     tasks: new Map(),
     logs: new Map(),
     agents: new Map(),
@@ -122,6 +124,12 @@ export class FakeCluster {
     this.requests.push(r);
     this.onRequest?.(r);
     const s = this.state;
+    const t = /^\/apis\/agentflow\.io\/v1alpha1\/namespaces\/([^/]+)\/workflowtemplates\/([^/]+)$/.exec(url.pathname);
+    if (t && req.method === 'GET') {
+      const found = s.templates.get(`${t[1]}/${t[2]}`);
+      if (!found) return this.status(res, 404, 'NotFound', `workflowtemplates.agentflow.io "${t[2]}" not found`);
+      return this.send(res, 200, found);
+    }
     let m = /^\/apis\/agentflow\.io\/v1alpha1\/(?:namespaces\/([^/]+)\/)?(workflows|agentpools)(?:\/([^/]+))?$/.exec(
       url.pathname,
     );

@@ -31,7 +31,7 @@ const SPEC = {
 
 beforeEach(() => {
   const s = fake.state;
-  for (const m of [s.workflows, s.tasks, s.logs, s.agents]) m.clear();
+  for (const m of [s.workflows, s.templates, s.tasks, s.logs, s.agents]) m.clear();
   s.forbidden.clear();
   s.dataApiDown = false;
   fake.requests.length = 0;
@@ -266,6 +266,88 @@ describe('submit', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^error: -f .*none\.yaml: ENOENT/);
     expect(fake.requests).toEqual([]);
+  });
+});
+
+describe('submit --from workflowtemplate/NAME', () => {
+  const research = {
+    apiVersion: 'agentflow.io/v1alpha1',
+    kind: 'WorkflowTemplate',
+    metadata: { name: 'research', namespace: NS },
+    spec: {
+      parameters: [
+        { name: 'topic', type: 'string', required: true },
+        { name: 'version', type: 'string' },
+        { name: 'depth', type: 'integer', default: 2 },
+        { name: 'style', type: 'string', enum: ['brief', 'long'] },
+      ],
+      pool: 'p',
+      tasks: [{ name: 'a', handler: 'h' }],
+    },
+  };
+  beforeEach(() => fake.state.templates.set(`${NS}/research`, research));
+
+  it("creates a Workflow that runs the template, each -p as its parameter's type wants it", async () => {
+    const r = await run([
+      'submit',
+      '--from',
+      'workflowtemplate/research',
+      '-p',
+      'topic=yes',
+      '-p',
+      'version=3.10',
+      '-p',
+      'depth=4',
+    ]);
+    expect(r).toEqual({ code: 0, stdout: 'workflow.agentflow.io/research-x7k2q created\n', stderr: '' });
+    expect(paths()).toEqual([
+      `GET /apis/agentflow.io/v1alpha1/namespaces/${NS}/workflowtemplates/research`,
+      `POST /apis/agentflow.io/v1alpha1/namespaces/${NS}/workflows`,
+    ]);
+    expect(fake.requests[1]?.body).toEqual({
+      apiVersion: 'agentflow.io/v1alpha1',
+      kind: 'Workflow',
+      metadata: { generateName: 'research-', namespace: NS },
+      // A string parameter takes the text as typed: "yes" is no boolean, "3.10" no 3.1.
+      spec: { workflowTemplateRef: { name: 'research' }, inputs: { topic: 'yes', version: '3.10', depth: 4 } },
+    });
+  });
+
+  it('refuses inputs the template would refuse, naming each -p, and creates nothing', async () => {
+    const r = await run([
+      'submit',
+      '--from',
+      'wftmpl/research',
+      '-p',
+      'depth=deep',
+      '-p',
+      'topik=x',
+      '-p',
+      'style=epic',
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(
+      [
+        'error: workflowtemplate/research refuses the inputs:',
+        '  -p depth: parameter "depth" of WorkflowTemplate "research" must be an integer, not string "deep"',
+        '  -p topik: WorkflowTemplate "research" has no parameter "topik" (it declares topic, version, depth, style)',
+        '  -p style: parameter "style" of WorkflowTemplate "research" must be one of "brief", "long"',
+        '  -p topic: WorkflowTemplate "research" requires parameter "topic"',
+        '',
+      ].join('\n'),
+    );
+    expect(fake.requests.filter((q) => q.method === 'POST')).toEqual([]);
+  });
+
+  it('names a template that is not there, and a --from that is no template', async () => {
+    const missing = await run(['submit', '--from', 'workflowtemplate/nope']);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/workflowtemplates\.agentflow\.io "nope" not found/);
+    const bad = await run(['submit', '--from', 'template/Research']);
+    expect(bad.stderr).toBe(
+      'error: --from template/Research: expected workflowtemplate/<name>, a WorkflowTemplate\'s name (lower-case alphanumerics, "-" and ".")\n',
+    );
+    expect(fake.requests.filter((q) => q.method === 'POST')).toEqual([]);
   });
 });
 

@@ -2,7 +2,7 @@
 // on the Workflow, and the task table polled every second while it runs), and
 // the pane of the selected task or group.
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { type ApiError, sleep, type TaskView, tasksOf, type Workflow } from '../api.ts';
+import { type ApiError, sleep, type TaskView, tasksOf, type Workflow, workflowTasks } from '../api.ts';
 import { buildDag, type Dag, type DagNode, edgePath, layoutSpec } from '../dag.ts';
 import { countsText, duration, isFinal, phaseCounts, time } from '../format.ts';
 import { ErrorBox, href, Phase, useNow } from './common.tsx';
@@ -180,7 +180,7 @@ export function WorkflowPage({ ns, name, task }: { ns: string; name: string; tas
   const { tasks, error: tasksError } = useTasks(ns, name, wf);
   const now = useNow(1000);
   const generation = wf?.metadata.generation;
-  const layout = useMemo(() => (wf ? layoutSpec(wf.spec.tasks) : undefined), [name, generation, wf !== undefined]);
+  const layout = useMemo(() => (wf ? layoutSpec(workflowTasks(wf)) : undefined), [name, generation, wf !== undefined]);
   const dag = wf && layout ? buildDag(wf, tasks, layout) : undefined;
   const select = (t: string | undefined) => {
     location.hash = href.workflow(ns, name, t);

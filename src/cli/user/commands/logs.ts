@@ -4,6 +4,7 @@
 // streamed output (ctx.stream) instead, printed exactly as streamed.
 import type { IncomingMessage } from 'node:http';
 import type { TaskView } from '../../../api/data-api.ts';
+import { workflowTasks } from '../../../api/workflow.ts';
 import { KubeApiError } from '../../../operator/kube/client.ts';
 import type { Io } from '../io.ts';
 import type { Cluster } from '../kube.ts';
@@ -101,7 +102,7 @@ async function taskOnceThere(cluster: Cluster, workflow: string, task: string): 
       if (!(err instanceof KubeApiError) || err.status !== 404) throw err;
       const wf = await cluster.getWorkflow(workflow);
       const template = task.split(/[.~]/)[0];
-      const known = (wf.spec?.tasks ?? []).some((t) => t.name === template);
+      const known = workflowTasks(wf).some((t) => t.name === template);
       if (!known || FINAL_WORKFLOW_PHASES.has(wf.status?.phase ?? '')) throw err;
       await sleep(POLL_MS);
     }

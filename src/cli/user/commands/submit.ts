@@ -1,6 +1,10 @@
 // submit: creates a Workflow from a YAML or JSON file (or stdin), with inputs set from -p.
 import { readFile } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
+import type { JsonObject, JsonValue } from '../../../api/schema-helpers.ts';
+import { MAX_TEMPLATE_NAME } from '../../../api/workflow.ts';
+import { DEFAULT_PARAMETER_TYPE, resolveInputs, type WorkflowTemplate } from '../../../api/workflow-template.ts';
+import type { Param } from '../args.ts';
 import { CliError } from '../errors.ts';
 import type { Io } from '../io.ts';
 import { type Cluster, type ConnectionOptions, connect, WORKFLOW_API_VERSION, WORKFLOW_RESOURCE } from '../kube.ts';
@@ -41,8 +45,10 @@ export function parseWorkflowFile(text: string, where: string): WorkflowDoc {
 }
 
 export interface SubmitOptions {
-  filename: string;
-  param?: [string, unknown][];
+  filename?: string;
+  /** workflowtemplate/<name>: a Workflow that runs that template (spec.workflowTemplateRef). */
+  from?: string;
+  param?: Param[];
   generateName?: boolean;
   watch?: boolean;
 }
@@ -61,17 +67,73 @@ export function workflowToCreate(doc: WorkflowDoc, o: SubmitOptions, where: stri
     );
   }
   const spec = { ...(doc.spec ?? {}) };
-  if (o.param?.length) spec.inputs = { ...(spec.inputs ?? {}), ...Object.fromEntries(o.param) };
+  if (o.param?.length) spec.inputs = { ...(spec.inputs ?? {}), ...Object.fromEntries(o.param.map(([k, v]) => [k, v])) };
   return { ...doc, apiVersion: WORKFLOW_API_VERSION, kind: 'Workflow', metadata, spec };
 }
 
+/** `workflowtemplate/NAME` (also `template/`, `wftmpl/`, `awft/`, `workflowtemplates/`) -> NAME. */
+export function templateNameOf(from: string): string {
+  const m = /^(?:workflowtemplates?|wftmpl|awft|template)\/(.+)$/.exec(from);
+  const name = m?.[1];
+  if (!name || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name) || name.length > MAX_TEMPLATE_NAME) {
+    throw new CliError(
+      `--from ${from}: expected workflowtemplate/<name>, a WorkflowTemplate's name (lower-case alphanumerics, "-" and ".")`,
+    );
+  }
+  return name;
+}
+
+/**
+ * The Workflow that runs a template with the -p inputs: each value as its
+ * parameter's type wants it (a string parameter takes the text as typed, so
+ * `-p version=3.10` stays "3.10"), checked against the parameters as the
+ * operator will check them, so a wrong input fails here, naming its -p.
+ */
+export function workflowFromTemplate(template: WorkflowTemplate, o: SubmitOptions): WorkflowDoc {
+  const name = template.metadata.name as string;
+  const parameters = template.spec.parameters ?? [];
+  const inputs: JsonObject = {};
+  for (const [key, value, text] of o.param ?? []) {
+    const p = parameters.find((x) => x.name === key);
+    inputs[key] = ((p?.type ?? DEFAULT_PARAMETER_TYPE) === 'string' ? text : value) as JsonValue;
+  }
+  const { problems } = resolveInputs(name, parameters, inputs);
+  if (problems.length > 0) {
+    const lines = problems.map((p) => `  -p ${p.field.replace(/^spec\.inputs\./, '')}: ${p.message}`);
+    throw new CliError(`workflowtemplate/${name} refuses the inputs:\n${lines.join('\n')}`);
+  }
+  return {
+    apiVersion: WORKFLOW_API_VERSION,
+    kind: 'Workflow',
+    metadata: { generateName: `${name}-` },
+    spec: { workflowTemplateRef: { name }, ...(Object.keys(inputs).length > 0 && { inputs }) },
+  };
+}
+
+/** Sends the Workflow (-f) or one that runs a template (--from: program.ts sees that exactly one is given). */
 export async function submit(conn: ConnectionOptions, io: Io, o: SubmitOptions): Promise<number> {
-  const where = o.filename === '-' ? 'stdin' : o.filename;
+  if (o.from !== undefined) {
+    const templateName = templateNameOf(o.from);
+    const cluster: Cluster = await connect(conn);
+    try {
+      const template = await cluster.getTemplate(templateName);
+      const body = workflowFromTemplate(template, o);
+      (body.metadata as { namespace?: string }).namespace = cluster.namespace;
+      const created = await cluster.createWorkflow(body);
+      const name = created.metadata?.name ?? '';
+      io.out(`${WORKFLOW_RESOURCE}/${name} created\n`);
+      return o.watch ? await watchWorkflow(cluster, name, io) : 0;
+    } finally {
+      cluster.close();
+    }
+  }
+  const filename = o.filename as string;
+  const where = filename === '-' ? 'stdin' : filename;
   let text: string;
   try {
-    text = o.filename === '-' ? await io.readStdin() : await readFile(o.filename, 'utf8');
+    text = filename === '-' ? await io.readStdin() : await readFile(filename, 'utf8');
   } catch (err) {
-    throw new CliError(`-f ${o.filename}: ${(err as Error).message}`);
+    throw new CliError(`-f ${filename}: ${(err as Error).message}`);
   }
   const body = workflowToCreate(parseWorkflowFile(text, where), o, where);
   const fileNamespace = body.metadata?.namespace;
