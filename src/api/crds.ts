@@ -1,6 +1,7 @@
 import type { TSchema } from '@sinclair/typebox';
 import { stringify } from 'yaml';
 import { AgentPoolSchema } from './agentpool.ts';
+import { CronWorkflowSchema } from './cron-workflow.ts';
 import { WorkflowSchema } from './workflow.ts';
 import { WorkflowTemplateSchema } from './workflow-template.ts';
 
@@ -89,6 +90,29 @@ const SOURCES: CrdSource[] = [
     columns: [
       { name: 'Pool', type: 'string', jsonPath: '.spec.pool', description: 'Default AgentPool' },
       { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+    ],
+  },
+  {
+    names: { kind: 'CronWorkflow', plural: 'cronworkflows', singular: 'cronworkflow', shortNames: ['acwf'] },
+    schema: CronWorkflowSchema,
+    columns: [
+      { name: 'Schedule', type: 'string', jsonPath: '.spec.schedule', description: 'When runs start' },
+      { name: 'Timezone', type: 'string', jsonPath: '.spec.timeZone', description: 'Time zone of the schedule' },
+      { name: 'Suspend', type: 'boolean', jsonPath: '.spec.suspend', description: 'No run starts while true' },
+      {
+        name: 'Last Schedule',
+        type: 'date',
+        jsonPath: '.status.lastScheduleTime',
+        description: 'Scheduled time of the latest run',
+      },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+      {
+        name: 'Next',
+        type: 'date',
+        jsonPath: '.status.nextScheduleTime',
+        description: 'When the next run is due',
+        priority: 1,
+      },
     ],
   },
 ];

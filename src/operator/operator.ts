@@ -1,5 +1,6 @@
 import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import type { AgentPool } from '../api/agentpool.ts';
+import type { CronWorkflow } from '../api/cron-workflow.ts';
 import { parsePoolRef } from '../api/sharing.ts';
 import { type Workflow, WorkflowPhases } from '../api/workflow.ts';
 import type { WorkflowTemplate } from '../api/workflow-template.ts';
@@ -13,10 +14,12 @@ import { type Fence, StateStore } from '../state/index.ts';
 import { WorkflowEngine } from '../workflow/engine.ts';
 import type { RunLimits } from '../workflow/run.ts';
 import { KubeAgentAuth } from './agent-auth.ts';
+import { CronWorkflowController } from './cron/controller.ts';
 import { type DataApiHandle, LeaderDataSource, startDataApi } from './data-api/index.ts';
 import { DispatcherTls, TlsMaterialError } from './dispatcher-tls.ts';
 import {
   AGENTPOOLS,
+  CRON_WORKFLOWS,
   type KObject,
   KubeClient,
   type KubeSource,
@@ -96,6 +99,7 @@ export class Operator {
   private informers: InformerView<never>[] = [];
   private pools: PoolController | undefined;
   private workflows: WorkflowController | undefined;
+  private crons: CronWorkflowController | undefined;
   private engine: WorkflowEngine | undefined;
   private readonly backups: BackupStatus;
   private dispatcher: Dispatcher | undefined;
@@ -181,6 +185,7 @@ export class Operator {
       collect: () => {
         if (this.pools) queueDepth.set({ controller: 'agentpool' }, this.pools.controller.queue.length);
         if (this.workflows) queueDepth.set({ controller: 'workflow' }, this.workflows.controller.queue.length);
+        if (this.crons) queueDepth.set({ controller: 'cronworkflow' }, this.crons.controller.queue.length);
       },
     });
     // What the leader's informer caches hold (a standby shows none).
@@ -282,6 +287,7 @@ export class Operator {
     const term = {
       pools: this.pools,
       workflows: this.workflows,
+      crons: this.crons,
       engine: this.engine,
       dispatcher: this.dispatcher,
       tls: this.tls,
@@ -291,11 +297,13 @@ export class Operator {
     this.dataApi = undefined;
     this.pools = undefined;
     this.workflows = undefined;
+    this.crons = undefined;
     this.engine = undefined;
     this.dispatcher = undefined;
     this.tls = undefined;
     this.informers = [];
     await term.pools?.stop();
+    await term.crons?.stop();
     await term.workflows?.stop();
     await term.dataApi?.stop();
     await term.engine?.stop();
@@ -343,7 +351,8 @@ export class Operator {
     const nodes = new Informer<V1Node>(this.client, NODES, { logger: log });
     const workflows = watched<Workflow>(WORKFLOWS);
     const templates = watched<WorkflowTemplate>(WORKFLOW_TEMPLATES);
-    this.informers = [pools, pods, nodes, workflows, templates] as InformerView<never>[];
+    const crons = watched<CronWorkflow>(CRON_WORKFLOWS);
+    this.informers = [pools, pods, nodes, workflows, templates, crons] as InformerView<never>[];
     const poolEvents = new EventRecorder(this.client, {
       component: 'agentflow-operator',
       host: this.c.identity,
@@ -480,10 +489,19 @@ export class Operator {
       observer: this.observer,
       ...(this.c.waitingTimeoutSeconds !== undefined && { waitingTimeoutMs: this.c.waitingTimeoutSeconds * 1000 }),
     });
+    this.crons = new CronWorkflowController({
+      client: this.client,
+      crons,
+      workflows,
+      events,
+      logger: log,
+      observer: this.observer,
+    });
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync(leadership.signal)));
     this.pools.start();
     this.workflows.start();
+    this.crons.start();
     if (this.c.dataApi) {
       const engine = this.engine;
       this.dataApi = await startDataApi({

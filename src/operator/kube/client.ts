@@ -36,6 +36,13 @@ export const WORKFLOWS: ResourceType = {
   namespaced: true,
 };
 
+export const CRON_WORKFLOWS: ResourceType = {
+  group: 'agentflow.io',
+  version: 'v1alpha1',
+  plural: 'cronworkflows',
+  kind: 'CronWorkflow',
+  namespaced: true,
+};
 export const WORKFLOW_TEMPLATES: ResourceType = {
   group: 'agentflow.io',
   version: 'v1alpha1',

@@ -43,6 +43,7 @@ describe('chart CRDs', () => {
     const crds = (await render()).filter((d) => d.kind === 'CustomResourceDefinition');
     expect(crds.map((d) => d.metadata.name).sort()).toEqual([
       'agentpools.agentflow.io',
+      'cronworkflows.agentflow.io',
       'workflows.agentflow.io',
       'workflowtemplates.agentflow.io',
     ]);
@@ -56,7 +57,7 @@ describe('chart CRDs', () => {
 
   it('drop the keep annotation with crds.keep=false and the CRDs with crds.enabled=false', async () => {
     const crds = (await render('crds.keep=false')).filter((d) => d.kind === 'CustomResourceDefinition');
-    expect(crds).toHaveLength(3);
+    expect(crds).toHaveLength(4);
     for (const d of crds) expect(d.metadata.annotations).toBeUndefined();
     expect((await render('crds.enabled=false')).filter((d) => d.kind === 'CustomResourceDefinition')).toEqual([]);
   });
@@ -76,6 +77,9 @@ describe('chart CRDs', () => {
     );
     expect(r.stdout).toContain(
       'customresourcedefinition.apiextensions.k8s.io/workflowtemplates.agentflow.io serverside-applied (server dry run)',
+    );
+    expect(r.stdout).toContain(
+      'customresourcedefinition.apiextensions.k8s.io/cronworkflows.agentflow.io serverside-applied (server dry run)',
     );
   });
 });

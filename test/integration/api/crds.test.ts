@@ -33,6 +33,7 @@ beforeAll(async () => {
     'crd/agentpools.agentflow.io',
     'crd/workflows.agentflow.io',
     'crd/workflowtemplates.agentflow.io',
+    'crd/cronworkflows.agentflow.io',
     '--timeout=30s',
   ]);
   expect(est.code).toBe(0);
@@ -653,6 +654,101 @@ const templateCases: [string, Mutate, string][] = [
     'spec.pool: Required value: spec.pool is required unless every task sets pool',
   ],
 ];
+
+const exampleCron: Obj = {
+  apiVersion: 'agentflow.io/v1alpha1',
+  kind: 'CronWorkflow',
+  metadata: { name: 'nightly-report' },
+  spec: {
+    schedule: '0 3 * * *',
+    timeZone: 'Europe/Paris',
+    workflowSpec: { workflowTemplateRef: { name: 'research' }, inputs: { topic: 'etcd' } },
+  },
+};
+
+const cronCases: [string, Mutate, string][] = [
+  [
+    'a name too long for its runs',
+    (o) => {
+      o.metadata.name = 'c'.repeat(53);
+    },
+    'metadata.name must be at most 52 characters (its runs add -<unix time>)',
+  ],
+  [
+    'a schedule of four fields',
+    (o) => {
+      o.spec.schedule = '0 3 * *';
+    },
+    'spec.schedule: Invalid value: "0 3 * *": spec.schedule in body should match',
+  ],
+  [
+    'an @every schedule',
+    (o) => {
+      o.spec.schedule = '@every 5m';
+    },
+    'spec.schedule: Invalid value: "@every 5m"',
+  ],
+  [
+    'an unknown concurrencyPolicy',
+    (o) => {
+      o.spec.concurrencyPolicy = 'Queue';
+    },
+    'spec.concurrencyPolicy: Unsupported value: "Queue": supported values: "Allow", "Forbid", "Replace"',
+  ],
+  [
+    'a negative startingDeadlineSeconds',
+    (o) => {
+      o.spec.startingDeadlineSeconds = -1;
+    },
+    'spec.startingDeadlineSeconds: Invalid value: -1',
+  ],
+  [
+    'a workflowSpec with tasks and a template',
+    (o) => {
+      o.spec.workflowSpec.tasks = [{ name: 'a', handler: 'h' }];
+    },
+    'spec.workflowSpec.tasks: Required value: spec needs exactly one of tasks and workflowTemplateRef',
+  ],
+  [
+    'no workflowSpec',
+    (o) => {
+      delete o.spec.workflowSpec;
+    },
+    'spec.workflowSpec: Required value',
+  ],
+];
+
+describe('kubectl refuses invalid CronWorkflows, naming the field', () => {
+  it.each(cronCases)('%s', async (_what, mutate, expected) => {
+    const o = clone(exampleCron);
+    mutate(o);
+    const r = await dryRun(o);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(expected);
+  });
+
+  it('fills the defaults of a CronWorkflow and shows its columns', async () => {
+    const r = await cluster.kubectl(['apply', '-n', ns, '-f', '-'], { input: stringify(exampleCron) });
+    expect(r.stderr).toBe('');
+    const c = JSON.parse((await cluster.kubectl(['get', 'acwf', 'nightly-report', '-n', ns, '-o', 'json'])).stdout);
+    expect(c.spec).toMatchObject({
+      concurrencyPolicy: 'Allow',
+      suspend: false,
+      successfulJobsHistoryLimit: 3,
+      failedJobsHistoryLimit: 1,
+    });
+    const table = await cluster.kubectl(['get', 'cronworkflows', '-n', ns]);
+    expect(table.stdout.split('\n')[0]?.split(/\s{2,}/)).toEqual([
+      'NAME',
+      'SCHEDULE',
+      'TIMEZONE',
+      'SUSPEND',
+      'LAST SCHEDULE',
+      'AGE',
+    ]);
+    await cluster.kubectl(['delete', 'acwf', 'nightly-report', '-n', ns]);
+  });
+});
 
 describe('kubectl refuses invalid WorkflowTemplates, naming the field', () => {
   it.each(templateCases)('%s', async (_what, mutate, expected) => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { AgentPoolSchema } from '../../../src/api/agentpool.ts';
+import { CronWorkflowSchema } from '../../../src/api/cron-workflow.ts';
 import { WorkflowSchema } from '../../../src/api/workflow.ts';
 import { WorkflowTemplateSchema } from '../../../src/api/workflow-template.ts';
 
@@ -20,6 +21,7 @@ describe('every default is in its description', () => {
     ...defaulted(WorkflowSchema as Node, 'workflow', []),
     ...defaulted(AgentPoolSchema as Node, 'agentpool', []),
     ...defaulted(WorkflowTemplateSchema as Node, 'workflowtemplate', []),
+    ...defaulted(CronWorkflowSchema as Node, 'cronworkflow', []),
   ];
 
   it('finds the defaulted fields', () => {
@@ -28,6 +30,8 @@ describe('every default is in its description', () => {
         'workflow.spec.retryPolicy.maxAttempts',
         'agentpool.spec.agent.capacity',
         'workflowtemplate.spec.parameters[].type',
+        'cronworkflow.spec.concurrencyPolicy',
+        'cronworkflow.spec.workflowSpec.retryPolicy.maxAttempts',
       ]),
     );
   });
