@@ -117,6 +117,9 @@ const SOURCES: CrdSource[] = [
   },
 ];
 
+/** The name of every CRD agentflow defines (`<plural>.agentflow.io`). */
+export const CRD_NAMES: readonly string[] = SOURCES.map((s) => `${s.names.plural}.${GROUP}`);
+
 /**
  * A TypeBox schema as a Kubernetes structural schema: TypeBox's symbols are
  * dropped, JSON Schema's numeric exclusiveMinimum becomes OpenAPI v3's

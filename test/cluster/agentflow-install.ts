@@ -1,3 +1,4 @@
+import { CRD_NAMES } from '../../src/api/crds.ts';
 import type { ClusterHandle } from './cluster-handle.ts';
 import { freePort } from './ports.ts';
 import { stateEtcdOf } from './state-etcd.ts';
@@ -8,8 +9,6 @@ export interface InstallOptions {
   /** Extra `--set` values. */
   set?: string[];
 }
-
-const CRDS = ['agentpools.agentflow.io', 'workflows.agentflow.io'];
 
 /** The Secret with the operator's etcd client certificate (etcd.external.tls.secretName). */
 export const ETCD_CLIENT_SECRET = 'agentflow-etcd-client';
@@ -106,7 +105,7 @@ export async function applyEtcdClientSecret(cluster: ClusterHandle, namespace: s
  * annotations. Without them `helm install` refuses to touch them.
  */
 async function adoptCrds(cluster: ClusterHandle, release: string, namespace: string): Promise<void> {
-  for (const crd of CRDS) {
+  for (const crd of CRD_NAMES) {
     const exists = await cluster.kubectl(['get', 'crd', crd, '-o', 'name']);
     if (exists.code !== 0) continue;
     await cluster.kubectl(['label', '--overwrite', 'crd', crd, 'app.kubernetes.io/managed-by=Helm']);

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CRD_NAMES } from '../../src/api/crds.ts';
 import { installAgentflow } from '../cluster/agentflow-install.ts';
 import { binaryPath } from '../cluster/binaries.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
@@ -166,7 +167,7 @@ describe('helm install', () => {
       `/api/v1/namespaces/${namespace}/persistentvolumeclaims?labelSelector=app.kubernetes.io%2Fcomponent%3Dbackup`,
     );
     expect(claims.items.map((c) => c.metadata.name)).toEqual([`${release}-agentflow-backup`]);
-    for (const crd of ['agentpools.agentflow.io', 'workflows.agentflow.io']) {
+    for (const crd of CRD_NAMES) {
       expect((await cluster.kubectl(['get', 'crd', crd, '-o', 'name'])).stdout.trim()).toBe(
         `customresourcedefinition.apiextensions.k8s.io/${crd}`,
       );

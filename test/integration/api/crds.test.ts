@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml, stringify } from 'yaml';
+import { CRD_NAMES } from '../../../src/api/crds.ts';
 import { MAX_DEPENDENCIES, MAX_TASKS } from '../../../src/api/workflow.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
@@ -30,10 +31,7 @@ beforeAll(async () => {
   const est = await cluster.kubectl([
     'wait',
     '--for=condition=Established',
-    'crd/agentpools.agentflow.io',
-    'crd/workflows.agentflow.io',
-    'crd/workflowtemplates.agentflow.io',
-    'crd/cronworkflows.agentflow.io',
+    ...CRD_NAMES.map((n) => `crd/${n}`),
     '--timeout=30s',
   ]);
   expect(est.code).toBe(0);

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_POOL } from '../../../src/api/agentpool.ts';
+import { CRD_NAMES } from '../../../src/api/crds.ts';
 import { DEFAULT_PRIORITY, DEFAULT_RETRY, DEFAULT_TASK_COST } from '../../../src/api/workflow.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { waitFor } from '../../cluster/managed-process.ts';
@@ -18,8 +19,7 @@ beforeAll(async () => {
   const est = await cluster.kubectl([
     'wait',
     '--for=condition=Established',
-    'crd/agentpools.agentflow.io',
-    'crd/workflows.agentflow.io',
+    ...CRD_NAMES.map((n) => `crd/${n}`),
     '--timeout=30s',
   ]);
   expect(est.code).toBe(0);

@@ -3,6 +3,7 @@ import { createWriteStream, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parse as parseYaml, stringify } from 'yaml';
+import { CRD_NAMES } from '../../../src/api/crds.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { operatorEtcdFlags } from '../../cluster/state-etcd.ts';
 import { uniqueName } from '../../cluster/testing.ts';
@@ -43,6 +44,8 @@ export class OperatorProcess {
       waitingTimeout?: number;
       /** Serve the data API on 127.0.0.1 at this port (default: not served, so operators in parallel files do not collide). */
       dataApiPort?: number;
+      /** More environment variables (e.g. OTEL_*). */
+      env?: Record<string, string>;
     },
   ) {
     this.name = o.name;
@@ -82,7 +85,7 @@ export class OperatorProcess {
     ];
     this.child = spawn(process.execPath, args, {
       stdio: ['ignore', 'inherit', 'pipe'],
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', POD_NAME: o.name },
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', POD_NAME: o.name, ...o.env },
     });
     const log = createWriteStream(join(info.dir, `operator-${o.name}.log`));
     createInterface({ input: this.child.stderr as NodeJS.ReadableStream }).on('line', (l) => {
@@ -246,8 +249,7 @@ export async function installCrds(cluster: ClusterHandle): Promise<void> {
   const est = await cluster.kubectl([
     'wait',
     '--for=condition=Established',
-    'crd/agentpools.agentflow.io',
-    'crd/workflows.agentflow.io',
+    ...CRD_NAMES.map((n) => `crd/${n}`),
     '--timeout=30s',
   ]);
   if (est.code !== 0) throw new Error(`CRDs not established: ${est.stderr}`);

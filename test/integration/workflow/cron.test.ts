@@ -1,47 +1,17 @@
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
-import { freePort } from '../../cluster/ports.ts';
-import { testCluster, uniqueName } from '../../cluster/testing.ts';
-import {
-  apply,
-  createNamespace,
-  installCrds,
-  nodes,
-  OperatorProcess,
-  pool,
-  startNodes,
-  until,
-} from '../operator/helpers.ts';
-import { fixturePool, type Json } from './helpers.ts';
+import { apply, type OperatorProcess, until } from '../operator/helpers.ts';
+import { type Json, operatorWithPool, type PoolFixture, readHandlerLog } from './helpers.ts';
 
 // CronWorkflows end to end: a real operator process, real agents, real etcd and kube-apiserver, and
 // real time. The schedules use the six-field form (seconds first) so that a run is due every few
 // seconds; the minute-based form goes through the same code (see test/unit/operator/cron-schedule.test.ts).
 
+let fx: PoolFixture;
 let cluster: ClusterHandle;
 let ns: string;
 let handlerLog: string;
-let dispatcherPort: number;
-const operators: OperatorProcess[] = [];
-const prefix = `/${uniqueName('cron')}`;
-const election = uniqueName('cron');
-const group = uniqueName('g');
 const API = '/apis/agentflow.io/v1alpha1';
-
-const operatorProcess = (name: string) => {
-  const o = new OperatorProcess(cluster, {
-    name,
-    namespace: ns,
-    watchNamespaces: [ns],
-    prefix,
-    election,
-    dispatcherPort,
-    leaseTtl: 3,
-  });
-  operators.push(o);
-  return o;
-};
 
 const cronWorkflow = (name: string, spec: Json): Json => ({
   apiVersion: 'agentflow.io/v1alpha1',
@@ -79,37 +49,16 @@ const reasons = async (name: string): Promise<string[]> => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 beforeAll(async () => {
-  cluster = testCluster();
-  await installCrds(cluster);
-  ns = await createNamespace(cluster, 'cron');
-  handlerLog = join(cluster.info.dir, `handlers-${ns}.jsonl`);
-  await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]));
-  dispatcherPort = await freePort();
-  await operatorProcess('op-cron').waitFor('Operator is leading');
-  await apply(
-    cluster,
-    fixturePool(ns, 'agents', {
-      group,
-      replicas: 1,
-      capacity: 16,
-      handlersModule: 'test/fixtures/agent/limit-handlers.mjs',
-      handlerLog,
-    }),
-  );
-  await until(
-    'the agent connected',
-    () => pool(cluster, ns, 'agents'),
-    (x) => x.status?.connectedAgents === 1,
-    60_000,
-  );
+  fx = await operatorWithPool({
+    name: 'cron',
+    handlersModule: 'test/fixtures/agent/limit-handlers.mjs',
+    capacity: 16,
+    operator: { leaseTtl: 3 },
+  });
+  ({ cluster, ns, handlerLog } = fx);
 }, 120_000);
 
-afterAll(async () => {
-  for (const o of operators) o.kill('SIGTERM');
-  await Promise.all(operators.map((o) => o.exited));
-  await cluster.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
-  await cluster.close();
-});
+afterAll(() => fx?.close());
 
 describe('CronWorkflows', () => {
   it('start a run at each due time, named by it and owned by the CronWorkflow; suspend stops them', async () => {
@@ -337,13 +286,13 @@ describe('CronWorkflows', () => {
       (rs) => rs.length >= 1,
       20_000,
     );
-    const leader = operators[0] as OperatorProcess;
+    const leader = fx.operators[0] as OperatorProcess;
     leader.kill('SIGKILL');
     await leader.exited;
     const killedAt = Date.now();
     const lastBefore = Math.max(...(await runsOf('outage')).map(scheduledAt), ...before.map(scheduledAt));
     await sleep(7_000); // no operator: at least three due times pass
-    const next = operatorProcess('op-cron-2');
+    const next = fx.operator('op-cron-2');
     await next.waitFor('Operator is leading', 30_000);
     const leadingAt = Date.now();
     const after = await until(
@@ -364,7 +313,6 @@ describe('CronWorkflows', () => {
   });
 });
 
-async function readFailures(): Promise<number> {
-  const { readHandlerLog } = await import('./helpers.ts');
+function readFailures(): number {
   return readHandlerLog(handlerLog).filter((l) => l.handler === 'fail' && l.key === 'failing').length;
 }

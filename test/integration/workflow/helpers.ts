@@ -1,7 +1,19 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
-import { poolManifest } from '../operator/helpers.ts';
+import { freePort } from '../../cluster/ports.ts';
+import { testCluster, uniqueName } from '../../cluster/testing.ts';
+import {
+  apply,
+  createNamespace,
+  installCrds,
+  nodes,
+  OperatorProcess,
+  pool,
+  poolManifest,
+  startNodes,
+  until,
+} from '../operator/helpers.ts';
 
 // What the workflow suites share: manifests for pools of real agent processes
 // and for Workflows, reading Workflows back, and the JSON lines the fixture
@@ -14,7 +26,15 @@ export type Json = Record<string, any>;
 export function fixturePool(
   namespace: string,
   name: string,
-  o: { group: string; replicas: number; capacity?: number; handlersModule: string; handlerLog: string },
+  o: {
+    group: string;
+    replicas: number;
+    capacity?: number;
+    handlersModule: string;
+    handlerLog: string;
+    /** More environment variables of the agents (e.g. OTEL_*). */
+    env?: Record<string, string>;
+  },
 ): Json {
   return poolManifest(namespace, name, {
     replicas: o.replicas,
@@ -27,6 +47,7 @@ export function fixturePool(
     env: [
       { name: 'AGENTFLOW_HANDLERS_MODULE', value: resolve(o.handlersModule) },
       { name: 'HANDLER_LOG', value: o.handlerLog },
+      ...Object.entries(o.env ?? {}).map(([name, value]) => ({ name, value })),
     ],
   }) as Json;
 }
@@ -63,3 +84,86 @@ export const readHandlerLog = (path: string): Json[] =>
         .filter(Boolean)
         .map((l) => JSON.parse(l) as Json)
     : [];
+
+type OperatorOptions = ConstructorParameters<typeof OperatorProcess>[1];
+
+/** A namespace with a fixture pool of connected agents and the operator that leads it (operatorWithPool). */
+export interface PoolFixture {
+  cluster: ClusterHandle;
+  ns: string;
+  handlerLog: string;
+  /** Every operator process started, the first (the leader at the start) first. */
+  operators: OperatorProcess[];
+  /** Starts another operator of the same election, etcd prefix and dispatcher port: a standby, or the next leader. */
+  operator(name: string): OperatorProcess;
+  /** Stops the operators and deletes the namespace. */
+  close(): Promise<void>;
+}
+
+/**
+ * The set-up most workflow suites share: CRDs, a namespace, a node, an
+ * operator process that leads, and an AgentPool `agents` of `replicas` real
+ * agent processes running `handlersModule`, all connected.
+ */
+export async function operatorWithPool(o: {
+  /** Names the namespace (`<name>-<random>`), the operator (`op-<name>`) and the node group. */
+  name: string;
+  handlersModule: string;
+  replicas?: number;
+  capacity?: number;
+  /** More environment variables of the agents. */
+  agentEnv?: Record<string, string>;
+  operator?: Partial<Omit<OperatorOptions, 'name' | 'namespace' | 'prefix' | 'election' | 'dispatcherPort'>>;
+}): Promise<PoolFixture> {
+  const cluster = testCluster();
+  await installCrds(cluster);
+  const ns = await createNamespace(cluster, o.name);
+  const handlerLog = join(cluster.info.dir, `handlers-${ns}.jsonl`);
+  const group = uniqueName('g');
+  await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]));
+  const shared = {
+    namespace: ns,
+    prefix: `/${uniqueName(o.name)}`,
+    election: uniqueName(o.name),
+    dispatcherPort: await freePort(),
+    ...o.operator,
+  };
+  const operators: OperatorProcess[] = [];
+  const operator = (name: string) => {
+    const p = new OperatorProcess(cluster, { ...shared, name });
+    operators.push(p);
+    return p;
+  };
+  await operator(`op-${o.name}`).waitFor('Operator is leading');
+  const replicas = o.replicas ?? 1;
+  await apply(
+    cluster,
+    fixturePool(ns, 'agents', {
+      group,
+      replicas,
+      capacity: o.capacity ?? 8,
+      handlersModule: o.handlersModule,
+      handlerLog,
+      ...(o.agentEnv && { env: o.agentEnv }),
+    }),
+  );
+  await until(
+    `${replicas} agent(s) connected`,
+    () => pool(cluster, ns, 'agents'),
+    (x) => x.status?.connectedAgents === replicas,
+    60_000,
+  );
+  return {
+    cluster,
+    ns,
+    handlerLog,
+    operators,
+    operator,
+    close: async () => {
+      for (const p of operators) p.kill('SIGTERM');
+      await Promise.all(operators.map((p) => p.exited));
+      await cluster.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+      await cluster.close();
+    },
+  };
+}

@@ -1,33 +1,24 @@
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
-import { freePort } from '../../cluster/ports.ts';
-import { testCluster, uniqueName } from '../../cluster/testing.ts';
+import { apply, type OperatorProcess, until } from '../operator/helpers.ts';
 import {
-  apply,
-  createNamespace,
-  installCrds,
-  nodes,
-  OperatorProcess,
-  pool,
-  startNodes,
-  until,
-} from '../operator/helpers.ts';
-import { fixturePool, getWorkflow, type Json, phaseIs, readHandlerLog, workflowManifest } from './helpers.ts';
+  getWorkflow,
+  type Json,
+  operatorWithPool,
+  type PoolFixture,
+  phaseIs,
+  readHandlerLog,
+  workflowManifest,
+} from './helpers.ts';
 
 // WorkflowTemplates end to end: a real operator process, real agents, real etcd and kube-apiserver.
 // The `stamp` fixture handler returns input.num as num, so a task's output shows what its inputs
 // resolved to; `hold` runs for input.ms. (No field is named n or y: kubectl reads YAML 1.1.)
 
+let fx: PoolFixture;
 let cluster: ClusterHandle;
 let ns: string;
-let operator: OperatorProcess;
-let standby: OperatorProcess | undefined;
-let dispatcherPort: number;
-const election = uniqueName('tmpl');
 let handlerLog: string;
-const prefix = `/${uniqueName('tmpl')}`;
-const group = uniqueName('g');
 const WAITING_TIMEOUT = 10;
 
 const template = (name: string, spec: Json): Json => ({
@@ -52,52 +43,16 @@ const report = (num: number | string = '${{ inputs.depth }}'): Json => ({
   tasks: [{ name: 'write', handler: 'stamp', input: { key: '${{ inputs.topic }}', num } }],
 });
 
-const operatorProcess = (name: string) =>
-  new OperatorProcess(cluster, {
-    name,
-    namespace: ns,
-    watchNamespaces: [ns],
-    prefix,
-    election,
-    dispatcherPort,
-    waitingTimeout: WAITING_TIMEOUT,
-    leaseTtl: 3,
-  });
-
 beforeAll(async () => {
-  cluster = testCluster();
-  await installCrds(cluster);
-  ns = await createNamespace(cluster, 'tmpl');
-  handlerLog = join(cluster.info.dir, `handlers-${ns}.jsonl`);
-  await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]));
-  dispatcherPort = await freePort();
-  operator = operatorProcess('op-tmpl');
-  await operator.waitFor('Operator is leading');
-  await apply(
-    cluster,
-    fixturePool(ns, 'agents', {
-      group,
-      replicas: 1,
-      capacity: 8,
-      handlersModule: 'test/fixtures/agent/limit-handlers.mjs',
-      handlerLog,
-    }),
-  );
-  await until(
-    'the agent connected',
-    () => pool(cluster, ns, 'agents'),
-    (x) => x.status?.connectedAgents === 1,
-    60_000,
-  );
+  fx = await operatorWithPool({
+    name: 'tmpl',
+    handlersModule: 'test/fixtures/agent/limit-handlers.mjs',
+    operator: { waitingTimeout: WAITING_TIMEOUT, leaseTtl: 3 },
+  });
+  ({ cluster, ns, handlerLog } = fx);
 }, 120_000);
 
-afterAll(async () => {
-  operator?.kill('SIGTERM');
-  standby?.kill('SIGTERM');
-  await Promise.all([operator?.exited, standby?.exited]);
-  await cluster.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
-  await cluster.close();
-});
+afterAll(() => fx?.close());
 
 describe('Workflows that run a WorkflowTemplate', () => {
   it('run its tasks with their inputs checked and defaulted, and record the template in status', async () => {
@@ -230,7 +185,7 @@ describe('Workflows that run a WorkflowTemplate', () => {
 
   // Last: it kills the leader.
   it('a new leader resumes the run with the template it started with, even once the template is gone', async () => {
-    standby = operatorProcess('op-tmpl-2');
+    const standby: OperatorProcess = fx.operator('op-tmpl-2');
     await standby.waitFor('Campaigning for leadership');
     await apply(
       cluster,
@@ -251,7 +206,7 @@ describe('Workflows that run a WorkflowTemplate', () => {
     );
     const del = await cluster.kubectl(['delete', 'awft', 'doomed', '-n', ns]);
     expect(del.code, del.stderr).toBe(0);
-    operator.kill('SIGKILL');
+    (fx.operators[0] as OperatorProcess).kill('SIGKILL');
     await standby.waitFor('Operator is leading', 30_000);
     const w = await done('survivor');
     expect(w.status.phase).toBe('Succeeded');
