@@ -23,9 +23,20 @@ import { profile } from './scenarios/profile.ts';
 import { scale } from './scenarios/scale.ts';
 import { writeSecurityReport } from './scenarios/security-report.ts';
 import { throughput } from './scenarios/throughput.ts';
+import { tracing } from './scenarios/tracing.ts';
 import { workflow } from './scenarios/workflow.ts';
 
-const SCENARIOS = ['throughput', 'latency', 'chain', 'workflow', 'failover', 'limits', 'scale', 'profile'] as const;
+const SCENARIOS = [
+  'throughput',
+  'latency',
+  'chain',
+  'workflow',
+  'failover',
+  'limits',
+  'scale',
+  'profile',
+  'tracing',
+] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const { values } = parseArgs({
@@ -75,6 +86,7 @@ if (run('failover')) await failover(cfg);
 if (run('limits')) await limits(cfg);
 if (run('scale')) await scale(cfg);
 if (run('profile')) await profile(cfg);
+if (run('tracing')) await tracing(cfg);
 if (['throughput', 'latency', 'chain', 'failover'].some((s) => run(s as Scenario))) {
   const report = writeSecurityReport();
   if (report) console.log(`\nwrote ${report}`);

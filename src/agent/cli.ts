@@ -5,6 +5,7 @@ import { flushCompileCache } from 'node:module';
 import { parseArgs } from 'node:util';
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger } from '../lib/log.ts';
+import { startTracing } from '../lib/tracing.ts';
 import { VERSION_LINE } from '../lib/version.ts';
 import { loadAgentConfig } from './config.ts';
 import { AgentConfigError } from './errors.ts';
@@ -74,9 +75,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`agentflow-agent: invalid configuration: ${err.message}\n`);
     return 2;
   }
+  const tracing = await startTracing('agentflow-agent');
+  if (tracing) log.info('Exporting traces over OTLP (OTEL_EXPORTER_OTLP_* variables)');
   try {
     await agent.start();
   } catch {
+    await tracing?.shutdown().catch(() => undefined);
     return 1; // the agent logged why
   }
   // The agent's modules and the handlers' are loaded by now: write the compile cache bin/from-source.mjs enables
@@ -98,5 +102,6 @@ export async function main(argv: string[]): Promise<number> {
       process.once('SIGINT', () => resolve());
     });
   }
+  await tracing?.shutdown().catch((err: Error) => log.warn('Could not export the last spans', { error: err }));
   return 0;
 }

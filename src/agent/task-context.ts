@@ -111,6 +111,7 @@ export function createTaskContext(attempt: Attempt, input: unknown, host: TaskHo
     input,
     ...(attempt.deadline && { deadline: attempt.deadline }),
     signal: attempt.signal,
+    span: attempt.span,
     log: output.taskLog(),
     stream(chunk) {
       if (typeof chunk !== 'string') throw new TypeError(`stream: chunk must be a string, got ${describe(chunk)}`);

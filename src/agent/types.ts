@@ -1,3 +1,4 @@
+import type { Span } from '@opentelemetry/api';
 import type { ApprovalVerdict } from '../api/approvals.ts';
 import type { Held } from '../state/lock.ts';
 import type { TaskLog } from './attempt-log.ts';
@@ -49,6 +50,14 @@ export interface TaskContext {
    * someone else. `signal.reason` is an AttemptAbortedError saying which.
    */
   readonly signal: AbortSignal;
+  /**
+   * The attempt's OpenTelemetry span (`handler <name>`), a child of the attempt's span in the
+   * workflow run's trace: add events and attributes to it, or start child spans with
+   * `trace.setSpan(context.active(), ctx.span)`. It records only when the agent exports traces
+   * (OTEL_EXPORTER_OTLP_ENDPOINT set); otherwise it is a no-op that still carries the trace context,
+   * which `http` handlers send as the traceparent header and `exec` handlers get as TRACEPARENT.
+   */
+  readonly span: Span;
   /**
    * The attempt's logger: `ctx.log('Fetched', { bytes })` logs an info line,
    * `ctx.log.warn(...)` and the other levels too. Its lines, like console

@@ -7,6 +7,7 @@ import type { Result__Output } from '../gen/agentflow/v1/Result.ts';
 import type { SpawnTasks__Output } from '../gen/agentflow/v1/SpawnTasks.ts';
 import { type Logger, silentLogger } from '../lib/log.ts';
 import { agentflowProto, KEEPALIVE_OPTIONS } from '../lib/proto.ts';
+import { attemptSpanContext, traceparentOf } from '../lib/tracing.ts';
 import { PROTOCOL_BATCHING, PROTOCOL_VERSION } from '../lib/wire-batch.ts';
 import {
   type Claim,
@@ -579,6 +580,9 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
           deadlineUnixMs: deadline,
           token: o.claim.token,
           cost: entry.cost,
+          ...(entry.spec.traceId && {
+            traceparent: traceparentOf(attemptSpanContext(entry.spec.traceId, entry.spec.ref.task, entry.attempt)),
+          }),
           ...(entry.spec.approvals?.length && {
             approvals: entry.spec.approvals.map((d) => ({
               ordinal: d.ordinal,

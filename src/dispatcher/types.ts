@@ -31,6 +31,11 @@ export interface TaskSpec {
   concurrency?: { key: string; max: number };
   /** Rate limits of its pool (spec.rateLimits) each attempt takes a token of; `key` evaluated (absent: one bucket). */
   rateLimits?: readonly { name: string; key?: string }[];
+  /**
+   * The workflow run's trace, when tracing is on: each attempt's Assign carries the traceparent of
+   * its span (src/lib/tracing.ts attemptSpanContext), so the agent's spans are its children.
+   */
+  traceId?: string;
 }
 
 /** A child task an agent asked for (SpawnTasks), checked by the dispatcher. */

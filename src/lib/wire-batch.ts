@@ -4,9 +4,9 @@
 
 /**
  * The protocol revision this code speaks: 2 = AssignBatch, AckBatch and ResultBatch; 3 = TaskLog;
- * 4 = TaskLog.chunks; 5 = Result.await_approval and Assign.approvals.
+ * 4 = TaskLog.chunks; 5 = Result.await_approval and Assign.approvals; 6 = Assign.traceparent.
  */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 /** The first revision that reads AssignBatch, AckBatch and ResultBatch. */
 export const PROTOCOL_BATCHING = 2;
 /** The first revision whose dispatcher reads TaskLog messages. */

@@ -1,6 +1,7 @@
 // agentflow-operator: what the operator Deployment runs. Exit codes: 0 after
 // SIGTERM/SIGINT, 1 when leadership is lost or the operator fails (Kubernetes
 // restarts it as a fresh candidate), 2 for bad flags.
+
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { DEFAULT_DATA_API_PORT, DEFAULT_DATA_API_SERVICE } from '../api/data-api.ts';
@@ -9,6 +10,7 @@ import { ETCD_FLAG_OPTIONS, ETCD_FLAGS_USAGE, etcdConnection, flag, UsageError }
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger, type Level } from '../lib/log.ts';
 import { Registry } from '../lib/metrics.ts';
+import { startTracing } from '../lib/tracing.ts';
 import { VERSION_LINE } from '../lib/version.ts';
 import { type KubeCredentials, KubeconfigError, resolveKubeCredentials } from './kube/credentials.ts';
 import { Operator, type OperatorConfig } from './operator.ts';
@@ -274,6 +276,8 @@ export async function main(argv: string[]): Promise<number> {
   const logger = createLogger({ component: 'operator', identity: cfg.identity }, { level: cfg.logLevel });
   installFatalHandlers(logger);
   const { kubeconfigPath: _path, ...flags } = cfg;
+  const tracing = await startTracing('agentflow-operator');
+  if (tracing) logger.info('Exporting traces over OTLP (OTEL_EXPORTER_OTLP_* variables)');
   const operator = new Operator({ ...flags, kubeConfig, logger, registry: new Registry() });
   let signals = 0;
   const onSignal = () => {
@@ -293,5 +297,6 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   const why = await operator.done;
+  await tracing?.shutdown().catch((err: Error) => logger.warn('Could not export the last spans', { error: err }));
   return why === 'lost' ? 1 : 0;
 }

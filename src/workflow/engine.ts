@@ -19,6 +19,7 @@ import {
   WorkflowRecords,
 } from '../state/index.ts';
 import { type ApprovalOutcome, type AuditItem, type RunLimits, type Unserved, WorkflowRun } from './run.ts';
+import { RunTraces } from './run-traces.ts';
 
 export interface EngineOptions {
   store: StateStore;
@@ -68,6 +69,8 @@ export class WorkflowEngine {
   private readonly records: WorkflowRecords;
   private readonly claims: TaskClaims;
   private readonly memo: MemoCache;
+  /** The spans of runs and attempts (OpenTelemetry; nothing when tracing is off). */
+  private readonly traces = new RunTraces();
   private lastUnservedCheck = 0;
   private readonly runs = new Map<string, WorkflowRun>();
   private readonly audits = new Map<string, AuditLog>();
@@ -126,6 +129,7 @@ export class WorkflowEngine {
     const resumed = loaded.run?.uid === wf.uid;
     const spec = resumed && loaded.spec !== undefined ? (loaded.spec as WorkflowSpec) : wf.spec;
     const submit = (spec: TaskSpec) => {
+      this.traces.submitted(spec, Date.now());
       try {
         dispatcher.submit(spec);
       } catch (err) {
@@ -257,6 +261,7 @@ export class WorkflowEngine {
     this.runs.delete(k);
     this.audits.delete(k);
     this.saveWaiters.delete(run);
+    this.traces.forget(namespace, name);
     this.log.debug('Dropped a finished run from memory', { workflow: k, phase: run.phase });
     return true;
   }
@@ -271,6 +276,7 @@ export class WorkflowEngine {
     const run = this.runs.get(key(namespace, name));
     this.runs.delete(key(namespace, name));
     this.audits.delete(key(namespace, name));
+    this.traces.forget(namespace, name);
     if (run) this.refuseWaiters(run, `workflow ${namespace}/${name} was deleted`);
   }
 
@@ -324,6 +330,7 @@ export class WorkflowEngine {
     if (!run) return;
     const before = run.version;
     run.onEvent(e);
+    this.traces.event(run, e, Date.now());
     if (run.version !== before) this.changed(run);
   }
 
@@ -441,6 +448,7 @@ export class WorkflowEngine {
 
   /** After any change: persist soon, tell the controller. */
   changed(run: WorkflowRun): void {
+    this.traces.changed(run);
     this.o.onChange(run.namespace, run.name);
     this.scheduleFlush(this.o.flushMs ?? 50);
   }

@@ -26,6 +26,7 @@ import type { TemplateOrigin } from '../api/workflow-template.ts';
 import { isHeldMessage } from '../dispatcher/limits.ts';
 import type { SpawnedChild, SpawnOutcome, SpawnRequest, TaskEvent, TaskSpec } from '../dispatcher/types.ts';
 import { rfc3339 } from '../lib/time.ts';
+import { runTraceId, tracingEnabled } from '../lib/tracing.ts';
 import type { MemoEntry, RunRecord, TaskRecord, TaskRef } from '../state/index.ts';
 import { CostBudget, type EvalContext, evalCondition, evalKey, evalList, renderInput } from './expressions.ts';
 import { ACTIVE, type TaskPhase, TERMINAL } from './phases.ts';
@@ -267,6 +268,8 @@ export class WorkflowRun {
   finishedAt: number | undefined;
   /** When the workflow deadline started counting: the start, or the latest retry. */
   private deadlineFrom: number;
+  /** The run's trace (OpenTelemetry): the same id whichever leader runs it. */
+  readonly traceId: string;
   /** The spec this run runs (see specHash). */
   readonly specHash: string;
   /** The WorkflowTemplate the spec came from, as it was when the run started. */
@@ -316,6 +319,7 @@ export class WorkflowRun {
     const run = loaded?.run?.uid === wf.uid ? loaded.run : undefined;
     // Records written before spec hashes were kept run the spec they are given.
     this.specHash = run?.specHash ?? specHash(wf.source ?? wf.spec);
+    this.traceId = runTraceId(wf.uid);
     // What etcd holds is checked, not trusted: a record without a well-formed template has none.
     const template = run ? (isTemplateOrigin(run.template) ? run.template : undefined) : wf.template;
     if (template) this.template = template;
@@ -850,6 +854,7 @@ export class WorkflowRun {
       priority: this.spec.priority ?? DEFAULT_PRIORITY,
       ...(timeout !== undefined && { timeoutSeconds: timeout }),
       ...(i.verdicts?.length && { approvals: i.verdicts }),
+      ...(tracingEnabled() && { traceId: this.traceId }),
     };
   }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -26,7 +27,17 @@ export type Binary =
   | 'kube-scheduler'
   | 'kubectl'
   | 'helm'
-  | 'etcdutl';
+  | 'etcdutl'
+  | 'otelcol';
+
+/** otelcol's cache directory name: otelcol_build_id in scripts/versions.sh (the pin and a content hash). */
+function otelcolBuildId(version: string | undefined): string {
+  const hash = createHash('sha256');
+  for (const f of ['go.mod', 'go.sum', 'main.go', 'components.go']) {
+    hash.update(readFileSync(join(repoRoot, 'test/cluster/otelcol', f)));
+  }
+  return `${version}-${hash.digest('hex').slice(0, 16)}`;
+}
 
 /** Absolute path of a Go-built binary from the cache; throws with the fix if missing. */
 export function binaryPath(name: Binary): string {
@@ -36,7 +47,9 @@ export function binaryPath(name: Binary): string {
       ? join(cacheDir(), 'bin', `helm-${v.HELM_VERSION}`)
       : name === 'etcdutl'
         ? join(cacheDir(), 'bin', `etcdutl-${v.ETCDUTL_VERSION}`)
-        : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
+        : name === 'otelcol'
+          ? join(cacheDir(), 'bin', `otelcol-${otelcolBuildId(v.OTELCOL_VERSION)}`)
+          : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
   const path = join(dir, name);
   if (!existsSync(path)) {
     throw new Error(`${name} not found at ${path}; run \`npm run setup\` to build it`);

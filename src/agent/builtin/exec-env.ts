@@ -2,6 +2,7 @@
 // holds what the command must not have (the path of its ServiceAccount token,
 // its AGENTFLOW_* settings, a KUBECONFIG...), and the command runs user or
 // model-driven code: so it starts from nothing and gets only what is listed here.
+import { traceparentOfSpan } from '../../lib/tracing.ts';
 import type { ExecHandlerSpec, TaskContext } from '../types.ts';
 
 /** What a shell's login PATH would be on a Debian or distroless image, when the agent has none. */
@@ -16,6 +17,7 @@ export const TASK_IDENTITY_VARS = [
   'AGENTFLOW_WORKFLOW',
   'AGENTFLOW_NAMESPACE',
   'AGENTFLOW_ATTEMPT',
+  'TRACEPARENT',
 ] as const;
 
 /** Kubernetes' classic rule for container env names (C identifier plus "-" and "."). */
@@ -23,7 +25,8 @@ export const ENV_NAME = /^[-._a-zA-Z][-._a-zA-Z0-9]*$/;
 
 /**
  * The command's environment, lowest precedence first: PATH, LANG, TZ; the
- * names in `inheritEnv` as the agent has them; `env`; the task identity.
+ * names in `inheritEnv` as the agent has them; `env`; the task identity and,
+ * when the attempt is traced, TRACEPARENT.
  * HOME is left to the caller when nothing above sets it (see exec.ts).
  */
 export function childEnv(spec: ExecHandlerSpec, ctx: TaskContext, agentEnv: NodeJS.ProcessEnv): Record<string, string> {
@@ -37,5 +40,9 @@ export function childEnv(spec: ExecHandlerSpec, ctx: TaskContext, agentEnv: Node
   env.AGENTFLOW_WORKFLOW = ctx.workflow;
   env.AGENTFLOW_NAMESPACE = ctx.namespace;
   env.AGENTFLOW_ATTEMPT = String(ctx.attempt);
+  // The attempt's trace context (W3C traceparent, as OpenTelemetry's environment carriers name it):
+  // what the command traces joins the workflow's trace.
+  const traceparent = traceparentOfSpan(ctx.span);
+  if (traceparent) env.TRACEPARENT = traceparent;
   return env;
 }

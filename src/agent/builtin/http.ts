@@ -1,4 +1,5 @@
 import { MAX_PAYLOAD_BYTES } from '../../lib/proto.ts';
+import { traceparentOfSpan } from '../../lib/tracing.ts';
 import { RetryableError, UnrecoverableError } from '../errors.ts';
 import type { Handler, HttpHandlerSpec, TaskContext } from '../types.ts';
 
@@ -53,6 +54,9 @@ async function post(
     // set(), not an object spread: header names are case-insensitive, so "Content-Type" must replace the default.
     const headers = new Headers({ 'content-type': 'application/json', accept: 'application/json' });
     for (const [name, value] of Object.entries(spec.headers ?? {})) headers.set(name, value);
+    // The attempt's trace context (W3C Trace Context): the service's spans join the workflow's trace.
+    const traceparent = traceparentOfSpan(ctx.span);
+    if (traceparent) headers.set('traceparent', traceparent);
     const res = await fetch(spec.url, { method: 'POST', headers, body, signal, redirect: 'manual' });
     status = res.status;
     refusal = refuse(spec.url, res);

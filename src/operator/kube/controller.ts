@@ -1,4 +1,6 @@
+import { SpanStatusCode } from '@opentelemetry/api';
 import type { Logger } from '../../lib/log.ts';
+import { tracer, tracingEnabled } from '../../lib/tracing.ts';
 import { WorkQueue } from './workqueue.ts';
 
 /** What a reconcile may ask for besides "done". */
@@ -66,8 +68,13 @@ export class Controller {
       if (key === undefined) return;
       const log = this.log.with({ key });
       const started = performance.now();
+      // A span per reconcile when tracing is on (src/lib/tracing.ts); nothing otherwise.
+      const span = tracingEnabled()
+        ? tracer().startSpan(`reconcile ${this.name}`, { attributes: { 'agentflow.key': key } })
+        : undefined;
       try {
         const res = await this.o.reconcile(key, log);
+        span?.end();
         this.queue.forget(key);
         const seconds = (performance.now() - started) / 1000;
         if (res?.requeueAfterMs !== undefined) {
@@ -76,6 +83,8 @@ export class Controller {
         } else this.o.observer?.reconciled(this.name, 'success', seconds);
       } catch (err) {
         const seconds = (performance.now() - started) / 1000;
+        span?.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message?.slice(0, 1024) });
+        span?.end();
         this.o.observer?.reconciled(this.name, 'error', seconds);
         const retries = this.queue.failuresOf(key);
         const level = retries >= 5 ? 'error' : 'warn';

@@ -1345,6 +1345,25 @@ describe('chart', () => {
     expect(operatorContainer(await render({ set: ['operator.nodeOptions='] })).env?.map((e) => e.name)).not.toContain(
       'NODE_OPTIONS',
     );
+    // Tracing: no OTEL_* variable by default (the operator loads no SDK); the values' when asked.
+    const otel = (c: Container) => (c.env ?? []).filter((e) => e.name.startsWith('OTEL_'));
+    expect(otel(operatorContainer(await render()))).toEqual([]);
+    const traced = operatorContainer(
+      await render({
+        set: [
+          'tracing.otlpEndpoint=http://otel-collector.observability:4318',
+          'tracing.resourceAttributes=deployment.environment=prod',
+          'tracing.extraEnv[0].name=OTEL_TRACES_SAMPLER',
+          'tracing.extraEnv[0].value=parentbased_always_on',
+        ],
+      }),
+    );
+    expect(otel(traced)).toEqual([
+      { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel-collector.observability:4318' },
+      { name: 'OTEL_SERVICE_NAME', value: 'agentflow-operator' },
+      { name: 'OTEL_RESOURCE_ATTRIBUTES', value: 'deployment.environment=prod' },
+      { name: 'OTEL_TRACES_SAMPLER', value: 'parentbased_always_on' },
+    ]);
     expect(op.ports).toEqual([
       { name: 'dispatcher', containerPort: 7171, protocol: 'TCP' },
       { name: 'ops', containerPort: 9090, protocol: 'TCP' },

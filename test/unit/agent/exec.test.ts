@@ -2,10 +2,12 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { trace } from '@opentelemetry/api';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { validateSpec } from '../../../src/agent/builtin/index.ts';
 import { AgentConfigError, type ExecHandlerSpec, execHandler } from '../../../src/agent/index.ts';
 import { errorOutcome } from '../../../src/agent/outcome.ts';
+import { attemptSpanContext, runTraceId } from '../../../src/lib/tracing.ts';
 import { stubContext } from './task-context-stub.ts';
 
 const node = process.execPath;
@@ -64,6 +66,15 @@ describe('exec handler', () => {
       extra: 'yes',
       cwd: process.cwd(),
     });
+  });
+
+  it("gives the command the attempt's trace context as TRACEPARENT, and none for an untraced attempt", async () => {
+    const run = execHandler(script('console.log(JSON.stringify(process.env.TRACEPARENT ?? null))'));
+    const sc = attemptSpanContext(runTraceId('uid-1'), 'fetch', 3);
+    expect(await run(stubContext(null, undefined, undefined, trace.wrapSpanContext(sc)))).toBe(
+      `00-${sc.traceId}-${sc.spanId}-01`,
+    );
+    expect(await run(stubContext(null))).toBeNull();
   });
 
   it('runs in cwd when given', async () => {

@@ -1,10 +1,12 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { trace } from '@opentelemetry/api';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_HTTP_TIMEOUT_SECONDS, httpHandler } from '../../../src/agent/builtin/http.ts';
 import { validateSpec } from '../../../src/agent/builtin/index.ts';
 import { AgentConfigError, RetryableError, UnrecoverableError } from '../../../src/agent/errors.ts';
 import { MAX_PAYLOAD_BYTES } from '../../../src/lib/proto.ts';
+import { attemptSpanContext, runTraceId } from '../../../src/lib/tracing.ts';
 import { stubContext } from './task-context-stub.ts';
 
 interface Received {
@@ -100,6 +102,16 @@ describe('http handler', () => {
       attempt: 3,
       input: { a: [1, 2], b: 'two' },
     });
+  });
+
+  it("sends the attempt's trace context as the traceparent header, and none for an untraced attempt", async () => {
+    respond = reply(200, '{}');
+    const run = httpHandler({ kind: 'http', url: `${base}/t` });
+    const sc = attemptSpanContext(runTraceId('uid-1'), 'fetch', 3);
+    await run(stubContext(null, undefined, undefined, trace.wrapSpanContext(sc)));
+    expect(received[0]?.headers.traceparent).toBe(`00-${sc.traceId}-${sc.spanId}-01`);
+    await run(stubContext(null));
+    expect(received[1]?.headers.traceparent).toBeUndefined();
   });
 
   it('lets a custom header replace a default one whatever its case', async () => {

@@ -15,6 +15,7 @@ export interface Assign {
   'token'?: (number | string | Long);
   'cost'?: (number);
   'approvals'?: (_agentflow_v1_ApprovalDecision)[];
+  'traceparent'?: (string);
 }
 
 export interface Assign__Output {
@@ -28,4 +29,5 @@ export interface Assign__Output {
   'token': (number);
   'cost': (number);
   'approvals': (_agentflow_v1_ApprovalDecision__Output)[];
+  'traceparent': (string);
 }
