@@ -117,12 +117,7 @@ export async function submit(conn: ConnectionOptions, io: Io, o: SubmitOptions):
     const cluster: Cluster = await connect(conn);
     try {
       const template = await cluster.getTemplate(templateName);
-      const body = workflowFromTemplate(template, o);
-      (body.metadata as { namespace?: string }).namespace = cluster.namespace;
-      const created = await cluster.createWorkflow(body);
-      const name = created.metadata?.name ?? '';
-      io.out(`${WORKFLOW_RESOURCE}/${name} created\n`);
-      return o.watch ? await watchWorkflow(cluster, name, io) : 0;
+      return await create(cluster, workflowFromTemplate(template, o), io, o);
     } finally {
       cluster.close();
     }
@@ -144,12 +139,17 @@ export async function submit(conn: ConnectionOptions, io: Io, o: SubmitOptions):
   }
   const cluster: Cluster = await connect({ ...conn, ...(fileNamespace && { namespace: fileNamespace }) });
   try {
-    if (body.metadata) body.metadata.namespace = cluster.namespace;
-    const created = await cluster.createWorkflow(body);
-    const name = created.metadata?.name ?? '';
-    io.out(`${WORKFLOW_RESOURCE}/${name} created\n`);
-    return o.watch ? await watchWorkflow(cluster, name, io) : 0;
+    return await create(cluster, body, io, o);
   } finally {
     cluster.close();
   }
+}
+
+/** Creates the Workflow in the cluster's namespace, says so as kubectl does, and follows it with --watch. */
+async function create(cluster: Cluster, body: WorkflowDoc, io: Io, o: SubmitOptions): Promise<number> {
+  body.metadata = { ...body.metadata, namespace: cluster.namespace };
+  const created = await cluster.createWorkflow(body);
+  const name = created.metadata?.name ?? '';
+  io.out(`${WORKFLOW_RESOURCE}/${name} created\n`);
+  return o.watch ? await watchWorkflow(cluster, name, io) : 0;
 }
