@@ -13,7 +13,8 @@ const attemptKey = (ns: string, wf: string, task: string, attempt: number) => `$
 
 interface AttemptTimes {
   queuedAt: number;
-  runningAt?: number;
+  /** When the dispatcher sent the Assign (its 'started' event); the agent's handler span starts on receipt. */
+  dispatchedAt?: number;
   agentId?: string;
   handler: string;
   pool: string;
@@ -35,14 +36,14 @@ export class RunTraces {
     });
   }
 
-  /** A dispatcher event of a run's attempt: running marks the span; an end exports it. */
+  /** A dispatcher event of a run's attempt: the Assign sent marks the span; an end exports it. */
   event(run: WorkflowRun, e: TaskEvent, now: number): void {
     if (!tracingEnabled()) return;
     switch (e.type) {
       case 'started': {
         const a = this.attempts.get(attemptKey(e.ref.namespace, e.ref.workflow, e.ref.task, e.attempt));
         if (a) {
-          a.runningAt = now;
+          a.dispatchedAt = now;
           a.agentId = e.agentId;
         }
         return;
@@ -96,7 +97,7 @@ export class RunTraces {
       runSpanContext(run.traceId),
     );
     span.addEvent('queued', startedAt);
-    if (a?.runningAt !== undefined) span.addEvent('running', a.runningAt);
+    if (a?.dispatchedAt !== undefined) span.addEvent('dispatched', a.dispatchedAt);
     span.addEvent(error === undefined ? 'committed' : 'failed', now);
     if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error.slice(0, 1024) });
     span.end(now);

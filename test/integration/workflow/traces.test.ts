@@ -74,7 +74,7 @@ describe('traces', () => {
       expect(a.parentSpanId).toBe(root.spanId);
       expect(a.serviceName).toBe('agentflow-operator');
       expect(a.attributes['agentflow.attempt']).toBe(1);
-      expect(a.events.map((e) => e.name)).toEqual(['queued', 'running', 'committed']);
+      expect(a.events.map((e) => e.name)).toEqual(['queued', 'dispatched', 'committed']);
       expect(Number(a.startTimeUnixNano)).toBeGreaterThanOrEqual(Number(root.startTimeUnixNano));
       expect(Number(a.endTimeUnixNano)).toBeLessThanOrEqual(Number(root.endTimeUnixNano));
       // The agent's span of the handler hangs below the attempt's, in the agent's process.
