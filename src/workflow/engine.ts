@@ -210,7 +210,8 @@ export class WorkflowEngine {
   /**
    * A person's decision on an approval task, answered once it is durable (the flush that saved the
    * task's record and its audit entry succeeded). NotLoaded: this leader has no run for the
-   * workflow in memory (not loaded yet after a failover, or the workflow is unknown or finished).
+   * workflow in memory (not loaded yet after a failover, or the workflow is unknown or evicted);
+   * NotWaiting for a run that has finished.
    */
   async decide(
     namespace: string,
@@ -219,15 +220,16 @@ export class WorkflowEngine {
     d: Parameters<WorkflowRun['decide']>[1],
   ): Promise<ApprovalOutcome | { ok: false; code: 'NotLoaded'; message: string }> {
     const run = this.runs.get(key(namespace, name));
-    if (!run || run.finished) {
+    if (!run) {
       return {
         ok: false,
         code: 'NotLoaded',
-        message: run
-          ? `workflow ${namespace}/${name} is ${run.phase}: it waits for no decision`
-          : `the run of workflow ${namespace}/${name} is not loaded (it may be finished, or a new leader is loading it)`,
+        message: `the run of workflow ${namespace}/${name} is not loaded (it may be finished, or a new leader is loading it)`,
       };
     }
+    // Finished and not yet evicted: as final as an evicted one (the data API answers those 409 too).
+    if (run.finished)
+      return { ok: false, code: 'NotWaiting', message: `workflow ${name} is ${run.phase}: it waits for no decision` };
     const before = run.version;
     const outcome = run.decide(task, d);
     if (!outcome.ok) return outcome;

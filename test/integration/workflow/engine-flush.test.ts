@@ -51,4 +51,26 @@ describe('engine flush', () => {
     expect(engine.get('ns', 'wf')).toBeUndefined();
     expect((await new WorkflowRecords(store).loadRun('ns', 'wf'))?.phase).toBe('Cancelled');
   });
+
+  // Found by a data API test under load: a second decision on an approval, once the run had finished but
+  // before it left memory, answered 503 (send again) where an evicted run's answers 409; sending again
+  // could never succeed.
+  it('answers a decision on a finished run still in memory NotWaiting, as on an evicted one', async () => {
+    const gated = {
+      tasks: [{ name: 'review', approval: { message: 'ship it?' } }],
+    } as unknown as WorkflowSpec;
+    const run = await engine.ensure({ namespace: 'ns', name: 'gated', uid: 'uid-2', spec: gated });
+    run.stop('cancelled by the test');
+    expect(run.finished).toBe(true);
+    expect(engine.get('ns', 'gated')).toBe(run);
+    const outcome = await engine.decide('ns', 'gated', 'review', {
+      decision: 'Approve',
+      user: { username: 'alice', groups: [] },
+    });
+    expect(outcome).toEqual({
+      ok: false,
+      code: 'NotWaiting',
+      message: 'workflow gated is Cancelled: it waits for no decision',
+    });
+  });
 });
