@@ -439,6 +439,10 @@ describe('the data API through the API server', () => {
       expect((await alice.get<StateList>(dataNamespaceStatePath(ns))).items.map((i) => [i.key, i.value])).toEqual([
         ['shared', 'hello'],
       ]);
+      // A DELETE of the namespace's state is one of a collection path to the API server (deletecollection).
+      expect(await erin.delete(`${dataNamespaceStatePath(ns)}?key=shared`)).toMatchObject({ deleted: true });
+      expect((await alice.get<StateList>(dataNamespaceStatePath(ns))).items).toEqual([]);
+      await erin.put(`${dataNamespaceStatePath(ns)}?key=shared`, 'hello');
       const bobReads = await bob.get(dataNamespaceStatePath(ns)).then(
         () => undefined,
         (e: { status: number }) => e,
