@@ -107,7 +107,12 @@ describe('traces', () => {
       60_000,
     );
     expect(wf.status.phase).toBe('Failed');
-    const spans = await collector.waitForSpans((s) => byName(s, `workflow ${ns}/failing`).length === 1, 30_000);
+    // The agent exports its spans on its own schedule: wait for both handler spans too.
+    const spans = await collector.waitForSpans((s) => {
+      const root = byName(s, `workflow ${ns}/failing`)[0];
+      const attempts = s.filter((x) => x.traceId === root?.traceId && x.name === 'task boom');
+      return attempts.length === 2 && s.filter((x) => attempts.some((a) => a.spanId === x.parentSpanId)).length === 2;
+    }, 30_000);
     const root = byName(spans, `workflow ${ns}/failing`)[0] as CollectedSpan;
     expect(root.status.code).toBe(2); // ERROR
     const attempts = spans.filter((s) => s.traceId === root.traceId && s.name === 'task boom');
