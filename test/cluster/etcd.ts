@@ -1,9 +1,8 @@
 import { existsSync, mkdirSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { binaryPath } from './binaries.ts';
 import { ManagedProcess, waitFor } from './managed-process.ts';
-import { freePort } from './ports.ts';
+import { canConnect, freePort } from './ports.ts';
 
 export interface EtcdOptions {
   dir: string;
@@ -113,18 +112,6 @@ export class EtcdServer {
   async crash(): Promise<void> {
     await this.proc?.kill();
   }
-}
-
-/** Whether something accepts TCP connections on the port. */
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect(port, '127.0.0.1');
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
 }
 
 /**

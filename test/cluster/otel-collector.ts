@@ -3,11 +3,10 @@
 // Every span it receives, over OTLP/HTTP or OTLP/gRPC, lands in <dir>/spans.jsonl as one
 // ExportTraceServiceRequest in OTLP JSON per line; spans() reads them back as a flat list.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { binaryPath } from './binaries.ts';
 import { ManagedProcess, waitFor } from './managed-process.ts';
-import { freePort } from './ports.ts';
+import { canConnect, freePort } from './ports.ts';
 
 export type AttributeValue = string | number | boolean;
 
@@ -228,15 +227,4 @@ function plainValue(v: OtlpAnyValue | undefined): unknown {
     return Object.fromEntries((v.kvlistValue.values ?? []).map((kv) => [kv.key, plainValue(kv.value)]));
   }
   return '';
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect(port, '127.0.0.1');
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
 }
