@@ -124,8 +124,10 @@ describe('memoized tasks', () => {
     expect(w.status.phase).toBe('Succeeded');
     expect(taskOf(w, 'summarise').memoized).toBeUndefined();
     expect(starts('aging')).toHaveLength(2);
-    // Its fresh output replaced the old entry: a run right after it is memoized from aging-2.
-    await apply(cluster, memoWorkflow(ns, 'aging-3', task));
+    // Its fresh output replaced the old entry: a run that takes any entry up to 10 minutes old is
+    // memoized from aging-2, not aging-1. (Not maxAgeSeconds 1 again: on a loaded machine more than
+    // a second can pass between aging-2's commit and aging-3's lookup. The key leaves the age out.)
+    await apply(cluster, memoWorkflow(ns, 'aging-3', { ...task, memoize: { maxAgeSeconds: 600 } }));
     const again = await done(ns, 'aging-3');
     expect(taskOf(again, 'summarise').message).toContain('memoized: output of aging-2/summarise');
     expect(starts('aging')).toHaveLength(2);

@@ -88,6 +88,28 @@ describe('traces', () => {
     expect(spans.some((s) => s.name === 'reconcile workflow' && s.attributes['agentflow.key'] === `${ns}/traced`)).toBe(
       true,
     );
+
+    // A finished run leaves the leader's memory; a later reconcile loads it from etcd again. That
+    // is the same run, already traced: its span must not go out a second time. Two pokes, each
+    // waited on through its reconcile's span: by the second, the run was evicted and reloaded.
+    // (Spans go out in the order they end, so a root span the reload made precedes the reconcile's.)
+    for (const poke of ['1', '2']) {
+      const since = BigInt(Date.now()) * 1_000_000n;
+      await cluster.client.mergePatch(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/traced`, {
+        metadata: { annotations: { 'test.agentflow.io/poke': poke } },
+      });
+      await collector.waitForSpans(
+        (s) =>
+          s.some(
+            (x) =>
+              x.name === 'reconcile workflow' &&
+              x.attributes['agentflow.key'] === `${ns}/traced` &&
+              BigInt(x.startTimeUnixNano) > since,
+          ),
+        30_000,
+      );
+    }
+    expect(byName(collector.spans(), `workflow ${ns}/traced`)).toHaveLength(1);
   });
 
   it('a failed attempt is a span with an error status, and the retry a sibling span', async () => {
