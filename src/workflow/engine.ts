@@ -156,9 +156,10 @@ export class WorkflowEngine {
     const replaced = this.runs.get(k);
     if (replaced) this.refuseWaiters(replaced, `workflow ${k} was replaced by a new one of the same name`);
     this.runs.set(k, run);
-    if (loaded.run?.uid === wf.uid)
+    if (resumed) {
+      this.traces.loaded(run);
       this.log.info('Resumed a workflow run from etcd', { workflow: k, phase: run.phase });
-    else this.log.info('Started a workflow run', { workflow: k, tasks: spec.tasks.length });
+    } else this.log.info('Started a workflow run', { workflow: k, tasks: spec.tasks.length });
     run.step();
     this.changed(run);
     return run;

@@ -103,6 +103,15 @@ export class RunTraces {
     span.end(now);
   }
 
+  /**
+   * A run loaded from etcd (after a failover, or again after it left memory): one that had
+   * finished already was traced by the leader that saw it finish, so its span does not go out
+   * again (a retry that finishes it again still exports it).
+   */
+  loaded(run: WorkflowRun): void {
+    if (run.finished && run.finishedAt !== undefined) this.ended.set(run, run.finishedAt);
+  }
+
   /** Exports the run's span once it has finished (again after a retry finishes it again). */
   changed(run: WorkflowRun): void {
     if (!tracingEnabled() || !run.finished || run.finishedAt === undefined) return;

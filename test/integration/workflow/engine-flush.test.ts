@@ -1,11 +1,10 @@
-import { ServerCredentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkflowSpec } from '../../../src/api/workflow.ts';
-import { AgentAuthError, Dispatcher } from '../../../src/dispatcher/index.ts';
-import { silentLogger } from '../../../src/lib/log.ts';
+import type { Dispatcher } from '../../../src/dispatcher/index.ts';
 import { type StateStore, WorkflowRecords } from '../../../src/state/index.ts';
-import { WorkflowEngine } from '../../../src/workflow/engine.ts';
+import type { WorkflowEngine } from '../../../src/workflow/engine.ts';
 import { testStore } from '../state/helpers.ts';
+import { engineWithoutAgents } from './engine-helpers.ts';
 
 // The engine against the real etcd, without agents: what a flush in flight means for a finished run.
 
@@ -13,18 +12,9 @@ let store: StateStore;
 let dispatcher: Dispatcher;
 let engine: WorkflowEngine;
 
-const refuse = async (): Promise<never> => {
-  throw new AgentAuthError('InvalidToken', 'no agents in this test');
-};
-
 beforeAll(() => {
   store = testStore();
-  dispatcher = new Dispatcher({
-    store,
-    auth: { authenticate: refuse, authorize: refuse },
-    credentials: ServerCredentials.createInsecure(),
-  });
-  engine = new WorkflowEngine({ store, dispatcher, fences: () => [], logger: silentLogger, onChange: () => undefined });
+  ({ dispatcher, engine } = engineWithoutAgents(store));
 });
 
 afterAll(async () => {

@@ -1,14 +1,13 @@
-import { ServerCredentials } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkflowSpec } from '../../../src/api/workflow.ts';
-import { AgentAuthError, Dispatcher } from '../../../src/dispatcher/index.ts';
-import { silentLogger } from '../../../src/lib/log.ts';
+import type { Dispatcher } from '../../../src/dispatcher/index.ts';
 import { startTracing, type Tracing } from '../../../src/lib/tracing.ts';
 import type { StateStore } from '../../../src/state/index.ts';
-import { WorkflowEngine } from '../../../src/workflow/engine.ts';
+import type { WorkflowEngine } from '../../../src/workflow/engine.ts';
 import { startCollector } from '../../cluster/otel-collector.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
 import { testStore } from '../state/helpers.ts';
+import { engineWithoutAgents } from './engine-helpers.ts';
 
 // The engine's run spans against the real etcd and a real OpenTelemetry Collector, without agents or
 // a kube-apiserver: what happens to a run's span when the run is loaded again from etcd.
@@ -19,21 +18,12 @@ let engine: WorkflowEngine;
 let collector: Awaited<ReturnType<typeof startCollector>>;
 let tracing: Tracing | undefined;
 
-const refuse = async (): Promise<never> => {
-  throw new AgentAuthError('InvalidToken', 'no agents in this test');
-};
-
 beforeAll(async () => {
   collector = await startCollector(testCluster().info.dir);
   process.env.OTEL_EXPORTER_OTLP_ENDPOINT = collector.httpEndpoint;
   tracing = await startTracing('agentflow-operator');
   store = testStore();
-  dispatcher = new Dispatcher({
-    store,
-    auth: { authenticate: refuse, authorize: refuse },
-    credentials: ServerCredentials.createInsecure(),
-  });
-  engine = new WorkflowEngine({ store, dispatcher, fences: () => [], logger: silentLogger, onChange: () => undefined });
+  ({ dispatcher, engine } = engineWithoutAgents(store));
 }, 120_000);
 
 afterAll(async () => {
