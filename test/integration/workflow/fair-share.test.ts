@@ -239,7 +239,14 @@ describe('fair share between namespaces', () => {
 
     // The owner gives B three times A's weight: B's next 100 get three quarters of the slots.
     await apply(cluster, sharedPool([{ name: tenantA }, { name: tenantB, weight: 3 }]));
-    await new Promise((r) => setTimeout(r, 500)); // the informer hands the new weights to the dispatcher
+    // The pool's status has seen the new generation once the operator's pool informer delivered it,
+    // and that informer hands the new weights to the dispatcher as it delivers (not a fixed wait).
+    await until(
+      'the pool status to observe the new weights',
+      () => pool(cluster, owner, 'shared'),
+      (x) => x.status?.observedGeneration !== undefined && x.status.observedGeneration === x.metadata.generation,
+      30_000,
+    );
     const again = Date.now();
     await apply(cluster, workflowManifest(tenantB, 'weighted', spec('weighted', 100)));
     const w = await until(
