@@ -11,6 +11,10 @@ export default defineConfig({
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
           environment: 'node',
+          // Some unit tests run a Node child (the CLI's entry points, a kubeconfig resolved in a child
+          // process): ~1-2.5 s alone, past 5 s while the integration project loads both cores. Most
+          // unit tests take milliseconds; 30 s still ends a hung one well inside the run.
+          testTimeout: 30_000,
         },
       },
       {

@@ -321,7 +321,9 @@ const creds = await resolveKubeCredentials({ kubeconfig: ${JSON.stringify(path)}
 await import('./src/operator/operator.ts');
 console.log(JSON.stringify({ mode: creds.mode, clientNode: loaded.filter((u) => u.includes('@kubernetes/client-node')).length }));
 `;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    // Synchronous: vitest's timeout cannot end it, so the spawn's own does (the operator's whole module
+    // graph: ~2.4 s alone, over 5 s on a loaded CI machine).
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 25_000 });
     expect(r.stderr).toBe('');
     expect(JSON.parse(r.stdout)).toEqual({ mode: 'static', clientNode: 0 });
   });
