@@ -147,6 +147,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   private readonly byPool = new Map<string, Set<AgentConn>>();
   private readonly scheduler: Scheduler<Entry, AgentConn>;
   private readonly entries = new Map<string, Entry>();
+  /** Claimed attempts whose Assign waits for its rate limits' send slot (see sendPaced), by entry. */
+  private readonly paced = new Map<Entry, { conn: AgentConn; claim: Claim; timer: NodeJS.Timeout }>();
   private readonly orphanTimers = new Map<string, NodeJS.Timeout>();
   private readonly committer: GroupCommitter<PendingCommit, CommitOutcome>;
   private dispatching = false;
@@ -295,6 +297,8 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     this.scheduler.close();
     for (const t of this.orphanTimers.values()) clearTimeout(t);
     for (const e of this.entries.values()) if (e.timer) clearTimeout(e.timer);
+    for (const p of this.paced.values()) clearTimeout(p.timer);
+    this.paced.clear();
     for (const c of this.conns.values()) {
       c.close();
       await this.stateService.closeStream(c);
@@ -351,6 +355,16 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     if (entry.phase === 'assigned') {
       this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'cancelled');
       await this.takeBack(entry, reason);
+    } else if (entry.phase === 'claiming' && entry.cancelled === undefined) {
+      // Its claim is being written or its Assign paced: it does not go out (see dropUnsent).
+      entry.cancelled = reason;
+      this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'cancelled');
+      const p = this.paced.get(entry);
+      if (p) {
+        clearTimeout(p.timer);
+        this.paced.delete(entry);
+        this.dropUnsent(entry, p.conn, p.claim);
+      }
     }
   }
 
@@ -525,8 +539,11 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         if (entry.phase === 'claiming') {
           this.scheduler.release(entry, true);
           move(entry, 'claimRefused');
-          this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'claim_failed');
-          this.enqueue(entry);
+          if (entry.cancelled !== undefined) this.forgetCancelled(entry);
+          else {
+            this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'claim_failed');
+            this.enqueue(entry);
+          }
         }
       }
       throw err;
@@ -551,61 +568,117 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         this.claimRefused(entry, o ?? { reason: 'AlreadyClaimed', message: 'no answer' });
         return;
       }
-      if (conn.closed || this.entries.get(entry.key) !== entry) {
-        // The agent went away while we claimed: give the claim back and queue again.
-        conn.used -= entry.cost;
-        this.scheduler.release(entry, true);
-        void this.claims.release(o.claim, this.fences()).catch(() => undefined);
-        move(entry, 'claimRefused');
-        if (this.entries.get(entry.key) === entry) {
-          this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'agent_disconnected');
-          this.enqueue(entry);
-        }
+      if (entry.cancelled !== undefined) {
+        this.dropUnsent(entry, conn, o.claim);
         return;
       }
-      move(entry, 'claimed');
-      entry.claim = o.claim;
-      entry.assignedAt = now;
-      conn.assigned.add(entry.key);
-      const timeout = entry.spec.timeoutSeconds;
-      const deadline = timeout ? Date.now() + timeout * 1000 : 0;
-      conn.send({
-        assign: {
-          taskId: wireTaskId(entry.spec.ref, conn.namespace),
-          namespace: entry.spec.ref.namespace,
-          workflow: entry.spec.ref.workflow,
-          attempt: entry.attempt,
-          handler: entry.spec.handler,
-          inputJson: JSON.stringify(entry.spec.input ?? null),
-          deadlineUnixMs: deadline,
-          token: o.claim.token,
-          cost: entry.cost,
-          ...(entry.spec.traceId && {
-            traceparent: traceparentOf(attemptSpanContext(entry.spec.traceId, entry.spec.ref.task, entry.attempt)),
-          }),
-          ...(entry.spec.approvals?.length && {
-            approvals: entry.spec.approvals.map((d) => ({
-              ordinal: d.ordinal,
-              approved: d.approved,
-              user: d.user ?? '',
-              message: d.message ?? '',
-              decidedAtUnixMs: Date.parse(d.decidedAt),
-              timedOut: d.timedOut ?? false,
-            })),
-          }),
-        },
-      });
-      this.counters.assigned++;
-      this.recordLatency(now - entry.enqueuedAt);
-      this.metrics?.assigned(entry.spec.ref.namespace, poolLabel(entry.spec), now - entry.enqueuedAt, now - placedAt);
-      this.emit('task', {
-        type: 'started',
-        ref: entry.spec.ref,
-        attempt: entry.attempt,
-        agentId: entry.agentId as string,
-      });
-      if (timeout) entry.timer = setTimeout(() => void this.onDeadline(entry), timeout * 1000 + 1_000);
+      if (conn.closed || this.entries.get(entry.key) !== entry) {
+        this.giveBack(entry, conn, o.claim);
+        return;
+      }
+      const at = this.scheduler.sendAt(entry, now);
+      if (at > now + 1) {
+        // Its rate limits' earlier Assigns went out closer together than the rate (their claim
+        // transactions returned unevenly): this one waits for its slot, claim written, still claiming.
+        const timer = setTimeout(() => this.sendPaced(entry, placedAt), at - now);
+        this.paced.set(entry, { conn, claim: o.claim, timer });
+        return;
+      }
+      this.assign(entry, conn, o.claim, now, placedAt);
     });
+  }
+
+  /** A paced Assign's slot came: it goes out unless its agent, the task or this dispatcher went meanwhile. */
+  private sendPaced(entry: Entry, placedAt: number): void {
+    const p = this.paced.get(entry);
+    if (!p) return;
+    this.paced.delete(entry);
+    const { conn, claim } = p;
+    // Stopped or deposed: the written claim is left to expire, as an Assign lost in flight would be.
+    if (this.stopped) return;
+    if (entry.phase !== 'claiming') {
+      // Adopted from a re-registering agent while it waited: that attempt runs.
+      conn.used -= entry.cost;
+      void this.claims.release(claim, this.fences()).catch(() => undefined);
+      return;
+    }
+    if (entry.cancelled !== undefined) this.dropUnsent(entry, conn, claim);
+    else if (conn.closed || this.entries.get(entry.key) !== entry) this.giveBack(entry, conn, claim);
+    else this.assign(entry, conn, claim, performance.now(), placedAt);
+  }
+
+  /** The agent went away while we claimed (or paced): give the claim back and queue again. */
+  private giveBack(entry: Entry, conn: AgentConn, claim: Claim): void {
+    conn.used -= entry.cost;
+    this.scheduler.release(entry, true);
+    void this.claims.release(claim, this.fences()).catch(() => undefined);
+    move(entry, 'claimRefused');
+    if (this.entries.get(entry.key) === entry) {
+      this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'agent_disconnected');
+      this.enqueue(entry);
+    }
+  }
+
+  /** Cancelled while its claim was written or its Assign paced: it never went out, so it is simply over. */
+  private dropUnsent(entry: Entry, conn: AgentConn, claim: Claim): void {
+    conn.used -= entry.cost;
+    this.scheduler.release(entry, true);
+    void this.claims.release(claim, this.fences()).catch(() => undefined);
+    move(entry, 'settle');
+    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    this.kick();
+  }
+
+  /** Cancelled while claiming, and the claim did not go through: nothing ran, nothing to queue. */
+  private forgetCancelled(entry: Entry): void {
+    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    this.kick();
+  }
+
+  /** The claim is written: the attempt is the agent's, and the Assign goes out. */
+  private assign(entry: Entry, conn: AgentConn, claim: Claim, now: number, placedAt: number): void {
+    move(entry, 'claimed');
+    entry.claim = claim;
+    entry.assignedAt = now;
+    conn.assigned.add(entry.key);
+    const timeout = entry.spec.timeoutSeconds;
+    const deadline = timeout ? Date.now() + timeout * 1000 : 0;
+    conn.send({
+      assign: {
+        taskId: wireTaskId(entry.spec.ref, conn.namespace),
+        namespace: entry.spec.ref.namespace,
+        workflow: entry.spec.ref.workflow,
+        attempt: entry.attempt,
+        handler: entry.spec.handler,
+        inputJson: JSON.stringify(entry.spec.input ?? null),
+        deadlineUnixMs: deadline,
+        token: claim.token,
+        cost: entry.cost,
+        ...(entry.spec.traceId && {
+          traceparent: traceparentOf(attemptSpanContext(entry.spec.traceId, entry.spec.ref.task, entry.attempt)),
+        }),
+        ...(entry.spec.approvals?.length && {
+          approvals: entry.spec.approvals.map((d) => ({
+            ordinal: d.ordinal,
+            approved: d.approved,
+            user: d.user ?? '',
+            message: d.message ?? '',
+            decidedAtUnixMs: Date.parse(d.decidedAt),
+            timedOut: d.timedOut ?? false,
+          })),
+        }),
+      },
+    });
+    this.counters.assigned++;
+    this.recordLatency(now - entry.enqueuedAt);
+    this.metrics?.assigned(entry.spec.ref.namespace, poolLabel(entry.spec), now - entry.enqueuedAt, now - placedAt);
+    this.emit('task', {
+      type: 'started',
+      ref: entry.spec.ref,
+      attempt: entry.attempt,
+      agentId: entry.agentId as string,
+    });
+    if (timeout) entry.timer = setTimeout(() => void this.onDeadline(entry), timeout * 1000 + 1_000);
   }
 
   private claimRefused(entry: Entry, refusal: { reason: ClaimRefusalReason; error?: Error; message?: string }): void {
@@ -623,6 +696,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         },
         (err: Error) => this.log.error('Could not read a committed result to report it', { task: entry.key, err }),
       );
+      return;
+    }
+    if (entry.cancelled !== undefined) {
+      this.forgetCancelled(entry);
       return;
     }
     // Someone still holds a claim (an agent of a previous dispatcher): try again once it settles.

@@ -149,6 +149,12 @@ interface Bucket<T extends Limited> {
   held: HeldQueue<T>;
   /** When the timer heap was told the bucket is due (undefined: not in the heap). */
   due?: number;
+  /**
+   * Sends, paced (GCRA): the theoretical time of the next Assign of the bucket. Tokens are taken at
+   * admission; claim transactions of varying length between admission and send would otherwise let
+   * Assigns admitted 100 ms apart go out together, over the rate for that second.
+   */
+  sendTat: number;
 }
 
 /** Tasks naming a limit their pool does not declare (yet): woken when the pool's limits change. */
@@ -280,6 +286,22 @@ export class Limits<T extends Limited> {
     s.took = s.buckets;
     s.buckets = [];
     s.place = undefined;
+  }
+
+  /**
+   * When the Assign of a picked task may go out (clock ms; now or later), booked in every bucket its
+   * pick took a token from: no bucket's Assigns closer than 1/rate apart beyond its burst (and
+   * PACE_SLACK_MS), so over any window W at most burst + rate × (W + PACE_SLACK_MS) go out, however
+   * unevenly the claim transactions before them return. Call once per pick, when its claim is written.
+   */
+  sendAt(task: T): number {
+    const now = this.clock.now();
+    const took = this.tasks.get(task)?.took;
+    if (!took?.length) return now;
+    let at = now;
+    for (const b of took) if (b.rate > 0) at = Math.max(at, b.sendTat - paceTolerance(b));
+    for (const b of took) if (b.rate > 0) b.sendTat = Math.max(b.sendTat, at) + 1 / b.rate;
+    return at;
   }
 
   /** Wakes what picks made room for (called once the scheduler's turn is over, never inside it). */
@@ -483,6 +505,7 @@ export class Limits<T extends Limited> {
         at: this.clock.now(),
         ready: 0,
         held: new HeldQueue(),
+        sendTat: 0,
       };
       this.buckets.set(id, b);
       if (this.buckets.size > this.bucketsAtSweep * 2) this.sweep();
@@ -613,13 +636,14 @@ export class Limits<T extends Limited> {
 
   /**
    * Brings the tokens up to date. While tasks wait on the bucket it may go over its burst (to
-   * maxReady + 1, one token more at 10/s, ADMIT_AHEAD_MS of the rate more at 1,000/s):
-   * the time a due task spends reaching its turn (a late timer, a pick waiting for a claim
-   * transaction) is not lost from the rate; at most maxReady wait for agents at once all the same.
+   * maxReady + CATCH_UP_MS of the rate, at most one: one token more at 10/s, ADMIT_AHEAD_MS of the
+   * rate more at 1,000/s, a hair at 6/min): the time a due task spends reaching its turn (a late
+   * timer, a pick waiting for a claim transaction) is not lost from the rate; at most maxReady wait
+   * for agents at once all the same, and the Assigns still go out paced (sendAt).
    */
   private refill(b: Bucket<T>, now: number): void {
     if (now > b.at) {
-      const cap = b.held.size > 0 ? maxReady(b) + 1 : b.burst;
+      const cap = b.held.size > 0 ? maxReady(b) + Math.min(1, b.rate * CATCH_UP_MS) : b.burst;
       b.tokens = Math.min(cap, b.tokens + (now - b.at) * b.rate);
       b.at = now;
     }
@@ -688,7 +712,7 @@ export class Limits<T extends Limited> {
   private sweep(): void {
     const now = this.clock.now();
     for (const b of this.buckets.values()) {
-      if (b.held.size > 0 || b.ready > 0) continue;
+      if (b.held.size > 0 || b.ready > 0 || b.sendTat > now) continue;
       this.refill(b, now);
       if (b.tokens >= b.burst) this.buckets.delete(b.id);
     }
@@ -710,3 +734,19 @@ const ADMIT_AHEAD_MS = 50;
  * taken for tasks no agent takes yet cannot pile up into a larger burst when agents come.
  */
 const maxReady = (b: { burst: number; rate: number }) => b.burst + Math.floor(b.rate * ADMIT_AHEAD_MS);
+
+/**
+ * How long a due task may take to reach its turn without the rate losing that time (ms). Short next
+ * to a slow limit's interval: the token gained meanwhile is paced out again at the send, and a pick
+ * that holds an agent slot waiting for its send slot waits at most this much longer for it.
+ */
+const CATCH_UP_MS = 250;
+
+/**
+ * How much earlier than its paced time an Assign may go out (ms): a timer's granularity, so a fast
+ * limit (1,000/s) sends a few per timer instead of one per millisecond; at 10/s it is a tenth of a task.
+ */
+const PACE_SLACK_MS = 10;
+
+/** GCRA's tolerance: the burst's back-to-back sends, plus the slack. */
+const paceTolerance = (b: { burst: number; rate: number }) => (b.burst - 1) / b.rate + PACE_SLACK_MS;

@@ -157,6 +157,14 @@ export class Scheduler<T extends Schedulable, A extends SlotHolder> {
     if (Limits.limited(task.spec)) this.limits.release(task, refund);
   }
 
+  /**
+   * When the picked task's Assign may go out (performance.now() ms): later than now only while its
+   * rate limits' earlier Assigns are still closer together than the rate allows (see Limits.sendAt).
+   */
+  sendAt(task: T, now: number): number {
+    return Limits.limited(task.spec) ? this.limits.sendAt(task) : now;
+  }
+
   /** An attempt adopted from a re-registering agent runs: it counts against its concurrency key. */
   adopted(task: T): void {
     if (Limits.limited(task.spec)) this.limits.adopted(task);

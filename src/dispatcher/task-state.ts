@@ -9,7 +9,7 @@ import type { TaskSpec } from './types.ts';
  *   queued ──reserve──▶ claiming ──claimed──▶ assigned ──resultReceived──▶ committing ──settle──▶ settled
  *     ▲                   │                    │   │                           │
  *     └──claimRefused─────┘                    │   └──takeBack──▶ cancelling    └──commitRefused──▶ settled
- *     └──────────────────────lost──────────────┘
+ *     └──────────────────────lost──────────────┘   claiming ──settle──▶ settled (cancelled before its Assign went out)
  *   adopt (an agent re-registers holding the attempt): queued | claiming | assigned ──▶ assigned
  */
 export type TaskPhase = 'queued' | 'claiming' | 'assigned' | 'committing' | 'cancelling' | 'settled';
@@ -34,7 +34,7 @@ export type TaskEventName =
 
 const TABLE: Record<TaskPhase, Partial<Record<TaskEventName, TaskPhase>>> = {
   queued: { reserve: 'claiming', adopt: 'assigned', claimRefused: 'queued' },
-  claiming: { claimed: 'assigned', claimRefused: 'queued', adopt: 'assigned' },
+  claiming: { claimed: 'assigned', claimRefused: 'queued', adopt: 'assigned', settle: 'settled' },
   assigned: {
     resultReceived: 'committing',
     takeBack: 'cancelling',
@@ -98,6 +98,8 @@ export interface TaskEntry {
   /** When this attempt's Assign was written (performance.now()); unknown for an adopted one. */
   assignedAt?: number;
   timer?: NodeJS.Timeout;
+  /** Cancelled while claiming (why): its Assign never goes out. */
+  cancelled?: string;
   /** Known only from an agent's re-registration (after a dispatcher restart): cannot be re-queued. */
   readonly adopted?: boolean;
   /** Place in line, fixed at the first enqueue. */

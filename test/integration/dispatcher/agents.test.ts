@@ -234,3 +234,60 @@ describe('dispatcher with real agents', () => {
     expect(committedBefore.length + afterRestart.length).toBe(N);
   });
 });
+
+describe('rate-limited Assigns go out paced', () => {
+  // Two tasks of a 4/s limit (burst 1) admitted while no slot is free: when slots free, both are picked
+  // in consecutive turns (the bucket kept the token the wait earned). Their Assigns must still go out
+  // a quarter-second apart, whatever their claim transactions did; a cancel meanwhile stops the second.
+  const limited = (task: string) =>
+    ({ ref: ref(task), pool: 'pool', handler: 'work', input: null, rateLimits: [{ name: 'calls' }] }) as const;
+
+  async function bunched(prefix: string) {
+    const { dispatcher, events } = await setup(prefix);
+    dispatcher.setRateLimits(sec.namespace, 'pool', [{ name: 'calls', perSecond: 4 }]);
+    const startedAt = new Map<string, number>();
+    dispatcher.on('task', (e) => {
+      if (e.type === 'started') startedAt.set(e.ref.task, Date.now());
+    });
+    const c = await agent(dispatcher.port, prefix, 'p1', 2, 800);
+    await until('1 agent', () => dispatcher.agents().length === 1);
+    for (const b of ['busy0', 'busy1']) dispatcher.submit({ ref: ref(b), pool: 'pool', handler: 'work', input: null });
+    await until('both slots busy', () => startedAt.size === 2);
+    for (const t of ['l0', 'l1', 'l2']) dispatcher.submit(limited(t));
+    return { dispatcher, events, startedAt, c };
+  }
+
+  it('two picks in a row of a 4/s limit start 250 ms apart', async () => {
+    const { events, startedAt } = await bunched(`/test-agents-pace-${Date.now()}`);
+    await until('3 limited results', () =>
+      ['l0', 'l1', 'l2'].every((t) => committed(events).some((e) => e.ref.task === t)),
+    );
+    const gap = (startedAt.get('l1') as number) - (startedAt.get('l0') as number);
+    console.log(`pacing: l1 went out ${gap} ms after l0 (4/s)`);
+    expect(gap).toBeGreaterThanOrEqual(250 - 10 - 2); // 1/rate, less the pacing slack and a clock tick
+  });
+
+  it('a task cancelled while its Assign waits for its slot never starts, and its slot comes back', async () => {
+    const { dispatcher, events, startedAt, c } = await bunched(`/test-agents-pace-cancel-${Date.now()}`);
+    await until('l0 sent', () => startedAt.has('l0'));
+    await new Promise((r) => setTimeout(r, 100)); // l1: claimed (or being claimed), its Assign paced
+    expect(startedAt.has('l1')).toBe(false);
+    await dispatcher.cancel(ref('l1'), 'cancelled by the test');
+    await until('l0 and l2 committed', () =>
+      ['l0', 'l2'].every((t) => committed(events).some((e) => e.ref.task === t)),
+    );
+    await until('every slot free', () => dispatcher.agents()[0]?.used === 0);
+    expect(startedAt.has('l1')).toBe(false);
+    expect(committed(events).some((e) => e.ref.task === 'l1')).toBe(false);
+    expect(dispatcher.isTracked(ref('l1'))).toBe(false);
+    const agentStarts: string[] = [];
+    for (
+      let m = await c.next('started', 50).catch(() => undefined);
+      m;
+      m = await c.next('started', 50).catch(() => undefined)
+    )
+      agentStarts.push(String(m.taskId));
+    expect(agentStarts).toHaveLength(4); // busy0, busy1, l0, l2
+    expect(agentStarts.some((t) => t.endsWith('l1'))).toBe(false);
+  });
+});

@@ -189,9 +189,9 @@ describe('rate limits', () => {
     expect(starts).toHaveLength(n);
     const seconds = ((starts.at(-1) as number) - (starts[0] as number)) / 1000;
     const rate = (n - 1) / seconds;
-    // Over any one second, no more than the rate plus the burst (1), give or take two: starts, not
-    // token takes, are timed, and tasks admitted 100 ms apart can start together when one waited
-    // for the previous claim transaction.
+    // Over any one second, no more than the rate plus the burst (1) Assigns go out (they are paced at
+    // the send, whatever the claim transactions before them did); give or take two for the agents:
+    // a start is timed in the agent process, which a loaded machine can hold up 100 ms and more.
     let most = 0;
     for (let i = 0, j = 0; j < starts.length; j++) {
       while ((starts[j] as number) - (starts[i] as number) >= 1000) i++;

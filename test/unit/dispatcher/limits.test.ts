@@ -158,6 +158,61 @@ describe('rate limits', () => {
     expect(limits.timerArmed).toBe(false); // nothing held
   });
 
+  it('paces sends: Assigns whose claims return together go out 1/rate apart, so no second holds more than rate + burst', () => {
+    const { limits, clock, ready } = setup([calls]);
+    const ts = Array.from({ length: 30 }, (_, i) =>
+      task(`t${i}`, { rateLimits: [{ name: 'openai-calls', key: 'acme' }] }),
+    );
+    const byName = new Map(ts.map((t) => [t.spec.ref.task, t]));
+    for (const t of ts) if (limits.admit(t)) ready.push(t.spec.ref.task);
+    // Picked as the refill timer admits them (every 100 ms), but their claim transactions return
+    // unevenly: the first at once, then one of 300 ms, the rest at once. Without pacing, the three
+    // picks behind the slow claim would go out within a millisecond of each other.
+    const sends: number[] = [];
+    let claiming: T[] = [];
+    let picked = 0;
+    for (let step = 0; picked < ts.length && step < 1_000; step++) {
+      for (const name of ready.splice(0)) {
+        const t = byName.get(name) as T;
+        limits.picked(t);
+        picked++;
+        claiming.push(t);
+      }
+      limits.flush();
+      if (clock.t < 1_100 || clock.t >= 1_400) {
+        for (const t of claiming) sends.push(limits.sendAt(t));
+        claiming = [];
+      }
+      clock.advance(10);
+    }
+    for (const t of claiming) sends.push(limits.sendAt(t));
+    expect(sends).toHaveLength(30);
+    expect(sends[0]).toBe(1_000); // the first goes at once: nothing before it
+    for (let i = 1; i < sends.length; i++)
+      expect((sends[i] as number) - (sends[i - 1] as number)).toBeGreaterThanOrEqual(100 - 10);
+    const mostInOneSecond = Math.max(...sends.map((s) => sends.filter((x) => x >= s && x < s + 1_000).length));
+    expect(mostInOneSecond).toBeLessThanOrEqual(10 + 1);
+    // and the rate holds: the pacing delays, it does not drop (30 sends within 30 × 100 ms + a claim's lag)
+    expect((sends.at(-1) as number) - (sends[0] as number)).toBeLessThanOrEqual(29 * 100 + 300);
+  });
+
+  it('a burst goes out back to back, then at the rate; a task without rate limits is never paced', () => {
+    const { limits, clock } = setup([{ name: 'l', perSecond: 1, burst: 3 }]);
+    const ts = ['a', 'b', 'c', 'd'].map((n) => task(n, { rateLimits: [{ name: 'l' }] }));
+    expect(ts.map((t) => limits.admit(t))).toEqual([true, true, true, false]);
+    for (const t of ts.slice(0, 3)) limits.picked(t);
+    expect(ts.slice(0, 3).map((t) => limits.sendAt(t))).toEqual([1_000, 1_000, 1_000]);
+    clock.advance(1_000); // the refill timer admits d
+    limits.flush();
+    limits.picked(ts[3] as T);
+    // d's send slot: three sent at 1,000, at 1/s with a burst of 3 the next is due at 2,000 - 10 ms slack
+    expect(limits.sendAt(ts[3] as T)).toBe(2_000);
+    const free = task('free', { concurrency: { key: 'k', max: 5 } });
+    limits.admit(free);
+    limits.picked(free);
+    expect(limits.sendAt(free)).toBe(clock.t);
+  });
+
   it('buckets are per key; the timer is for the earliest of them', () => {
     const { limits, clock } = setup([calls, { name: 'slow', perMinute: 6 }]);
     const a = task('a', { rateLimits: [{ name: 'slow', key: 'x' }] });

@@ -18,6 +18,7 @@ const LEGAL: [TaskPhase, TaskEventName, TaskPhase][] = [
   ['claiming', 'claimed', 'assigned'],
   ['claiming', 'claimRefused', 'queued'],
   ['claiming', 'adopt', 'assigned'],
+  ['claiming', 'settle', 'settled'],
   ['assigned', 'resultReceived', 'committing'],
   ['assigned', 'takeBack', 'cancelling'],
   ['assigned', 'lost', 'queued'],
