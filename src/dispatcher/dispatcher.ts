@@ -568,14 +568,7 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
         this.claimRefused(entry, o ?? { reason: 'AlreadyClaimed', message: 'no answer' });
         return;
       }
-      if (entry.cancelled !== undefined) {
-        this.dropUnsent(entry, conn, o.claim);
-        return;
-      }
-      if (conn.closed || this.entries.get(entry.key) !== entry) {
-        this.giveBack(entry, conn, o.claim);
-        return;
-      }
+      if (this.unsendable(entry, conn, o.claim)) return;
       const at = this.scheduler.sendAt(entry, now);
       if (at > now + 1) {
         // Its rate limits' earlier Assigns went out closer together than the rate (their claim
@@ -602,9 +595,18 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
       void this.claims.release(claim, this.fences()).catch(() => undefined);
       return;
     }
+    if (!this.unsendable(entry, conn, claim)) this.assign(entry, conn, claim, performance.now(), placedAt);
+  }
+
+  /**
+   * Whether a claimed attempt must not go out after all: cancelled meanwhile (dropped), or its agent
+   * or entry gone (claim given back, queued again). Handled here when true.
+   */
+  private unsendable(entry: Entry, conn: AgentConn, claim: Claim): boolean {
     if (entry.cancelled !== undefined) this.dropUnsent(entry, conn, claim);
     else if (conn.closed || this.entries.get(entry.key) !== entry) this.giveBack(entry, conn, claim);
-    else this.assign(entry, conn, claim, performance.now(), placedAt);
+    else return false;
+    return true;
   }
 
   /** The agent went away while we claimed (or paced): give the claim back and queue again. */
