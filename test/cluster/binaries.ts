@@ -25,6 +25,7 @@ export type Binary =
   | 'kube-apiserver'
   | 'kube-controller-manager'
   | 'kube-scheduler'
+  | 'kubelet'
   | 'kubectl'
   | 'helm'
   | 'etcdutl'

@@ -1,0 +1,3 @@
+module agentflow.dev/test/pause
+
+go 1.24

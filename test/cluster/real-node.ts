@@ -1,0 +1,342 @@
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { binaryPath } from './binaries.ts';
+import type { ClusterHandle } from './cluster-handle.ts';
+import { ManagedProcess, waitFor } from './managed-process.ts';
+import { busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
+import { Pki } from './pki.ts';
+import { freePort } from './ports.ts';
+
+// A real node beside the process kubelet: the kubelet built from the same k8s.io/kubernetes module as
+// the control plane, its own containerd (Debian's package, with its own root, state and socket; a
+// kubelet removes sandboxes it does not know, so nodes never share one) running pods with runc, and
+// CNI's bridge and host-local plugins. Pods get addresses on a bridge of their own, 10.99.<n>.0/24,
+// routed only to the host (no masquerade, no default route out): every address a test reaches is on
+// this machine. The node's own address is the pods' gateway on that bridge, 10.99.<n>.1 (a kubelet
+// refuses loopback; this kernel has no dummy links; CNI's bridge plugin accepts no other address).
+// The node carries a NoSchedule taint, so the shared cluster's other tests never land pods on it; a
+// pod for it tolerates REAL_NODE_TAINT and selects the node by name.
+
+const run = promisify(execFile);
+
+export const REAL_NODE_TAINT = { key: 'agentflow.dev/real-node', value: 'true', effect: 'NoSchedule' } as const;
+
+/** The Service CIDR of the local control plane (control-plane.ts, --service-cluster-ip-range). */
+const SERVICE_CIDR = '10.0.0.0/24';
+
+export interface RealNodeOptions {
+  name: string;
+  /** Images imported into the node's containerd besides the pause image (default: busybox). */
+  images?: NodeImage[];
+}
+
+export class RealNode {
+  readonly name: string;
+  /** The node's InternalIP (on its bridge). */
+  readonly nodeIp: string;
+  readonly podCidr: string;
+  readonly dir: string;
+  readonly socket: string;
+  private readonly index: number;
+  private containerd: ManagedProcess | undefined;
+  private kubelet: ManagedProcess | undefined;
+  private readonly cluster: ClusterHandle;
+  private stopped = false;
+
+  private constructor(cluster: ClusterHandle, name: string, index: number) {
+    this.cluster = cluster;
+    this.name = name;
+    this.index = index;
+    this.nodeIp = `10.99.${index}.1`;
+    this.podCidr = `10.99.${index}.0/24`;
+    this.dir = join(cluster.info.dir, 'real-nodes', name);
+    this.socket = join(this.dir, 'containerd.sock');
+  }
+
+  private get bridge(): string {
+    return `afb${this.index}`;
+  }
+
+  /** Starts containerd and the kubelet, and resolves once the Node is Ready. */
+  static async start(cluster: ClusterHandle, o: RealNodeOptions): Promise<RealNode> {
+    const index = await claimIndex();
+    const node = new RealNode(cluster, o.name, index);
+    try {
+      await node.boot(o.images ?? [await busyboxImage()]);
+    } catch (err) {
+      await node.stop().catch(() => undefined);
+      throw err;
+    }
+    return node;
+  }
+
+  private async boot(images: NodeImage[]): Promise<void> {
+    const d = this.dir;
+    for (const sub of ['containerd/root', 'containerd/state', 'cni/conf', 'cni/ipam', 'kubelet/root', 'kubelet/pods'])
+      mkdirSync(join(d, sub), { recursive: true });
+    await run('ip', ['addr', 'add', `${this.nodeIp}/24`, 'dev', this.bridge]);
+    await run('ip', ['link', 'set', this.bridge, 'up']);
+
+    writeFileSync(
+      join(d, 'cni/conf/10-agentflow.conflist'),
+      JSON.stringify({
+        cniVersion: '1.0.0',
+        name: `agentflow-${this.name}`,
+        plugins: [
+          {
+            type: 'bridge',
+            bridge: this.bridge,
+            isGateway: true,
+            isDefaultGateway: false,
+            ipMasq: false,
+            hairpinMode: true,
+            ipam: {
+              type: 'host-local',
+              ranges: [[{ subnet: this.podCidr, gateway: this.nodeIp }]],
+              // Other nodes' pods and Services; nothing else: no default route off the machine.
+              routes: [{ dst: '10.99.0.0/16' }, { dst: SERVICE_CIDR }],
+              dataDir: join(d, 'cni/ipam'),
+            },
+          },
+          { type: 'loopback' },
+        ],
+      }),
+    );
+    writeFileSync(
+      join(d, 'containerd/config.toml'),
+      [
+        'version = 2',
+        `root = "${join(d, 'containerd/root')}"`,
+        `state = "${join(d, 'containerd/state')}"`,
+        '[grpc]',
+        `  address = "${this.socket}"`,
+        '[ttrpc]',
+        `  address = "${this.socket}.ttrpc"`,
+        '[plugins."io.containerd.grpc.v1.cri"]',
+        `  sandbox_image = "${PAUSE_IMAGE}"`,
+        // This machine withholds CAP_SYS_RESOURCE even from root, so no process may lower its
+        // oom_score_adj; the kubelet asks -998 for sandboxes and -997 for Guaranteed pods. Clamp them
+        // to containerd's own score (0), as for rootless containerd, instead of failing in runc.
+        '  restrict_oom_score_adj = true',
+        '  [plugins."io.containerd.grpc.v1.cri".cni]',
+        `    bin_dir = "${cniBinDir()}"`,
+        `    conf_dir = "${join(d, 'cni/conf')}"`,
+        '',
+      ].join('\n'),
+    );
+    this.containerd = new ManagedProcess({
+      name: `containerd-${this.name}`,
+      command: 'containerd',
+      args: ['--config', join(d, 'containerd/config.toml')],
+      logFile: join(d, 'containerd.log'),
+    });
+    this.containerd.start();
+    await waitFor(
+      `containerd of ${this.name}`,
+      async () => {
+        this.containerd?.assertAlive();
+        return (await this.ctr(['version'])).includes('Server:');
+      },
+      30_000,
+    );
+    for (const img of [await pauseImage(), ...images]) await this.ctr(['images', 'import', img.archive]);
+
+    const pki = new Pki(join(this.cluster.info.dir, 'pki'));
+    const client = pki.client(`node-${this.name}`, `system:node:${this.name}`, ['system:nodes']);
+    const serving = pki.serving(`kubelet-real-${this.name}`, [this.nodeIp]);
+    const kubeconfig = join(d, 'kubelet/kubeconfig');
+    writeFileSync(
+      kubeconfig,
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [
+          {
+            name: 'local',
+            cluster: { server: this.cluster.info.server, 'certificate-authority': this.cluster.info.caFile },
+          },
+        ],
+        users: [{ name: 'node', user: { 'client-certificate': client.cert, 'client-key': client.key } }],
+        contexts: [{ name: 'node', context: { cluster: 'local', user: 'node' } }],
+        'current-context': 'node',
+      }),
+    );
+    const [port, healthzPort] = [await freePort(), await freePort()];
+    writeFileSync(
+      join(d, 'kubelet/config.json'),
+      JSON.stringify({
+        apiVersion: 'kubelet.config.k8s.io/v1beta1',
+        kind: 'KubeletConfiguration',
+        address: this.nodeIp,
+        port,
+        readOnlyPort: 0,
+        healthzBindAddress: '127.0.0.1',
+        healthzPort,
+        authentication: {
+          anonymous: { enabled: false },
+          webhook: { enabled: true },
+          x509: { clientCAFile: this.cluster.info.caFile },
+        },
+        authorization: { mode: 'Webhook' },
+        tlsCertFile: serving.cert,
+        tlsPrivateKeyFile: serving.key,
+        // cgroup v1 (hybrid) here, and this kubelet shares the machine: no QoS hierarchy of its own,
+        // no allocatable enforcement, no eviction, no swap or local-storage accounting.
+        cgroupDriver: 'cgroupfs',
+        failCgroupV1: false,
+        cgroupsPerQOS: false,
+        enforceNodeAllocatable: [],
+        failSwapOn: false,
+        localStorageCapacityIsolation: false,
+        evictionHard: {},
+        imageGCHighThresholdPercent: 100,
+        containerRuntimeEndpoint: `unix://${this.socket}`,
+        clusterDomain: 'cluster.local',
+        resolvConf: '',
+        serializeImagePulls: false,
+        registerNode: true,
+        registerWithTaints: [REAL_NODE_TAINT],
+        podCIDR: this.podCidr,
+      }),
+    );
+    this.kubelet = new ManagedProcess({
+      name: `kubelet-${this.name}`,
+      command: binaryPath('kubelet'),
+      args: [
+        `--config=${join(d, 'kubelet/config.json')}`,
+        `--kubeconfig=${kubeconfig}`,
+        `--hostname-override=${this.name}`,
+        `--node-ip=${this.nodeIp}`,
+        `--root-dir=${join(d, 'kubelet/root')}`,
+        `--node-labels=agentflow.dev/node-kind=real`,
+        '--v=2',
+      ],
+      logFile: join(d, 'kubelet.log'),
+    });
+    this.kubelet.start();
+    await waitFor(
+      `node ${this.name} Ready`,
+      async () => {
+        this.kubelet?.assertAlive();
+        this.containerd?.assertAlive();
+        const n = (await this.cluster.client.get(`/api/v1/nodes/${this.name}`)) as {
+          status?: { conditions?: { type: string; status: string }[] };
+        };
+        return n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+      },
+      90_000,
+      250,
+    );
+  }
+
+  /** `ctr` against this node's containerd, in the namespace the kubelet's pods live in. */
+  async ctr(args: string[]): Promise<string> {
+    return (await run('ctr', ['--address', this.socket, '--namespace', 'k8s.io', ...args], { maxBuffer: 16 << 20 }))
+      .stdout;
+  }
+
+  /** The log of the kubelet or containerd (for a failing test's message). */
+  logTail(which: 'kubelet' | 'containerd', lines = 40): string {
+    return (which === 'kubelet' ? this.kubelet : this.containerd)?.logTail(lines) ?? '(not started)';
+  }
+
+  /**
+   * Deletes the node's pods through the API and waits for the kubelet to stop their sandboxes (which
+   * tears their network namespaces down), then stops the kubelet and containerd, kills what a
+   * killed kubelet left running, unmounts what is left under the node's directory, removes its
+   * links and the Node object. Safe to call on a node that did not finish starting.
+   */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    const api = this.cluster.client;
+    if (this.kubelet && this.containerd) {
+      const pods = (await api
+        .get(`/api/v1/pods?fieldSelector=spec.nodeName%3D${this.name}`)
+        .catch(() => ({ items: [] }))) as { items: { metadata: { namespace: string; name: string } }[] };
+      for (const p of pods.items)
+        await api
+          .delete(`/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}?gracePeriodSeconds=0`)
+          .catch(() => undefined);
+      await waitFor('the node’s sandboxes stopped', async () => (await this.runningTasks()).length === 0, 30_000).catch(
+        () => undefined,
+      );
+    }
+    await this.kubelet?.stop(5_000);
+    if (this.containerd) {
+      for (const id of await this.runningTasks().catch(() => [])) {
+        await this.ctr(['tasks', 'kill', '--signal', 'SIGKILL', id]).catch(() => undefined);
+      }
+      await this.containerd.stop(5_000);
+    }
+    killShims(this.socket);
+    unmountUnder(this.dir);
+    await run('ip', ['link', 'del', this.bridge]).catch(() => undefined);
+    await api.delete(`/api/v1/nodes/${this.name}`).catch(() => undefined);
+  }
+
+  private async runningTasks(): Promise<string[]> {
+    return (await this.ctr(['tasks', 'ls', '--quiet'])).split('\n').filter(Boolean);
+  }
+}
+
+/** Where CNI's plugins are: Debian's containernetworking-plugins package. */
+function cniBinDir(): string {
+  return '/usr/lib/cni';
+}
+
+/**
+ * A free node number: creating its bridge is the claim (`ip link add` fails if another test file's
+ * node holds it), so parallel test files never share addresses or bridges. CNI's bridge plugin
+ * finds the bridge there and adds the pods' gateway address to it.
+ */
+async function claimIndex(): Promise<number> {
+  const start = 1 + Math.floor(Math.random() * 250);
+  for (let i = 0; i < 250; i++) {
+    const n = ((start + i) % 250) + 1;
+    try {
+      await run('ip', ['link', 'add', `afb${n}`, 'type', 'bridge']);
+      return n;
+    } catch {
+      // taken: try the next
+    }
+  }
+  throw new Error('no free real-node number (bridges afb1..afb250 all exist)');
+}
+
+/** containerd's shims outlive it; the ones started for this socket go with the node. */
+function killShims(socket: string): void {
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    let cmd: string;
+    try {
+      cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (cmd.includes('containerd-shim') && cmd.includes(socket)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+}
+
+/** Lazily unmounts every mount under `dir`, deepest first (overlay rootfs, tmpfs volumes, netns). */
+function unmountUnder(dir: string): void {
+  const mounts = readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[1]?.replace(/\\040/g, ' '))
+    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(`${dir}/`)))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) {
+    try {
+      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+    } catch {
+      // already gone
+    }
+  }
+}
