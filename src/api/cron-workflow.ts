@@ -1,4 +1,5 @@
-import { type Static, Type } from '@sinclair/typebox';
+// biome-ignore lint/correctness/noUnusedImports: tsc names these in the emitted declarations of the schemas below (TS4023 without them: `npm run build` and the Dockerfile fail)
+import { type Hint, type Kind, type OptionalKind, type ReadonlyKind, type Static, Type } from '@sinclair/typebox';
 import { Conditions, ObjectMeta, StringEnum, StringMap } from './schema-helpers.ts';
 import { WorkflowObjectSpec } from './workflow.ts';
 
