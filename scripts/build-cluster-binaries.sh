@@ -22,7 +22,7 @@ helm_dir="$CACHE/bin/helm-$HELM_VERSION"
 
 build_kube() {
   local missing=()
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl etcd; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd; do
     [[ -x "$kube_dir/$b" ]] || missing+=("$b")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0

@@ -20,9 +20,10 @@ node_version() { "${1:-node}" -p 'const [a, b] = process.versions.node.split("."
 
 # Debian packages the harness shells out to, as "command:package" (chromium: the web UI's browser test;
 # tmux: the CLI's terminal view; zsh and fish: the CLI's completion scripts run in each shell;
-# containerd, runc, the CNI plugins, buildah and a static busybox: real nodes, test/cluster/real-node.ts).
+# containerd, runc, the CNI plugins, buildah, a static busybox and debootstrap: real nodes and their
+# images, test/cluster/real-node.ts and node-images.ts).
 APT_NEEDS=(openssl:openssl chromium:chromium tmux:tmux zsh:zsh fish:fish containerd:containerd runc:runc
-  /usr/lib/cni/bridge:containernetworking-plugins buildah:buildah /bin/busybox:busybox-static)
+  /usr/lib/cni/bridge:containernetworking-plugins buildah:buildah /bin/busybox:busybox-static debootstrap:debootstrap)
 
 ensure_apt_packages() {
   local missing=()
@@ -90,7 +91,7 @@ ensure_go_binaries() {
   otelcol="$AGENTFLOW_CACHE/bin/otelcol-$(otelcol_build_id "$AGENTFLOW_ROOT")"
   lincheck="$AGENTFLOW_CACHE/bin/lincheck-$(go_tool_version "$AGENTFLOW_ROOT" lincheck)"
   promlint="$AGENTFLOW_CACHE/bin/promlint-$(go_tool_version "$AGENTFLOW_ROOT" promlint)"
-  if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubelet" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
+  if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubelet" || ! -x "$kube/kube-proxy" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
     command -v go >/dev/null || { log "Go >= 1.24 is needed to build the control-plane binaries; none found on PATH"; exit 1; }
     log "building control-plane binaries (first run only; ~10 min on 2 cores)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"

