@@ -26,6 +26,7 @@ export type Binary =
   | 'kube-controller-manager'
   | 'kube-scheduler'
   | 'kubelet'
+  | 'kube-proxy'
   | 'kubectl'
   | 'helm'
   | 'etcdutl'

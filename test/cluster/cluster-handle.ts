@@ -22,6 +22,8 @@ export interface ClusterInfo {
   stateEtcd?: StateEtcdInfo;
   dir: string;
   pids: Record<string, number>;
+  /** Its pod network for real nodes (pod-network.ts), when it has one: the e2e project's. */
+  podNetwork?: { hostIp: string; cidr: string; proxyLivez: string; proxyLog: string };
   /** A cluster someone else runs (AGENTFLOW_E2E_KUBECONFIG, e.g. kind): no process kubelet, no agentflow etcd of ours. */
   external?: boolean;
 }

@@ -8,6 +8,7 @@ import { writeKubeconfig } from './kubeconfig.ts';
 import { type KubeletOptions, type NodeSpec, ProcessKubelet } from './kubelet/kubelet.ts';
 import { ManagedProcess, waitFor } from './managed-process.ts';
 import { Pki } from './pki.ts';
+import { POD_NETWORK, PodNetwork, SERVICE_CIDR } from './pod-network.ts';
 import { freePort } from './ports.ts';
 import { StateEtcd } from './state-etcd.ts';
 
@@ -51,6 +52,11 @@ export interface ControlPlaneOptions {
   /** Start a second etcd for agentflow's own state (default true). */
   stateEtcd?: boolean;
   kubelet?: Omit<KubeletOptions, 'client' | 'nodes' | 'dir' | 'apiServer'>;
+  /**
+   * A pod network for real nodes (pod-network.ts): the API server also listens on the pod
+   * network's host address and advertises it, and kube-proxy runs Services. Needs root.
+   */
+  podNetwork?: boolean;
 }
 
 /**
@@ -68,6 +74,7 @@ export class ControlPlane {
   private controllerManager: ManagedProcess | undefined;
   private scheduler: ManagedProcess | undefined;
   private admin: RestClient | undefined;
+  private podNetwork: PodNetwork | undefined;
 
   readonly opts: ControlPlaneOptions;
 
@@ -104,7 +111,11 @@ export class ControlPlane {
     await Promise.all([etcdStart, this.stateEtcd?.start()]);
 
     this.apiPort = await freePort();
-    const serving = this.pki.serving('apiserver');
+    if (this.opts.podNetwork) {
+      this.podNetwork = new PodNetwork(dir, this.pki);
+      await this.podNetwork.claimAddress();
+    }
+    const serving = this.pki.serving('apiserver', this.podNetwork ? [POD_NETWORK.hostIp] : []);
     const adminCert = this.pki.client('admin', 'kubernetes-admin', ['system:masters']);
     const kubeletClient = this.pki.client('apiserver-kubelet-client', 'kube-apiserver-kubelet-client', [
       'system:masters',
@@ -130,8 +141,10 @@ export class ControlPlane {
       logFile: join(dir, 'kube-apiserver.log'),
       args: [
         `--etcd-servers=${this.etcd.endpoint}`,
-        '--bind-address=127.0.0.1',
-        '--advertise-address=127.0.0.1',
+        // With a pod network: every address, so pods reach the one they are routed to (the kubernetes
+        // Service's endpoint), and the host still reaches 127.0.0.1.
+        `--bind-address=${this.podNetwork ? '0.0.0.0' : '127.0.0.1'}`,
+        `--advertise-address=${this.podNetwork ? POD_NETWORK.hostIp : '127.0.0.1'}`,
         `--secure-port=${this.apiPort}`,
         `--cert-dir=${join(dir, 'apiserver-certs')}`,
         `--tls-cert-file=${serving.cert}`,
@@ -140,7 +153,7 @@ export class ControlPlane {
         '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
         `--service-account-key-file=${this.pki.serviceAccountPub}`,
         `--service-account-signing-key-file=${this.pki.serviceAccountKey}`,
-        '--service-cluster-ip-range=10.0.0.0/24',
+        `--service-cluster-ip-range=${SERVICE_CIDR}`,
         '--authorization-mode=Node,RBAC',
         '--allow-privileged=true',
         // `kubectl logs` reaches the process kubelet's log server at the node's InternalIP.
@@ -228,6 +241,8 @@ export class ControlPlane {
       200,
     );
 
+    await this.podNetwork?.startProxy(this.server);
+
     const kubeletKubeconfig = componentKubeconfig('kubelet', 'agentflow:process-kubelet');
     await this.grantKubelet();
     const nodes = this.opts.nodes ?? DEFAULT_NODES;
@@ -285,6 +300,7 @@ export class ControlPlane {
     for (const p of [this.etcd, this.stateEtcd, this.apiserver, this.controllerManager, this.scheduler]) {
       if (p?.pid) pids[p.name] = p.pid;
     }
+    if (this.podNetwork?.pid) pids['kube-proxy'] = this.podNetwork.pid;
     const info: ClusterInfo = {
       kubeconfig: this.kubeconfigPath,
       kubeletKubeconfig: join(this.opts.dir, 'kubelet.kubeconfig'),
@@ -296,6 +312,14 @@ export class ControlPlane {
       dir: this.opts.dir,
       pids,
     };
+    if (this.podNetwork) {
+      info.podNetwork = {
+        hostIp: POD_NETWORK.hostIp,
+        cidr: POD_NETWORK.cidr,
+        proxyLivez: this.podNetwork.livezUrl,
+        proxyLog: join(this.opts.dir, 'kube-proxy.log'),
+      };
+    }
     if (this.stateEtcd) {
       info.stateEtcdEndpoint = this.stateEtcd.info.endpoint;
       info.stateEtcd = this.stateEtcd.info;
@@ -311,6 +335,7 @@ export class ControlPlane {
   async stop(): Promise<void> {
     await this.kubelet?.stop();
     await Promise.all([this.scheduler?.stop(5_000), this.controllerManager?.stop(5_000)]);
+    await this.podNetwork?.stop();
     await this.apiserver?.stop(10_000);
     await Promise.all([this.etcd.stop(), this.stateEtcd?.stop()]);
     this.admin?.close();

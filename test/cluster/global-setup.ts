@@ -38,7 +38,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
     console.log(`e2e against the cluster of ${external} (${server})`);
     return async () => rmSync(dir, { recursive: true, force: true });
   }
-  const cp = new ControlPlane({ dir, nodes: [] });
+  // The e2e project's pods run on real nodes, so its cluster has a pod network (API server reachable
+  // from pods, kube-proxy): one per machine, so the integration project's real nodes go without.
+  const cp = new ControlPlane({ dir, nodes: [], podNetwork: project.name === 'e2e' });
   const started = Date.now();
   try {
     project.provide('cluster', await cp.start());

@@ -8,6 +8,7 @@ import { ManagedProcess, waitFor } from './managed-process.ts';
 import { unmountUnder } from './mounts.ts';
 import { busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
 import { Pki } from './pki.ts';
+import { POD_NETWORK, SERVICE_CIDR } from './pod-network.ts';
 import { freePort } from './ports.ts';
 
 // A real node beside the process kubelet: the kubelet built from the same k8s.io/kubernetes module as
@@ -23,9 +24,6 @@ import { freePort } from './ports.ts';
 const run = promisify(execFile);
 
 export const REAL_NODE_TAINT = { key: 'agentflow.dev/real-node', value: 'true', effect: 'NoSchedule' } as const;
-
-/** The Service CIDR of the local control plane (control-plane.ts, --service-cluster-ip-range). */
-const SERVICE_CIDR = '10.0.0.0/24';
 
 export interface RealNodeOptions {
   name: string;
@@ -75,6 +73,18 @@ export class RealNode {
 
   private async boot(images: NodeImage[]): Promise<void> {
     const d = this.dir;
+    const net = this.cluster.info.podNetwork;
+    if (net) {
+      // Services work on this node once the machine's kube-proxy is live (pod-network.ts).
+      await waitFor(
+        'kube-proxy live',
+        async () => (await fetch(net.proxyLivez).catch(() => undefined))?.status === 200,
+        60_000,
+        250,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message} (its log: ${net.proxyLog})`);
+      });
+    }
     for (const sub of ['containerd/root', 'containerd/state', 'cni/conf', 'cni/ipam', 'kubelet/root', 'kubelet/pods'])
       mkdirSync(join(d, sub), { recursive: true });
     await run('ip', ['addr', 'add', `${this.nodeIp}/24`, 'dev', this.bridge]);
@@ -97,7 +107,7 @@ export class RealNode {
               type: 'host-local',
               ranges: [[{ subnet: this.podCidr, gateway: this.nodeIp }]],
               // Other nodes' pods and Services; nothing else: no default route off the machine.
-              routes: [{ dst: '10.99.0.0/16' }, { dst: SERVICE_CIDR }],
+              routes: [{ dst: POD_NETWORK.cidr }, { dst: SERVICE_CIDR }],
               dataDir: join(d, 'cni/ipam'),
             },
           },

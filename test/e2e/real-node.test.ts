@@ -1,15 +1,20 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VERSION_LINE } from '../../src/lib/version.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
 import { waitFor } from '../cluster/managed-process.ts';
-import { agentflowImage, type NodeImage } from '../cluster/node-images.ts';
+import { agentflowImage, BUSYBOX_IMAGE, busyboxImage, type NodeImage } from '../cluster/node-images.ts';
 import { REAL_NODE_TAINT, RealNode } from '../cluster/real-node.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
 
 // The project's image, built from its Dockerfile (on a base made from Debian's packages: no
 // registry here), run by a real node's containerd as the chart runs it: by its tag, pulled
 // IfNotPresent, as the image's own non-root user, with a read-only root filesystem and no
-// capabilities. Nothing of the checkout is mapped in.
+// capabilities. Nothing of the checkout is mapped in. And the cluster's pod network
+// (pod-network.ts): Services through kube-proxy, the API server through the kubernetes Service.
+
+const run = promisify(execFile);
 
 interface Pod {
   status: {
@@ -26,7 +31,7 @@ let ns: string;
 beforeAll(async () => {
   cluster = testCluster();
   image = await agentflowImage();
-  node = await RealNode.start(cluster, { name: uniqueName('real'), images: [image] });
+  node = await RealNode.start(cluster, { name: uniqueName('real'), images: [image, await busyboxImage()] });
   ns = uniqueName('image');
   await cluster.client.post('/api/v1/namespaces', { metadata: { name: ns } });
 }, 900_000);
@@ -36,6 +41,34 @@ afterAll(async () => {
   await cluster?.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
   await cluster?.close();
 });
+
+const onNode = () => ({
+  nodeSelector: { 'kubernetes.io/hostname': node.name },
+  tolerations: [{ ...REAL_NODE_TAINT, operator: 'Equal' }],
+});
+
+/** Waits for a pod to end; its phase, with the kubelet's log if it never does. */
+async function finished(name: string): Promise<Pod> {
+  let pod: Pod | undefined;
+  await waitFor(
+    `pod ${name} to finish`,
+    async () => {
+      pod = (await cluster.client.get(`/api/v1/namespaces/${ns}/pods/${name}`)) as Pod;
+      return pod.status.phase === 'Succeeded' || pod.status.phase === 'Failed';
+    },
+    120_000,
+    250,
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}\npod: ${JSON.stringify(pod?.status)}\nkubelet:\n${node.logTail('kubelet', 40)}`);
+  });
+  return pod as Pod;
+}
+
+async function logs(pod: string, container?: string): Promise<string> {
+  const r = await cluster.kubectl(['logs', '-n', ns, pod, ...(container ? ['-c', container] : [])]);
+  if (r.code !== 0) throw new Error(`kubectl logs ${pod} failed: ${r.stderr}`);
+  return r.stdout;
+}
 
 /** The chart's container securityContext (charts/agentflow/values.yaml: operator.securityContext). */
 const restricted = {
@@ -50,8 +83,7 @@ describe('the Dockerfile’s image on a real node', () => {
     await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
       metadata: { name: 'image' },
       spec: {
-        nodeSelector: { 'kubernetes.io/hostname': node.name },
-        tolerations: [{ ...REAL_NODE_TAINT, operator: 'Equal' }],
+        ...onNode(),
         automountServiceAccountToken: false,
         restartPolicy: 'Never',
         containers: [
@@ -78,23 +110,116 @@ describe('the Dockerfile’s image on a real node', () => {
         ],
       },
     });
-    let pod: Pod | undefined;
-    await waitFor(
-      'the image’s pod to finish',
-      async () => {
-        pod = (await cluster.client.get(`/api/v1/namespaces/${ns}/pods/image`)) as Pod;
-        return pod.status.phase === 'Succeeded' || pod.status.phase === 'Failed';
+    const pod = await finished('image');
+    const [version, inside] = [await logs('image', 'version'), await logs('image', 'inside')];
+    expect(pod.status.phase, `version: ${version}\ninside: ${inside}`).toBe('Succeeded');
+    expect(version).toBe(VERSION_LINE);
+    expect(inside).toBe('uid=65532 cwd=/app\n/app/dist/cli/main.js\n/app/ui/dist/index.html\nread-only\n');
+  });
+
+  it('reaches a ClusterIP Service’s pod through kube-proxy, from another pod and from the host', async () => {
+    await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
+      metadata: { name: 'web', labels: { app: 'web' } },
+      spec: {
+        ...onNode(),
+        automountServiceAccountToken: false,
+        terminationGracePeriodSeconds: 1,
+        containers: [
+          {
+            name: 'web',
+            image: BUSYBOX_IMAGE,
+            imagePullPolicy: 'Never',
+            command: [
+              '/bin/busybox',
+              'sh',
+              '-c',
+              'mkdir -p /www; echo "web says hi" > /www/index.html; exec /bin/busybox httpd -f -p 8080 -h /www',
+            ],
+            readinessProbe: { httpGet: { path: '/', port: 8080 }, periodSeconds: 1 },
+          },
+        ],
       },
-      120_000,
-      250,
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}\npod: ${JSON.stringify(pod?.status)}\nkubelet:\n${node.logTail('kubelet', 40)}`);
     });
-    const logs = async (c: string) => (await cluster.kubectl(['logs', '-n', ns, 'image', '-c', c])).stdout;
-    expect(pod?.status.phase, `version: ${await logs('version')}\ninside: ${await logs('inside')}`).toBe('Succeeded');
-    expect(await logs('version')).toBe(VERSION_LINE);
-    expect(await logs('inside')).toBe(
-      'uid=65532 cwd=/app\n/app/dist/cli/main.js\n/app/ui/dist/index.html\nread-only\n',
-    );
+    const svc = (await cluster.client.post(`/api/v1/namespaces/${ns}/services`, {
+      metadata: { name: 'web' },
+      spec: { selector: { app: 'web' }, ports: [{ port: 80, targetPort: 8080 }] },
+    })) as { spec: { clusterIP: string } };
+    const ip = svc.spec.clusterIP;
+    // kube-proxy's rules for it, once the pod is Ready (an endpoint) and kube-proxy has synced. Until
+    // then a connection to the address hangs (it goes nowhere: pod-network.ts routes the Service CIDR
+    // to the pod network's bridge), so wait for the rule, then connect once.
+    const natRules = async () =>
+      (await run('iptables-save', ['-t', 'nat'])).stdout.split('\n').filter((l) => l.includes(`${ns}/web`));
+    await waitFor(
+      `kube-proxy's DNAT rule for ${ns}/web`,
+      async () => (await natRules()).some((l) => l.includes('-j DNAT')),
+      60_000,
+      250,
+    ).catch(async (err: Error) => {
+      const web = await cluster.client.get(`/api/v1/namespaces/${ns}/pods/web`);
+      throw new Error(`${err.message}\nweb: ${JSON.stringify(web)}\nkube-proxy: ${cluster.info.podNetwork?.proxyLog}`);
+    });
+    // From the host.
+    const res = await fetch(`http://${ip}/`, { signal: AbortSignal.timeout(10_000) });
+    expect(await res.text()).toBe('web says hi\n');
+    await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
+      metadata: { name: 'client' },
+      spec: {
+        ...onNode(),
+        automountServiceAccountToken: false,
+        restartPolicy: 'Never',
+        containers: [
+          {
+            // Node's fetch: busybox's wget is static glibc, whose resolver crashes without NSS.
+            name: 'client',
+            image: image.ref,
+            imagePullPolicy: 'IfNotPresent',
+            command: [
+              'node',
+              '-e',
+              `fetch('http://${ip}/').then((r) => r.text()).then((t) => process.stdout.write(t))`,
+            ],
+            securityContext: restricted,
+          },
+        ],
+      },
+    });
+    const client = await finished('client');
+    expect(client.status.phase, await logs('client')).toBe('Succeeded');
+    expect(await logs('client')).toBe('web says hi\n');
+  });
+
+  it('reaches the API server through the kubernetes Service, as its ServiceAccount', async () => {
+    // What in-cluster clients (the operator, @kubernetes/client-node) do: the Service's address
+    // from the environment, the token and CA the kubelet projects into the pod.
+    const script = [
+      "const sa = '/var/run/secrets/kubernetes.io/serviceaccount';",
+      "const token = require('fs').readFileSync(sa + '/token', 'utf8');",
+      'const url = `https://${process.env.KUBERNETES_SERVICE_HOST}:${process.env.KUBERNETES_SERVICE_PORT}`;',
+      "fetch(url + '/apis/authentication.k8s.io/v1/selfsubjectreviews', { method: 'POST',",
+      "  headers: { authorization: 'Bearer ' + token, 'content-type': 'application/json' },",
+      "  body: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'SelfSubjectReview' }) })",
+      '  .then((r) => r.json()).then((r) => console.log(r.status.userInfo.username));',
+    ].join('\n');
+    await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
+      metadata: { name: 'whoami' },
+      spec: {
+        ...onNode(),
+        restartPolicy: 'Never',
+        containers: [
+          {
+            name: 'whoami',
+            image: image.ref,
+            imagePullPolicy: 'IfNotPresent',
+            command: ['node', '-e', script],
+            env: [{ name: 'NODE_EXTRA_CA_CERTS', value: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt' }],
+            securityContext: restricted,
+          },
+        ],
+      },
+    });
+    const pod = await finished('whoami');
+    expect(pod.status.phase, await logs('whoami')).toBe('Succeeded');
+    expect(await logs('whoami')).toBe(`system:serviceaccount:${ns}:default\n`);
   });
 });

@@ -1,0 +1,122 @@
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { binaryPath } from './binaries.ts';
+import { writeKubeconfig } from './kubeconfig.ts';
+import { ManagedProcess } from './managed-process.ts';
+import type { Pki } from './pki.ts';
+import { freePort } from './ports.ts';
+
+// The pod network of a control plane whose pods run on real nodes (test/cluster/real-node.ts):
+// what makes pods part of a cluster rather than processes in namespaces.
+// - The control plane's address on it, 10.99.0.1 on a bridge of its own (afb0; real nodes take
+//   afb1..afb250, each its own /24 of 10.99.0.0/16). Pods route 10.99.0.0/16 to their node's
+//   bridge, so they reach this host address, where the API server listens and is advertised: the
+//   `kubernetes` Service's endpoint.
+// - kube-proxy in iptables mode, one for the machine: every pod's traffic is routed through the
+//   host's network namespace, so one set of Service rules serves every real node. Its rules go with
+//   it (`kube-proxy --cleanup`).
+// Nothing here routes off the machine: no masquerade out, no default route in any pod.
+
+const run = promisify(execFile);
+
+export const POD_NETWORK = {
+  /** Every real node's pod CIDR is a /24 of this (kube-proxy's --cluster-cidr). */
+  cidr: '10.99.0.0/16',
+  /** The control plane's address on the pod network. */
+  hostIp: '10.99.0.1',
+  bridge: 'afb0',
+} as const;
+
+/** The control plane's --service-cluster-ip-range. */
+export const SERVICE_CIDR = '10.0.0.0/24';
+
+export class PodNetwork {
+  private proxy: ManagedProcess | undefined;
+  private readonly dir: string;
+  private readonly pki: Pki;
+  private healthzPort = 0;
+
+  constructor(dir: string, pki: Pki) {
+    this.dir = dir;
+    this.pki = pki;
+  }
+
+  /**
+   * Puts the control plane's address on its bridge. A bridge left by a run that was killed is
+   * replaced: only this machine's one local control plane with a pod network owns afb0.
+   */
+  async claimAddress(): Promise<void> {
+    await run('ip', ['link', 'del', POD_NETWORK.bridge]).catch(() => undefined);
+    await run('ip', ['link', 'add', POD_NETWORK.bridge, 'type', 'bridge']);
+    await run('ip', ['addr', 'add', `${POD_NETWORK.hostIp}/24`, 'dev', POD_NETWORK.bridge]);
+    await run('ip', ['link', 'set', POD_NETWORK.bridge, 'up']);
+    // The Service CIDR goes to the pod network, not the default route: before kube-proxy has a rule
+    // for a new Service, a connection to its address must go nowhere rather than off the machine.
+    await run('ip', ['route', 'replace', SERVICE_CIDR, 'dev', POD_NETWORK.bridge]);
+  }
+
+  /** Starts kube-proxy (without waiting for it) as system:kube-proxy (bootstrap RBAC's system:node-proxier) against `server`. */
+  async startProxy(server: string): Promise<void> {
+    const kubeconfig = join(this.dir, 'kube-proxy.kubeconfig');
+    writeKubeconfig(kubeconfig, server, this.pki.caCert, this.pki.client('kube-proxy', 'system:kube-proxy'));
+    this.healthzPort = await freePort();
+    const config = join(this.dir, 'kube-proxy.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        apiVersion: 'kubeproxy.config.k8s.io/v1alpha1',
+        kind: 'KubeProxyConfiguration',
+        clientConnection: { kubeconfig },
+        mode: 'iptables',
+        clusterCIDR: POD_NETWORK.cidr,
+        bindAddress: POD_NETWORK.hostIp,
+        hostnameOverride: 'agentflow-pod-network',
+        healthzBindAddress: `127.0.0.1:${this.healthzPort}`,
+        metricsBindAddress: `127.0.0.1:${await freePort()}`,
+        // NodePorts only on the pod network, never on loopback (no route_localnet) or other links.
+        nodePortAddresses: [POD_NETWORK.cidr],
+        iptables: { localhostNodePorts: false, syncPeriod: '5s', minSyncPeriod: '0s' },
+        // Leave the machine's conntrack settings alone.
+        conntrack: {
+          maxPerCore: 0,
+          min: 0,
+          tcpEstablishedTimeout: '0s',
+          tcpCloseWaitTimeout: '0s',
+        },
+      }),
+    );
+    this.proxy = new ManagedProcess({
+      name: 'kube-proxy',
+      command: binaryPath('kube-proxy'),
+      args: [`--config=${config}`, '--v=1'],
+      logFile: join(this.dir, 'kube-proxy.log'),
+    });
+    // Not waited for here: kube-proxy first waits 30 s for a Node named as itself, which never
+    // comes (it serves every real node on this machine, not one). Real nodes wait for livezUrl.
+    this.proxy.start();
+  }
+
+  /** kube-proxy's /livez (it has no notion of being this node's, as /healthz does). */
+  get livezUrl(): string {
+    return `http://127.0.0.1:${this.healthzPort}/livez`;
+  }
+
+  get pid(): number | undefined {
+    return this.proxy?.pid;
+  }
+
+  logTail(lines = 40): string {
+    return this.proxy?.logTail(lines) ?? '(not started)';
+  }
+
+  /** Stops kube-proxy, removes its iptables rules and the bridge. */
+  async stop(): Promise<void> {
+    await this.proxy?.stop(5_000);
+    if (this.proxy) {
+      await run(binaryPath('kube-proxy'), ['--cleanup', '--v=0']).catch(() => undefined);
+    }
+    await run('ip', ['link', 'del', POD_NETWORK.bridge]).catch(() => undefined);
+  }
+}
