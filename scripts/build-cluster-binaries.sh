@@ -5,7 +5,8 @@
 # lincheck linearizability checker (tools/lincheck, keyed by its content hash),
 # the promlint exposition-format linter (tools/promlint, keyed the same way)
 # and etcdutl (tools/etcdutl pins it), which `agentflow restore` runs, and the
-# OpenTelemetry Collector the tests receive spans with (test/cluster/otelcol).
+# OpenTelemetry Collector the tests receive spans with (test/cluster/otelcol), and CoreDNS
+# (test/cluster/coredns) with kubelet and kube-proxy for real nodes.
 # Results are cached outside git in ~/.cache/agentflow/bin/<component>-<version>/
 # so later runs skip the build entirely; each binary is written to a temporary
 # name and renamed, so an interrupted build never leaves a broken binary.
@@ -82,6 +83,23 @@ build_etcdutl() {
 
 # The OpenTelemetry Collector of test/cluster/otelcol (OTLP receiver, file exporter), into
 # bin/otelcol-<version>-<content hash>/. -mod=readonly: its committed go.sum covers the build.
+# CoreDNS of test/cluster/coredns, into bin/coredns-<version>-<content hash>/ (as otelcol).
+build_coredns() {
+  local src="$ROOT/test/cluster/coredns" dir
+  dir="$CACHE/bin/coredns-$(coredns_build_id "$ROOT")"
+  [[ -x "$dir/coredns" ]] && return 0
+  grep -q "^require github.com/coredns/coredns $COREDNS_VERSION\$" "$src/go.mod" || {
+    echo "test/cluster/coredns/go.mod does not require github.com/coredns/coredns $COREDNS_VERSION (scripts/versions.sh)" >&2
+    exit 1
+  }
+  mkdir -p "$dir"
+  echo "building coredns $COREDNS_VERSION (first run only; ~2.5 min)..." >&2
+  local t0=$SECONDS
+  (cd "$src" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$dir/coredns.tmp.$$" .)
+  mv "$dir/coredns.tmp.$$" "$dir/coredns"
+  echo "built coredns in $((SECONDS - t0))s" >&2
+}
+
 build_otelcol() {
   local src="$ROOT/test/cluster/otelcol" dir
   dir="$CACHE/bin/otelcol-$(otelcol_build_id "$ROOT")"
@@ -104,3 +122,4 @@ build_go_tool lincheck
 build_go_tool promlint
 build_etcdutl
 build_otelcol
+build_coredns

@@ -87,8 +87,9 @@ ensure_ui() {
 
 ensure_go_binaries() {
   local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
-  local lincheck promlint otelcol
+  local lincheck promlint otelcol coredns
   otelcol="$AGENTFLOW_CACHE/bin/otelcol-$(otelcol_build_id "$AGENTFLOW_ROOT")"
+  coredns="$AGENTFLOW_CACHE/bin/coredns-$(coredns_build_id "$AGENTFLOW_ROOT")"
   lincheck="$AGENTFLOW_CACHE/bin/lincheck-$(go_tool_version "$AGENTFLOW_ROOT" lincheck)"
   promlint="$AGENTFLOW_CACHE/bin/promlint-$(go_tool_version "$AGENTFLOW_ROOT" promlint)"
   if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubelet" || ! -x "$kube/kube-proxy" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
@@ -99,9 +100,9 @@ ensure_go_binaries() {
     command -v go >/dev/null || { log "Go >= 1.24 is needed to build tools/lincheck and tools/promlint; none found on PATH"; exit 1; }
     log "building lincheck and promlint (tools/ changed or first run; seconds)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
-  elif [[ ! -x "$otelcol/otelcol" ]]; then
-    command -v go >/dev/null || { log "Go >= 1.26 is needed to build the OpenTelemetry Collector (test/cluster/otelcol); none found on PATH"; exit 1; }
-    log "building otelcol $OTELCOL_VERSION (test/cluster/otelcol changed or first run; minutes)"
+  elif [[ ! -x "$otelcol/otelcol" || ! -x "$coredns/coredns" ]]; then
+    command -v go >/dev/null || { log "Go >= 1.26 is needed to build the OpenTelemetry Collector and CoreDNS (test/cluster/otelcol, coredns); none found on PATH"; exit 1; }
+    log "building otelcol $OTELCOL_VERSION and coredns $COREDNS_VERSION (test/cluster/otelcol or coredns changed, or first run; minutes)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
   fi
   export PATH="$kube:$helm:$lincheck:$promlint:$PATH"

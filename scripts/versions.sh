@@ -13,6 +13,10 @@ ETCDUTL_VERSION=v3.6.4
 # hash as go_tool_version's but of test/cluster/otelcol (go.mod, go.sum, main.go, components.go), so
 # an edited component list is rebuilt too. Usage: otelcol_build_id ROOT.
 OTELCOL_VERSION=v0.161.0
+# CoreDNS, cluster DNS of the e2e cluster's pod network (test/cluster/coredns: the kubernetes plugin and
+# a few others, built as CoreDNS's own coredns.go with a shorter plugin list). Cached in
+# bin/coredns-<this>-<hash>/, the hash of its go.mod, go.sum and main.go. Usage: coredns_build_id ROOT.
+COREDNS_VERSION=v1.15.0
 # Node runs the TypeScript sources as they are: type stripping is on by default from 22.18.
 NODE_MIN_MAJOR=22
 NODE_MIN_MINOR=18
@@ -26,4 +30,7 @@ go_tool_version() {
 }
 otelcol_build_id() {
   echo "$OTELCOL_VERSION-$(cd "$1/test/cluster/otelcol" && cat go.mod go.sum main.go components.go | sha256sum | cut -c1-16)"
+}
+coredns_build_id() {
+  echo "$COREDNS_VERSION-$(cd "$1/test/cluster/coredns" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)"
 }

@@ -30,7 +30,8 @@ export type Binary =
   | 'kubectl'
   | 'helm'
   | 'etcdutl'
-  | 'otelcol';
+  | 'otelcol'
+  | 'coredns';
 
 /** otelcol's cache directory name: otelcol_build_id in scripts/versions.sh (the pin and a content hash). */
 function otelcolBuildId(version: string | undefined): string {
@@ -38,6 +39,13 @@ function otelcolBuildId(version: string | undefined): string {
   for (const f of ['go.mod', 'go.sum', 'main.go', 'components.go']) {
     hash.update(readFileSync(join(repoRoot, 'test/cluster/otelcol', f)));
   }
+  return `${version}-${hash.digest('hex').slice(0, 16)}`;
+}
+
+/** coredns's cache directory name: coredns_build_id in scripts/versions.sh. */
+function corednsBuildId(version: string | undefined): string {
+  const hash = createHash('sha256');
+  for (const f of ['go.mod', 'go.sum', 'main.go']) hash.update(readFileSync(join(repoRoot, 'test/cluster/coredns', f)));
   return `${version}-${hash.digest('hex').slice(0, 16)}`;
 }
 
@@ -51,7 +59,9 @@ export function binaryPath(name: Binary): string {
         ? join(cacheDir(), 'bin', `etcdutl-${v.ETCDUTL_VERSION}`)
         : name === 'otelcol'
           ? join(cacheDir(), 'bin', `otelcol-${otelcolBuildId(v.OTELCOL_VERSION)}`)
-          : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
+          : name === 'coredns'
+            ? join(cacheDir(), 'bin', `coredns-${corednsBuildId(v.COREDNS_VERSION)}`)
+            : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
   const path = join(dir, name);
   if (!existsSync(path)) {
     throw new Error(`${name} not found at ${path}; run \`npm run setup\` to build it`);

@@ -23,7 +23,14 @@ export interface ClusterInfo {
   dir: string;
   pids: Record<string, number>;
   /** Its pod network for real nodes (pod-network.ts), when it has one: the e2e project's. */
-  podNetwork?: { hostIp: string; cidr: string; proxyLivez: string; proxyLog: string };
+  podNetwork?: {
+    hostIp: string;
+    cidr: string;
+    /** kube-proxy's /livez and CoreDNS's /ready; their logs (kube-proxy.log, coredns.log) are in logDir. */
+    proxyLivez: string;
+    dnsReady: string;
+    logDir: string;
+  };
   /** A cluster someone else runs (AGENTFLOW_E2E_KUBECONFIG, e.g. kind): no process kubelet, no agentflow etcd of ours. */
   external?: boolean;
 }

@@ -242,6 +242,7 @@ export class ControlPlane {
     );
 
     await this.podNetwork?.startProxy(this.server);
+    await this.podNetwork?.startDns(this.server, this.client);
 
     const kubeletKubeconfig = componentKubeconfig('kubelet', 'agentflow:process-kubelet');
     await this.grantKubelet();
@@ -300,7 +301,7 @@ export class ControlPlane {
     for (const p of [this.etcd, this.stateEtcd, this.apiserver, this.controllerManager, this.scheduler]) {
       if (p?.pid) pids[p.name] = p.pid;
     }
-    if (this.podNetwork?.pid) pids['kube-proxy'] = this.podNetwork.pid;
+    Object.assign(pids, this.podNetwork?.pids);
     const info: ClusterInfo = {
       kubeconfig: this.kubeconfigPath,
       kubeletKubeconfig: join(this.opts.dir, 'kubelet.kubeconfig'),
@@ -317,7 +318,8 @@ export class ControlPlane {
         hostIp: POD_NETWORK.hostIp,
         cidr: POD_NETWORK.cidr,
         proxyLivez: this.podNetwork.livezUrl,
-        proxyLog: join(this.opts.dir, 'kube-proxy.log'),
+        dnsReady: this.podNetwork.dnsReadyUrl,
+        logDir: this.opts.dir,
       };
     }
     if (this.stateEtcd) {

@@ -7,6 +7,7 @@ import { writeKubeconfig } from './kubeconfig.ts';
 import { ManagedProcess } from './managed-process.ts';
 import type { Pki } from './pki.ts';
 import { freePort } from './ports.ts';
+import type { RestClient } from './rest.ts';
 
 // The pod network of a control plane whose pods run on real nodes (test/cluster/real-node.ts):
 // what makes pods part of a cluster rather than processes in namespaces.
@@ -17,6 +18,9 @@ import { freePort } from './ports.ts';
 // - kube-proxy in iptables mode, one for the machine: every pod's traffic is routed through the
 //   host's network namespace, so one set of Service rules serves every real node. Its rules go with
 //   it (`kube-proxy --cleanup`).
+// - CoreDNS with its kubernetes plugin as cluster DNS, on the host address's port 53 (real nodes'
+//   kubelets give pods clusterDNS [10.99.0.1]): Services' and pods' names in cluster.local, and
+//   nothing else (no forwarding: there is nowhere to forward to).
 // Nothing here routes off the machine: no masquerade out, no default route in any pod.
 
 const run = promisify(execFile);
@@ -29,11 +33,16 @@ export const POD_NETWORK = {
   bridge: 'afb0',
 } as const;
 
+/** The cluster's DNS domain (CoreDNS's zone, real nodes' kubelet clusterDomain). */
+export const CLUSTER_DOMAIN = 'cluster.local';
+
 /** The control plane's --service-cluster-ip-range. */
 export const SERVICE_CIDR = '10.0.0.0/24';
 
 export class PodNetwork {
   private proxy: ManagedProcess | undefined;
+  private dns: ManagedProcess | undefined;
+  private dnsReadyPort = 0;
   private readonly dir: string;
   private readonly pki: Pki;
   private healthzPort = 0;
@@ -103,17 +112,75 @@ export class PodNetwork {
     return `http://127.0.0.1:${this.healthzPort}/livez`;
   }
 
-  get pid(): number | undefined {
-    return this.proxy?.pid;
+  /**
+   * Starts CoreDNS (without waiting: real nodes wait for dnsReadyUrl) as agentflow:coredns, with
+   * the read access its kubernetes plugin needs (the ClusterRole kubeadm gives CoreDNS).
+   */
+  async startDns(server: string, admin: RestClient): Promise<void> {
+    const user = 'agentflow:coredns';
+    await admin.post('/apis/rbac.authorization.k8s.io/v1/clusterroles', {
+      metadata: { name: user },
+      rules: [
+        { apiGroups: [''], resources: ['endpoints', 'services', 'pods', 'namespaces'], verbs: ['list', 'watch'] },
+        { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
+      ],
+    });
+    await admin.post('/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
+      metadata: { name: user },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: user },
+      subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: user }],
+    });
+    const kubeconfig = join(this.dir, 'coredns.kubeconfig');
+    writeKubeconfig(kubeconfig, server, this.pki.caCert, this.pki.client('coredns', user));
+    this.dnsReadyPort = await freePort();
+    const corefile = join(this.dir, 'Corefile');
+    // A closing brace on its own line: CoreDNS reads `... }` on a line as one more argument.
+    writeFileSync(
+      corefile,
+      [
+        '.:53 {',
+        `  bind ${POD_NETWORK.hostIp}`,
+        '  errors',
+        `  health 127.0.0.1:${await freePort()}`,
+        `  ready 127.0.0.1:${this.dnsReadyPort}`,
+        `  kubernetes ${CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {`,
+        `    kubeconfig ${kubeconfig}`,
+        '    pods insecure',
+        '    fallthrough in-addr.arpa ip6.arpa',
+        '  }',
+        '  cache 30',
+        '}',
+        '',
+      ].join('\n'),
+    );
+    this.dns = new ManagedProcess({
+      name: 'coredns',
+      command: binaryPath('coredns'),
+      args: ['-conf', corefile],
+      logFile: join(this.dir, 'coredns.log'),
+    });
+    this.dns.start();
+  }
+
+  /** CoreDNS's /ready: 200 once the kubernetes plugin has synced with the API server. */
+  get dnsReadyUrl(): string {
+    return `http://127.0.0.1:${this.dnsReadyPort}/ready`;
+  }
+
+  get pids(): Record<string, number> {
+    const out: Record<string, number> = {};
+    if (this.proxy?.pid) out['kube-proxy'] = this.proxy.pid;
+    if (this.dns?.pid) out.coredns = this.dns.pid;
+    return out;
   }
 
   logTail(lines = 40): string {
     return this.proxy?.logTail(lines) ?? '(not started)';
   }
 
-  /** Stops kube-proxy, removes its iptables rules and the bridge. */
+  /** Stops CoreDNS and kube-proxy, removes kube-proxy's iptables rules and the bridge. */
   async stop(): Promise<void> {
-    await this.proxy?.stop(5_000);
+    await Promise.all([this.dns?.stop(5_000), this.proxy?.stop(5_000)]);
     if (this.proxy) {
       await run(binaryPath('kube-proxy'), ['--cleanup', '--v=0']).catch(() => undefined);
     }

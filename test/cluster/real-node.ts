@@ -8,7 +8,7 @@ import { ManagedProcess, waitFor } from './managed-process.ts';
 import { unmountUnder } from './mounts.ts';
 import { busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
 import { Pki } from './pki.ts';
-import { POD_NETWORK, SERVICE_CIDR } from './pod-network.ts';
+import { CLUSTER_DOMAIN, POD_NETWORK, SERVICE_CIDR } from './pod-network.ts';
 import { freePort } from './ports.ts';
 
 // A real node beside the process kubelet: the kubelet built from the same k8s.io/kubernetes module as
@@ -75,15 +75,18 @@ export class RealNode {
     const d = this.dir;
     const net = this.cluster.info.podNetwork;
     if (net) {
-      // Services work on this node once the machine's kube-proxy is live (pod-network.ts).
-      await waitFor(
-        'kube-proxy live',
-        async () => (await fetch(net.proxyLivez).catch(() => undefined))?.status === 200,
-        60_000,
-        250,
-      ).catch((err: Error) => {
-        throw new Error(`${err.message} (its log: ${net.proxyLog})`);
-      });
+      // Services and cluster DNS work on this node once the machine's kube-proxy is live and CoreDNS
+      // has synced (pod-network.ts).
+      for (const [what, url, log] of [
+        ['kube-proxy live', net.proxyLivez, 'kube-proxy.log'],
+        ['CoreDNS ready', net.dnsReady, 'coredns.log'],
+      ] as const) {
+        await waitFor(what, async () => (await fetch(url).catch(() => undefined))?.status === 200, 60_000, 250).catch(
+          (err: Error) => {
+            throw new Error(`${err.message} (its log: ${join(net.logDir, log)})`);
+          },
+        );
+      }
     }
     for (const sub of ['containerd/root', 'containerd/state', 'cni/conf', 'cni/ipam', 'kubelet/root', 'kubelet/pods'])
       mkdirSync(join(d, sub), { recursive: true });
@@ -204,7 +207,9 @@ export class RealNode {
         evictionHard: {},
         imageGCHighThresholdPercent: 100,
         containerRuntimeEndpoint: `unix://${this.socket}`,
-        clusterDomain: 'cluster.local',
+        clusterDomain: CLUSTER_DOMAIN,
+        // The pod network's CoreDNS, when the cluster has one; otherwise pods get no cluster DNS.
+        clusterDNS: net ? [net.hostIp] : [],
         resolvConf: '',
         serializeImagePulls: false,
         registerNode: true,

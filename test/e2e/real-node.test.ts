@@ -12,7 +12,8 @@ import { testCluster, uniqueName } from '../cluster/testing.ts';
 // registry here), run by a real node's containerd as the chart runs it: by its tag, pulled
 // IfNotPresent, as the image's own non-root user, with a read-only root filesystem and no
 // capabilities. Nothing of the checkout is mapped in. And the cluster's pod network
-// (pod-network.ts): Services through kube-proxy, the API server through the kubernetes Service.
+// (pod-network.ts): Services through kube-proxy, their names through CoreDNS, the API server
+// through the kubernetes Service.
 
 const run = promisify(execFile);
 
@@ -117,7 +118,7 @@ describe('the Dockerfile’s image on a real node', () => {
     expect(inside).toBe('uid=65532 cwd=/app\n/app/dist/cli/main.js\n/app/ui/dist/index.html\nread-only\n');
   });
 
-  it('reaches a ClusterIP Service’s pod through kube-proxy, from another pod and from the host', async () => {
+  it('reaches a ClusterIP Service’s pod through kube-proxy from the host, and by its DNS name from another pod', async () => {
     await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
       metadata: { name: 'web', labels: { app: 'web' } },
       spec: {
@@ -157,7 +158,9 @@ describe('the Dockerfile’s image on a real node', () => {
       250,
     ).catch(async (err: Error) => {
       const web = await cluster.client.get(`/api/v1/namespaces/${ns}/pods/web`);
-      throw new Error(`${err.message}\nweb: ${JSON.stringify(web)}\nkube-proxy: ${cluster.info.podNetwork?.proxyLog}`);
+      throw new Error(
+        `${err.message}\nweb: ${JSON.stringify(web)}\nkube-proxy's log: ${cluster.info.podNetwork?.logDir}/kube-proxy.log`,
+      );
     });
     // From the host.
     const res = await fetch(`http://${ip}/`, { signal: AbortSignal.timeout(10_000) });
@@ -174,10 +177,12 @@ describe('the Dockerfile’s image on a real node', () => {
             name: 'client',
             image: image.ref,
             imagePullPolicy: 'IfNotPresent',
+            // By its name: the Service's short name through the pod's DNS search path (CoreDNS).
             command: [
               'node',
               '-e',
-              `fetch('http://${ip}/').then((r) => r.text()).then((t) => process.stdout.write(t))`,
+              "require('dns').promises.lookup('web').then(({ address }) => fetch('http://web/')" +
+                '.then((r) => r.text()).then((t) => process.stdout.write(`${address}\\n${t}`)))',
             ],
             securityContext: restricted,
           },
@@ -186,7 +191,7 @@ describe('the Dockerfile’s image on a real node', () => {
     });
     const client = await finished('client');
     expect(client.status.phase, await logs('client')).toBe('Succeeded');
-    expect(await logs('client')).toBe('web says hi\n');
+    expect(await logs('client')).toBe(`${ip}\nweb says hi\n`);
   });
 
   it('reaches the API server through the kubernetes Service, as its ServiceAccount', async () => {
