@@ -34,20 +34,23 @@ export async function installAgentflow(
   const port = cluster.info.external ? 7070 : await freePort();
   const apiPort = cluster.info.external ? 8443 : await freePort();
   // On a real cluster (kind): the chart as is, with its bundled etcd and the image loaded into the nodes.
+  // On real nodes of the local control plane (it has a pod network): the chart exactly as is.
   const local = cluster.info.external
     ? ['image.pullPolicy=Never']
-    : [
-        'etcd.bundled.enabled=false',
-        `etcd.external.endpoints[0]=${stateEtcdOf(cluster.info).endpoint}`,
-        'etcd.external.tls.enabled=true',
-        `etcd.external.tls.secretName=${ETCD_CLIENT_SECRET}`,
-        `dispatcher.port=${port}`,
-        `agents.dispatcherAddress=127.0.0.1:${port}`,
-        // No service network: the API server dials the data API on the host (pods share its network).
-        'dataApi.externalName=127.0.0.1',
-        `dataApi.port=${apiPort}`,
-      ];
-  if (!cluster.info.external) await applyEtcdClientSecret(cluster, namespace);
+    : cluster.info.podNetwork
+      ? []
+      : [
+          'etcd.bundled.enabled=false',
+          `etcd.external.endpoints[0]=${stateEtcdOf(cluster.info).endpoint}`,
+          'etcd.external.tls.enabled=true',
+          `etcd.external.tls.secretName=${ETCD_CLIENT_SECRET}`,
+          `dispatcher.port=${port}`,
+          `agents.dispatcherAddress=127.0.0.1:${port}`,
+          // No service network: the API server dials the data API on the host (pods share its network).
+          'dataApi.externalName=127.0.0.1',
+          `dataApi.port=${apiPort}`,
+        ];
+  if (!cluster.info.external && !cluster.info.podNetwork) await applyEtcdClientSecret(cluster, namespace);
   // Backups stay on, as by default: their claim never binds here (no storage provisioner; kind's class
   // binds at first use) and `--wait` must not wait for it (the chart makes it with a hook). The hourly
   // Job does not run within the test.

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { parse as parseYaml } from 'yaml';
-import { type ClusterInfo, ControlPlane } from './control-plane.ts';
+import { type ClusterInfo, ControlPlane, DEFAULT_CONTROLLERS } from './control-plane.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -40,7 +40,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
   }
   // The e2e project's pods run on real nodes, so its cluster has a pod network (API server reachable
   // from pods, kube-proxy): one per machine, so the integration project's real nodes go without.
-  const cp = new ControlPlane({ dir, nodes: [], podNetwork: project.name === 'e2e' });
+  // Its PersistentVolumes bind too (real nodes' hostPath volumes: the chart's bundled etcd).
+  const e2e = project.name === 'e2e';
+  const cp = new ControlPlane({
+    dir,
+    nodes: [],
+    podNetwork: e2e,
+    ...(e2e && { controllers: [...DEFAULT_CONTROLLERS, 'persistentvolume-binder-controller'] }),
+  });
   const started = Date.now();
   try {
     project.provide('cluster', await cp.start());

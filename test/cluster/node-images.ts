@@ -13,7 +13,8 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { cacheDir, pinnedVersions, repoRoot } from './binaries.ts';
+import { parse as parseYaml } from 'yaml';
+import { binaryPath, cacheDir, pinnedVersions, repoRoot } from './binaries.ts';
 import { AGENTFLOW_IMAGE } from './images.ts';
 import { unmountUnder } from './mounts.ts';
 
@@ -291,4 +292,23 @@ export async function agentflowImage(): Promise<NodeImage> {
   }
   await b(['rmi', '--prune']).catch(() => undefined);
   return { ref, archive };
+}
+
+/**
+ * The chart's bundled etcd image (etcd.bundled.image in charts/agentflow/values.yaml) made from the
+ * etcd binary the project builds, at /usr/local/bin/etcd as in quay.io/coreos/etcd. The binary must
+ * be the release the chart names: a mismatch fails here rather than as a cluster that behaves
+ * differently from what users run.
+ */
+export async function etcdImage(): Promise<NodeImage> {
+  const values = parseYaml(readFileSync(join(repoRoot, 'charts/agentflow/values.yaml'), 'utf8')) as {
+    etcd: { bundled: { image: { repository: string; tag: string } } };
+  };
+  const { repository, tag } = values.etcd.bundled.image;
+  const bin = binaryPath('etcd');
+  const version = /etcd Version: (\S+)/.exec((await run(bin, ['--version'])).stdout)?.[1];
+  if (`v${version}` !== tag) {
+    throw new Error(`the chart runs etcd ${tag} (values.yaml etcd.bundled.image.tag), but ${bin} is ${version}`);
+  }
+  return image(`${repository}:${tag}`, { '/usr/local/bin/etcd': bin }, ['/usr/local/bin/etcd']);
 }

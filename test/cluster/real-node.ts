@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { binaryPath } from './binaries.ts';
@@ -29,6 +29,11 @@ export interface RealNodeOptions {
   name: string;
   /** Images imported into the node's containerd besides the pause image (default: busybox). */
   images?: NodeImage[];
+  /**
+   * Register with REAL_NODE_TAINT (default true), so that only pods meant for it land on it. Without
+   * it the node takes any pod, as a user's node does: for suites that have the cluster to themselves.
+   */
+  taint?: boolean;
 }
 
 export class RealNode {
@@ -63,7 +68,7 @@ export class RealNode {
     const index = await claimIndex();
     const node = new RealNode(cluster, o.name, index);
     try {
-      await node.boot(o.images ?? [await busyboxImage()]);
+      await node.boot(o.images ?? [await busyboxImage()], o.taint ?? true);
     } catch (err) {
       await node.stop().catch(() => undefined);
       throw err;
@@ -71,7 +76,7 @@ export class RealNode {
     return node;
   }
 
-  private async boot(images: NodeImage[]): Promise<void> {
+  private async boot(images: NodeImage[], taint: boolean): Promise<void> {
     const d = this.dir;
     const net = this.cluster.info.podNetwork;
     if (net) {
@@ -213,7 +218,7 @@ export class RealNode {
         resolvConf: '',
         serializeImagePulls: false,
         registerNode: true,
-        registerWithTaints: [REAL_NODE_TAINT],
+        registerWithTaints: taint ? [REAL_NODE_TAINT] : [],
         podCIDR: this.podCidr,
       }),
     );
@@ -245,6 +250,37 @@ export class RealNode {
       90_000,
       250,
     );
+  }
+
+  /**
+   * A hostPath PersistentVolume on this node (no StorageClass: claims without one bind to it when
+   * the cluster has no default class; with `claim`, only that claim), its directory under the node's, world-writable as a
+   * local-path provisioner makes it, since pods run as non-root users that fsGroup cannot reach on
+   * hostPath.
+   */
+  async hostPathVolume(name: string, size: string, claim?: { namespace: string; name: string }): Promise<void> {
+    const path = join(this.dir, 'volumes', name);
+    mkdirSync(path, { recursive: true, mode: 0o777 });
+    chmodSync(path, 0o777);
+    await this.cluster.client.post('/api/v1/persistentvolumes', {
+      metadata: { name, labels: { 'agentflow.dev/real-node': this.name } },
+      spec: {
+        capacity: { storage: size },
+        accessModes: ['ReadWriteOnce'],
+        // Retain: nothing here could delete a hostPath volume; stop() deletes the PV with the node.
+        persistentVolumeReclaimPolicy: 'Retain',
+        hostPath: { path, type: 'Directory' },
+        // Pre-bound, as an administrator reserves a static volume for one claim.
+        ...(claim && { claimRef: { namespace: claim.namespace, name: claim.name } }),
+        nodeAffinity: {
+          required: {
+            nodeSelectorTerms: [
+              { matchExpressions: [{ key: 'kubernetes.io/hostname', operator: 'In', values: [this.name] }] },
+            ],
+          },
+        },
+      },
+    });
   }
 
   /** `ctr` against this node's containerd, in the namespace the kubelet's pods live in. */
@@ -290,6 +326,9 @@ export class RealNode {
     killShims(this.socket);
     unmountUnder(this.dir);
     await run('ip', ['link', 'del', this.bridge]).catch(() => undefined);
+    await api
+      .delete(`/api/v1/persistentvolumes?labelSelector=${encodeURIComponent(`agentflow.dev/real-node=${this.name}`)}`)
+      .catch(() => undefined);
     await api.delete(`/api/v1/nodes/${this.name}`).catch(() => undefined);
   }
 

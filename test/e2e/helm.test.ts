@@ -6,14 +6,17 @@ import { CRD_NAMES } from '../../src/api/crds.ts';
 import { installAgentflow } from '../cluster/agentflow-install.ts';
 import { binaryPath } from '../cluster/binaries.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
-import { localImages } from '../cluster/images.ts';
+import { agentflowImage, etcdImage } from '../cluster/node-images.ts';
+import { RealNode } from '../cluster/real-node.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
-import { nodes, startNodes, until } from '../integration/operator/helpers.ts';
+import { until } from '../integration/operator/helpers.ts';
 
-// `helm install` of the chart on the local control plane (operator pods from
-// the image, the shipped RBAC, probes), the README example to Succeeded by
-// running the README's own commands as written, then `helm uninstall`: no
-// agentflow pods left, the CRDs kept.
+// `helm install` of the chart exactly as users run it, on real nodes of the local control plane
+// (test/cluster/real-node.ts: containerd, the pod network, Services, cluster DNS): the image built
+// from the Dockerfile, the bundled etcd StatefulSet on a PersistentVolume, its Services and DNS
+// names, the dispatcher Service, TLS, the shipped RBAC and probes. Then the README example to
+// Succeeded by running the README's own commands as written, then `helm uninstall`: no agentflow
+// pods left, the CRDs kept.
 
 // biome-ignore lint/suspicious/noExplicitAny: raw API JSON
 type Json = Record<string, any>;
@@ -80,29 +83,43 @@ const releasePods = async () =>
     )
   ).items;
 
+let realNodes: RealNode[] = [];
+
 beforeAll(async () => {
   cluster = testCluster();
   if (cluster.info.external) return; // its own nodes run the image
-  await startNodes(
-    cluster,
-    nodes(uniqueName('helm'), [
-      { suffix: 'a', cpu: '4', memory: '8Gi' },
-      { suffix: 'b', cpu: '4', memory: '8Gi' },
-    ]),
-    { images: localImages() },
+  // Two real nodes that take any pod, as a user's do, with the images the chart names already in
+  // their containerd (there is no registry here): the Dockerfile's and etcd's.
+  const images = [await agentflowImage(), await etcdImage()];
+  const group = uniqueName('helm');
+  realNodes = await Promise.all(
+    ['a', 'b'].map((suffix) => RealNode.start(cluster, { name: `${group}-${suffix}`, images, taint: false })),
   );
-}, 120_000);
+  // The bundled etcd's volume, reserved for its member's claim, as an administrator of a cluster
+  // without a provisioner would.
+  await realNodes[0]?.hostPathVolume(`${group}-etcd-0`, '1Gi', { namespace, name: `data-${release}-agentflow-etcd-0` });
+}, 900_000);
 
 afterAll(async () => {
   await cluster.kubectl(['delete', 'namespace', examples, '--wait=false']);
+  for (const n of realNodes) await n.stop();
   await cluster.close();
 });
 
 describe('helm install', () => {
   it('installs the operator (ready, one leader) and runs the example workflow to Succeeded', async () => {
     await installAgentflow(cluster, { release, namespace });
-    const pods = await releasePods();
+    const pods = (await releasePods()).filter((p) => p.metadata.labels?.['app.kubernetes.io/component'] === 'operator');
     expect(pods).toHaveLength(2);
+    if (cluster.info.podNetwork) {
+      // The bundled etcd, on its volume: the chart as shipped, not the harness's etcd.
+      const etcd = await cluster.client.get<Json>(`/api/v1/namespaces/${namespace}/pods/${release}-agentflow-etcd-0`);
+      expect(etcd.status.conditions.some((c: Json) => c.type === 'Ready' && c.status === 'True')).toBe(true);
+      const claim = await cluster.client.get<Json>(
+        `/api/v1/namespaces/${namespace}/persistentvolumeclaims/data-${release}-agentflow-etcd-0`,
+      );
+      expect(claim.status.phase).toBe('Bound');
+    }
     expect(pods.every((p) => p.status?.conditions?.some((c: Json) => c.type === 'Ready' && c.status === 'True'))).toBe(
       true,
     );
