@@ -8,6 +8,11 @@ export interface InstallOptions {
   namespace?: string;
   /** Extra `--set` values. */
   set?: string[];
+  /**
+   * The release's pods run on real nodes (real-node.ts; the cluster has a pod network): the chart
+   * exactly as shipped. Otherwise, on process kubelets, the swaps described below.
+   */
+  realNodes?: boolean;
 }
 
 /** The Secret with the operator's etcd client certificate (etcd.external.tls.secretName). */
@@ -34,10 +39,10 @@ export async function installAgentflow(
   const port = cluster.info.external ? 7070 : await freePort();
   const apiPort = cluster.info.external ? 8443 : await freePort();
   // On a real cluster (kind): the chart as is, with its bundled etcd and the image loaded into the nodes.
-  // On real nodes of the local control plane (it has a pod network): the chart exactly as is.
+  // On real nodes of the local control plane: the chart exactly as is.
   const local = cluster.info.external
     ? ['image.pullPolicy=Never']
-    : cluster.info.podNetwork
+    : o.realNodes
       ? []
       : [
           'etcd.bundled.enabled=false',
@@ -50,7 +55,8 @@ export async function installAgentflow(
           'dataApi.externalName=127.0.0.1',
           `dataApi.port=${apiPort}`,
         ];
-  if (!cluster.info.external && !cluster.info.podNetwork) await applyEtcdClientSecret(cluster, namespace);
+  if (o.realNodes && !cluster.info.podNetwork) throw new Error('real nodes need a cluster with a pod network (e2e)');
+  if (!cluster.info.external && !o.realNodes) await applyEtcdClientSecret(cluster, namespace);
   // Backups stay on, as by default: their claim never binds here (no storage provisioner; kind's class
   // binds at first use) and `--wait` must not wait for it (the chart makes it with a hook). The hourly
   // Job does not run within the test.
