@@ -283,6 +283,17 @@ export class RealNode {
     });
   }
 
+  /**
+   * SIGKILLs every container and sandbox on the node, as a crash of everything on it would (the
+   * kubelet and containerd live on: they restart what their pods' restartPolicy says). Returns how
+   * many were killed.
+   */
+  async killContainers(): Promise<number> {
+    const ids = await this.runningTasks();
+    for (const id of ids) await this.ctr(['tasks', 'kill', '--signal', 'SIGKILL', id]).catch(() => undefined);
+    return ids.length;
+  }
+
   /** `ctr` against this node's containerd, in the namespace the kubelet's pods live in. */
   async ctr(args: string[]): Promise<string> {
     return (await run('ctr', ['--address', this.socket, '--namespace', 'k8s.io', ...args], { maxBuffer: 16 << 20 }))

@@ -169,6 +169,42 @@ describe('helm install', () => {
     expect(watched).toMatch(/workflow\/review-notes Succeeded/);
   });
 
+  it('a node whose every container is killed mid-run: the workflow still Succeeds, no result lost', async () => {
+    if (cluster.info.external) return; // needs this machine's containerd
+    const questions = 1_500;
+    const wf = readFileSync('deploy/examples/workflow-research.yaml', 'utf8')
+      .replace('name: research-report', 'name: research-crash')
+      .replace('questions: 3', `questions: ${questions}`);
+    const applied = await cluster.kubectl(['apply', '-n', examples, '-f', '-'], { input: wf });
+    expect(applied.code, applied.stderr).toBe(0);
+    const path = `/apis/agentflow.io/v1alpha1/namespaces/${examples}/workflows/research-crash`;
+    await until(
+      'research-crash half-way',
+      () => cluster.client.get<Json>(path),
+      (w) => (w.status?.progress?.succeeded ?? 0) >= questions / 4,
+      120_000,
+    );
+    // The node the leading operator runs on: everything there dies at once (with etcd, if it is there).
+    const leader = (await releasePods()).find((p) => p.metadata.labels?.['agentflow.io/role'] === 'leader');
+    const victim = realNodes.find((n) => n.name === leader?.spec.nodeName);
+    expect(victim, `leader ${leader?.metadata.name} on ${leader?.spec.nodeName}`).toBeDefined();
+    const before = (await cluster.client.get<Json>(path)).status;
+    expect(before.phase, JSON.stringify(before)).toBe('Running');
+    expect(await victim?.killContainers()).toBeGreaterThan(0);
+    const done = await until(
+      'research-crash finished',
+      () => cluster.client.get<Json>(path),
+      (w) => ['Succeeded', 'Failed'].includes(w.status?.phase),
+      240_000,
+    );
+    expect(done.status.phase, JSON.stringify(done.status)).toBe('Succeeded');
+    // plan, every question, write: all succeeded, none failed (a lost result would leave one short).
+    expect(done.status.progress).toMatchObject({ total: questions + 2, succeeded: questions + 2, failed: 0 });
+    // The kubelet restarted what was killed: the leader's containers have a restart (or a new sandbox).
+    const again = await cluster.client.get<Json>(`/api/v1/namespaces/${namespace}/pods/${leader?.metadata.name}`);
+    expect(again.status.containerStatuses?.[0]?.restartCount ?? 0).toBeGreaterThan(0);
+  });
+
   it('helm uninstall leaves no agentflow pods behind and keeps the CRDs', async () => {
     // Users delete their pools and workflows first (the operator finalizes them); then uninstall.
     await kubectl(['delete', 'workflows,agentpools', '--all', '-n', examples, '--wait=true', '--timeout=60s']);
