@@ -8,6 +8,8 @@ export interface InstallOptions {
   namespace?: string;
   /** Extra `--set` values. */
   set?: string[];
+  /** Values files (`-f`), before the `--set` values. */
+  values?: string[];
   /**
    * The release's pods run on real nodes (real-node.ts; the cluster has a pod network): the chart
    * exactly as shipped. Otherwise, on process kubelets, the swaps described below.
@@ -71,6 +73,7 @@ export async function installAgentflow(
     '--wait',
     '--timeout',
     '300s',
+    ...(o.values ?? []).flatMap((f) => ['-f', f]),
     ...[...local, ...(o.set ?? [])].flatMap((s) => ['--set', s]),
   ]);
   if (r.code !== 0) throw new Error(`helm install failed: ${r.stderr || r.stdout}`);
