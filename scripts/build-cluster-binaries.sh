@@ -81,39 +81,24 @@ build_etcdutl() {
   echo "built etcdutl in $((SECONDS - t0))s" >&2
 }
 
-# The OpenTelemetry Collector of test/cluster/otelcol (OTLP receiver, file exporter), into
-# bin/otelcol-<version>-<content hash>/. -mod=readonly: its committed go.sum covers the build.
-# CoreDNS of test/cluster/coredns, into bin/coredns-<version>-<content hash>/ (as otelcol).
-build_coredns() {
-  local src="$ROOT/test/cluster/coredns" dir
-  dir="$CACHE/bin/coredns-$(coredns_build_id "$ROOT")"
-  [[ -x "$dir/coredns" ]] && return 0
-  grep -q "^require github.com/coredns/coredns $COREDNS_VERSION\$" "$src/go.mod" || {
-    echo "test/cluster/coredns/go.mod does not require github.com/coredns/coredns $COREDNS_VERSION (scripts/versions.sh)" >&2
+# A binary built from the pinned module in test/cluster/<name> (otelcol: the OpenTelemetry
+# Collector's OTLP receiver and file exporter; coredns: cluster DNS for real nodes), into
+# bin/<name>-<build id>/. -mod=readonly: its committed go.sum covers the build.
+# Usage: build_pinned_module NAME BUILD_ID MODULE VERSION (go.mod must require MODULE VERSION).
+build_pinned_module() {
+  local name=$1 id=$2 module=$3 version=$4
+  local src="$ROOT/test/cluster/$name" dir="$CACHE/bin/$name-$id"
+  [[ -x "$dir/$name" ]] && return 0
+  grep -qE "^(require[[:space:]]+|[[:space:]]+)${module//./\\.} ${version//./\\.}\$" "$src/go.mod" || {
+    echo "test/cluster/$name/go.mod does not require $module $version (scripts/versions.sh)" >&2
     exit 1
   }
   mkdir -p "$dir"
-  echo "building coredns $COREDNS_VERSION (first run only; ~2.5 min)..." >&2
+  echo "building $name $version (first run only; minutes)..." >&2
   local t0=$SECONDS
-  (cd "$src" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$dir/coredns.tmp.$$" .)
-  mv "$dir/coredns.tmp.$$" "$dir/coredns"
-  echo "built coredns in $((SECONDS - t0))s" >&2
-}
-
-build_otelcol() {
-  local src="$ROOT/test/cluster/otelcol" dir
-  dir="$CACHE/bin/otelcol-$(otelcol_build_id "$ROOT")"
-  [[ -x "$dir/otelcol" ]] && return 0
-  grep -q "^	go.opentelemetry.io/collector/otelcol $OTELCOL_VERSION\$" "$src/go.mod" || {
-    echo "test/cluster/otelcol/go.mod does not require go.opentelemetry.io/collector/otelcol $OTELCOL_VERSION (scripts/versions.sh)" >&2
-    exit 1
-  }
-  mkdir -p "$dir"
-  echo "building otelcol $OTELCOL_VERSION (first run only; minutes)..." >&2
-  local t0=$SECONDS
-  (cd "$src" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$dir/otelcol.tmp.$$" .)
-  mv "$dir/otelcol.tmp.$$" "$dir/otelcol"
-  echo "built otelcol in $((SECONDS - t0))s" >&2
+  (cd "$src" && GOFLAGS="-mod=readonly -trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$dir/$name.tmp.$$" .)
+  mv "$dir/$name.tmp.$$" "$dir/$name"
+  echo "built $name in $((SECONDS - t0))s" >&2
 }
 
 build_kube
@@ -121,5 +106,5 @@ build_helm
 build_go_tool lincheck
 build_go_tool promlint
 build_etcdutl
-build_otelcol
-build_coredns
+build_pinned_module otelcol "$(otelcol_build_id "$ROOT")" go.opentelemetry.io/collector/otelcol "$OTELCOL_VERSION"
+build_pinned_module coredns "$(coredns_build_id "$ROOT")" github.com/coredns/coredns "$COREDNS_VERSION"
