@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { binaryPath } from './binaries.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
@@ -33,6 +33,9 @@ export const POD_NETWORK = {
   bridge: 'afb0',
 } as const;
 
+/** Who holds the machine's pod network: the pid of the process that runs its control plane. */
+const OWNER_FILE = '/run/agentflow/pod-network.pid';
+
 /** The cluster's DNS domain (CoreDNS's zone, real nodes' kubelet clusterDomain). */
 export const CLUSTER_DOMAIN = 'cluster.local';
 
@@ -46,6 +49,7 @@ export class PodNetwork {
   private readonly dir: string;
   private readonly pki: Pki;
   private healthzPort = 0;
+  private owned = false;
 
   constructor(dir: string, pki: Pki) {
     this.dir = dir;
@@ -53,10 +57,20 @@ export class PodNetwork {
   }
 
   /**
-   * Puts the control plane's address on its bridge. A bridge left by a run that was killed is
-   * replaced: only this machine's one local control plane with a pod network owns afb0.
+   * Puts the control plane's address on its bridge. There is one pod network per machine: the
+   * owner's pid is in OWNER_FILE, so a second run fails saying whose it is, and a bridge left by a
+   * run that was killed is replaced.
    */
   async claimAddress(): Promise<void> {
+    const owner = Number(existsSync(OWNER_FILE) ? readFileSync(OWNER_FILE, 'utf8') : 0);
+    if (owner && owner !== process.pid && alive(owner)) {
+      throw new Error(
+        `the pod network (${POD_NETWORK.bridge}, ${POD_NETWORK.hostIp}) belongs to another run of the e2e cluster, pid ${owner}: one per machine`,
+      );
+    }
+    mkdirSync(dirname(OWNER_FILE), { recursive: true });
+    writeFileSync(OWNER_FILE, String(process.pid));
+    this.owned = true;
     await run('ip', ['link', 'del', POD_NETWORK.bridge]).catch(() => undefined);
     await run('ip', ['link', 'add', POD_NETWORK.bridge, 'type', 'bridge']);
     await run('ip', ['addr', 'add', `${POD_NETWORK.hostIp}/24`, 'dev', POD_NETWORK.bridge]);
@@ -185,5 +199,15 @@ export class PodNetwork {
       await run(binaryPath('kube-proxy'), ['--cleanup', '--v=0']).catch(() => undefined);
     }
     await run('ip', ['link', 'del', POD_NETWORK.bridge]).catch(() => undefined);
+    if (this.owned) rmSync(OWNER_FILE, { force: true });
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }
