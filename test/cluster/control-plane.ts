@@ -104,17 +104,18 @@ export class ControlPlane {
     const dir = this.opts.dir;
     mkdirSync(this.pki.dir, { recursive: true });
     this.pki.init();
+    if (this.opts.podNetwork) {
+      // First: the API server and agentflow's etcd also listen on its address.
+      this.podNetwork = new PodNetwork(dir, this.pki);
+      await this.podNetwork.claimAddress();
+    }
     const etcdStart = this.etcd.start();
     if (this.opts.stateEtcd !== false) {
-      this.stateEtcd = new StateEtcd(join(dir, 'etcd'), this.pki);
+      this.stateEtcd = new StateEtcd(join(dir, 'etcd'), this.pki, this.podNetwork ? POD_NETWORK.hostIp : undefined);
     }
     await Promise.all([etcdStart, this.stateEtcd?.start()]);
 
     this.apiPort = await freePort();
-    if (this.opts.podNetwork) {
-      this.podNetwork = new PodNetwork(dir, this.pki);
-      await this.podNetwork.claimAddress();
-    }
     const serving = this.pki.serving('apiserver', this.podNetwork ? [POD_NETWORK.hostIp] : []);
     const adminCert = this.pki.client('admin', 'kubernetes-admin', ['system:masters']);
     const kubeletClient = this.pki.client('apiserver-kubelet-client', 'kube-apiserver-kubelet-client', [

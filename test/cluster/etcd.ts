@@ -13,6 +13,8 @@ export interface EtcdOptions {
   tls?: { certFile: string; keyFile: string; caFile: string };
   /** A member of a cluster (EtcdCluster): its ports and every member's `name=peerURL`. */
   member?: { clientPort: number; peerPort: number; initialCluster: string };
+  /** More addresses to serve clients on, at the same port (the pod network's host address). */
+  extraClientIps?: string[];
 }
 
 /** One real etcd member on free loopback ports. */
@@ -33,6 +35,11 @@ export class EtcdServer {
     return `${this.opts.tls ? 'https' : 'http'}://127.0.0.1:${this.clientPort}`;
   }
 
+  /** The client URL at another address it serves (extraClientIps). */
+  endpointAt(ip: string): string {
+    return `${this.opts.tls ? 'https' : 'http'}://${ip}:${this.clientPort}`;
+  }
+
   get pid(): number | undefined {
     return this.proc?.pid;
   }
@@ -50,7 +57,7 @@ export class EtcdServer {
     const args = [
       `--name=${this.name}`,
       `--data-dir=${join(this.opts.dir, `${this.name}.data`)}`,
-      `--listen-client-urls=${this.endpoint}`,
+      `--listen-client-urls=${[this.endpoint, ...(this.opts.extraClientIps ?? []).map((ip) => this.endpointAt(ip))].join(',')}`,
       `--advertise-client-urls=${this.endpoint}`,
       `--listen-peer-urls=${peer}`,
       `--initial-advertise-peer-urls=${peer}`,

@@ -51,7 +51,7 @@ export class Pki {
   }
 
   /** Serving certificate for 127.0.0.1/localhost and the in-cluster service names. */
-  serving(name: string, extraIps: string[] = []): { cert: string; key: string } {
+  serving(name: string, extraIps: string[] = [], extraNames: string[] = []): { cert: string; key: string } {
     const sans = [
       'DNS:localhost',
       'DNS:kubernetes',
@@ -61,6 +61,7 @@ export class Pki {
       'IP:127.0.0.1',
       'IP:10.0.0.1',
       ...extraIps.map((ip) => `IP:${ip}`),
+      ...extraNames.map((n) => `DNS:${n}`),
     ];
     return this.issue(name, `/CN=${name}`, `subjectAltName=${sans.join(',')}\nextendedKeyUsage=serverAuth`);
   }

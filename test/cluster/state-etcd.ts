@@ -28,7 +28,15 @@ export interface StateEtcdInfo {
   operatorCert: CertFiles;
   /** CN=root: etcd's administrator (users, roles, auth). */
   rootCert: CertFiles;
+  /**
+   * With a pod network: where pods reach it (the host address), for a selector-less Service such
+   * as deploy/operator's `agentflow-etcd.agentflow-system`, whose names its certificate carries.
+   */
+  podEndpoint?: { ip: string; port: number };
 }
+
+/** The names a Service in front of the state etcd may have (deploy/operator's --etcd-endpoints). */
+export const STATE_ETCD_SERVICE_NAMES = ['agentflow-etcd.agentflow-system', 'agentflow-etcd.agentflow-system.svc'];
 
 /** The state etcd of a control plane: started over TLS, then auth enabled through its API. */
 export class StateEtcd {
@@ -38,9 +46,15 @@ export class StateEtcd {
   readonly operatorCert: CertFiles;
   readonly rootCert: CertFiles;
 
-  constructor(dir: string, pki: Pki) {
+  private readonly podIp: string | undefined;
+
+  /** `podIp`: also serve pods, at the pod network's host address. */
+  constructor(dir: string, pki: Pki, podIp?: string) {
     this.caFile = pki.caCert;
-    this.serving = pki.serving('agentflow-etcd');
+    this.podIp = podIp;
+    this.serving = podIp
+      ? pki.serving('agentflow-etcd', [podIp], STATE_ETCD_SERVICE_NAMES)
+      : pki.serving('agentflow-etcd');
     this.operatorCert = pki.client('agentflow-etcd-operator', OPERATOR_USER);
     this.rootCert = pki.client('agentflow-etcd-root', 'root');
     this.server = new EtcdServer({
@@ -48,6 +62,7 @@ export class StateEtcd {
       name: 'agentflow-etcd',
       unsafeNoFsync: true,
       tls: { certFile: this.serving.cert, keyFile: this.serving.key, caFile: this.caFile },
+      ...(podIp && { extraClientIps: [podIp] }),
     });
   }
 
@@ -64,6 +79,7 @@ export class StateEtcd {
       caFile: this.caFile,
       operatorCert: this.operatorCert,
       rootCert: this.rootCert,
+      ...(this.podIp && { podEndpoint: { ip: this.podIp, port: this.server.clientPort } }),
     };
   }
 

@@ -1,26 +1,28 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseAllDocuments, parse as parseYaml, stringify } from 'yaml';
+import { parse as parseYaml, stringify } from 'yaml';
 import { applyEtcdClientSecret } from '../cluster/agentflow-install.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
-import { localImages } from '../cluster/images.ts';
-import { freePort } from '../cluster/ports.ts';
+import { agentflowImage } from '../cluster/node-images.ts';
+import { RealNode } from '../cluster/real-node.ts';
 import { stateEtcdOf } from '../cluster/state-etcd.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
-import { installCrds, nodes, startNodes, until } from '../integration/operator/helpers.ts';
+import { installCrds, until } from '../integration/operator/helpers.ts';
 
-// The whole product as a user runs it, on the local control plane: the
-// operator Deployment from deploy/operator (two replicas, leader election,
-// the shipped RBAC) and the agents both run as pods of the process kubelet
-// from the one image, which the kubelet maps to this checkout's `agentflow`
-// command. Then the README's example pool and workflow are applied as they
-// are and must reach Succeeded with the expected outputs.
+// The whole product as a user runs it, on real nodes of the local control plane: the operator
+// Deployment from deploy/operator exactly as shipped (`kubectl apply -k`: two replicas, leader election, the shipped RBAC,
+// the image built from the Dockerfile) and the agents as pods of the same image. Its etcd is the
+// user's own, as deploy/operator expects: the control plane's agentflow etcd (TLS, auth), behind the
+// Service agentflow-etcd.agentflow-system the manifest names, with the operator's client certificate
+// in the Secret agentflow-etcd-client. Then the README's example pool and workflow are applied as
+// they are and must reach Succeeded with the expected outputs.
 
 // biome-ignore lint/suspicious/noExplicitAny: raw API JSON
 type Json = Record<string, any>;
 
 let cluster: ClusterHandle;
 let ns: string;
+let realNodes: RealNode[] = [];
 
 async function kubectl(args: string[], input?: string): Promise<string> {
   const r = await cluster.kubectl(args, input === undefined ? {} : { input });
@@ -28,60 +30,64 @@ async function kubectl(args: string[], input?: string): Promise<string> {
   return r.stdout;
 }
 
-// It points the shipped manifests at the control plane's own etcd: local control plane only.
+// It puts the control plane's own etcd behind the manifest's etcd Service: local control plane only.
 const external = Boolean(process.env.AGENTFLOW_E2E_KUBECONFIG);
 
 beforeAll(async () => {
   if (external) return;
   cluster = testCluster();
-  await installCrds(cluster);
+  const images = [await agentflowImage()];
   const group = uniqueName('e2e');
-  await startNodes(
-    cluster,
-    nodes(group, [
-      { suffix: 'a', cpu: '4', memory: '8Gi' },
-      { suffix: 'b', cpu: '4', memory: '8Gi' },
-    ]),
-    { images: localImages() },
+  realNodes = await Promise.all(
+    ['a', 'b'].map((suffix) => RealNode.start(cluster, { name: `${group}-${suffix}`, images, taint: false })),
   );
-
-  // deploy/operator as shipped, but pointed at the test's etcd (TLS, its Secret agentflow-etcd-client
-  // holding the operator's client certificate, as the manifest expects), and with the dispatcher on a
-  // free port that agent pods reach directly (the process kubelet has no Services or cluster DNS).
+  // The user's etcd, where deploy/operator looks for it: a Service without a selector and the
+  // EndpointSlice of the etcd it fronts, as for any etcd outside the cluster.
+  const pod = stateEtcdOf(cluster.info).podEndpoint;
+  if (!pod) throw new Error('the e2e cluster’s etcd does not serve the pod network (StateEtcd podIp)');
   await applyEtcdClientSecret(cluster, 'agentflow-system');
-  const port = await freePort();
-  const apiPort = await freePort();
-  const docs = ['namespace.yaml', 'rbac.yaml', 'deployment.yaml', 'service.yaml'].flatMap((f) =>
-    parseAllDocuments(readFileSync(`deploy/operator/${f}`, 'utf8')).map((d) => d.toJS() as Json),
+  await kubectl(
+    ['apply', '-f', '-'],
+    [
+      {
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: { name: 'agentflow-etcd', namespace: 'agentflow-system' },
+        spec: { ports: [{ name: 'client', port: 2379, targetPort: pod.port }] },
+      },
+      {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: {
+          name: 'agentflow-etcd-1',
+          namespace: 'agentflow-system',
+          labels: { 'kubernetes.io/service-name': 'agentflow-etcd' },
+        },
+        addressType: 'IPv4',
+        ports: [{ name: 'client', port: pod.port, protocol: 'TCP' }],
+        endpoints: [{ addresses: [pod.ip] }],
+      },
+    ]
+      .map((d) => stringify(d))
+      .join('---\n'),
   );
-  const deployment = docs.find((d) => d.kind === 'Deployment') as Json;
-  const container = deployment.spec.template.spec.containers[0];
-  container.args = container.args.map((a: string) =>
-    a.startsWith('--etcd-endpoints=')
-      ? `--etcd-endpoints=${stateEtcdOf(cluster.info).endpoint}`
-      : a.startsWith('--agent-dispatcher=')
-        ? `--agent-dispatcher=127.0.0.1:${port}`
-        : a.startsWith('--dispatcher-address=')
-          ? `--dispatcher-address=0.0.0.0:${port}`
-          : a.startsWith('--data-api-address=')
-            ? `--data-api-address=0.0.0.0:${apiPort}`
-            : a,
-  );
-  // Agents verify the name they dial: the loopback address joins the certificate's names.
-  container.args.push('--dispatcher-tls-sans=127.0.0.1');
-  await kubectl(['apply', '-f', '-'], docs.map((d) => stringify(d)).join('---\n'));
+  // As deploy/operator/kustomization.yaml tells users: the CRDs, then `kubectl apply -k`.
+  await installCrds(cluster);
+  await kubectl(['apply', '-k', 'deploy/operator']);
   ns = uniqueName('research');
   await kubectl(['create', 'namespace', ns]);
-}, 180_000);
+}, 900_000);
 
 afterAll(async () => {
   if (external) return;
+  await cluster.kubectl(['delete', 'workflows,agentpools', '--all', '-n', ns, '--wait=true', '--timeout=60s']);
   await cluster.kubectl(['delete', 'namespace', ns, '--wait=false']);
-  await cluster.kubectl(['delete', 'deployment', '-n', 'agentflow-system', 'agentflow-operator']);
+  await cluster.kubectl(['delete', '-k', 'deploy/operator', '--wait=false']);
+  for (const n of realNodes) await n.stop();
   await cluster.close();
-});
+}, 300_000);
 
-describe.skipIf(external)('the README example on the local control plane', () => {
+describe.skipIf(external)('the README example on real nodes, with deploy/operator as shipped', () => {
   it('the operator runs as two pods, one of them the labelled leader', async () => {
     const ready = await until(
       'two Ready operator pods, one leader',
