@@ -8,6 +8,7 @@ import { ManagedProcess } from './managed-process.ts';
 import type { Pki } from './pki.ts';
 import { freePort } from './ports.ts';
 import type { RestClient } from './rest.ts';
+import { alive } from './ui-pid.ts';
 
 // The pod network of a control plane whose pods run on real nodes (test/cluster/real-node.ts):
 // what makes pods part of a cluster rather than processes in namespaces.
@@ -200,14 +201,5 @@ export class PodNetwork {
     }
     await run('ip', ['link', 'del', POD_NETWORK.bridge]).catch(() => undefined);
     if (this.owned) rmSync(OWNER_FILE, { force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }

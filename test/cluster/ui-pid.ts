@@ -5,7 +5,8 @@ import { join } from 'node:path';
 
 export const UI_PID_FILE = 'ui.pid';
 
-function alive(pid: number): boolean {
+/** Whether a process with this pid exists (signal 0). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
