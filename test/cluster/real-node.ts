@@ -6,7 +6,7 @@ import { binaryPath } from './binaries.ts';
 import type { ClusterHandle } from './cluster-handle.ts';
 import { ManagedProcess, waitFor } from './managed-process.ts';
 import { unmountUnder } from './mounts.ts';
-import { busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
+import { BUSYBOX_IMAGE, busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
 import { Pki } from './pki.ts';
 import { CLUSTER_DOMAIN, POD_NETWORK, SERVICE_CIDR } from './pod-network.ts';
 import { freePort } from './ports.ts';
@@ -346,6 +346,32 @@ export class RealNode {
   private async runningTasks(): Promise<string[]> {
     return (await this.ctr(['tasks', 'ls', '--quiet'])).split('\n').filter(Boolean);
   }
+}
+
+/**
+ * A busybox httpd pod on `node` (a real node, its taint tolerated): `setup` (shell, run first) writes
+ * /www/index.html, which it then serves on port 8080, Ready once it does.
+ */
+export function busyboxWebPod(o: { name: string; node: string; setup: string; labels?: Record<string, string> }) {
+  return {
+    metadata: { name: o.name, ...(o.labels && { labels: o.labels }) },
+    spec: {
+      nodeSelector: { 'kubernetes.io/hostname': o.node },
+      tolerations: [{ ...REAL_NODE_TAINT, operator: 'Equal' }],
+      automountServiceAccountToken: false,
+      terminationGracePeriodSeconds: 1,
+      containers: [
+        {
+          name: 'web',
+          image: BUSYBOX_IMAGE,
+          imagePullPolicy: 'Never',
+          command: ['/bin/busybox', 'sh', '-c', `${o.setup}; exec /bin/busybox httpd -f -p 8080 -h /www`],
+          ports: [{ containerPort: 8080 }],
+          readinessProbe: { httpGet: { path: '/', port: 8080 }, periodSeconds: 1 },
+        },
+      ],
+    },
+  };
 }
 
 /** Where CNI's plugins are: Debian's containernetworking-plugins package. */

@@ -4,8 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VERSION_LINE } from '../../src/lib/version.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
 import { waitFor } from '../cluster/managed-process.ts';
-import { agentflowImage, BUSYBOX_IMAGE, busyboxImage, type NodeImage } from '../cluster/node-images.ts';
-import { REAL_NODE_TAINT, RealNode } from '../cluster/real-node.ts';
+import { agentflowImage, busyboxImage, type NodeImage } from '../cluster/node-images.ts';
+import { busyboxWebPod, REAL_NODE_TAINT, RealNode } from '../cluster/real-node.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
 
 // The project's image, built from its Dockerfile (on a base made from Debian's packages: no
@@ -119,28 +119,15 @@ describe('the Dockerfile’s image on a real node', () => {
   });
 
   it('reaches a ClusterIP Service’s pod through kube-proxy from the host, and by its DNS name from another pod', async () => {
-    await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
-      metadata: { name: 'web', labels: { app: 'web' } },
-      spec: {
-        ...onNode(),
-        automountServiceAccountToken: false,
-        terminationGracePeriodSeconds: 1,
-        containers: [
-          {
-            name: 'web',
-            image: BUSYBOX_IMAGE,
-            imagePullPolicy: 'Never',
-            command: [
-              '/bin/busybox',
-              'sh',
-              '-c',
-              'mkdir -p /www; echo "web says hi" > /www/index.html; exec /bin/busybox httpd -f -p 8080 -h /www',
-            ],
-            readinessProbe: { httpGet: { path: '/', port: 8080 }, periodSeconds: 1 },
-          },
-        ],
-      },
-    });
+    await cluster.client.post(
+      `/api/v1/namespaces/${ns}/pods`,
+      busyboxWebPod({
+        name: 'web',
+        node: node.name,
+        labels: { app: 'web' },
+        setup: 'mkdir -p /www; echo "web says hi" > /www/index.html',
+      }),
+    );
     const svc = (await cluster.client.post(`/api/v1/namespaces/${ns}/services`, {
       metadata: { name: 'web' },
       spec: { selector: { app: 'web' }, ports: [{ port: 80, targetPort: 8080 }] },

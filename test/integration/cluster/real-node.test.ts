@@ -3,8 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { waitFor } from '../../cluster/managed-process.ts';
-import { BUSYBOX_IMAGE } from '../../cluster/node-images.ts';
-import { REAL_NODE_TAINT, RealNode } from '../../cluster/real-node.ts';
+import { busyboxWebPod, REAL_NODE_TAINT, RealNode } from '../../cluster/real-node.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
 
 // A real node (test/cluster/real-node.ts: the kubelet built from the control plane's module, its own
@@ -39,31 +38,13 @@ afterAll(async () => {
 const pods = () => `/api/v1/namespaces/${ns}/pods`;
 
 function webPod(name: string, onNode: string) {
-  return {
-    metadata: { name },
-    spec: {
-      nodeSelector: { 'kubernetes.io/hostname': onNode },
-      tolerations: [{ ...REAL_NODE_TAINT, operator: 'Equal' }],
-      automountServiceAccountToken: false,
-      terminationGracePeriodSeconds: 1,
-      containers: [
-        {
-          name: 'web',
-          image: BUSYBOX_IMAGE,
-          imagePullPolicy: 'Never',
-          command: [
-            '/bin/busybox',
-            'sh',
-            '-c',
-            'echo "started as $(/bin/busybox id -u) on $(/bin/busybox hostname)"; /bin/busybox mkdir -p /www; ' +
-              'echo "hello from $(/bin/busybox hostname)" > /www/index.html; exec /bin/busybox httpd -f -p 8080 -h /www',
-          ],
-          ports: [{ containerPort: 8080 }],
-          readinessProbe: { httpGet: { path: '/', port: 8080 }, periodSeconds: 1 },
-        },
-      ],
-    },
-  };
+  return busyboxWebPod({
+    name,
+    node: onNode,
+    setup:
+      'echo "started as $(/bin/busybox id -u) on $(/bin/busybox hostname)"; /bin/busybox mkdir -p /www; ' +
+      'echo "hello from $(/bin/busybox hostname)" > /www/index.html',
+  });
 }
 
 async function ready(name: string): Promise<Pod> {
