@@ -6,7 +6,8 @@
 # the promlint exposition-format linter (tools/promlint, keyed the same way)
 # and etcdutl (tools/etcdutl pins it), which `agentflow restore` runs, and the
 # OpenTelemetry Collector the tests receive spans with (test/cluster/otelcol), and CoreDNS
-# (test/cluster/coredns) with kubelet and kube-proxy for real nodes.
+# (test/cluster/coredns) with kubelet and kube-proxy for real nodes, and kube-router's
+# network-policy firewall (test/cluster/kube-router).
 # Results are cached outside git in ~/.cache/agentflow/bin/<component>-<version>/
 # so later runs skip the build entirely; each binary is written to a temporary
 # name and renamed, so an interrupted build never leaves a broken binary.
@@ -82,7 +83,8 @@ build_etcdutl() {
 }
 
 # A binary built from the pinned module in test/cluster/<name> (otelcol: the OpenTelemetry
-# Collector's OTLP receiver and file exporter; coredns: cluster DNS for real nodes), into
+# Collector's OTLP receiver and file exporter; coredns: cluster DNS for real nodes; kube-router:
+# their NetworkPolicies), into
 # bin/<name>-<build id>/. -mod=readonly: its committed go.sum covers the build.
 # Usage: build_pinned_module NAME BUILD_ID MODULE VERSION (go.mod must require MODULE VERSION).
 build_pinned_module() {
@@ -108,3 +110,4 @@ build_go_tool promlint
 build_etcdutl
 build_pinned_module otelcol "$(otelcol_build_id "$ROOT")" go.opentelemetry.io/collector/otelcol "$OTELCOL_VERSION"
 build_pinned_module coredns "$(coredns_build_id "$ROOT")" github.com/coredns/coredns "$COREDNS_VERSION"
+build_pinned_module kube-router "$(kube_router_build_id "$ROOT")" github.com/cloudnativelabs/kube-router/v2 "$KUBE_ROUTER_VERSION"

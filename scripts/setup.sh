@@ -23,7 +23,8 @@ node_version() { "${1:-node}" -p 'const [a, b] = process.versions.node.split("."
 # containerd, runc, the CNI plugins, buildah, a static busybox and debootstrap: real nodes and their
 # images, test/cluster/real-node.ts and node-images.ts).
 APT_NEEDS=(openssl:openssl chromium:chromium tmux:tmux zsh:zsh fish:fish containerd:containerd runc:runc
-  /usr/lib/cni/bridge:containernetworking-plugins buildah:buildah /bin/busybox:busybox-static debootstrap:debootstrap)
+  /usr/lib/cni/bridge:containernetworking-plugins buildah:buildah /bin/busybox:busybox-static debootstrap:debootstrap
+  /usr/sbin/ipset:ipset)
 
 ensure_apt_packages() {
   local missing=()
@@ -87,9 +88,10 @@ ensure_ui() {
 
 ensure_go_binaries() {
   local kube="$AGENTFLOW_CACHE/bin/kube-$KUBE_VERSION" helm="$AGENTFLOW_CACHE/bin/helm-$HELM_VERSION"
-  local lincheck promlint otelcol coredns
+  local lincheck promlint otelcol coredns kube_router
   otelcol="$AGENTFLOW_CACHE/bin/otelcol-$(otelcol_build_id "$AGENTFLOW_ROOT")"
   coredns="$AGENTFLOW_CACHE/bin/coredns-$(coredns_build_id "$AGENTFLOW_ROOT")"
+  kube_router="$AGENTFLOW_CACHE/bin/kube-router-$(kube_router_build_id "$AGENTFLOW_ROOT")"
   lincheck="$AGENTFLOW_CACHE/bin/lincheck-$(go_tool_version "$AGENTFLOW_ROOT" lincheck)"
   promlint="$AGENTFLOW_CACHE/bin/promlint-$(go_tool_version "$AGENTFLOW_ROOT" promlint)"
   if [[ ! -x "$kube/kube-apiserver" || ! -x "$kube/kube-controller-manager" || ! -x "$kube/kube-scheduler" || ! -x "$kube/kubelet" || ! -x "$kube/kube-proxy" || ! -x "$kube/kubectl" || ! -x "$kube/etcd" || ! -x "$helm/helm" ]]; then
@@ -100,9 +102,9 @@ ensure_go_binaries() {
     command -v go >/dev/null || { log "Go >= 1.24 is needed to build tools/lincheck and tools/promlint; none found on PATH"; exit 1; }
     log "building lincheck and promlint (tools/ changed or first run; seconds)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
-  elif [[ ! -x "$otelcol/otelcol" || ! -x "$coredns/coredns" ]]; then
-    command -v go >/dev/null || { log "Go >= 1.26 is needed to build the OpenTelemetry Collector and CoreDNS (test/cluster/otelcol, coredns); none found on PATH"; exit 1; }
-    log "building otelcol $OTELCOL_VERSION and coredns $COREDNS_VERSION (test/cluster/otelcol or coredns changed, or first run; minutes)"
+  elif [[ ! -x "$otelcol/otelcol" || ! -x "$coredns/coredns" || ! -x "$kube_router/kube-router" ]]; then
+    command -v go >/dev/null || { log "Go >= 1.26 is needed to build the OpenTelemetry Collector, CoreDNS and kube-router (test/cluster/otelcol, coredns, kube-router); none found on PATH"; exit 1; }
+    log "building otelcol $OTELCOL_VERSION, coredns $COREDNS_VERSION and kube-router $KUBE_ROUTER_VERSION (test/cluster/otelcol, coredns or kube-router changed, or first run; minutes)"
     AGENTFLOW_CACHE="$AGENTFLOW_CACHE" bash "$AGENTFLOW_ROOT/scripts/build-cluster-binaries.sh"
   fi
   export PATH="$kube:$helm:$lincheck:$promlint:$PATH"

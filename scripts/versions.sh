@@ -17,6 +17,11 @@ OTELCOL_VERSION=v0.161.0
 # a few others, built as CoreDNS's own coredns.go with a shorter plugin list). Cached in
 # bin/coredns-<this>-<hash>/, the hash of its go.mod, go.sum and main.go. Usage: coredns_build_id ROOT.
 COREDNS_VERSION=v1.15.0
+# kube-router, whose network-policy firewall enforces NetworkPolicies on the e2e cluster's real nodes
+# (test/cluster/kube-router: its own cmd/kube-router; firewall only, no router or service proxy).
+# v2.10.0 is the newest release the module proxy here serves (v2.11.x is refused). Cached in
+# bin/kube-router-<this>-<hash>/, the hash of its go.mod, go.sum and main.go. Usage: kube_router_build_id ROOT.
+KUBE_ROUTER_VERSION=v2.10.0
 # Node runs the TypeScript sources as they are: type stripping is on by default from 22.18.
 NODE_MIN_MAJOR=22
 NODE_MIN_MINOR=18
@@ -33,4 +38,7 @@ otelcol_build_id() {
 }
 coredns_build_id() {
   echo "$COREDNS_VERSION-$(cd "$1/test/cluster/coredns" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)"
+}
+kube_router_build_id() {
+  echo "$KUBE_ROUTER_VERSION-$(cd "$1/test/cluster/kube-router" && cat go.mod go.sum main.go | sha256sum | cut -c1-16)"
 }

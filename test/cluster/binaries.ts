@@ -31,22 +31,30 @@ export type Binary =
   | 'helm'
   | 'etcdutl'
   | 'otelcol'
-  | 'coredns';
+  | 'coredns'
+  | 'kube-router';
 
-/** otelcol's cache directory name: otelcol_build_id in scripts/versions.sh (the pin and a content hash). */
-function otelcolBuildId(version: string | undefined): string {
-  const hash = createHash('sha256');
-  for (const f of ['go.mod', 'go.sum', 'main.go', 'components.go']) {
-    hash.update(readFileSync(join(repoRoot, 'test/cluster/otelcol', f)));
-  }
-  return `${version}-${hash.digest('hex').slice(0, 16)}`;
+/**
+ * The binaries built from a pinned module in test/cluster/<name>, and the files whose hash joins the
+ * pin in their cache directory's name: <name>_build_id in scripts/versions.sh computes the same.
+ */
+const PINNED_MODULES = {
+  otelcol: { pin: 'OTELCOL_VERSION', files: ['go.mod', 'go.sum', 'main.go', 'components.go'] },
+  coredns: { pin: 'COREDNS_VERSION', files: ['go.mod', 'go.sum', 'main.go'] },
+  'kube-router': { pin: 'KUBE_ROUTER_VERSION', files: ['go.mod', 'go.sum', 'main.go'] },
+} as const;
+
+type PinnedModule = keyof typeof PINNED_MODULES;
+
+function isPinnedModule(name: Binary): name is PinnedModule {
+  return name in PINNED_MODULES;
 }
 
-/** coredns's cache directory name: coredns_build_id in scripts/versions.sh. */
-function corednsBuildId(version: string | undefined): string {
+function pinnedBuildId(name: PinnedModule): string {
+  const { pin, files } = PINNED_MODULES[name];
   const hash = createHash('sha256');
-  for (const f of ['go.mod', 'go.sum', 'main.go']) hash.update(readFileSync(join(repoRoot, 'test/cluster/coredns', f)));
-  return `${version}-${hash.digest('hex').slice(0, 16)}`;
+  for (const f of files) hash.update(readFileSync(join(repoRoot, 'test/cluster', name, f)));
+  return `${pinnedVersions()[pin]}-${hash.digest('hex').slice(0, 16)}`;
 }
 
 /** Absolute path of a Go-built binary from the cache; throws with the fix if missing. */
@@ -57,11 +65,9 @@ export function binaryPath(name: Binary): string {
       ? join(cacheDir(), 'bin', `helm-${v.HELM_VERSION}`)
       : name === 'etcdutl'
         ? join(cacheDir(), 'bin', `etcdutl-${v.ETCDUTL_VERSION}`)
-        : name === 'otelcol'
-          ? join(cacheDir(), 'bin', `otelcol-${otelcolBuildId(v.OTELCOL_VERSION)}`)
-          : name === 'coredns'
-            ? join(cacheDir(), 'bin', `coredns-${corednsBuildId(v.COREDNS_VERSION)}`)
-            : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
+        : isPinnedModule(name)
+          ? join(cacheDir(), 'bin', `${name}-${pinnedBuildId(name)}`)
+          : join(cacheDir(), 'bin', `kube-${v.KUBE_VERSION}`);
   const path = join(dir, name);
   if (!existsSync(path)) {
     throw new Error(`${name} not found at ${path}; run \`npm run setup\` to build it`);
