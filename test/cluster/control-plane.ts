@@ -242,8 +242,10 @@ export class ControlPlane {
       200,
     );
 
+    await this.podNetwork?.createHostNode(this.client);
     await this.podNetwork?.startProxy(this.server);
     await this.podNetwork?.startDns(this.server, this.client);
+    await this.podNetwork?.startFirewall(this.server, this.client);
 
     const kubeletKubeconfig = componentKubeconfig('kubelet', 'agentflow:process-kubelet');
     await this.grantKubelet();

@@ -22,6 +22,12 @@ import { alive } from './ui-pid.ts';
 // - CoreDNS with its kubernetes plugin as cluster DNS, on the host address's port 53 (real nodes'
 //   kubelets give pods clusterDNS [10.99.0.1]): Services' and pods' names in cluster.local, and
 //   nothing else (no forwarding: there is nowhere to forward to).
+// - kube-router's network-policy firewall (its iptables chains and ipsets), one for the machine as
+//   kube-proxy is: NetworkPolicies hold for every real node's pods. kube-router firewalls the pods of
+//   the Node it runs as, those whose hostIP is one of that Node's addresses; it runs as the pod
+//   network's own Node (HOST_NODE), which lists every real node's address and takes no pods. As on
+//   any kube-router node, traffic from the machine itself (kubelet probes, the API server) is
+//   always let through; between pods, on one node or two, policies hold.
 // Nothing here routes off the machine: no masquerade out, no default route in any pod.
 
 const run = promisify(execFile);
@@ -43,9 +49,23 @@ export const CLUSTER_DOMAIN = 'cluster.local';
 /** The control plane's --service-cluster-ip-range. */
 export const SERVICE_CIDR = '10.0.0.0/24';
 
+/** Real nodes take numbers 1..MAX_REAL_NODES (bridge afb<n>, address 10.99.<n>.1). */
+export const MAX_REAL_NODES = 250;
+
+/**
+ * The Node that kube-proxy and kube-router run as: the machine's pod network, not a place for pods
+ * (cordoned and tainted). Its addresses are the control plane's on the pod network, then every real
+ * node's, so kube-router firewalls every real node's pods.
+ */
+export const HOST_NODE = 'agentflow-pod-network';
+
+/** The taint that keeps pods off HOST_NODE. */
+export const HOST_NODE_TAINT = { key: 'agentflow.dev/pod-network', value: 'true', effect: 'NoSchedule' } as const;
+
 export class PodNetwork {
   private proxy: ManagedProcess | undefined;
   private dns: ManagedProcess | undefined;
+  private firewall: ManagedProcess | undefined;
   private dnsReadyPort = 0;
   private readonly dir: string;
   private readonly pki: Pki;
@@ -96,7 +116,7 @@ export class PodNetwork {
         mode: 'iptables',
         clusterCIDR: POD_NETWORK.cidr,
         bindAddress: POD_NETWORK.hostIp,
-        hostnameOverride: 'agentflow-pod-network',
+        hostnameOverride: HOST_NODE,
         healthzBindAddress: `127.0.0.1:${this.healthzPort}`,
         metricsBindAddress: `127.0.0.1:${await freePort()}`,
         // NodePorts only on the pod network, never on loopback (no route_localnet) or other links.
@@ -117,9 +137,62 @@ export class PodNetwork {
       args: [`--config=${config}`, '--v=1'],
       logFile: join(this.dir, 'kube-proxy.log'),
     });
-    // Not waited for here: kube-proxy first waits 30 s for a Node named as itself, which never
-    // comes (it serves every real node on this machine, not one). Real nodes wait for livezUrl.
+    // Not waited for here: real nodes wait for livezUrl.
     this.proxy.start();
+  }
+
+  /**
+   * Creates HOST_NODE, which kube-proxy and kube-router run as (startProxy comes after it, or
+   * kube-proxy waits 30 s for its Node).
+   */
+  async createHostNode(admin: RestClient): Promise<void> {
+    const addresses: string[] = [POD_NETWORK.hostIp];
+    for (let n = 1; n <= MAX_REAL_NODES; n++) addresses.push(`10.99.${n}.1`);
+    await admin.post('/api/v1/nodes', {
+      metadata: { name: HOST_NODE, labels: { 'kubernetes.io/hostname': HOST_NODE } },
+      spec: { unschedulable: true, taints: [HOST_NODE_TAINT] },
+    });
+    await admin.mergePatch(`/api/v1/nodes/${HOST_NODE}/status`, {
+      status: { addresses: addresses.map((address) => ({ type: 'InternalIP', address })) },
+    });
+  }
+
+  /**
+   * Starts kube-router's firewall (without waiting: a policy holds once kube-router has synced the
+   * pods it selects; tests that rely on one wait for its rules, see policyRulesFor) as
+   * agentflow:kube-router, with the read access it needs (kube-router's own ClusterRole, read-only:
+   * with no router it writes nothing).
+   */
+  async startFirewall(server: string, admin: RestClient): Promise<void> {
+    const user = 'agentflow:kube-router';
+    await grant(admin, user, [
+      {
+        apiGroups: [''],
+        resources: ['namespaces', 'pods', 'services', 'nodes', 'endpoints'],
+        verbs: ['get', 'list', 'watch'],
+      },
+      { apiGroups: ['networking.k8s.io'], resources: ['networkpolicies'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
+    ]);
+    const kubeconfig = join(this.dir, 'kube-router.kubeconfig');
+    writeKubeconfig(kubeconfig, server, this.pki.caCert, this.pki.client('kube-router', user));
+    this.firewall = new ManagedProcess({
+      name: 'kube-router',
+      command: binaryPath('kube-router'),
+      args: [
+        `--kubeconfig=${kubeconfig}`,
+        `--hostname-override=${HOST_NODE}`,
+        '--run-firewall=true',
+        '--run-router=false',
+        '--run-service-proxy=false',
+        `--service-cluster-ip-range=${SERVICE_CIDR}`,
+        '--health-port=0',
+        '--metrics-port=0',
+        '--v=1',
+      ],
+      logFile: join(this.dir, 'kube-router.log'),
+    });
+    this.firewall.start();
   }
 
   /** kube-proxy's /livez (it has no notion of being this node's, as /healthz does). */
@@ -133,18 +206,10 @@ export class PodNetwork {
    */
   async startDns(server: string, admin: RestClient): Promise<void> {
     const user = 'agentflow:coredns';
-    await admin.post('/apis/rbac.authorization.k8s.io/v1/clusterroles', {
-      metadata: { name: user },
-      rules: [
-        { apiGroups: [''], resources: ['endpoints', 'services', 'pods', 'namespaces'], verbs: ['list', 'watch'] },
-        { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
-      ],
-    });
-    await admin.post('/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
-      metadata: { name: user },
-      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: user },
-      subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: user }],
-    });
+    await grant(admin, user, [
+      { apiGroups: [''], resources: ['endpoints', 'services', 'pods', 'namespaces'], verbs: ['list', 'watch'] },
+      { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
+    ]);
     const kubeconfig = join(this.dir, 'coredns.kubeconfig');
     writeKubeconfig(kubeconfig, server, this.pki.caCert, this.pki.client('coredns', user));
     this.dnsReadyPort = await freePort();
@@ -186,6 +251,7 @@ export class PodNetwork {
     const out: Record<string, number> = {};
     if (this.proxy?.pid) out['kube-proxy'] = this.proxy.pid;
     if (this.dns?.pid) out.coredns = this.dns.pid;
+    if (this.firewall?.pid) out['kube-router'] = this.firewall.pid;
     return out;
   }
 
@@ -193,13 +259,35 @@ export class PodNetwork {
     return this.proxy?.logTail(lines) ?? '(not started)';
   }
 
-  /** Stops CoreDNS and kube-proxy, removes kube-proxy's iptables rules and the bridge. */
+  /** Stops CoreDNS, kube-proxy and kube-router, removes their iptables rules and ipsets, and the bridge. */
   async stop(): Promise<void> {
-    await Promise.all([this.dns?.stop(5_000), this.proxy?.stop(5_000)]);
+    await Promise.all([this.dns?.stop(5_000), this.proxy?.stop(5_000), this.firewall?.stop(5_000)]);
     if (this.proxy) {
       await run(binaryPath('kube-proxy'), ['--cleanup', '--v=0']).catch(() => undefined);
+    }
+    if (this.firewall) {
+      await run(binaryPath('kube-router'), ['--cleanup-config']).catch(() => undefined);
     }
     await run('ip', ['link', 'del', POD_NETWORK.bridge]).catch(() => undefined);
     if (this.owned) rmSync(OWNER_FILE, { force: true });
   }
+}
+
+/** A ClusterRole named as `user` with these rules, bound to that user. */
+async function grant(admin: RestClient, user: string, rules: unknown[]): Promise<void> {
+  await admin.post('/apis/rbac.authorization.k8s.io/v1/clusterroles', { metadata: { name: user }, rules });
+  await admin.post('/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
+    metadata: { name: user },
+    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: user },
+    subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: user }],
+  });
+}
+
+/**
+ * Whether kube-router has firewalled this pod (its rules are in the filter table). kube-router writes
+ * a pod's rules and the policies that select it in one iptables-restore, so from then on they hold.
+ */
+export async function firewalled(namespace: string, pod: string): Promise<boolean> {
+  const { stdout } = await run('iptables-save', ['-t', 'filter']);
+  return stdout.includes(`destined to POD name:${pod} namespace: ${namespace}`);
 }

@@ -8,7 +8,7 @@ import { ManagedProcess, waitFor } from './managed-process.ts';
 import { unmountUnder } from './mounts.ts';
 import { BUSYBOX_IMAGE, busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
 import { Pki } from './pki.ts';
-import { CLUSTER_DOMAIN, POD_NETWORK, SERVICE_CIDR } from './pod-network.ts';
+import { CLUSTER_DOMAIN, MAX_REAL_NODES, POD_NETWORK, SERVICE_CIDR } from './pod-network.ts';
 import { freePort } from './ports.ts';
 
 // A real node beside the process kubelet: the kubelet built from the same k8s.io/kubernetes module as
@@ -385,9 +385,9 @@ function cniBinDir(): string {
  * finds the bridge there and adds the pods' gateway address to it.
  */
 async function claimIndex(): Promise<number> {
-  const start = 1 + Math.floor(Math.random() * 250);
-  for (let i = 0; i < 250; i++) {
-    const n = ((start + i) % 250) + 1;
+  const start = 1 + Math.floor(Math.random() * MAX_REAL_NODES);
+  for (let i = 0; i < MAX_REAL_NODES; i++) {
+    const n = ((start + i) % MAX_REAL_NODES) + 1;
     try {
       await run('ip', ['link', 'add', `afb${n}`, 'type', 'bridge']);
       return n;
@@ -395,7 +395,7 @@ async function claimIndex(): Promise<number> {
       // taken: try the next
     }
   }
-  throw new Error('no free real-node number (bridges afb1..afb250 all exist)');
+  throw new Error(`no free real-node number (bridges afb1..afb${MAX_REAL_NODES} all exist)`);
 }
 
 /** containerd's shims outlive it; the ones started for this socket go with the node. */
