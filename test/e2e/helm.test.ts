@@ -7,9 +7,11 @@ import { installAgentflow } from '../cluster/agentflow-install.ts';
 import { binaryPath } from '../cluster/binaries.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
 import { agentflowImage, etcdImage } from '../cluster/node-images.ts';
+import { firewalled } from '../cluster/pod-network.ts';
 import { RealNode } from '../cluster/real-node.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
 import { until } from '../integration/operator/helpers.ts';
+import { dial, probeCommand, probeGate } from './dial.ts';
 
 // `helm install` of the chart exactly as users run it, on real nodes of the local control plane
 // (test/cluster/real-node.ts: containerd, the pod network, Services, cluster DNS): the image built
@@ -167,6 +169,96 @@ describe('helm install', () => {
     expect(described).toMatch(/Usage:\s+68 tokens \(28 in, 40 out\), \$0\.000136/);
     expect(approved).toContain('task review of workflow review-notes approved by');
     expect(watched).toMatch(/workflow\/review-notes Succeeded/);
+  });
+
+  it('enforces the chart’s NetworkPolicies: a pod outside the chart reaches neither etcd nor the dispatcher', async () => {
+    if (cluster.info.external) return; // enforcement is up to that cluster's CNI
+    const pods = await releasePods();
+    const leader = pods.find((p) => p.metadata.labels?.['agentflow.io/role'] === 'leader');
+    const etcd = pods.find((p) => p.metadata.labels?.['app.kubernetes.io/component'] === 'etcd');
+    const service = async (name: string) =>
+      (await cluster.client.get<Json>(`/api/v1/namespaces/${namespace}/services/${name}`)).spec.clusterIP as string;
+    const port = (name: string) =>
+      leader?.spec.containers[0].ports.find((p: Json) => p.name === name)?.containerPort as number;
+    const targets = {
+      'etcd client port': { host: etcd?.status.podIP, port: 2379 },
+      'etcd peer port': { host: etcd?.status.podIP, port: 2380 },
+      'etcd Service': { host: await service(`${release}-agentflow-etcd`), port: 2379 },
+      'dispatcher Service': { host: await service(`${release}-agentflow-dispatcher`), port: port('dispatcher') },
+      'operator ops port': { host: leader?.status.podIP, port: port('ops') },
+      // Open to any source (the API server that fronts it is no pod): what shows the probes' network works.
+      'data API port': { host: leader?.status.podIP, port: port('data-api') },
+    };
+    // Every one listens: from this machine (which kube-router, as any node's, always lets through).
+    for (const [what, t] of Object.entries(targets)) expect(await dial(t.host, t.port), what).toBe('open');
+    // kube-router has written the etcd and leader pods' rules (with the policies selecting them).
+    for (const p of [etcd, leader]) {
+      await until(
+        `kube-router's rules for ${p?.metadata.name}`,
+        () => firewalled(namespace, p?.metadata.name),
+        Boolean,
+        60_000,
+      );
+    }
+    // One pod with no label the policies name, one labelled as an agent is (in a namespace of its
+    // own, on the other node from etcd's: the path between two real nodes).
+    const outside = uniqueName('outside');
+    await kubectl(['create', 'namespace', outside]);
+    const image = await agentflowImage();
+    // Each probe dials once kube-router has its address (an agent's in the dispatcher policy's set).
+    const gate = await probeGate((pod) =>
+      until(`kube-router's rules for ${outside}/${pod}`, () => firewalled(outside, pod), Boolean, 60_000),
+    );
+    const probe = async (name: string, labels: Record<string, string>) => {
+      await cluster.client.post(`/api/v1/namespaces/${outside}/pods`, {
+        metadata: { name, labels },
+        spec: {
+          nodeName: realNodes.find((n) => n.name !== etcd?.spec.nodeName)?.name,
+          automountServiceAccountToken: false,
+          restartPolicy: 'Never',
+          containers: [
+            {
+              name: 'probe',
+              image: image.ref,
+              imagePullPolicy: 'Never',
+              command: probeCommand(targets, gate),
+              securityContext: { runAsNonRoot: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+            },
+          ],
+        },
+      });
+      const done = await until(
+        `probe ${name} finished`,
+        () => cluster.client.get<Json>(`/api/v1/namespaces/${outside}/pods/${name}`),
+        (p) => ['Succeeded', 'Failed'].includes(p.status?.phase),
+        120_000,
+      );
+      const log = await kubectl(['logs', '-n', outside, name]);
+      expect(done.status.phase, `${log} ${gate.refused.get(name) ?? ''}`).toBe('Succeeded');
+      return JSON.parse(log) as Record<keyof typeof targets, string>;
+    };
+    try {
+      expect(await probe('stranger', { app: 'stranger' })).toEqual({
+        'etcd client port': 'blocked',
+        'etcd peer port': 'blocked',
+        'etcd Service': 'blocked',
+        'dispatcher Service': 'blocked',
+        'operator ops port': 'blocked',
+        'data API port': 'open',
+      });
+      // An agent (any namespace) reaches the dispatcher, and still not etcd.
+      expect(await probe('agent', { 'agentflow.io/pool': 'not-a-pool' })).toEqual({
+        'etcd client port': 'blocked',
+        'etcd peer port': 'blocked',
+        'etcd Service': 'blocked',
+        'dispatcher Service': 'open',
+        'operator ops port': 'blocked',
+        'data API port': 'open',
+      });
+    } finally {
+      await gate.close();
+      await kubectl(['delete', 'namespace', outside, '--wait=false']);
+    }
   });
 
   it('a node whose every container is killed mid-run: the workflow still Succeeds, no result lost', async () => {

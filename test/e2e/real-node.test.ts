@@ -5,15 +5,17 @@ import { VERSION_LINE } from '../../src/lib/version.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
 import { waitFor } from '../cluster/managed-process.ts';
 import { agentflowImage, busyboxImage, type NodeImage } from '../cluster/node-images.ts';
+import { firewalled } from '../cluster/pod-network.ts';
 import { busyboxWebPod, REAL_NODE_TAINT, RealNode } from '../cluster/real-node.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
+import { dial, probeCommand, probeGate } from './dial.ts';
 
 // The project's image, built from its Dockerfile (on a base made from Debian's packages: no
 // registry here), run by a real node's containerd as the chart runs it: by its tag, pulled
 // IfNotPresent, as the image's own non-root user, with a read-only root filesystem and no
 // capabilities. Nothing of the checkout is mapped in. And the cluster's pod network
 // (pod-network.ts): Services through kube-proxy, their names through CoreDNS, the API server
-// through the kubernetes Service.
+// through the kubernetes Service, NetworkPolicies through kube-router's firewall.
 
 const run = promisify(execFile);
 
@@ -213,5 +215,72 @@ describe('the Dockerfile’s image on a real node', () => {
     const pod = await finished('whoami');
     expect(pod.status.phase, await logs('whoami')).toBe('Succeeded');
     expect(await logs('whoami')).toBe(`system:serviceaccount:${ns}:default\n`);
+  });
+  it('holds a NetworkPolicy between two pods on one node: only the pods it names get in', async () => {
+    await cluster.client.post(
+      `/api/v1/namespaces/${ns}/pods`,
+      busyboxWebPod({
+        name: 'guarded',
+        node: node.name,
+        labels: { app: 'guarded' },
+        setup: 'mkdir -p /www; echo guarded > /www/index.html',
+      }),
+    );
+    await cluster.client.post(`/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies`, {
+      metadata: { name: 'guarded' },
+      spec: {
+        podSelector: { matchLabels: { app: 'guarded' } },
+        policyTypes: ['Ingress'],
+        ingress: [{ from: [{ podSelector: { matchLabels: { role: 'friend' } } }], ports: [{ port: 8080 }] }],
+      },
+    });
+    let ip = '';
+    await waitFor(
+      'guarded Ready',
+      async () => {
+        const pod = (await cluster.client.get(`/api/v1/namespaces/${ns}/pods/guarded`)) as Pod & {
+          status: { podIP?: string; conditions?: { type: string; status: string }[] };
+        };
+        ip = pod.status.podIP ?? '';
+        return pod.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+      },
+      60_000,
+      250,
+    );
+    await waitFor(`kube-router's rules for ${ns}/guarded`, () => firewalled(ns, 'guarded'), 60_000, 250);
+    // The machine itself (the kubelet's probes) always gets in; so it listens.
+    expect(await dial(ip, 8080)).toBe('open');
+    // Each probe dials once kube-router has its address (in the policy's set, if it is a friend).
+    const rules = (pod: string) =>
+      waitFor(`kube-router's rules for ${ns}/${pod}`, () => firewalled(ns, pod), 60_000, 250);
+    const gate = await probeGate(rules);
+    const probe = async (name: string, labels: Record<string, string>) => {
+      await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
+        metadata: { name, labels },
+        spec: {
+          ...onNode(),
+          automountServiceAccountToken: false,
+          restartPolicy: 'Never',
+          containers: [
+            {
+              name: 'probe',
+              image: image.ref,
+              imagePullPolicy: 'IfNotPresent',
+              command: probeCommand({ guarded: { host: ip, port: 8080 } }, gate),
+              securityContext: restricted,
+            },
+          ],
+        },
+      });
+      const pod = await finished(name);
+      expect(pod.status.phase, `${await logs(name)} ${gate.refused.get(name) ?? ''}`).toBe('Succeeded');
+      return JSON.parse(await logs(name));
+    };
+    try {
+      expect(await probe('friend', { role: 'friend' })).toEqual({ guarded: 'open' });
+      expect(await probe('stranger', { role: 'stranger' })).toEqual({ guarded: 'blocked' });
+    } finally {
+      await gate.close();
+    }
   });
 });
