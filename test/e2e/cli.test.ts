@@ -1,21 +1,24 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DATA_APISERVICE } from '../../src/api/data-api.ts';
 import { installAgentflow } from '../cluster/agentflow-install.ts';
 import { binaryPath } from '../cluster/binaries.ts';
 import type { ClusterHandle } from '../cluster/cluster-handle.ts';
-import { localImages } from '../cluster/images.ts';
+import { agentflowImage, etcdImage } from '../cluster/node-images.ts';
+import { RealNode } from '../cluster/real-node.ts';
 import { testCluster, uniqueName } from '../cluster/testing.ts';
-import { apply, nodes, pool, startNodes, until } from '../integration/operator/helpers.ts';
+import { apply, pool, until } from '../integration/operator/helpers.ts';
 import { fixturePool, type Json, readHandlerLog } from '../integration/workflow/helpers.ts';
 
 // The agentflow CLI, the real binary (bin/agentflow.mjs, also as `kubectl agentflow`), against the
 // chart installed with helm on the local control plane: the operator's data API registered with the
 // API server, users with their own kubeconfigs and RBAC. What a user sees: exit codes, live output,
 // logs while a task runs, a retry that keeps what succeeded, 403 for every command without RBAC, and
-// the live view through a real terminal (tmux).
+// the live view through a real terminal (tmux). On a real node (test/cluster/real-node.ts): the chart
+// as shipped, and the agents the tests steer are the Dockerfile's image running the fixture handlers,
+// which see the test's work directory through a hostPath volume at the same path.
 
 let cluster: ClusterHandle;
 let ns: string;
@@ -23,6 +26,7 @@ let carol: string; // may use workflows in ns
 let dave: string; // may not
 let handlerLog: string;
 let work: string;
+let node: RealNode | undefined;
 const group = uniqueName('cli');
 /** The release's namespace. */
 const release = uniqueName('agentflow-cli');
@@ -76,10 +80,41 @@ const wfFile = (name: string, spec: Json): string => {
 const getWf = (name: string) =>
   cluster.client.get<Json>(`/apis/agentflow.io/v1alpha1/namespaces/${ns}/workflows/${name}`);
 
+/**
+ * A fixture pool (fixturePool: host-process agents of the checkout) as the image runs it: `agent`
+ * with the work directory (the fixture module copied there, its handler log, the files the tests
+ * steer handlers with) mounted at the same path as on this machine. Nothing of the checkout is mapped in.
+ */
+function imagePool(manifest: Json, ref: string): Json {
+  const spec = manifest.spec.template.spec;
+  const { command: _hostProcess, ...container } = spec.containers[0];
+  const handlers = join(work, 'handlers.mjs');
+  copyFileSync(fixture, handlers);
+  spec.volumes = [{ name: 'work', hostPath: { path: work, type: 'Directory' } }];
+  spec.containers[0] = {
+    ...container,
+    image: ref,
+    args: ['agent'],
+    env: (container.env as { name: string; value: string }[]).map((e) =>
+      e.name === 'AGENTFLOW_HANDLERS_MODULE' ? { ...e, value: handlers } : e,
+    ),
+    volumeMounts: [{ name: 'work', mountPath: work }],
+  };
+  return manifest;
+}
+
 beforeAll(async () => {
   cluster = testCluster();
-  await startNodes(cluster, nodes(group, [{ suffix: 'a', cpu: '8', memory: '16Gi' }]), { images: localImages() });
-  await installAgentflow(cluster, { release: 'cli', namespace: release });
+  const image = await agentflowImage();
+  if (!cluster.info.external) {
+    // One node that takes any pod, the images the chart names in its containerd, and the bundled
+    // etcd's volume reserved for its member's claim.
+    node = await RealNode.start(cluster, { name: `${group}-a`, images: [image, await etcdImage()], taint: false });
+    await node.hostPathVolume(`${group}-etcd-0`, '1Gi', { namespace: release, name: 'data-cli-agentflow-etcd-0' });
+    const labelled = await cluster.kubectl(['label', 'node', node.name, `agentflow.test/group=${group}`]);
+    expect(labelled.code, labelled.stderr).toBe(0);
+  }
+  await installAgentflow(cluster, { release: 'cli', namespace: release, realNodes: !cluster.info.external });
   await until(
     'the data API is Available',
     () => cluster.client.get<Json>(`/apis/apiregistration.k8s.io/v1/apiservices/${DATA_APISERVICE}`),
@@ -90,13 +125,16 @@ beforeAll(async () => {
   await cluster.client.post('/api/v1/namespaces', { metadata: { name: ns } });
   work = join(cluster.info.dir, `cli-${ns}`);
   mkdirSync(work, { recursive: true });
+  chmodSync(work, 0o777); // the agents' image runs as uid 65532
   handlerLog = join(work, 'handlers.jsonl');
   // The README's pool, and a pool of fixture agents whose handlers the tests steer.
   const examplePool = readFileSync('deploy/examples/agentpool.yaml', 'utf8');
   const r = await cluster.kubectl(['apply', '-n', ns, '-f', '-'], { input: examplePool });
   expect(r.code, r.stderr).toBe(0);
-  const steer = fixturePool(ns, 'steer', { group, replicas: 1, handlersModule: fixture, handlerLog });
-  await apply(cluster, steer);
+  await apply(
+    cluster,
+    imagePool(fixturePool(ns, 'steer', { group, replicas: 1, handlersModule: fixture, handlerLog }), image.ref),
+  );
   await until(
     'agents connected',
     () => pool(cluster, ns, 'steer'),
@@ -142,6 +180,7 @@ afterAll(async () => {
   await cluster.kubectl(['delete', 'workflows,agentpools', '--all', '-n', ns, '--wait=true', '--timeout=60s']);
   await cluster.helm(['uninstall', 'cli', '--namespace', release, '--wait', '--timeout', '120s']);
   await cluster.kubectl(['delete', 'namespace', ns, '--wait=false']);
+  await node?.stop();
   await cluster.close();
 });
 
