@@ -26,6 +26,9 @@ interface Pod {
   };
 }
 
+/** On kind (scripts/e2e-kind.sh): skipped, it is about this machine's real nodes. */
+const external = testCluster().info.external;
+
 let cluster: ClusterHandle;
 let node: RealNode;
 let image: NodeImage;
@@ -33,6 +36,7 @@ let ns: string;
 
 beforeAll(async () => {
   cluster = testCluster();
+  if (external) return;
   image = await agentflowImage();
   node = await RealNode.start(cluster, { name: uniqueName('real'), images: [image, await busyboxImage()] });
   ns = uniqueName('image');
@@ -41,7 +45,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await node?.stop();
-  await cluster?.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+  if (ns) await cluster.client.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
   await cluster?.close();
 });
 
@@ -81,7 +85,7 @@ const restricted = {
   capabilities: { drop: ['ALL'] },
 };
 
-describe('the Dockerfile’s image on a real node', () => {
+describe.skipIf(external)('the Dockerfile’s image on a real node', () => {
   it('runs as the chart runs it: its entrypoint, its non-root user, a read-only root filesystem', async () => {
     await cluster.client.post(`/api/v1/namespaces/${ns}/pods`, {
       metadata: { name: 'image' },
