@@ -49,8 +49,13 @@ export const CLUSTER_DOMAIN = 'cluster.local';
 /** The control plane's --service-cluster-ip-range. */
 export const SERVICE_CIDR = '10.0.0.0/24';
 
-/** Real nodes take numbers 1..MAX_REAL_NODES (bridge afb<n>, address 10.99.<n>.1). */
+/** Real nodes take numbers 1..MAX_REAL_NODES (bridge afb<n>, address realNodeIp(n)). */
 export const MAX_REAL_NODES = 250;
+
+/** Real node n's address: its bridge's, its pods' gateway, the hostIP of its pods. */
+export function realNodeIp(n: number): string {
+  return `10.99.${n}.1`;
+}
 
 /**
  * The Node that kube-proxy and kube-router run as: the machine's pod network, not a place for pods
@@ -147,7 +152,7 @@ export class PodNetwork {
    */
   async createHostNode(admin: RestClient): Promise<void> {
     const addresses: string[] = [POD_NETWORK.hostIp];
-    for (let n = 1; n <= MAX_REAL_NODES; n++) addresses.push(`10.99.${n}.1`);
+    for (let n = 1; n <= MAX_REAL_NODES; n++) addresses.push(realNodeIp(n));
     await admin.post('/api/v1/nodes', {
       metadata: { name: HOST_NODE, labels: { 'kubernetes.io/hostname': HOST_NODE } },
       spec: { unschedulable: true, taints: [HOST_NODE_TAINT] },
@@ -159,7 +164,7 @@ export class PodNetwork {
 
   /**
    * Starts kube-router's firewall (without waiting: a policy holds once kube-router has synced the
-   * pods it selects; tests that rely on one wait for its rules, see policyRulesFor) as
+   * pods it selects; tests that rely on one wait for its rules: firewalled) as
    * agentflow:kube-router, with the read access it needs (kube-router's own ClusterRole, read-only:
    * with no router it writes nothing).
    */

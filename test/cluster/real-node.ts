@@ -8,7 +8,7 @@ import { ManagedProcess, waitFor } from './managed-process.ts';
 import { unmountUnder } from './mounts.ts';
 import { BUSYBOX_IMAGE, busyboxImage, type NodeImage, PAUSE_IMAGE, pauseImage } from './node-images.ts';
 import { Pki } from './pki.ts';
-import { CLUSTER_DOMAIN, MAX_REAL_NODES, POD_NETWORK, SERVICE_CIDR } from './pod-network.ts';
+import { CLUSTER_DOMAIN, MAX_REAL_NODES, POD_NETWORK, realNodeIp, SERVICE_CIDR } from './pod-network.ts';
 import { freePort } from './ports.ts';
 
 // A real node beside the process kubelet: the kubelet built from the same k8s.io/kubernetes module as
@@ -53,7 +53,7 @@ export class RealNode {
     this.cluster = cluster;
     this.name = name;
     this.index = index;
-    this.nodeIp = `10.99.${index}.1`;
+    this.nodeIp = realNodeIp(index);
     this.podCidr = `10.99.${index}.0/24`;
     this.dir = join(cluster.info.dir, 'real-nodes', name);
     this.socket = join(this.dir, 'containerd.sock');
