@@ -62,10 +62,10 @@ export function realNodeIp(n: number): string {
  * (cordoned and tainted). Its addresses are the control plane's on the pod network, then every real
  * node's, so kube-router firewalls every real node's pods.
  */
-export const HOST_NODE = 'agentflow-pod-network';
+const HOST_NODE = 'agentflow-pod-network';
 
 /** The taint that keeps pods off HOST_NODE. */
-export const HOST_NODE_TAINT = { key: 'agentflow.dev/pod-network', value: 'true', effect: 'NoSchedule' } as const;
+const HOST_NODE_TAINT = { key: 'agentflow.dev/pod-network', value: 'true', effect: 'NoSchedule' } as const;
 
 export class PodNetwork {
   private proxy: ManagedProcess | undefined;

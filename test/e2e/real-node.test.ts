@@ -220,6 +220,7 @@ describe.skipIf(external)('the Dockerfile’s image on a real node', () => {
     expect(pod.status.phase, await logs('whoami')).toBe('Succeeded');
     expect(await logs('whoami')).toBe(`system:serviceaccount:${ns}:default\n`);
   });
+
   it('holds a NetworkPolicy between two pods on one node: only the pods it names get in', async () => {
     await cluster.client.post(
       `/api/v1/namespaces/${ns}/pods`,
