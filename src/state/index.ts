@@ -3,6 +3,7 @@ export { KeptLease, type LeaseHolder, LeaseKeeper, type LeaseKeeperOptions } fro
 export {
   AUDIT_APPEND_TRIES,
   AUDIT_BATCH,
+  AUDIT_BLOCK_BYTES,
   type AuditEntry,
   type AuditEvent,
   AuditLog,

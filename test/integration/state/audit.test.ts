@@ -2,13 +2,14 @@ import { createHash } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   AUDIT_BATCH,
+  AUDIT_BLOCK_BYTES,
   type AuditEvent,
   AuditLog,
   FencedError,
   StateError,
   type StateStore,
 } from '../../../src/state/index.ts';
-import { testStore } from './helpers.ts';
+import { tamperAuditEntry, testStore } from './helpers.ts';
 
 const prefix = `/test-audit-${Date.now()}`;
 const stores: StateStore[] = [];
@@ -41,7 +42,7 @@ const events = (count: number, tag: string): AuditEvent[] =>
 const revision = async (store: StateStore) => Number((await store.client.get('/').exec()).header.revision);
 const keysUnder = async (store: StateStore, log: AuditLog) => (await store.list(`${log.base}/`)).entries;
 
-/** A log of 10 entries to tamper with. */
+/** A log of 10 entries in one block to tamper with. */
 async function tenEntries(): Promise<{ store: StateStore; log: AuditLog }> {
   const store = open();
   const log = freshLog(store);
@@ -50,8 +51,20 @@ async function tenEntries(): Promise<{ store: StateStore; log: AuditLog }> {
   return { store, log };
 }
 
+/** A log of 10 entries in three blocks (seq 1..4, 5..7, 8..10). */
+async function threeBlocks(): Promise<{ store: StateStore; log: AuditLog }> {
+  const store = open();
+  const log = freshLog(store);
+  await log.append(events(4, 'p'));
+  await log.append(events(3, 'q'));
+  await log.append(events(3, 'r'));
+  expect((await store.list(`${log.base}/e/`)).entries.map((b) => Number(b.key.slice(-12)))).toEqual([1, 5, 8]);
+  expect((await log.verify()).ok).toBe(true);
+  return { store, log };
+}
+
 describe('audit log', () => {
-  it('appends batches in order with seq 1..N, one transaction per 120 events, and verifies', async () => {
+  it('appends in order with seq 1..N, 250 events per transaction in blocks of at most 16 KiB, and verifies', async () => {
     const store = open();
     const log = freshLog(store);
     expect(await log.verify()).toEqual({ ok: true, entries: 0, head: '' });
@@ -59,45 +72,73 @@ describe('audit log', () => {
 
     const a = await log.append(events(5, 'a'));
     const before = await revision(store);
-    const b = await log.append(events(300, 'b'));
+    const b = await log.append(events(600, 'b'));
     const after = await revision(store);
-    // 300 events = 3 transactions (120 + 120 + 60), each one etcd revision.
-    expect(AUDIT_BATCH).toBe(120);
+    // 600 events = 3 transactions (250 + 250 + 100), each one etcd revision.
+    expect(AUDIT_BATCH).toBe(250);
     expect(after - before).toBe(3);
-    const revs = new Map<number, number>();
-    for (const e of (await store.list(`${log.base}/e/`)).entries.slice(5, 305)) {
-      revs.set(e.modRevision, (revs.get(e.modRevision) ?? 0) + 1);
-    }
-    expect([...revs.values()]).toEqual([120, 120, 60]);
     const c = await log.append([
       { type: 'workflow.finished', detail: { z: 1, a: { y: [2, { d: 1, c: 0 }], b: null } } },
     ]);
 
+    // Each key is a block: a JSON array of consecutive entries starting at the key's seq, at most
+    // AUDIT_BLOCK_BYTES, all the blocks of one transaction at its revision.
+    const blocks = (await store.list(`${log.base}/e/`)).entries;
+    const perRevision = new Map<number, number>();
+    let next = 1;
+    for (const block of blocks) {
+      const items = JSON.parse(block.value) as { seq: number }[];
+      expect(Array.isArray(items)).toBe(true);
+      expect(items[0]?.seq).toBe(Number(block.key.slice(-12)));
+      expect(items.map((e) => e.seq)).toEqual(Array.from({ length: items.length }, (_, i) => next + i));
+      next += items.length;
+      expect(Buffer.byteLength(block.value)).toBeLessThanOrEqual(AUDIT_BLOCK_BYTES);
+      if (block.modRevision > before && block.modRevision <= after) {
+        perRevision.set(block.modRevision, (perRevision.get(block.modRevision) ?? 0) + items.length);
+      }
+    }
+    expect(next).toBe(607);
+    expect([...perRevision.values()]).toEqual([250, 250, 100]);
+    // Blocks are filled: far fewer keys than entries (~48 entries of ~330 bytes each per block).
+    expect(blocks.length).toBeLessThanOrEqual(20);
+
     const all = await log.list();
-    expect(all).toHaveLength(306);
-    expect(all.map((e) => e.seq)).toEqual(Array.from({ length: 306 }, (_, i) => i + 1));
+    expect(all).toHaveLength(606);
+    expect(all.map((e) => e.seq)).toEqual(Array.from({ length: 606 }, (_, i) => i + 1));
     expect(all).toEqual([...a, ...b, ...c]);
-    expect(all.slice(5, 305).map((e) => e.task)).toEqual(events(300, 'b').map((e) => e.task));
+    expect(all.slice(5, 605).map((e) => e.task)).toEqual(events(600, 'b').map((e) => e.task));
     expect(all[0]?.prev).toBe('');
     for (let i = 1; i < all.length; i++) expect(all[i]?.prev).toBe(all[i - 1]?.hash);
 
     // The hash is sha256 over the canonical JSON: fixed key order, detail keys sorted at every depth.
-    const last = all[305];
-    expect(last).toMatchObject({ seq: 306, type: 'workflow.finished' });
-    const canonical = `{"seq":306,"at":${JSON.stringify(last?.at)},"type":"workflow.finished","detail":{"a":{"b":null,"y":[2,{"c":0,"d":1}]},"z":1},"prev":"${all[304]?.hash}"}`;
+    const last = all[605];
+    expect(last).toMatchObject({ seq: 606, type: 'workflow.finished' });
+    const canonical = `{"seq":606,"at":${JSON.stringify(last?.at)},"type":"workflow.finished","detail":{"a":{"b":null,"y":[2,{"c":0,"d":1}]},"z":1},"prev":"${all[604]?.hash}"}`;
     expect(last?.hash).toBe(createHash('sha256').update(canonical).digest('hex'));
     expect(Number.isNaN(Date.parse(last?.at ?? ''))).toBe(false);
 
     const result = await log.verify();
-    expect(result).toEqual({ ok: true, entries: 306, head: last?.hash });
+    expect(result).toEqual({ ok: true, entries: 606, head: last?.hash });
+  });
+
+  it('puts an event larger than a block in a block of its own', async () => {
+    const store = open();
+    const log = freshLog(store);
+    const big = 'x'.repeat(AUDIT_BLOCK_BYTES);
+    await log.append([...events(3, 'small'), { type: 'big', detail: { big } }, ...events(2, 'after')]);
+    const blocks = (await store.list(`${log.base}/e/`)).entries;
+    expect(blocks.map((b) => [Number(b.key.slice(-12)), (JSON.parse(b.value) as unknown[]).length])).toEqual([
+      [1, 3],
+      [4, 1],
+      [5, 2],
+    ]);
+    expect(await log.verify()).toMatchObject({ ok: true, entries: 6 });
+    expect((await log.list())[3]?.detail).toEqual({ big });
   });
 
   it('reports an entry whose content was rewritten as altered, and nothing else', async () => {
     const { store, log } = await tenEntries();
-    const key = log.entryKey(4);
-    const stored = JSON.parse((await store.get(key))?.value ?? '') as Record<string, unknown>;
-    stored.detail = { i: 999, tag: 't' };
-    await store.client.put(key).value(JSON.stringify(stored));
+    await tamperAuditEntry(store, log.base, 4, (e) => ({ ...e, detail: { i: 999, tag: 't' } }));
     expect(await log.verify()).toEqual({
       ok: false,
       entries: 10,
@@ -105,16 +146,31 @@ describe('audit log', () => {
     });
   });
 
-  it('reports a deleted middle entry as missing', async () => {
-    const { store, log } = await tenEntries();
-    await store.client.delete().key(log.entryKey(6));
+  it('reports a deleted block as its entries missing', async () => {
+    const { store, log } = await threeBlocks();
+    await store.client.delete().key(log.entryKey(5));
     const result = await log.verify();
-    expect(result).toEqual({ ok: false, entries: 9, problems: [{ seq: 6, problem: 'entry 6 missing' }] });
+    expect(result).toEqual({ ok: false, entries: 7, problems: [{ seq: 5, problem: 'entries 5..7 missing' }] });
+  });
+
+  it('catches an entry cut out of the middle of a block', async () => {
+    const { store, log } = await tenEntries();
+    await tamperAuditEntry(store, log.base, 6, () => undefined);
+    const result = await log.verify();
+    expect(result.ok).toBe(false);
+    expect(!result.ok && result.problems.slice(0, 2)).toEqual([
+      { seq: 6, problem: 'stored as seq 6 but records seq 7' },
+      { seq: 6, problem: 'chain broken: prev does not match the hash of entry 5' },
+    ]);
+    expect(!result.ok && result.problems.at(-1)).toEqual({
+      seq: 10,
+      problem: 'head does not match the last entry: the head is at seq 10 but the last entry is seq 9',
+    });
   });
 
   it('detects removal of the newest entry: the head no longer matches the last entry', async () => {
     const { store, log } = await tenEntries();
-    await store.client.delete().key(log.entryKey(10));
+    await tamperAuditEntry(store, log.base, 10, () => undefined);
     const result = await log.verify();
     expect(result.ok).toBe(false);
     expect(!result.ok && result.problems).toEqual([
@@ -131,7 +187,7 @@ describe('audit log', () => {
     const forged = { ...body, agentId: 'mallory', detail: { forged: true } };
     const canonical = `{"seq":7,"at":${JSON.stringify(forged.at)},"type":"task.dispatched","task":"t.6","attempt":1,"agentId":"mallory","detail":{"forged":true},"prev":"${forged.prev}"}`;
     const hash = createHash('sha256').update(canonical).digest('hex');
-    await store.client.put(log.entryKey(7)).value(JSON.stringify({ ...forged, hash }));
+    await tamperAuditEntry(store, log.base, 7, () => ({ ...forged, hash }));
     expect((await log.list())[6]).toMatchObject({ agentId: 'mallory', hash });
     expect(await log.verify()).toEqual({
       ok: false,
@@ -140,20 +196,62 @@ describe('audit log', () => {
     });
   });
 
-  it('reports undecodable entries and entries written beyond the head, and append refuses to overwrite them', async () => {
-    const { store, log } = await tenEntries();
-    await store.client.put(log.entryKey(3)).value('{not json');
+  it('reports undecodable blocks, overlapping and empty ones, and entries beyond the head; append refuses to overwrite them', async () => {
+    const { store, log } = await threeBlocks();
+    await store.client.put(log.entryKey(5)).value('{not json');
     await store.client.put(log.entryKey(11)).value('{"sneaked":true}');
     const result = await log.verify();
     expect(!result.ok && result.problems).toEqual([
-      { seq: 3, problem: 'not valid JSON' },
+      { seq: 5, problem: 'not valid JSON' },
       { seq: 11, problem: expect.stringContaining('not an audit entry') },
       { seq: 11, problem: expect.stringContaining('head does not match the last entry') },
     ]);
+    await expect(log.list()).rejects.toThrow(`${log.entryKey(5)}: is not an audit block: not valid JSON`);
     const rev = await revision(store);
     await expect(log.append(events(1, 'x'))).rejects.toThrow(StateError);
     await expect(log.append(events(1, 'x'))).rejects.toThrow('an entry already exists after the head (seq 10)');
     expect(await revision(store)).toBe(rev);
+
+    const other = await threeBlocks();
+    const copy = (await other.store.get(other.log.entryKey(1)))?.value ?? '';
+    await other.store.client.put(other.log.entryKey(3)).value(copy);
+    await other.store.client.put(other.log.entryKey(8)).value('[]');
+    const more = await other.log.verify();
+    expect(!more.ok && more.problems.slice(0, 3)).toEqual([
+      { seq: 3, problem: 'a block starts at seq 3, inside the block before it (which ends at seq 4)' },
+      { seq: 3, problem: 'stored as seq 3 but records seq 1' },
+      { seq: 4, problem: 'stored as seq 4 but records seq 2' },
+    ]);
+    expect(!more.ok && more.problems).toContainEqual({ seq: 8, problem: 'an empty block' });
+  });
+
+  it('reads, verifies and appends to a log written one entry per key (before blocks)', async () => {
+    const store = open();
+    const source = freshLog(store);
+    const written = await source.append(events(10, 'old'));
+    // The same entries as the older layout stored them: each its own key, the head as it was.
+    const log = freshLog(store);
+    for (const e of written) await store.client.put(log.entryKey(e.seq)).value(JSON.stringify(e));
+    await store.client.put(log.headKey).value((await store.get(source.headKey))?.value ?? '');
+    expect(await log.list()).toEqual(written);
+    expect(await log.verify()).toEqual({ ok: true, entries: 10, head: written[9]?.hash });
+
+    const appended = await log.append(events(5, 'new'));
+    expect(appended.map((e) => e.seq)).toEqual([11, 12, 13, 14, 15]);
+    expect(appended[0]?.prev).toBe(written[9]?.hash);
+    expect(await keysUnder(store, log)).toHaveLength(12); // 10 old keys, 1 block, the head
+    expect(await log.verify()).toMatchObject({ ok: true, entries: 15 });
+
+    await tamperAuditEntry(store, log.base, 4, (e) => ({ ...e, agentId: 'mallory' }));
+    await store.client.delete().key(log.entryKey(7));
+    expect(await log.verify()).toEqual({
+      ok: false,
+      entries: 14,
+      problems: [
+        { seq: 4, problem: 'altered: its hash does not match its content' },
+        { seq: 7, problem: 'entry 7 missing' },
+      ],
+    });
   });
 
   it('4 concurrent appenders x 50 appends: 200 entries, no seq twice, each appender in its own order, verify ok', async () => {
@@ -271,13 +369,14 @@ describe('audit log', () => {
     const other = freshLog(store);
     await log.append(events(130, 'gone'));
     await other.append(events(2, 'kept'));
-    expect(await keysUnder(store, log)).toHaveLength(131); // 130 entries + head
+    const keys = (await keysUnder(store, log)).length;
+    expect(keys).toBe(4); // 130 entries in 3 blocks + head
 
     const fenceKey = store.key('fences', `cleanup-${n}`);
     await store.client.put(fenceKey).value('x');
     const created = (await store.get(fenceKey))?.createRevision ?? 0;
     await expect(log.delete([{ key: fenceKey, createRevision: created + 1 }])).rejects.toBeInstanceOf(FencedError);
-    expect(await keysUnder(store, log)).toHaveLength(131);
+    expect(await keysUnder(store, log)).toHaveLength(keys);
 
     await log.delete([{ key: fenceKey, createRevision: created }]);
     expect(await keysUnder(store, log)).toEqual([]);

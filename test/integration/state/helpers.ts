@@ -65,3 +65,29 @@ export class JsonLinesChild {
     this.child.kill(signal);
   }
 }
+
+/**
+ * Rewrites what etcd holds for entry `seq` of an audit log (an attacker with etcd access): finds the
+ * block holding it, lets `change` edit the parsed entry (or return undefined to cut it out of the
+ * block) and puts the block back. Returns the block's key.
+ */
+export async function tamperAuditEntry(
+  store: StateStore,
+  base: string,
+  seq: number,
+  change: (entry: Record<string, unknown>) => Record<string, unknown> | undefined,
+): Promise<string> {
+  const blocks = (await store.list(`${base}/e/`)).entries;
+  const block = blocks.filter((b) => Number(b.key.slice(-12)) <= seq).pop();
+  if (!block) throw new Error(`no block of ${base} holds seq ${seq}`);
+  const parsed = JSON.parse(block.value) as unknown;
+  const items = (Array.isArray(parsed) ? parsed : [parsed]) as Record<string, unknown>[];
+  const i = seq - Number(block.key.slice(-12));
+  const item = items[i];
+  if (!item) throw new Error(`block ${block.key} has no entry ${seq}`);
+  const changed = change(item);
+  if (changed === undefined) items.splice(i, 1);
+  else items[i] = changed;
+  await store.client.put(block.key).value(JSON.stringify(items));
+  return block.key;
+}

@@ -18,7 +18,7 @@ import {
   startNodes,
   until,
 } from '../operator/helpers.ts';
-import { testStore } from '../state/helpers.ts';
+import { tamperAuditEntry, testStore } from '../state/helpers.ts';
 import { fixturePool, getWorkflow, type Json, phaseIs, readHandlerLog, workflowManifest } from './helpers.ts';
 
 // The workflow engine end to end on the local control plane: a real operator
@@ -145,9 +145,7 @@ describe('workflows', () => {
     ).toEqual(['plan', 'research.0', 'research.1', 'research.2', 'write']);
     expect(await audit.verify()).toMatchObject({ ok: true });
     const victim = entries.find((e) => e.type === 'TaskSucceeded' && e.task === 'research.1');
-    const key = `${prefix}/audit/${ns}/research-report/e/${String(victim?.seq).padStart(12, '0')}`;
-    const raw = JSON.parse((await store.client.get(key).string()) as string) as Json;
-    await store.client.put(key).value(JSON.stringify({ ...raw, agentId: 'someone-else' }));
+    await tamperAuditEntry(store, audit.base, victim?.seq ?? 0, (raw) => ({ ...raw, agentId: 'someone-else' }));
     const verdict = await audit.verify();
     expect(verdict.ok).toBe(false);
     expect(verdict.ok ? [] : verdict.problems.map((p) => p.seq)).toContain(victim?.seq);
