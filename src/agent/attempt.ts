@@ -1,7 +1,7 @@
-import { ROOT_CONTEXT, type Span, SpanStatusCode, trace } from '@opentelemetry/api';
+import type { Span, SpanStatusCode } from '@opentelemetry/api';
 import type { ApprovalAsk, ApprovalVerdict } from '../api/approvals.ts';
 import type { Assign__Output } from '../gen/agentflow/v1/Assign.ts';
-import { parseTraceparent, tracer } from '../lib/tracing.ts';
+import { parseTraceparent, SPAN_STATUS_ERROR, startSpan } from '../lib/trace-context.ts';
 import { toUsd, UsageTally } from '../lib/usage.ts';
 import type { AttemptLog } from './attempt-log.ts';
 import { type AbortCode, AttemptAbortedError } from './errors.ts';
@@ -77,7 +77,7 @@ export class Attempt {
     this.namespace = a.namespace;
     this.workflow = a.workflow;
     const parent = parseTraceparent(a.traceparent);
-    this.span = tracer().startSpan(
+    this.span = startSpan(
       `handler ${a.handler}`,
       {
         attributes: {
@@ -88,7 +88,7 @@ export class Attempt {
           'agentflow.handler': a.handler,
         },
       },
-      parent ? trace.setSpanContext(ROOT_CONTEXT, parent) : ROOT_CONTEXT,
+      parent,
     );
     if (a.deadlineUnixMs > 0) {
       this.deadline = new Date(a.deadlineUnixMs);
@@ -188,7 +188,8 @@ export class Attempt {
         : outcome && 'error' in outcome
           ? outcome.error.message
           : undefined;
-    if (error !== undefined) this.span.setStatus({ code: SpanStatusCode.ERROR, message: error.slice(0, 1024) });
+    if (error !== undefined)
+      this.span.setStatus({ code: SPAN_STATUS_ERROR as SpanStatusCode, message: error.slice(0, 1024) });
     if (this.parked) this.span.setAttribute('agentflow.awaiting_approval', this.parked.ordinal);
     this.span.end();
   }

@@ -5,7 +5,7 @@ import { flushCompileCache } from 'node:module';
 import { parseArgs } from 'node:util';
 import { installFatalHandlers } from '../lib/fatal.ts';
 import { createLogger } from '../lib/log.ts';
-import { startTracing } from '../lib/tracing.ts';
+import { tracingConfigured } from '../lib/trace-context.ts';
 import { VERSION_LINE } from '../lib/version.ts';
 import { loadAgentConfig } from './config.ts';
 import { AgentConfigError } from './errors.ts';
@@ -75,7 +75,10 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`agentflow-agent: invalid configuration: ${err.message}\n`);
     return 2;
   }
-  const tracing = await startTracing('agentflow-agent');
+  // OpenTelemetry is loaded only to export traces (src/lib/trace-context.ts says what it saves).
+  const tracing = tracingConfigured()
+    ? await (await import('../lib/tracing.ts')).startTracing('agentflow-agent')
+    : undefined;
   if (tracing) log.info('Exporting traces over OTLP (OTEL_EXPORTER_OTLP_* variables)');
   try {
     await agent.start();

@@ -12,7 +12,6 @@ import { createHash } from 'node:crypto';
 import {
   context,
   defaultTextMapSetter,
-  isSpanContextValid,
   ROOT_CONTEXT,
   type Span,
   type SpanContext,
@@ -21,17 +20,13 @@ import {
   type Tracer,
   trace,
 } from '@opentelemetry/api';
-import { parseTraceParent, W3CTraceContextPropagator } from '@opentelemetry/core';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { setSpanStarter, tracingConfigured } from './trace-context.ts';
+
+// One place for each rule: the agent uses these without loading OpenTelemetry (trace-context.ts).
+export { parseTraceparent, traceparentOfSpan, tracingConfigured } from './trace-context.ts';
 
 export const TRACER_NAME = 'agentflow';
-
-/** Whether the standard variables ask for traces over OTLP (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT set). */
-export function tracingConfigured(env: NodeJS.ProcessEnv = process.env): boolean {
-  if (env.OTEL_SDK_DISABLED === 'true') return false;
-  const exporter = env.OTEL_TRACES_EXPORTER;
-  if (exporter !== undefined && exporter !== '' && exporter !== 'otlp') return false;
-  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
-}
 
 let enabled = false;
 /** The ids the next span started takes (see startSpanWithId): ids that derive from what the span is. */
@@ -84,9 +79,13 @@ export async function startTracing(serviceName: string): Promise<Tracing | undef
   });
   trace.setGlobalTracerProvider(provider);
   enabled = true;
+  setSpanStarter((name, options, parent) =>
+    tracer().startSpan(name, options, parent ? trace.setSpanContext(ROOT_CONTEXT, parent) : ROOT_CONTEXT),
+  );
   return {
     shutdown: async () => {
       enabled = false;
+      setSpanStarter(undefined);
       await provider.shutdown();
     },
   };
@@ -145,17 +144,4 @@ export function traceparentOf(sc: SpanContext): string {
   const carrier: Record<string, string> = {};
   propagator.inject(trace.setSpanContext(context.active(), sc), carrier, defaultTextMapSetter);
   return carrier.traceparent ?? '';
-}
-
-/** The traceparent of a span, if its context is valid (a span of no trace has none). */
-export function traceparentOfSpan(span: Span | undefined): string | undefined {
-  const sc = span?.spanContext();
-  return sc && isSpanContextValid(sc) ? traceparentOf(sc) : undefined;
-}
-
-/** A traceparent header's span context; undefined for one that is not W3C's format. */
-export function parseTraceparent(value: string | undefined): SpanContext | undefined {
-  if (!value) return undefined;
-  const sc = parseTraceParent(value);
-  return sc ? { ...sc, isRemote: true } : undefined;
 }

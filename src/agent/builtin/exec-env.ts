@@ -2,7 +2,7 @@
 // holds what the command must not have (the path of its ServiceAccount token,
 // its AGENTFLOW_* settings, a KUBECONFIG...), and the command runs user or
 // model-driven code: so it starts from nothing and gets only what is listed here.
-import { traceparentOfSpan } from '../../lib/tracing.ts';
+import { traceparentOfSpan } from '../../lib/trace-context.ts';
 import type { ExecHandlerSpec, TaskContext } from '../types.ts';
 
 /** What a shell's login PATH would be on a Debian or distroless image, when the agent has none. */

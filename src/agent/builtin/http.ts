@@ -1,5 +1,5 @@
 import { MAX_PAYLOAD_BYTES } from '../../lib/proto.ts';
-import { traceparentOfSpan } from '../../lib/tracing.ts';
+import { traceparentOfSpan } from '../../lib/trace-context.ts';
 import { RetryableError, UnrecoverableError } from '../errors.ts';
 import type { Handler, HttpHandlerSpec, TaskContext } from '../types.ts';
 
