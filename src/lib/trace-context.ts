@@ -49,11 +49,16 @@ export function isSpanContextValid(sc: SpanContext): boolean {
   );
 }
 
-/** The W3C traceparent header of a span, if its context is valid (a span of no trace has none). */
+/** The W3C traceparent header of a span context, `00-<trace>-<span>-<flags>`; '' for one that is not valid. */
+export function traceparentOf(sc: SpanContext): string {
+  if (!isSpanContextValid(sc)) return '';
+  return `00-${sc.traceId}-${sc.spanId}-0${Number(sc.traceFlags || 0).toString(16)}`;
+}
+
+/** The traceparent of a span, if its context is valid (a span of no trace has none). */
 export function traceparentOfSpan(span: Span | undefined): string | undefined {
   const sc = span?.spanContext();
-  if (!sc || !isSpanContextValid(sc)) return undefined;
-  return `00-${sc.traceId}-${sc.spanId}-0${Number(sc.traceFlags || 0).toString(16)}`;
+  return sc && isSpanContextValid(sc) ? traceparentOf(sc) : undefined;
 }
 
 /** A span that records nothing and carries `context` (api's NonRecordingSpan). */

@@ -10,8 +10,6 @@
 // an attempt, names the same parents without being told anything but ids.
 import { createHash } from 'node:crypto';
 import {
-  context,
-  defaultTextMapSetter,
   ROOT_CONTEXT,
   type Span,
   type SpanContext,
@@ -20,11 +18,10 @@ import {
   type Tracer,
   trace,
 } from '@opentelemetry/api';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { setSpanStarter, tracingConfigured } from './trace-context.ts';
 
 // One place for each rule: the agent uses these without loading OpenTelemetry (trace-context.ts).
-export { parseTraceparent, traceparentOfSpan, tracingConfigured } from './trace-context.ts';
+export { parseTraceparent, traceparentOf, traceparentOfSpan, tracingConfigured } from './trace-context.ts';
 
 export const TRACER_NAME = 'agentflow';
 
@@ -135,13 +132,4 @@ export function startSpanWithId(name: string, self: SpanContext, options: SpanOp
   } finally {
     pending = undefined;
   }
-}
-
-const propagator = new W3CTraceContextPropagator();
-
-/** The W3C traceparent header of a span context: `00-<trace>-<span>-01`. */
-export function traceparentOf(sc: SpanContext): string {
-  const carrier: Record<string, string> = {};
-  propagator.inject(trace.setSpanContext(context.active(), sc), carrier, defaultTextMapSetter);
-  return carrier.traceparent ?? '';
 }

@@ -15,6 +15,7 @@ import {
   SPAN_STATUS_ERROR,
   setSpanStarter,
   startSpan,
+  traceparentOf,
   traceparentOfSpan,
 } from '../../../src/lib/trace-context.ts';
 
@@ -65,6 +66,7 @@ describe('isSpanContextValid and traceparentOfSpan', () => {
     const carrier: Record<string, string> = {};
     new W3CTraceContextPropagator().inject(trace.setSpanContext(context.active(), sc), carrier, defaultTextMapSetter);
     expect(traceparentOfSpan(new NonRecordingSpan(sc))).toBe(carrier.traceparent);
+    expect(traceparentOf(sc)).toBe(carrier.traceparent ?? '');
   });
   it('gives no header for no span', () => expect(traceparentOfSpan(undefined)).toBeUndefined());
 });
