@@ -331,9 +331,12 @@ export class WorkflowEngine {
       return;
     }
     if (!run) return;
+    // Taken before the run hears of it: an event that ends the run ends its attempt's span no later
+    // than the run's own (the run reads the clock again for finishedAt, which may be a tick later).
+    const now = Date.now();
     const before = run.version;
     run.onEvent(e);
-    this.traces.event(run, e, Date.now());
+    this.traces.event(run, e, now);
     if (run.version !== before) this.changed(run);
   }
 
