@@ -12,6 +12,7 @@ import { createLogger, type Logger } from '../../src/lib/log.ts';
 import { AGENTPOOLS, resourcePath, WORKFLOW_TEMPLATES, WORKFLOWS } from '../../src/operator/kube/client.ts';
 import { EventRecorder } from '../../src/operator/kube/events.ts';
 import { WorkflowController } from '../../src/operator/workflow/controller.ts';
+import { isClaimEntry } from '../../src/state/index.ts';
 import { WorkflowEngine } from '../../src/workflow/engine.ts';
 import type { WorkflowRun } from '../../src/workflow/run.ts';
 import { AgentflowSystem, NAMESPACE, POOL } from './agentflow.ts';
@@ -329,6 +330,7 @@ export class AgentflowWorkflowSystem {
     const store = this.sys.store;
     const under = (kind: string, sub = '') => store.listPaged(`${store.key(kind, NAMESPACE, name)}/${sub}`, AUDIT_PAGE);
     const results = await under('results');
+    const done = results.filter((e) => !isClaimEntry(e));
     const records = await under('runs', 'tasks/');
     const chain = await this.engine.audit(NAMESPACE, name).verify();
     return {
@@ -337,11 +339,11 @@ export class AgentflowWorkflowSystem {
       taskRecords: records.length,
       taskRecordsNotSucceeded: records.filter((e) => (JSON.parse(e.value) as { phase?: string }).phase !== 'Succeeded')
         .length,
-      recorded: results.length,
-      // A result key is created by the commit txn and never written again: version 1.
-      recordedMoreThanOnce: results.filter((e) => e.version > 1).length,
+      recorded: done.length,
+      // The task's key is created by the claim (version 1) and written once more by the commit: version 2.
+      recordedMoreThanOnce: done.filter((e) => e.version > 2).length,
       failedAttemptRecords: (await under('attempts')).length,
-      claimsLeft: (await under('claims')).length,
+      claimsLeft: results.length - done.length,
       auditEntries: chain.entries,
       auditChainOk: chain.ok,
     };

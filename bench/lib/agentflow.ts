@@ -8,7 +8,7 @@ import { AGENT_NODE_OPTIONS } from '../../src/lib/agent-node-options.ts';
 import { silentLogger } from '../../src/lib/log.ts';
 import { Registry } from '../../src/lib/metrics.ts';
 import { LeaderElector, type Leadership } from '../../src/operator/leader.ts';
-import { type Fence, StateStore } from '../../src/state/index.ts';
+import { type Fence, isClaimEntry, StateStore } from '../../src/state/index.ts';
 import { EtcdServer } from '../../test/cluster/etcd.ts';
 import type { AgentProcessConfig } from './agent-process.ts';
 import { Child } from './children.ts';
@@ -31,9 +31,9 @@ const POOL_GRANT: PoolGrant = { namespace: NAMESPACE, pool: POOL, maxCapacity: 1
 
 export const AGENTFLOW_PERSISTENCE: Persistence = {
   persists:
-    'per task: a claim key bound to the agent lease (claim txn), then the result key + claim delete in one ' +
-    'txn that compares the claim (group commit: up to 63 tasks per txn, one txn in flight per kind); ' +
-    'the dispatcher queue itself is in memory (the workflow engine owns task records)',
+    'per task: one key, put bound to the agent lease as the claim (claim txn), then overwritten with the result ' +
+    '(no lease) by a txn that compares the claim untouched (group commit: up to 127 tasks per txn, one txn in ' +
+    'flight per kind); the dispatcher queue itself is in memory (the workflow engine owns task records)',
   fsync:
     'etcd fsyncs its WAL before it answers a txn (one fsync per Raft batch): a result is on disk when ' +
     "the dispatcher emits 'committed'",
@@ -209,13 +209,14 @@ export class AgentflowSystem extends EventEmitter<SystemEvents> implements Syste
   async audit(phase: string): Promise<Record<string, number>> {
     const under = async (kind: string) => (await this.store.list(`${this.store.key(kind, NAMESPACE, phase)}/`)).entries;
     const results = await under('results');
+    const done = results.filter((e) => !isClaimEntry(e));
     return {
-      recorded: results.length,
-      // A result key is created by the commit txn and never written again: version 1.
-      recordedMoreThanOnce: results.filter((e) => e.version > 1).length,
-      recordedByALaterAttempt: results.filter((e) => (JSON.parse(e.value) as { attempt: number }).attempt > 1).length,
+      recorded: done.length,
+      // The task's key is created by the claim (version 1) and written once more by the commit: version 2.
+      recordedMoreThanOnce: done.filter((e) => e.version > 2).length,
+      recordedByALaterAttempt: done.filter((e) => (JSON.parse(e.value) as { attempt: number }).attempt > 1).length,
       failedAttemptRecords: (await under('attempts')).length,
-      claimsLeft: (await under('claims')).length,
+      claimsLeft: results.length - done.length,
     };
   }
 

@@ -70,9 +70,9 @@ waiting, bounds throughput here.
 
 ## etcd round trips
 
-Every task costs two etcd transactions' worth of work: a claim (put bound to the agent's lease) and a commit
-(compare claim, put result, delete claim). The dispatcher batches both (group commit, one claim txn and one
-commit txn in flight at a time, up to 63 tasks each).
+Every task costs two etcd transactions' worth of work on one key: a claim (put bound to the agent's lease) and a
+commit (compare the claim untouched, overwrite it with the result, no lease). The dispatcher batches both (group
+commit, one claim txn and one commit txn in flight at a time, up to 127 tasks each).
 
 | path | calls | txns | tasks / txn | call p50 ms | call p99 ms | call mean ms | call time / wall |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |

@@ -15,6 +15,7 @@ import {
   COMMIT_GROUP,
   type CommitOutcome,
   type Fence,
+  isClaimEntry,
   type KeptLease,
   LeaseKeeper,
   Membership,
@@ -232,26 +233,30 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
   }
 
   async start(): Promise<number> {
-    const { revision } = await this.store.list(`${this.store.prefix}/claims/.none`);
+    const claimsPrefix = this.claims.claimsPrefix();
+    const { revision } = await this.store.list(`${claimsPrefix}.none`);
+    // Claims share their task's result key, and a commit overwrites the claim without deleting it:
+    // a delete under results/ is a claim gone (its lease expired, it was released) or records removed.
+    // Keys only: deleting a finished workflow's results must not send their values here.
     this.watch = await new ResumableWatch(
       this.store,
-      `${this.store.prefix}/claims/`,
+      claimsPrefix,
       revision + 1,
       {
         onEvent: (e) => {
-          if (e.type === 'delete') this.onClaimGone(e.key, e.createRevision);
+          if (e.type === 'delete') this.onClaimGone(e.key, e.modRevision);
         },
-        onResync: (entries) => {
-          const live = new Set(entries.map((x) => `${x.key}@${x.createRevision}`));
+        onResync: (entries, at) => {
+          const live = new Set(entries.filter(isClaimEntry).map((x) => `${x.key}@${x.createRevision}`));
           for (const entry of this.entries.values()) {
             if (entry.phase === 'assigned' && entry.claim && !live.has(`${entry.key}@${entry.claim.token}`)) {
-              this.onClaimGone(entry.key, entry.claim.token);
+              this.onClaimGone(entry.key, at);
             }
           }
         },
         onError: (err) => this.log.warn('Claims watch interrupted; resuming', { err }),
       },
-      { onlyDeletes: true },
+      { onlyDeletes: true, previousValues: false, keysOnlyResync: true },
     ).start();
     const server = new Server(KEEPALIVE_OPTIONS);
     server.addService(agentflowProto().agentflow.v1.Dispatcher.service, {
@@ -803,6 +808,10 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     // would block their tasks for good: release them (only if still the same claim).
     if (r.leaseId !== '' && lease.id === r.leaseId) {
       for (const key of await this.leases.keysOf(lease.id)) {
+        if (await this.claims.dropLegacyClaim(key, this.fences())) {
+          conn.log.info('Released a claim of the old layout (claims/) on the agent lease', { key });
+          continue;
+        }
         const ref = this.claims.refOfClaimKey(key);
         if (!ref || reported.has(taskKey(ref)) || this.entries.get(taskKey(ref))?.claim) continue;
         const claim = await this.claims.current(ref);
@@ -1309,11 +1318,15 @@ export class Dispatcher extends EventEmitter<{ task: [TaskEvent] }> {
     }
   }
 
-  /** A claim vanished: ours to re-queue if we did not delete it ourselves. */
-  private onClaimGone(key: string, createRevision: number): void {
+  /**
+   * A task's key was deleted at `revision`: if an attempt we track as assigned held it, its claim
+   * vanished (a claim exists from its token on, and only a delete after that removes it): ours to
+   * re-queue. A delete from before the token was of an earlier claim of the task.
+   */
+  private onClaimGone(key: string, revision: number): void {
     const entry = this.entries.get(key);
     if (!entry) return;
-    if (entry.phase !== 'assigned' || entry.claim?.token !== createRevision) return;
+    if (entry.phase !== 'assigned' || !entry.claim || revision <= entry.claim.token) return;
     const agentId = entry.agentId ?? '';
     this.metrics?.ended(entry.spec.ref.namespace, poolLabel(entry.spec), 'retried');
     this.metrics?.requeued(entry.spec.ref.namespace, poolLabel(entry.spec), 'lease_expired');

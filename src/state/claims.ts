@@ -67,11 +67,22 @@ const isResult = (v: unknown): v is TaskResult =>
   Number.isInteger((v as TaskResult).attempt) &&
   typeof (v as TaskResult).ok === 'boolean';
 
+/** A claim (bound to its agent's lease), not a result: the two share the task's key. */
+export function isClaimEntry(e: Pick<Entry, 'lease'>): boolean {
+  return e.lease !== '0' && e.lease !== '';
+}
+
+/** Where claims had keys of their own before they shared the task's result key (nothing writes there now). */
+export const LEGACY_CLAIMS = 'claims';
+
 export { MAX_TXN_OPS };
 
-/** Results per group-commit transaction: 2 compares and 2 operations each, plus the fences (or one always-true compare). */
+/**
+ * Results per group-commit transaction: one compare and one put each (a retryable failure: a put and a
+ * delete), plus the fences (or one always-true compare).
+ */
 export function commitGroupSize(fences: number): number {
-  return Math.floor((MAX_TXN_OPS - Math.max(1, fences)) / 2);
+  return MAX_TXN_OPS - Math.max(1, fences);
 }
 
 export const COMMIT_GROUP = commitGroupSize(1);
@@ -107,11 +118,19 @@ type ResultBody = Omit<TaskResult, 'attempt' | 'agentId' | 'token' | 'committedA
 export type ClaimOutcome = { ok: true; claim: Claim } | ClaimRefusal;
 
 /**
- * Task claims and results. A result is committed only by a transaction that
- * compares the claim's createRevision (the fencing token) and that no result
- * exists yet; the same transaction deletes the claim. So a result is committed
- * at most once, and never by an attempt that lost its claim. A retryable
- * failure is recorded under attempts/ instead, so a later attempt can claim.
+ * Task claims and results, one etcd key per task (results/<ns>/<workflow>/<task>):
+ *
+ * - a claim creates the key, bound to the agent's lease (compare: the key does not exist, so neither
+ *   a claim nor a result is there); its createRevision is the fencing token;
+ * - the commit of a final result overwrites that key with the result, not bound to any lease (compare:
+ *   the key's modRevision is still the token, i.e. it is the claim, untouched). So a result is committed
+ *   at most once, never by an attempt that lost its claim, and a commit deletes nothing: no delete
+ *   event for the claims watch, one key and two revisions per task;
+ * - a retryable failure goes to attempts/…/<attempt> and the claim is deleted, so a later attempt can claim;
+ * - a lease that expires deletes the claims bound to it: the dispatcher watches results/ for deletes.
+ *
+ * So an entry under results/ is a claim while it is bound to a lease, and a result once it is not.
+ * Before this layout claims had keys of their own under claims/ (LEGACY_CLAIMS); nothing writes them now.
  */
 export class TaskClaims {
   private readonly store: StateStore;
@@ -120,12 +139,13 @@ export class TaskClaims {
     this.store = store;
   }
 
+  /** The task's one key: its claim while an attempt holds it, then its result (the same key). */
   claimKey(ref: TaskRef): string {
-    return this.store.key('claims', ref.namespace, ref.workflow, ref.task);
+    return this.store.key('results', ref.namespace, ref.workflow, ref.task);
   }
 
   resultKey(ref: TaskRef): string {
-    return this.store.key('results', ref.namespace, ref.workflow, ref.task);
+    return this.claimKey(ref);
   }
 
   /** Where a retryable failure of one attempt is recorded (it does not block the next attempt). */
@@ -135,16 +155,34 @@ export class TaskClaims {
 
   /** The task a claim key names (the inverse of claimKey), if `key` is a claim key. */
   refOfClaimKey(key: string): TaskRef | undefined {
-    const prefix = `${this.store.key('claims')}/`;
+    const prefix = `${this.store.key('results')}/`;
     if (!key.startsWith(prefix)) return undefined;
     const [namespace, workflow, task, ...rest] = key.slice(prefix.length).split('/');
     if (!namespace || !workflow || !task || rest.length > 0) return undefined;
     return { namespace, workflow, task };
   }
 
-  /** Prefix of every claim of a workflow (the dispatcher watches it for lease expiry). */
-  claimsPrefix(namespace: string, workflow: string): string {
-    return `${this.store.key('claims', namespace, workflow)}/`;
+  /**
+   * Deletes `key` if it is a claim of the layout before claims shared their result key (claims/…):
+   * found on a lease a re-registering agent brings from before an upgrade. Nothing honours such a
+   * claim any more (its attempt is not confirmed, and runs again under a new claim), so it only
+   * pins its lease. True if `key` was one and is gone.
+   */
+  async dropLegacyClaim(key: string, fences: Fence[] = []): Promise<boolean> {
+    if (!key.startsWith(`${this.store.key(LEGACY_CLAIMS)}/`)) return false;
+    const e = await this.store.get(key);
+    if (!e) return true;
+    const res = await this.store
+      .txn(fences)
+      .and(key, 'Mod', '==', e.modRevision)
+      .then(this.store.client.delete().key(key))
+      .commit();
+    return res.succeeded;
+  }
+
+  /** Where every claim (and result) lives: the dispatcher watches it for deletes (a lease expiring). */
+  claimsPrefix(): string {
+    return `${this.store.key('results')}/`;
   }
 
   /**
@@ -158,7 +196,6 @@ export class TaskClaims {
     const res = await this.store
       .txn(fences)
       .and(key, 'Create', '==', 0)
-      .and(this.resultKey(ref), 'Version', '==', 0)
       .then(this.store.client.put(key).value(JSON.stringify({ attempt, agentId })).lease(session.id))
       .commit();
     if (res.succeeded) return { ref, attempt, agentId, token: Number(res.header.revision) };
@@ -179,16 +216,14 @@ export class TaskClaims {
   ): Promise<ClaimOutcome[]> {
     type Item = (typeof items)[number];
     const out: ClaimOutcome[] = [];
-    const groups = pack(items, () => ({ ops: 2, bytes: 0 }), {
+    const groups = pack(items, () => ({ ops: 1, bytes: 0 }), {
       ops: MAX_TXN_OPS - Math.max(1, fences.length),
       bytes: Number.POSITIVE_INFINITY,
     });
     const claimValue = (it: Item) => JSON.stringify({ attempt: it.attempt, agentId: it.agentId });
     const tryGroup = async (group: Item[]): Promise<ClaimOutcome[]> => {
       let b = this.store.txn(fences);
-      for (const it of group) {
-        b = b.and(this.claimKey(it.ref), 'Create', '==', 0).and(this.resultKey(it.ref), 'Version', '==', 0);
-      }
+      for (const it of group) b = b.and(this.claimKey(it.ref), 'Create', '==', 0);
       const res = await b
         .then(
           ...group.map((it) => this.store.client.put(this.claimKey(it.ref)).value(claimValue(it)).lease(it.leaseId)),
@@ -207,7 +242,7 @@ export class TaskClaims {
       const it = group[0] as Item;
       // Our own claim from an earlier try whose answer was lost (OutcomeUnknown): it is ours.
       const now = await this.store.get(this.claimKey(it.ref));
-      if (now && now.value === claimValue(it) && now.lease === it.leaseId) {
+      if (now && isClaimEntry(now) && now.value === claimValue(it) && now.lease === it.leaseId) {
         return [
           { ok: true, claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token: now.createRevision } },
         ];
@@ -234,9 +269,10 @@ export class TaskClaims {
   /** Drops a claim (the dispatcher cancelling or re-queuing an attempt), only if it is still `claim`. */
   async release(claim: Claim, fences: Fence[] = []): Promise<boolean> {
     const key = this.claimKey(claim.ref);
+    // modRevision still the token: the claim itself, not a result committed under it.
     const res = await this.store
       .txn(fences)
-      .and(key, 'Create', '==', claim.token)
+      .and(key, 'Mod', '==', claim.token)
       .then(this.store.client.delete().key(key))
       .commit();
     return res.succeeded;
@@ -265,7 +301,7 @@ export class TaskClaims {
 
   async current(ref: TaskRef): Promise<Claim | undefined> {
     const e = await this.store.get(this.claimKey(ref));
-    if (!e) return undefined;
+    if (!e || !isClaimEntry(e)) return undefined;
     const v = decodeJson(e, isClaimValue, 'a task claim {attempt, agentId}');
     return { ref, attempt: v.attempt, agentId: v.agentId, token: e.createRevision };
   }
@@ -283,7 +319,7 @@ export class TaskClaims {
     const failures: { key: string; target: string; value: string; modRevision: number }[] = [];
     for (const e of await this.store.listPaged(prefix, 256)) {
       const task = e.key.slice(prefix.length);
-      if (!tasks.has(task)) continue;
+      if (!tasks.has(task) || isClaimEntry(e)) continue;
       const r = decodeJson(e, isResult, 'a task result');
       if (r.ok) continue;
       const ref = { namespace, workflow, task };
@@ -320,6 +356,7 @@ export class TaskClaims {
   async history(namespace: string, workflow: string, task?: string): Promise<Map<string, TaskResult[]>> {
     const out = new Map<string, TaskResult[]>();
     const add = (t: string, e: Entry) => {
+      if (isClaimEntry(e)) return; // an attempt running now: not history yet
       let r: TaskResult;
       try {
         r = decodeJson(e, isResult, 'a task result');
@@ -353,7 +390,7 @@ export class TaskClaims {
   /** The committed result, its output read back from its blob if it has one. */
   async result(ref: TaskRef): Promise<TaskResult | undefined> {
     const e = await this.store.get(this.resultKey(ref));
-    if (!e) return undefined;
+    if (!e || isClaimEntry(e)) return undefined;
     const r = decodeJson(e, isResult, 'a task result');
     return fill(new Blobs(this.store), ref.namespace, ref.workflow, r, ['output'], e.key);
   }
@@ -395,17 +432,22 @@ export class TaskClaims {
       const target = isFinal(result) ? this.resultKey(claim.ref) : this.attemptKey(claim.ref, claim.attempt);
       prepared.push({ claim, result, target, value: JSON.stringify(value) });
     }
-    const groups = pack(prepared, (p) => ({ ops: 2, bytes: p.value.length + 2 * p.target.length + 256 }), {
-      ops: MAX_TXN_OPS - Math.max(1, fences.length),
-      bytes: this.store.maxTxnBytes,
-    });
+    // A final result overwrites the claim (one put, no lease); a retryable failure is a put under
+    // attempts/ and the claim's delete. Either way one compare: the claim is still the token's, untouched.
+    const final = (p: Prepared) => p.target === this.claimKey(p.claim.ref);
+    const groups = pack(
+      prepared,
+      (p) => ({ ops: final(p) ? 1 : 2, bytes: p.value.length + 2 * p.target.length + 256 }),
+      { ops: MAX_TXN_OPS - Math.max(1, fences.length), bytes: this.store.maxTxnBytes },
+    );
     const tryGroup = async (group: Prepared[]): Promise<CommitOutcome[]> => {
       let b = this.store.txn(fences);
       const ops = [];
       for (const p of group) {
         const claimKey = this.claimKey(p.claim.ref);
-        b = b.and(claimKey, 'Create', '==', p.claim.token).and(this.resultKey(p.claim.ref), 'Version', '==', 0);
-        ops.push(this.store.client.put(p.target).value(p.value), this.store.client.delete().key(claimKey));
+        b = b.and(claimKey, 'Mod', '==', p.claim.token);
+        ops.push(this.store.client.put(p.target).value(p.value));
+        if (!final(p)) ops.push(this.store.client.delete().key(claimKey));
       }
       const res = await b.then(...ops).commit();
       if (res.succeeded) return group.map(() => ({ ok: true, revision: Number(res.header.revision) }));
@@ -449,7 +491,7 @@ export class TaskClaims {
     target: string,
   ): Promise<{ revision: number; stored: ResultBody } | undefined> {
     const e = await this.store.get(target);
-    if (!e) return undefined;
+    if (!e || isClaimEntry(e)) return undefined;
     const v = decodeJson(e, isResult, 'a task result');
     if (v.token !== claim.token || v.attempt !== claim.attempt) return undefined;
     const {

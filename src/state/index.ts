@@ -19,6 +19,7 @@ export {
   COMMIT_GROUP,
   type CommitOutcome,
   commitGroupSize,
+  isClaimEntry,
   MAX_TXN_OPS,
   TaskClaims,
   type TaskRef,

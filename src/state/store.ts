@@ -58,6 +58,11 @@ export interface Fence {
   createRevision: number;
 }
 
+/** The end of the key range that holds every key starting with `prefix` (its last character plus one). */
+export function rangeEnd(prefix: string): string {
+  return `${prefix.slice(0, -1)}${String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)}`;
+}
+
 export function toEntry(kv: IKeyValue, strip = ''): Entry {
   const key = kv.key.toString('utf8');
   return {
@@ -137,8 +142,15 @@ export class StateStore {
     return kv ? toEntry(kv) : undefined;
   }
 
-  async list(prefix: string): Promise<{ entries: Entry[]; revision: number }> {
-    const res = await this.client.getAll().prefix(prefix).sort('Key', 'Ascend').exec();
+  /** Every key under `prefix` in one read (`keysOnly`: values left out, revisions and leases kept). */
+  async list(prefix: string, opts: { keysOnly?: boolean } = {}): Promise<{ entries: Entry[]; revision: number }> {
+    const res = opts.keysOnly
+      ? await this.client.kv.range({
+          key: Buffer.from(prefix),
+          range_end: Buffer.from(rangeEnd(prefix)),
+          keys_only: true,
+        })
+      : await this.client.getAll().prefix(prefix).sort('Key', 'Ascend').exec();
     return { entries: res.kvs.map((kv) => toEntry(kv)), revision: Number(res.header.revision) };
   }
 
@@ -150,7 +162,7 @@ export class StateStore {
    * each page, so small pages make a large listing quadratic.
    */
   async listPaged(prefix: string, limit: number): Promise<Entry[]> {
-    const end = `${prefix.slice(0, -1)}${String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)}`;
+    const end = rangeEnd(prefix);
     const out: Entry[] = [];
     let start = prefix;
     let revision: string | undefined;
@@ -191,6 +203,39 @@ export class StateStore {
       .commit();
     if (!res.succeeded) {
       throw (await fenceError(this, fences)) ?? new Error('deletePrefixes: the transaction failed');
+    }
+  }
+
+  /**
+   * Deletes every key under `prefix`, at most `page` keys per fenced transaction: each page is a
+   * revision of its own, so a watch of the prefix gets a bounded answer per page, not one answer with
+   * every key of a large prefix. Not atomic: a caller that must not be seen half-done deletes what
+   * marks the whole (e.g. a run record) last.
+   */
+  async deletePrefixPaged(prefix: string, page: number, fences: Fence[] = []): Promise<number> {
+    if (!prefix.startsWith(`${this.prefix}/`) || !prefix.endsWith('/')) {
+      throw new Error(`deletePrefixPaged: "${prefix}" must lie under ${this.prefix}/ and end with "/"`);
+    }
+    const end = Buffer.from(rangeEnd(prefix));
+    let deleted = 0;
+    for (;;) {
+      const res = await this.client.kv.range({
+        key: Buffer.from(prefix),
+        range_end: end,
+        keys_only: true,
+        limit: page,
+      });
+      const last = res.kvs[res.kvs.length - 1];
+      if (!last) return deleted;
+      const upTo = `${last.key.toString('utf8')}\0`;
+      const txn = await this.txn(fences)
+        .then(this.client.delete().inRange({ start: prefix, end: upTo }))
+        .commit();
+      if (!txn.succeeded) {
+        throw (await fenceError(this, fences)) ?? new Error('deletePrefixPaged: the transaction failed');
+      }
+      deleted += res.kvs.length;
+      if (!res.more) return deleted;
     }
   }
 

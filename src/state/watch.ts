@@ -5,9 +5,10 @@ export interface ChangeEvent {
   type: 'put' | 'delete';
   /** Key relative to the watched prefix. */
   key: string;
-  /** The new value (put) or the last value (delete, when etcd still had it). */
+  /** The new value (put) or the last value (delete, when etcd still had it and the watch asked for it). */
   value?: string;
   modRevision: number;
+  /** The key's createRevision; of a delete, only when the watch asks for previous values (else 0). */
   createRevision: number;
 }
 
@@ -35,22 +36,31 @@ export class ResumableWatch {
   private watcher: Watcher | undefined;
   private closed = false;
   private readonly onlyDeletes: boolean;
+  private readonly previous: boolean;
+  private readonly keysOnlyResync: boolean;
   /** Last revision delivered to the consumer. */
   revision: number;
 
-  /** `onlyDeletes`: etcd filters out puts (half the events for a consumer that only cares what vanished). */
+  /**
+   * `onlyDeletes`: etcd filters out puts (half the events for a consumer that only cares what vanished).
+   * `previousValues: false`: a delete carries no value and no createRevision (etcd need not read the old
+   * value, and deleting a big prefix sends keys, not values). `keysOnlyResync`: a resync hands over keys
+   * and revisions without values.
+   */
   constructor(
     store: StateStore,
     prefix: string,
     fromRevision: number,
     handlers: WatchHandlers,
-    opts: { onlyDeletes?: boolean } = {},
+    opts: { onlyDeletes?: boolean; previousValues?: boolean; keysOnlyResync?: boolean } = {},
   ) {
     this.store = store;
     this.prefix = prefix;
     this.handlers = handlers;
     this.revision = fromRevision - 1;
     this.onlyDeletes = opts.onlyDeletes ?? false;
+    this.previous = opts.previousValues ?? true;
+    this.keysOnlyResync = opts.keysOnlyResync ?? false;
   }
 
   async start(): Promise<this> {
@@ -63,11 +73,11 @@ export class ResumableWatch {
       if (this.closed) return;
       let w: Watcher;
       try {
-        const b = this.store.client
+        let b = this.store.client
           .watch()
           .prefix(this.prefix)
-          .startRevision(String(this.revision + 1))
-          .withPreviousKV();
+          .startRevision(String(this.revision + 1));
+        if (this.previous) b = b.withPreviousKV();
         // etcd3 maps ignore('delete') to etcd's NOPUT filter (and 'put' to NODELETE): its names are
         // the other way round, so this asks etcd to leave puts out.
         w = await (this.onlyDeletes ? b.ignore('delete') : b).create();
@@ -107,7 +117,7 @@ export class ResumableWatch {
 
   /** Re-reads the prefix and hands the consumer the whole current state. */
   private async resync(): Promise<void> {
-    const { entries, revision } = await this.store.list(this.prefix);
+    const { entries, revision } = await this.store.list(this.prefix, { keysOnly: this.keysOnlyResync });
     this.revision = revision;
     this.handlers.onResync(
       entries.map((e) => ({ ...e, key: e.key.slice(this.prefix.length) })),

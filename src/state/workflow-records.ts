@@ -3,6 +3,7 @@ import type { ApprovalTimeoutAction } from '../api/workflow.ts';
 import type { ModelUsage } from '../lib/usage.ts';
 import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
 import { Blobs, fill, spillJson } from './blobs.ts';
+import { LEGACY_CLAIMS } from './claims.ts';
 import { StateError } from './errors.ts';
 import { fenceError } from './fence.ts';
 import { type PutOp, putBytes, putOp } from './put-op.ts';
@@ -86,6 +87,9 @@ export interface RunRecord {
   /** What the last agentflow.io/retry request did. */
   lastRetry?: { token: string; at: string; started: boolean; tasks: number; message: string };
 }
+
+/** Result keys deleted per transaction when a workflow's records go (a bounded answer to the dispatcher's watch). */
+const DELETE_PAGE = 1_000;
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null;
 const isTaskRecord = (v: unknown): v is TaskRecord =>
@@ -199,7 +203,11 @@ export class WorkflowRecords {
 
   /** Removes everything agentflow keeps for a workflow: run records, claims, results, attempts, task logs, audit, blobs, shared state. */
   async deleteAll(namespace: string, workflow: string, fences: Fence[] = []): Promise<void> {
-    const prefixes = ['runs', 'claims', 'results', 'attempts', 'logs', 'audit', 'blobs'].map(
+    // Results first, in pages: the dispatcher watches results/ for deletes (claims share the keys),
+    // and one delete of a 100,000-task prefix would be one watch answer of every key. The run
+    // record goes last, with the rest, so a delete that stops half-way is taken up again.
+    await this.store.deletePrefixPaged(`${this.store.key('results', namespace, workflow)}/`, DELETE_PAGE, fences);
+    const prefixes = ['runs', LEGACY_CLAIMS, 'results', 'attempts', 'logs', 'audit', 'blobs'].map(
       (k) => `${this.store.key(k, namespace, workflow)}/`,
     );
     prefixes.push(`${this.store.key('state', 'workflow', namespace, workflow)}/`);

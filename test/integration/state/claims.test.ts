@@ -1,11 +1,18 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { LEGACY_CLAIMS } from '../../../src/state/claims.ts';
 import {
+  type ChangeEvent,
+  type Claim,
   COMMIT_GROUP,
+  type Entry,
   FencedError,
+  isClaimEntry,
   Membership,
+  ResumableWatch,
   type StateStore,
   TaskClaims,
   type TaskRef,
+  WorkflowRecords,
 } from '../../../src/state/index.ts';
 import { etcdEndpoint, fixtureEtcdEnv, JsonLinesChild, testStore } from './helpers.ts';
 
@@ -154,6 +161,140 @@ describe('task claims', () => {
     expect(after - before).toBe(2 + COMMIT_GROUP - 1);
     expect((await claims.result(ref('batch.7')))?.output).toBe(7);
     expect(await claims.result(ref('batch.5'))).toBeUndefined();
+    await session.close();
+  });
+});
+
+/** Deletes under the claims prefix from `from` on, as the dispatcher's watch gets them (keys only). */
+async function deletesSeen(store: StateStore, from: number, sentinel: string): Promise<ChangeEvent[]> {
+  const claims = new TaskClaims(store);
+  const seen: ChangeEvent[] = [];
+  let done: () => void = () => undefined;
+  const reached = new Promise<void>((r) => {
+    done = r;
+  });
+  const w = await new ResumableWatch(
+    store,
+    claims.claimsPrefix(),
+    from,
+    {
+      onEvent: (e) => {
+        seen.push(e);
+        if (e.key.endsWith(`/${sentinel}`)) done();
+      },
+      onResync: () => undefined,
+    },
+    { onlyDeletes: true, previousValues: false },
+  ).start();
+  await reached;
+  await w.close();
+  return seen;
+}
+
+describe('one key per task: the claim, then the result', () => {
+  it('a commit overwrites the claim in place (no delete for the claims watch); a result outlives the lease', async () => {
+    const store = open();
+    const claims = new TaskClaims(store);
+    const session = await store.session(10);
+    const claim = await claims.claim(ref('one-key'), 1, 'agent-a', session);
+    const claimed = await store.get(claims.claimKey(ref('one-key')));
+    expect(claimed).toMatchObject({ createRevision: claim.token, version: 1, lease: session.id });
+    expect(claims.resultKey(ref('one-key'))).toBe(claims.claimKey(ref('one-key')));
+    // While the attempt runs, the key is a claim, not a result (nor history).
+    expect(await claims.result(ref('one-key'))).toBeUndefined();
+    expect((await claims.history('ns', 'wf', 'one-key')).get('one-key')).toBeUndefined();
+    await claims.commit(claim, { ok: true, output: 'done' });
+    const committed = await store.get(claims.resultKey(ref('one-key')));
+    expect(committed).toMatchObject({ createRevision: claim.token, version: 2, lease: '0' });
+    expect(isClaimEntry(committed as Entry)).toBe(false);
+    // The claim as it was is still in etcd's history under its token (recovery reads it there).
+    expect(await claims.claimedAt(ref('one-key'), claim.token)).toMatchObject({ attempt: 1, agentId: 'agent-a' });
+    // A release of the claim now must not delete the result written over it.
+    expect(await claims.release(claim)).toBe(false);
+    // The lease ends (the agent leaves): the result is not bound to it and stays.
+    await session.close();
+    expect(await claims.result(ref('one-key'))).toMatchObject({ ok: true, output: 'done', token: claim.token });
+    // Nothing was deleted under the claims prefix for that commit: the first delete the watch gets
+    // from the claim's revision on is the sentinel's.
+    const other = await store.session(10);
+    const sentinel = await claims.claim(ref('one-key-sentinel'), 1, 'agent-a', other);
+    expect(await claims.release(sentinel)).toBe(true);
+    const seen = await deletesSeen(store, claim.token, 'one-key-sentinel');
+    expect(seen.map((e) => e.key)).toEqual(['ns/wf/one-key-sentinel']);
+    await other.close();
+  });
+
+  it('a retryable failure deletes the claim (the watch sees it) and keeps the attempt as history', async () => {
+    const store = open();
+    const claims = new TaskClaims(store);
+    const session = await store.session(10);
+    const first = await claims.claim(ref('one-key-retry'), 1, 'agent-a', session);
+    await claims.commit(first, { ok: false, error: { message: 'flaky', retryable: true } });
+    expect(await store.get(claims.claimKey(ref('one-key-retry')))).toBeUndefined();
+    const seen = await deletesSeen(store, first.token, 'one-key-retry');
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.modRevision).toBeGreaterThan(first.token);
+    const second = await claims.claim(ref('one-key-retry'), 2, 'agent-b', session);
+    // Another workflow retry of a finished failure leaves a running claim alone.
+    expect(await claims.reopen('ns', 'wf', new Set(['one-key-retry']), [])).toBe(0);
+    expect(await claims.current(ref('one-key-retry'))).toMatchObject({ attempt: 2, token: second.token });
+    await claims.commit(second, { ok: true, output: 2 });
+    const history = (await claims.history('ns', 'wf', 'one-key-retry')).get('one-key-retry');
+    expect(history?.map((h) => [h.attempt, h.ok])).toEqual([
+      [1, false],
+      [2, true],
+    ]);
+    await session.close();
+  });
+
+  it('a claim of the old layout (claims/) on a lease is dropped; a current claim key is not touched', async () => {
+    const store = open();
+    const claims = new TaskClaims(store);
+    const session = await store.session(10);
+    const legacy = store.key(LEGACY_CLAIMS, 'ns', 'wf', 'legacy');
+    await store.client.put(legacy).value('{"attempt":1,"agentId":"agent-a"}').lease(session.id).exec();
+    const current = await claims.claim(ref('not-legacy'), 1, 'agent-a', session);
+    expect(await claims.dropLegacyClaim(claims.claimKey(ref('not-legacy')))).toBe(false);
+    expect(await claims.dropLegacyClaim(legacy)).toBe(true);
+    expect(await store.get(legacy)).toBeUndefined();
+    expect(await claims.current(ref('not-legacy'))).toMatchObject({ token: current.token });
+    await session.close();
+  });
+});
+
+describe('deleting a workflow with many results', () => {
+  it('deletes results in pages, so the claims watch gets bounded answers, and the rest after them', async () => {
+    const store = open();
+    const claims = new TaskClaims(store);
+    const records = new WorkflowRecords(store);
+    const wf = (task: string): TaskRef => ({ namespace: 'ns', workflow: 'big-delete', task });
+    const session = await store.session(10);
+    const n = 2_345;
+    const outs: { claim: Claim; result: { ok: true; output: string } }[] = [];
+    for (let i = 0; i < n; i += 127) {
+      const batch = Array.from({ length: Math.min(127, n - i) }, (_, k) => ({
+        ref: wf(`t.${i + k}`),
+        attempt: 1,
+        agentId: 'agent-a',
+        leaseId: session.id,
+      }));
+      for (const o of await claims.claimMany(batch))
+        if (o.ok) outs.push({ claim: o.claim, result: { ok: true, output: 'x' } });
+    }
+    await claims.commitMany(outs);
+    const from = Number((await store.client.get('/').exec()).header.revision) + 1;
+    await records.deleteAll('ns', 'big-delete');
+    expect((await store.list(`${store.key('results', 'ns', 'big-delete')}/`)).entries).toHaveLength(0);
+    // One revision per page of 1,000 keys: 3 answers of at most 1,000 deletes, not one of 2,345.
+    const sentinel = await claims.claim(ref('big-delete-sentinel'), 1, 'agent-a', session);
+    await claims.release(sentinel);
+    const seen = (await deletesSeen(store, from, 'big-delete-sentinel')).filter((e) =>
+      e.key.startsWith('ns/big-delete/'),
+    );
+    expect(seen).toHaveLength(n);
+    const perRevision = new Map<number, number>();
+    for (const e of seen) perRevision.set(e.modRevision, (perRevision.get(e.modRevision) ?? 0) + 1);
+    expect([...perRevision.values()]).toEqual([1_000, 1_000, 345]);
     await session.close();
   });
 });

@@ -119,8 +119,9 @@ describe('large payloads and bad items', () => {
     const [c1] = await claims.commitMany([{ claim: first.claim, result: { ok: true, output: 1 } }]);
     const [c2] = await claims.commitMany([{ claim: first.claim, result: { ok: true, output: 1 } }]);
     expect(c1?.ok && c2?.ok && c2.revision === c1.revision).toBe(true);
+    // Written twice in all: the claim (version 1), then the result over it (version 2), once.
     const raw = await store.get(claims.resultKey(item.ref));
-    expect(raw?.version).toBe(1);
+    expect(raw?.version).toBe(2);
     // Someone else's claim is still refused.
     const [other] = await claims.claimMany([{ ...item, attempt: 2, agentId: 'agent-b' }]);
     expect(other).toMatchObject({ ok: false, reason: 'AlreadyCommitted' });

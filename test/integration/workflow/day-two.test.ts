@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rerunName } from '../../../src/operator/workflow/controller.ts';
-import type { StateStore } from '../../../src/state/index.ts';
+import { isClaimEntry, type StateStore } from '../../../src/state/index.ts';
 import type { ClusterHandle } from '../../cluster/cluster-handle.ts';
 import { freePort } from '../../cluster/ports.ts';
 import { testCluster, uniqueName } from '../../cluster/testing.ts';
@@ -66,10 +66,10 @@ const annotate = async (what: string, kv: string) => {
   const r = await cluster.kubectl(['annotate', '-n', ns, what, kv, '--overwrite']);
   expect(r.code, r.stderr).toBe(0);
 };
-/** etcd's record of a task's result: {attempt, ok}, or undefined. */
+/** etcd's record of a task's result: {attempt, ok}, or undefined (none, or only a claim of a running attempt). */
 async function result(wf: string, task: string): Promise<Json | undefined> {
-  const v = await store.client.get(`${prefix}/results/${ns}/${wf}/${task}`).string();
-  return v === null ? undefined : (JSON.parse(v) as Json);
+  const e = await store.get(`${prefix}/results/${ns}/${wf}/${task}`);
+  return e === undefined || isClaimEntry(e) ? undefined : (JSON.parse(e.value) as Json);
 }
 
 beforeAll(async () => {
@@ -245,8 +245,8 @@ describe('day-two operation', () => {
     // Once no claim is left, no result of this run can still be committed: the snapshot holds.
     await until(
       'no claim left',
-      () => store.client.getAll().prefix(`${prefix}/claims/${ns}/gated/`).keys(),
-      (keys) => keys.length === 0,
+      async () => (await store.list(`${prefix}/results/${ns}/gated/`)).entries.filter(isClaimEntry),
+      (claims) => claims.length === 0,
     );
     const siblings = ['fan.0', 'fan.2'];
     const before = new Map(siblings.map((t) => [t, runsOf(`gated/${t}`).length]));
