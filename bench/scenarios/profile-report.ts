@@ -131,8 +131,6 @@ function recommendations(
   const busy = f.dispatcher.busyMs;
   const hp = f.dispatcher.inclusive;
   const share = (ms: number) => pct(ms, busy);
-  const cat = (p: ProfileSummary, prefix: string) =>
-    p.categories.filter((c) => c.category.startsWith(prefix)).reduce((sum, c) => sum + c.ms, 0);
   const self = (fn: string, file: string) =>
     f.dispatcher.topSelf.find((t) => t.fn === fn && t.where.includes(file))?.ms ?? 0;
   const longMs = f.dispatcher.topSelf.find((t) => t.where.includes('long/'))?.ms;
@@ -157,17 +155,13 @@ take, are in: protocol 2 in docs/protocol.md, PoolQueue's head index):
    here, spread over the agents) and a commit's Acks in one message, and sends one turn's Results in one; the
    ${assigns} Assign and ${acks} Ack per task counted here are items, not frames. Stacks through the grpc-js server side or AgentConn still take
    ${share(hp.agentStreams.ms)} of busy time: TLS, HTTP/2 and the per-item protobuf work, which only fewer bytes would cut.
-2. **Stop reading our own claims back.** The claims watch (withPrevKV) delivers ${events} events per task: the
-   claim's put and the delete of our own commit. etcd3's watch handling alone is ${share(hp.claimsWatch.ms)} of busy
-   time, plus a part of the etcd-message protobuf decoding (${share(cat(f.dispatcher, 'protobuf: etcd'))}) and
-   \`long\` conversions${longMs ? ` (\`long.toString\` ${longMs} ms self)` : ''}. The watch exists to notice lease
-   expiry; each agent's membership key is bound to the same lease as its claims, so watching \`members/\` (one event
-   per agent death) and re-queuing that agent's in-memory assignments would make this cost per agent, not per task.
-   A first step: \`.ignore('put')\` (etcd's NOPUT filter) halves the events.
+2. **Our own claims are not read back any more.** A commit overwrites the claim on the task's one key instead
+   of deleting it, so the claims watch (deletes only, keys only) delivers ${Number.isNaN(events) ? 0 : events} events per task
+   (a lost claim's, not our own commits'); etcd3's watch handling is ${share(hp.claimsWatch.ms)} of busy time.
 3. **Trim the etcd client's work.** Every stack through etcd3 or a grpc-js client call: ${share(hp.etcdClient.ms)} of
-   busy time for ${f.etcd.claims.txns + f.etcd.commits.txns} txns (${((f.etcd.claims.txns + f.etcd.commits.txns) / f.tasks).toFixed(3)} per task)
-   plus the watch. The txn path builds a comparator object per compare and decodes every ResponseOp and header into
-   objects with string revisions; the two hot txns (claim group, commit group) could be encoded once per batch with
+   busy time for ${f.etcd.claims.txns + f.etcd.commits.txns} txns (${((f.etcd.claims.txns + f.etcd.commits.txns) / f.tasks).toFixed(3)} per task),
+   responses included. The txn path builds a comparator object per compare and decodes every ResponseOp and header into
+   objects with string revisions${longMs ? ` (\`long.toString\` ${longMs} ms self)` : ''}; the two hot txns (claim group, commit group) could be encoded once per batch with
    a small hand-written builder and only \`succeeded\` + \`header.revision\` read back.
 4. **The queue take is O(1) per task now** (a head index instead of \`splice\` from the front): \`take\` ${self('take', 'task-queue')} ms
    self, ${hp.queueTake.ms} ms inclusive here.

@@ -147,7 +147,7 @@ const DISPATCHER_PATHS = {
     match: fnIn('state/claims.ts', 'commitMany'),
   },
   claimsWatch: {
-    label: 'claims watch: a put and a delete event per task (etcd3 watch -> ResumableWatch)',
+    label: 'claims watch: deletes of lost claims only (etcd3 watch -> ResumableWatch)',
     match: fnIn('etcd3/lib/watch.js', 'handleResponse'),
   },
   submit: { label: 'submit() (the engine side)', match: fnIn('dispatcher/dispatcher.ts', 'submit') },
