@@ -2,6 +2,7 @@ import { hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ConflictError, OutcomeUnknownError, StateDecodeError, StateError } from './errors.ts';
 import { fenceError } from './fence.ts';
+import type { LeanTxnAnswer } from './lean-txn.ts';
 import { type PutOp, putOp } from './put-op.ts';
 import type { Entry, Fence, StateStore } from './store.ts';
 
@@ -377,14 +378,17 @@ export class AuditLog {
       }
       if (block.length > 0) close();
       const last: AuditHead = { seq, hash: prev };
-      let res: Awaited<ReturnType<ReturnType<ReturnType<StateStore['txn']>['then']>['commit']>>;
+      let res: LeanTxnAnswer;
       try {
-        res = await this.store
-          .txn(fences)
-          .and(this.headKey, 'Mod', '==', modRevision)
-          .and(this.entryKey(firstSeq), 'Create', '==', 0)
-          .then(...puts, putOp(this.headKey, JSON.stringify(last)))
-          .commit();
+        puts.push(putOp(this.headKey, JSON.stringify(last)));
+        res = await this.store.leanTxn(
+          fences,
+          [
+            { key: this.headKey, target: 'mod', result: 'equal', value: modRevision },
+            { key: this.entryKey(firstSeq), target: 'create', result: 'equal', value: 0 },
+          ],
+          puts.map((op) => ({ put: { key: op.request_put.key, value: op.request_put.value } })),
+        );
       } catch (err) {
         if (!(err instanceof OutcomeUnknownError) || attempt === AUDIT_APPEND_TRIES) throw err;
         unknown.set(last.hash, entries);
@@ -392,7 +396,7 @@ export class AuditLog {
       }
       if (res.succeeded) {
         // Every key of a transaction gets its revision: the head's mod revision is the txn's.
-        this.known = { head: last, modRevision: Number(res.header.revision) };
+        this.known = { head: last, modRevision: res.revision };
         for (const e of entries ?? []) out?.push(e);
         return;
       }

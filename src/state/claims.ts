@@ -4,6 +4,7 @@ import { ItemRefusedError, isolate, MAX_TXN_OPS, pack } from './batch.ts';
 import { type BlobRef, Blobs, fill, spill } from './blobs.ts';
 import { FencedError } from './errors.ts';
 import { fenceError } from './fence.ts';
+import type { LeanCompare, LeanOp } from './lean-txn.ts';
 import { decodeJson, type Entry, type Fence, type Session, type StateStore, toEntry } from './store.ts';
 
 export interface TaskRef {
@@ -222,15 +223,16 @@ export class TaskClaims {
     });
     const claimValue = (it: Item) => JSON.stringify({ attempt: it.attempt, agentId: it.agentId });
     const tryGroup = async (group: Item[]): Promise<ClaimOutcome[]> => {
-      let b = this.store.txn(fences);
-      for (const it of group) b = b.and(this.claimKey(it.ref), 'Create', '==', 0);
-      const res = await b
-        .then(
-          ...group.map((it) => this.store.client.put(this.claimKey(it.ref)).value(claimValue(it)).lease(it.leaseId)),
-        )
-        .commit();
+      const compares: LeanCompare[] = [];
+      const ops: LeanOp[] = [];
+      for (const it of group) {
+        const key = this.claimKey(it.ref);
+        compares.push({ key, target: 'create', result: 'equal', value: 0 });
+        ops.push({ put: { key, value: claimValue(it), lease: it.leaseId } });
+      }
+      const res = await this.store.leanTxn(fences, compares, ops);
       if (res.succeeded) {
-        const token = Number(res.header.revision);
+        const token = res.revision;
         return group.map((it) => ({
           ok: true,
           claim: { ref: it.ref, attempt: it.attempt, agentId: it.agentId, token },
@@ -441,16 +443,16 @@ export class TaskClaims {
       { ops: MAX_TXN_OPS - Math.max(1, fences.length), bytes: this.store.maxTxnBytes },
     );
     const tryGroup = async (group: Prepared[]): Promise<CommitOutcome[]> => {
-      let b = this.store.txn(fences);
-      const ops = [];
+      const compares: LeanCompare[] = [];
+      const ops: LeanOp[] = [];
       for (const p of group) {
         const claimKey = this.claimKey(p.claim.ref);
-        b = b.and(claimKey, 'Mod', '==', p.claim.token);
-        ops.push(this.store.client.put(p.target).value(p.value));
-        if (!final(p)) ops.push(this.store.client.delete().key(claimKey));
+        compares.push({ key: claimKey, target: 'mod', result: 'equal', value: p.claim.token });
+        ops.push({ put: { key: p.target, value: p.value } });
+        if (!final(p)) ops.push({ delete: { key: claimKey } });
       }
-      const res = await b.then(...ops).commit();
-      if (res.succeeded) return group.map(() => ({ ok: true, revision: Number(res.header.revision) }));
+      const res = await this.store.leanTxn(fences, compares, ops);
+      if (res.succeeded) return group.map(() => ({ ok: true, revision: res.revision }));
       const fenced = await fenceError(this.store, fences);
       if (fenced) return group.map(() => ({ ok: false, error: fenced, reason: 'Fenced' }) as const);
       if (group.length > 1) {

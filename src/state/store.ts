@@ -9,6 +9,7 @@ import {
   StateDecodeError,
 } from './errors.ts';
 import { fenceError } from './fence.ts';
+import { encodeTxn, type LeanCompare, type LeanOp, type LeanTxnAnswer, leanTxnCaller } from './lean-txn.ts';
 import { guardCalls, KEEPALIVE_OPTIONS, noFaultHandling } from './transport.ts';
 
 export interface StoreOptions {
@@ -92,6 +93,7 @@ export class StateStore {
   readonly prefix: string;
   readonly maxTxnBytes: number;
   private readonly retryBudgetMs: number;
+  private leanCall: ((req: Buffer) => Promise<LeanTxnAnswer>) | undefined;
 
   constructor(opts: StoreOptions) {
     if (opts.endpoints.length === 0) throw new Error('StoreOptions.endpoints: at least one etcd endpoint is required');
@@ -123,6 +125,24 @@ export class StateStore {
         throw new Error(`invalid key segment "${p}": must be non-empty and contain no "/"`);
     }
     return `${this.prefix}/${parts.join('/')}`;
+  }
+
+  /**
+   * A transaction on the lean path (lean-txn.ts): `compares` and every fence must hold for `ops` to
+   * apply; the answer is whether they did and the revision. For the hot paths that need nothing else.
+   */
+  async leanTxn(fences: Fence[], compares: LeanCompare[], ops: LeanOp[]): Promise<LeanTxnAnswer> {
+    const all: LeanCompare[] = fences.map((f) => ({
+      key: f.key,
+      target: 'create',
+      result: 'equal',
+      value: f.createRevision,
+    }));
+    // etcd needs no compare, but the fenced and unfenced paths stay alike: one that always holds.
+    if (all.length === 0) all.push({ key: `${this.prefix}/.always`, target: 'version', result: 'greater', value: -1 });
+    for (const c of compares) all.push(c);
+    this.leanCall ??= leanTxnCaller(this.client);
+    return this.leanCall(encodeTxn(all, ops));
   }
 
   /** A transaction whose success also requires every fence to hold. */

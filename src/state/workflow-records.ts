@@ -160,10 +160,11 @@ export class WorkflowRecords {
       const outcomes = await isolate(
         group,
         async (g) => {
-          const res = await this.store
-            .txn(fences)
-            .then(...g.map((p) => p.op))
-            .commit();
+          const res = await this.store.leanTxn(
+            fences,
+            [],
+            g.map((p) => ({ put: { key: p.op.request_put.key, value: p.op.request_put.value } })),
+          );
           if (!res.succeeded)
             throw (await fenceError(this.store, fences)) ?? new StateError('saving run records failed');
           return g.map(() => true);
